@@ -1,0 +1,36 @@
+# mmaudit: `make demo` and `make test` are all a new machine needs.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo lint sample bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,dicom]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest tests
+
+demo: install
+	$(BIN)/mmaudit run configs/sample.yaml -o report --fail-on never --no-progress
+	@echo "open report/index.html (summary: report/summary.md)"
+
+lint: install
+	$(BIN)/ruff check mmaudit tests benchmarks
+	$(BIN)/ruff format --check mmaudit tests benchmarks
+
+# Rebuild sample_data/ (images, tokenizer, both checkpoints) from scratch: a few minutes on CPU.
+sample: install
+	$(BIN)/python -m mmaudit.sample sample_data
+
+bench: install
+	$(BIN)/python benchmarks/sweep_speed.py
+
+clean:
+	rm -rf report .pytest_cache

@@ -1,0 +1,221 @@
+"""The Check contract: base class, registry, ``AuditContext`` and ``CheckOutput``.
+
+A check is one file in ``mmaudit/checks/`` with one ``@register`` class. It
+declares what it needs (modalities, layers, ROI masks); when those are missing
+it is ``skipped`` with the reason. It computes flat dotted metrics, tables and
+figures; it does not judge them: ``findings.py`` applies thresholds (defaults
+plus YAML) afterwards.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mmaudit.errors import CheckError
+from mmaudit.stats import Estimate
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from mmaudit.cache import InferenceCache
+    from mmaudit.config import AuditConfig
+    from mmaudit.data import AuditDataset
+    from mmaudit.model import ModelAdapter
+
+Severity = Literal["pass", "warn", "fail", "error", "note"]
+MetricValue = Estimate | float | int | str | None
+
+
+class ThresholdRule(BaseModel):
+    """Judge one metric (or every metric matching a ``*`` pattern) against limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str
+    warn_above: float | None = None
+    fail_above: float | None = None
+    warn_below: float | None = None
+    fail_below: float | None = None
+    statistic: Literal["value", "ci_low", "ci_high"] = "value"
+    max_p: float | None = None
+    message: str = ""
+
+
+class Finding(BaseModel):
+    """A judged statement about the audited model."""
+
+    check: str
+    rule: str
+    severity: Severity
+    message: str
+    metric: str | None = None
+    value: float | None = None
+    threshold: float | None = None
+
+
+class Requirements(BaseModel):
+    """What a check needs to run; a missing need gives ``skipped`` with the reason."""
+
+    any_modality: list[str] = []
+    all_modalities: list[str] = []
+    min_modalities: int = 0
+    layers: list[str] = []
+    hooks: bool = False
+    roi_mask: bool = False
+
+
+@dataclass
+class CheckOutput:
+    """What a check computed: flat dotted metrics, tables, figures, own findings, notes."""
+
+    metrics: dict[str, MetricValue] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    per_sample: pd.DataFrame | None = None
+
+
+@dataclass
+class AuditContext:
+    """Everything a check may use; the cache is the only way to run the model."""
+
+    config: AuditConfig
+    dataset: AuditDataset
+    adapter: ModelAdapter
+    cache: InferenceCache
+    seed: int = 0
+
+    @property
+    def target(self) -> np.ndarray:
+        return self.dataset.target
+
+    @property
+    def groups(self) -> np.ndarray | None:
+        """Patient ids for resampling, or None (rows resampled)."""
+        return self.dataset.patients
+
+    def rng(self, salt: str) -> np.random.Generator:
+        """A generator seeded from the run seed and a per-use salt (stable across runs)."""
+        import zlib
+
+        return np.random.default_rng([self.seed, zlib.crc32(salt.encode())])
+
+
+class Check:
+    """Base class. Subclasses set ``name``, ``Params``, ``default_thresholds``, ``requires``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    default_thresholds: ClassVar[dict[str, ThresholdRule]] = {}
+    requires: ClassVar[Requirements] = Requirements()
+    layers_wanted: ClassVar[list[str]] = []
+
+    def __init__(self, params: BaseModel) -> None:
+        self.params = params
+
+    def missing_requirements(self, ctx: AuditContext) -> str | None:
+        """Why this check cannot run on this model/data, or None."""
+        r = self.requires
+        mods = set(ctx.dataset.modalities)
+        if r.any_modality and not mods & set(r.any_modality):
+            return f"needs one of the modalities {r.any_modality}; the config has {sorted(mods)}"
+        lacking = [m for m in r.all_modalities if m not in mods]
+        if lacking:
+            return f"needs the modalities {lacking}, which the config does not have"
+        if len(mods) < r.min_modalities:
+            return f"needs at least {r.min_modalities} modalities; the config has {sorted(mods)}"
+        if (r.hooks or r.layers) and not ctx.adapter.supports_hooks:
+            return "needs layer hooks, which a TorchScript model does not allow"
+        lacking = [ly for ly in r.layers if ly not in ctx.adapter.layers]
+        if lacking:
+            return f"needs model.layers {lacking} (not configured and not detected)"
+        if r.roi_mask and not ctx.dataset.mask_paths:
+            return "needs data.image.roi_mask"
+        return None
+
+    def run(self, ctx: AuditContext) -> CheckOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Check]] = {}
+
+
+def register(cls: type[Check]) -> type[Check]:
+    """Class decorator: add a check to the registry under ``cls.name``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} has no name")
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise TypeError(f"two checks named {cls.name!r}")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def load_builtin_checks() -> dict[str, type[Check]]:
+    """Import every module in ``mmaudit.checks`` (each registers itself); return the registry."""
+    import mmaudit.checks as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"mmaudit.checks.{info.name}")
+    return REGISTRY
+
+
+def get_check(name: str) -> type[Check]:
+    """The registered check ``name``; CheckError with a did-you-mean otherwise."""
+    registry = load_builtin_checks()
+    if name not in registry:
+        close = difflib.get_close_matches(name, list(registry), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known checks: {', '.join(sorted(registry))}"
+        raise CheckError(f"unknown check '{name}'", hint=hint + " (see `mmaudit checks`)")
+    return registry[name]
+
+
+def build_params(cls: type[Check], raw: dict[str, Any], where: str) -> BaseModel:
+    """Validate a check's YAML params; CheckError naming the key otherwise."""
+    try:
+        return cls.Params.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, list(cls.Params.model_fields), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(cls.Params.model_fields)}"
+            raise CheckError(f"{where}.params: unknown key '{key}'", hint=hint) from exc
+        raise CheckError(f"{where}.params.{key}: {err['msg']}") from exc
+
+
+def merged_thresholds(cls: type[Check], overrides: dict[str, dict[str, Any]], where: str) -> dict[str, ThresholdRule]:
+    """Default thresholds updated by the YAML ones (a new rule needs a ``metric``)."""
+    rules = {k: v.model_copy() for k, v in cls.default_thresholds.items()}
+    for name, change in overrides.items():
+        try:
+            if name in rules:
+                rules[name] = ThresholdRule.model_validate({**rules[name].model_dump(), **change})
+            elif "metric" in change:
+                rules[name] = ThresholdRule.model_validate(change)
+            else:
+                close = difflib.get_close_matches(name, list(rules), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else "a new rule needs a 'metric' key"
+                raise CheckError(f"{where}.thresholds: unknown rule '{name}'", hint=hint)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            raise CheckError(f"{where}.thresholds.{name}.{key}: {err['msg']}") from exc
+    return rules
+
+
+def figure_dir(out: Path, check: str) -> Path:
+    return out / "figures" / check

@@ -1,0 +1,137 @@
+"""Check ``performance``: how well the model does on the audited data, with uncertainty."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from mmaudit.check import AuditContext, Check, CheckOutput, Requirements, ThresholdRule, register
+from mmaudit.stats import (
+    auroc,
+    auroc_bootstrap,
+    bootstrap_ci,
+    expected_calibration_error,
+    multiclass_ece,
+)
+
+
+def _auprc(y: np.ndarray, score: np.ndarray) -> float:
+    from sklearn.metrics import average_precision_score
+
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    return float(average_precision_score(y, score))
+
+
+def _accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    return float(np.mean(y == pred)) if len(y) else float("nan")
+
+
+def _macro_auroc(y: np.ndarray, prob: np.ndarray) -> float:
+    scores = [auroc((y == k).astype(int), prob[:, k]) for k in range(prob.shape[1])]
+    scores = [s for s in scores if not np.isnan(s)]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+@register
+class PerformanceCheck(Check):
+    """Discrimination, calibration and confusion of the audited model on the audited rows.
+
+    What: AUROC, AUPRC, accuracy and expected calibration error (ECE), each with a
+    bootstrap CI (resampled by patient when ``data.patient`` is set); per-class
+    confusion counts; per-modality missingness counts.
+    Why: every other verdict is read against how good the model is; a shortcut
+    finding on a model at chance means something else than on one at AUROC 0.95.
+    Metrics: ``auroc``, ``auprc``, ``accuracy``, ``ece`` (binary); ``auroc_macro``,
+    ``accuracy``, ``ece`` (multiclass); ``auroc.<label>`` (multilabel);
+    ``missing.<modality>``; ``n``, ``prevalence``.
+    Default thresholds: warn when AUROC < 0.70, fail when < 0.60; warn when ECE > 0.10.
+    """
+
+    name = "performance"
+    description = "AUROC, AUPRC, accuracy, ECE with bootstrap CIs; confusion; missingness"
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        n_boot: int = Field(default=1000, ge=50, description="bootstrap resamples for CIs")
+        alpha: float = Field(default=0.05, gt=0, lt=1, description="1 - CI level")
+        threshold: float = Field(default=0.5, gt=0, lt=1, description="decision threshold (binary)")
+        ece_bins: int = Field(default=15, ge=2, description="bins of the calibration error")
+
+    default_thresholds: ClassVar[dict[str, ThresholdRule]] = {
+        "auroc_low": ThresholdRule(
+            metric="auroc*", warn_below=0.70, fail_below=0.60, message="discrimination is low"
+        ),
+        "ece_high": ThresholdRule(metric="ece", warn_above=0.10, message="probabilities are poorly calibrated"),
+    }
+    requires: ClassVar[Requirements] = Requirements()
+
+    def run(self, ctx: AuditContext) -> CheckOutput:
+        p: PerformanceCheck.Params = self.params  # type: ignore[assignment]
+        out = CheckOutput()
+        sweep = ctx.cache.sweep()
+        kind = ctx.config.data.target.kind
+        y = ctx.target
+        prob = sweep_probs(sweep.logits, kind)
+        groups = ctx.groups
+        boot = {"groups": groups, "n_boot": p.n_boot, "alpha": p.alpha, "seed": ctx.seed}
+        out.metrics["n"] = len(y)
+        if kind == "binary":
+            score = prob[:, -1] if prob.shape[1] > 1 else prob[:, 0]
+            pred = (score >= p.threshold).astype(int)
+            out.metrics["prevalence"] = float(np.mean(y))
+            out.metrics["auroc"] = auroc_bootstrap(y, score, **boot)
+            out.metrics["auprc"] = bootstrap_ci(_auprc, y, score, **boot)
+            out.metrics["accuracy"] = bootstrap_ci(_accuracy, y, pred, **boot)
+            out.metrics["ece"] = bootstrap_ci(
+                lambda a, b: expected_calibration_error(a, b, p.ece_bins), y, score, **boot
+            )
+            out.tables["confusion"] = _confusion(y, pred, ctx.dataset.class_names)
+            out.per_sample = pd.DataFrame({"id": ctx.dataset.ids, "target": y, "score": score, "pred": pred})
+        elif kind == "multiclass":
+            pred = prob.argmax(1)
+            out.metrics["auroc_macro"] = bootstrap_ci(_macro_auroc, y, prob, **boot)
+            out.metrics["accuracy"] = bootstrap_ci(_accuracy, y, pred, **boot)
+            out.metrics["ece"] = bootstrap_ci(
+                lambda a, b: multiclass_ece(a, b, p.ece_bins), y, prob, **boot
+            )
+            out.tables["confusion"] = _confusion(y, pred, ctx.dataset.class_names)
+            out.per_sample = pd.DataFrame({"id": ctx.dataset.ids, "target": y, "pred": pred})
+        else:
+            for k, label in enumerate(ctx.dataset.class_names):
+                out.metrics[f"auroc.{label}"] = auroc_bootstrap(y[:, k], prob[:, k], **boot)
+                out.metrics[f"prevalence.{label}"] = float(np.mean(y[:, k]))
+            per_label = [auroc(y[:, k], prob[:, k]) for k in range(y.shape[1])]
+            out.metrics["auroc_macro"] = float(np.nanmean(per_label))
+        for col, m in enumerate(ctx.dataset.modalities):
+            out.metrics[f"missing.{m}"] = int((~ctx.dataset.present[:, col]).sum())
+        out.tables["missingness"] = pd.DataFrame(
+            {
+                "modality": list(ctx.dataset.modalities),
+                "missing": [int((~ctx.dataset.present[:, c]).sum()) for c in range(len(ctx.dataset.modalities))],
+                "n": len(y),
+            }
+        )
+        if groups is not None:
+            out.notes.append(f"CIs resample {len(np.unique(groups))} patients, not {len(y)} rows")
+        return out
+
+
+def sweep_probs(logits: np.ndarray, kind: str) -> np.ndarray:
+    """Probabilities from logits for the target kind (sigmoid or softmax)."""
+    from mmaudit.cache import logits_to_probs
+
+    if kind == "multiclass" and logits.shape[1] == 1:
+        return logits_to_probs(logits, "multilabel")
+    return logits_to_probs(logits, "multilabel" if kind != "multiclass" else "multiclass")
+
+
+def _confusion(y: np.ndarray, pred: np.ndarray, names: list[str]) -> pd.DataFrame:
+    from sklearn.metrics import confusion_matrix
+
+    labels = list(range(len(names)))
+    cm = confusion_matrix(y, pred, labels=labels)
+    return pd.DataFrame(cm, index=[f"true {n}" for n in names], columns=[f"pred {n}" for n in names])

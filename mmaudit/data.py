@@ -1,0 +1,497 @@
+"""Manifest (CSV / Parquet) -> ``AuditDataset`` -> ``Batch``.
+
+The dataset reads the manifest once, validates it row by row with messages that
+name the file, the row and the column, and turns each modality into tensors the
+model can take. An empty cell for a modality means the modality is missing for
+that sample; ``Batch.present`` carries that per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mmaudit.config import AuditConfig, DataConfig, RuntimeConfig
+from mmaudit.errors import ConfigError, DataError
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+@dataclass
+class Batch:
+    """One batch of model inputs plus bookkeeping; every tensor has the batch first."""
+
+    index: torch.Tensor
+    present: torch.Tensor
+    target: torch.Tensor
+    image: torch.Tensor | None = None
+    roi_mask: torch.Tensor | None = None
+    input_ids: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    tabular: torch.Tensor | None = None
+    tabular_missing: torch.Tensor | None = None
+    modalities: tuple[str, ...] = field(default=())
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        """A copy with every tensor on ``device``."""
+        moved = {
+            f.name: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
+        return Batch(**moved)
+
+    def select(self, rows: torch.Tensor | slice) -> Batch:
+        """The sub-batch at ``rows``."""
+        picked = {
+            f.name: (v[rows] if isinstance(v, torch.Tensor) else v)
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
+        return Batch(**picked)
+
+    def replace(self, **changes: Any) -> Batch:
+        return replace(self, **changes)
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    """Read a CSV or Parquet manifest; DataError naming the file otherwise."""
+    if not path.is_file():
+        raise DataError(f"manifest not found: {path}", hint="check data.manifest in the config")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path, keep_default_na=True, na_values=[""], low_memory=False)
+    except Exception as exc:  # pandas raises many types for unreadable files
+        raise DataError(f"{path}: cannot read manifest: {exc}") from exc
+    if len(df) == 0:
+        raise DataError(f"{path}: the manifest has no rows")
+    return df
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
+
+
+def load_image_file(path: Path) -> np.ndarray:
+    """Read a PNG / JPEG / TIFF / DICOM file into a float32 (H, W, C) array in [0, 1]."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        try:
+            import pydicom
+        except ImportError as exc:
+            raise DataError(
+                f"{path}: DICOM needs the 'dicom' extra", hint="pip install 'mmaudit[dicom]'"
+            ) from exc
+        ds = pydicom.dcmread(str(path))
+        arr = ds.pixel_array.astype(np.float32)
+        if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+            arr = arr[arr.shape[0] // 2]  # a volume: take the middle slice
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+        if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+            arr = 1.0 - arr
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I"):
+                arr = np.asarray(im, dtype=np.float32)
+                hi = float(arr.max()) or 1.0
+                arr = arr / (65535.0 if hi > 255 else 255.0)
+            else:
+                arr = np.asarray(im.convert("RGB" if im.mode in ("RGB", "RGBA", "P") else "L"))
+                arr = arr.astype(np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return arr[:, :, :3]
+
+
+def image_to_tensor(arr: np.ndarray, size: int, channels: int) -> torch.Tensor:
+    """(H, W, C) in [0, 1] -> (channels, size, size), bilinear resize, gray <-> RGB as needed."""
+    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float()
+    if t.shape[0] != channels:
+        t = t.mean(0, keepdim=True) if channels == 1 else t[:1].expand(3, -1, -1)
+    if t.shape[1:] != (size, size):
+        t = torch.nn.functional.interpolate(
+            t[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )[0]
+    return t.contiguous()
+
+
+class AuditDataset(torch.utils.data.Dataset):
+    """The rows of the manifest to audit, with every non-image modality pre-tensorised.
+
+    Images are decoded lazily in ``__getitem__`` (so a DataLoader can use workers);
+    text is tokenised once up front; tabular columns are normalised once.
+    """
+
+    def __init__(self, cfg: DataConfig, runtime: RuntimeConfig | None = None) -> None:
+        runtime = runtime or RuntimeConfig()
+        self.cfg = cfg
+        self.manifest_path = Path(cfg.manifest)
+        df = read_manifest(self.manifest_path)
+        self._check_columns(df)
+        df = df.reset_index(drop=True)
+        df["_row"] = np.arange(len(df)) + 2  # 1-based line in a CSV with a header
+        if cfg.split is not None:
+            keep = df[cfg.split.column].astype(str).isin(cfg.split.values)
+            df = df[keep].reset_index(drop=True)
+            if len(df) == 0:
+                raise DataError(
+                    f"{self.manifest_path}: no rows with {cfg.split.column} in {cfg.split.values}"
+                )
+        if runtime.max_samples is not None and len(df) > runtime.max_samples:
+            rng = np.random.default_rng(runtime.seed)
+            take = np.sort(rng.choice(len(df), runtime.max_samples, replace=False))
+            df = df.iloc[take].reset_index(drop=True)
+        self.frame = df
+        self.modalities: tuple[str, ...] = tuple(cfg.modalities)
+        self.ids = df[cfg.id].astype(str).to_numpy()
+        dup = pd.Series(self.ids).duplicated()
+        if dup.any():
+            i = int(np.flatnonzero(dup.to_numpy())[0])
+            raise DataError(
+                f"{self.manifest_path} row {df['_row'][i]}: duplicate id {self.ids[i]!r} in column"
+                f" '{cfg.id}'"
+            )
+        self.patients = df[cfg.patient].astype(str).to_numpy() if cfg.patient else None
+        self.target, self.class_names = self._parse_target(df)
+        self.present = np.ones((len(df), len(self.modalities)), dtype=bool)
+        self.image_paths: list[Path | None] = []
+        self.mask_paths: list[Path | None] = []
+        self.texts: list[str] = []
+        self.input_ids: torch.Tensor | None = None
+        self.attention_mask: torch.Tensor | None = None
+        self.tabular: torch.Tensor | None = None
+        self.tabular_missing: torch.Tensor | None = None
+        self.tabular_stats: dict[str, tuple[float, float]] = {}
+        self.tokenizer: Any = None
+        if cfg.image is not None:
+            self._setup_images(df)
+        if cfg.text is not None:
+            self._setup_text(df)
+        if cfg.tabular is not None:
+            self._setup_tabular(df)
+        self.attributes = self._parse_attributes(df)
+
+    # ---------------------------------------------------------------- validation
+    def _check_columns(self, df: pd.DataFrame) -> None:
+        cfg = self.cfg
+        wanted: dict[str, str] = {cfg.id: "data.id"}
+        if cfg.patient:
+            wanted[cfg.patient] = "data.patient"
+        for c in cfg.target.all_columns:
+            wanted[c] = "data.target"
+        if cfg.image is not None:
+            wanted[cfg.image.column] = "data.image.column"
+            if cfg.image.roi_mask:
+                wanted[cfg.image.roi_mask] = "data.image.roi_mask"
+        if cfg.text is not None:
+            wanted[cfg.text.column] = "data.text.column"
+        if cfg.tabular is not None:
+            for c in cfg.tabular.columns:
+                wanted[c] = "data.tabular.columns"
+        for name, a in cfg.attributes.items():
+            wanted[a.column or name] = f"data.attributes.{name}"
+        if cfg.split is not None:
+            wanted[cfg.split.column] = "data.split.column"
+        import difflib
+
+        for col, key in wanted.items():
+            if col not in df.columns:
+                close = difflib.get_close_matches(col, [str(c) for c in df.columns], n=1)
+                hint = f"did you mean '{close[0]}'?" if close else "fix the config or the manifest"
+                raise DataError(f"{self.manifest_path}: column '{col}' (from {key}) not found", hint=hint)
+
+    def _row(self, i: int) -> str:
+        return f"{self.manifest_path} row {self.frame['_row'][i]} (id {self.ids[i]!r})"
+
+    def _parse_target(self, df: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+        t = self.cfg.target
+        cols = t.all_columns
+        for c in cols:
+            bad = df[c].isna().to_numpy()
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise DataError(
+                    f"{self.manifest_path} row {df['_row'][i]}: target column '{c}' is empty (NaN)",
+                    hint="drop unlabelled rows or filter them with data.split",
+                )
+        if t.kind == "multilabel":
+            y = df[cols].to_numpy()
+            try:
+                y = y.astype(np.float32)
+            except ValueError as exc:
+                raise DataError(f"{self.manifest_path}: multilabel targets must be 0/1") from exc
+            if not np.isin(y, (0, 1)).all():
+                raise DataError(f"{self.manifest_path}: multilabel targets must be 0/1")
+            return y, list(cols)
+        raw = df[cols[0]]
+        if t.kind == "binary":
+            values = sorted(raw.astype(str).unique().tolist())
+            if t.positive is not None:
+                y = (raw.astype(str) == t.positive).to_numpy().astype(np.int64)
+                names = [f"not {t.positive}", t.positive]
+            else:
+                num = pd.to_numeric(raw, errors="coerce")
+                if num.isna().any() or not num.isin((0, 1)).all():
+                    raise DataError(
+                        f"{self.manifest_path}: binary target '{cols[0]}' must be 0/1 (found"
+                        f" {values[:5]})",
+                        hint="set data.target.positive to the positive class name",
+                    )
+                y = num.to_numpy().astype(np.int64)
+                names = ["0", "1"]
+        else:
+            classes = t.classes or sorted(raw.astype(str).unique().tolist())
+            lookup = {c: k for k, c in enumerate(classes)}
+            as_str = raw.astype(str)
+            unknown = ~as_str.isin(classes)
+            if unknown.any():
+                i = int(np.flatnonzero(unknown.to_numpy())[0])
+                raise DataError(
+                    f"{self.manifest_path} row {df['_row'][i]}: target {as_str[i]!r} is not in"
+                    f" data.target.classes {classes}"
+                )
+            y = as_str.map(lookup).to_numpy().astype(np.int64)
+            names = list(classes)
+        if len(np.unique(y)) < 2:
+            raise DataError(
+                f"{self.manifest_path}: target '{cols[0]}' has one class only ({names[int(y[0])]})"
+                " in the audited rows",
+                hint="an audit needs both classes; check data.split and max_samples",
+            )
+        return y, names
+
+    def _parse_attributes(self, df: pd.DataFrame) -> pd.DataFrame:
+        out = {}
+        for name, a in self.cfg.attributes.items():
+            col = df[a.column or name]
+            if a.kind == "continuous":
+                out[name] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)
+            else:
+                out[name] = col.astype("string").to_numpy(dtype=object)
+        return pd.DataFrame(out, index=self.ids)
+
+    def _resolve(self, value: Any) -> Path:
+        p = Path(str(value).strip())
+        if p.is_absolute():
+            return p
+        root = self.cfg.image.root if self.cfg.image and self.cfg.image.root else self.manifest_path.parent
+        return Path(root) / p
+
+    def _setup_images(self, df: pd.DataFrame) -> None:
+        img = self.cfg.image
+        assert img is not None
+        if len(img.mean) not in (1, img.channels) or len(img.std) not in (1, img.channels):
+            raise ConfigError(f"data.image.mean/std need 1 or {img.channels} values")
+        m = self.modalities.index("image")
+        for i, value in enumerate(df[img.column].tolist()):
+            if _is_missing(value):
+                self.image_paths.append(None)
+                self.present[i, m] = False
+                continue
+            path = self._resolve(value)
+            if not path.is_file():
+                raise DataError(
+                    f"{self._row(i)}: image file not found: {path}",
+                    hint="paths are relative to the manifest folder or data.image.root",
+                )
+            self.image_paths.append(path)
+        if img.roi_mask:
+            for value in df[img.roi_mask].tolist():
+                self.mask_paths.append(None if _is_missing(value) else self._resolve(value))
+
+    def _setup_text(self, df: pd.DataFrame) -> None:
+        txt = self.cfg.text
+        assert txt is not None
+        self.tokenizer = load_tokenizer(txt.tokenizer)
+        m = self.modalities.index("text")
+        texts = []
+        for i, value in enumerate(df[txt.column].tolist()):
+            if _is_missing(value):
+                texts.append("")
+                self.present[i, m] = False
+            else:
+                texts.append(str(value))
+        self.texts = texts
+        enc = self.tokenizer(
+            texts,
+            padding="max_length",
+            truncation=True,
+            max_length=txt.max_length,
+            return_tensors="pt",
+        )
+        self.input_ids = enc["input_ids"].long()
+        self.attention_mask = enc["attention_mask"].long()
+
+    def _setup_tabular(self, df: pd.DataFrame) -> None:
+        tab = self.cfg.tabular
+        assert tab is not None
+        values = np.empty((len(df), len(tab.columns)), dtype=np.float32)
+        for j, c in enumerate(tab.columns):
+            col = pd.to_numeric(df[c], errors="coerce")
+            bad = col.isna() & df[c].notna()
+            if bad.any():
+                i = int(np.flatnonzero(bad.to_numpy())[0])
+                raise DataError(f"{self._row(i)}: tabular column '{c}' is not a number: {df[c][i]!r}")
+            values[:, j] = col.to_numpy(dtype=np.float32)
+        missing = np.isnan(values)
+        for j, c in enumerate(tab.columns):
+            if tab.normalization == "given":
+                mu, sd = tab.mean[c], tab.std[c]
+            elif tab.normalization == "none":
+                mu, sd = 0.0, 1.0
+            else:
+                col = values[~missing[:, j], j]
+                mu = float(col.mean()) if col.size else 0.0
+                sd = float(col.std()) if col.size > 1 else 1.0
+            sd = sd if sd > 0 else 1.0
+            self.tabular_stats[c] = (mu, sd)
+            values[:, j] = (values[:, j] - mu) / sd
+        values[missing] = 0.0
+        self.tabular = torch.from_numpy(values)
+        self.tabular_missing = torch.from_numpy(missing)
+        self.present[:, self.modalities.index("tabular")] = ~missing.all(axis=1)
+
+    # ---------------------------------------------------------------- access
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load_image(self, i: int) -> torch.Tensor:
+        """The normalised image tensor of row ``i`` (zeros when the image is missing)."""
+        img = self.cfg.image
+        assert img is not None
+        path = self.image_paths[i]
+        if path is None:
+            return torch.zeros(img.channels, img.size, img.size)
+        try:
+            arr = load_image_file(path)
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"{self._row(i)}: cannot decode image {path}: {exc}") from exc
+        t = image_to_tensor(arr, img.size, img.channels)
+        mean = torch.tensor(img.mean).view(-1, 1, 1)
+        std = torch.tensor(img.std).view(-1, 1, 1)
+        return (t - mean) / std
+
+    def load_mask(self, i: int) -> torch.Tensor:
+        """The ROI mask of row ``i`` as (1, size, size) in {0, 1}; all ones when absent."""
+        img = self.cfg.image
+        assert img is not None
+        path = self.mask_paths[i] if self.mask_paths else None
+        if path is None or not path.is_file():
+            return torch.full((1, img.size, img.size), float("nan"))
+        arr = load_image_file(path)
+        t = image_to_tensor(arr, img.size, 1)
+        return (t > 0.5).float()
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item: dict[str, Any] = {"index": i}
+        if self.cfg.image is not None:
+            item["image"] = self.load_image(i)
+            if self.mask_paths:
+                item["roi_mask"] = self.load_mask(i)
+        return item
+
+    def collate(self, items: list[dict[str, Any]]) -> Batch:
+        """Stack items into a Batch, pulling pre-tensorised modalities by index."""
+        index = torch.tensor([it["index"] for it in items], dtype=torch.long)
+        batch = Batch(
+            index=index,
+            present=torch.from_numpy(self.present[index.numpy()]),
+            target=torch.from_numpy(self.target[index.numpy()]),
+            modalities=self.modalities,
+        )
+        if "image" in items[0]:
+            batch.image = torch.stack([it["image"] for it in items])
+        if "roi_mask" in items[0]:
+            batch.roi_mask = torch.stack([it["roi_mask"] for it in items])
+        if self.input_ids is not None:
+            batch.input_ids = self.input_ids[index]
+            batch.attention_mask = self.attention_mask[index]  # type: ignore[index]
+        if self.tabular is not None:
+            batch.tabular = self.tabular[index]
+            batch.tabular_missing = self.tabular_missing[index]  # type: ignore[index]
+        return batch
+
+    def batches(
+        self, batch_size: int, num_workers: int = 0, indices: np.ndarray | None = None
+    ) -> Iterator[Batch]:
+        """Batches in manifest order (or over ``indices``)."""
+        subset: torch.utils.data.Dataset = self
+        if indices is not None:
+            subset = torch.utils.data.Subset(self, [int(i) for i in indices])
+        loader = torch.utils.data.DataLoader(
+            subset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=self.collate,
+        )
+        yield from loader
+
+    def validate_all(self) -> list[str]:
+        """Decode every image and mask; return one problem line per bad row (nothing raised)."""
+        problems: list[str] = []
+        for i in range(len(self)):
+            if self.cfg.image is not None and self.image_paths[i] is not None:
+                try:
+                    self.load_image(i)
+                except DataError as exc:
+                    problems.append(exc.one_line())
+            if self.mask_paths and self.mask_paths[i] is not None:
+                path = self.mask_paths[i]
+                if not path.is_file():
+                    problems.append(f"{self._row(i)}: ROI mask not found: {path}")
+                    continue
+                try:
+                    load_image_file(path)
+                except Exception as exc:
+                    problems.append(f"{self._row(i)}: cannot decode ROI mask {path}: {exc}")
+        if self.input_ids is not None and self.tokenizer is not None:
+            unk = getattr(self.tokenizer, "unk_token_id", None)
+            if unk is not None:
+                ids = self.input_ids[self.attention_mask.bool()]  # type: ignore[union-attr]
+                special = set(getattr(self.tokenizer, "all_special_ids", []))
+                content = [int(t) for t in ids.tolist() if int(t) not in special or int(t) == unk]
+                if content and sum(t == unk for t in content) / len(content) > 0.5:
+                    problems.append(
+                        f"{self.cfg.text.tokenizer}: over half of the report tokens are"  # type: ignore[union-attr]
+                        " [UNK]; is this the tokenizer the model was trained with?"
+                    )
+        return problems
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """Load a tokenizer from a local folder (never from a hub)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(
+            f"tokenizer folder not found: {folder}",
+            hint="data.text.tokenizer must be a local folder with tokenizer.json",
+        )
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{folder}: cannot load tokenizer: {first}") from exc
+
+
+def build_dataset(cfg: AuditConfig) -> AuditDataset:
+    """The dataset for an audit config."""
+    return AuditDataset(cfg.data, cfg.runtime)

@@ -1,0 +1,205 @@
+"""Views of a report: self-contained HTML, a short Markdown summary, JUnit XML.
+
+Everything here is derived from the ``Report`` (and the figure files inside the
+report folder); every string from data or config is escaped (jinja2 autoescape,
+xml.sax.saxutils for JUnit).
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+from mmaudit.report import Report
+
+STATUS_ICON = {"pass": "✅", "warn": "⚠️", "fail": "❌", "error": "💥", "skipped": "⏭️"}
+
+HTML_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<title>mmaudit report</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+.pass{color:#17803d}.warn{color:#b26b00}.fail{color:#c0262d}.error{color:#7a1fa2}.skipped{color:#777}
+img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:1px 4px}
+</style></head><body>
+<h1>mmaudit report: <span class="{{ report.status }}">{{ report.status }}</span></h1>
+<p>Model <code>{{ report.model.source }}</code> on {{ report.data.n }} samples of
+<code>{{ report.data.manifest }}</code>.</p>
+<table id="summary"><tr><th>check</th><th>status</th><th>worst finding</th><th>key metrics</th></tr>
+{% for c in checks %}<tr><td><a href="#check-{{ c.name }}">{{ c.name }}</a></td>
+<td class="{{ c.status }}">{{ c.status }}</td><td>{{ c.worst }}</td><td>{{ c.key }}</td></tr>
+{% endfor %}</table>
+{% for c in checks %}<section id="check-{{ c.name }}"><h2>{{ c.name }}:
+<span class="{{ c.status }}">{{ c.status }}</span></h2>
+{% if c.reason %}<p>{{ c.reason }}</p>{% endif %}
+{% if c.findings %}<ul>{% for f in c.findings %}<li class="{{ f.severity }}">{{ f.severity }}:
+{{ f.message }}</li>{% endfor %}</ul>{% endif %}
+{% for n in c.notes %}<p><em>{{ n }}</em></p>{% endfor %}
+{% if c.metrics %}<table><tr><th>metric</th><th>value</th><th>95% CI</th><th>n</th><th>p</th></tr>
+{% for m in c.metrics %}<tr><td>{{ m.name }}</td><td>{{ m.value }}</td><td>{{ m.ci }}</td>
+<td>{{ m.n }}</td><td>{{ m.p }}</td></tr>{% endfor %}</table>{% endif %}
+{% for f in c.figures %}<figure><img alt="{{ f.name }}" src="data:image/png;base64,{{ f.data }}">
+<figcaption>{{ f.name }}</figcaption></figure>{% endfor %}
+</section>{% endfor %}
+<h2>Provenance</h2><table>
+{% for k, v in provenance %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}
+</table></body></html>
+"""
+
+
+def fmt(value: Any) -> str:
+    """A short human form of a number."""
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.4g}"
+    return str(value)
+
+
+def metric_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
+    rows = []
+    for name, m in metrics.items():
+        if isinstance(m, dict):
+            lo, hi = m.get("ci_low"), m.get("ci_high")
+            ci = f"[{fmt(lo)}, {fmt(hi)}]" if lo is not None else ""
+            rows.append({"name": name, "value": fmt(m.get("value")), "ci": ci, "n": fmt(m.get("n")) if m.get("n") else "", "p": fmt(m.get("null_p")) if m.get("null_p") is not None else ""})
+        else:
+            rows.append({"name": name, "value": fmt(m), "ci": "", "n": "", "p": ""})
+    return rows
+
+
+def key_metrics(metrics: dict[str, Any], limit: int = 3) -> str:
+    """The first few metrics with CIs, as one line."""
+    parts = []
+    for row in metric_rows(metrics):
+        if row["ci"]:
+            parts.append(f"{row['name']} {row['value']} {row['ci']}")
+        if len(parts) == limit:
+            break
+    return "; ".join(parts)
+
+
+def _figure_data(folder: Path, rel: str) -> str | None:
+    path = (folder / rel).resolve()
+    if folder.resolve() not in path.parents or not path.is_file():
+        return None
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def render_html(folder: Path, report: Report) -> str:
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True)
+    checks = []
+    for c in report.checks.values():
+        figures = [
+            {"name": name, "data": data}
+            for name, rel in c.figures.items()
+            if (data := _figure_data(folder, rel)) is not None
+        ]
+        worst = c.findings[0].message if c.findings else ""
+        from mmaudit.findings import SEVERITY_ORDER
+
+        if c.findings:
+            worst = max(c.findings, key=lambda f: SEVERITY_ORDER.get(f.severity, 0)).message
+        checks.append(
+            {
+                "name": c.name,
+                "status": c.status,
+                "reason": c.reason,
+                "findings": c.findings,
+                "notes": c.notes,
+                "metrics": metric_rows(c.metrics),
+                "key": key_metrics(c.metrics),
+                "worst": worst,
+                "figures": figures,
+            }
+        )
+    provenance = [
+        ("tool version", report.tool_version),
+        ("created", report.created),
+        ("config", report.config_path),
+        ("checkpoint sha256", report.model.get("sha256")),
+        ("manifest sha256", report.data.get("sha256")),
+        ("seed", report.seed),
+        ("device", report.environment.get("device")),
+        ("torch", report.environment.get("torch")),
+        ("layers", report.model.get("layers")),
+        ("detected", report.model.get("detected")),
+        ("timings (s)", {k: round(v, 2) for k, v in report.timings.items()}),
+    ]
+    return env.from_string(HTML_TEMPLATE).render(report=report, checks=checks, provenance=provenance)
+
+
+def render_markdown(report: Report) -> str:
+    """A short summary fit for a pull-request comment."""
+    lines = [f"## mmaudit: {STATUS_ICON.get(report.status, '')} {report.status}", ""]
+    lines += ["| check | status | key metrics |", "|---|---|---|"]
+    for c in report.checks.values():
+        key = key_metrics(c.metrics) or (c.reason or "")
+        lines.append(f"| {c.name} | {STATUS_ICON.get(c.status, '')} {c.status} | {_md(key)} |")
+    worst = [f for f in report.worst_findings(5) if f.severity in ("fail", "warn", "error")]
+    if worst:
+        lines += ["", "**Findings**", ""]
+        lines += [f"- {f.severity} `{f.check}`: {_md(f.message)}" for f in worst]
+    figs = [(c.name, k, v) for c in report.checks.values() for k, v in c.figures.items()]
+    if figs:
+        lines += ["", "Figures: " + ", ".join(f"[{c}/{k}]({v})" for c, k, v in figs[:8])]
+    lines += ["", f"_model `{_md(str(report.model.get('source')))}`, {report.data.get('n')} samples, seed {report.seed}_", ""]
+    return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+
+
+def render_junit(report: Report) -> str:
+    """One testcase per check and per finding; fail findings and errors are failures."""
+    cases = []
+    failures = errors = skipped = 0
+    for c in report.checks.values():
+        body = ""
+        if c.status == "error":
+            errors += 1
+            body = f"<error message={quoteattr(c.reason or 'error')}/>"
+        elif c.status == "skipped":
+            skipped += 1
+            body = f"<skipped message={quoteattr(c.reason or '')}/>"
+        elif c.status == "fail":
+            failures += 1
+            body = f"<failure message={quoteattr('check failed')}/>"
+        cases.append(f'<testcase classname="mmaudit" name={quoteattr(c.name)} time="{c.seconds:.3f}">{body}</testcase>')
+        for k, f in enumerate(c.findings):
+            fbody = ""
+            if f.severity == "fail":
+                failures += 1
+                fbody = f"<failure message={quoteattr(f.message)}/>"
+            elif f.severity == "error":
+                errors += 1
+                fbody = f"<error message={quoteattr(f.message)}/>"
+            elif f.severity == "warn":
+                fbody = f"<system-out>{_xml_text('warn: ' + f.message)}</system-out>"
+            name = quoteattr(f"{c.name}.{f.rule}.{f.metric or k}")
+            cases.append(f'<testcase classname="mmaudit.{c.name}" name={name}>{fbody}</testcase>')
+    head = (
+        f'<testsuite name="mmaudit" tests="{len(cases)}" failures="{failures}" errors="{errors}"'
+        f' skipped="{skipped}">'
+    )
+    return '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites>' + head + "".join(cases) + "</testsuite></testsuites>\n"
+
+
+def _xml_text(text: str) -> str:
+    from xml.sax.saxutils import escape
+
+    return escape(text)
+
+
+def write_views(folder: Path, report: Report) -> None:
+    """index.html, summary.md and junit.xml into ``folder``."""
+    (folder / "index.html").write_text(render_html(folder, report), encoding="utf-8")
+    (folder / "summary.md").write_text(render_markdown(report), encoding="utf-8")
+    (folder / "junit.xml").write_text(render_junit(report), encoding="utf-8")

@@ -1,0 +1,248 @@
+"""``run_audit()``: config -> dataset + model -> one cached sweep -> checks -> report folder."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mmaudit import __version__
+from mmaudit.check import (
+    AuditContext,
+    Check,
+    build_params,
+    get_check,
+    load_builtin_checks,
+    merged_thresholds,
+)
+from mmaudit.config import AuditConfig, config_to_yaml, load_config
+from mmaudit.errors import CheckError
+from mmaudit.findings import SEVERITY_ORDER, judge, status_of
+from mmaudit.report import CheckReport, Report, ReportWriter, json_safe
+
+
+@dataclass
+class Overrides:
+    """Command-line values that replace config values for one run."""
+
+    checks: list[str] | None = None
+    device: str | None = None
+    batch_size: int | None = None
+    max_samples: int | None = None
+    progress: bool | None = None
+
+
+@dataclass
+class PlannedCheck:
+    name: str
+    check: Check
+    rules: dict[str, Any]
+    raw_params: dict[str, Any] = field(default_factory=dict)
+
+
+def apply_overrides(cfg: AuditConfig, o: Overrides) -> AuditConfig:
+    if o.device is not None:
+        cfg.runtime.device = type(cfg.runtime)._device(o.device)  # type: ignore[attr-defined]
+    if o.batch_size is not None:
+        cfg.runtime.batch_size = o.batch_size
+    if o.max_samples is not None:
+        cfg.runtime.max_samples = o.max_samples
+    if o.progress is not None:
+        cfg.runtime.progress = o.progress
+    return cfg
+
+
+def plan_checks(cfg: AuditConfig, only: list[str] | None = None) -> list[PlannedCheck]:
+    """Resolve which checks run, with validated params and merged thresholds (fails fast)."""
+    registry = load_builtin_checks()
+    for name in cfg.checks:
+        get_check(name)  # unknown names in the YAML are errors with a did-you-mean
+    if only:
+        names = [get_check(n).name for n in only]
+    elif cfg.checks:
+        names = [n for n, c in cfg.checks.items() if c.enabled]
+    else:
+        names = sorted(registry)
+    if not names:
+        raise CheckError("no checks to run: every check in the config is disabled")
+    planned = []
+    for name in names:
+        cls = get_check(name)
+        cc = cfg.checks.get(name)
+        raw = cc.params if cc else {}
+        params = build_params(cls, raw, f"checks.{name}")
+        rules = merged_thresholds(cls, cc.thresholds if cc else {}, f"checks.{name}")
+        planned.append(PlannedCheck(name, cls(params), rules, raw))
+    return planned
+
+
+def sha256_of(paths: list[Path]) -> str:
+    """One digest over the bytes of every file given (in order)."""
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_files(cfg: AuditConfig) -> list[Path]:
+    m = cfg.model
+    if m.checkpoint is not None:
+        return sorted(p for p in Path(m.checkpoint).iterdir() if p.is_file())
+    if m.weights is not None:
+        return [Path(m.weights)]
+    if m.torchscript is not None:
+        return [Path(m.torchscript)]
+    return []
+
+
+def environment(device: str) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "device": device,
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return env
+
+
+def run_audit(
+    config_path: str | Path,
+    out: str | Path,
+    overrides: Overrides | None = None,
+    console: Any = None,
+) -> Report:
+    """Run every planned check on the config's model and data; write the report folder."""
+    import numpy as np
+    import torch
+
+    from mmaudit.cache import InferenceCache
+    from mmaudit.data import build_dataset
+    from mmaudit.model import load_model
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    cfg = apply_overrides(load_config(config_path), overrides or Overrides())
+    planned = plan_checks(cfg, (overrides or Overrides()).checks)
+    writer = ReportWriter(Path(out))
+    try:
+        torch.manual_seed(cfg.runtime.seed)
+        np.random.seed(cfg.runtime.seed)
+        dataset = build_dataset(cfg)
+        timings["load_data"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        adapter = load_model(cfg.model, dataset.modalities, cfg.runtime)
+        timings["load_model"] = time.perf_counter() - t
+        cache = InferenceCache(
+            adapter,
+            dataset,
+            batch_size=cfg.runtime.batch_size,
+            num_workers=cfg.runtime.num_workers,
+            seed=cfg.runtime.seed,
+            progress=cfg.runtime.progress,
+            target_kind=cfg.data.target.kind,
+        )
+        if adapter.supports_hooks:
+            cache.request_layers([k for k in ("embedding", *dataset.modalities) if k in adapter.layers])
+        for pc in planned:
+            cache.request_layers([ly for ly in pc.check.layers_wanted if ly in adapter.layers])
+        t = time.perf_counter()
+        cache.sweep()
+        timings["sweep"] = time.perf_counter() - t
+        ctx = AuditContext(config=cfg, dataset=dataset, adapter=adapter, cache=cache, seed=cfg.runtime.seed)
+        results: dict[str, CheckReport] = {}
+        for pc in planned:
+            results[pc.name] = run_one(pc, ctx, writer, console)
+            timings[f"check.{pc.name}"] = results[pc.name].seconds
+        timings["total"] = time.perf_counter() - t0
+        worst = "pass"
+        for r in results.values():
+            if SEVERITY_ORDER.get(r.status, 0) > SEVERITY_ORDER[worst]:
+                worst = r.status
+        report = Report(
+            tool_version=__version__,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            config=json_safe(cfg.model_dump(mode="json")),
+            config_path=str(Path(config_path).resolve()),
+            model={
+                "source": adapter.source,
+                "sha256": sha256_of(checkpoint_files(cfg)),
+                "layers": adapter.layers,
+                "detected": adapter.detected,
+                "inputs": adapter.keywords,
+                "parameters": int(sum(p.numel() for p in adapter.module.parameters())),
+            },
+            data={
+                "manifest": str(dataset.manifest_path),
+                "sha256": sha256_of([dataset.manifest_path]),
+                "n": len(dataset),
+                "modalities": list(dataset.modalities),
+                "target_kind": cfg.data.target.kind,
+                "classes": dataset.class_names,
+                "patients": int(len(set(dataset.patients))) if dataset.patients is not None else None,
+            },
+            environment=environment(str(adapter.device)) | {"precision": cfg.runtime.precision},
+            seed=cfg.runtime.seed,
+            timings=timings | {"model_calls": float(cache.model_calls)},
+            checks=results,
+            status=worst,
+        )
+        writer.finish(report, config_to_yaml(cfg))
+        return report
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def run_one(pc: PlannedCheck, ctx: AuditContext, writer: ReportWriter, console: Any = None) -> CheckReport:
+    """Run one check; skipped when its needs are unmet, error (not a crash) when it raises."""
+    start = time.perf_counter()
+    params = pc.check.params.model_dump(mode="json")
+    thresholds = {k: v.model_dump(exclude_none=True) for k, v in pc.rules.items()}
+    reason = pc.check.missing_requirements(ctx)
+    if reason is not None:
+        return CheckReport(name=pc.name, status="skipped", reason=reason, params=params, thresholds=thresholds)
+    try:
+        output = pc.check.run(ctx)
+    except Exception as exc:
+        if console is not None:
+            console.print(f"[red]check {pc.name} raised {type(exc).__name__}: {exc}[/red]")
+        return CheckReport(
+            name=pc.name,
+            status="error",
+            reason=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+            params=params,
+            thresholds=thresholds,
+            seconds=time.perf_counter() - start,
+        )
+    findings = list(output.findings) + judge(pc.name, output.metrics, pc.rules)
+    figures, tables = writer.add_check(pc.name, output)
+    status = status_of(findings)
+    if status == "note":
+        status = "pass"
+    return CheckReport(
+        name=pc.name,
+        status=status,
+        metrics=json_safe(output.metrics),
+        findings=findings,
+        figures=figures,
+        tables=tables,
+        notes=output.notes,
+        params=params,
+        thresholds=thresholds,
+        seconds=time.perf_counter() - start,
+    )
