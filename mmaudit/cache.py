@@ -80,7 +80,9 @@ class InferenceCache:
             if n not in self._layers and (n in self.adapter.layers or "." in n):
                 self._layers.append(n)
 
-    def iter_batches(self, desc: str, indices: np.ndarray | None = None, batch_size: int | None = None) -> Iterator[Batch]:
+    def iter_batches(
+        self, desc: str, indices: np.ndarray | None = None, batch_size: int | None = None
+    ) -> Iterator[Batch]:
         """Batches on the device, with a progress bar when enabled."""
         bs = batch_size or self.batch_size
         n = len(self.dataset) if indices is None else len(indices)
@@ -90,7 +92,13 @@ class InferenceCache:
             for b in source:
                 yield b.to(self.adapter.device)
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         with Progress(
             TextColumn("{task.description}"),
@@ -104,7 +112,13 @@ class InferenceCache:
                 yield b.to(self.adapter.device)
                 bar.advance(task)
 
-    def _run(self, key: str, transform: Callable[[Batch], Batch] | None, layers: list[str], ctx: Any = None) -> SweepResult:
+    def _run(
+        self,
+        key: str,
+        transform: Callable[[Batch], Batch] | None,
+        layers: list[str],
+        ctx: Any = None,
+    ) -> SweepResult:
         start = time.perf_counter()
         logits: list[np.ndarray] = []
         captured: dict[str, list[np.ndarray]] = {n: [] for n in layers}
@@ -150,7 +164,9 @@ class InferenceCache:
             self._perm = rng.permutation(len(self.dataset))
         return self._perm
 
-    def ablated(self, remove: dict[str, RemovalHow], level: Literal["input", "encoder"] = "input") -> SweepResult:
+    def ablated(
+        self, remove: dict[str, RemovalHow], level: Literal["input", "encoder"] = "input"
+    ) -> SweepResult:
         """Logits with modalities removed, memoised by (level, removal) key.
 
         ``input``: the modality's input is zeroed / set to the dataset mean / taken from
@@ -237,7 +253,10 @@ class InferenceCache:
                 if m == "image":
                     changes["image"] = donor.image
                 elif m == "text":
-                    changes["input_ids"], changes["attention_mask"] = donor.input_ids, donor.attention_mask
+                    changes["input_ids"], changes["attention_mask"] = (
+                        donor.input_ids,
+                        donor.attention_mask,
+                    )
                 else:
                     changes["tabular"] = donor.tabular
                 continue
@@ -245,7 +264,9 @@ class InferenceCache:
                 present[:, col] = False
             if m == "image":
                 if how == "mean":
-                    changes["image"] = self.input_mean("image").to(batch.image.device).expand_as(batch.image)  # type: ignore[union-attr]
+                    changes["image"] = (
+                        self.input_mean("image").to(batch.image.device).expand_as(batch.image)
+                    )  # type: ignore[union-attr]
                 else:
                     changes["image"] = torch.zeros_like(batch.image)  # type: ignore[arg-type]
             elif m == "text":
@@ -292,7 +313,9 @@ class InferenceCache:
         return results
 
 
-def empty_text(dataset: AuditDataset, n: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+def empty_text(
+    dataset: AuditDataset, n: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids of an empty report ([CLS] [SEP] + padding) for ``n`` samples."""
     tok = dataset.tokenizer
     length = dataset.input_ids.shape[1]  # type: ignore[union-attr]

@@ -178,7 +178,11 @@ def get_check(name: str) -> type[Check]:
     registry = load_builtin_checks()
     if name not in registry:
         close = difflib.get_close_matches(name, list(registry), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"known checks: {', '.join(sorted(registry))}"
+        hint = (
+            f"did you mean '{close[0]}'?"
+            if close
+            else f"known checks: {', '.join(sorted(registry))}"
+        )
         raise CheckError(f"unknown check '{name}'", hint=hint + " (see `mmaudit checks`)")
     return registry[name]
 
@@ -192,12 +196,18 @@ def build_params(cls: type[Check], raw: dict[str, Any], where: str) -> BaseModel
         key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(key, list(cls.Params.model_fields), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(cls.Params.model_fields)}"
+            hint = (
+                f"did you mean '{close[0]}'?"
+                if close
+                else f"allowed: {', '.join(cls.Params.model_fields)}"
+            )
             raise CheckError(f"{where}.params: unknown key '{key}'", hint=hint) from exc
         raise CheckError(f"{where}.params.{key}: {err['msg']}") from exc
 
 
-def merged_thresholds(cls: type[Check], overrides: dict[str, dict[str, Any]], where: str) -> dict[str, ThresholdRule]:
+def merged_thresholds(
+    cls: type[Check], overrides: dict[str, dict[str, Any]], where: str
+) -> dict[str, ThresholdRule]:
     """Default thresholds updated by the YAML ones (a new rule needs a ``metric``)."""
     rules = {k: v.model_copy() for k, v in cls.default_thresholds.items()}
     for name, change in overrides.items():

@@ -8,7 +8,7 @@ Heavy libraries are imported inside commands so ``mmaudit --help`` stays fast.
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -16,12 +16,13 @@ import typer
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Audit a trained multimodal medical checkpoint: shortcuts, modality use, encoded attributes.",
+    help="Audit a trained multimodal medical checkpoint: shortcuts, modality use, encoded"
+    " attributes.",
     pretty_exceptions_enable=False,
 )
 
 
-class FailOn(str, Enum):
+class FailOn(StrEnum):
     fail = "fail"
     warn = "warn"
     never = "never"
@@ -37,11 +38,15 @@ def _console(stderr: bool = False):  # type: ignore[no-untyped-def]
 def run(
     config: Path = typer.Argument(..., help="audit config YAML"),
     out: Path = typer.Option(Path("report"), "-o", "--out", help="report folder to write"),
-    checks: str | None = typer.Option(None, "--checks", help="comma-separated checks to run (default: config)"),
+    checks: str | None = typer.Option(
+        None, "--checks", help="comma-separated checks to run (default: config)"
+    ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N"),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1),
     max_samples: int | None = typer.Option(None, "--max-samples", min=1),
-    fail_on: FailOn = typer.Option(FailOn.fail, "--fail-on", help="exit 1 when the audit reaches this status"),
+    fail_on: FailOn = typer.Option(
+        FailOn.fail, "--fail-on", help="exit 1 when the audit reaches this status"
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
@@ -60,7 +65,9 @@ def run(
     print_summary(console, report)
     console.print(f"report written to [bold]{out.resolve()}[/bold] (open {out / 'index.html'})")
     if gate_failed(report.status, fail_on.value):
-        console.print(f"[red]audit status '{report.status}' fails the gate --fail-on {fail_on.value}[/red]")
+        console.print(
+            f"[red]audit status '{report.status}' fails the gate --fail-on {fail_on.value}[/red]"
+        )
         raise typer.Exit(1)
 
 
@@ -81,16 +88,29 @@ def print_summary(console, report) -> None:  # type: ignore[no-untyped-def]
     table = Table(title=f"mmaudit: {report.status}")
     for col in ("check", "status", "key metrics / reason", "s"):
         table.add_column(col)
-    colours = {"pass": "green", "warn": "yellow", "fail": "red", "error": "magenta", "skipped": "dim"}
+    colours = {
+        "pass": "green",
+        "warn": "yellow",
+        "fail": "red",
+        "error": "magenta",
+        "skipped": "dim",
+    }
     for c in report.checks.values():
         colour = colours.get(c.status, "white")
-        table.add_row(c.name, f"[{colour}]{c.status}[/{colour}]", key_metrics(c.metrics) or (c.reason or ""), f"{c.seconds:.1f}")
+        table.add_row(
+            c.name,
+            f"[{colour}]{c.status}[/{colour}]",
+            key_metrics(c.metrics) or (c.reason or ""),
+            f"{c.seconds:.1f}",
+        )
     console.print(table)
     for c in report.checks.values():
         for f in c.findings:
             if f.severity in ("warn", "fail", "error"):
                 colour = colours.get(f.severity, "white")
-                console.print(f"  [{colour}]{f.severity}[/{colour}] {c.name}: {f.message}", markup=True)
+                console.print(
+                    f"  [{colour}]{f.severity}[/{colour}] {c.name}: {f.message}", markup=True
+                )
 
 
 @app.command()
@@ -122,7 +142,9 @@ def validate(
             logits = adapter.logits(batch)
         expected = len(dataset.class_names) if cfg.data.target.kind != "binary" else None
         if expected is not None and logits.shape[1] != expected:
-            problems.append(f"model returns {logits.shape[1]} outputs but the target has {expected} classes")
+            problems.append(
+                f"model returns {logits.shape[1]} outputs but the target has {expected} classes"
+            )
     except MmauditError as exc:
         problems.append(exc.one_line())
     except Exception as exc:
@@ -153,7 +175,10 @@ def list_checks() -> None:
     for name, cls in sorted(load_builtin_checks().items()):
         params = ", ".join(f"{k}={f.default!r}" for k, f in cls.Params.model_fields.items())
         rules = "; ".join(
-            f"{k}: " + ", ".join(f"{a}={b}" for a, b in r.model_dump(exclude_none=True, exclude={"message"}).items())
+            f"{k}: "
+            + ", ".join(
+                f"{a}={b}" for a, b in r.model_dump(exclude_none=True, exclude={"message"}).items()
+            )
             for k, r in cls.default_thresholds.items()
         )
         table.add_row(name, cls.description, params, rules)
@@ -210,4 +235,4 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(1)
         raise
-    sys.exit(0)
+    sys.exit(rc if isinstance(rc, int) else 0)

@@ -36,7 +36,6 @@ class ModelConfig(Strict):
     python_path: list[Path] = Field(default_factory=list)
     inputs: dict[str, str] = Field(default_factory=dict)
     layers: dict[str, str] = Field(default_factory=dict)
-    modalities: list[Literal["image", "text", "tabular"]] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -49,11 +48,15 @@ class ModelConfig(Strict):
         if self.weights is not None and self.factory is None:
             raise ValueError("model.weights is only used with model.factory")
         if self.factory is not None and ":" not in self.factory:
-            raise ValueError(f"model.factory must look like 'package.module:function', got {self.factory!r}")
+            raise ValueError(
+                f"model.factory must look like 'package.module:function', got {self.factory!r}"
+            )
         allowed = {"image", "text", "text_mask", "tabular", "present"}
         unknown = set(self.inputs) - allowed
         if unknown:
-            raise ValueError(f"model.inputs keys must be among {sorted(allowed)}, got {sorted(unknown)}")
+            raise ValueError(
+                f"model.inputs keys must be among {sorted(allowed)}, got {sorted(unknown)}"
+            )
         return self
 
 
@@ -280,7 +283,11 @@ def format_validation_error(exc: ValidationError, path: Path, tree: yaml.Node | 
         return f"{where}: missing required key '{key}'"
     msg = msg.removeprefix("Value error, ")
     got = err.get("input")
-    shown = f" (got {got!r})" if err["type"] not in ("value_error",) and not isinstance(got, dict) else ""
+    shown = (
+        f" (got {got!r})"
+        if err["type"] not in ("value_error",) and not isinstance(got, dict)
+        else ""
+    )
     more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
     return f"{where}: {key}: {msg}{shown}{more}"
 
@@ -289,7 +296,9 @@ def load_config(path: str | Path) -> AuditConfig:
     """Read, validate and resolve an audit config; ConfigError with one clear line otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}", hint="check the path, or copy configs/sample.yaml")
+        raise ConfigError(
+            f"config file not found: {path}", hint="check the path, or copy configs/sample.yaml"
+        )
     text = path.read_text(encoding="utf-8")
     try:
         raw = yaml.safe_load(text)
@@ -300,7 +309,9 @@ def load_config(path: str | Path) -> AuditConfig:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{where}: YAML syntax error: {problem}") from exc
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the config must be a YAML mapping with model, data, checks, runtime")
+        raise ConfigError(
+            f"{path}: the config must be a YAML mapping with model, data, checks, runtime"
+        )
     try:
         cfg = AuditConfig.model_validate(raw)
     except ValidationError as exc:

@@ -80,7 +80,9 @@ def read_manifest(path: Path) -> pd.DataFrame:
 
 
 def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
+    return (
+        value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
+    )
 
 
 def load_image_file(path: Path) -> np.ndarray:
@@ -212,7 +214,9 @@ class AuditDataset(torch.utils.data.Dataset):
             if col not in df.columns:
                 close = difflib.get_close_matches(col, [str(c) for c in df.columns], n=1)
                 hint = f"did you mean '{close[0]}'?" if close else "fix the config or the manifest"
-                raise DataError(f"{self.manifest_path}: column '{col}' (from {key}) not found", hint=hint)
+                raise DataError(
+                    f"{self.manifest_path}: column '{col}' (from {key}) not found", hint=hint
+                )
 
     def _row(self, i: int) -> str:
         return f"{self.manifest_path} row {self.frame['_row'][i]} (id {self.ids[i]!r})"
@@ -288,7 +292,11 @@ class AuditDataset(torch.utils.data.Dataset):
         p = Path(str(value).strip())
         if p.is_absolute():
             return p
-        root = self.cfg.image.root if self.cfg.image and self.cfg.image.root else self.manifest_path.parent
+        root = (
+            self.cfg.image.root
+            if self.cfg.image and self.cfg.image.root
+            else self.manifest_path.parent
+        )
         return Path(root) / p
 
     def _setup_images(self, df: pd.DataFrame) -> None:
@@ -345,7 +353,9 @@ class AuditDataset(torch.utils.data.Dataset):
             bad = col.isna() & df[c].notna()
             if bad.any():
                 i = int(np.flatnonzero(bad.to_numpy())[0])
-                raise DataError(f"{self._row(i)}: tabular column '{c}' is not a number: {df[c][i]!r}")
+                raise DataError(
+                    f"{self._row(i)}: tabular column '{c}' is not a number: {df[c][i]!r}"
+                )
             values[:, j] = col.to_numpy(dtype=np.float32)
         missing = np.isnan(values)
         for j, c in enumerate(tab.columns):

@@ -29,7 +29,9 @@ def _number(metric: MetricValue, statistic: str) -> float | None:
     return float(v)
 
 
-def judge(check: str, metrics: dict[str, MetricValue], rules: dict[str, ThresholdRule]) -> list[Finding]:
+def judge(
+    check: str, metrics: dict[str, MetricValue], rules: dict[str, ThresholdRule]
+) -> list[Finding]:
     """One finding per (rule, matching metric) whose limits are crossed; none when all pass."""
     findings: list[Finding] = []
     for rule_name, rule in rules.items():
@@ -56,7 +58,10 @@ def judge(check: str, metrics: dict[str, MetricValue], rules: dict[str, Threshol
             if severity == "pass":
                 continue
             stat = "" if rule.statistic == "value" else f" ({rule.statistic})"
-            text = rule.message or f"{name}{stat} = {value:.3g} is {word} the {severity} limit {limit:g}"
+            text = (
+                rule.message
+                or f"{name}{stat} = {value:.3g} is {word} the {severity} limit {limit:g}"
+            )
             if rule.message:
                 text = f"{rule.message} ({name}{stat} = {value:.3g}, limit {limit:g})"
             findings.append(

@@ -45,7 +45,9 @@ def resolve_device(name: str) -> torch.device:
             )
         idx = int(name.split(":")[1]) if ":" in name else 0
         if idx >= torch.cuda.device_count():
-            raise DeviceError(f"runtime.device '{name}': only {torch.cuda.device_count()} GPU(s) here")
+            raise DeviceError(
+                f"runtime.device '{name}': only {torch.cuda.device_count()} GPU(s) here"
+            )
     if name == "mps" and not torch.backends.mps.is_available():
         raise DeviceError("runtime.device is 'mps' but MPS is not available here")
     return torch.device(name)
@@ -77,6 +79,7 @@ class ModelAdapter:
         device: torch.device,
         precision: str = "fp32",
         scriptable_hooks: bool = True,
+        model_modalities: tuple[str, ...] | None = None,
     ) -> None:
         self.module = module.to(device).eval()
         self.source = source
@@ -87,6 +90,11 @@ class ModelAdapter:
         self.device = device
         self.precision = precision
         self.supports_hooks = scriptable_hooks
+        self.model_modalities = model_modalities or modalities
+        # present columns follow the data's modality order; the model may order (or have) others
+        self._present_columns = [
+            modalities.index(m) if m in modalities else -1 for m in self.model_modalities
+        ]
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     # ------------------------------------------------------------------ calling
@@ -102,8 +110,18 @@ class ModelAdapter:
         if "tabular" in self.keywords and batch.tabular is not None:
             out[self.keywords["tabular"]] = batch.tabular
         if "present" in self.keywords:
-            out[self.keywords["present"]] = batch.present
+            out[self.keywords["present"]] = self.present_for_model(batch.present)
         return out
+
+    def present_for_model(self, present: torch.Tensor) -> torch.Tensor:
+        """The (B, M) presence mask in the model's modality order (absent where data lacks one)."""
+        if self._present_columns == list(range(present.shape[1])):
+            return present
+        cols = [
+            present[:, c] if c >= 0 else torch.zeros_like(present[:, 0])
+            for c in self._present_columns
+        ]
+        return torch.stack(cols, dim=1)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 / fp16 autocast on CUDA when asked; a no-op elsewhere."""
@@ -283,7 +301,8 @@ def _import_factory(spec: str, python_path: list[Path]) -> Callable[..., nn.Modu
         mod = importlib.import_module(mod_name)
     except Exception as exc:
         raise ModelLoadError(
-            f"model.factory '{spec}': cannot import module '{mod_name}': {type(exc).__name__}: {exc}",
+            f"model.factory '{spec}': cannot import module '{mod_name}':"
+            f" {type(exc).__name__}: {exc}",
             hint="add its folder to model.python_path",
         ) from exc
     fn = getattr(mod, fn_name, None)
@@ -321,7 +340,9 @@ def load_model(
                 hint="check model.kwargs",
             ) from exc
         if not isinstance(module, nn.Module):
-            raise ModelLoadError(f"model.factory '{cfg.factory}' returned {type(module).__name__}, not an nn.Module")
+            raise ModelLoadError(
+                f"model.factory '{cfg.factory}' returned {type(module).__name__}, not an nn.Module"
+            )
         if cfg.weights is not None:
             _fit_state_dict(module, _load_state_dict_file(cfg.weights), cfg.weights)
         source = f"factory:{cfg.factory}"
@@ -342,16 +363,17 @@ def load_model(
         default_layers = {}
         model_modalities = modalities
         hooks_ok = False
-    if cfg.checkpoint is not None and cfg.checkpoint.is_dir() is False:
-        raise ModelLoadError(f"checkpoint folder not found: {cfg.checkpoint}")
     missing_mod = [m for m in modalities if m not in model_modalities]
     if missing_mod:
         raise ModelLoadError(
-            f"the data configures {missing_mod} but the checkpoint takes only {list(model_modalities)}",
+            f"the data configures {missing_mod} but the checkpoint takes only"
+            f" {list(model_modalities)}",
             hint="remove that modality from data: or use a checkpoint that takes it",
         )
     keywords.update(cfg.inputs)
-    keywords = {k: v for k, v in keywords.items() if k in modalities or k in ("text_mask", "present")}
+    keywords = {
+        k: v for k, v in keywords.items() if k in modalities or k in ("text_mask", "present")
+    }
     if "text" not in modalities:
         keywords.pop("text_mask", None)
     layers = dict(default_layers)
@@ -373,7 +395,9 @@ def load_model(
                 raise ModelLoadError(
                     f"model.layers.{k}: no module '{v}' in the model", hint=_suggest(v, module)
                 ) from exc
-    layers = {k: v for k, v in layers.items() if k not in ("image", "text", "tabular") or k in modalities}
+    layers = {
+        k: v for k, v in layers.items() if k not in ("image", "text", "tabular") or k in modalities
+    }
     return ModelAdapter(
         module,
         source=source,
@@ -384,6 +408,7 @@ def load_model(
         device=device,
         precision=runtime.precision,
         scriptable_hooks=hooks_ok,
+        model_modalities=model_modalities,
     )
 
 

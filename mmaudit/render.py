@@ -18,11 +18,13 @@ STATUS_ICON = {"pass": "✅", "warn": "⚠️", "fail": "❌", "error": "💥", 
 
 HTML_TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<meta http-equiv="Content-Security-Policy"
+ content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
 <title>mmaudit report</title>
 <style>
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
 .pass{color:#17803d}.warn{color:#b26b00}.fail{color:#c0262d}.error{color:#7a1fa2}.skipped{color:#777}
 img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:1px 4px}
 </style></head><body>
@@ -66,7 +68,15 @@ def metric_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
         if isinstance(m, dict):
             lo, hi = m.get("ci_low"), m.get("ci_high")
             ci = f"[{fmt(lo)}, {fmt(hi)}]" if lo is not None else ""
-            rows.append({"name": name, "value": fmt(m.get("value")), "ci": ci, "n": fmt(m.get("n")) if m.get("n") else "", "p": fmt(m.get("null_p")) if m.get("null_p") is not None else ""})
+            rows.append(
+                {
+                    "name": name,
+                    "value": fmt(m.get("value")),
+                    "ci": ci,
+                    "n": fmt(m.get("n")) if m.get("n") else "",
+                    "p": fmt(m.get("null_p")) if m.get("null_p") is not None else "",
+                }
+            )
         else:
             rows.append({"name": name, "value": fmt(m), "ci": "", "n": "", "p": ""})
     return rows
@@ -132,7 +142,9 @@ def render_html(folder: Path, report: Report) -> str:
         ("detected", report.model.get("detected")),
         ("timings (s)", {k: round(v, 2) for k, v in report.timings.items()}),
     ]
-    return env.from_string(HTML_TEMPLATE).render(report=report, checks=checks, provenance=provenance)
+    return env.from_string(HTML_TEMPLATE).render(
+        report=report, checks=checks, provenance=provenance
+    )
 
 
 def render_markdown(report: Report) -> str:
@@ -149,7 +161,12 @@ def render_markdown(report: Report) -> str:
     figs = [(c.name, k, v) for c in report.checks.values() for k, v in c.figures.items()]
     if figs:
         lines += ["", "Figures: " + ", ".join(f"[{c}/{k}]({v})" for c, k, v in figs[:8])]
-    lines += ["", f"_model `{_md(str(report.model.get('source')))}`, {report.data.get('n')} samples, seed {report.seed}_", ""]
+    lines += [
+        "",
+        f"_model `{_md(str(report.model.get('source')))}`, {report.data.get('n')} samples,"
+        f" seed {report.seed}_",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -172,7 +189,10 @@ def render_junit(report: Report) -> str:
         elif c.status == "fail":
             failures += 1
             body = f"<failure message={quoteattr('check failed')}/>"
-        cases.append(f'<testcase classname="mmaudit" name={quoteattr(c.name)} time="{c.seconds:.3f}">{body}</testcase>')
+        cases.append(
+            f'<testcase classname="mmaudit" name={quoteattr(c.name)} time="{c.seconds:.3f}">'
+            f"{body}</testcase>"
+        )
         for k, f in enumerate(c.findings):
             fbody = ""
             if f.severity == "fail":
@@ -189,7 +209,12 @@ def render_junit(report: Report) -> str:
         f'<testsuite name="mmaudit" tests="{len(cases)}" failures="{failures}" errors="{errors}"'
         f' skipped="{skipped}">'
     )
-    return '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites>' + head + "".join(cases) + "</testsuite></testsuites>\n"
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites>'
+        + head
+        + "".join(cases)
+        + "</testsuite></testsuites>\n"
+    )
 
 
 def _xml_text(text: str) -> str:

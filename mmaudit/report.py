@@ -89,15 +89,24 @@ class ReportWriter:
         self.out = Path(out).resolve()
         if self.out.exists() and not self.out.is_dir():
             raise MmauditError(f"output path exists and is not a folder: {self.out}")
-        if self.out.is_dir() and any(self.out.iterdir()) and not (self.out / "report.json").is_file():
+        if (
+            self.out.is_dir()
+            and any(self.out.iterdir())
+            and not (self.out / "report.json").is_file()
+        ):
             raise MmauditError(
-                f"output folder {self.out} exists and is not an mmaudit report; refusing to replace it",
+                f"output folder {self.out} exists and is not an mmaudit report;"
+                " refusing to replace it",
                 hint="choose another -o folder",
             )
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+        self.stage = Path(
+            tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent)
+        )
 
-    def add_check(self, name: str, output: CheckOutput, *, redact_ids: bool = False) -> tuple[dict[str, str], dict[str, str]]:
+    def add_check(
+        self, name: str, output: CheckOutput, *, redact_ids: bool = False
+    ) -> tuple[dict[str, str], dict[str, str]]:
         """Write a check's figures and tables; return their report-relative paths."""
         figures: dict[str, str] = {}
         tables: dict[str, str] = {}

@@ -156,13 +156,17 @@ def run_audit(
             target_kind=cfg.data.target.kind,
         )
         if adapter.supports_hooks:
-            cache.request_layers([k for k in ("embedding", *dataset.modalities) if k in adapter.layers])
+            cache.request_layers(
+                [k for k in ("embedding", *dataset.modalities) if k in adapter.layers]
+            )
         for pc in planned:
             cache.request_layers([ly for ly in pc.check.layers_wanted if ly in adapter.layers])
         t = time.perf_counter()
         cache.sweep()
         timings["sweep"] = time.perf_counter() - t
-        ctx = AuditContext(config=cfg, dataset=dataset, adapter=adapter, cache=cache, seed=cfg.runtime.seed)
+        ctx = AuditContext(
+            config=cfg, dataset=dataset, adapter=adapter, cache=cache, seed=cfg.runtime.seed
+        )
         results: dict[str, CheckReport] = {}
         for pc in planned:
             results[pc.name] = run_one(pc, ctx, writer, console)
@@ -192,7 +196,9 @@ def run_audit(
                 "modalities": list(dataset.modalities),
                 "target_kind": cfg.data.target.kind,
                 "classes": dataset.class_names,
-                "patients": int(len(set(dataset.patients))) if dataset.patients is not None else None,
+                "patients": int(len(set(dataset.patients)))
+                if dataset.patients is not None
+                else None,
             },
             environment=environment(str(adapter.device)) | {"precision": cfg.runtime.precision},
             seed=cfg.runtime.seed,
@@ -207,14 +213,18 @@ def run_audit(
         raise
 
 
-def run_one(pc: PlannedCheck, ctx: AuditContext, writer: ReportWriter, console: Any = None) -> CheckReport:
+def run_one(
+    pc: PlannedCheck, ctx: AuditContext, writer: ReportWriter, console: Any = None
+) -> CheckReport:
     """Run one check; skipped when its needs are unmet, error (not a crash) when it raises."""
     start = time.perf_counter()
     params = pc.check.params.model_dump(mode="json")
     thresholds = {k: v.model_dump(exclude_none=True) for k, v in pc.rules.items()}
     reason = pc.check.missing_requirements(ctx)
     if reason is not None:
-        return CheckReport(name=pc.name, status="skipped", reason=reason, params=params, thresholds=thresholds)
+        return CheckReport(
+            name=pc.name, status="skipped", reason=reason, params=params, thresholds=thresholds
+        )
     try:
         output = pc.check.run(ctx)
     except Exception as exc:

@@ -65,7 +65,12 @@ def tiny_config(manifest: Path, model: dict[str, Any], **changes: Any) -> dict[s
             "id": "id",
             "patient": "patient",
             "target": {"column": "label"},
-            "image": {"column": "image_path", "roi_mask": "mask_path", "size": TINY_SIZE, "channels": 1},
+            "image": {
+                "column": "image_path",
+                "roi_mask": "mask_path",
+                "size": TINY_SIZE,
+                "channels": 1,
+            },
             "tabular": {"columns": ["lab_a", "lab_b"]},
             "attributes": {"sex": {}, "site": {}, "age": {"kind": "continuous"}},
         },

@@ -72,7 +72,9 @@ def byo_model_config(weights: Path, **extra: object) -> dict[str, object]:
 
 
 def _adapter(cfg: dict[str, object]):  # type: ignore[no-untyped-def]
-    return load_model(ModelConfig.model_validate(cfg), ("image", "tabular"), RuntimeConfig(device="cpu"))
+    return load_model(
+        ModelConfig.model_validate(cfg), ("image", "tabular"), RuntimeConfig(device="cpu")
+    )
 
 
 def test_factory_with_safetensors_and_pt_give_same_model(tiny_weights: Path) -> None:

@@ -8,16 +8,18 @@ from typing import ClassVar
 
 import pytest
 import yaml
-
 from conftest import tiny_config
+from test_model import byo_model_config, tiny_weights  # noqa: F401  (fixture)
+
 from mmaudit.check import REGISTRY, AuditContext, Check, CheckOutput, Requirements, register
 from mmaudit.runner import Overrides, run_audit
-from test_model import byo_model_config, tiny_weights  # noqa: F401  (fixture)
 
 
 @pytest.fixture()
 def byo_config(tiny_manifest: Path, tiny_weights: Path, write_config) -> Path:  # noqa: F811
-    return write_config(tiny_config(tiny_manifest, byo_model_config(tiny_weights / "tiny.safetensors")))
+    return write_config(
+        tiny_config(tiny_manifest, byo_model_config(tiny_weights / "tiny.safetensors"))
+    )
 
 
 def test_run_writes_complete_report(byo_config: Path, tmp_path: Path) -> None:
@@ -37,7 +39,9 @@ def test_run_writes_complete_report(byo_config: Path, tmp_path: Path) -> None:
     assert "resample 24 patients" in " ".join(perf["notes"])
     # one batched sweep: 48 rows at batch 16 is 3 model calls, whatever the checks do
     assert report.timings["model_calls"] == 3
-    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["manifest"].endswith("manifest.csv")
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["manifest"].endswith(
+        "manifest.csv"
+    )
     assert not list(tmp_path.glob(".report.partial-*"))
 
 
@@ -94,10 +98,14 @@ def test_checks():  # type: ignore[no-untyped-def]
         REGISTRY.pop(cls.name, None)
 
 
-def test_crashing_check_is_error_and_run_goes_on(byo_config: Path, tmp_path: Path, test_checks) -> None:  # type: ignore[no-untyped-def]
+def test_crashing_check_is_error_and_run_goes_on(
+    byo_config: Path, tmp_path: Path, test_checks
+) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "r"
     report = run_audit(
-        byo_config, out, Overrides(checks=["exploding_test_check", "needs_text_test_check", "performance"])
+        byo_config,
+        out,
+        Overrides(checks=["exploding_test_check", "needs_text_test_check", "performance"]),
     )
     assert report.checks["exploding_test_check"].status == "error"
     assert "boom" in (report.checks["exploding_test_check"].reason or "")
@@ -116,7 +124,9 @@ def test_interrupted_run_leaves_no_report(byo_config: Path, tmp_path: Path, test
     assert [p.name for p in tmp_path.iterdir()] == ["audit.yaml"]
 
 
-def test_rerun_replaces_previous_report_but_refuses_foreign_folder(byo_config: Path, tmp_path: Path) -> None:
+def test_rerun_replaces_previous_report_but_refuses_foreign_folder(
+    byo_config: Path, tmp_path: Path
+) -> None:
     from mmaudit.errors import MmauditError
 
     out = tmp_path / "r"

@@ -65,7 +65,9 @@ class PerformanceCheck(Check):
         "auroc_low": ThresholdRule(
             metric="auroc*", warn_below=0.70, fail_below=0.60, message="discrimination is low"
         ),
-        "ece_high": ThresholdRule(metric="ece", warn_above=0.10, message="probabilities are poorly calibrated"),
+        "ece_high": ThresholdRule(
+            metric="ece", warn_above=0.10, message="probabilities are poorly calibrated"
+        ),
     }
     requires: ClassVar[Requirements] = Requirements()
 
@@ -90,7 +92,9 @@ class PerformanceCheck(Check):
                 lambda a, b: expected_calibration_error(a, b, p.ece_bins), y, score, **boot
             )
             out.tables["confusion"] = _confusion(y, pred, ctx.dataset.class_names)
-            out.per_sample = pd.DataFrame({"id": ctx.dataset.ids, "target": y, "score": score, "pred": pred})
+            out.per_sample = pd.DataFrame(
+                {"id": ctx.dataset.ids, "target": y, "score": score, "pred": pred}
+            )
         elif kind == "multiclass":
             pred = prob.argmax(1)
             out.metrics["auroc_macro"] = bootstrap_ci(_macro_auroc, y, prob, **boot)
@@ -111,7 +115,10 @@ class PerformanceCheck(Check):
         out.tables["missingness"] = pd.DataFrame(
             {
                 "modality": list(ctx.dataset.modalities),
-                "missing": [int((~ctx.dataset.present[:, c]).sum()) for c in range(len(ctx.dataset.modalities))],
+                "missing": [
+                    int((~ctx.dataset.present[:, c]).sum())
+                    for c in range(len(ctx.dataset.modalities))
+                ],
                 "n": len(y),
             }
         )
@@ -134,4 +141,6 @@ def _confusion(y: np.ndarray, pred: np.ndarray, names: list[str]) -> pd.DataFram
 
     labels = list(range(len(names)))
     cm = confusion_matrix(y, pred, labels=labels)
-    return pd.DataFrame(cm, index=[f"true {n}" for n in names], columns=[f"pred {n}" for n in names])
+    return pd.DataFrame(
+        cm, index=[f"true {n}" for n in names], columns=[f"pred {n}" for n in names]
+    )

@@ -1,0 +1,159 @@
+"""Manifest -> dataset -> batches: modalities, missingness, targets, file formats."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmaudit.config import DataConfig, RuntimeConfig
+from mmaudit.data import AuditDataset, load_image_file
+from mmaudit.errors import DataError
+
+
+def _cfg(manifest: Path, **extra: object) -> DataConfig:
+    raw: dict[str, object] = {
+        "manifest": manifest,
+        "patient": "patient",
+        "target": {"column": "label"},
+        "image": {"column": "image_path", "roi_mask": "mask_path", "size": 16, "channels": 1},
+        "tabular": {"columns": ["lab_a", "lab_b"]},
+        "attributes": {"sex": {}, "age": {"kind": "continuous"}},
+    }
+    raw.update(extra)
+    return DataConfig.model_validate(raw)
+
+
+def test_batches_carry_every_modality_and_presence(tiny_manifest: Path) -> None:
+    ds = AuditDataset(_cfg(tiny_manifest))
+    assert len(ds) == 48 and ds.modalities == ("image", "tabular")
+    batch = next(iter(ds.batches(10)))
+    assert batch.image.shape == (10, 1, 16, 16)
+    assert batch.roi_mask.shape == (10, 1, 16, 16) and set(batch.roi_mask.unique().tolist()) <= {
+        0.0,
+        1.0,
+    }
+    assert batch.tabular.shape == (10, 2)
+    # lab_b is missing in rows 0, 7, 14, ...: filled with 0 (the mean) and flagged
+    assert bool(batch.tabular_missing[0, 1]) and float(batch.tabular[0, 1]) == 0.0
+    assert batch.present.all()  # a row with one lab left is still present
+    mu, sd = ds.tabular_stats["lab_a"]
+    raw = pd.read_csv(tiny_manifest)["lab_a"].to_numpy()
+    assert np.allclose(ds.tabular[:, 0].numpy(), (raw - mu) / sd, atol=1e-5)
+    assert ds.attributes["age"].dtype == float and ds.patients is not None
+
+
+def test_empty_image_cell_means_missing_image(tiny_manifest: Path, tmp_path: Path) -> None:
+    df = pd.read_csv(tiny_manifest)
+    df.loc[2, "image_path"] = ""
+    df.loc[3, ["lab_a", "lab_b"]] = np.nan
+    path = tmp_path / "m.csv"
+    df.to_csv(path, index=False)
+    cfg = _cfg(path, image={"column": "image_path", "root": str(tiny_manifest.parent), "size": 16})
+    ds = AuditDataset(cfg)
+    assert not ds.present[2, 0] and ds.present[2, 1]
+    assert not ds.present[3, 1]
+    assert torch.equal(ds.load_image(2), torch.zeros(1, 16, 16))
+
+
+def test_parquet_manifest_and_split_and_max_samples(tiny_manifest: Path, tmp_path: Path) -> None:
+    df = pd.read_csv(tiny_manifest)
+    df["split"] = np.where(np.arange(len(df)) % 4 == 0, "train", "test")
+    path = tmp_path / "m.parquet"
+    df.to_parquet(path)
+    cfg = _cfg(
+        path,
+        image={"column": "image_path", "root": str(tiny_manifest.parent), "size": 16},
+        split={"column": "split", "values": ["test"]},
+    )
+    ds = AuditDataset(cfg)
+    assert len(ds) == 36
+    small = AuditDataset(cfg, RuntimeConfig(max_samples=10, seed=3))
+    again = AuditDataset(cfg, RuntimeConfig(max_samples=10, seed=3))
+    assert len(small) == 10 and list(small.ids) == list(again.ids)
+
+
+def test_multiclass_target_with_class_names(tiny_manifest: Path, tmp_path: Path) -> None:
+    df = pd.read_csv(tiny_manifest)
+    df["grade"] = np.array(["mild", "moderate", "severe"])[np.arange(len(df)) % 3]
+    path = tmp_path / "m.csv"
+    df.to_csv(path, index=False)
+    cfg = _cfg(
+        path,
+        target={"column": "grade", "kind": "multiclass", "classes": ["mild", "moderate", "severe"]},
+        image={"column": "image_path", "root": str(tiny_manifest.parent), "size": 16},
+    )
+    ds = AuditDataset(cfg)
+    assert ds.class_names == ["mild", "moderate", "severe"] and ds.target[:3].tolist() == [0, 1, 2]
+    bad = _cfg(
+        path,
+        target={"column": "grade", "kind": "multiclass", "classes": ["mild", "moderate"]},
+        image={"column": "image_path", "root": str(tiny_manifest.parent), "size": 16},
+    )
+    with pytest.raises(DataError, match="'severe' is not in"):
+        AuditDataset(bad)
+
+
+def test_duplicate_ids_and_non_numeric_lab(tiny_manifest: Path, tmp_path: Path) -> None:
+    df = pd.read_csv(tiny_manifest)
+    df.loc[5, "id"] = "s0"
+    path = tmp_path / "m.csv"
+    df.to_csv(path, index=False)
+    cfg = _cfg(path, image={"column": "image_path", "root": str(tiny_manifest.parent), "size": 16})
+    with pytest.raises(DataError, match="row 7: duplicate id 's0'"):
+        AuditDataset(cfg)
+    df = pd.read_csv(tiny_manifest)
+    df["lab_a"] = df["lab_a"].astype(object)
+    df.loc[1, "lab_a"] = "high"
+    df.to_csv(path, index=False)
+    with pytest.raises(DataError, match="tabular column 'lab_a' is not a number: 'high'"):
+        AuditDataset(cfg)
+
+
+def test_rgb_resize_and_16bit(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from mmaudit.data import image_to_tensor
+
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[..., 0] = 255
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    arr = load_image_file(tmp_path / "rgb.png")
+    assert arr.shape == (20, 30, 3) and arr[..., 0].max() == 1.0
+    t = image_to_tensor(arr, 16, 1)
+    assert t.shape == (1, 16, 16) and abs(float(t.mean()) - 1 / 3) < 1e-3
+    deep = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    arr16 = load_image_file(tmp_path / "deep.png")
+    assert arr16.min() >= 0.0 and arr16.max() <= 1.0 and arr16.max() > 0.9
+
+
+def test_real_dicom_chest_radiograph(tmp_path: Path) -> None:
+    pytest.importorskip("pydicom")
+    data = pytest.importorskip("pydicom_data", reason="pydicom-data (dicom extra) not installed")
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("RG1_UNCR.dcm")
+    if path is None:
+        pytest.skip("RG1_UNCR.dcm not available offline")
+    assert data
+    arr = load_image_file(Path(path))
+    assert arr.ndim == 3 and arr.shape[2] == 1 and arr.min() >= 0.0 and arr.max() == 1.0
+    shutil.copy(path, tmp_path / "cxr.dcm")
+    pd.DataFrame({"id": ["a", "b"], "image_path": ["cxr.dcm", "cxr.dcm"], "label": [0, 1]}).to_csv(
+        tmp_path / "m.csv", index=False
+    )
+    ds = AuditDataset(
+        DataConfig.model_validate(
+            {
+                "manifest": tmp_path / "m.csv",
+                "target": {"column": "label"},
+                "image": {"column": "image_path", "size": 32},
+            }
+        )
+    )
+    assert ds.load_image(0).shape == (1, 32, 32)
