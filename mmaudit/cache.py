@@ -189,39 +189,66 @@ class InferenceCache:
 
     def _run_encoder_level(self, key: str, remove: dict[str, RemovalHow]) -> SweepResult:
         mods = [m for m in self.dataset.modalities if m in self.adapter.layers]
-        outputs = {m: torch.from_numpy(self.embeddings(m)) for m in mods}
         perm = torch.from_numpy(self.permutation())
-        means = {m: outputs[m].mean(0, keepdim=True) for m in mods}
-        import contextlib
-
-        stack = contextlib.ExitStack()
+        outputs: dict[str, torch.Tensor] = {}
         for m in mods:
+            full = torch.from_numpy(self.embeddings(m))
             how = remove.get(m)
-
-            def supply(m: str = m, how: RemovalHow | None = how) -> torch.Tensor:
-                idx = self._current.index.cpu()
-                full = outputs[m]
-                if how == "permute":
-                    t = full[perm[idx]]
-                elif how == "mean":
-                    t = means[m].expand(len(idx), *full.shape[1:])
-                elif how == "zero":
-                    t = torch.zeros(len(idx), *full.shape[1:])
-                else:
-                    t = full[idx]
-                return t.to(self.adapter.device)
-
-            stack.enter_context(self.adapter.substitute(m, supply))
+            if how == "permute":
+                full = full[perm]
+            elif how == "mean":
+                full = full.mean(0, keepdim=True).expand_as(full)
+            elif how == "zero":
+                full = torch.zeros_like(full)
+            outputs[m] = full
+        miss = [self.dataset.modalities.index(m) for m, h in remove.items() if h == "missing"]
 
         def mark_missing(b: Batch) -> Batch:
-            miss = [self.dataset.modalities.index(m) for m, h in remove.items() if h == "missing"]
             if not miss:
                 return b
             present = b.present.clone()
             present[:, miss] = False
             return b.replace(present=present)
 
-        return self._run(key, mark_missing, [], ctx=stack)
+        return self._run_substituted(key, outputs, mark_missing)
+
+    def _run_substituted(
+        self,
+        key: str,
+        outputs: dict[str, torch.Tensor],
+        transform: Callable[[Batch], Batch] | None = None,
+    ) -> SweepResult:
+        """A sweep in which each named layer returns its row of ``outputs`` (N, ...) instead of
+        running: the modules before it never run, only what follows it does."""
+        import contextlib
+
+        stack = contextlib.ExitStack()
+        for layer, full in outputs.items():
+
+            def supply(full: torch.Tensor = full) -> torch.Tensor:
+                assert self._current is not None
+                return full[self._current.index.cpu()].to(self.adapter.device)
+
+            stack.enter_context(self.adapter.substitute(layer, supply))
+        return self._run(key, transform, [], ctx=stack)
+
+    def logits_with_layer(self, layer: str, values: np.ndarray, key: str | None = None) -> np.ndarray:
+        """Logits when ``layer`` (e.g. ``embedding``) outputs ``values`` (N, ...) in dataset
+        order, e.g. an erased embedding. Every modality encoder is replaced by its cached output
+        too, so only the modules after ``layer`` run. Memoised when ``key`` is given."""
+        full_key = f"layer:{layer}:{key}" if key is not None else None
+        if full_key is not None and full_key in self._sweeps:
+            return self._sweeps[full_key].logits
+        outputs = {
+            m: torch.from_numpy(self.embeddings(m))
+            for m in self.dataset.modalities
+            if m in self.adapter.layers and m != layer
+        }
+        outputs[layer] = torch.as_tensor(values, dtype=torch.float32)
+        result = self._run_substituted(full_key or f"layer:{layer}", outputs)
+        if full_key is not None:
+            self._sweeps[full_key] = result
+        return result.logits
 
     def input_mean(self, modality: str) -> torch.Tensor:
         """Dataset-mean image (over present samples), computed once."""
