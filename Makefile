@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint sample bench clean
+.PHONY: install test test-browser demo lint sample bench clean
 
 install: $(STAMP)
 
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest tests
+
+# Installs Debian's Chromium (needs root and the package mirror), then runs the browser test.
+test-browser: install
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+	$(BIN)/python -m pytest tests/test_browser.py
 
 demo: install
 	$(BIN)/mmaudit run configs/sample.yaml -o report --fail-on never --no-progress

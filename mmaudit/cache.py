@@ -232,7 +232,9 @@ class InferenceCache:
             stack.enter_context(self.adapter.substitute(layer, supply))
         return self._run(key, transform, [], ctx=stack)
 
-    def logits_with_layer(self, layer: str, values: np.ndarray, key: str | None = None) -> np.ndarray:
+    def logits_with_layer(
+        self, layer: str, values: np.ndarray, key: str | None = None
+    ) -> np.ndarray:
         """Logits when ``layer`` (e.g. ``embedding``) outputs ``values`` (N, ...) in dataset
         order, e.g. an erased embedding. Every modality encoder is replaced by its cached output
         too, so only the modules after ``layer`` run. Memoised when ``key`` is given."""

@@ -83,6 +83,12 @@ class CheckOutput:
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     per_sample: pd.DataFrame | None = None
+    # per-sample arrays in dataset order (e.g. low-resolution saliency maps, N x h x w), saved
+    # compactly so that `mmaudit diff` can compare two audits sample by sample
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    # names of figures / tables that show raw patient data (thumbnails, report text, ids):
+    # left out of the report folder under --redact
+    private: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -94,6 +100,7 @@ class AuditContext:
     adapter: ModelAdapter
     cache: InferenceCache
     seed: int = 0
+    redact: bool = False
 
     @property
     def target(self) -> np.ndarray:

@@ -48,6 +48,9 @@ def run(
         FailOn.fail, "--fail-on", help="exit 1 when the audit reaches this status"
     ),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
+    redact: bool = typer.Option(
+        False, "--redact", help="no report text, thumbnails or raw ids in the report folder"
+    ),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Audit one checkpoint and write a report folder."""
@@ -60,6 +63,7 @@ def run(
         batch_size=batch_size,
         max_samples=max_samples,
         progress=False if no_progress or not sys.stderr.isatty() else None,
+        redact=True if redact else None,
     )
     report = run_audit(config, out, overrides, console=_console(stderr=True))
     print_summary(console, report)
@@ -159,6 +163,98 @@ def validate(
     console.print(
         f"[green]ok[/green]: {len(dataset)} rows, modalities {list(dataset.modalities)},"
         f" checks {[p.name for p in planned]}, model {adapter.source}"
+    )
+
+
+@app.command()
+def show(report: Path = typer.Argument(..., help="report folder")) -> None:
+    """Print a report's summary in the terminal (from report.json alone)."""
+    from mmaudit.report import load_report
+
+    loaded = load_report(report)
+    console = _console()
+    print_summary(console, loaded)
+    console.print(
+        f"model {loaded.model.get('source')} · {loaded.data.get('n')} samples ·"
+        f" mmaudit {loaded.tool_version} · {loaded.created}"
+    )
+
+
+@app.command()
+def diff(
+    base: Path = typer.Argument(..., help="report folder of the earlier audit"),
+    new: Path = typer.Argument(..., help="report folder of the new audit"),
+    out: Path | None = typer.Option(None, "-o", "--out", help="write diff.json and diff.md here"),
+    as_json: bool = typer.Option(False, "--json", help="print diff.json to stdout"),
+    as_markdown: bool = typer.Option(False, "--markdown", help="print diff.md to stdout"),
+    fail_on_regression: bool = typer.Option(
+        False, "--fail-on-regression", help="exit 1 when anything regressed"
+    ),
+    tolerance: list[str] | None = typer.Option(
+        None,
+        "--tolerance",
+        help="ignore moves smaller than this: NUMBER, or CHECK.METRIC=NUMBER (glob), repeatable",
+    ),
+    force: bool = typer.Option(False, "--force", help="compare audits of different data"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+) -> None:
+    """Compare two audits: status, findings, metric moves with significance, CKA, churn."""
+    from mmaudit.diff import diff_markdown, diff_reports, parse_tolerances, write_diff
+
+    result = diff_reports(base, new, parse_tolerances(tolerance), force=force)
+    if out is not None:
+        write_diff(result, out)
+    if as_json:
+        typer.echo(result.to_json())
+    elif as_markdown:
+        typer.echo(diff_markdown(result))
+    else:
+        print_diff(_console(), result)
+    if fail_on_regression and result.regressions:
+        raise typer.Exit(1)
+
+
+def print_diff(console, result) -> None:  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    if result.not_comparable_reasons:
+        console.print(
+            f"[yellow]not comparable: {'; '.join(result.not_comparable_reasons)}[/yellow]"
+        )
+    table = Table(title="mmaudit diff: significant metric moves")
+    for col in ("check", "metric", "base", "new", "delta", "test", "verdict"):
+        table.add_column(col)
+    for m in result.metrics:
+        if not m.significant or m.delta is None:
+            continue
+        verdict = (
+            "[red]regression[/red]"
+            if m.regression
+            else ("[green]better[/green]" if m.improvement else "")
+        )
+        table.add_row(
+            m.check, m.metric, f"{m.base:.4g}", f"{m.new:.4g}", f"{m.delta:+.4g}", m.method, verdict
+        )
+    console.print(table)
+    for s in result.status_changes:
+        colour = "red" if s["worse"] else "green"
+        console.print(f"[{colour}]{s['check']}: {s['base']} -> {s['new']}[/{colour}]")
+    for f in result.resolved_findings:
+        console.print(f"[green]resolved[/green] {f.check}: {f.message}")
+    for f in result.new_findings:
+        console.print(f"[red]new {f.severity}[/red] {f.check}: {f.message}")
+    for layer, v in result.representation.items():
+        console.print(f"CKA {layer}: {v['cka']} (debiased {v['cka_debiased']})")
+    if result.prediction_churn is not None:
+        console.print(
+            f"prediction churn: {100 * result.prediction_churn:.1f}% of {result.shared_samples}"
+        )
+    for n in result.notes:
+        console.print(f"[dim]{n}[/dim]")
+    console.print(
+        f"[red]{len(result.regressions)} regression(s)[/red]"
+        if result.regressions
+        else "[green]no regressions[/green]"
     )
 
 

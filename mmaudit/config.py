@@ -187,6 +187,15 @@ class RuntimeConfig(Strict):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
 
 
+class ReportConfig(Strict):
+    """What the report folder keeps besides metrics (for `mmaudit diff`) and what it hides."""
+
+    redact: bool = False
+    save_predictions: bool = True
+    save_embeddings: bool = True
+    embeddings_max_mb: float = Field(default=32.0, ge=0)
+
+
 class AuditConfig(Strict):
     """The whole audit config."""
 
@@ -194,6 +203,7 @@ class AuditConfig(Strict):
     data: DataConfig
     checks: dict[str, CheckConfig] = Field(default_factory=dict)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     @field_validator("checks", mode="before")
     @classmethod

@@ -44,6 +44,10 @@ img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:1px 4px
 {% if c.metrics %}<table><tr><th>metric</th><th>value</th><th>95% CI</th><th>n</th><th>p</th></tr>
 {% for m in c.metrics %}<tr><td>{{ m.name }}</td><td>{{ m.value }}</td><td>{{ m.ci }}</td>
 <td>{{ m.n }}</td><td>{{ m.p }}</td></tr>{% endfor %}</table>{% endif %}
+{% for t in c.tables %}<details><summary>table {{ t.name }} ({{ t.n }} rows)</summary>
+<table><tr>{% for h in t.header %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for row in t.rows %}<tr>{% for v in row %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}
+</table></details>{% endfor %}
 {% for f in c.figures %}<figure><img alt="{{ f.name }}" src="data:image/png;base64,{{ f.data }}">
 <figcaption>{{ f.name }}</figcaption></figure>{% endfor %}
 </section>{% endfor %}
@@ -127,6 +131,7 @@ def render_html(folder: Path, report: Report) -> str:
                 "key": key_metrics(c.metrics),
                 "worst": worst,
                 "figures": figures,
+                "tables": [t for rel in c.tables.values() if (t := _table_preview(folder, rel))],
             }
         )
     provenance = [
@@ -141,10 +146,47 @@ def render_html(folder: Path, report: Report) -> str:
         ("layers", report.model.get("layers")),
         ("detected", report.model.get("detected")),
         ("timings (s)", {k: round(v, 2) for k, v in report.timings.items()}),
+        ("manifest", report.data.get("manifest")),
+        ("data columns", _data_columns(report.config.get("data", {}))),
+        (
+            "attributes",
+            {
+                name: (a or {}).get("column") or name
+                for name, a in (report.config.get("data", {}).get("attributes") or {}).items()
+            },
+        ),
     ]
     return env.from_string(HTML_TEMPLATE).render(
         report=report, checks=checks, provenance=provenance
     )
+
+
+def _data_columns(data: dict[str, Any]) -> dict[str, Any]:
+    """The manifest columns the audit read, by role."""
+    cols: dict[str, Any] = {"id": data.get("id"), "patient": data.get("patient")}
+    for role in ("image", "text"):
+        if data.get(role):
+            cols[role] = data[role].get("column")
+    if data.get("tabular"):
+        cols["tabular"] = data["tabular"].get("columns")
+    return cols
+
+
+def _table_preview(folder: Path, rel: str, limit: int = 15) -> dict[str, Any] | None:
+    """The first rows of a CSV table for the HTML page (values escaped by the template)."""
+    import pandas as pd
+
+    path = (folder / rel).resolve()
+    if not rel.endswith(".csv") or folder.resolve() not in path.parents or not path.is_file():
+        return None
+    frame = pd.read_csv(path)
+    rows = [[fmt(v) for v in row] for row in frame.head(limit).itertuples(index=False)]
+    return {
+        "name": Path(rel).stem,
+        "n": len(frame),
+        "header": [str(c) for c in frame.columns],
+        "rows": rows,
+    }
 
 
 def render_markdown(report: Report) -> str:

@@ -7,6 +7,7 @@ interrupted run never leaves a folder that looks complete.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -82,10 +83,48 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
+def hash_id(value: str) -> str:
+    """A pseudonymous, stable stand-in for a sample id (the same in every redacted report, so
+    two redacted audits of the same data can still be paired by ``mmaudit diff``)."""
+    return "h" + hashlib.sha256(f"mmaudit:{value}".encode()).hexdigest()[:16]
+
+
+class Redactor:
+    """Keeps raw patient data (ids, report text) out of tables written under --redact."""
+
+    def __init__(self, ids: list[str], texts: list[str]) -> None:
+        self.ids = set(ids)
+        self.texts = [t for t in texts if len(t) >= 12]
+
+    def cell(self, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value in self.ids:
+            return hash_id(value)
+        if any(i in value for i in self.ids if len(i) >= 3) or (
+            len(value) >= 12 and any(value in t or t in value for t in self.texts)
+        ):
+            return "[redacted]"
+        return value
+
+    def frame(self, frame: Any) -> Any:
+        out = frame.copy()
+        for col in out.columns:
+            if out[col].dtype == object or str(out[col].dtype).startswith("str"):
+                out[col] = out[col].map(self.cell)
+        if out.index.dtype == object or str(out.index.dtype).startswith("str"):
+            out.index = out.index.map(self.cell)
+        return out
+
+    def names(self, ids: Any) -> list[str]:
+        return [hash_id(str(i)) for i in ids]
+
+
 class ReportWriter:
     """Stages a report folder in a temporary sibling of ``out`` and renames it at the end."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, redactor: Redactor | None = None) -> None:
+        self.redactor = redactor
         self.out = Path(out).resolve()
         if self.out.exists() and not self.out.is_dir():
             raise MmauditError(f"output path exists and is not a folder: {self.out}")
@@ -105,35 +144,82 @@ class ReportWriter:
         )
 
     def add_check(
-        self, name: str, output: CheckOutput, *, redact_ids: bool = False
+        self, name: str, output: CheckOutput, ids: Any
     ) -> tuple[dict[str, str], dict[str, str]]:
-        """Write a check's figures and tables; return their report-relative paths."""
+        """Write a check's figures, tables and per-sample data; return report-relative paths.
+
+        Under --redact, figures and tables the check marked private are left out (with a
+        note), ids are hashed and report text is blanked in every table written.
+        """
+        import matplotlib.pyplot as plt
+        import numpy as np
+
         figures: dict[str, str] = {}
         tables: dict[str, str] = {}
-        if output.figures:
-            import matplotlib.pyplot as plt
-
-            fdir = self.stage / "figures" / name
-            fdir.mkdir(parents=True, exist_ok=True)
-            for key, fig in output.figures.items():
+        red = self.redactor
+        shown = set(output.figures) | set(output.tables)
+        withheld = sorted(output.private & shown) if red else []
+        if withheld:
+            output.notes.append(
+                f"left out under --redact (raw patient data): {', '.join(withheld)}"
+            )
+        fdir = self.stage / "figures" / name
+        for key, fig in output.figures.items():
+            if key not in withheld:
+                fdir.mkdir(parents=True, exist_ok=True)
                 path = fdir / f"{_slug(key)}.png"
                 fig.savefig(path, dpi=110, bbox_inches="tight")
-                plt.close(fig)
                 figures[key] = path.relative_to(self.stage).as_posix()
-        if output.tables:
-            tdir = self.stage / "tables" / name
+            plt.close(fig)
+        tdir = self.stage / "tables" / name
+        for key, frame in output.tables.items():
+            if key in withheld:
+                continue
             tdir.mkdir(parents=True, exist_ok=True)
-            for key, frame in output.tables.items():
-                path = tdir / f"{_slug(key)}.csv"
-                frame.to_csv(path, index=frame.index.name is not None or not _is_range(frame))
-                tables[key] = path.relative_to(self.stage).as_posix()
-        if output.per_sample is not None and not redact_ids:
-            sdir = self.stage / "samples"
+            path = tdir / f"{_slug(key)}.csv"
+            frame = red.frame(frame) if red else frame
+            frame.to_csv(path, index=frame.index.name is not None or not _is_range(frame))
+            tables[key] = path.relative_to(self.stage).as_posix()
+        sdir = self.stage / "samples"
+        if output.per_sample is not None:
             sdir.mkdir(exist_ok=True)
             path = sdir / f"{_slug(name)}.parquet"
-            output.per_sample.to_parquet(path, index=False)
+            per_sample = red.frame(output.per_sample) if red else output.per_sample
+            per_sample.to_parquet(path, index=False)
             tables["per_sample"] = path.relative_to(self.stage).as_posix()
+        if output.arrays:
+            sdir.mkdir(exist_ok=True)
+            path = sdir / f"{_slug(name)}.npz"
+            names = red.names(ids) if red else [str(i) for i in ids]
+            arrays = {k: np.asarray(v) for k, v in output.arrays.items()}
+            np.savez_compressed(path, __ids__=np.array(names), **arrays)
+            tables["arrays"] = path.relative_to(self.stage).as_posix()
         return figures, tables
+
+    def add_samples(self, frame: Any, embeddings: dict[str, Any], max_mb: float) -> list[str]:
+        """samples/predictions.parquet and samples/embeddings.npz (float16, up to ``max_mb``);
+        returns the layers left out for size."""
+        import numpy as np
+
+        sdir = self.stage / "samples"
+        sdir.mkdir(exist_ok=True)
+        if self.redactor is not None:
+            frame = frame.assign(id=self.redactor.names(frame["id"]))
+        frame.to_parquet(sdir / "predictions.parquet", index=False)
+        kept: dict[str, Any] = {}
+        left_out: list[str] = []
+        budget = max_mb * 1024 * 1024
+        for layer, values in embeddings.items():
+            arr = np.asarray(values, dtype=np.float16)
+            if arr.nbytes <= budget:
+                kept[layer] = arr
+                budget -= arr.nbytes
+            else:
+                left_out.append(layer)
+        if kept:
+            ids = frame["id"].to_numpy(dtype=str)
+            np.savez_compressed(sdir / "embeddings.npz", __ids__=ids, **kept)
+        return left_out
 
     def finish(self, report: Report, config_yaml: str) -> Path:
         """Write report.json, config.yaml and the rendered views, then move into place."""
@@ -186,6 +272,18 @@ def load_report(folder: str | Path) -> Report:
             hint="re-run the audit with this version of mmaudit",
         )
     try:
-        return Report.model_validate(raw)
+        report = Report.model_validate(raw)
     except Exception as exc:
-        raise ReportError(f"{path}: malformed report: {str(exc).splitlines()[0]}") from exc
+        first = str(exc).splitlines()
+        detail = " ".join(first[:2]) if first else type(exc).__name__
+        raise ReportError(f"{path}: malformed report.json (hand-edited?): {detail}") from exc
+    root = folder.resolve()
+    for check in report.checks.values():
+        for rel in [*check.figures.values(), *check.tables.values()]:
+            target = (root / rel).resolve()
+            if root not in target.parents:
+                raise ReportError(
+                    f"{path}: check '{check.name}' points outside the report folder: {rel}",
+                    hint="the report was edited or is not from mmaudit; refusing to read it",
+                )
+    return report

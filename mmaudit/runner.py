@@ -23,7 +23,7 @@ from mmaudit.check import (
 from mmaudit.config import AuditConfig, config_to_yaml, load_config
 from mmaudit.errors import CheckError
 from mmaudit.findings import SEVERITY_ORDER, judge, status_of
-from mmaudit.report import CheckReport, Report, ReportWriter, json_safe
+from mmaudit.report import CheckReport, Redactor, Report, ReportWriter, json_safe
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Overrides:
     batch_size: int | None = None
     max_samples: int | None = None
     progress: bool | None = None
+    redact: bool | None = None
 
 
 @dataclass
@@ -54,6 +55,8 @@ def apply_overrides(cfg: AuditConfig, o: Overrides) -> AuditConfig:
         cfg.runtime.max_samples = o.max_samples
     if o.progress is not None:
         cfg.runtime.progress = o.progress
+    if o.redact is not None:
+        cfg.report.redact = o.redact
     return cfg
 
 
@@ -142,6 +145,8 @@ def run_audit(
         torch.manual_seed(cfg.runtime.seed)
         np.random.seed(cfg.runtime.seed)
         dataset = build_dataset(cfg)
+        if cfg.report.redact:
+            writer.redactor = Redactor([str(i) for i in dataset.ids], dataset.texts)
         timings["load_data"] = time.perf_counter() - t0
         t = time.perf_counter()
         adapter = load_model(cfg.model, dataset.modalities, cfg.runtime)
@@ -171,6 +176,7 @@ def run_audit(
         for pc in planned:
             results[pc.name] = run_one(pc, ctx, writer, console)
             timings[f"check.{pc.name}"] = results[pc.name].seconds
+        saved = save_samples(cfg, dataset, cache, writer)
         timings["total"] = time.perf_counter() - t0
         worst = "pass"
         for r in results.values():
@@ -199,6 +205,8 @@ def run_audit(
                 "patients": int(len(set(dataset.patients)))
                 if dataset.patients is not None
                 else None,
+                "redacted": cfg.report.redact,
+                "saved": saved,
             },
             environment=environment(str(adapter.device)) | {"precision": cfg.runtime.precision},
             seed=cfg.runtime.seed,
@@ -211,6 +219,48 @@ def run_audit(
     except BaseException:
         writer.abort()
         raise
+
+
+def pooled(values: Any) -> Any:
+    """One vector per sample: token outputs (N, T, D) and feature maps (N, C, H, W) averaged."""
+    if values.ndim == 3:
+        return values.mean(axis=1)
+    if values.ndim == 4:
+        return values.mean(axis=(2, 3))
+    return values.reshape(len(values), -1)
+
+
+def save_samples(
+    cfg: AuditConfig, dataset: Any, cache: Any, writer: ReportWriter
+) -> dict[str, Any]:
+    """Per-sample predictions and compact embeddings, so `mmaudit diff` can pair two audits."""
+    import pandas as pd
+
+    from mmaudit.checks.performance import sweep_probs
+
+    saved: dict[str, Any] = {"predictions": False, "embeddings": [], "embeddings_left_out": []}
+    if not cfg.report.save_predictions and not cfg.report.save_embeddings:
+        return saved
+    sweep = cache.sweep()
+    frame = pd.DataFrame({"id": [str(i) for i in dataset.ids]})
+    target = dataset.target
+    if target.ndim == 1:
+        frame["target"] = target
+    else:
+        for k, name in enumerate(dataset.class_names):
+            frame[f"target.{name}"] = target[:, k]
+    probs = sweep_probs(sweep.logits, cfg.data.target.kind)
+    for k in range(sweep.logits.shape[1]):
+        frame[f"logit.{k}"] = sweep.logits[:, k]
+        frame[f"prob.{k}"] = probs[:, k]
+    layers = {}
+    if cfg.report.save_embeddings:
+        layers = {name: pooled(v) for name, v in sweep.embeddings.items()}
+    left_out = writer.add_samples(frame, layers, cfg.report.embeddings_max_mb)
+    saved["predictions"] = True
+    saved["embeddings"] = [k for k in layers if k not in left_out]
+    saved["embeddings_left_out"] = left_out
+    return saved
 
 
 def run_one(
@@ -240,7 +290,7 @@ def run_one(
             seconds=time.perf_counter() - start,
         )
     findings = list(output.findings) + judge(pc.name, output.metrics, pc.rules)
-    figures, tables = writer.add_check(pc.name, output)
+    figures, tables = writer.add_check(pc.name, output, ctx.dataset.ids)
     status = status_of(findings)
     if status == "note":
         status = "pass"

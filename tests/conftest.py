@@ -9,9 +9,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from PIL import Image
+from torch import nn
 
+TESTS = Path(__file__).parent
 TINY_N = 48
 TINY_SIZE = 16
 
@@ -95,3 +98,32 @@ def write_config(tmp_path: Path) -> Callable[[dict[str, Any]], Path]:
         return path
 
     return _write
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("weights")
+    from test_model import build_tiny
+
+    model = build_tiny()
+    torch.manual_seed(1)
+    for p in model.parameters():
+        nn.init.normal_(p, std=0.3)
+    save_file(model.state_dict(), folder / "tiny.safetensors")
+    torch.save(model.state_dict(), folder / "tiny.pt")
+    torch.jit.script(model).save(str(folder / "tiny_script.pt"))
+    return folder
+
+
+def byo_model_config(weights: Path, **extra: object) -> dict[str, object]:
+    """The ``model:`` section that loads TinyFusion through the factory path."""
+    return {
+        "factory": "test_model:build_tiny",
+        "kwargs": {"width": 8},
+        "weights": str(weights),
+        "python_path": [str(TESTS)],
+        "layers": {"embedding": "fuse", "image": "img", "tabular": "tab"},
+        **extra,
+    }

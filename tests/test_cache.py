@@ -6,14 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import byo_model_config, tiny_config
 
-from conftest import tiny_config
 from mmaudit.cache import InferenceCache
-from test_model import byo_model_config, tiny_weights  # noqa: F401  (fixture)
 
 
 @pytest.fixture()
-def cache(tiny_manifest: Path, tiny_weights: Path, write_config) -> InferenceCache:  # noqa: F811
+def cache(tiny_manifest: Path, tiny_weights: Path, write_config) -> InferenceCache:
     from mmaudit.config import load_config
     from mmaudit.data import build_dataset
     from mmaudit.model import load_model

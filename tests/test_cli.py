@@ -8,8 +8,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import tiny_config
-from test_model import byo_model_config, tiny_weights  # noqa: F401  (fixture)
+from conftest import byo_model_config, tiny_config
 
 from mmaudit.cli import main
 
@@ -22,7 +21,7 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 
 @pytest.fixture()
-def good(tiny_manifest: Path, tiny_weights: Path) -> dict[str, Any]:  # noqa: F811
+def good(tiny_manifest: Path, tiny_weights: Path) -> dict[str, Any]:
     return tiny_config(tiny_manifest, byo_model_config(tiny_weights / "tiny.safetensors"))
 
 

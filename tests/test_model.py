@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import byo_model_config
 from torch import nn
 
 from mmaudit.config import ModelConfig, RuntimeConfig
 from mmaudit.errors import DeviceError, ModelLoadError
 from mmaudit.model import load_model, resolve_device
-
-TESTS = Path(__file__).parent
 
 
 class TinyFusion(nn.Module):
@@ -42,33 +41,6 @@ def build_tiny(width: int = 8, n_tab: int = 2) -> TinyFusion:
     """The factory a config names as ``test_model:build_tiny``."""
     torch.manual_seed(0)
     return TinyFusion(width, n_tab)
-
-
-@pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from safetensors.torch import save_file
-
-    folder = tmp_path_factory.mktemp("weights")
-    model = build_tiny()
-    torch.manual_seed(1)
-    for p in model.parameters():
-        nn.init.normal_(p, std=0.3)
-    save_file(model.state_dict(), folder / "tiny.safetensors")
-    torch.save(model.state_dict(), folder / "tiny.pt")
-    torch.jit.script(model).save(str(folder / "tiny_script.pt"))
-    return folder
-
-
-def byo_model_config(weights: Path, **extra: object) -> dict[str, object]:
-    """The ``model:`` section that loads TinyFusion through the factory path."""
-    return {
-        "factory": "test_model:build_tiny",
-        "kwargs": {"width": 8},
-        "weights": str(weights),
-        "python_path": [str(TESTS)],
-        "layers": {"embedding": "fuse", "image": "img", "tabular": "tab"},
-        **extra,
-    }
 
 
 def _adapter(cfg: dict[str, object]):  # type: ignore[no-untyped-def]

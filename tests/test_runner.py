@@ -8,15 +8,14 @@ from typing import ClassVar
 
 import pytest
 import yaml
-from conftest import tiny_config
-from test_model import byo_model_config, tiny_weights  # noqa: F401  (fixture)
+from conftest import byo_model_config, tiny_config
 
 from mmaudit.check import REGISTRY, AuditContext, Check, CheckOutput, Requirements, register
 from mmaudit.runner import Overrides, run_audit
 
 
 @pytest.fixture()
-def byo_config(tiny_manifest: Path, tiny_weights: Path, write_config) -> Path:  # noqa: F811
+def byo_config(tiny_manifest: Path, tiny_weights: Path, write_config) -> Path:
     return write_config(
         tiny_config(tiny_manifest, byo_model_config(tiny_weights / "tiny.safetensors"))
     )

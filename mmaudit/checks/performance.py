@@ -60,6 +60,9 @@ class PerformanceCheck(Check):
         alpha: float = Field(default=0.05, gt=0, lt=1, description="1 - CI level")
         threshold: float = Field(default=0.5, gt=0, lt=1, description="decision threshold (binary)")
         ece_bins: int = Field(default=15, ge=2, description="bins of the calibration error")
+        n_confident_errors: int = Field(
+            default=10, ge=0, description="rows of the most confident errors table"
+        )
 
     default_thresholds: ClassVar[dict[str, ThresholdRule]] = {
         "auroc_low": ThresholdRule(
@@ -94,6 +97,11 @@ class PerformanceCheck(Check):
             out.tables["confusion"] = _confusion(y, pred, ctx.dataset.class_names)
             out.per_sample = pd.DataFrame(
                 {"id": ctx.dataset.ids, "target": y, "score": score, "pred": pred}
+            )
+            wrong = np.flatnonzero(pred != y)
+            worst = wrong[np.argsort(-np.abs(score[wrong] - y[wrong]))][: p.n_confident_errors]
+            out.tables["confident_errors"] = pd.DataFrame(
+                {"id": ctx.dataset.ids[worst], "target": y[worst], "score": score[worst]}
             )
         elif kind == "multiclass":
             pred = prob.argmax(1)
