@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -72,6 +73,8 @@ class InferenceCache:
         self._layers: list[str] = []
         self._input_means: dict[str, torch.Tensor] = {}
         self._current: Batch | None = None
+        # where finished sweep batches are kept for --resume (None: nothing written)
+        self.work_dir: Path | None = None
 
     # ---------------------------------------------------------------- plumbing
     def request_layers(self, names: list[str]) -> None:
@@ -81,13 +84,20 @@ class InferenceCache:
                 self._layers.append(n)
 
     def iter_batches(
-        self, desc: str, indices: np.ndarray | None = None, batch_size: int | None = None
+        self,
+        desc: str,
+        indices: np.ndarray | None = None,
+        batch_size: int | None = None,
+        chunks: list[np.ndarray] | None = None,
     ) -> Iterator[Batch]:
         """Batches on the device, with a progress bar when enabled."""
         bs = batch_size or self.batch_size
-        n = len(self.dataset) if indices is None else len(indices)
-        total = (n + bs - 1) // bs
-        source = self.dataset.batches(bs, self.num_workers, indices)
+        if chunks is not None:
+            total = len(chunks)
+        else:
+            n = len(self.dataset) if indices is None else len(indices)
+            total = (n + bs - 1) // bs
+        source = self.dataset.batches(bs, self.num_workers, indices, chunks)
         if not self.progress:
             for b in source:
                 yield b.to(self.adapter.device)
@@ -118,35 +128,63 @@ class InferenceCache:
         transform: Callable[[Batch], Batch] | None,
         layers: list[str],
         ctx: Any = None,
+        persist: bool = False,
     ) -> SweepResult:
+        """One pass: this rank's shard in batches, results gathered from every rank in dataset
+        order. With ``persist`` and a work folder, each finished batch is written to disk and
+        reused by a resumed run."""
+        from mmaudit import distributed
+
         start = time.perf_counter()
-        logits: list[np.ndarray] = []
-        captured: dict[str, list[np.ndarray]] = {n: [] for n in layers}
+        mine = distributed.shard(np.arange(len(self.dataset)))
+        chunks = [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
+        done: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+        files = {k: self._batch_file(key, c) for k, c in enumerate(chunks)} if persist else {}
+        for k, path in files.items():
+            if path is not None and path.is_file():
+                with np.load(path) as saved:
+                    if all(n in saved.files for n in layers):
+                        done[k] = (saved["__logits__"], {n: saved[n] for n in layers})
+        todo = [k for k in range(len(chunks)) if k not in done]
         manager = self.adapter.capture(layers) if layers else _null_capture()
         with torch.inference_mode(), manager as store:
             if ctx is not None:
                 ctx.__enter__()
             try:
-                for batch in self.iter_batches(f"sweep {key}"):
+                batches = self.iter_batches(f"sweep {key}", chunks=[chunks[k] for k in todo])
+                for k, batch in zip(todo, batches, strict=True):
                     self._current = batch
                     if transform is not None:
                         batch = transform(batch)
-                    out = self.adapter.logits(batch)
+                    out = self.adapter.logits(batch).float().cpu().numpy()
                     self.model_calls += 1
-                    logits.append(out.float().cpu().numpy())
-                    for n in layers:
-                        captured[n].append(store[n].float().cpu().numpy())
+                    grabbed = {n: store[n].float().cpu().numpy() for n in layers}
+                    done[k] = (out, grabbed)
+                    if files.get(k) is not None:
+                        np.savez(files[k], __logits__=out, **grabbed)  # type: ignore[arg-type]
             finally:
                 if ctx is not None:
                     ctx.__exit__(None, None, None)
-        emb = {n: np.concatenate(v) for n, v in captured.items()}
-        return SweepResult(np.concatenate(logits), emb, time.perf_counter() - start)
+        local = (
+            _concat([done[k][0] for k in range(len(chunks))]),
+            {n: _concat([done[k][1][n] for k in range(len(chunks))]) for n in layers},
+        )
+        parts = distributed.gather(local)
+        logits = np.concatenate([p[0] for p in parts if len(p[0])])
+        emb = {n: np.concatenate([p[1][n] for p in parts if len(p[1][n])]) for n in layers}
+        return SweepResult(logits, emb, time.perf_counter() - start)
+
+    def _batch_file(self, key: str, chunk: np.ndarray) -> Path | None:
+        if self.work_dir is None or not len(chunk):
+            return None
+        safe = "".join(c if c.isalnum() else "_" for c in key)
+        return self.work_dir / f"{safe}_{int(chunk[0])}_{int(chunk[-1])}.npz"
 
     # ---------------------------------------------------------------- sweeps
     def sweep(self) -> SweepResult:
         """Logits and every requested layer output for the whole dataset (run once)."""
         if "base" not in self._sweeps:
-            self._sweeps["base"] = self._run("base", None, list(self._layers))
+            self._sweeps["base"] = self._run("base", None, list(self._layers), persist=True)
         return self._sweeps["base"]
 
     def embeddings(self, name: str) -> np.ndarray:
@@ -320,11 +358,16 @@ class InferenceCache:
         """Apply ``fn`` to every batch on the device (autocast as configured).
 
         ``grad=True`` enables autograd for attribution. On CUDA out-of-memory the batch
-        size halves and the batch is retried. Results come back in batch order.
+        size halves and the batch is retried. Under torchrun each rank takes its shard and
+        the per-batch results of all ranks come back in dataset order, so ``fn`` should
+        return CPU values (numpy arrays, floats) that can be gathered.
         """
+        from mmaudit import distributed
+
         bs = batch_size or self.batch_size
         results: list[Any] = []
         pending = np.arange(len(self.dataset)) if indices is None else np.asarray(indices)
+        pending = distributed.shard(pending)
         pos = 0
         while pos < len(pending):
             try:
@@ -339,7 +382,11 @@ class InferenceCache:
                     raise
                 torch.cuda.empty_cache()
                 bs = max(1, bs // 2)
-        return results
+        return [r for part in distributed.gather(results) for r in part]
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0,), dtype=np.float32)
 
 
 def empty_text(

@@ -51,9 +51,13 @@ def run(
     redact: bool = typer.Option(
         False, "--redact", help="no report text, thumbnails or raw ids in the report folder"
     ),
+    resume: bool = typer.Option(
+        False, "--resume", help="reuse the finished sweep batches of an interrupted run"
+    ),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
-    """Audit one checkpoint and write a report folder."""
+    """Audit one checkpoint and write a report folder (under torchrun: one report, rank 0)."""
+    from mmaudit import distributed
     from mmaudit.runner import Overrides, run_audit
 
     console = _console()
@@ -65,7 +69,10 @@ def run(
         progress=False if no_progress or not sys.stderr.isatty() else None,
         redact=True if redact else None,
     )
-    report = run_audit(config, out, overrides, console=_console(stderr=True))
+    report = run_audit(config, out, overrides, console=_console(stderr=True), resume=resume)
+    distributed.shutdown()
+    if not distributed.is_main():
+        return
     print_summary(console, report)
     console.print(f"report written to [bold]{out.resolve()}[/bold] (open {out / 'index.html'})")
     if gate_failed(report.status, fail_on.value):
@@ -315,7 +322,10 @@ def main(argv: list[str] | None = None) -> None:
     except MmauditError as exc:
         if debug:
             raise
-        print(f"error: {exc.one_line()}", file=sys.stderr)
+        from mmaudit import distributed
+
+        who = f"rank {distributed.rank()}: " if distributed.world_size() > 1 else ""
+        print(f"error: {who}{exc.one_line()}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

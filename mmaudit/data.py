@@ -438,9 +438,20 @@ class AuditDataset(torch.utils.data.Dataset):
         return batch
 
     def batches(
-        self, batch_size: int, num_workers: int = 0, indices: np.ndarray | None = None
+        self,
+        batch_size: int,
+        num_workers: int = 0,
+        indices: np.ndarray | None = None,
+        chunks: list[np.ndarray] | None = None,
     ) -> Iterator[Batch]:
-        """Batches in manifest order (or over ``indices``)."""
+        """Batches in manifest order (or over ``indices``, or exactly the given ``chunks``)."""
+        if chunks is not None:
+            sampler = [[int(i) for i in c] for c in chunks if len(c)]
+            loader = torch.utils.data.DataLoader(
+                self, batch_sampler=sampler, num_workers=num_workers, collate_fn=self.collate
+            )
+            yield from loader
+            return
         subset: torch.utils.data.Dataset = self
         if indices is not None:
             subset = torch.utils.data.Subset(self, [int(i) for i in indices])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from mmaudit.check import (
     merged_thresholds,
 )
 from mmaudit.config import AuditConfig, config_to_yaml, load_config
-from mmaudit.errors import CheckError
+from mmaudit.errors import CheckError, MmauditError
 from mmaudit.findings import SEVERITY_ORDER, judge, status_of
 from mmaudit.report import CheckReport, Redactor, Report, ReportWriter, json_safe
 
@@ -127,24 +129,44 @@ def run_audit(
     out: str | Path,
     overrides: Overrides | None = None,
     console: Any = None,
+    resume: bool = False,
 ) -> Report:
-    """Run every planned check on the config's model and data; write the report folder."""
+    """Run every planned check on the config's model and data; write the report folder.
+
+    Under ``torchrun`` every rank runs this: the model-bound work is sharded across
+    ranks by the cache, and only rank 0 writes the report. With ``resume``, base-sweep
+    batches finished by an interrupted run of the same config and checkpoint are reused.
+    """
     import numpy as np
     import torch
 
+    from mmaudit import distributed
     from mmaudit.cache import InferenceCache
     from mmaudit.data import build_dataset
     from mmaudit.model import load_model
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    cfg = apply_overrides(load_config(config_path), overrides or Overrides())
-    planned = plan_checks(cfg, (overrides or Overrides()).checks)
-    writer = ReportWriter(Path(out))
+    overrides = overrides or Overrides()
+    cfg = apply_overrides(load_config(config_path), overrides)
+    planned = plan_checks(cfg, overrides.checks)
+    cfg.runtime.device = distributed.init(cfg.runtime.device)
+    distributed.agree(config_fingerprint(cfg), "config")
+    if not distributed.is_main():
+        cfg.runtime.progress = False
+    writer: ReportWriter | NullWriter = (
+        ReportWriter(Path(out)) if distributed.is_main() else NullWriter()
+    )
     try:
         torch.manual_seed(cfg.runtime.seed)
         np.random.seed(cfg.runtime.seed)
         dataset = build_dataset(cfg)
+        if distributed.world_size() > len(dataset):
+            raise MmauditError(
+                f"world size {distributed.world_size()} is larger than the dataset"
+                f" ({len(dataset)} rows)",
+                hint="use fewer processes",
+            )
         if cfg.report.redact:
             writer.redactor = Redactor([str(i) for i in dataset.ids], dataset.texts)
         timings["load_data"] = time.perf_counter() - t0
@@ -160,6 +182,9 @@ def run_audit(
             progress=cfg.runtime.progress,
             target_kind=cfg.data.target.kind,
         )
+        model_sha = sha256_of(checkpoint_files(cfg))
+        manifest_sha = sha256_of([dataset.manifest_path])
+        cache.work_dir = prepare_work_dir(Path(out), cfg, model_sha, manifest_sha, resume)
         if adapter.supports_hooks:
             cache.request_layers(
                 [k for k in ("embedding", *dataset.modalities) if k in adapter.layers]
@@ -170,7 +195,12 @@ def run_audit(
         cache.sweep()
         timings["sweep"] = time.perf_counter() - t
         ctx = AuditContext(
-            config=cfg, dataset=dataset, adapter=adapter, cache=cache, seed=cfg.runtime.seed
+            config=cfg,
+            dataset=dataset,
+            adapter=adapter,
+            cache=cache,
+            seed=cfg.runtime.seed,
+            redact=cfg.report.redact,
         )
         results: dict[str, CheckReport] = {}
         for pc in planned:
@@ -189,7 +219,7 @@ def run_audit(
             config_path=str(Path(config_path).resolve()),
             model={
                 "source": adapter.source,
-                "sha256": sha256_of(checkpoint_files(cfg)),
+                "sha256": model_sha,
                 "layers": adapter.layers,
                 "detected": adapter.detected,
                 "inputs": adapter.keywords,
@@ -197,7 +227,7 @@ def run_audit(
             },
             data={
                 "manifest": str(dataset.manifest_path),
-                "sha256": sha256_of([dataset.manifest_path]),
+                "sha256": manifest_sha,
                 "n": len(dataset),
                 "modalities": list(dataset.modalities),
                 "target_kind": cfg.data.target.kind,
@@ -208,17 +238,83 @@ def run_audit(
                 "redacted": cfg.report.redact,
                 "saved": saved,
             },
-            environment=environment(str(adapter.device)) | {"precision": cfg.runtime.precision},
+            environment=environment(str(adapter.device))
+            | {"precision": cfg.runtime.precision, "world_size": distributed.world_size()},
             seed=cfg.runtime.seed,
             timings=timings | {"model_calls": float(cache.model_calls)},
             checks=results,
             status=worst,
         )
+        distributed.barrier()
         writer.finish(report, config_to_yaml(cfg))
+        if cache.work_dir is not None and distributed.is_main():
+            shutil.rmtree(cache.work_dir, ignore_errors=True)
         return report
     except BaseException:
         writer.abort()
         raise
+
+
+class NullWriter:
+    """What ranks other than 0 write: nothing (figures are closed, paths are empty)."""
+
+    redactor: Redactor | None = None
+
+    def add_check(self, name: str, output: Any, ids: Any) -> tuple[dict[str, str], dict[str, str]]:
+        import matplotlib.pyplot as plt
+
+        for fig in output.figures.values():
+            plt.close(fig)
+        return {}, {}
+
+    def add_samples(self, frame: Any, embeddings: dict[str, Any], max_mb: float) -> list[str]:
+        return []
+
+    def finish(self, report: Report, config_yaml: str) -> None:
+        return None
+
+    def abort(self) -> None:
+        return None
+
+
+def config_fingerprint(cfg: AuditConfig) -> str:
+    """A hash of what decides the results (not how progress is shown)."""
+    raw = cfg.model_dump(mode="json")
+    raw["runtime"].pop("progress", None)
+    raw["runtime"].pop("device", None)
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def prepare_work_dir(
+    out: Path, cfg: AuditConfig, model_sha: str, manifest_sha: str, resume: bool
+) -> Path:
+    """The folder where finished sweep batches wait for a --resume (hidden sibling of OUT)."""
+    from mmaudit import distributed
+
+    work = out.resolve().parent / f".{out.name}.work"
+    meta = {
+        "config": config_fingerprint(cfg),
+        "checkpoint": model_sha,
+        "manifest": manifest_sha,
+        "world_size": distributed.world_size(),
+    }
+    meta_file = work / "meta.json"
+    if resume and meta_file.is_file():
+        previous = json.loads(meta_file.read_text())
+        changed = [k for k in meta if previous.get(k) != meta[k]]
+        if changed:
+            raise MmauditError(
+                f"--resume: {work} comes from a run with another {', '.join(changed)}",
+                hint="run without --resume to start over",
+            )
+        return work
+    distributed.barrier()
+    if distributed.is_main():
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        meta_file.write_text(json.dumps(meta))
+    distributed.barrier()
+    return work
 
 
 def pooled(values: Any) -> Any:
