@@ -240,12 +240,17 @@ class InferenceCache:
                 full = torch.zeros_like(full)
             outputs[m] = full
         miss = [self.dataset.modalities.index(m) for m, h in remove.items() if h == "missing"]
+        # a permuted encoder output brings its sample's presence flag along, as at the input
+        moved = [self.dataset.modalities.index(m) for m in mods if remove.get(m) == "permute"]
+        donor_present = torch.from_numpy(self.dataset.present[self.permutation()])
 
         def mark_missing(b: Batch) -> Batch:
-            if not miss:
+            if not miss and not moved:
                 return b
             present = b.present.clone()
             present[:, miss] = False
+            if moved:
+                present[:, moved] = donor_present[b.index.cpu()][:, moved].to(present.device)
             return b.replace(present=present)
 
         return self._run_substituted(key, outputs, mark_missing)

@@ -75,7 +75,7 @@ _BODY = 150.0  # soft tissue inside the body silhouette
 _MEDIASTINUM = 45.0  # added on the central band / heart
 _LUNG = 68.0  # lung fields replace body intensity (air is dark)
 _RIB = 13.0  # faint rib arcs
-_BODY_HALF_WIDTH = {"F": 25.0, "M": 28.0}  # the sex trace: M silhouette 3 px wider per side
+_BODY_HALF_WIDTH = {"F": 25.0, "M": 27.0}  # the sex trace: M silhouette 2 px wider per side
 _BODY_CENTER = (36.0, 32.0)  # (row, col)
 _BODY_HALF_HEIGHT = 31.0
 _LUNG_OFFSET_X = 11.5  # lung centres at col 32 -/+ this
@@ -222,7 +222,7 @@ def render_study(spec: StudySpec, size: int = IMAGE_SIZE) -> RenderedStudy:
     scale = size / IMAGE_SIZE
 
     # body silhouette (soft edge); the sex trace is its half-width
-    body_hw = (_BODY_HALF_WIDTH[spec.sex] + rng.normal(0.0, 0.6)) * scale
+    body_hw = (_BODY_HALF_WIDTH[spec.sex] + rng.normal(0.0, 0.8)) * scale
     body_cy = (_BODY_CENTER[0] + rng.normal(0.0, 0.8)) * scale
     body_cx = (_BODY_CENTER[1] + rng.normal(0.0, 0.8)) * scale
     body = _ellipse(rr, cc, body_cy, body_cx, _BODY_HALF_HEIGHT * scale, body_hw) <= 1.0

@@ -141,6 +141,8 @@ def sweep_probs(logits: np.ndarray, kind: str) -> np.ndarray:
 
     if kind == "multiclass" and logits.shape[1] == 1:
         return logits_to_probs(logits, "multilabel")
+    if kind == "binary" and logits.shape[1] == 2:
+        return logits_to_probs(logits, "multiclass")  # a two-logit softmax head
     return logits_to_probs(logits, "multilabel" if kind != "multiclass" else "multiclass")
 
 

@@ -1,0 +1,354 @@
+"""Capture attention weights through hooks, without changing the model, and turn them into
+image-region maps per text token.
+
+Sources, in the order they are looked for:
+
+* the built-in ``attention`` fusion (``mmaudit.models.fusion.AttentionFusion``): text
+  tokens query image region tokens (+ the tabular token) through one
+  ``nn.MultiheadAttention``; the key layout is known from the module;
+* any other ``torch.nn.MultiheadAttention`` outside the modality encoders: a forward
+  pre-hook sets ``need_weights=True, average_attn_weights=False`` in the call (the
+  output the model uses is unchanged; only the weights are also returned), a forward
+  hook reads them;
+* Hugging Face cross-attention modules (``*CrossAttention``): they return their
+  weights only with the ``eager`` attention kernel, so the model config's
+  ``_attn_implementation`` is set to ``eager`` while capturing and restored afterwards
+  (same mathematics, a slower kernel).
+
+Hugging Face *self*-attention inside the text encoder is captured as well when asked,
+for relevancy propagation.
+
+Relevancy (Chefer, Gur & Wolf, ICCV 2021, "Generic attention-model explainability for
+interpreting bi-modal and encoder-decoder transformers"): each attention map ``A`` is
+weighted by the gradient of the explained score, ``A_bar = mean_heads((grad A * A)^+)``;
+text self-attention layers accumulate ``R_tt <- R_tt + A_bar R_tt`` from the identity,
+and the cross-attention layer gives text-token x image-region relevancy
+``R_ti = normalise(R_tt)^T A_bar_ti`` (with ``normalise(R) = (R - I) / rowsum + I``;
+image tokens come from a CNN or other non-attention encoder, so ``R_ii = I``). Without
+gradients the raw, head-averaged weights are used and labelled as such.
+
+The gradient of an ``nn.MultiheadAttention``'s weights: the module returns a *view* of
+the softmax output that its value product consumed, so the gradient is taken with
+respect to that view's base (checked against an explicit recomputation in the tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmaudit.model import ModelAdapter
+
+__all__ = [
+    "AttentionSource",
+    "Captured",
+    "capture_attention",
+    "chefer_relevancy",
+    "find_attention_source",
+    "region_fractions",
+    "text_self_attention_paths",
+]
+
+Kind = Literal["mha", "hf"]
+
+
+@dataclass
+class Captured:
+    """One call of one attention module: weights (B, heads, L_query, T_keys)."""
+
+    weights: torch.Tensor  # as returned (view), possibly part of the autograd graph
+    graph: torch.Tensor | None  # the tensor the module actually consumed (for gradients)
+
+
+@dataclass
+class AttentionSource:
+    """Where cross-modal (text -> image) attention lives and how its keys are laid out."""
+
+    path: str
+    kind: Kind
+    builtin: bool
+    image_offset: int = 0
+    n_image_tokens: int | None = None
+    grid: tuple[int, int] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _is_hf_attention(module: nn.Module) -> bool:
+    config = getattr(module, "config", None)
+    return (
+        type(module).__name__.endswith("Attention")
+        and config is not None
+        and hasattr(config, "_attn_implementation")
+        and all(hasattr(module, a) for a in ("query", "key", "value"))
+    )
+
+
+def _under(name: str, roots: list[str]) -> bool:
+    return any(name == r or name.startswith(r + ".") for r in roots)
+
+
+def find_attention_source(
+    adapter: ModelAdapter,
+    *,
+    grid: tuple[int, int] | None = None,
+    image_offset: int | None = None,
+) -> tuple[AttentionSource | None, str | None]:
+    """The cross-modal attention to capture, or None with the reason.
+
+    ``grid`` (rows, cols of image regions) and ``image_offset`` (index of the first
+    image key) override what is read from the model; for a model other than the
+    built-in family the grid is the image encoder's ``grid_size`` if it has one, else
+    the square root of the number of keys.
+    """
+    if not adapter.supports_hooks:
+        return None, "needs layer hooks, which a TorchScript model does not allow"
+    model = adapter.module
+    image_root = adapter.layers.get("image")
+    image_enc = _maybe_module(model, image_root)
+    enc_grid = getattr(image_enc, "grid_size", None)
+    enc_tokens = getattr(image_enc, "num_tokens", None)
+    fusion_path = adapter.layers.get("embedding")
+    fusion = _maybe_module(model, fusion_path)
+    if (
+        fusion is not None
+        and hasattr(fusion, "last_attention")
+        and isinstance(getattr(fusion, "attn", None), nn.MultiheadAttention)
+    ):
+        key_mods = list(getattr(fusion, "key_modalities", []))
+        if "image" not in key_mods:
+            return None, "the fusion's attention has no image keys"
+        counts = {"image": enc_tokens, "tabular": 1}
+        offset = 0
+        for m in key_mods[: key_mods.index("image")]:
+            if counts.get(m) is None:
+                return None, f"cannot place the image keys after the {m} keys"
+            offset += int(counts[m])  # type: ignore[arg-type]
+        g = grid or (tuple(enc_grid) if enc_grid else None)
+        n_img = int(enc_tokens) if enc_tokens else (g[0] * g[1] if g else None)
+        if not getattr(fusion, "has_text", True):
+            return None, "the fusion attends from a learned query, not from report tokens"
+        return (
+            AttentionSource(
+                path=f"{fusion_path}.attn",
+                kind="mha",
+                builtin=True,
+                image_offset=offset if image_offset is None else image_offset,
+                n_image_tokens=n_img,
+                grid=g,  # type: ignore[arg-type]
+            ),
+            None,
+        )
+    encoders = [adapter.layers[m] for m in ("image", "text", "tabular") if m in adapter.layers]
+    candidates: list[tuple[str, Kind]] = []
+    inside: list[str] = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.MultiheadAttention):
+            kind: Kind = "mha"
+        elif _is_hf_attention(m) and "Cross" in type(m).__name__:
+            kind = "hf"
+        elif _is_hf_attention(m) or type(m).__name__.endswith("Attention"):
+            inside.append(name)
+            continue
+        else:
+            continue
+        if _under(name, encoders):
+            inside.append(name)
+            continue
+        candidates.append((name, kind))
+    if not candidates:
+        if inside:
+            return None, (
+                "the model has no attention to capture across modalities: attention found"
+                f" only inside an encoder ({inside[0]}{', ...' if len(inside) > 1 else ''})"
+            )
+        return None, "the model has no attention to capture"
+    path, kind = candidates[0]
+    g = grid or (tuple(enc_grid) if enc_grid else None)
+    src = AttentionSource(
+        path=path,
+        kind=kind,
+        builtin=False,
+        image_offset=image_offset or 0,
+        n_image_tokens=(int(enc_tokens) if enc_tokens else (g[0] * g[1] if g else None)),
+        grid=g,  # type: ignore[arg-type]
+    )
+    if len(candidates) > 1:
+        src.notes.append(
+            f"{len(candidates)} attention modules outside the encoders; the first, {path}, is"
+            " analysed"
+        )
+    return src, None
+
+
+def _maybe_module(model: nn.Module, path: str | None) -> nn.Module | None:
+    if not path:
+        return None
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def text_self_attention_paths(adapter: ModelAdapter) -> list[str]:
+    """Hugging Face self-attention modules under the text encoder, in forward order."""
+    root = adapter.layers.get("text")
+    if not root or not adapter.supports_hooks:
+        return []
+    return [
+        name
+        for name, m in adapter.module.named_modules()
+        if _under(name, [root]) and _is_hf_attention(m) and "Cross" not in type(m).__name__
+    ]
+
+
+def complete_grid(src: AttentionSource, n_keys: int) -> str | None:
+    """Fill in the region grid from the number of keys when unknown; a reason if impossible."""
+    if src.grid is None:
+        n = src.n_image_tokens or n_keys - src.image_offset
+        side = int(round(math.sqrt(n)))
+        if side * side != n:
+            return (
+                f"cannot tell the image-region grid from {n} keys; set params.grid to [rows, cols]"
+            )
+        src.grid = (side, side)
+        src.notes.append(f"image regions taken as a {side} x {side} grid ({n} keys)")
+    if src.n_image_tokens is None:
+        src.n_image_tokens = src.grid[0] * src.grid[1]
+    if src.image_offset + src.n_image_tokens > n_keys:
+        return (
+            f"the attention has {n_keys} keys, fewer than the image offset {src.image_offset}"
+            f" + {src.n_image_tokens} image regions"
+        )
+    return None
+
+
+# ----------------------------------------------------------------------------- capture
+
+
+@contextlib.contextmanager
+def capture_attention(model: nn.Module, paths: list[str]) -> Iterator[dict[str, list[Captured]]]:
+    """Record every call's attention weights of the named modules while open.
+
+    ``nn.MultiheadAttention``: the call is made with ``need_weights=True`` and
+    ``average_attn_weights=False`` (forward pre-hook), so weights are per head. Hugging
+    Face attention: the ``eager`` kernel is selected for the duration. Hooks and
+    configuration are restored on exit, also after an exception.
+    """
+    store: dict[str, list[Captured]] = {p: [] for p in paths}
+    handles: list[Any] = []
+    configs: list[tuple[Any, Any]] = []
+    try:
+        for path in paths:
+            module = model.get_submodule(path)
+            if isinstance(module, nn.MultiheadAttention):
+                handles.append(module.register_forward_pre_hook(_force_weights, with_kwargs=True))
+            elif _is_hf_attention(module):
+                cfg = module.config  # type: ignore[attr-defined]
+                if all(c is not cfg for c, _ in configs):
+                    configs.append((cfg, cfg._attn_implementation))
+                    cfg._attn_implementation = "eager"
+
+            def hook(_m: nn.Module, _i: Any, out: Any, path: str = path) -> None:
+                weights = out[1] if isinstance(out, (tuple, list)) and len(out) > 1 else None
+                if not isinstance(weights, torch.Tensor):
+                    return
+                if weights.dim() == 3:  # averaged over heads by the caller's choice
+                    weights = weights[:, None]
+                base = weights._base
+                graph = (
+                    base
+                    if base is not None
+                    and base.grad_fn is not None
+                    and base.numel() == weights.numel()
+                    else (weights if weights.grad_fn is not None else None)
+                )
+                store[path].append(Captured(weights, graph))
+
+            handles.append(module.register_forward_hook(hook))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+        for cfg, old in configs:
+            cfg._attn_implementation = old
+
+
+def _force_weights(
+    _m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Ask ``nn.MultiheadAttention`` for per-head weights, wherever the caller put the flags."""
+    args = list(args)  # type: ignore[assignment]
+    # positional order: query, key, value, key_padding_mask, need_weights, attn_mask,
+    # average_attn_weights, is_causal
+    if len(args) > 4:
+        args[4] = True  # type: ignore[index]
+    else:
+        kwargs["need_weights"] = True
+    if len(args) > 6:
+        args[6] = False  # type: ignore[index]
+    else:
+        kwargs["average_attn_weights"] = False
+    return tuple(args), kwargs
+
+
+def weight_gradients(score: torch.Tensor, captured: list[Captured]) -> list[torch.Tensor | None]:
+    """d score / d weights for each capture (None where the weights are not in the graph)."""
+    targets = [c.graph for c in captured if c.graph is not None]
+    if not targets or not score.requires_grad:
+        return [None] * len(captured)
+    grads = iter(torch.autograd.grad(score, targets, allow_unused=True, retain_graph=False))
+    out: list[torch.Tensor | None] = []
+    for c in captured:
+        if c.graph is None:
+            out.append(None)
+            continue
+        g = next(grads)
+        out.append(None if g is None else g.reshape(c.weights.shape))
+    return out
+
+
+# ----------------------------------------------------------------------------- maps
+
+
+def _normalise_rows(r: torch.Tensor) -> torch.Tensor:
+    """Chefer's normalisation of a self-relevancy matrix: rows of ``R - I`` sum to one."""
+    eye = torch.eye(r.shape[-1], dtype=r.dtype, device=r.device)
+    hat = r - eye
+    sums = hat.sum(-1, keepdim=True)
+    hat = torch.where(sums > 0, hat / sums.clamp_min(1e-12), hat)
+    return hat + eye
+
+
+def chefer_relevancy(
+    cross: tuple[torch.Tensor, torch.Tensor],
+    text_self: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> torch.Tensor:
+    """Text-token x key relevancy (B, L, T) from gradient-weighted attention.
+
+    ``cross`` is (weights, gradients) of the text -> keys attention, each (B, H, L, T);
+    ``text_self`` the (weights, gradients) of text self-attention layers in forward order,
+    each (B, H, L, L), whose query positions align with the cross-attention's queries.
+    """
+    a, g = cross
+    a_bar = (g * a).clamp(min=0).mean(1)
+    if not text_self:
+        return a_bar
+    length = a_bar.shape[1]
+    r = torch.eye(length, dtype=a_bar.dtype, device=a_bar.device).expand(a_bar.shape[0], -1, -1)
+    for w, gw in text_self:
+        cam = (gw * w).clamp(min=0).mean(1)
+        r = r + cam @ r
+    return _normalise_rows(r).transpose(1, 2) @ a_bar
+
+
+def region_fractions(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, rows*cols) share of each region's pixels inside the ROI (row-major; NaN if absent)."""
+    pooled = F.adaptive_avg_pool2d(masks.float(), grid)
+    return pooled.flatten(1)

@@ -1,0 +1,1124 @@
+"""Check ``attribution``: which report words and which lab values the predictions rest on."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from mmaudit.check import AuditContext, Check, CheckOutput, Requirements, ThresholdRule, register
+from mmaudit.integrated_gradients import ScoreFn, layer_integrated_gradients, scores_with_layers
+from mmaudit.stats import Estimate, adjust_pvalues, bootstrap_ci
+from mmaudit.text_attribution import (
+    DEFAULT_STOPLIST,
+    association,
+    baseline_token_id,
+    content_mask,
+    find_text_embedding_layer,
+    is_word,
+    metric_key,
+    site_vs_label,
+    text_integrated_gradients,
+    word_spans,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from mmaudit.data import Batch
+
+#: a tokenizer that maps at least this share of report tokens to [UNK] cannot be attributed
+UNK_LIMIT = 0.9
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@dataclass
+class Target:
+    """Which scalar of the output is attributed, and the classes words are ranked for.
+
+    * one logit (binary): that logit; the ranking for the positive class is the mean
+      attribution, for the negative class its negation (the logit of "not positive");
+    * two logits, binary: ``logit[1] - logit[0]``, ranked the same way;
+    * multiclass / multilabel: each sample's predicted class (arg-max logit); the ranking
+      for class ``c`` uses the samples predicted ``c``.
+    """
+
+    mode: Literal["single", "diff", "column"]
+    column: np.ndarray  # (N,) logit column per sample (mode "column")
+    classes: list[tuple[str, float, np.ndarray | None]]  # name, sign, samples (None: all)
+
+    sign: np.ndarray | None = None  # (N,) +-1 per sample: explain the predicted class
+
+    @classmethod
+    def of(cls, ctx: AuditContext, predicted: bool = False) -> Target:
+        """The target for ``ctx``; ``predicted=True`` turns the binary score toward each
+        sample's predicted class (the negated logit where the prediction is negative)."""
+        logits = ctx.cache.sweep().logits
+        names = ctx.dataset.class_names
+        kind = ctx.config.data.target.kind
+        n, k = logits.shape
+        if kind == "binary" and k <= 2:
+            pos, neg = (names[1], names[0]) if len(names) == 2 else ("1", "0")
+            mode: Literal["single", "diff", "column"] = "single" if k == 1 else "diff"
+            target = cls(mode, np.zeros(n, np.int64), [(pos, 1.0, None), (neg, -1.0, None)])
+            if predicted:
+                target.sign = np.where(target.scores(logits) >= 0, 1.0, -1.0)
+            return target
+        pred = logits.argmax(1).astype(np.int64)
+        labels = names if len(names) == k else [str(c) for c in range(k)]
+        return cls("column", pred, [(labels[c], 1.0, pred == c) for c in range(k)])
+
+    def score_fn(self) -> ScoreFn:
+        """The attributed score per row of a batch (rows know their dataset index)."""
+        column = torch.from_numpy(self.column)
+        sign = None if self.sign is None else torch.from_numpy(self.sign).float()
+
+        def fn(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+            index = batch.index
+            if self.mode == "single":
+                score = logits[:, 0]
+            elif self.mode == "diff":
+                score = logits[:, 1] - logits[:, 0]
+            else:
+                idx = column.to(logits.device)[index]
+                score = logits.gather(1, idx[:, None])[:, 0]
+            if sign is not None:
+                score = score * sign.to(logits.device)[index].to(score.dtype)
+            return score
+
+        return fn
+
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        """The attributed score of every sample from a sweep's logits (N, K)."""
+        if self.mode == "single":
+            score = logits[:, 0].astype(float)
+        elif self.mode == "diff":
+            score = (logits[:, 1] - logits[:, 0]).astype(float)
+        else:
+            score = logits[np.arange(len(logits)), self.column].astype(float)
+        return score if self.sign is None else score * self.sign
+
+    @property
+    def description(self) -> str:
+        if self.sign is not None:
+            return "the logit of each sample's predicted class"
+        if self.mode == "single":
+            return "the logit of the positive class"
+        if self.mode == "diff":
+            return "logit[1] - logit[0]"
+        return "the logit of each sample's predicted class"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _cap(rows: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarray:
+    """At most ``cap`` of ``rows`` (a seeded random subset, in dataset order)."""
+    if cap is None or len(rows) <= cap:
+        return rows
+    return np.sort(rng.choice(rows, size=cap, replace=False))
+
+
+def _groups(ctx: AuditContext, rows: np.ndarray) -> np.ndarray | None:
+    g = ctx.groups
+    return None if g is None else np.asarray(g)[rows]
+
+
+def _site(ctx: AuditContext, name: str) -> tuple[np.ndarray | None, str | None]:
+    """The site attribute over the dataset, or None with the reason."""
+    attrs = ctx.dataset.attributes
+    if name not in attrs.columns:
+        return None, f"attribute '{name}' is not configured (data.attributes)"
+    values = attrs[name].to_numpy(dtype=object)
+    known = np.array(
+        [v is not None and not (isinstance(v, float) and math.isnan(v)) for v in values]
+    )
+    if len({str(v) for v in values[known]}) < 2:
+        return None, f"attribute '{name}' has fewer than two values"
+    return np.where(known, values.astype(str), ""), None
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> float:
+    total = float(np.sum(den))
+    return float(np.sum(num)) / total if total > 0 else float("nan")
+
+
+def _unique_key(base: str, taken: set[str]) -> str:
+    key, k = base, 2
+    while key in taken:
+        key, k = f"{base}_{k}", k + 1
+    taken.add(key)
+    return key
+
+
+def text_unavailable(ctx: AuditContext, enabled: bool = True) -> str | None:
+    """Why report words cannot be attributed on this model and data, or None."""
+    ds, adapter = ctx.dataset, ctx.adapter
+    if not enabled:
+        return "disabled (params.text: false)"
+    if "text" not in ds.modalities or ds.input_ids is None:
+        return "the data has no report text"
+    if "text" not in adapter.keywords:
+        return "the model takes no report text"
+    if not adapter.supports_hooks:
+        return "needs layer hooks, which a TorchScript model does not allow"
+    if find_text_embedding_layer(adapter) is None:
+        return "no token-embedding layer found (name it in model.layers.text_embeddings)"
+    tok = ds.tokenizer
+    content = content_mask(ds.input_ids, ds.attention_mask, tok)  # type: ignore[arg-type]
+    present = torch.from_numpy(ds.present[:, ds.modalities.index("text")])
+    content &= present[:, None]
+    if not bool(content.any()):
+        return "every report is empty or missing"
+    unk = getattr(tok, "unk_token_id", None)
+    if unk is not None:
+        share = float((ds.input_ids[content] == int(unk)).float().mean())
+        if share >= UNK_LIMIT:
+            return (
+                f"the tokenizer maps {share:.0%} of report tokens to [UNK]: is"
+                " data.text.tokenizer the one the model was trained with?"
+            )
+    return None
+
+
+def tabular_unavailable(ctx: AuditContext, enabled: bool = True) -> str | None:
+    """Why lab features cannot be attributed on this model and data, or None."""
+    ds = ctx.dataset
+    if not enabled:
+        return "disabled (params.tabular: false)"
+    if "tabular" not in ds.modalities or ds.tabular is None:
+        return "the data has no tabular columns"
+    if "tabular" not in ctx.adapter.keywords:
+        return "the model takes no tabular input"
+    missing = ds.tabular_missing.numpy() if ds.tabular_missing is not None else None
+    if missing is not None and missing.all():
+        return "every tabular column is empty in every row"
+    if not ds.present[:, ds.modalities.index("tabular")].any():
+        return "no sample has any lab value"
+    return None
+
+
+def shares_unavailable(ctx: AuditContext, enabled: bool = True) -> str | None:
+    """Why modality shares cannot be computed, or None."""
+    if not enabled:
+        return "disabled (params.shares: false)"
+    if not ctx.adapter.supports_hooks:
+        return "needs layer hooks, which a TorchScript model does not allow"
+    mods = [m for m in ctx.dataset.modalities if m in ctx.adapter.layers]
+    if len(mods) < 2:
+        return "needs at least two modality encoder layers (model.layers.image / text / tabular)"
+    cols = [ctx.dataset.modalities.index(m) for m in mods]
+    if not ctx.dataset.present[:, cols].all(1).any():
+        return f"no sample has all of {mods}"
+    return None
+
+
+# --------------------------------------------------------------------------- the check
+
+
+@register
+class AttributionCheck(Check):
+    """Which report words and which lab values the model's predictions rest on.
+
+    What: (1) **text** -- Integrated Gradients on the token-embedding layer (the report's
+    words moved from ``[PAD]`` to their values; image and labs held at their observed,
+    cached encoder outputs), tokens merged into words, and a ranking of words by mean
+    attribution per class (words seen in fewer than ``min_count`` reports are not ranked,
+    so one rare word with one huge score cannot top it). The completeness error of IG is
+    reported. For the words carrying most attribution, a test of whether the word tells
+    the *site* apart better than the *label* (patient-level paired bootstrap, Holm
+    corrected); words in a configurable stop-list (institutions, workflow, template
+    words) are never clinical findings. (2) **tabular** -- SHAP values of the lab features
+    (``shap`` PermutationExplainer by default; captum GradientShap optional) with the
+    image and report fixed at their observed values, on a capped sample: mean |SHAP| with
+    CIs, a beeswarm summary, dependence plots, importance per subgroup, and the same
+    site-versus-label test per feature (value and missingness). (3) **shares** -- per
+    sample, each modality's share of the total absolute attribution, from Integrated
+    Gradients over all encoder outputs at once (MM-SHAP style, one method and one output
+    scale for every modality, so the shares are comparable); a table keyed by modality
+    to set beside the ``ablation`` check's Shapley shares.
+    Why: reports and labs carry shortcuts as images do (a hospital's template phrase, a
+    lab only ordered at one site); a model that reads the hospital name is not reading
+    the findings. Attribution says what the model *used* for these predictions; whether
+    a word or lab merely *encodes* the site is the site test.
+    Scores attributed: the positive-class logit (binary), else each sample's predicted
+    class logit. Every CI resamples patients.
+    Metrics: ``text.n_samples``, ``text.completeness_error`` (sum |IG - (F(x)-F(ref))| /
+    sum |F(x)-F(ref)|), ``text.top_words.<class>``, ``text.stoplist_share`` (share of
+    |attribution| on stop-listed words), ``text.site_word_share.<word>`` (the word's share
+    of |attribution|; ``null_p`` = corrected p-value that it is no better at site than at
+    label); ``tabular.n_samples``, ``tabular.importance.<feature>`` (mean |SHAP|),
+    ``tabular.additivity_error``, ``tabular.site_feature_share.<feature>``;
+    ``shares.<modality>``, ``shares.completeness_error``.
+    Default thresholds: warn when a word that predicts site better than label (p < 0.05)
+    carries over 5 % of all text attribution, fail over 15 %; the same for a lab feature
+    at 25 % / 50 %; warn when stop-listed words carry over 10 % of the text attribution,
+    fail over 25 %; warn when IG's completeness error exceeds 5 % (raise ``ig_steps``).
+    """
+
+    name = "attribution"
+    description = "Integrated Gradients on report words, SHAP on labs, modality shares"
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        n_boot: int = Field(default=1000, ge=50, description="bootstrap resamples for CIs")
+        alpha: float = Field(default=0.05, gt=0, lt=1, description="1 - CI level")
+        multiplicity: Literal["holm", "bh", "by", "none"] = Field(
+            default="holm", description="correction of the site tests across words / features"
+        )
+        site_attribute: str = Field(
+            default="site", description="data.attributes entry used by the site test"
+        )
+        text: bool = Field(default=True, description="attribute report words")
+        ig_steps: int = Field(default=32, ge=2, description="Integrated Gradients path points")
+        ig_steps_per_pass: int = Field(
+            default=16, ge=1, description="path points per forward/backward (memory vs speed)"
+        )
+        ig_method: Literal["gausslegendre", "riemann_trapezoid"] = Field(
+            default="gausslegendre", description="quadrature of the IG path integral"
+        )
+        baseline_token: Literal["pad", "mask", "unk"] = Field(
+            default="pad", description="token that replaces every word in the IG reference"
+        )
+        max_text_samples: int | None = Field(
+            default=None, ge=1, description="cap on reports attributed (None: all)"
+        )
+        min_count: int = Field(default=5, ge=1, description="reports a word needs to be ranked")
+        top_words: int = Field(default=15, ge=1, description="words per class in the ranking")
+        report_words: int = Field(
+            default=10, ge=1, description="words (most |attribution|) that get the site test"
+        )
+        stoplist: list[str] = Field(
+            default=list(DEFAULT_STOPLIST),
+            description="words that are never clinical findings",
+        )
+        n_examples: int = Field(default=4, ge=0, description="highlighted example reports")
+        tabular: bool = Field(default=True, description="attribute lab features")
+        tabular_method: Literal["permutation", "gradient"] = Field(
+            default="permutation", description="shap PermutationExplainer or captum GradientShap"
+        )
+        max_shap_samples: int = Field(
+            default=200, ge=1, description="cap on samples explained with SHAP"
+        )
+        n_background: int = Field(default=50, ge=1, description="SHAP background rows")
+        shap_max_evals: int | None = Field(
+            default=None, ge=3, description="permutation evaluations per sample (None: 20F+1)"
+        )
+        gradient_samples: int = Field(
+            default=50, ge=1, description="GradientShap samples per explained row"
+        )
+        dependence_plots: int = Field(
+            default=3, ge=0, description="dependence plots for the top features"
+        )
+        shares: bool = Field(default=True, description="per-sample modality shares")
+        share_baseline: Literal["mean", "zero"] = Field(
+            default="mean", description="encoder-output reference of the shares' IG path"
+        )
+
+    default_thresholds: ClassVar[dict[str, ThresholdRule]] = {
+        "site_word": ThresholdRule(
+            metric="text.site_word_share.*",
+            warn_above=0.05,
+            fail_above=0.15,
+            max_p=0.05,
+            message="a word that tells the site apart better than the label drives predictions",
+        ),
+        "stoplist_words": ThresholdRule(
+            metric="text.stoplist_share",
+            warn_above=0.10,
+            fail_above=0.25,
+            message="non-clinical (stop-listed) words carry much of the text attribution",
+        ),
+        "site_feature": ThresholdRule(
+            metric="tabular.site_feature_share.*",
+            warn_above=0.25,
+            fail_above=0.50,
+            max_p=0.05,
+            message="a lab feature that tells the site apart better than the label drives"
+            " predictions",
+        ),
+        "ig_not_converged": ThresholdRule(
+            metric="text.completeness_error",
+            warn_above=0.05,
+            message="Integrated Gradients has not converged; raise ig_steps",
+        ),
+    }
+    requires: ClassVar[Requirements] = Requirements(any_modality=["text", "tabular"])
+
+    def missing_requirements(self, ctx: AuditContext) -> str | None:
+        reason = super().missing_requirements(ctx)
+        if reason is not None:
+            return reason
+        p: AttributionCheck.Params = self.params  # type: ignore[assignment]
+        text = text_unavailable(ctx, p.text)
+        tab = tabular_unavailable(ctx, p.tabular)
+        if text is not None and tab is not None:
+            return f"nothing to attribute: text: {text}; tabular: {tab}"
+        return None
+
+    def run(self, ctx: AuditContext) -> CheckOutput:
+        p: AttributionCheck.Params = self.params  # type: ignore[assignment]
+        out = CheckOutput()
+        target = Target.of(ctx)
+        out.notes.append(f"attributions explain {target.description}")
+        per_sample = pd.DataFrame({"id": ctx.dataset.ids})
+        for part, reason, runner in (
+            ("text", text_unavailable(ctx, p.text), self._text),
+            ("tabular", tabular_unavailable(ctx, p.tabular), self._tabular),
+            ("shares", shares_unavailable(ctx, p.shares), self._shares),
+        ):
+            if reason is not None:
+                out.notes.append(f"{part}: skipped: {reason}")
+                continue
+            runner(ctx, p, target, out, per_sample)
+        out.per_sample = per_sample
+        # the summary shows the first metrics with CIs: modality shares, then lab importance
+        first = ("shares.", "tabular.importance.", "text.stoplist_share")
+        rank = {
+            k: next((i for i, f in enumerate(first) if k.startswith(f)), 3) for k in out.metrics
+        }
+        out.metrics = dict(sorted(out.metrics.items(), key=lambda kv: rank[kv[0]]))
+        return out
+
+    # ------------------------------------------------------------------- text
+    def _text(
+        self,
+        ctx: AuditContext,
+        p: AttributionCheck.Params,
+        target: Target,
+        out: CheckOutput,
+        per_sample: pd.DataFrame,
+    ) -> None:
+        ds, adapter = ctx.dataset, ctx.adapter
+        tok = ds.tokenizer
+        assert ds.input_ids is not None and ds.attention_mask is not None
+        layer = find_text_embedding_layer(adapter)
+        assert layer is not None
+        content_all = content_mask(ds.input_ids, ds.attention_mask, tok)
+        present = ds.present[:, ds.modalities.index("text")]
+        eligible = np.flatnonzero(present & content_all.any(1).numpy())
+        rows = _cap(eligible, p.max_text_samples, ctx.rng("attribution.text"))
+        if len(rows) < len(eligible):
+            out.notes.append(
+                f"text: IG on {len(rows)} of {len(eligible)} reports"
+                f" (max_text_samples={p.max_text_samples})"
+            )
+        fixed = {
+            m: torch.from_numpy(ctx.cache.embeddings(m))
+            for m in ds.modalities
+            if m != "text" and m in adapter.layers
+        }
+        token_id = baseline_token_id(tok, p.baseline_token)
+        score_fn = target.score_fn()
+
+        def attribute(b: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            assert b.input_ids is not None and b.attention_mask is not None
+            content = content_mask(b.input_ids, b.attention_mask, tok)
+            held = {m: t[b.index.cpu()].to(adapter.device) for m, t in fixed.items()}
+            attr, fx, fb = text_integrated_gradients(
+                adapter,
+                b,
+                layer,
+                score_fn,
+                content,
+                token_id,
+                n_steps=p.ig_steps,
+                steps_per_pass=p.ig_steps_per_pass,
+                method=p.ig_method,
+                fixed=held,
+            )
+            return attr.detach().cpu().numpy(), fx.cpu().numpy(), fb.cpu().numpy()
+
+        parts = ctx.cache.map_batches(attribute, grad=True, desc="text IG", indices=rows)
+        attr = np.concatenate([q[0] for q in parts])
+        fx = np.concatenate([q[1] for q in parts])
+        fb = np.concatenate([q[2] for q in parts])
+        err = attr.sum(1) - (fx - fb)
+        out.metrics["text.n_samples"] = len(rows)
+        out.metrics["text.completeness_error"] = _ratio(np.abs(err), np.abs(fx - fb))
+        per_sample.loc[rows, "text_attribution_sum"] = attr.sum(1)
+        per_sample.loc[rows, "text_score_change"] = fx - fb
+
+        spans = word_spans(
+            tok, [ds.texts[i] for i in rows], ds.input_ids[rows], ds.input_ids.shape[1]
+        )
+        records = [
+            (d, word, float(attr[d, pos].sum())) for d, doc in enumerate(spans) for word, pos in doc
+        ]
+        occ = pd.DataFrame(records, columns=["doc", "word", "attribution"])
+        occ = occ.groupby(["doc", "word"], as_index=False, sort=False)["attribution"].sum()
+        occ["abs"] = occ["attribution"].abs()
+        n_docs = len(rows)
+        doc_total = occ.groupby("doc")["abs"].sum().reindex(range(n_docs), fill_value=0.0)
+        groups = _groups(ctx, rows)
+        words = occ[occ["word"].map(is_word)]
+        boot: dict[str, Any] = {"n_boot": p.n_boot, "alpha": p.alpha, "seed": ctx.seed}
+
+        ranking = self._word_ranking(ctx, p, target, rows, words, groups, boot, out)
+        out.tables["word_ranking"] = ranking
+
+        stop = {w.lower() for w in p.stoplist}
+        stop_abs = (
+            occ[occ["word"].isin(stop)]
+            .groupby("doc")["abs"]
+            .sum()
+            .reindex(range(n_docs), fill_value=0.0)
+        )
+        out.metrics["text.stoplist_share"] = bootstrap_ci(
+            _ratio, stop_abs.to_numpy(), doc_total.to_numpy(), groups=groups, **boot
+        )
+
+        out.tables["word_site_test"] = self._site_words(
+            ctx, p, rows, words, doc_total.to_numpy(), groups, stop, boot, out
+        )
+        self._examples(ctx, p, target, rows, spans, attr, fx, out)
+        if not ranking.empty:
+            out.figures["text_word_ranking"] = _ranking_figure(ranking, p.top_words)
+
+    def _word_ranking(
+        self,
+        ctx: AuditContext,
+        p: AttributionCheck.Params,
+        target: Target,
+        rows: np.ndarray,
+        words: pd.DataFrame,
+        groups: np.ndarray | None,
+        boot: dict[str, Any],
+        out: CheckOutput,
+    ) -> pd.DataFrame:
+        table = []
+        for name, sign, mask in target.classes:
+            sub = words if mask is None else words[mask[rows[words["doc"].to_numpy()]]]
+            if sub.empty:
+                continue
+            g = sub.groupby("word")
+            stats = pd.DataFrame(
+                {"count": g["doc"].nunique(), "mean": sign * g["attribution"].mean()}
+            )
+            stats = stats[stats["count"] >= p.min_count].sort_values(
+                ["mean", "count"], ascending=[False, False], kind="stable"
+            )
+            top = stats.head(p.top_words)
+            for rank, (word, row) in enumerate(top.iterrows(), start=1):
+                mine = sub[sub["word"] == word]
+                values = sign * mine["attribution"].to_numpy()
+                g_w = None if groups is None else groups[mine["doc"].to_numpy()]
+                est = bootstrap_ci(np.mean, values, groups=g_w, **boot)
+                table.append(
+                    {
+                        "class": name,
+                        "rank": rank,
+                        "word": word,
+                        "count": int(row["count"]),
+                        "mean_attribution": float(row["mean"]),
+                        "ci_low": est.ci_low,
+                        "ci_high": est.ci_high,
+                    }
+                )
+            key = metric_key(name)
+            out.metrics[f"text.top_words.{key}"] = ", ".join(top.index[:5].tolist())
+        return pd.DataFrame(
+            table,
+            columns=["class", "rank", "word", "count", "mean_attribution", "ci_low", "ci_high"],
+        )
+
+    def _site_words(
+        self,
+        ctx: AuditContext,
+        p: AttributionCheck.Params,
+        rows: np.ndarray,
+        words: pd.DataFrame,
+        doc_total: np.ndarray,
+        groups: np.ndarray | None,
+        stop: set[str],
+        boot: dict[str, Any],
+        out: CheckOutput,
+    ) -> pd.DataFrame:
+        n_docs = len(rows)
+        g = words.groupby("word")
+        stats = pd.DataFrame({"count": g["doc"].nunique(), "abs": g["abs"].sum()})
+        total = float(doc_total.sum())
+        stats["share"] = stats["abs"] / total if total > 0 else np.nan
+        cand = stats[stats["count"] >= p.min_count].sort_values(
+            ["share", "count"], ascending=[False, False], kind="stable"
+        )
+        cand = cand.head(p.report_words)
+        site, why = _site(ctx, p.site_attribute)
+        if site is None:
+            out.notes.append(f"text: site test not run: {why}")
+        label = np.asarray(ctx.target)[rows]
+        tests: list[Estimate | None] = []
+        shares: list[Estimate] = []
+        assoc: list[tuple[float, float]] = []
+        for word in cand.index:
+            mine = words[words["word"] == word]
+            per_doc = np.zeros(n_docs)
+            per_doc[mine["doc"].to_numpy()] = mine["abs"].to_numpy()
+            shares.append(bootstrap_ci(_ratio, per_doc, doc_total, groups=groups, **boot))
+            x = np.zeros(n_docs)
+            x[mine["doc"].to_numpy()] = 1.0
+            if site is None:
+                tests.append(None)
+                assoc.append((float("nan"), association(x, label)))
+                continue
+            s = site[rows]
+            ok = s != ""
+            tests.append(
+                site_vs_label(
+                    x[ok],
+                    s[ok],
+                    label[ok],
+                    None if groups is None else groups[ok],
+                    int(boot["n_boot"]),
+                    int(boot["seed"]),
+                )
+            )
+            assoc.append((association(x[ok], s[ok]), association(x[ok], label[ok])))
+        raw_p = [t.null_p if t is not None and t.null_p is not None else np.nan for t in tests]
+        adj = adjust_pvalues(raw_p, p.multiplicity) if raw_p else np.array([])
+        taken: set[str] = set()
+        table = []
+        for k, word in enumerate(cand.index):
+            sh = shares[k]
+            padj = None if np.isnan(adj[k]) else float(adj[k])
+            key = _unique_key(metric_key(word), taken)
+            out.metrics[f"text.site_word_share.{key}"] = Estimate(
+                sh.value, sh.ci_low, sh.ci_high, int(cand.loc[word, "count"]), padj
+            )
+            table.append(
+                {
+                    "word": word,
+                    "count": int(cand.loc[word, "count"]),
+                    "share": sh.value,
+                    "share_ci_low": sh.ci_low,
+                    "share_ci_high": sh.ci_high,
+                    "site_association": assoc[k][0],
+                    "label_association": assoc[k][1],
+                    "site_minus_label": tests[k].value if tests[k] is not None else None,
+                    "p": raw_p[k] if not np.isnan(raw_p[k]) else None,
+                    "p_adjusted": padj,
+                    "stoplisted": word in stop,
+                }
+            )
+        return pd.DataFrame(table)
+
+    def _examples(
+        self,
+        ctx: AuditContext,
+        p: AttributionCheck.Params,
+        target: Target,
+        rows: np.ndarray,
+        spans: list[list[tuple[str, list[int]]]],
+        attr: np.ndarray,
+        fx: np.ndarray,
+        out: CheckOutput,
+    ) -> None:
+        if p.n_examples == 0 or len(rows) == 0:
+            return
+        per_class = max(1, math.ceil(p.n_examples / len(target.classes)))
+        chosen: list[tuple[int, str]] = []
+        for name, sign, mask in target.classes:
+            docs = np.arange(len(rows)) if mask is None else np.flatnonzero(mask[rows])
+            order = docs[np.argsort(-sign * fx[docs], kind="stable")]
+            for d in order[:per_class]:
+                if int(d) not in [c for c, _ in chosen] and len(chosen) < p.n_examples:
+                    chosen.append((int(d), name))
+        examples = []
+        table = []
+        for d, cls_name in chosen:
+            sid = ctx.dataset.ids[rows[d]]
+            pieces = [(w, float(attr[d, pos].sum())) for w, pos in spans[d]]
+            title = (
+                f"{sid}: label {ctx.dataset.class_names[int(np.asarray(ctx.target)[rows[d]])]}"
+                if np.ndim(ctx.target) == 1
+                else sid
+            )
+            examples.append((f"{title}, score {fx[d]:+.2f} (toward {cls_name})", pieces))
+            table.extend(
+                {"id": sid, "position": k, "word": w, "attribution": a}
+                for k, (w, a) in enumerate(pieces)
+            )
+            if not ctx.redact:
+                out.notes.append(f"example {title}: {_marked_text(pieces)}")
+        out.tables["text_examples"] = pd.DataFrame(table)
+        out.figures["text_examples"] = _highlight_figure(examples)
+        out.private |= {"text_examples"}
+
+    # ------------------------------------------------------------------- tabular
+    def _tabular(
+        self,
+        ctx: AuditContext,
+        p: AttributionCheck.Params,
+        target: Target,
+        out: CheckOutput,
+        per_sample: pd.DataFrame,
+    ) -> None:
+        from mmaudit.tabular_shap import gradient_shap, permutation_shap
+
+        ds, adapter = ctx.dataset, ctx.adapter
+        assert ds.tabular is not None and ds.tabular_missing is not None
+        names = list(ctx.config.data.tabular.columns)  # type: ignore[union-attr]
+        missing = ds.tabular_missing.numpy()
+        empty = missing.all(0)
+        if empty.any():
+            out.notes.append(
+                "tabular: columns missing in every row (their SHAP value is 0 by construction,"
+                f" not ranked): {', '.join(n for n, e in zip(names, empty, strict=True) if e)}"
+            )
+        eligible = np.flatnonzero(ds.present[:, ds.modalities.index("tabular")])
+        rng = ctx.rng("attribution.tabular")
+        rows = _cap(eligible, p.max_shap_samples, rng)
+        bg_rows = np.sort(
+            rng.choice(eligible, size=min(p.n_background, len(eligible)), replace=False)
+        )
+        background = ds.tabular[bg_rows].numpy().astype(np.float32)
+        fixed = (
+            {
+                m: ctx.cache.embeddings(m)
+                for m in ds.modalities
+                if m != "tabular" and m in adapter.layers
+            }
+            if adapter.supports_hooks
+            else {}
+        )
+        out.notes.append(
+            f"tabular: SHAP ({p.tabular_method}) on {len(rows)} of {len(eligible)} samples with"
+            f" labs (max_shap_samples={p.max_shap_samples}), background {len(bg_rows)} rows"
+        )
+        score_fn = target.score_fn()
+        if p.tabular_method == "permutation":
+            res = permutation_shap(
+                ctx.cache,
+                rows,
+                background,
+                score_fn,
+                fixed=fixed,
+                max_evals=p.shap_max_evals,
+                seed=ctx.seed,
+            )
+        else:
+            res = gradient_shap(
+                ctx.cache,
+                rows,
+                background,
+                score_fn,
+                fixed=fixed,
+                n_samples=p.gradient_samples,
+                seed=ctx.seed,
+            )
+        values = res.values
+        fx = target.scores(ctx.cache.sweep().logits)[rows]
+        out.metrics["tabular.n_samples"] = len(rows)
+        out.metrics["tabular.additivity_error"] = _ratio(
+            np.abs(res.base + values.sum(1) - fx), np.abs(fx - res.base)
+        )
+        groups = _groups(ctx, rows)
+        boot: dict[str, Any] = {"n_boot": p.n_boot, "alpha": p.alpha, "seed": ctx.seed}
+        absval = np.abs(values)
+        total = absval.sum(1)
+        site, why = _site(ctx, p.site_attribute)
+        if site is None:
+            out.notes.append(f"tabular: site test not run: {why}")
+        label = np.asarray(ctx.target)[rows]
+        rows_table, tests = [], []
+        taken: set[str] = set()
+        for j, feat in enumerate(names):
+            if empty[j]:
+                continue
+            imp = bootstrap_ci(np.mean, absval[:, j], groups=groups, **boot)
+            share = bootstrap_ci(_ratio, absval[:, j], total, groups=groups, **boot)
+            x = np.column_stack([ds.tabular[rows, j].numpy(), missing[rows, j].astype(float)])
+            test = None
+            assoc_site = float("nan")
+            if site is not None:
+                s = site[rows]
+                ok = s != ""
+                test = site_vs_label(
+                    x[ok],
+                    s[ok],
+                    label[ok],
+                    None if groups is None else groups[ok],
+                    p.n_boot,
+                    ctx.seed,
+                )
+                assoc_site = association(x[ok], s[ok])
+            tests.append(test)
+            key = _unique_key(metric_key(feat), taken)
+            out.metrics[f"tabular.importance.{key}"] = imp
+            rows_table.append(
+                {
+                    "feature": feat,
+                    "key": key,
+                    "mean_abs_shap": imp.value,
+                    "ci_low": imp.ci_low,
+                    "ci_high": imp.ci_high,
+                    "share": share,
+                    "site_association": assoc_site,
+                    "label_association": association(x, label),
+                    "site_minus_label": test.value if test is not None else None,
+                    "p": test.null_p if test is not None else None,
+                }
+            )
+        raw_p = [r["p"] if r["p"] is not None else np.nan for r in rows_table]
+        adj = adjust_pvalues(raw_p, p.multiplicity) if raw_p else np.array([])
+        for k, r in enumerate(rows_table):
+            sh: Estimate = r.pop("share")
+            r["share"], r["p_adjusted"] = sh.value, None if np.isnan(adj[k]) else float(adj[k])
+            out.metrics[f"tabular.site_feature_share.{r['key']}"] = Estimate(
+                sh.value, sh.ci_low, sh.ci_high, len(rows), r["p_adjusted"]
+            )
+        importance = pd.DataFrame(rows_table).sort_values("mean_abs_shap", ascending=False)
+        importance.insert(0, "rank", np.arange(1, len(importance) + 1))
+        out.tables["tabular_importance"] = importance.drop(columns=["key"])
+        if len(importance):
+            out.metrics["tabular.top_feature"] = str(importance["feature"].iloc[0])
+        shap_frame = pd.DataFrame(values, columns=names)
+        shap_frame.insert(0, "id", [ds.ids[i] for i in rows])
+        out.tables["tabular_shap_values"] = shap_frame
+        for j, feat in enumerate(names):
+            per_sample.loc[rows, f"shap.{feat}"] = values[:, j]
+        raw = _raw_values(ctx, rows, names)
+        order = [names.index(f) for f in importance["feature"]]
+        out.figures["tabular_beeswarm"] = _beeswarm_figure(values, raw, names, order)
+        for j in order[: p.dependence_plots]:
+            out.figures[f"tabular_dependence_{metric_key(names[j])}"] = _dependence_figure(
+                raw[:, j], values[:, j], label, names[j]
+            )
+        sub = _subgroup_importance(ctx, rows, absval, names, empty)
+        if not sub.empty:
+            out.tables["tabular_importance_by_subgroup"] = sub
+            out.figures["tabular_subgroups"] = _subgroup_figure(sub)
+
+    # ------------------------------------------------------------------- shares
+    def _shares(
+        self,
+        ctx: AuditContext,
+        p: AttributionCheck.Params,
+        target: Target,
+        out: CheckOutput,
+        per_sample: pd.DataFrame,
+    ) -> None:
+        ds, adapter = ctx.dataset, ctx.adapter
+        mods = [m for m in ds.modalities if m in adapter.layers]
+        cols = [ds.modalities.index(m) for m in mods]
+        rows = np.flatnonzero(ds.present[:, cols].all(1))
+        embs = {m: torch.from_numpy(ctx.cache.embeddings(m)).float() for m in mods}
+        base = {}
+        for m, col in zip(mods, cols, strict=True):
+            e = embs[m]
+            ref = e[torch.from_numpy(ds.present[:, col])].mean(0, keepdim=True)
+            base[m] = ref if p.share_baseline == "mean" else torch.zeros_like(ref)
+        score_fn = target.score_fn()
+
+        def attribute(b: Batch) -> tuple[np.ndarray, np.ndarray]:
+            n = len(b)
+            idx = b.index.cpu()
+            dev = adapter.device
+            layers = {m: (embs[m][idx].to(dev), base[m].to(dev)) for m in mods}
+            attr = layer_integrated_gradients(
+                adapter,
+                b,
+                layers,
+                score_fn,
+                n_steps=p.ig_steps,
+                steps_per_pass=p.ig_steps_per_pass,
+                method=p.ig_method,
+            )
+            contrib = torch.stack([attr[m].reshape(n, -1).sum(1) for m in mods], 1)
+            refs = {m: base[m].to(dev).expand(n, *base[m].shape[1:]) for m in mods}
+            fb = scores_with_layers(adapter, b, refs, score_fn)
+            return contrib.detach().cpu().numpy(), fb.cpu().numpy()
+
+        parts = ctx.cache.map_batches(attribute, grad=True, desc="modality shares", indices=rows)
+        contrib = np.concatenate([q[0] for q in parts])
+        fb = np.concatenate([q[1] for q in parts])
+        fx = target.scores(ctx.cache.sweep().logits)[rows]
+        out.metrics["shares.completeness_error"] = _ratio(
+            np.abs(contrib.sum(1) - (fx - fb)), np.abs(fx - fb)
+        )
+        absc = np.abs(contrib)
+        tot = absc.sum(1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(tot > 0, absc / tot, np.nan)
+        keep = np.isfinite(share).all(1)
+        groups = _groups(ctx, rows)
+        boot: dict[str, Any] = {"n_boot": p.n_boot, "alpha": p.alpha, "seed": ctx.seed}
+        table = []
+        for k, m in enumerate(mods):
+            g = None if groups is None else groups[keep]
+            est = bootstrap_ci(np.mean, share[keep, k], groups=g, **boot)
+            out.metrics[f"shares.{m}"] = est
+            per_sample.loc[rows, f"share.{m}"] = share[:, k]
+            table.append(
+                {
+                    "modality": m,
+                    "share": est.value,
+                    "ci_low": est.ci_low,
+                    "ci_high": est.ci_high,
+                    "mean_contribution": float(contrib[:, k].mean()),
+                    "mean_abs_contribution": float(absc[:, k].mean()),
+                    "n": int(keep.sum()),
+                    "method": f"IG at encoder outputs, reference {p.share_baseline}",
+                }
+            )
+        out.tables["modality_shares"] = pd.DataFrame(table)
+        out.figures["modality_shares"] = _shares_figure(share[keep], mods)
+        if len(rows) < len(ds):
+            out.notes.append(
+                f"shares: computed on the {len(rows)} samples with every modality present"
+            )
+
+
+# --------------------------------------------------------------------------- data helpers
+
+
+def _marked_text(pieces: list[tuple[str, float]], share: float = 0.25) -> str:
+    """The report as plain text with its strong words marked: ``«word +0.42»`` for every word
+    whose |attribution| is at least ``share`` of the report's largest (the HTML renderer
+    escapes it; nothing here is markup)."""
+    scale = max((abs(a) for _, a in pieces), default=0.0)
+    parts: list[str] = []
+    for word, a in pieces:
+        strong = scale > 0 and abs(a) >= share * scale
+        text = f"«{word} {a:+.2f}»" if strong else word
+        if parts and not is_word(word) and not strong:
+            parts[-1] += text
+        else:
+            parts.append(text)
+    return " ".join(parts)
+
+
+def _raw_values(ctx: AuditContext, rows: np.ndarray, names: list[str]) -> np.ndarray:
+    """Lab values in their original units (NaN where missing), for plots."""
+    ds = ctx.dataset
+    values = ds.tabular[rows].numpy().astype(float)  # type: ignore[index]
+    for j, n in enumerate(names):
+        mu, sd = ds.tabular_stats.get(n, (0.0, 1.0))
+        values[:, j] = values[:, j] * sd + mu
+    values[ds.tabular_missing[rows].numpy()] = np.nan  # type: ignore[index]
+    return values
+
+
+def _subgroup_importance(
+    ctx: AuditContext, rows: np.ndarray, absval: np.ndarray, names: list[str], empty: np.ndarray
+) -> pd.DataFrame:
+    """Mean |SHAP| per feature within each group of each configured attribute."""
+    attrs = ctx.dataset.attributes
+    table = []
+    for attr in attrs.columns:
+        spec = ctx.config.data.attributes.get(attr)
+        col = attrs[attr].to_numpy()[rows]
+        if spec is not None and spec.kind == "continuous":
+            numeric = pd.to_numeric(pd.Series(col), errors="coerce")
+            if spec.bins:
+                edges = [-np.inf, *spec.bins, np.inf]
+                labels = pd.cut(numeric, edges, right=False).astype(str)
+            else:
+                labels = pd.qcut(numeric, 4, duplicates="drop").astype(str)
+            labels = labels.where(numeric.notna(), "missing").to_numpy()
+        else:
+            labels = np.array(["missing" if v is None or v != v else str(v) for v in col])
+        for group in sorted(set(labels)):
+            sel = labels == group
+            for j, feat in enumerate(names):
+                if empty[j]:
+                    continue
+                table.append(
+                    {
+                        "attribute": attr,
+                        "group": group,
+                        "n": int(sel.sum()),
+                        "feature": feat,
+                        "mean_abs_shap": float(absval[sel, j].mean()),
+                    }
+                )
+    return pd.DataFrame(table)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _literal(fig: Figure) -> Figure:
+    """Show every string as written: report words such as "$5" are not TeX math."""
+    from matplotlib.text import Text
+
+    for t in fig.findobj(Text):
+        t.set_parse_math(False)
+    return fig
+
+
+def _highlight_figure(examples: list[tuple[str, list[tuple[str, float]]]]) -> Figure:
+    """Each example report with every word shaded by its attribution (red: toward the
+    attributed class, blue: against), scaled per report."""
+    plt = _pyplot()
+    from matplotlib import colormaps
+
+    cmap = colormaps["RdBu_r"]
+    width_in = 10.0
+    lines_est = [max(1, sum(len(w) + 1 for w, _ in ex) // 95 + 1) for _, ex in examples]
+    height = 0.5 + sum(0.45 + 0.32 * n for n in lines_est)
+    fig = plt.figure(figsize=(width_in, height))
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    fig_w = fig.get_figwidth() * fig.dpi
+    y = 1.0 - 0.25 / height
+    line_h = 0.32 / height
+    for title, pieces in examples:
+        fig.text(0.01, y, title, fontsize=9, weight="bold", va="top", parse_math=False)
+        y -= 0.3 / height
+        scale = max((abs(a) for _, a in pieces), default=0.0) or 1.0
+        x = 0.01
+        for word, a in pieces:
+            glue = not is_word(word)
+            t = fig.text(
+                x,
+                y,
+                word,
+                fontsize=9,
+                va="top",
+                parse_math=False,
+                bbox={
+                    "facecolor": cmap(0.5 + 0.5 * a / scale),
+                    "edgecolor": "none",
+                    "pad": 1.0,
+                },
+            )
+            w = t.get_window_extent(renderer).width / fig_w
+            if x + w > 0.99 and x > 0.01:
+                y -= line_h
+                x = 0.01
+                t.set_position((x, y))
+            x += w + (0.004 if glue else 0.008)
+        y -= line_h + 0.15 / height
+    fig.text(
+        0.99,
+        0.005,
+        "red: pushes toward the attributed class; blue: against (scaled per report)",
+        fontsize=7,
+        ha="right",
+        va="bottom",
+        color="#555",
+    )
+    return _literal(fig)
+
+
+def _ranking_figure(ranking: pd.DataFrame, top: int) -> Figure:
+    plt = _pyplot()
+    classes = list(dict.fromkeys(ranking["class"]))[:4]
+    fig, axes = plt.subplots(
+        1, len(classes), figsize=(4.5 * len(classes), 0.3 * min(top, 15) + 1.2), squeeze=False
+    )
+    for ax, name in zip(axes[0], classes, strict=True):
+        sub = ranking[ranking["class"] == name].head(top).iloc[::-1]
+        y = np.arange(len(sub))
+        lo = (sub["mean_attribution"] - sub["ci_low"].astype(float)).clip(lower=0).fillna(0)
+        hi = (sub["ci_high"].astype(float) - sub["mean_attribution"]).clip(lower=0).fillna(0)
+        ax.barh(y, sub["mean_attribution"], xerr=[lo, hi], color="#c0504d", alpha=0.85)
+        ax.set_yticks(y, [f"{w} (n={c})" for w, c in zip(sub["word"], sub["count"], strict=True)])
+        ax.axvline(0, color="#333", lw=0.6)
+        ax.set_title(f"toward {name}", fontsize=10)
+        ax.set_xlabel("mean attribution per report (95% CI)")
+    fig.tight_layout()
+    return _literal(fig)
+
+
+def _beeswarm_figure(
+    values: np.ndarray, raw: np.ndarray, names: list[str], order: list[int]
+) -> Figure:
+    """SHAP summary: one row per feature (most important on top), a dot per sample at its
+    SHAP value, coloured by the feature's value (rank within the feature; grey: missing)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(order) + 1.4))
+    rng = np.random.default_rng(0)
+    for pos, j in enumerate(reversed(order)):
+        v = values[:, j]
+        r = raw[:, j]
+        color = np.full(len(v), 0.5)
+        ok = np.isfinite(r)
+        if ok.sum() > 1:
+            ranks = pd.Series(r[ok]).rank(pct=True).to_numpy()
+            color[ok] = ranks
+        jitter = _swarm_offsets(v, rng) * 0.35
+        ax.scatter(v[~ok], pos + jitter[~ok], s=8, c="#aaaaaa", alpha=0.7)
+        sc = ax.scatter(v[ok], pos + jitter[ok], s=8, c=color[ok], cmap="coolwarm", vmin=0, vmax=1)
+    ax.set_yticks(range(len(order)), [names[j] for j in reversed(order)])
+    ax.axvline(0, color="#333", lw=0.6)
+    ax.set_xlabel("SHAP value (contribution to the score)")
+    if len(order):
+        cb = fig.colorbar(sc, ax=ax, pad=0.01)
+        cb.set_label("feature value (low -> high; grey: missing)")
+    fig.tight_layout()
+    return _literal(fig)
+
+
+def _swarm_offsets(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Vertical offsets in [-1, 1] that grow with the local density of ``v`` (a cheap swarm)."""
+    if len(v) < 2 or np.ptp(v) == 0:
+        return rng.uniform(-1, 1, len(v)) * 0.3
+    bins = np.clip(((v - v.min()) / np.ptp(v) * 40).astype(int), 0, 40)
+    counts = np.bincount(bins, minlength=41)
+    density = counts[bins] / counts.max()
+    return rng.uniform(-1, 1, len(v)) * density
+
+
+def _dependence_figure(
+    raw: np.ndarray, shap_values: np.ndarray, label: np.ndarray, name: str
+) -> Figure:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ok = np.isfinite(raw)
+    lab = label if np.ndim(label) == 1 else np.zeros(len(raw))
+    for c in np.unique(lab):
+        sel = ok & (lab == c)
+        ax.scatter(raw[sel], shap_values[sel], s=10, alpha=0.7, label=f"label {c}")
+    ax.axhline(0, color="#333", lw=0.6)
+    ax.set_xlabel(f"{name} (missing: {int((~ok).sum())} not shown)")
+    ax.set_ylabel(f"SHAP value of {name}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _literal(fig)
+
+
+def _subgroup_figure(table: pd.DataFrame) -> Figure:
+    plt = _pyplot()
+    attrs = list(dict.fromkeys(table["attribute"]))
+    fig, axes = plt.subplots(1, len(attrs), figsize=(4.2 * len(attrs), 3.2), squeeze=False)
+    for ax, attr in zip(axes[0], attrs, strict=True):
+        pivot = table[table["attribute"] == attr].pivot(
+            index="group", columns="feature", values="mean_abs_shap"
+        )
+        im = ax.imshow(pivot.to_numpy(), aspect="auto", cmap="viridis")
+        ax.set_yticks(range(len(pivot.index)), [str(g) for g in pivot.index])
+        ax.set_xticks(range(len(pivot.columns)), list(pivot.columns), rotation=45, ha="right")
+        ax.set_title(f"mean |SHAP| by {attr}", fontsize=10)
+        fig.colorbar(im, ax=ax, pad=0.01)
+    fig.tight_layout()
+    return _literal(fig)
+
+
+def _shares_figure(share: np.ndarray, mods: list[str]) -> Figure:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.6 * len(mods) + 2, 3.4))
+    if len(share):
+        ax.boxplot([share[:, k] for k in range(len(mods))], showmeans=True)
+    ax.set_xticks(range(1, len(mods) + 1), mods)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of |attribution| per sample")
+    ax.set_title("modality shares (IG at encoder outputs)", fontsize=10)
+    fig.tight_layout()
+    return _literal(fig)

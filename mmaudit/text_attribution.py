@@ -1,0 +1,384 @@
+"""Report-text attribution: which words of a report a prediction rests on.
+
+What lives here (the checks ``attribution`` and ``attention`` share it):
+
+* locating the token-embedding layer of a model (``find_text_embedding_layer``);
+* the reference input of Integrated Gradients for text (``baseline_ids``: content
+  tokens replaced by ``[PAD]``, special tokens kept, so the path only changes words);
+* ``text_integrated_gradients``: per-token IG on that layer for one batch, with the
+  other modalities held at their observed (cached) encoder outputs;
+* word merging (``word_spans``): tokens -> words through the fast tokenizer's
+  ``word_ids`` and offsets, or by joining ``##`` word pieces;
+* a test of whether a word (or any feature) tells the *site* apart better than the
+  *label* (``site_vs_label``), the data-driven half of "is this a non-clinical word";
+* the default vocabularies: ``DEFAULT_STOPLIST`` (words that are never a clinical
+  finding: institutions, workflow and template words) and ``CLINICAL_WORDS`` (chest
+  findings and anatomy, used by the attention check).
+
+Why words and not tokens: a WordPiece tokenizer splits rare words ("riverside" ->
+"river", "##side"), and a reader reasons about words; token attributions of one word
+are summed, which keeps IG's completeness.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmaudit.data import Batch
+from mmaudit.integrated_gradients import (
+    Quadrature,
+    ScoreFn,
+    layer_integrated_gradients,
+    substituted,
+)
+from mmaudit.model import ModelAdapter
+from mmaudit.stats import Estimate, auroc, paired_bootstrap_diff
+
+__all__ = [
+    "CLINICAL_WORDS",
+    "DEFAULT_STOPLIST",
+    "association",
+    "baseline_ids",
+    "baseline_token_id",
+    "content_mask",
+    "find_text_embedding_layer",
+    "is_word",
+    "metric_key",
+    "site_vs_label",
+    "special_ids",
+    "text_integrated_gradients",
+    "word_spans",
+]
+
+#: Words that are not clinical findings and have carried shortcuts in practice:
+#: institutions and places, workflow, devices and report templates.
+DEFAULT_STOPLIST: tuple[str, ...] = (
+    "hospital",
+    "clinic",
+    "center",
+    "centre",
+    "institute",
+    "department",
+    "unit",
+    "ward",
+    "site",
+    "performed",
+    "dictated",
+    "transcribed",
+    "signed",
+    "electronically",
+    "reviewed",
+    "attending",
+    "resident",
+    "radiologist",
+    "technologist",
+    "dr",
+    "md",
+    "scanner",
+    "protocol",
+    "accession",
+    "portable",
+    "comparison",
+    "prior",
+    "study",
+    "exam",
+    "examination",
+    "obtained",
+    "dated",
+    "report",
+    "preliminary",
+    "final",
+)
+
+#: Chest-radiograph findings and anatomy: words whose attention should land in the lungs.
+CLINICAL_WORDS: tuple[str, ...] = (
+    "opacity",
+    "opacities",
+    "consolidation",
+    "infiltrate",
+    "infiltrates",
+    "airspace",
+    "pneumonia",
+    "infection",
+    "infectious",
+    "effusion",
+    "pneumothorax",
+    "atelectasis",
+    "edema",
+    "nodule",
+    "nodules",
+    "mass",
+    "lesion",
+    "patchy",
+    "hazy",
+    "focal",
+    "lung",
+    "lungs",
+    "lobe",
+    "lingula",
+    "apex",
+    "base",
+    "zone",
+    "cardiomegaly",
+    "fibrosis",
+    "emphysema",
+)
+
+_WORD = re.compile(r"[0-9a-z]", re.IGNORECASE)
+
+
+def is_word(word: str) -> bool:
+    """True when ``word`` has a letter or digit (punctuation-only tokens are not ranked)."""
+    return bool(_WORD.search(word))
+
+
+def metric_key(word: str) -> str:
+    """A word as a metric-name component: lowercase ``[a-z0-9_]`` only."""
+    key = re.sub(r"[^0-9a-z]+", "_", word.lower()).strip("_")
+    return key or "_"
+
+
+# ----------------------------------------------------------------------------- layer
+
+
+def find_text_embedding_layer(adapter: ModelAdapter) -> str | None:
+    """Dotted path of the token-embedding layer IG interpolates, or None.
+
+    In order: ``model.layers.text_embeddings`` when configured; the Hugging Face
+    ``embeddings`` block (word + position embeddings and LayerNorm) that holds a
+    ``word_embeddings`` ``nn.Embedding``, preferring one under the text encoder (the
+    built-in family's ``text_encoder.backbone.embeddings``); a bare ``*word_embeddings``
+    ``nn.Embedding``; the only ``nn.Embedding`` under the text encoder.
+    """
+    if "text_embeddings" in adapter.layers:
+        return adapter.layers["text_embeddings"]
+    if not adapter.supports_hooks:
+        return None
+    module = adapter.module
+    text_root = adapter.layers.get("text")
+    found = [
+        name
+        for name, m in module.named_modules()
+        if isinstance(m, nn.Embedding) and name.split(".")[-1] == "word_embeddings"
+    ]
+    if text_root:
+        under = [n for n in found if n == text_root or n.startswith(text_root + ".")]
+        found = under or found
+    if found:
+        name = found[0]
+        parent = name.rpartition(".")[0]
+        return parent if parent.split(".")[-1] == "embeddings" else name
+    if text_root:
+        embeds = [
+            name
+            for name, m in module.named_modules()
+            if isinstance(m, nn.Embedding) and name.startswith(text_root + ".")
+        ]
+        if len(embeds) == 1:
+            return embeds[0]
+    return None
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def special_ids(tokenizer: Any) -> list[int]:
+    """Ids of the tokenizer's special tokens except [UNK] (a word, if an unknown one)."""
+    ids = set(int(i) for i in getattr(tokenizer, "all_special_ids", []) or [])
+    unk = getattr(tokenizer, "unk_token_id", None)
+    ids.discard(-1 if unk is None else int(unk))
+    return sorted(ids)
+
+
+def content_mask(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer: Any
+) -> torch.Tensor:
+    """Bool (B, L): real word tokens (attended, not [CLS]/[SEP]/[PAD]/...)."""
+    mask = attention_mask.bool().clone()
+    specials = special_ids(tokenizer)
+    if specials:
+        mask &= ~torch.isin(input_ids, torch.tensor(specials, device=input_ids.device))
+    return mask
+
+
+def baseline_token_id(tokenizer: Any, how: Literal["pad", "mask", "unk"]) -> int:
+    """The id that replaces words in the IG reference input (0 when the tokenizer has none)."""
+    value = getattr(tokenizer, f"{how}_token_id", None)
+    return int(value) if value is not None else 0
+
+
+def baseline_ids(input_ids: torch.Tensor, content: torch.Tensor, token_id: int) -> torch.Tensor:
+    """The reference report: every content token replaced by ``token_id``, the rest kept."""
+    return torch.where(content, torch.full_like(input_ids, token_id), input_ids)
+
+
+# ----------------------------------------------------------------------------- IG
+
+
+def text_integrated_gradients(
+    adapter: ModelAdapter,
+    batch: Batch,
+    layer: str,
+    score_fn: ScoreFn,
+    content: torch.Tensor,
+    token_id: int,
+    *,
+    n_steps: int = 32,
+    steps_per_pass: int = 16,
+    method: Quadrature = "gausslegendre",
+    fixed: dict[str, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token IG for one batch: ``(attributions (B, L), F(x) (B,), F(baseline) (B,))``.
+
+    Two no-grad forwards read the embedding-layer output of the report and of its
+    reference (``baseline_ids``) and give the scores at both ends of the path; the
+    quadrature then runs through :func:`layer_integrated_gradients` with the embedding
+    layer substituted. ``fixed`` holds other layers (cached encoder outputs) constant.
+    Attributions are summed over the embedding dimension.
+    """
+    assert batch.input_ids is not None
+    ref = batch.replace(input_ids=baseline_ids(batch.input_ids, content, token_id))
+    supplies = {name: (lambda t=t: t) for name, t in (fixed or {}).items()}
+    ends: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for b in (batch, ref):
+        with torch.no_grad(), adapter.capture([layer]) as store, substituted(adapter, supplies):
+            score = score_fn(adapter.logits(b), b).float()
+            ends.append((store[layer].float(), score))
+    (x, fx), (base, fb) = ends
+    attr = layer_integrated_gradients(
+        adapter,
+        batch,
+        {layer: (x, base)},
+        score_fn,
+        n_steps=n_steps,
+        steps_per_pass=steps_per_pass,
+        method=method,
+        fixed=fixed,
+    )[layer]
+    per_token = attr.reshape(attr.shape[0], attr.shape[1], -1).sum(-1)
+    return per_token * content.to(per_token.dtype), fx, fb
+
+
+# ----------------------------------------------------------------------------- words
+
+
+def word_spans(
+    tokenizer: Any, texts: Sequence[str], input_ids: torch.Tensor, max_length: int
+) -> list[list[tuple[str, list[int]]]]:
+    """Per sample, its words in order as ``(word, token positions)``.
+
+    With a fast tokenizer the reports are re-encoded exactly as the dataset encoded them
+    (padding to ``max_length``, truncation) and grouped by ``word_ids``; the word is the
+    lower-cased span of the original text (so an [UNK] word keeps its spelling). When
+    the re-encoding does not reproduce ``input_ids`` (another tokenizer, a slow one),
+    tokens are grouped by the ``##`` continuation prefix of WordPiece instead. Special
+    and padding tokens belong to no word.
+    """
+    ids_np = input_ids.cpu().numpy()
+    specials = set(special_ids(tokenizer))
+    if getattr(tokenizer, "is_fast", False):
+        try:
+            enc = tokenizer(
+                list(texts),
+                padding="max_length",
+                truncation=True,
+                max_length=max_length,
+                return_offsets_mapping=True,
+            )
+            same = np.array_equal(np.asarray(enc["input_ids"]), ids_np)
+        except Exception:  # a tokenizer without offsets: fall back to word pieces
+            same = False
+        if same:
+            out = []
+            for i, text in enumerate(texts):
+                words: dict[int, list[int]] = {}
+                for pos, wid in enumerate(enc.word_ids(i)):
+                    if wid is not None and int(ids_np[i, pos]) not in specials:
+                        words.setdefault(wid, []).append(pos)
+                offsets = enc["offset_mapping"][i]
+                spans = []
+                for positions in words.values():
+                    start, end = offsets[positions[0]][0], offsets[positions[-1]][1]
+                    spans.append((text[start:end].lower(), positions))
+                out.append(spans)
+            return out
+    return [_piece_words(tokenizer, row, specials) for row in ids_np]
+
+
+def _piece_words(
+    tokenizer: Any, row: np.ndarray, specials: set[int]
+) -> list[tuple[str, list[int]]]:
+    pieces = tokenizer.convert_ids_to_tokens([int(t) for t in row])
+    spans: list[tuple[str, list[int]]] = []
+    for pos, (tid, piece) in enumerate(zip(row, pieces, strict=True)):
+        if int(tid) in specials:
+            continue
+        if piece.startswith("##") and spans:
+            word, positions = spans[-1]
+            spans[-1] = (word + piece[2:].lower(), [*positions, pos])
+        else:
+            spans.append((piece.lower().removeprefix("##"), [pos]))
+    return spans
+
+
+# ----------------------------------------------------------------------------- site test
+
+
+def association(x: np.ndarray, y: np.ndarray) -> float:
+    """How well ``x`` tells the classes of ``y`` apart: max over classes of |2 AUROC - 1|.
+
+    For a 0/1 ``x`` (a word present or not) this is Youden's |TPR - FPR|; 0 means no
+    information, 1 perfect separation. ``y`` may be 2-D (multilabel: max over labels).
+    A 2-D ``x`` (several views of one feature, e.g. value and missingness) gives the max
+    over its columns. NaN when ``y`` has one class.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y)
+    if x.ndim == 2:
+        values = [association(x[:, k], y) for k in range(x.shape[1])]
+        values = [v for v in values if not np.isnan(v)]
+        return max(values) if values else float("nan")
+    if y.ndim == 2:
+        values = [association(x, y[:, k]) for k in range(y.shape[1])]
+        values = [v for v in values if not np.isnan(v)]
+        return max(values) if values else float("nan")
+    classes = np.unique(y)
+    if len(classes) < 2:
+        return float("nan")
+    targets = classes[:1] if len(classes) == 2 else classes
+    best = 0.0
+    for c in targets:
+        a = auroc((y == c).astype(int), x)
+        if not np.isnan(a):
+            best = max(best, abs(2.0 * a - 1.0))
+    return best
+
+
+def site_vs_label(
+    x: np.ndarray,
+    site: np.ndarray,
+    label: np.ndarray,
+    groups: np.ndarray | None,
+    n_boot: int,
+    seed: int,
+) -> Estimate:
+    """``association(x, site) - association(x, label)`` with a one-sided bootstrap p-value.
+
+    A positive value means ``x`` carries more information about where the study was
+    done than about the diagnosis. Both sides are computed on the same (patient)
+    resamples; ``null_p`` is the one-sided p-value for "no better on site than on label"
+    (half the two-sided paired-bootstrap p when the estimate is positive).
+    """
+    est = paired_bootstrap_diff(
+        association, (x, label), (x, site), groups=groups, n_boot=n_boot, seed=seed
+    )
+    if est.null_p is None or not np.isfinite(est.value):
+        return est
+    p = est.null_p / 2.0 if est.value > 0 else 1.0 - est.null_p / 2.0
+    return Estimate(est.value, est.ci_low, est.ci_high, est.n, float(min(1.0, p)))

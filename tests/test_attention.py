@@ -1,0 +1,230 @@
+"""Check ``attention``: a planted grounding with a known answer, a trained built-in
+attention-fusion model on the sample, and a clear skip for a model without attention.
+
+The planted model's words are their own attention queries and its keys are one-hot region
+codes, so "consolidation" attends to a region inside the ROI and "opacity" to the corner:
+their ROI shares are ~1 and ~0, and only "opacity" raises the finding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_attribution import config_for, write_text_dataset
+from torch import nn
+
+from mmaudit.cache import InferenceCache
+from mmaudit.check import AuditContext
+from mmaudit.checks.attention import AttentionCheck
+from mmaudit.data import AuditDataset
+from mmaudit.findings import judge
+from mmaudit.model import ModelAdapter
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Grounded(nn.Module):
+    """Text tokens attend to 16 image regions (a 4 x 4 grid) with planted preferences."""
+
+    def __init__(self, vocab: int, to_roi: list[int], to_corner: list[int]) -> None:
+        super().__init__()
+        self.word = nn.Embedding(vocab, 16)
+        self.attn = nn.MultiheadAttention(16, 1, batch_first=True)
+        self.head = nn.Linear(16, 1)
+        with torch.no_grad():
+            self.word.weight.zero_()
+            for t in to_roi:
+                self.word.weight[t, 5] = 40.0  # region (1, 1): inside the ROI
+            for t in to_corner:
+                self.word.weight[t, 0] = 40.0  # region (0, 0): the corner
+            self.attn.in_proj_weight.copy_(torch.eye(16).repeat(3, 1))
+            self.attn.in_proj_bias.zero_()
+            self.attn.out_proj.weight.copy_(torch.eye(16))
+            self.attn.out_proj.bias.zero_()
+            self.head.weight.fill_(1.0)
+            self.head.bias.fill_(5.0)  # every sample predicted positive
+
+    def forward(
+        self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        b = image.shape[0]
+        regions = F.adaptive_avg_pool2d(image, 4).flatten(1)
+        keys = torch.eye(16).expand(b, 16, 16) + 0.0 * regions[..., None]
+        out, _ = self.attn(self.word(input_ids), keys, keys, need_weights=False)
+        pooled = (out * attention_mask[..., None]).sum(1)
+        return self.head(pooled) + regions.mean(1, keepdim=True)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> AuditContext:
+    from transformers import AutoTokenizer
+
+    manifest = write_text_dataset(tmp_path_factory.mktemp("attdata"))
+    cfg = config_for(manifest)
+    cfg.data.tabular = None
+    ds = AuditDataset(cfg.data, cfg.runtime)
+    tok = AutoTokenizer.from_pretrained(str(ROOT / "sample_data" / "tokenizer"))
+    ids = tok.convert_tokens_to_ids
+    adapter = ModelAdapter(
+        Grounded(len(tok), [ids("consolidation")], [ids("opacity")]),
+        source="test",
+        modalities=ds.modalities,
+        keywords={"image": "image", "text": "input_ids", "text_mask": "attention_mask"},
+        layers={},
+        detected={},
+        device=torch.device("cpu"),
+    )
+    cache = InferenceCache(adapter, ds, batch_size=32, seed=0)
+    return AuditContext(config=cfg, dataset=ds, adapter=adapter, cache=cache, seed=0)
+
+
+@pytest.mark.parametrize("relevancy", [True, False])
+def test_planted_grounding_is_recovered(planted: AuditContext, relevancy: bool) -> None:
+    params = AttentionCheck.Params(
+        n_boot=100, min_count=3, relevancy=relevancy, clinical_words=["opacity", "consolidation"]
+    )
+    check = AttentionCheck(params)
+    assert check.missing_requirements(planted) is None
+    out = check.run(planted)
+    m = out.metrics
+    assert m["attention.relevancy"] == int(relevancy)
+    assert m["attention.row_sum_error"] < 1e-5
+    assert m["attention.roi_chance"] == pytest.approx(0.25)
+    assert m["attention.clinical_roi_share.consolidation"].value > 0.95
+    assert m["attention.clinical_roi_share.opacity"].value < 0.05
+    if not relevancy:  # a word with no query attends uniformly: the chance share (which is
+        # "mostly outside" too: a clinical word that grounds nowhere is also flagged)
+        assert m["attention.roi_share.lungs"].value == pytest.approx(0.25, abs=0.01)
+    findings = judge("attention", m, AttentionCheck.default_thresholds)
+    assert [f.metric for f in findings] == ["attention.clinical_roi_share.opacity"]
+    assert planted.adapter.hook_count() == 0
+    assert any(("relevancy" if relevancy else "raw attention") in n for n in out.notes)
+    assert any("4 x 4 grid" in n for n in out.notes)
+    assert "attention_examples" in out.private
+    table = out.tables["word_regions"].set_index("word")
+    assert table.loc["opacity", "peak_region"] == 0
+    assert table.loc["consolidation", "peak_region"] == 5
+
+
+# --------------------------------------------------------------------------- the sample
+
+
+@pytest.fixture(scope="module")
+def sample_attention_ctx(tmp_path_factory: pytest.TempPathFactory) -> AuditContext:
+    """The sample (96 test rows) and a built-in attention-fusion model trained on them for a
+    few steps (mechanics, not a good model: the grounding is not expected to be right)."""
+    from mmaudit.config import load_config
+    from mmaudit.data import build_dataset
+    from mmaudit.model import load_model
+    from mmaudit.models import (
+        ArchitectureSpec,
+        build_model,
+        save_checkpoint,
+        tiny_image_spec,
+        tiny_text_spec,
+    )
+
+    cfg = load_config(ROOT / "configs" / "sample.yaml")
+    cfg.runtime.max_samples = 96
+    cfg.runtime.device = "cpu"
+    cfg.runtime.progress = False
+    ds = build_dataset(cfg)
+    torch.manual_seed(0)
+    spec = ArchitectureSpec(
+        modalities=["image", "text", "tabular"],
+        image=tiny_image_spec(64),
+        text=tiny_text_spec(len(ds.tokenizer)),
+        tabular={"n_features": 5, "hidden": [16]},
+        dim=32,
+        fusion="attention",
+        missing_tokens=True,
+    )
+    spec.text.max_length = 40  # type: ignore[union-attr]
+    model = build_model(spec)
+    data = ds.collate([ds[i] for i in range(len(ds))])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(25):
+        b = data.select(torch.randint(0, len(ds), (32,), generator=g))
+        logits = model(
+            image=b.image,
+            input_ids=b.input_ids,
+            attention_mask=b.attention_mask,
+            tabular=b.tabular,
+            present=b.present,
+        )
+        loss = F.binary_cross_entropy_with_logits(logits[:, 0], b.target.float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    folder = tmp_path_factory.mktemp("attention_ckpt")
+    save_checkpoint(model.eval(), spec, folder)
+    cfg.model.checkpoint = folder
+    adapter = load_model(cfg.model, ds.modalities, cfg.runtime)
+    cache = InferenceCache(adapter, ds, batch_size=32, seed=0)
+    return AuditContext(config=cfg, dataset=ds, adapter=adapter, cache=cache, seed=0)
+
+
+def test_builtin_attention_fusion_on_the_sample(sample_attention_ctx: AuditContext) -> None:
+    ctx = sample_attention_ctx
+    check = AttentionCheck(AttentionCheck.Params(n_boot=100, n_examples=2))
+    assert check.missing_requirements(ctx) is None
+    first = check.run(ctx)
+    m = first.metrics
+    assert m["attention.relevancy"] == 1  # gradients reached the fusion weights
+    assert "relevancy carried through 2 text self-attention layers" in first.notes
+    assert m["attention.row_sum_error"] < 1e-5
+    assert m["attention.n_samples"] > 80
+    assert 0 < m["attention.roi_chance"] < 1
+    clinical = [k for k in m if k.startswith("attention.clinical_roi_share.")]
+    assert {"attention.clinical_roi_share.pneumonia", "attention.clinical_roi_share.lungs"} <= set(
+        clinical
+    )
+    for k in clinical:
+        assert 0.0 <= m[k].value <= 1.0
+    assert ctx.adapter.hook_count() == 0
+    assert ctx.adapter.module.text_encoder.backbone.config._attn_implementation == "sdpa"
+    assert set(first.figures) == {"attention_word_maps", "attention_examples"}
+    raw = AttentionCheck(AttentionCheck.Params(n_boot=100, relevancy=False)).run(ctx)
+    assert raw.metrics["attention.relevancy"] == 0
+    again = check.run(ctx)
+    from mmaudit.report import json_safe
+
+    assert json_safe(again.metrics) == json_safe(first.metrics)
+    for out in (first, raw, again):
+        for fig in out.figures.values():
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+
+
+def test_model_without_attention_is_skipped_with_the_reason() -> None:
+    from mmaudit.config import load_config
+    from mmaudit.data import build_dataset
+    from mmaudit.model import load_model
+
+    cfg = load_config(ROOT / "configs" / "sample.yaml")
+    cfg.runtime.max_samples = 16
+    cfg.runtime.device = "cpu"
+    cfg.runtime.progress = False
+    ds = build_dataset(cfg)
+    adapter = load_model(cfg.model, ds.modalities, cfg.runtime)
+    ctx = AuditContext(
+        config=cfg, dataset=ds, adapter=adapter, cache=InferenceCache(adapter, ds), seed=0
+    )
+    reason = AttentionCheck(AttentionCheck.Params()).missing_requirements(ctx)
+    assert reason is not None and reason.startswith("the model has no attention to capture")
+    assert adapter.hook_count() == 0

@@ -1,0 +1,177 @@
+"""Attention capture through hooks: rows sum to one, no hooks or settings left behind,
+gradients of the weights equal an explicit recomputation, relevancy follows Chefer et al."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from mmaudit.attention_capture import (
+    capture_attention,
+    chefer_relevancy,
+    find_attention_source,
+    region_fractions,
+    text_self_attention_paths,
+    weight_gradients,
+)
+from mmaudit.model import ModelAdapter
+
+
+class Caller(nn.Module):
+    """Calls its attention asking for no weights, as fast inference code does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        out, _ = self.attn(q, k, k, need_weights=False)
+        return out
+
+
+def _hooks(m: nn.Module) -> int:
+    return sum(len(x._forward_hooks) + len(x._forward_pre_hooks) for x in m.modules())
+
+
+def test_mha_capture_forces_per_head_weights_and_leaves_no_hooks() -> None:
+    torch.manual_seed(0)
+    model = Caller().eval()
+    q, k = torch.randn(3, 5, 8), torch.randn(3, 7, 8)
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    mask[:, -2:] = True
+    plain = model(q, k)
+    with capture_attention(model, ["attn"]) as store:
+        out = model.attn(q, k, k, key_padding_mask=mask)[0]
+        again = model(q, k)
+    assert _hooks(model) == 0
+    assert torch.allclose(again, plain, atol=1e-6)  # the model's output is unchanged
+    w = store["attn"][0].weights
+    assert w.shape == (3, 2, 5, 7)
+    assert torch.allclose(w.sum(-1), torch.ones(3, 2, 5), atol=1e-5)
+    assert float(w[..., -2:].detach().abs().max()) == 0.0  # padded keys get nothing
+    assert out.shape == (3, 5, 8)
+
+
+def test_weight_gradient_equals_explicit_recomputation() -> None:
+    torch.manual_seed(1)
+    mha = nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    q, k = torch.randn(2, 4, 8), torch.randn(2, 6, 8)
+    with capture_attention(mha, [""]) as store:
+        out = mha(q, k, k)[0]
+    score = (out * torch.linspace(-1, 1, 8)).sum()
+    grad = weight_gradients(score, store[""])[0]
+    assert grad is not None
+    # the same by hand: A as a leaf, out = out_proj(concat_h(A_h V_h))
+    w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = mha.in_proj_bias.chunk(3)
+    heads, d = 2, 4
+    qh = (q @ w_q.T + b_q).view(2, 4, heads, d).transpose(1, 2)
+    kh = (k @ w_k.T + b_k).view(2, 6, heads, d).transpose(1, 2)
+    vh = (k @ w_v.T + b_v).view(2, 6, heads, d).transpose(1, 2)
+    a = torch.softmax(qh @ kh.transpose(-1, -2) / d**0.5, -1).detach().requires_grad_(True)
+    ctx = (a @ vh).transpose(1, 2).reshape(2, 4, 8)
+    manual = ((ctx @ mha.out_proj.weight.T + mha.out_proj.bias) * torch.linspace(-1, 1, 8)).sum()
+    (expected,) = torch.autograd.grad(manual, a)
+    assert torch.allclose(store[""][0].weights.detach(), a.detach(), atol=1e-5)
+    assert torch.allclose(grad, expected, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def builtin_models() -> dict[str, Any]:
+    from mmaudit.models import ArchitectureSpec, build_model, tiny_image_spec, tiny_text_spec
+
+    torch.manual_seed(0)
+    out = {}
+    for fusion in ("attention", "concat"):
+        spec = ArchitectureSpec(
+            modalities=["image", "text", "tabular"],
+            image=tiny_image_spec(32),
+            text=tiny_text_spec(60),
+            tabular={"n_features": 2},
+            dim=16,
+            fusion=fusion,
+        )
+        model = build_model(spec).eval()
+        out[fusion] = ModelAdapter(
+            model,
+            source="test",
+            modalities=("image", "text", "tabular"),
+            keywords=dict(model.modality_keywords),
+            layers=model.default_layers(),
+            detected={},
+            device=torch.device("cpu"),
+        )
+    return out
+
+
+def test_find_source_on_the_builtin_family(builtin_models: dict[str, Any]) -> None:
+    src, why = find_attention_source(builtin_models["attention"])
+    assert why is None and src is not None
+    assert (src.path, src.image_offset, src.grid, src.n_image_tokens) == (
+        "fusion.attn",
+        0,
+        (2, 2),
+        4,
+    )
+    none, why = find_attention_source(builtin_models["concat"])
+    assert none is None
+    assert why is not None and why.startswith("the model has no attention to capture")
+    assert "text_encoder" in why
+
+
+def test_hf_self_attention_capture_switches_to_eager_and_back(
+    builtin_models: dict[str, Any],
+) -> None:
+    ad = builtin_models["attention"]
+    paths = text_self_attention_paths(ad)
+    assert len(paths) == 2  # two BERT layers
+    config = ad.module.text_encoder.backbone.config
+    before = config._attn_implementation
+    ids = torch.randint(5, 60, (3, 10))
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[0, 7:] = 0
+    inputs = {
+        "image": torch.randn(3, 1, 32, 32),
+        "input_ids": ids,
+        "attention_mask": mask,
+        "tabular": torch.randn(3, 2),
+    }
+    with capture_attention(ad.module, ["fusion.attn", *paths]) as store:
+        logits = ad.module(**inputs)
+        caps = [store["fusion.attn"][0], *[store[p][0] for p in paths]]
+        grads = weight_gradients(logits.sum(), caps)
+    assert config._attn_implementation == before
+    assert ad.hook_count() == 0
+    for c, g in zip(caps, grads, strict=True):
+        assert g is not None and g.shape == c.weights.shape
+        assert torch.allclose(c.weights.sum(-1), torch.ones_like(c.weights[..., 0]), atol=1e-5)
+    self_w = caps[1].weights
+    assert float(self_w[0, :, :, 7:].detach().abs().max()) < 1e-6  # padding keys masked
+    cross = caps[0].weights.detach()
+    assert torch.allclose(cross, ad.module.fusion.last_attention, atol=1e-6)
+
+
+def test_chefer_relevancy() -> None:
+    torch.manual_seed(2)
+    a = torch.softmax(torch.randn(2, 3, 4, 5), -1)
+    g = torch.randn(2, 3, 4, 5)
+    cross = (g * a).clamp(min=0).mean(1)
+    assert torch.allclose(chefer_relevancy((a, g)), cross)
+    s = torch.softmax(torch.randn(2, 3, 4, 4), -1)
+    gs = torch.randn(2, 3, 4, 4)
+    cam = (gs * s).clamp(min=0).mean(1)
+    r = torch.eye(4) + cam @ torch.eye(4)
+    hat = r - torch.eye(4)
+    hat = hat / hat.sum(-1, keepdim=True)
+    expected = (hat + torch.eye(4)).transpose(1, 2) @ cross
+    assert torch.allclose(chefer_relevancy((a, g), [(s, gs)]), expected, atol=1e-6)
+
+
+def test_region_fractions_row_major() -> None:
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[0, 0, :4, 4:] = 1.0  # top-right quarter
+    frac = region_fractions(mask, (2, 2))
+    assert frac.tolist() == [[0.0, 1.0, 0.0, 0.0]]

@@ -1,0 +1,485 @@
+"""Check ``attribution``: planted words and labs with known contributions, and the sample.
+
+The toy model is additive by construction -- ``logit = w_img * mean brightness +
+sum of one-dimensional word embeddings + sum_j (a_j x_j + b_j x_j^2)`` -- so every right
+answer is known: IG of a word is its embedding value, SHAP of a lab is
+``a_j (x_j - E x_j) + b_j (x_j^2 - E x_j^2)`` over the background, and the modality
+shares follow from the encoder outputs. A word planted in the reports of site B and keyed
+on by the model must top the ranking and fail the site test; the same model keyed on a
+clinical word must not. On the bundled sample the planted report and lab structure
+(sample_data/README.md) is recovered.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from mmaudit.cache import InferenceCache
+from mmaudit.check import AuditContext
+from mmaudit.checks.attribution import AttributionCheck
+from mmaudit.config import AuditConfig
+from mmaudit.data import AuditDataset
+from mmaudit.findings import judge
+from mmaudit.model import ModelAdapter
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZER = ROOT / "sample_data" / "tokenizer"
+SIZE = 16
+POSITIVE = (
+    "patchy opacity in the right lower lobe.",
+    "focal consolidation in the left base.",
+    "hazy opacity. findings concerning for pneumonia.",
+)
+NEGATIVE = ("lungs are clear.", "no acute disease.", "heart size is normal. lungs are clear.")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    """This machine is shared; one intra-op thread is far faster for these tiny models."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures() -> Any:
+    """The report writer closes a check's figures; here nobody writes them."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+# --------------------------------------------------------------------------- toy data
+
+
+def write_text_dataset(folder: Path, n: int = 80, seed: int = 0) -> Path:
+    """Image + report + labs; site B reports start with "portable chest radiograph."."""
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(exist_ok=True)
+    rows = []
+    for i in range(n):
+        patient = i // 2
+        site = "B" if patient % 2 else "A"
+        label = int(rng.random() < (0.75 if site == "B" else 0.25))
+        img = rng.normal(90 + 40 * label, 8, (SIZE, SIZE))
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / "images" / f"s{i}.png")
+        mask = np.zeros((SIZE, SIZE), np.uint8)
+        mask[4:12, 4:12] = 255
+        Image.fromarray(mask).save(folder / "masks" / f"s{i}.png")
+        report = str(rng.choice(POSITIVE if label else NEGATIVE))
+        if site == "B":
+            report = "portable chest radiograph. " + report
+        if i % 10 == 9:
+            report = ""
+        rows.append(
+            {
+                "id": f"s{i}",
+                "patient": f"p{patient}",
+                "site": site,
+                "sex": "F" if i % 3 else "M",
+                "label": label,
+                "image_path": f"images/s{i}.png",
+                "mask_path": f"masks/s{i}.png",
+                "report": report,
+                "lab_a": float(rng.normal(label, 1.0)),
+                "lab_b": float(rng.normal(0, 1.0)) if i % 7 else np.nan,
+                "lab_empty": np.nan,
+            }
+        )
+    manifest = folder / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    return manifest
+
+
+def config_for(manifest: Path, **data: Any) -> AuditConfig:
+    raw: dict[str, Any] = {
+        "model": {"factory": "unused:build"},
+        "data": {
+            "manifest": str(manifest),
+            "id": "id",
+            "patient": "patient",
+            "target": {"column": "label"},
+            "image": {"column": "image_path", "roi_mask": "mask_path", "size": SIZE},
+            "text": {"column": "report", "tokenizer": str(TOKENIZER), "max_length": 24},
+            "tabular": {"columns": ["lab_a", "lab_b"], "normalization": "none"},
+            "attributes": {"site": {}, "sex": {}},
+        },
+        "runtime": {"device": "cpu", "batch_size": 32, "progress": False},
+    }
+    raw["data"].update(data)
+    return AuditConfig.model_validate(raw)
+
+
+class BagOfWords(nn.Module):
+    """Text encoder: the sum of one-dimensional word embeddings (IG is exact for it)."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab, 1, padding_idx=0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return (self.word_embeddings(input_ids) * attention_mask[..., None]).sum(1)
+
+
+class Square(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x * x], dim=1)
+
+
+class Additive(nn.Module):
+    """logit = w_img * brightness + sum of word values + sum_j (a_j x_j + b_j x_j^2)."""
+
+    def __init__(self, vocab: int, words: dict[int, float], a: list[float], b: list[float]):
+        super().__init__()
+        self.img_enc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.img_head = nn.Linear(1, 1, bias=False)
+        self.text_enc = BagOfWords(vocab)
+        self.tab_enc = Square()
+        self.tab_head = nn.Linear(2 * len(a), 1, bias=False)
+        with torch.no_grad():
+            self.img_head.weight.fill_(0.5)
+            g = torch.Generator().manual_seed(0)
+            emb = self.text_enc.word_embeddings.weight
+            emb.copy_(torch.randn(emb.shape, generator=g) * 0.05)
+            emb[:5] = 0.0  # special tokens carry nothing
+            for t, v in words.items():
+                emb[t] = v
+            self.tab_head.weight.copy_(torch.tensor([[*a, *b]]))
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        tabular: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        out = self.img_head(self.img_enc(image))
+        if input_ids is not None:
+            assert attention_mask is not None
+            out = out + self.text_enc(input_ids, attention_mask)
+        if tabular is not None:
+            out = out + self.tab_head(self.tab_enc(tabular))
+        return out
+
+
+LAYERS = {"image": "img_enc", "text": "text_enc", "tabular": "tab_enc"}
+KEYWORDS = {
+    "image": "image",
+    "text": "input_ids",
+    "text_mask": "attention_mask",
+    "tabular": "tabular",
+}
+
+
+def make_context(
+    cfg: AuditConfig, module: nn.Module, layers: dict[str, str] | None = None
+) -> AuditContext:
+    ds = AuditDataset(cfg.data, cfg.runtime)
+    keywords = {k: v for k, v in KEYWORDS.items() if k in ds.modalities or k == "text_mask"}
+    if "text" not in ds.modalities:
+        keywords.pop("text_mask")
+    adapter = ModelAdapter(
+        module,
+        source="test",
+        modalities=ds.modalities,
+        keywords=keywords,
+        layers={
+            k: v for k, v in (LAYERS if layers is None else layers).items() if k in ds.modalities
+        },
+        detected={},
+        device=torch.device("cpu"),
+    )
+    cache = InferenceCache(adapter, ds, batch_size=32, seed=0)
+    cache.request_layers([m for m in ds.modalities if m in adapter.layers])
+    return AuditContext(config=cfg, dataset=ds, adapter=adapter, cache=cache, seed=0)
+
+
+def quick(**kw: Any) -> AttributionCheck:
+    params = {"n_boot": 200, "min_count": 3, "tabular_method": "gradient", "ig_steps": 8, **kw}
+    return AttributionCheck(AttributionCheck.Params(**params))
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_text_dataset(tmp_path_factory.mktemp("textdata"))
+
+
+@pytest.fixture(scope="module")
+def vocab() -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(TOKENIZER))
+
+
+def keyed_model(vocab: Any, word: str, value: float = 2.0) -> Additive:
+    return Additive(len(vocab), {vocab.convert_tokens_to_ids(word): value}, [1.0, -0.5], [0.3, 0.0])
+
+
+@pytest.fixture(scope="module")
+def portable_run(manifest: Path, vocab: Any) -> tuple[AuditContext, Any]:
+    ctx = make_context(config_for(manifest), keyed_model(vocab, "portable"))
+    return ctx, quick().run(ctx)
+
+
+# --------------------------------------------------------------------------- text
+
+
+def test_planted_site_word_tops_ranking_and_fails_site_test(portable_run: Any) -> None:
+    ctx, out = portable_run
+    ranking = out.tables["word_ranking"]
+    top = ranking[(ranking["class"] == "1") & (ranking["rank"] == 1)]
+    assert top["word"].item() == "portable"
+    assert out.metrics["text.top_words.1"].startswith("portable")
+    est = out.metrics["text.site_word_share.portable"]
+    assert est.null_p is not None and est.null_p < 0.05
+    assert est.value > 0.5  # the only large attribution in every site-B report
+    findings = judge("attribution", out.metrics, AttributionCheck.default_thresholds)
+    flagged = [f for f in findings if f.rule == "site_word"]
+    assert [f.metric for f in flagged] == ["text.site_word_share.portable"]
+    assert flagged[0].severity == "fail"
+    assert "portable" in set(AttributionCheck.Params().stoplist)
+    assert out.metrics["text.stoplist_share"].value > 0.5
+    assert ctx.adapter.hook_count() == 0
+
+
+def test_ig_is_exact_and_complete_on_a_linear_text_encoder(portable_run: Any, vocab: Any) -> None:
+    ctx, out = portable_run
+    assert out.metrics["text.completeness_error"] < 1e-5
+    emb = ctx.adapter.module.text_enc.word_embeddings.weight.detach().numpy()[:, 0]
+    examples = out.tables["text_examples"]
+    for word, value in examples.groupby("word")["attribution"].first().items():
+        ids = vocab(str(word), add_special_tokens=False)["input_ids"]
+        assert value == pytest.approx(float(emb[ids].sum()), abs=1e-5)
+
+
+def test_clinical_keyword_is_not_flagged(manifest: Path, vocab: Any) -> None:
+    ctx = make_context(config_for(manifest), keyed_model(vocab, "opacity"))
+    out = quick(tabular=False, shares=False).run(ctx)
+    ranking = out.tables["word_ranking"]
+    assert ranking[ranking["class"] == "1"]["word"].iloc[0] == "opacity"
+    findings = judge("attribution", out.metrics, AttributionCheck.default_thresholds)
+    assert not [f for f in findings if f.rule in ("site_word", "stoplist_words")]
+
+
+def test_rare_word_with_a_huge_score_does_not_top_the_ranking(manifest: Path, vocab: Any) -> None:
+    """'hazy' occurs in fewer reports than min_count; its large value must not rank."""
+    model = Additive(
+        len(vocab),
+        {vocab.convert_tokens_to_ids("hazy"): 50.0, vocab.convert_tokens_to_ids("opacity"): 1.0},
+        [1.0, 0.0],
+        [0.0, 0.0],
+    )
+    ctx = make_context(config_for(manifest), model)
+    count = sum("hazy" in t for t in ctx.dataset.texts)
+    out = quick(tabular=False, shares=False, min_count=count + 1).run(ctx)
+    assert "hazy" not in set(out.tables["word_ranking"]["word"])
+
+
+# --------------------------------------------------------------------------- tabular
+
+
+def test_shap_ranks_and_tracks_known_additive_contributions(manifest: Path, vocab: Any) -> None:
+    """GradientShap (the fast option) through the check: the labs' SHAP values follow the
+    known contributions; exactness of the default permutation explainer is tested in
+    test_tabular_shap.py."""
+    ctx = make_context(config_for(manifest), keyed_model(vocab, "portable"))
+    out = quick(text=False, shares=False, n_background=40).run(ctx)
+    table = out.tables["tabular_shap_values"]
+    ids = list(ctx.dataset.ids)
+    x = ctx.dataset.tabular.numpy()[[ids.index(i) for i in table["id"]]]
+    contribution = np.column_stack([1.0 * x[:, 0] + 0.3 * x[:, 0] ** 2, -0.5 * x[:, 1]])
+    for j, lab in enumerate(("lab_a", "lab_b")):
+        assert np.corrcoef(table[lab], contribution[:, j])[0, 1] > 0.97
+    assert out.metrics["tabular.top_feature"] == "lab_a"
+    assert out.metrics["tabular.additivity_error"] < 1e-5
+    assert "tabular: SHAP (gradient) on" in " ".join(out.notes)
+    assert out.metrics["tabular.site_feature_share.lab_a"].null_p > 0.05
+    assert set(out.tables["tabular_importance_by_subgroup"]["attribute"]) == {"site", "sex"}
+
+
+def test_all_missing_column_is_noted_not_ranked(manifest: Path, vocab: Any) -> None:
+    cfg = config_for(
+        manifest, tabular={"columns": ["lab_a", "lab_b", "lab_empty"], "normalization": "none"}
+    )
+    model = Additive(len(vocab), {}, [1.0, -0.5, 3.0], [0.3, 0.0, 0.0])
+    ctx = make_context(cfg, model)
+    out = quick(text=False, shares=False).run(ctx)
+    assert "lab_empty" not in set(out.tables["tabular_importance"]["feature"])
+    assert "tabular.importance.lab_empty" not in out.metrics
+    assert any("missing in every row" in n and "lab_empty" in n for n in out.notes)
+
+
+# --------------------------------------------------------------------------- shares
+
+
+def test_modality_shares_equal_the_additive_contributions(portable_run: Any) -> None:
+    ctx, out = portable_run
+    ds = ctx.dataset
+    assert out.metrics["shares.completeness_error"] < 1e-5
+    emb = {m: ctx.cache.embeddings(m) for m in ("image", "text", "tabular")}
+    model = ctx.adapter.module
+    head = {
+        "image": model.img_head.weight.detach().numpy().ravel(),
+        "text": np.ones(1),
+        "tabular": model.tab_head.weight.detach().numpy().ravel(),
+    }
+    contrib = {}
+    for k, m in enumerate(("image", "text", "tabular")):
+        mean = emb[m][ds.present[:, k]].mean(0)
+        contrib[m] = np.abs((emb[m] - mean) @ head[m])
+    total = sum(contrib.values())
+    frame = out.per_sample.set_index("id")
+    rows = ds.present.all(1)
+    for m in contrib:
+        got = frame[f"share.{m}"].to_numpy()[rows]
+        assert np.allclose(got, (contrib[m] / total)[rows], atol=1e-4)
+    assert set(out.tables["modality_shares"]["modality"]) == {"image", "text", "tabular"}
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_are_skipped_with_a_reason(manifest: Path, vocab: Any) -> None:
+    model = keyed_model(vocab, "portable")
+    ctx = make_context(config_for(manifest), model)
+    check = quick()
+    # every report missing: text skipped, tabular still runs
+    empty = copy.copy(ctx)
+    empty.dataset = copy.copy(ctx.dataset)
+    empty.dataset.present = ctx.dataset.present.copy()
+    empty.dataset.present[:, ctx.dataset.modalities.index("text")] = False
+    from mmaudit.checks.attribution import tabular_unavailable, text_unavailable
+
+    assert text_unavailable(empty) == "every report is empty or missing"
+    # a tokenizer that knows no word: every content token is [UNK]
+    unk = copy.copy(ctx)
+    unk.dataset = copy.copy(ctx.dataset)
+    ids = ctx.dataset.input_ids.clone()
+    content = ctx.dataset.attention_mask.bool() & (ids > 4)
+    ids[content] = vocab.unk_token_id
+    unk.dataset.input_ids = ids
+    assert "[UNK]" in (text_unavailable(unk) or "")
+    # no labs at all and no text: nothing to attribute, the check is skipped
+    both = copy.copy(unk)
+    both.dataset = copy.copy(unk.dataset)
+    both.dataset.tabular_missing = torch.ones_like(ctx.dataset.tabular_missing)
+    assert tabular_unavailable(both) == "every tabular column is empty in every row"
+    reason = check.missing_requirements(both)
+    assert reason is not None and reason.startswith("nothing to attribute")
+    # a model without text input and data without labs
+    cfg = config_for(manifest)
+    cfg.data.tabular = None
+    ctx2 = make_context(cfg, model)
+    ctx2.adapter.keywords.pop("text")
+    reason = check.missing_requirements(ctx2)
+    assert reason is not None and "takes no report text" in reason
+
+
+def test_text_part_notes_its_skip_and_the_rest_runs(manifest: Path, vocab: Any) -> None:
+    cfg = config_for(manifest)
+    ctx = make_context(cfg, keyed_model(vocab, "portable"), layers={"tabular": "tab_enc"})
+    ctx.adapter.keywords.pop("text")
+    out = quick(shares=False).run(ctx)
+    assert any(n.startswith("text: skipped: the model takes no report text") for n in out.notes)
+    assert "tabular.importance.lab_a" in out.metrics
+    assert ctx.adapter.hook_count() == 0
+
+
+# --------------------------------------------------------------------------- the sample
+
+
+@pytest.fixture(scope="module")
+def sample_run() -> tuple[AuditContext, Any]:
+    from mmaudit.config import load_config
+    from mmaudit.data import build_dataset
+    from mmaudit.model import load_model
+
+    cfg = load_config(ROOT / "configs" / "sample.yaml")
+    cfg.runtime.max_samples = 160
+    cfg.runtime.device = "cpu"
+    cfg.runtime.progress = False
+    ds = build_dataset(cfg)
+    adapter = load_model(cfg.model, ds.modalities, cfg.runtime)
+    cache = InferenceCache(adapter, ds, batch_size=64, seed=0)
+    cache.request_layers([k for k in ("embedding", *ds.modalities) if k in adapter.layers])
+    ctx = AuditContext(config=cfg, dataset=ds, adapter=adapter, cache=cache, seed=0)
+    out = quick(ig_steps=16, min_count=5, n_examples=2).run(ctx)
+    return ctx, out
+
+
+def test_sample_planted_report_and_lab_structure_is_recovered(sample_run: Any) -> None:
+    ctx, out = sample_run
+    imp = {
+        f: out.metrics[f"tabular.importance.{f}"].value
+        for f in ("wbc", "crp", "temp", "spo2", "lactate")
+    }
+    # wbc and crp carry the label, temp weakly, spo2 and lactate are noise
+    assert min(imp["wbc"], imp["crp"]) > max(imp["spo2"], imp["lactate"])
+    ranking = out.tables["word_ranking"]
+    findings_words = {
+        "opacity",
+        "consolidation",
+        "airspace",
+        "pneumonia",
+        "infiltrate",
+        "infection",
+        "concerning",
+        "suspicious",
+        "likely",
+        "patchy",
+        "focal",
+        "hazy",
+        "infectious",
+        "findings",
+    }
+    negation = {"no", "clear", "normal", "acute", "lungs", "disease", "evidence"}
+    top_pos = set(ranking[ranking["class"] == "1"]["word"].head(12))
+    top_neg = set(ranking[ranking["class"] == "0"]["word"].head(8))
+    assert len(top_pos & findings_words) >= 3, top_pos
+    assert len(top_neg & negation) >= 2, top_neg
+    assert out.metrics["text.completeness_error"] < 0.05
+    # no site word in the sample's reports: the site test flags nothing
+    findings = judge("attribution", out.metrics, AttributionCheck.default_thresholds)
+    assert not [f for f in findings if f.rule in ("site_word", "site_feature")]
+    assert ctx.adapter.hook_count() == 0
+    assert set(out.figures) >= {"text_examples", "tabular_beeswarm", "modality_shares"}
+    assert "text_examples" in out.private
+
+
+class TwoLogits(nn.Module):
+    """A multiclass head over the additive model: logits (-f, f)."""
+
+    def __init__(self, inner: Additive) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, **kwargs: torch.Tensor) -> torch.Tensor:
+        f = self.inner(**kwargs)
+        return torch.cat([-f, f], dim=1)
+
+
+def test_multiclass_attributes_each_sample_toward_its_predicted_class(
+    manifest: Path, vocab: Any
+) -> None:
+    cfg = config_for(manifest, target={"column": "label", "kind": "multiclass"})
+    layers = {k: f"inner.{v}" for k, v in LAYERS.items()}
+    ctx = make_context(cfg, TwoLogits(keyed_model(vocab, "portable")), layers=layers)
+    out = quick().run(ctx)
+    assert out.notes[0] == "attributions explain the logit of each sample's predicted class"
+    ranking = out.tables["word_ranking"]
+    assert set(ranking["class"]) == {"0", "1"}
+    assert ranking[ranking["class"] == "1"]["word"].iloc[0] == "portable"
+    assert out.metrics["text.completeness_error"] < 1e-5
+    assert out.metrics["shares.completeness_error"] < 1e-5

@@ -1,0 +1,396 @@
+"""Probes and the ``probing`` check: planted directions with known answers, an analytic head
+whose use of an attribute is known, bad inputs, and the bundled sample's planted truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmaudit.cache import SweepResult
+from mmaudit.check import AuditContext, build_params
+from mmaudit.checks.probing import (
+    ProbingCheck,
+    _erasure_effects,
+    prepare_attribute,
+    reinitialise,
+)
+from mmaudit.config import AttributeConfig
+from mmaudit.probes import (
+    ProbeError,
+    _null_scores,
+    _ridge_fold,
+    _ridge_oof,
+    _shuffler,
+    auroc_columns,
+    fit_logistic,
+    make_folds,
+    run_probe,
+)
+from mmaudit.stats import auroc, bootstrap_ci, paired_bootstrap_diff
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- probes
+
+
+def test_folds_are_grouped_and_stratified() -> None:
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(60), rng.integers(1, 4, 60))
+    label = (rng.random(60) < 0.3).astype(int)[patients]  # constant within patient
+    folds = make_folds(label, patients, 5, seed=0)
+    assert set(folds) == set(range(5))
+    for p in np.unique(patients):
+        assert len(set(folds[patients == p])) == 1, "a patient lies in one fold"
+    for f in range(5):
+        assert set(label[folds == f]) == {0, 1}, "every fold holds both classes"
+    with pytest.raises(ProbeError, match="fewer samples than folds"):
+        make_folds(np.array([0, 0, 0, 1]), None, 5, seed=0)
+
+
+def test_logistic_matches_sklearn() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 5))
+    y = (x @ rng.normal(size=5) + rng.normal(size=300) > 0).astype(float)
+    lam = 1e-2
+    w = fit_logistic(x, y[:, None], lam)[:, 0]
+    ref = LogisticRegression(C=1 / (lam * len(x)), tol=1e-10, max_iter=10000).fit(x, y)
+    assert np.allclose(w[:-1], ref.coef_[0], atol=1e-5)
+    assert w[-1] == pytest.approx(ref.intercept_[0], abs=1e-5)
+
+
+def test_auroc_columns_equal_auroc() -> None:
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, (50, 4))
+    scores = np.round(rng.normal(size=(50, 4)), 1)  # ties
+    expected = [auroc(labels[:, k], scores[:, k]) for k in range(4)]
+    assert np.allclose(auroc_columns(labels, scores), expected)
+
+
+@pytest.mark.parametrize("kind", ["categorical", "continuous"])
+def test_vectorised_null_equals_refitting_each_permutation(kind: str) -> None:
+    """One matrix product per fold gives exactly what refitting the ridge probe on each
+    shuffled label would give."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(80, 6))
+    values = rng.integers(0, 3, 80) if kind == "categorical" else rng.normal(size=80)
+    strata = values if kind == "categorical" else (values > 0).astype(int)
+    folds = make_folds(strata, None, 4, seed=0)
+    lams = [0.1, 1.0, 0.1, 10.0]
+    maps = [_ridge_fold(x, folds == f, lams[f]) for f in range(4)]
+    perm = _shuffler(values, folds, None, by_patient=False)(np.random.default_rng(0), 3)
+    null = _null_scores(kind, maps, perm, 3 if kind == "categorical" else 0)  # type: ignore[arg-type]
+    for b in range(3):
+        if kind == "categorical":
+            y = (perm[b][:, None] == np.arange(3)).astype(float)
+            expected = np.nanmean(auroc_columns(y, _ridge_oof(x, y, folds, lams)))
+        else:
+            y = perm[b][:, None]
+            pred = _ridge_oof(x, y, folds, lams)
+            expected = 1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+        assert null[b] == pytest.approx(expected, abs=1e-10)
+        for f in range(4):  # labels only move within a fold
+            assert sorted(perm[b][folds == f]) == sorted(values[folds == f])
+
+
+def _planted(delta: float, seed: int, n: int = 1200, d: int = 4):
+    """Two rows per patient; the attribute (constant per patient) shifts the embedding by
+    ``delta`` noise SDs along one random direction."""
+    rng = np.random.default_rng(seed)
+    patients = np.repeat(np.arange(n // 2), 2)
+    z = rng.integers(0, 2, n // 2)[patients]
+    u = rng.normal(size=d)
+    u /= np.linalg.norm(u)
+    return rng.normal(size=(n, d)) + delta * z[:, None] * u, z, patients
+
+
+def test_planted_direction_detected_at_half_sd_not_at_zero() -> None:
+    """Decision as in the check: permutation p < 0.05 and AUROC >= min_auroc (0.55).
+    delta = 0.5: detected in every one of 20 seeds; delta = 0: false-positive rate <= 5 %
+    (the raw permutation test alone must also stay within 5 %)."""
+    min_auroc = ProbingCheck.Params().min_auroc
+    hits = {0.0: 0, 0.5: 0}
+    raw_hits = 0
+    for delta in hits:
+        for seed in range(20):
+            x, z, patients = _planted(delta, seed)
+            r = run_probe(
+                x, z, "categorical", groups=patients, n_permutations=200, n_control=0, seed=seed
+            )
+            hits[delta] += int(r.p_value < 0.05 and r.score >= min_auroc)
+            raw_hits += int(delta == 0.0 and r.p_value < 0.05)
+    assert hits[0.5] == 20
+    assert hits[0.0] <= 1 and raw_hits <= 1
+
+
+def test_three_levels_use_macro_one_vs_rest_auroc() -> None:
+    rng = np.random.default_rng(6)
+    z = rng.integers(0, 3, 600)
+    centres = np.eye(3, 5) * 1.5
+    x = rng.normal(size=(600, 5)) + centres[z]
+    r = run_probe(x, np.array(["a", "b", "c"])[z], "categorical", n_permutations=200, seed=0)
+    assert r.levels == ["a", "b", "c"] and r.oof.shape == (600, 3)
+    per_level = [auroc(z == k, r.oof[:, k]) for k in range(3)]
+    assert r.score == pytest.approx(np.mean(per_level))
+    assert r.score > 0.75 and r.p_value < 0.01 and abs(r.control - 0.5) < 0.05
+    noise = run_probe(rng.normal(size=(600, 5)), z, "categorical", n_permutations=200, seed=0)
+    assert noise.p_value > 0.05
+
+
+def test_probe_bad_inputs_raise_clear_errors() -> None:
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    with pytest.raises(ProbeError, match="one level only"):
+        run_probe(x, np.array(["A"] * 40), "categorical")
+    with pytest.raises(ProbeError, match="constant"):
+        run_probe(x, np.ones(40), "continuous")
+    with pytest.raises(ProbeError, match="NaN"):
+        run_probe(x, np.r_[np.nan, np.ones(39)], "continuous")
+    bad = x.copy()
+    bad[3, 1] = np.inf
+    with pytest.raises(ProbeError, match="infinite"):
+        run_probe(bad, np.arange(40) % 2, "categorical")
+
+
+def test_prepare_attribute_notes() -> None:
+    attr, note = prepare_attribute(
+        "ward", np.array(["a"] * 30 + ["b"] * 30 + ["c"] * 3), "categorical", 20, 10
+    )
+    assert attr is not None and attr.known.sum() == 60 and "c (n=3)" in note
+    attr, note = prepare_attribute("scanner", np.array(["X"] * 20), "categorical", 20, 10)
+    assert attr is None and "one level only" in note
+    attr, note = prepare_attribute(
+        "bmi", np.r_[np.nan, np.nan, np.arange(20.0)], "continuous", 20, 10
+    )
+    assert attr is not None and attr.known.sum() == 20 and "2 rows with no value" in note
+
+
+def test_vectorised_erasure_bootstrap_equals_stats() -> None:
+    """The weighted-resample bootstrap draws the same patients as ``stats`` for the seed and
+    gives the same intervals as its per-resample loop."""
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 120)
+    patients = np.repeat(np.arange(60), 2)
+    base = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.2, 120), 0, 1)[:, None]
+    erased = np.clip(base + rng.normal(0, 0.1, (120, 1)), 0, 1)
+    boot = {"groups": patients, "n_boot": 200, "alpha": 0.05, "seed": 3}
+    mine = _erasure_effects(y, base, erased, [base], "binary", **boot)
+    ref = paired_bootstrap_diff(auroc, (y, base[:, 0]), (y, erased[:, 0]), **boot)
+    assert mine["dauroc"].value == pytest.approx(ref.value)
+    assert mine["dauroc"].ci_low == pytest.approx(ref.ci_low)
+    assert mine["dauroc"].ci_high == pytest.approx(ref.ci_high)
+    dp = np.abs(erased - base)[:, 0]
+    ref_dp = bootstrap_ci(np.mean, dp, **boot)
+    assert (mine["dp"].ci_low, mine["dp"].ci_high) == pytest.approx((ref_dp.ci_low, ref_dp.ci_high))
+    assert mine["dp_random"].value == 0 and mine["excess"].value == pytest.approx(dp.mean())
+
+
+# ----------------------------------------------------------------------------- analytic head
+
+
+class LinearHeadCache:
+    """A stand-in cache: the fused embedding is given and the head is ``x @ w + b``."""
+
+    def __init__(self, embedding: np.ndarray, w: np.ndarray, logits: np.ndarray | None = None):
+        self.embedding = embedding
+        self.w = w
+        self.logits = embedding @ w[:, None] if logits is None else logits
+        self.passes = 0
+
+    def sweep(self) -> SweepResult:
+        return SweepResult(self.logits, {"embedding": self.embedding})
+
+    def embeddings(self, name: str) -> np.ndarray:
+        return self.embedding if name == "embedding" else self.embedding[:, :3]
+
+    def logits_with_layer(
+        self, layer: str, values: np.ndarray, key: str | None = None
+    ) -> np.ndarray:
+        assert layer == "embedding"
+        self.passes += 1
+        return np.asarray(values, dtype=np.float64) @ self.w[:, None]
+
+
+def analytic_context(head: str, seed: int = 0, n: int = 600, logits: str = "head") -> AuditContext:
+    """Embedding dims: 0 disease, 1 site, 2 sex, 3-5 noise. The head reads disease only
+    (``clean``) or disease and site (``shortcut``). Extra attributes carry bad inputs."""
+    rng = np.random.default_rng(seed)
+    patients = np.repeat(np.arange(n // 2), 2)
+    per = n // 2
+    y = rng.integers(0, 2, per)[patients]
+    site = rng.choice(["A", "B"], per)[patients]
+    sex = rng.choice(["F", "M"], per)[patients]
+    x = rng.normal(size=(n, 6))
+    if logits != "hidden":  # hidden: the probed "embedding" lacks what the head reads
+        x[:, 0] += 2.0 * y
+    x[:, 1] += 2.0 * (site == "B")
+    x[:, 2] += 1.5 * (sex == "M")
+    w = np.array([3.0, 3.0 if head == "shortcut" else 0.0, 0, 0, 0, 0])
+    b = -3.0 - (3.0 if head == "shortcut" else 0.0)
+    x_head = x + b / (w @ w) * w  # fold the bias into the embedding offset
+    age = rng.normal(60, 15, per)[patients]
+    age[:7] = np.nan
+    ward = np.where(np.arange(n) < 4, "icu", np.where(np.arange(n) % 2, "a", "b"))  # tiny level
+    first = patients < 6  # 12 rows that become one patient: a level with too few patients
+    patient_ids = np.where(first, "p0", np.char.add("p", patients.astype(str)))
+    attributes = pd.DataFrame(
+        {
+            "site": site,
+            "sex": sex,
+            "age": age,
+            "scanner": ["X"] * n,  # one level
+            "ward": ward,
+            "device": np.where(first, "new", "old"),  # 12 rows, 1 patient: fewer than folds
+        }
+    )
+    logit_values = None
+    if logits == "hidden":  # the head reads a feature the probed layer does not contain
+        logit_values = (4.0 * (y - 0.5) + rng.normal(0, 1, n))[:, None]
+    cache = LinearHeadCache(x_head, w, logit_values)
+    kinds = {"age": "continuous"}
+    config = SimpleNamespace(
+        data=SimpleNamespace(
+            target=SimpleNamespace(kind="binary"),
+            attributes={c: AttributeConfig(kind=kinds.get(c, "categorical")) for c in attributes},
+        )
+    )
+    dataset = SimpleNamespace(
+        attributes=attributes,
+        target=y,
+        patients=patient_ids,
+        modalities=("image",),
+    )
+    adapter = SimpleNamespace(
+        layers={"embedding": "fusion", "image": "image_encoder"},
+        source="factory:analytic",
+        supports_hooks=True,
+    )
+    return AuditContext(config=config, dataset=dataset, adapter=adapter, cache=cache, seed=seed)  # type: ignore[arg-type]
+
+
+def _run(ctx: AuditContext, **params: Any):
+    check = ProbingCheck(
+        build_params(ProbingCheck, {"random_baseline": False, "n_boot": 200, **params}, "probing")
+    )
+    return check.run(ctx)
+
+
+@pytest.fixture(scope="module")
+def analytic_runs() -> dict[str, Any]:
+    return {head: _run(analytic_context(head)) for head in ("clean", "shortcut")}
+
+
+def test_analytic_head_used_versus_only_encoded(analytic_runs: dict[str, Any]) -> None:
+    clean, shortcut = analytic_runs["clean"].metrics, analytic_runs["shortcut"].metrics
+    assert shortcut["verdict.site"] == "encoded_and_used"
+    assert shortcut["encoded_and_used.site"] == 1
+    assert clean["verdict.site"] == "encoded_not_used"
+    for m in (clean, shortcut):
+        assert m["verdict.sex"] == "encoded_not_used"
+        assert m["verdict.age"] == "not_encoded"
+        assert m["probe_auroc.site.embedding"].value > 0.8
+        assert m["probe_auroc.site.embedding"].null_p < 0.05
+        assert m["positive_control.passed"] == 1
+    assert shortcut["erasure.excess_dp.site"].ci_low > 0.05
+    assert clean["erasure.excess_dp.site"].value < 0.01
+    # site is independent of the disease here, so the shortcut head is noisier for reading
+    # it: erasing site moves predictions and even improves the AUROC
+    assert shortcut["erasure.dauroc.site"].ci_low > 0 and shortcut["erasure.flip.site"].value > 0
+    assert abs(clean["erasure.dauroc.site"].value) < 0.01
+
+
+def test_bad_attributes_give_notes_not_crashes(analytic_runs: dict[str, Any]) -> None:
+    out = analytic_runs["clean"]
+    notes = " | ".join(out.notes)
+    assert "scanner" in notes and "one level only" in notes
+    assert "age: 7 rows with no value" in notes
+    assert "icu (n=4)" in notes
+    assert "fewer samples than folds" in notes and "device" in notes
+    assert not any(k.startswith("probe_auroc.scanner") for k in out.metrics)
+    assert "probe_auroc.ward.embedding" in out.metrics
+
+
+def test_positive_control_failure_is_an_error_finding() -> None:
+    out = _run(analytic_context("clean", logits="hidden"), attributes=["sex"])
+    errors = [f for f in out.findings if f.severity == "error"]
+    assert out.metrics["positive_control.passed"] == 0
+    assert errors and "pipeline" in errors[0].message
+
+
+# ----------------------------------------------------------------------------- the sample
+
+
+@pytest.fixture(scope="module")
+def sample_run() -> tuple[AuditContext, Any, dict[str, Any]]:
+    """The shortcut checkpoint on the full test split (293 studies, 260 patients)."""
+    from mmaudit.cache import InferenceCache
+    from mmaudit.config import load_config
+    from mmaudit.data import build_dataset
+    from mmaudit.model import load_model
+
+    cfg = load_config(ROOT / "configs" / "sample.yaml")
+    cfg.runtime.device = "cpu"
+    cfg.runtime.progress = False
+    ds = build_dataset(cfg)
+    adapter = load_model(cfg.model, ds.modalities, cfg.runtime)
+    cache = InferenceCache(adapter, ds, batch_size=128, seed=0)
+    cache.request_layers([k for k in ProbingCheck.layers_wanted if k in adapter.layers])
+    ctx = AuditContext(config=cfg, dataset=ds, adapter=adapter, cache=cache, seed=0)
+    before = {k: v.clone() for k, v in adapter.module.state_dict().items()}
+    check = ProbingCheck(build_params(ProbingCheck, {"n_boot": 200}, "probing"))
+    return ctx, check.run(ctx), before
+
+
+def test_sample_site_used_sex_only_encoded(sample_run: tuple[AuditContext, Any, dict]) -> None:
+    _, out, _ = sample_run
+    m = out.metrics
+    assert m["verdict.site"] == "encoded_and_used"
+    assert m["verdict.sex"] == "encoded_not_used"
+    assert m["verdict.age"] == "not_encoded"
+    assert m["probe_auroc.site.embedding"].value > 0.95
+    assert m["probe_auroc.sex.image"].value > 0.8 and m["probe_auroc.sex.image"].null_p < 0.05
+    assert m["positive_control.passed"] == 1
+    # the marker and the body width are in the pixels: random weights decode them too
+    assert m["probe_random.site.image"].value > 0.9
+    assert not [f for f in out.findings if f.severity == "error"]
+    assert {"probe_heatmap", "probe_null", "erasure"} <= set(out.figures)
+    assert set(out.tables["probes"]["attribute"]) == {"site", "sex", "age"}
+
+
+def test_sample_run_leaves_the_model_alone(sample_run: tuple[AuditContext, Any, dict]) -> None:
+    ctx, out, before = sample_run
+    assert ctx.adapter.hook_count() == 0
+    after = ctx.adapter.module.state_dict()
+    assert all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)
+    import matplotlib.pyplot as plt
+
+    for fig in out.figures.values():
+        plt.close(fig)
+
+
+def test_reinitialise_redraws_every_weight_deterministically() -> None:
+    import torch
+
+    def make() -> torch.nn.Module:
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+        m.register_parameter("token", torch.nn.Parameter(torch.ones(3)))
+        return m
+
+    a, b, original = make(), make(), make()
+    state = torch.random.get_rng_state()
+    reinitialise(a, seed=5)
+    reinitialise(b, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), state), "the global RNG is untouched"
+    for (name, pa), pb, po in zip(
+        a.named_parameters(), b.parameters(), original.parameters(), strict=True
+    ):
+        assert torch.equal(pa, pb), name
+        if name.endswith("weight") and "1." not in name or name == "token":
+            assert not torch.equal(pa, po), name

@@ -1,0 +1,205 @@
+"""The ``subgroups`` check: metrics equal a hand computation, a planted gap is flagged and its
+clean counterpart is not, bad inputs become notes, and the sample's shortcut shows up as a
+site gap in error rates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmaudit.cache import SweepResult
+from mmaudit.check import AuditContext, build_params
+from mmaudit.checks.subgroups import (
+    SubgroupsCheck,
+    analyse_groups,
+    assign_groups,
+    equal_prevalence_rows,
+    operating_threshold,
+)
+from mmaudit.config import AttributeConfig
+from mmaudit.findings import judge
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- by hand
+
+Y = np.array([1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0])
+S = np.array([0.9, 0.8, 0.3, 0.6, 0.2, 0.1, 0.7, 0.4, 0.5, 0.35, 0.3, 0.2])
+G = np.array(["A"] * 6 + ["B"] * 6)
+
+
+def test_group_metrics_equal_a_hand_computation() -> None:
+    """At threshold 0.5 and 2 calibration bins ([0, .5), [.5, 1]):
+    A: TPR 2/3, FPR 1/3, AUROC 8/9 (pairs won: 3 + 3 + 2 of 9),
+       ECE (|1 - 0.6| + |2 - 2.3|) / 6 = 0.7 / 6;
+    B: TPR 1/2, FPR 1/4, AUROC 7/8 (4 + 3 of 8), ECE (|1 - 1.25| + |1 - 1.2|) / 6 = 0.45 / 6."""
+    grouping = assign_groups("g", G, "categorical")
+    res = analyse_groups(
+        grouping,
+        Y,
+        S[:, None],
+        None,
+        "binary",
+        0.5,
+        n_boot=50,
+        ece_bins=2,
+        min_group_size=1,
+        min_class_size=1,
+    )
+    v = res.values
+    assert res.n == [6, 6] and res.n_pos == [3, 2]
+    assert v["tpr"] == pytest.approx([2 / 3, 1 / 2])
+    assert v["fpr"] == pytest.approx([1 / 3, 1 / 4])
+    assert v["auroc"] == pytest.approx([8 / 9, 7 / 8])
+    assert v["ece"] == pytest.approx([0.7 / 6, 0.45 / 6])
+    assert res.gaps["auroc"].value == pytest.approx(8 / 9 - 7 / 8)
+    assert res.gaps["tpr"].value == pytest.approx(1 / 6)
+    assert res.gaps["fpr"].value == pytest.approx(1 / 12)
+    assert res.gaps["ece"].value == pytest.approx(0.25 / 6)
+    assert res.gaps["eod"] == res.gaps["tpr"], "equalised odds: the larger of the two gaps"
+
+
+def test_operating_thresholds_by_hand() -> None:
+    # positives 0.9 0.8 0.7 0.4 0.3, negatives 0.6 0.5 0.35 0.3 0.2 0.2 0.1. J = TPR - FPR:
+    # t=0.7: 3/5 - 0 = 0.60 (best); t=0.4: 4/5 - 2/7 = 0.51; t=0.3: 1 - 4/7 = 0.43.
+    # FPR <= 0.15: TPR 3/5 at best (t = 0.7 or 0.6), the higher is taken; FPR <= 0.3: t=0.4.
+    assert operating_threshold(Y, S, "youden", 0.1, 0.5) == pytest.approx(0.7)
+    assert operating_threshold(Y, S, "target_fpr", 0.15, 0.5) == pytest.approx(0.7)
+    assert operating_threshold(Y, S, "target_fpr", 0.3, 0.5) == pytest.approx(0.4)
+    assert operating_threshold(Y, S, "fixed", 0.1, 0.42) == 0.42
+
+
+def test_continuous_attributes_are_binned() -> None:
+    age = np.array([30, 40, 59.9, 60, 75, 90, np.nan])
+    g = assign_groups("age", age, "continuous", bins=[40, 60, 75])
+    assert g.codes.tolist() == [0, 1, 1, 2, 3, 3, -1]
+    assert g.labels == ["<40", "40-60", "60-75", ">=75"]
+    assert g.keys == ["lt40", "40to60", "60to75", "ge75"]
+    assert g.missing == 1
+    empty_bin = assign_groups("age", np.array([30.0, 35, 80]), "continuous", bins=[40, 60, 75])
+    assert empty_bin.labels == ["<40", ">=75"] and empty_bin.codes.tolist() == [0, 0, 1]
+    quartiles = assign_groups("age", np.arange(100.0), "continuous", quantile_bins=4)
+    assert np.bincount(quartiles.codes).tolist() == [25, 25, 25, 25]
+
+
+def test_equal_prevalence_resampling() -> None:
+    rng = np.random.default_rng(0)
+    codes = np.repeat([0, 1], 200)
+    y = np.r_[rng.random(200) < 0.2, rng.random(200) < 0.8].astype(int)
+    overall = y.mean()
+    kept = equal_prevalence_rows(y, codes, rng)
+    for g in (0, 1):
+        rows = kept[codes[kept] == g]
+        assert y[rows].mean() == pytest.approx(overall, abs=0.01)
+    assert len(np.unique(kept)) == len(kept)
+
+
+# ----------------------------------------------------------------------------- the check
+
+
+def synthetic_context(gap: float, seed: int = 0, n: int = 800) -> AuditContext:
+    """Two sites, 2 rows per patient; site B's scores lose ``gap`` of their signal.
+    Extra attributes: one level, a tiny group, NaN values, a continuous one."""
+    rng = np.random.default_rng(seed)
+    patients = np.repeat(np.arange(n // 2), 2)
+    site = rng.choice(["A", "B"], n // 2)[patients]
+    y = rng.integers(0, 2, n)
+    strength = np.where(site == "B", 2.0 * (1 - gap), 2.0)
+    logit = strength * (y - 0.5) * 2 + rng.normal(0, 1, n)
+    ward = np.where(np.arange(n) < 6, "icu", rng.choice(["a", "b"], n))
+    sex = rng.choice(["F", "M"], n).astype(object)
+    sex[:9] = None
+    attributes = pd.DataFrame(
+        {
+            "site": site,
+            "scanner": ["X"] * n,
+            "ward": ward,
+            "sex": sex,
+            "age": rng.normal(60, 15, n),
+        }
+    )
+    kinds = {"age": "continuous"}
+    config = SimpleNamespace(
+        data=SimpleNamespace(
+            target=SimpleNamespace(kind="binary"),
+            attributes={c: AttributeConfig(kind=kinds.get(c, "categorical")) for c in attributes},
+        )
+    )
+    dataset = SimpleNamespace(attributes=attributes, target=y, patients=patients.astype(str))
+    cache = SimpleNamespace(sweep=lambda: SweepResult(logit[:, None]))
+    return AuditContext(config=config, dataset=dataset, adapter=None, cache=cache, seed=seed)  # type: ignore[arg-type]
+
+
+def _run(ctx: AuditContext, **params: Any):
+    check = SubgroupsCheck(build_params(SubgroupsCheck, {"n_boot": 200, **params}, "subgroups"))
+    out = check.run(ctx)
+    assert set(out.figures) == {"group_metrics", "roc"}
+    import matplotlib.pyplot as plt
+
+    for fig in out.figures.values():
+        plt.close(fig)
+    return out, judge("subgroups", out.metrics, SubgroupsCheck.default_thresholds)
+
+
+def test_planted_gap_fails_and_clean_counterpart_passes() -> None:
+    out, findings = _run(synthetic_context(gap=0.6))
+    gap = out.metrics["gap.auroc.site"]
+    assert gap.ci_low > 0 and gap.null_p < 0.05
+    assert any(f.severity == "fail" and f.metric == "gap.auroc.site" for f in findings)
+    clean, clean_findings = _run(synthetic_context(gap=0.0))
+    assert clean.metrics["gap.auroc.site"].ci_low < 0 < clean.metrics["gap.auroc.site"].ci_high
+    assert not [f for f in clean_findings if f.severity in ("warn", "fail")]
+
+
+def test_bad_inputs_are_notes_not_crashes() -> None:
+    out, _ = _run(synthetic_context(gap=0.0))
+    notes = " | ".join(out.notes)
+    assert "scanner: one group only" in notes
+    assert "sex: 9 rows with no value" in notes
+    small = [f for f in out.findings if f.rule == "small_group"]
+    assert small and all(f.severity == "note" for f in small)
+    assert "icu" in small[0].message and "too small to judge" in small[0].message
+    assert out.metrics["group.ward.icu.n"] == 6
+    assert out.metrics["small_groups.ward"] == 1
+    assert "gap.auroc.ward" in out.metrics, "the two judged wards are still compared"
+    age_groups = {k.split(".")[2] for k in out.metrics if k.startswith("group.age.")}
+    assert len(age_groups) == 4, "quartile bins without configured edges"
+    tiny, _ = _run(synthetic_context(gap=0.0), attributes=["ward"], min_group_size=500)
+    assert "fewer than two groups large enough" in " | ".join(tiny.notes)
+    assert "gap.auroc.ward" not in tiny.metrics
+
+
+def test_equal_prevalence_option_runs() -> None:
+    out, _ = _run(synthetic_context(gap=0.0), attributes=["site"], equal_prevalence=True)
+    assert "resampled to the overall prevalence" in " | ".join(out.notes)
+
+
+# ----------------------------------------------------------------------------- the sample
+
+
+def test_sample_shortcut_shows_a_site_gap_in_error_rates() -> None:
+    """The shortcut model calls site B positive far more often: at one global threshold the
+    false-positive rates of the two sites differ (equalised odds fails), while AUROC within
+    each site stays similar."""
+    from mmaudit.cache import InferenceCache
+    from mmaudit.config import load_config
+    from mmaudit.data import build_dataset
+    from mmaudit.model import load_model
+
+    cfg = load_config(ROOT / "configs" / "sample.yaml")
+    cfg.runtime.device = "cpu"
+    cfg.runtime.progress = False
+    ds = build_dataset(cfg)
+    adapter = load_model(cfg.model, ds.modalities, cfg.runtime)
+    cache = InferenceCache(adapter, ds, batch_size=128, seed=0)
+    ctx = AuditContext(config=cfg, dataset=ds, adapter=adapter, cache=cache, seed=0)
+    out, findings = _run(ctx, n_boot=1000)  # the defaults: 29 site-B negatives, a wide CI
+    assert out.metrics["group.site.B.fpr"].value > out.metrics["group.site.A.fpr"].value + 0.15
+    assert any(f.severity == "fail" and f.metric == "eod.site" for f in findings)
+    assert out.metrics["gap.auroc.site"].ci_low < 0.05

@@ -1,0 +1,108 @@
+"""Word merging, embedding-layer detection and the site-versus-label test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mmaudit.model import ModelAdapter
+from mmaudit.text_attribution import (
+    association,
+    baseline_ids,
+    content_mask,
+    find_text_embedding_layer,
+    metric_key,
+    site_vs_label,
+    word_spans,
+)
+
+TOKENIZER = Path(__file__).resolve().parents[1] / "sample_data" / "tokenizer"
+
+
+@pytest.fixture(scope="module")
+def tok():  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(TOKENIZER))
+
+
+def _adapter(module: nn.Module, layers: dict[str, str]) -> ModelAdapter:
+    return ModelAdapter(
+        module,
+        source="test",
+        modalities=("text",),
+        keywords={"text": "input_ids"},
+        layers=layers,
+        detected={},
+        device=torch.device("cpu"),
+    )
+
+
+def test_embedding_layer_detection() -> None:
+    from mmaudit.models import ArchitectureSpec, build_model, tiny_text_spec
+
+    builtin = build_model(ArchitectureSpec(modalities=["text"], text=tiny_text_spec(60), dim=8))
+    ad = _adapter(builtin, builtin.default_layers())
+    assert find_text_embedding_layer(ad) == "text_encoder.backbone.embeddings"
+
+    class Bare(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = nn.Sequential(nn.Embedding(10, 4))
+            self.head = nn.Linear(4, 1)
+
+    bare = Bare()
+    assert find_text_embedding_layer(_adapter(bare, {"text": "enc"})) == "enc.0"
+    assert find_text_embedding_layer(_adapter(bare, {})) is None
+    named = _adapter(bare, {"text": "enc", "text_embeddings": "enc.0"})
+    assert find_text_embedding_layer(named) == "enc.0"
+
+
+def test_word_spans_merge_pieces_and_keep_unknown_words(tok) -> None:  # type: ignore[no-untyped-def]
+    texts = ["Riverside hospital $5: patchy opacity.", ""]
+    enc = tok(texts, padding="max_length", truncation=True, max_length=24, return_tensors="pt")
+    spans = word_spans(tok, texts, enc["input_ids"], 24)
+    words = [w for w, _ in spans[0]]
+    assert words == ["riverside", "hospital", "$", "5", ":", "patchy", "opacity", "."]
+    assert len(spans[0][0][1]) > 1  # "riverside" is several word pieces
+    assert spans[1] == []
+    # a mismatched re-encoding falls back to joining '##' pieces
+    fallback = word_spans(tok, texts, enc["input_ids"], 30)
+    assert [w for w, _ in fallback[0]][:2] == ["riverside", "hospital"]
+    assert [p for _, p in fallback[0]] == [p for _, p in spans[0]]
+
+
+def test_content_mask_and_baseline(tok) -> None:  # type: ignore[no-untyped-def]
+    enc = tok(["no acute disease."], padding="max_length", max_length=10, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    content = content_mask(ids, mask, tok)
+    assert content.sum().item() == 4  # no, acute, disease, .
+    ref = baseline_ids(ids, content, tok.pad_token_id)
+    assert ref[0, 0].item() == tok.cls_token_id
+    assert (ref[content] == tok.pad_token_id).all()
+
+
+def test_association_and_site_versus_label() -> None:
+    rng = np.random.default_rng(0)
+    n = 200
+    site = np.repeat(["A", "B"], n // 2)
+    label = (rng.random(n) < np.where(site == "B", 0.7, 0.3)).astype(int)
+    site_word = (site == "B").astype(float)
+    label_word = label.astype(float)
+    assert association(site_word, site) == pytest.approx(1.0)
+    assert association(rng.random(n), site) < 0.2
+    assert association(np.column_stack([rng.random(n), site_word]), site) == pytest.approx(1.0)
+    groups = np.arange(n) // 2
+    flagged = site_vs_label(site_word, site, label, groups, n_boot=300, seed=0)
+    assert flagged.value > 0.2 and flagged.null_p is not None and flagged.null_p < 0.01
+    clinical = site_vs_label(label_word, site, label, groups, n_boot=300, seed=0)
+    assert clinical.value < 0 and clinical.null_p is not None and clinical.null_p > 0.5
+
+
+def test_metric_key() -> None:
+    assert metric_key("X-ray") == "x_ray"
+    assert metric_key("$") == "_"
