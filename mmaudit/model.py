@@ -269,27 +269,14 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _fit_state_dict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys, e.g. {missing[:5]}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys, e.g. {unexpected[:5]}")
-        if shapes:
-            parts.append(f"shape mismatch: {shapes[:3]}")
-        raise ModelLoadError(
-            f"{path}: weights do not fit the model built by the factory: " + "; ".join(parts),
-            hint="check model.factory and model.kwargs match the training code",
-        )
-    module.load_state_dict(state, strict=True)
+    from mmaudit.models.checkpoint import fit_state_dict
+
+    fit_state_dict(
+        module,
+        state,
+        f"{path}: weights do not fit the model built by the factory",
+        hint="check model.factory and model.kwargs match the training code",
+    )
 
 
 def _import_factory(spec: str, python_path: list[Path]) -> Callable[..., nn.Module]:

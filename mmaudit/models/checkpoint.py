@@ -126,8 +126,9 @@ def read_spec(directory: str | Path) -> ArchitectureSpec:
         ) from exc
 
 
-def _fit(model: nn.Module, state: dict[str, torch.Tensor], weights: Path, arch: Path) -> None:
-    """Load ``state`` strictly, or a ModelLoadError listing missing/unexpected/mis-shaped keys."""
+def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], what: str, hint: str) -> None:
+    """Load ``state`` strictly, or a ModelLoadError ("{what}: missing ...; unexpected ...") listing
+    the first missing / unexpected / mis-shaped keys. Shared by every checkpoint format."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -144,10 +145,7 @@ def _fit(model: nn.Module, state: dict[str, torch.Tensor], weights: Path, arch: 
             parts.append(f"unexpected {len(unexpected)} keys (first 5: {unexpected[:5]})")
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches (first 5: {shapes[:5]})")
-        raise ModelLoadError(
-            f"{weights}: weights do not fit the architecture in {arch.name}: " + "; ".join(parts),
-            hint="the two files must come from the same save_checkpoint call",
-        )
+        raise ModelLoadError(f"{what}: " + "; ".join(parts), hint=hint)
     model.load_state_dict(state, strict=True)
 
 
@@ -179,5 +177,10 @@ def load_checkpoint(directory: str | Path) -> tuple[MultimodalModel, Architectur
             f"{weights}: not a readable safetensors file: {exc}",
             hint="the file may be truncated; save the checkpoint again",
         ) from exc
-    _fit(model, state, weights, arch)
+    fit_state_dict(
+        model,
+        state,
+        f"{weights}: weights do not fit the architecture in {arch.name}",
+        hint="the two files must come from the same save_checkpoint call",
+    )
     return model.eval(), spec
