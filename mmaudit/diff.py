@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from mmaudit.errors import ReportError
+from mmaudit.render import markdown_cell
 from mmaudit.report import CheckReport, Report, load_report
 
 STATUS_RANK = {"pass": 0, "warn": 1, "error": 2, "fail": 2}
@@ -379,12 +380,12 @@ def diff_markdown(d: DiffResult) -> str:
     if d.not_comparable_reasons:
         lines += [f"> ⚠️ not comparable: {'; '.join(d.not_comparable_reasons)}", ""]
     if d.regressions:
-        lines += ["**Regressions**", ""] + [f"- {_md(r)}" for r in d.regressions] + [""]
+        lines += ["**Regressions**", ""] + [f"- {markdown_cell(r)}" for r in d.regressions] + [""]
     if d.resolved_findings:
         lines += ["**Resolved findings**", ""]
-        lines += [f"- {f.severity} `{f.check}`: {_md(f.message)}" for f in d.resolved_findings] + [
-            ""
-        ]
+        for f in d.resolved_findings:
+            lines.append(f"- {f.severity} `{f.check}`: {markdown_cell(f.message)}")
+        lines.append("")
     if d.status_changes:
         lines += ["| check | base | new |", "|---|---|---|"]
         lines += [f"| {s['check']} | {s['base']} | {s['new']} |" for s in d.status_changes] + [""]
@@ -394,7 +395,7 @@ def diff_markdown(d: DiffResult) -> str:
         for m in moved[:25]:
             mark = " ⬇" if m.regression else (" ⬆" if m.improvement else "")
             lines.append(
-                f"| {m.check}.{_md(m.metric)} | {m.base:.4g} | {m.new:.4g}"
+                f"| {m.check}.{markdown_cell(m.metric)} | {m.base:.4g} | {m.new:.4g}"
                 f" | {m.delta:+.4g}{mark} | {m.method} |"
             )
         lines.append("")
@@ -409,10 +410,6 @@ def diff_markdown(d: DiffResult) -> str:
             f" of {d.shared_samples} shared samples"
         )
     return "\n".join(lines) + "\n"
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def write_diff(d: DiffResult, out: Path) -> Path:

@@ -195,24 +195,27 @@ def render_markdown(report: Report) -> str:
     lines += ["| check | status | key metrics |", "|---|---|---|"]
     for c in report.checks.values():
         key = key_metrics(c.metrics) or (c.reason or "")
-        lines.append(f"| {c.name} | {STATUS_ICON.get(c.status, '')} {c.status} | {_md(key)} |")
+        icon = STATUS_ICON.get(c.status, "")
+        lines.append(f"| {c.name} | {icon} {c.status} | {markdown_cell(key)} |")
     worst = [f for f in report.worst_findings(5) if f.severity in ("fail", "warn", "error")]
     if worst:
         lines += ["", "**Findings**", ""]
-        lines += [f"- {f.severity} `{f.check}`: {_md(f.message)}" for f in worst]
+        lines += [f"- {f.severity} `{f.check}`: {markdown_cell(f.message)}" for f in worst]
     figs = [(c.name, k, v) for c in report.checks.values() for k, v in c.figures.items()]
     if figs:
         lines += ["", "Figures: " + ", ".join(f"[{c}/{k}]({v})" for c, k, v in figs[:8])]
     lines += [
         "",
-        f"_model `{_md(str(report.model.get('source')))}`, {report.data.get('n')} samples,"
+        f"_model `{markdown_cell(str(report.model.get('source')))}`,"
+        f" {report.data.get('n')} samples,"
         f" seed {report.seed}_",
         "",
     ]
     return "\n".join(lines)
 
 
-def _md(text: str) -> str:
+def markdown_cell(text: str) -> str:
+    """Text safe inside a Markdown table cell or list item (no pipes, tags or newlines)."""
     return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
 
 
