@@ -39,3 +39,8 @@ bench: install
 
 clean:
 	rm -rf report .pytest_cache
+
+# Planted-shortcut detection benchmark (full run not yet timed: hours on 2 CPU cores); `--quick` for a smoke run.
+.PHONY: bench-detection
+bench-detection: install
+	$(BIN)/python -m benchmarks.detection.run --out bench_detection --force

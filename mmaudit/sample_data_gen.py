@@ -159,6 +159,7 @@ class StudySpec:
     marker_pos: str = "top-left"
     marker_size: int = 6
     lesion_amp_scale: float = 1.0
+    signature: float = 0.0  # strength of the invisible site signature (0 = none)
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,14 @@ def render_study(spec: StudySpec, size: int = IMAGE_SIZE) -> RenderedStudy:
         blob = np.exp(-((rr - l_row) ** 2 + (cc - l_col) ** 2) / (2.0 * l_sigma**2))
         lesion = l_amp * blob * lung_soft  # confined to the lung field
         img += lesion
+
+    # the invisible site signature: softer, brighter, grainier acquisition (no local mark);
+    # its own generator, so studies without it keep their exact bytes
+    if spec.signature:
+        sig_rng = np.random.default_rng([spec.seed, spec.index, 7])
+        img = gaussian_filter(img, 0.7 * spec.signature * scale)
+        img = img * (1.0 + 0.06 * spec.signature) + 4.0 * spec.signature
+        img += sig_rng.normal(0.0, 3.0 * spec.signature, img.shape)
 
     # the site marker: burnt-in bright square, outside the lung field
     if spec.marker:
@@ -399,6 +408,10 @@ def generate_sample(
     p_report_uninformative: float = _P_REPORT_UNINFORMATIVE,
     p_report_discordant: float = _P_REPORT_DISCORDANT,
     p_lab_missing: float = _P_LAB_MISSING,
+    site_signature: float = 0.0,
+    site_coded_lab: str | None = None,
+    site_lab_shift: float = 1.5,
+    synergy: bool = False,
 ) -> pd.DataFrame:
     """Write ``n`` synthetic studies to ``out_dir`` and return the manifest.
 
@@ -428,6 +441,14 @@ def generate_sample(
         balanced_prevalence: the per-site prevalence of the ``balanced_train`` subset.
         p_report_empty, p_report_uninformative, p_report_discordant: report mix.
         p_lab_missing: per-cell missingness of each lab (MCAR).
+        site_signature: strength of an invisible per-site acquisition change on site-B
+            images (slight blur, gain and grain; no local marker), for benchmarks.
+        site_coded_lab: a lab column (e.g. ``"lactate"``) whose site-B values are
+            shifted by ``site_lab_shift`` of its SD: a site-coded tabular shortcut.
+        site_lab_shift: the shift of ``site_coded_lab`` in SDs (log scale for lognormals).
+        synergy: if True, the label is the XOR of a hidden lab state (a strong ``wbc`` /
+            ``crp`` / ``temp`` shift) and the image opacity (also what the report
+            describes): neither modality predicts the label alone, both together do.
     """
     if n < 10:
         raise ValueError("n must be at least 10")
@@ -436,6 +457,8 @@ def generate_sample(
         test_prevalence = prevalence
     test_prev = prevalence if test_prevalence is None else test_prevalence
     marker_box(marker_pos, marker_size)  # validates
+    if site_coded_lab is not None and site_coded_lab not in LAB_COLUMNS:
+        raise ValueError(f"site_coded_lab must be one of {LAB_COLUMNS}, got {site_coded_lab!r}")
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
 
@@ -475,15 +498,34 @@ def generate_sample(
     )
     marker = rng.random(n) < np.where(site == "A", marker_prob[0], marker_prob[1])
 
-    # labs
+    # what the image and report show, and what shifts the labs: the label, unless synergy
+    shown = label
     pos = label.astype(float)
+    wbc_shift = _WBC[2]
+    if synergy:
+        hidden = np.random.default_rng([seed, 2_000_003]).random(n) < 0.5
+        shown = label ^ hidden.astype(int)
+        pos = hidden.astype(float)
+        wbc_shift = 3.0 * _WBC[1]
+
+    # labs
     labs = {
-        "wbc": np.round(np.clip(rng.normal(_WBC[0] + _WBC[2] * pos, _WBC[1]), 1.5, 30.0), 1),
+        "wbc": np.round(np.clip(rng.normal(_WBC[0] + wbc_shift * pos, _WBC[1]), 1.5, 30.0), 1),
         "crp": np.round(np.exp(rng.normal(_LOG_CRP[0] + _LOG_CRP[2] * pos, _LOG_CRP[1])), 1),
         "temp": np.round(rng.normal(_TEMP[0] + _TEMP[2] * pos, _TEMP[1]), 1),
         "spo2": np.round(np.clip(rng.normal(_SPO2[0], _SPO2[1], n), 82.0, 100.0), 0),
         "lactate": np.round(np.exp(rng.normal(_LOG_LACTATE[0], _LOG_LACTATE[1], n)), 2),
     }
+    if site_coded_lab is not None:
+        sd = {"wbc": _WBC[1], "crp": _LOG_CRP[1], "temp": _TEMP[1], "spo2": _SPO2[1]}
+        on_b = site == "B"
+        if site_coded_lab in ("crp", "lactate"):  # lognormal: shift on the log scale
+            factor = np.exp(site_lab_shift * sd.get(site_coded_lab, _LOG_LACTATE[1]))
+            labs[site_coded_lab] = np.where(
+                on_b, labs[site_coded_lab] * factor, labs[site_coded_lab]
+            )
+        else:
+            labs[site_coded_lab] = labs[site_coded_lab] + on_b * site_lab_shift * sd[site_coded_lab]
     for col in LAB_COLUMNS:
         labs[col] = np.where(rng.random(n) < p_lab_missing, np.nan, labs[col])
 
@@ -500,11 +542,12 @@ def generate_sample(
             seed=seed,
             index=i,
             sex=str(sex[i]),
-            label=int(label[i]),
+            label=int(shown[i]),
             marker=bool(marker[i]),
             marker_pos=marker_pos,
             marker_size=marker_size,
             lesion_amp_scale=lesion_amp_scale,
+            signature=site_signature if site[i] == "B" else 0.0,
         )
         study = render_study(spec)
         Image.fromarray(study.image, mode="L").save(
@@ -513,7 +556,7 @@ def generate_sample(
         Image.fromarray(study.mask, mode="L").save(out_dir / "masks" / f"{sid}.png", optimize=True)
         text, kind = _make_report(
             report_rng,
-            int(label[i]),
+            int(shown[i]),
             str(site[i]),
             study.lesion_row,
             study.lesion_col,

@@ -1,0 +1,1 @@
+"""Planted-shortcut detection benchmark: does the audit flag what was planted, and only that?"""

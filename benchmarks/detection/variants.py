@@ -1,0 +1,215 @@
+"""Named planted variants of the synthetic sample, each with the verdict an audit should give.
+
+Why: a check is only trustworthy if it flags planted shortcuts and stays quiet on clean
+models. Every variant here is a recipe for :func:`mmaudit.sample_data_gen.generate_sample`
+(the one generator of the project, driven only by its keyword parameters), a training
+recipe, and a list of :class:`Expectation` s: which check's rule should (or should not)
+raise a finding on a model trained that way. The runner (``run.py``) scores the audit's
+findings against these expectations.
+
+Kinds: ``planted`` (a shortcut or structure the audit must find), ``clean`` and
+``encoded_only`` (negatives: any unexpected ``fail`` finding is a false alarm), ``control``
+(random weights / shuffled labels: performance must flag them), ``seed_pair`` (two training
+seeds of one recipe: ``diff`` must report no regression).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mmaudit.sample_data_gen import MARKER_POSITIONS
+
+__all__ = ["Expectation", "Variant", "VARIANTS", "NEGATIVE_KINDS", "MARKER_RHOS"]
+
+Kind = Literal["planted", "clean", "encoded_only", "control", "seed_pair"]
+Training = Literal["trained", "random_init", "shuffled_labels"]
+
+NEGATIVE_KINDS: tuple[str, ...] = ("clean", "encoded_only")
+MARKER_RHOS: tuple[float, ...] = (0.5, 0.7, 0.9, 0.99)
+_NO_MARKER: dict[str, Any] = {"marker_prob": (0.0, 0.0)}
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """One known-correct verdict: check ``check`` should (``present``) raise rule ``rule``.
+
+    ``metric`` is an ``fnmatch`` pattern on the finding's metric (e.g. ``"*site*"``), and
+    ``severity`` the least severity that counts (``warn`` or ``fail``). ``present=False``
+    means the finding must NOT appear (e.g. no "no interaction" warning on the synergy
+    variant); ``primary`` marks the check meant to find the effect (the ≥ 90 % target).
+    """
+
+    effect: str
+    check: str
+    rule: str
+    metric: str = "*"
+    severity: str = "warn"
+    present: bool = True
+    primary: bool = False
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A planted variant: generator keywords, training recipe and expected verdicts."""
+
+    name: str
+    description: str
+    kind: Kind
+    generator: dict[str, Any] = field(default_factory=dict)
+    train_rows: Literal["all", "balanced"] = "all"
+    training: Training = "trained"
+    rho: float | None = None  # marker-label correlation, for the dose-response curve
+    vary_marker_pos: bool = False
+    expect: tuple[Expectation, ...] = ()
+
+    def generator_kwargs(self, seed: int) -> dict[str, Any]:
+        """Keywords for ``generate_sample`` at benchmark seed ``seed`` (marker corner by seed)."""
+        kw = dict(self.generator)
+        if self.vary_marker_pos:
+            kw["marker_pos"] = MARKER_POSITIONS[seed % len(MARKER_POSITIONS)]
+        return kw
+
+
+def _marker_expectations(primary_ok: bool) -> tuple[Expectation, ...]:
+    return (
+        Expectation("marker", "saliency", "hotspot_used", severity="fail", primary=primary_ok),
+        Expectation("marker", "probing", "used", "*site*", severity="fail", primary=primary_ok),
+        Expectation("marker", "embedding", "dataset_identity", "*site*"),
+        Expectation("marker", "subgroups", "auroc_gap", "*site*", severity="warn"),
+    )
+
+
+def _registry() -> dict[str, Variant]:
+    v: list[Variant] = [
+        Variant(
+            "clean",
+            "no marker, equal prevalence per site: every shortcut check must stay quiet",
+            "clean",
+            {"rho": 0.0, **_NO_MARKER},
+        ),
+    ]
+    for rho in MARKER_RHOS:
+        v.append(
+            Variant(
+                f"marker_rho{round(rho * 100):02d}",
+                f"site-B corner marker, marker-label correlation {rho}; corner varies by seed",
+                "planted",
+                {"rho": rho, "marker_prob": (0.0, 1.0)},
+                rho=rho,
+                vary_marker_pos=True,
+                expect=_marker_expectations(primary_ok=rho >= 0.9),
+            )
+        )
+    v += [
+        Variant(
+            "site_signature",
+            "invisible site signature (blur, gain, grain on site B) tied to prevalence (rho 0.9)",
+            "planted",
+            {"rho": 0.9, **_NO_MARKER, "site_signature": 1.0},
+            expect=(
+                Expectation("site_signature", "probing", "used", "*site*", "fail", primary=True),
+                Expectation(
+                    "site_signature", "embedding", "dataset_identity", "*site*", primary=True
+                ),
+                # no local hotspot to find: saliency should not be the check that sees it
+                Expectation("signature_no_hotspot", "saliency", "hotspot_used", present=False),
+            ),
+        ),
+        Variant(
+            "text_site_token",
+            "a site phrase ends every report; site tied to prevalence (rho 0.9)",
+            "planted",
+            {"rho": 0.9, **_NO_MARKER, "site_token_in_report": True},
+            expect=(
+                Expectation("text_site_token", "attribution", "site_word", primary=True),
+                Expectation("text_site_token", "probing", "used", "*site*", "fail"),
+            ),
+        ),
+        Variant(
+            "tabular_site_column",
+            "lactate shifted 2.5 SD on site B; site tied to prevalence (rho 0.9)",
+            "planted",
+            {"rho": 0.9, **_NO_MARKER, "site_coded_lab": "lactate", "site_lab_shift": 2.5},
+            expect=(
+                Expectation(
+                    "tabular_site_column", "attribution", "site_feature", "*lactate*", primary=True
+                ),
+                Expectation("tabular_site_column", "probing", "used", "*site*", "fail"),
+            ),
+        ),
+        Variant(
+            "sex_encoded",
+            "sex leaves an image trace but the label ignores it: encoded, not used",
+            "encoded_only",
+            {"rho": 0.0, **_NO_MARKER},
+            expect=(
+                Expectation("sex_encoded", "probing", "encoded", "*sex*", primary=True),
+                Expectation("sex_not_used", "probing", "used", "*sex*", present=False),
+            ),
+        ),
+        Variant(
+            "sex_used",
+            "prevalence +/-0.15 by sex within each site: sex encoded and used",
+            "planted",
+            {"rho": 0.0, **_NO_MARKER, "sex_used_by_label": True},
+            expect=(Expectation("sex_used", "probing", "used", "*sex*", "fail", primary=True),),
+        ),
+        Variant(
+            "redundant_text",
+            "every report states the image finding (no empty, vague or discordant reports)",
+            "planted",
+            {
+                "rho": 0.0,
+                **_NO_MARKER,
+                "p_report_empty": 0.0,
+                "p_report_uninformative": 0.0,
+                "p_report_discordant": 0.0,
+            },
+            expect=(Expectation("redundant_text", "ablation", "redundant_pair", primary=True),),
+        ),
+        Variant(
+            "synergy",
+            "label = image opacity XOR a hidden lab state: only the two together predict it",
+            "planted",
+            {"rho": 0.0, **_NO_MARKER, "synergy": True},
+            expect=(
+                Expectation("synergy", "ablation", "no_interaction", present=False, primary=True),
+            ),
+        ),
+        Variant(
+            "random_init",
+            "control: the clean recipe's architecture with untrained weights",
+            "control",
+            {"rho": 0.0, **_NO_MARKER},
+            training="random_init",
+            expect=(
+                Expectation(
+                    "random_init", "performance", "auroc_low", severity="fail", primary=True
+                ),
+                Expectation("random_init_no_use", "probing", "used", "*site*", present=False),
+            ),
+        ),
+        Variant(
+            "shuffled_labels",
+            "control: train labels permuted before training",
+            "control",
+            {"rho": 0.0, **_NO_MARKER},
+            training="shuffled_labels",
+            expect=(
+                Expectation(
+                    "shuffled_labels", "performance", "auroc_low", severity="fail", primary=True
+                ),
+            ),
+        ),
+        Variant(
+            "seed_pair",
+            "two training seeds of the clean recipe: `mmaudit diff` must report no regression",
+            "seed_pair",
+            {"rho": 0.0, **_NO_MARKER},
+        ),
+    ]
+    return {x.name: x for x in v}
+
+
+VARIANTS: dict[str, Variant] = _registry()
