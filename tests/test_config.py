@@ -101,3 +101,23 @@ def test_full_yaml_documents_every_option() -> None:
                 walk(model_of(ann), node[fname], f"{where}{fname}.")
 
     walk(AuditConfig, raw, "")
+
+
+def test_full_yaml_documents_every_check_param_and_rule() -> None:
+    """Every registered check's params appear in configs/full.yaml with their default value,
+    and every default threshold rule is listed (so the file stays the reference)."""
+    import yaml
+
+    from mmaudit.check import load_builtin_checks
+
+    checks = yaml.safe_load((ROOT / "configs" / "full.yaml").read_text())["checks"]
+    for name, cls in load_builtin_checks().items():
+        assert name in checks, f"configs/full.yaml lacks checks.{name}"
+        params = checks[name].get("params", {})
+        for field_name, field in cls.Params.model_fields.items():
+            assert field_name in params, f"configs/full.yaml lacks checks.{name}.params.{field_name}"
+            default = field.get_default(call_default_factory=True)
+            documented = cls.Params.model_validate({field_name: params[field_name]})
+            assert getattr(documented, field_name) == default, f"{name}.{field_name} default"
+        for rule in cls.default_thresholds:
+            assert rule in checks[name].get("thresholds", {}), f"{name} rule {rule}"

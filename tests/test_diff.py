@@ -15,10 +15,9 @@ from mmaudit.report import CheckReport
 from mmaudit.runner import Overrides, run_audit
 
 ROOT = Path(__file__).resolve().parents[1]
-DIFF_CHECKS = ["performance"]
 
 
-def _audit(tmp: Path, checkpoint: Path, name: str) -> Path:
+def _audit(tmp: Path, checkpoint: Path, name: str, checks: list[str]) -> Path:
     import yaml
 
     cfg = yaml.safe_load((ROOT / "configs" / "sample.yaml").read_text())
@@ -26,11 +25,12 @@ def _audit(tmp: Path, checkpoint: Path, name: str) -> Path:
     cfg["data"]["manifest"] = str(ROOT / "sample_data" / "manifest.csv")
     cfg["data"]["text"]["tokenizer"] = str(ROOT / "sample_data" / "tokenizer")
     cfg["runtime"].update({"device": "cpu", "progress": False})
-    cfg["checks"] = {"performance": {"params": {"n_boot": 200}}}
+    # saliency keeps its default resampling: its Holm-corrected p-values need it
+    cfg["checks"] = {c: {"params": {"n_boot": 200}} if c == "performance" else {} for c in checks}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp / name
-    run_audit(path, out, Overrides(checks=DIFF_CHECKS))
+    run_audit(path, out, Overrides(checks=checks))
     return out
 
 
@@ -46,9 +46,14 @@ def audits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.manual_seed(123)
     save_checkpoint(build_model(spec), spec, tmp / "random_ckpt")
     return {
-        "shortcut": _audit(tmp, shortcut, "shortcut"),
-        "clean": _audit(tmp, ROOT / "sample_data" / "checkpoints" / "clean", "clean"),
-        "random": _audit(tmp, tmp / "random_ckpt", "random"),
+        "shortcut": _audit(tmp, shortcut, "shortcut", ["performance", "saliency"]),
+        "clean": _audit(
+            tmp,
+            ROOT / "sample_data" / "checkpoints" / "clean",
+            "clean",
+            ["performance", "saliency"],
+        ),
+        "random": _audit(tmp, tmp / "random_ckpt", "random", ["performance"]),
     }
 
 
@@ -76,6 +81,19 @@ def test_shortcut_to_clean_moves_are_paired_and_directional(audits: dict[str, Pa
     neutral = [m for m in d.metrics if m.metric.startswith("missing.") or m.metric == "n"]
     assert neutral and not any(m.regression for m in neutral)
     assert 0 < (d.prediction_churn or 0) < 0.5
+    # the marker finding is resolved and the saliency check raises nothing new
+    assert any(f.check == "saliency" and f.rule == "hotspot_used" for f in d.resolved_findings)
+    assert not any(r.startswith("saliency") for r in d.regressions)
+    assert "saliency.saliency_maps" in d.array_rank_correlation or d.array_rank_correlation
+
+
+def test_clean_to_shortcut_fails_the_gate(audits: dict[str, Path], capsys) -> None:  # type: ignore[no-untyped-def]
+    d = diff_reports(audits["clean"], audits["shortcut"])
+    assert any(f.check == "saliency" and f.rule == "hotspot_used" for f in d.new_findings)
+    with pytest.raises(SystemExit) as exc:
+        main(["diff", str(audits["clean"]), str(audits["shortcut"]), "--fail-on-regression"])
+    assert exc.value.code == 1
+    assert "hotspot" in capsys.readouterr().out
     # with a tolerance larger than the move, the same diff reports no metric regression
     lenient = diff_reports(
         audits["shortcut"], audits["clean"], parse_tolerances(["performance.*=1"])

@@ -1,0 +1,1845 @@
+"""Check ``saliency``: image shortcuts -- where the attribution lies, whether the model uses
+that region, and whether the saliency method itself can be trusted."""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from mmaudit.check import (
+    AuditContext,
+    Check,
+    CheckOutput,
+    Finding,
+    Requirements,
+    ThresholdRule,
+    register,
+)
+from mmaudit.saliency_maps import (
+    ImageForward,
+    border_band,
+    cascade_stages,
+    compute_cams,
+    concentration,
+    donor_fill,
+    free_positions,
+    gaussian_blur,
+    graft,
+    grid_info,
+    integrated_gradients,
+    linear_fill,
+    map_statistics,
+    minmax,
+    occlusion_map,
+    parametrised_leaves,
+    peak_boxes,
+    positive_normalised,
+    randomise_,
+    shifted_null,
+    spearman_rows,
+    ssim,
+    to_grid,
+    upsample,
+)
+from mmaudit.stats import (
+    Estimate,
+    adjust_pvalues,
+    permutation_pvalue,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from mmaudit.data import Batch
+    from mmaudit.model import ModelAdapter
+
+Method = Literal["gradcam", "hirescam", "layercam", "ig", "occlusion"]
+CAMS = ("gradcam", "hirescam", "layercam")
+#: preference order for the hotspot map: the finest, most faithful trusted map first
+HOTSPOT_ORDER = ("ig", "occlusion", "layercam", "hirescam", "gradcam")
+
+
+@dataclass
+class _Maps:
+    """Per-sample results of one map pass over some rows (row order = ``rows``)."""
+
+    rows: np.ndarray
+    stats: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # method -> stat -> (n,)
+    thumbs: dict[str, np.ndarray] = field(default_factory=dict)  # method -> (n, s, s) normalised
+    logits: np.ndarray | None = None
+    images: np.ndarray | None = None  # (n, s, s) thumbnails (first pass only)
+    roi: np.ndarray | None = None  # (n, s, s) ROI share per thumbnail pixel, NaN unknown
+    ig_delta: np.ndarray | None = None
+    ig_gap: np.ndarray | None = None  # |f(x) - f(baseline)|, the scale of the delta
+
+
+def _slug(value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-]+", "_", str(value)).strip("_") or "na"
+
+
+@register
+class SaliencyCheck(Check):
+    """Image saliency at dataset scale: shortcuts found, shown to be used, and sanity-checked.
+
+    What: for the image input (other modalities held at their observed values; their
+    encoders replaced by cached outputs) it computes Grad-CAM, HiResCAM and LayerCAM (one
+    forward and one backward per batch; LayerCAM on a finer, earlier layer by default),
+    and on a seeded subset Integrated Gradients (black / blurred / mean baseline, the
+    completeness delta reported) and optionally occlusion maps. Per method: the share of
+    positive attribution outside the ROI mask against its chance level (the outside area)
+    and against a weight-randomised copy of the model; pointing game and relevance-rank
+    accuracy; the share in the image border band (usable without masks); all broken down
+    by every attribute, with a permutation test of the gap between levels. Recurring
+    hotspots: each method's dataset-mean map, its top-1 % concentration against a shifted-
+    map null, and boxes around its sharpest peaks outside the ROI. Each candidate box is
+    occluded (linear in-painting with noise, or a donor patch) and compared with a same-
+    size random box outside the ROI whose fill changes the image as much: decision flip
+    rate, change of the explained logit and AUROC change, paired bootstrap CIs by patient,
+    Holm across candidates. SpRAy-style spectral clustering of the maps (cluster count by
+    eigengap) gives each cluster's size, label purity and attribute purity. Deletion /
+    insertion AUCs on a subset measure faithfulness against a random order. The Adebayo et
+    al. (2018) cascading model-parameter randomisation of the image encoder (Spearman and
+    SSIM between trained and randomised maps) says whether a method's maps depend on the
+    learned weights at all; a method that fails it loses its p-values and its hotspots.
+    Why: chest X-ray models have learned hospital markers and image edges instead of
+    lungs. A saliency map that shows it is a hint; a decision that changes when the region
+    is removed, and not when a comparable region is, is evidence; and a map that does not
+    change when the weights are scrambled is no evidence at all.
+    Metrics (``<m>`` a method; ``<c>`` a candidate: a method, or ``<m>_2``, ``<m>_3`` for
+    its next peaks): ``n_images``; ``off_roi.<m>``, ``off_roi_chance``,
+    ``off_roi_excess.<m>``, ``off_roi_random.<m>``, ``off_roi_vs_random.<m>``,
+    ``pointing.<m>``, ``rank_acc.<m>``; ``border.<m>``, ``border_chance``,
+    ``border_excess.<m>``, ``border_random.<m>``, ``concentration.<m>``,
+    ``dead_maps.<m>``; ``by_attr.<attr>.<level>.<off_roi|border>.<m>``,
+    ``subgroup_gap.<attr>.<m>``; ``ig.delta_abs``, ``ig.delta_rel``;
+    ``hotspot.concentration.<m>``, ``hotspot.{row,col,box_mass,in_border,roi_overlap}.<c>``,
+    ``hotspot.candidates``; ``occlusion.{flip_rate,flip_rate_control,flip_excess,
+    delta_logit,delta_logit_excess,delta_auroc,delta_auroc_excess,change_ratio}.<c>``;
+    ``offroi_hotspot.flip_excess`` (the worst off-ROI candidate) and
+    ``offroi_hotspot.method``; ``clusters.{n,eigengap,candidates}``;
+    ``deletion_auc.<m|random>``, ``insertion_auc.<m|random>``,
+    ``deletion_gain.<m>``, ``insertion_gain.<m>``; ``sanity.spearman.<m>``,
+    ``sanity.ssim.<m>``.
+    Default thresholds: fail when occluding an off-ROI hotspot (the border band without
+    masks) flips over 5 % more decisions than its control (Holm-adjusted p < 0.05); warn
+    when the off-ROI share exceeds chance by over 0.05, or the border share by over 0.10
+    (Holm-adjusted p < 0.05); warn when a method's maps keep a mean Spearman correlation
+    over 0.5 with those of the fully randomised model (failed sanity check).
+    """
+
+    name = "saliency"
+    description = (
+        "Grad-CAM/HiResCAM/LayerCAM/IG: off-ROI and border mass, hotspot occlusion, SpRAy"
+        " clusters, deletion/insertion, model-randomisation sanity check"
+    )
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        methods: list[Method] = Field(
+            default=["gradcam", "hirescam", "layercam", "ig"],
+            description="saliency methods (ig and occlusion run on params.subset_samples)",
+        )
+        target: Literal["predicted", "positive", "label"] = Field(
+            default="predicted", description="class explained per sample"
+        )
+        target_class: int = Field(
+            default=0, ge=0, description="label column explained for multilabel targets"
+        )
+        layer: str | None = Field(
+            default=None, description="CAM layer (default: model.layers.gradcam / detected)"
+        )
+        layercam_layer: str = Field(
+            default="auto",
+            description="LayerCAM layer: auto (a finer earlier conv), same, or a dotted path",
+        )
+        ig_baseline: Literal["black", "blurred", "mean"] = Field(
+            default="blurred", description="Integrated Gradients baseline image"
+        )
+        ig_steps: int = Field(default=16, ge=2, description="IG integration steps")
+        ig_steps_per_pass: int = Field(
+            default=8, ge=1, description="IG steps per forward/backward (memory vs speed)"
+        )
+        subset_samples: int = Field(
+            default=48, ge=0, description="images given IG / occlusion maps (0: all images)"
+        )
+        blur_sigma: float = Field(
+            default=4.0, gt=0, description="blur (px at model size) of blurred baselines"
+        )
+        occlusion_window: float = Field(
+            default=0.125, gt=0, lt=1, description="occlusion-map window, fraction of the side"
+        )
+        border: float = Field(
+            default=0.1, gt=0, lt=0.5, description="border band width, fraction of the side"
+        )
+        map_size: int = Field(
+            default=32, ge=8, description="side of map thumbnails (mean map, null, clusters)"
+        )
+        hotspot_method: str = Field(
+            default="auto",
+            description="method proposing hotspots (auto: every method passing the sanity check)",
+        )
+        hotspot_size: float = Field(
+            default=0.15, gt=0, lt=1, description="hotspot / control box side, fraction"
+        )
+        hotspot_peaks: int = Field(
+            default=3, ge=1, le=5, description="candidate hotspot boxes per method (peaks)"
+        )
+        hotspot_max: int = Field(
+            default=6, ge=1, description="candidate hotspot boxes tested at most (Holm family)"
+        )
+        roi_margin: float = Field(
+            default=0.05, ge=0, lt=0.5, description="gap kept between hotspot boxes and the ROI"
+        )
+        control_draws: int = Field(
+            default=8, ge=1, description="random control boxes per image; the closest change wins"
+        )
+        hotspot_null: int = Field(default=200, ge=20, description="shifted-map null draws")
+        infill: Literal["linear", "donor"] = Field(
+            default="linear", description="fill of an occluded box: linear in-painting or donor"
+        )
+        infill_noise: float = Field(
+            default=1.0, ge=0, description="noise of linear in-painting, x the ring's std"
+        )
+        n_boot: int = Field(default=1000, ge=50, description="bootstrap resamples for CIs")
+        n_permutations: int = Field(
+            default=200, ge=50, description="permutations of the subgroup-gap null"
+        )
+        alpha: float = Field(default=0.05, gt=0, lt=1, description="1 - CI level")
+        clusters_max: int = Field(default=8, ge=2, description="largest cluster count tried")
+        cluster_samples: int = Field(
+            default=1000, ge=10, description="maps clustered at most (a seeded subset)"
+        )
+        faithfulness_samples: int = Field(
+            default=24, ge=0, description="deletion/insertion subset (0: skip)"
+        )
+        faithfulness_steps: int = Field(default=6, ge=2, description="deletion/insertion fractions")
+        sanity: bool = Field(default=True, description="run the model-randomisation test")
+        sanity_samples: int = Field(default=32, ge=4, description="cascade subset size")
+        sanity_stages: int = Field(default=4, ge=1, description="cascade stages, top first")
+        sanity_max_similarity: float = Field(
+            default=0.5, gt=0, lt=1, description="Spearman above which a method is untrusted"
+        )
+
+    default_thresholds: ClassVar[dict[str, ThresholdRule]] = {
+        "hotspot_used": ThresholdRule(
+            metric="offroi_hotspot.flip_excess",
+            fail_above=0.05,
+            max_p=0.05,
+            message="occluding the off-ROI hotspot flips decisions beyond a same-size control"
+            " region: the model uses it",
+        ),
+        "off_roi_above_chance": ThresholdRule(
+            metric="off_roi_excess.*",
+            warn_above=0.05,
+            max_p=0.05,
+            message="saliency lies outside the ROI more than chance",
+        ),
+        "border_above_chance": ThresholdRule(
+            metric="border_excess.*",
+            warn_above=0.10,
+            max_p=0.05,
+            message="saliency lies in the image border band more than chance",
+        ),
+        "sanity_failed": ThresholdRule(
+            metric="sanity.spearman.*",
+            warn_above=0.5,
+            message="maps barely change when the model's weights are randomised: this"
+            " method's saliency findings cannot be trusted",
+        ),
+    }
+    requires: ClassVar[Requirements] = Requirements(any_modality=["image"])
+
+    # ------------------------------------------------------------------ requirements
+    def missing_requirements(self, ctx: AuditContext) -> str | None:
+        reason = super().missing_requirements(ctx)
+        if reason is not None:
+            return reason
+        p: SaliencyCheck.Params = self.params  # type: ignore[assignment]
+        if not p.methods:
+            return "params.methods is empty"
+        if not set(p.methods) - set(CAMS):
+            if not ctx.adapter.supports_hooks:
+                return "CAM methods need layer hooks, which a TorchScript model does not allow"
+            if (p.layer or ctx.adapter.layers.get("gradcam")) is None:
+                return (
+                    "no conv / token layer to hook for CAM methods (set model.layers.gradcam, or"
+                    " add 'ig' to params.methods)"
+                )
+        if not ctx.dataset.present[:, ctx.dataset.modalities.index("image")].any():
+            return "no audited row has an image"
+        return None
+
+    # ------------------------------------------------------------------ run
+    def run(self, ctx: AuditContext) -> CheckOutput:
+        p: SaliencyCheck.Params = self.params  # type: ignore[assignment]
+        out = CheckOutput()
+        run = _Run(self, ctx, p, out)
+        run.execute()
+        return out
+
+
+class _Run:
+    """One execution of the check: state shared by its steps."""
+
+    def __init__(
+        self, check: SaliencyCheck, ctx: AuditContext, p: SaliencyCheck.Params, out: CheckOutput
+    ) -> None:
+        self.check = check
+        self.ctx = ctx
+        self.p = p
+        self.out = out
+        self.ds = ctx.dataset
+        self.adapter = ctx.adapter
+        self.kind = ctx.config.data.target.kind
+        col = self.ds.modalities.index("image")
+        self.rows = np.flatnonzero(self.ds.present[:, col])
+        img_cfg = ctx.config.data.image
+        assert img_cfg is not None
+        self.size = (img_cfg.size, img_cfg.size)
+        self.channels = img_cfg.channels
+        mean = np.broadcast_to(np.asarray(img_cfg.mean, dtype=np.float32), (self.channels,))
+        std = np.broadcast_to(np.asarray(img_cfg.std, dtype=np.float32), (self.channels,))
+        self.black = torch.from_numpy(((0.0 - mean) / std).copy()).view(1, -1, 1, 1)
+        self.has_masks = bool(self.ds.mask_paths) and any(m is not None for m in self.ds.mask_paths)
+        self.groups_all = ctx.groups
+        self.column = p.target_class if self.kind == "multilabel" else 0
+        self.trusted: dict[str, bool] = {}
+        self.stat_key = "off_roi" if self.has_masks else "border"
+        self.bs = _GroupBootstrap(ctx.groups, len(self.ds), p.n_boot, p.alpha, ctx.seed)
+
+    # ---------------------------------------------------------------- helpers
+    def boot(self, values: np.ndarray, rows: np.ndarray) -> Estimate:
+        """Mean of the finite values with a patient-grouped bootstrap CI."""
+        return self.bs.mean(values, rows)
+
+    def paired(self, a: np.ndarray, b: np.ndarray, rows: np.ndarray) -> Estimate:
+        """mean(b) - mean(a) over rows where both are finite, paired bootstrap CI and p."""
+        return self.bs.diff(a, b, rows)
+
+    def cls_for(self, rows: np.ndarray) -> np.ndarray:
+        """The class explained for each row (see ``Params.target``)."""
+        logits = self.base_logits_all[rows]
+        y = self.ds.target[rows]
+        if self.kind == "multiclass":
+            if self.p.target == "label":
+                return y.astype(np.int64)
+            if self.p.target == "positive":
+                return np.full(len(rows), logits.shape[1] - 1, dtype=np.int64)
+            return logits.argmax(1).astype(np.int64)
+        z = logits[:, self.column]
+        if self.p.target == "label":
+            lab = y[:, self.column] if y.ndim == 2 else y
+            return lab.astype(np.int64)
+        if self.p.target == "positive":
+            return np.ones(len(rows), dtype=np.int64)
+        return (z > 0).astype(np.int64)
+
+    def decision(self, logits: np.ndarray) -> np.ndarray:
+        """Decided class per row (what a flip changes)."""
+        if self.kind == "multiclass" and logits.shape[1] > 1:
+            return logits.argmax(1)
+        return (logits[:, self.column] > 0).astype(np.int64)
+
+    def positive_score(self, logits: np.ndarray) -> np.ndarray:
+        """The score AUROC is computed on (binary / multilabel column: its logit)."""
+        if self.kind == "multiclass" and logits.shape[1] > 1:
+            z = logits - logits.max(1, keepdims=True)
+            return np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        return logits[:, self.column]
+
+    def labels(self, rows: np.ndarray) -> np.ndarray:
+        y = self.ds.target[rows]
+        return y[:, self.column] if y.ndim == 2 else y
+
+    def subset(self, n: int, salt: str, pool: np.ndarray | None = None) -> np.ndarray:
+        """A seeded subset of ``n`` image rows (all when ``n`` is 0 or large), sorted."""
+        pool = self.rows if pool is None else pool
+        if n <= 0 or n >= len(pool):
+            return pool
+        pick = self.ctx.rng(salt).choice(len(pool), n, replace=False)
+        return np.sort(pool[pick])
+
+    # ---------------------------------------------------------------- setup
+    def execute(self) -> None:
+        p, out = self.p, self.out
+        out.metrics["n_images"] = len(self.rows)
+        if len(self.rows) < 2:
+            out.notes.append("fewer than 2 rows have an image: nothing to attribute")
+            return
+        sweep = self.ctx.cache.sweep()
+        self.base_logits_all = sweep.logits
+        self.cls_all = np.zeros(len(self.ds), dtype=np.int64)
+        self.cls_all[self.rows] = self.cls_for(self.rows)
+        self.fixed = self._fixed_outputs()
+        self.info = grid_info(self.adapter)
+        self.cam_layers = self._cam_layers()
+        self.methods = [m for m in p.methods if m not in CAMS or m in self.cam_layers]
+        if not self.methods:
+            out.notes.append("no saliency method could run (see the notes above)")
+            return
+        self.main = self._map_pass(self.adapter, self.rows, "saliency maps")
+        slow = {"ig", "occlusion"} & set(self.methods)
+        self.ig_rows = self.subset(p.subset_samples, "saliency.ig") if slow else None
+        if self.ig_rows is not None:
+            self._subset_pass(self.adapter, self.ig_rows, self.main, "IG / occlusion maps")
+        self._dead_maps()
+        self._sanity()
+        self._location_metrics()
+        self._subgroups()
+        self._hotspot()
+        self._occlusion()
+        self._clusters()
+        self._faithfulness()
+        self._tables()
+        self._figures()
+        self._headline_first()
+
+    def _headline_first(self) -> None:
+        """Put the metrics a reader needs first (report summaries show the first few)."""
+        lead = self.hot_method or self.methods[0]
+        worst = self.out.metrics.get("offroi_hotspot.method")
+        first = [
+            "offroi_hotspot.flip_excess",
+            f"occlusion.delta_auroc_excess.{worst}",
+            f"{self.stat_key}_excess.{lead}",
+            f"sanity.spearman.{lead}",
+            "n_images",
+        ]
+        m = self.out.metrics
+        head = {k: m[k] for k in first if k in m}
+        self.out.metrics = {**head, **{k: v for k, v in m.items() if k not in head}}
+
+    def _fixed_outputs(self) -> dict[str, torch.Tensor]:
+        """Cached outputs of the non-image encoders: they never run during attribution."""
+        if not self.adapter.supports_hooks:
+            return {}
+        fixed = {}
+        for m in self.ds.modalities:
+            if m != "image" and m in self.adapter.layers:
+                fixed[m] = torch.from_numpy(np.ascontiguousarray(self.ctx.cache.embeddings(m)))
+        return fixed
+
+    def _cam_layers(self) -> dict[str, str]:
+        """CAM method -> layer, after a probe forward; notes for methods that cannot run."""
+        p, out = self.p, self.out
+        wanted = [m for m in p.methods if m in CAMS]
+        if not wanted:
+            return {}
+        layer = p.layer or self.adapter.layers.get("gradcam")
+        if not self.adapter.supports_hooks or layer is None:
+            why = (
+                "layer hooks are not available (TorchScript)"
+                if not self.adapter.supports_hooks
+                else "the model has no conv / token layer to hook (set model.layers.gradcam)"
+            )
+            out.notes.append(f"CAM methods {wanted} skipped: {why}")
+            return {}
+        try:
+            probe = _probe_layers(self.adapter, self.ds, self.rows[:2], layer, self.info)
+        except Exception as exc:  # a layer whose output is no map must not sink the run
+            out.notes.append(f"CAM methods {wanted} skipped: layer '{layer}': {exc}")
+            return {}
+        fine = layer
+        if "layercam" in wanted:
+            if p.layercam_layer == "auto":
+                fine = probe or layer
+            elif p.layercam_layer != "same":
+                fine = p.layercam_layer
+        layers = {m: (fine if m == "layercam" else layer) for m in wanted}
+        out.metrics["cam_layer"] = layer
+        if "layercam" in layers:
+            out.metrics["layercam_layer"] = layers["layercam"]
+        return layers
+
+    # ---------------------------------------------------------------- map passes
+    def _map_pass(
+        self,
+        adapter: ModelAdapter,
+        rows: np.ndarray,
+        desc: str,
+        methods: list[str] | None = None,
+        keep_images: bool = True,
+    ) -> _Maps:
+        """CAM maps of ``rows`` (one forward and one backward per batch): per-sample
+        statistics and thumbnails; the logits when no CAM runs."""
+        methods = [m for m in (self.methods if methods is None else methods) if m in CAMS]
+        layers = {m: self.cam_layers[m] for m in methods}
+        runner = ImageForward(adapter, self.fixed)
+        s = self.p.map_size
+        cls_all = torch.from_numpy(self.cls_all)
+
+        def fn(batch: Batch) -> dict[str, Any]:
+            assert batch.image is not None
+            images = batch.image
+            cls = cls_all[batch.index.cpu()].to(images.device)
+
+            def forward(x: torch.Tensor) -> torch.Tensor:
+                return runner(batch, x)
+
+            maps: dict[str, torch.Tensor] = {}
+            if layers:
+                cams, logits = compute_cams(
+                    adapter, forward, images, cls, layers, self.info, self.column
+                )
+                maps.update({m: upsample(c, self.size) for m, c in cams.items()})
+            else:
+                with torch.no_grad():
+                    logits = forward(images)
+            roi = batch.roi_mask[:, 0] if batch.roi_mask is not None else None
+            res: dict[str, Any] = {"logits": logits.float().cpu().numpy()}
+            for m, mp in maps.items():
+                st = map_statistics(mp, roi, self.p.border)
+                res[f"stat.{m}"] = {k: v.float().cpu().numpy() for k, v in st.items()}
+                norm, _ = positive_normalised(mp)
+                res[f"thumb.{m}"] = _pool(norm, s).cpu().numpy() * (s * s)
+            if keep_images:
+                res["image"] = _pool(images.float().mean(1), s).cpu().numpy()
+                if roi is not None:
+                    res["roi"] = _pool(roi.float(), s).cpu().numpy()
+            return res
+
+        with runner.active():
+            parts = self.ctx.cache.map_batches(fn, grad=True, desc=desc, indices=rows)
+        return _collect(rows, parts, methods)
+
+    def _subset_pass(self, adapter: ModelAdapter, rows: np.ndarray, into: _Maps, desc: str) -> None:
+        """Integrated Gradients and occlusion maps (the methods costing many forwards per
+        image) for ``rows``, a subset, merged into ``into`` (NaN for the other rows)."""
+        p = self.p
+        methods = [m for m in ("ig", "occlusion") if m in self.methods]
+        runner = ImageForward(adapter, self.fixed)
+        cls_all = torch.from_numpy(self.cls_all)
+        mean_img = self.ctx.cache.input_mean("image") if p.ig_baseline == "mean" else None
+        s = p.map_size
+        window = max(1, round(p.occlusion_window * self.size[0]))
+
+        def fn(batch: Batch) -> dict[str, Any]:
+            assert batch.image is not None
+            images = batch.image
+            cls = cls_all[batch.index.cpu()].to(images.device)
+            roi = batch.roi_mask[:, 0] if batch.roi_mask is not None else None
+            blurred = gaussian_blur(images, p.blur_sigma)
+            res: dict[str, Any] = {}
+            maps: dict[str, torch.Tensor] = {}
+            if "ig" in methods:
+                if p.ig_baseline == "black":
+                    base = self.black.to(images.device, images.dtype).expand_as(images)
+                elif p.ig_baseline == "mean":
+                    assert mean_img is not None
+                    base = mean_img.to(images.device, images.dtype).expand_as(images)
+                else:
+                    base = blurred
+                attr, delta = integrated_gradients(
+                    lambda x: runner(batch, x),
+                    images,
+                    base,
+                    cls,
+                    p.ig_steps,
+                    p.ig_steps_per_pass,
+                    self.column,
+                )
+                maps["ig"] = attr.sum(1)
+                res["delta"] = delta.cpu().numpy()
+                res["gap"] = (attr.sum(dim=(1, 2, 3)) - delta).abs().detach().cpu().numpy()
+            if "occlusion" in methods:
+                maps["occlusion"] = occlusion_map(
+                    lambda x: runner(batch, x),
+                    images,
+                    blurred,
+                    cls,
+                    window,
+                    window,
+                    column=self.column,
+                )
+            for m, mp in maps.items():
+                st = map_statistics(mp.detach(), roi, p.border)
+                res[f"stat.{m}"] = {k: v.float().cpu().numpy() for k, v in st.items()}
+                norm, _ = positive_normalised(mp.detach())
+                res[f"thumb.{m}"] = _pool(norm, s).cpu().numpy() * (s * s)
+            return res
+
+        with runner.active():
+            parts = self.ctx.cache.map_batches(fn, grad=True, desc=desc, indices=rows)
+        got = _collect(rows, parts, methods)
+        pos = np.searchsorted(into.rows, rows)
+        n = len(into.rows)
+        for m in methods:
+            into.stats[m] = {}
+            for k, v in got.stats[m].items():
+                full = np.full(n, np.nan)
+                full[pos] = v
+                into.stats[m][k] = full
+            thumbs = np.full((n, s, s), np.nan, dtype=np.float32)
+            thumbs[pos] = got.thumbs[m]
+            into.thumbs[m] = thumbs
+        if "ig" in methods:
+            delta = np.full(n, np.nan)
+            delta[pos] = np.concatenate([q["delta"] for q in parts])
+            gap = np.full(n, np.nan)
+            gap[pos] = np.concatenate([q["gap"] for q in parts])
+            into.ig_delta, into.ig_gap = delta, gap
+
+    # ---------------------------------------------------------------- dead maps
+    def _dead_maps(self) -> None:
+        out = self.out
+        for m in self.methods:
+            mass = self.main.stats[m]["mass"]
+            have = np.isfinite(mass)
+            if not have.any():
+                continue
+            dead = float(np.mean(mass[have] <= 0))
+            out.metrics[f"dead_maps.{m}"] = dead
+            if dead == 1.0:
+                out.findings.append(
+                    Finding(
+                        check="saliency",
+                        rule="dead_maps",
+                        severity="warn",
+                        message=f"every {m} map is zero (dead gradients at its layer): its"
+                        " location statistics cannot be computed",
+                        metric=f"dead_maps.{m}",
+                        value=dead,
+                    )
+                )
+            elif dead > 0.5:
+                out.notes.append(
+                    f"{dead:.0%} of {m} maps are zero (no positive evidence for the explained"
+                    " class); statistics use the others"
+                )
+        if self.main.ig_delta is not None:
+            d, gap = self.main.ig_delta, self.main.ig_gap
+            assert gap is not None
+            ok = np.isfinite(d)
+            if ok.any():
+                rel = np.abs(d[ok]) / np.maximum(gap[ok], 1e-6)
+                out.metrics["ig.delta_abs"] = float(np.median(np.abs(d[ok])))
+                out.metrics["ig.delta_rel"] = float(np.median(rel))
+                out.metrics["ig.n"] = int(ok.sum())
+                if float(np.median(rel)) > 0.05:
+                    out.notes.append(
+                        f"IG completeness: median |delta| is {np.median(rel):.1%} of"
+                        f" |f(x) - f(baseline)|; raise params.ig_steps for tighter maps"
+                    )
+
+    # ---------------------------------------------------------------- sanity
+    def _sanity(self) -> None:
+        """Cascading model-parameter randomisation (Adebayo et al. 2018) of the image encoder."""
+
+        p, out = self.p, self.out
+        self.random: _Maps | None = None
+        for m in self.methods:
+            self.trusted[m] = True
+        if not p.sanity:
+            return
+        if not self.adapter.supports_hooks:
+            out.notes.append("sanity check skipped: a TorchScript model cannot be randomised")
+            return
+        root = _image_root(self.adapter, self.cam_layers)
+        original = self.adapter.module.get_submodule(root) if root else self.adapter.module
+        leaves = parametrised_leaves(original)
+        if not leaves:
+            out.notes.append("sanity check skipped: the image encoder has no parameters")
+            return
+        stages = cascade_stages(leaves, p.sanity_stages)
+        pool = self.ig_rows if self.ig_rows is not None else self.rows
+        sub = self.subset(p.sanity_samples, "saliency.sanity", pool)
+        pos_sub = np.searchsorted(self.main.rows, sub)
+        copy_enc = copy.deepcopy(original)
+        gen = torch.Generator().manual_seed(int(self.ctx.rng("saliency.randomise").integers(2**31)))
+        done: list[str] = []
+        curve: list[dict[str, Any]] = []
+        cam_methods = [m for m in self.methods if m in CAMS]
+        for k, names in enumerate(stages):
+            randomise_(copy_enc, [n for n in names if n not in done], gen)
+            done = list(names)
+            shadow = _shadow(self.adapter, graft(self.adapter.module, root, copy_enc))
+            last = k == len(stages) - 1
+            part = self._map_pass(
+                shadow,
+                sub,
+                f"sanity stage {k + 1}/{len(stages)}",
+                cam_methods,
+                keep_images=False,
+            )
+            if last:
+                if self.ig_rows is not None:
+                    self._subset_pass(shadow, sub, part, "IG / occlusion (randomised model)")
+                self.random = part
+            thumbs = part.thumbs
+            for m, t in thumbs.items():
+                ref = self.main.thumbs[m][pos_sub]
+                ok = np.isfinite(ref).all(axis=(1, 2)) & np.isfinite(t).all(axis=(1, 2))
+                if not ok.any():
+                    continue
+                a, b = ref[ok].reshape(ok.sum(), -1), t[ok].reshape(ok.sum(), -1)
+                rho = spearman_rows(a, b)
+                # one map constant (e.g. dead after randomisation), the other not: unrelated
+                rho = np.where(np.isnan(rho) & (a.std(1) != b.std(1)), 0.0, rho)
+                if np.isnan(rho).all():
+                    continue  # every map constant on both sides: nothing to compare
+                sim = ssim(minmax(torch.from_numpy(ref[ok])), minmax(torch.from_numpy(t[ok])))
+                curve.append(
+                    {
+                        "stage": k + 1,
+                        "layers_randomised": len(names),
+                        "fraction": len(names) / len(leaves),
+                        "deepest_randomised": names[-1],
+                        "method": m,
+                        "spearman": float(np.nanmean(rho)),
+                        "ssim": float(sim.mean()),
+                        "n": int(ok.sum()),
+                    }
+                )
+                if last:
+                    rows = sub[ok]
+                    out.metrics[f"sanity.spearman.{m}"] = self.boot(rho, rows)
+                    out.metrics[f"sanity.ssim.{m}"] = self.boot(sim.numpy().astype(float), rows)
+                    trusted = not (np.nanmean(rho) > p.sanity_max_similarity)
+                    self.trusted[m] = trusted
+                    if not trusted:
+                        out.findings.append(
+                            Finding(
+                                check="saliency",
+                                rule="sanity_untrusted",
+                                severity="note",
+                                message=f"{m}: maps of the fully randomised model keep a"
+                                f" Spearman correlation of {np.nanmean(rho):.2f} with the"
+                                f" trained model's: the {m} saliency findings cannot be"
+                                " trusted; their location metrics carry no p-value and raise"
+                                " no finding",
+                                metric=f"sanity.spearman.{m}",
+                                value=float(np.nanmean(rho)),
+                            )
+                        )
+        self.sanity_curve = pd.DataFrame(curve)
+        out.tables["sanity_curve"] = self.sanity_curve
+        out.metrics["sanity.layers"] = len(leaves)
+
+    # ---------------------------------------------------------------- location
+    def _location_metrics(self) -> None:
+        out, main = self.out, self.main
+        rows = main.rows
+        excess_keys: list[str] = []
+        chance_done = False
+        for m in self.methods:
+            st = main.stats[m]
+            if "off_roi" in st:
+                if not chance_done:
+                    out.metrics["off_roi_chance"] = self.boot(st["off_roi_chance"], rows)
+                out.metrics[f"off_roi.{m}"] = self.boot(st["off_roi"], rows)
+                out.metrics[f"off_roi_excess.{m}"] = self.paired(
+                    st["off_roi_chance"], st["off_roi"], rows
+                )
+                excess_keys.append(f"off_roi_excess.{m}")
+                out.metrics[f"pointing.{m}"] = self.boot(st["pointing"], rows)
+                out.metrics[f"rank_acc.{m}"] = self.boot(st["rank_acc"], rows)
+                if self.random is not None and m in self.random.stats:
+                    rr = self.random.rows
+                    pos = np.searchsorted(rows, rr)
+                    r = self.random.stats[m]["off_roi"]
+                    out.metrics[f"off_roi_random.{m}"] = self.boot(r, rr)
+                    out.metrics[f"off_roi_vs_random.{m}"] = self.paired(r, st["off_roi"][pos], rr)
+            if not chance_done:
+                out.metrics["border_chance"] = float(np.nanmean(st["border_chance"]))
+                chance_done = True
+            out.metrics[f"border.{m}"] = self.boot(st["border"], rows)
+            out.metrics[f"border_excess.{m}"] = self.paired(st["border_chance"], st["border"], rows)
+            excess_keys.append(f"border_excess.{m}")
+            if self.random is not None and m in self.random.stats:
+                rr = self.random.rows
+                out.metrics[f"border_random.{m}"] = self.boot(self.random.stats[m]["border"], rr)
+            out.metrics[f"concentration.{m}"] = self.boot(st["top"], rows)
+        if not self.has_masks:
+            out.notes.append(
+                "no ROI masks (data.image.roi_mask): off-ROI statistics are not computed; the"
+                " border-band share stands in for them"
+            )
+        self._holm(excess_keys)
+
+    def _holm(self, keys: list[str]) -> None:
+        """Holm-adjust the null p-values of ``keys`` as one family; untrusted methods'
+        metrics lose their p-value (a failed sanity check means no evidence)."""
+        metrics = self.out.metrics
+        ps = [
+            metrics[k].null_p if isinstance(metrics[k], Estimate) else None  # type: ignore[union-attr]
+            for k in keys
+        ]
+        adj = adjust_pvalues([np.nan if v is None else v for v in ps], "holm")
+        for k, a in zip(keys, adj, strict=True):
+            est = metrics[k]
+            assert isinstance(est, Estimate)
+            method = k.rsplit(".", 1)[-1]
+            keep = self.trusted.get(method, True) and not math.isnan(a)
+            metrics[k] = dc_replace(est, null_p=float(a) if keep else None)
+
+    # ---------------------------------------------------------------- subgroups
+    def _levels(self) -> dict[str, np.ndarray]:
+        """Attribute -> level label per image row (continuous attributes binned)."""
+        attrs = self.ds.attributes
+        cfg_attrs = self.ctx.config.data.attributes
+        levels: dict[str, np.ndarray] = {}
+        self.level_order: dict[str, list[str]] = {}
+        for name in attrs.columns:
+            col = attrs[name].to_numpy()[self.main.rows]
+            spec = cfg_attrs.get(name)
+            if spec is not None and spec.kind == "continuous":
+                v = col.astype(float)
+                edges = spec.bins or list(np.nanquantile(v, [0.25, 0.5, 0.75]))
+                edges = sorted(set(float(e) for e in edges if np.isfinite(e)))
+                idx = np.digitize(v, edges)
+                names = (
+                    [f"lt{edges[0]:g}"]
+                    + [f"{a:g}-{b:g}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+                    + [f"ge{edges[-1]:g}"]
+                )
+                lab = np.array([names[i] for i in idx], dtype=object)
+                lab[~np.isfinite(v)] = None
+                self.level_order[name] = names
+            else:
+                lab = np.array([None if pd.isna(x) else str(x) for x in col], dtype=object)
+                self.level_order[name] = sorted({x for x in lab if x is not None})
+            levels[name] = lab
+        return levels
+
+    def _subgroups(self) -> None:
+        """Per-attribute-level location statistics and a permutation test of the gap."""
+        out, main, p = self.out, self.main, self.p
+        rows = main.rows
+        self.levels = self._levels()
+        table: list[dict[str, Any]] = []
+        gap_keys: list[str] = []
+        rng = self.ctx.rng("saliency.subgroups")
+        for attr, lab in self.levels.items():
+            known = np.array([x is not None for x in lab])
+            uniq = [x for x in self.level_order[attr] if x in set(lab[known])]
+            if len(uniq) < 2:
+                out.notes.append(f"attribute {attr}: fewer than 2 levels among image rows")
+                continue
+            for m in self.methods:
+                v = main.stats[m][self.stat_key]
+                for lev in uniq:
+                    sel = lab == lev
+                    est = self.boot(v[sel], rows[sel])
+                    out.metrics[f"by_attr.{_slug(attr)}.{_slug(lev)}.{self.stat_key}.{m}"] = est
+                    table.append(
+                        {
+                            "attribute": attr,
+                            "level": lev,
+                            "method": m,
+                            "statistic": self.stat_key,
+                            "mean": est.value,
+                            "ci_low": est.ci_low,
+                            "ci_high": est.ci_high,
+                            "n": est.n,
+                        }
+                    )
+                ok = known & np.isfinite(v)
+                if ok.sum() < 4 or len({x for x in lab[ok]}) < 2:
+                    continue
+                gap = _level_gap(v[ok], lab[ok])
+                null = np.array(
+                    [
+                        _level_gap(v[ok], perm)
+                        for perm in _permuted_labels(
+                            lab[ok], self.bs.codes[rows[ok]], rng, p.n_permutations
+                        )
+                    ]
+                )
+                key = f"subgroup_gap.{_slug(attr)}.{m}"
+                out.metrics[key] = Estimate(
+                    gap, n=int(ok.sum()), null_p=permutation_pvalue(gap, null, "greater")
+                )
+                gap_keys.append(key)
+        if gap_keys:
+            self._holm(gap_keys)
+        self.subgroup_table = pd.DataFrame(table)
+        if table:
+            out.tables["subgroups"] = self.subgroup_table
+
+    # ---------------------------------------------------------------- hotspot
+    def _hotspot_method(self) -> str | None:
+        have = [m for m in self.methods if m in self.main.thumbs]
+        if self.p.hotspot_method != "auto":
+            if self.p.hotspot_method in have:
+                return self.p.hotspot_method
+            self.out.notes.append(
+                f"params.hotspot_method {self.p.hotspot_method!r} did not run; using auto"
+            )
+        for pref in (True, False):
+            for m in HOTSPOT_ORDER:
+                if m in have and self.trusted.get(m, True) == pref and m in self.mean_maps:
+                    return m
+        return None
+
+    def _live(self, m: str) -> np.ndarray:
+        t = self.main.thumbs[m]
+        return np.isfinite(t).all(axis=(1, 2)) & (np.nan_to_num(t).sum(axis=(1, 2)) > 0)
+
+    def _hotspot(self) -> None:
+        """Recurring hotspots: each method's dataset-mean normalised map, its concentration
+        against a shifted-map null, and the box around its sharpest peak outside the ROI
+        (a candidate for the occlusion test)."""
+        out, p = self.out, self.p
+        self.mean_maps: dict[str, np.ndarray] = {}
+        self.candidates: list[tuple[str, tuple[int, int, int, int]]] = []
+        self.hot_method: str | None = None
+        gen = torch.Generator().manual_seed(int(self.ctx.rng("saliency.null").integers(2**31)))
+        for m in self.methods:
+            live = self._live(m)
+            if live.sum() < 2:
+                continue
+            t = torch.from_numpy(self.main.thumbs[m][live]).float()
+            t = t / t.sum(dim=(1, 2), keepdim=True)
+            mean = t.mean(0)
+            self.mean_maps[m] = mean.numpy()
+            obs = float(concentration(mean))
+            null = shifted_null(t, p.hotspot_null, gen).numpy()
+            pval = permutation_pvalue(obs, null, "greater")
+            out.metrics[f"hotspot.concentration.{m}"] = Estimate(
+                obs, n=int(live.sum()), null_p=pval if self.trusted[m] else None
+            )
+            out.metrics[f"hotspot.null_concentration.{m}"] = float(np.mean(null))
+        if not self.mean_maps:
+            out.notes.append("no live saliency map: no hotspot and no occlusion test")
+            out.metrics["offroi_hotspot.flip_excess"] = Estimate(float("nan"), n=0)
+            return
+        h, w = self.size
+        self.bh = max(1, round(p.hotspot_size * h))
+        self.bw = max(1, round(p.hotspot_size * w))
+        forbidden = None
+        if self.main.roi is not None and np.isfinite(self.main.roi).any():
+            freq = torch.from_numpy(np.nanmean(self.main.roi, axis=0)).float()
+            forbidden = upsample(freq[None], self.size)[0] > 0.1
+            # keep a margin: in-painting right at the ROI edge changes the ROI's own outline
+            pad = max(0, round(p.roi_margin * h))
+            if pad:
+                forbidden = (
+                    torch.nn.functional.max_pool2d(
+                        forbidden[None, None].float(), 2 * pad + 1, stride=1, padding=pad
+                    )[0, 0]
+                    > 0
+                )
+        band = border_band(self.size, p.border, "cpu").numpy()
+        self.hot_method = self._hotspot_method()
+        if self.p.hotspot_method != "auto" and self.hot_method == self.p.hotspot_method:
+            proposers = [self.hot_method]
+        else:
+            proposers = [m for m in HOTSPOT_ORDER if m in self.mean_maps and self.trusted[m]]
+        if not proposers:
+            proposers = [m for m in HOTSPOT_ORDER if m in self.mean_maps]
+            out.notes.append("every method failed the sanity check; hotspots come from them anyway")
+        proposed: list[tuple[int, str, tuple[int, int, int, int]]] = []
+        for m in proposers:
+            full = upsample(torch.from_numpy(self.mean_maps[m])[None].float(), self.size)[0]
+            found = peak_boxes(full, self.bh, self.bw, forbidden, p.hotspot_peaks)
+            if not found:
+                found = peak_boxes(full, self.bh, self.bw, None, p.hotspot_peaks)
+                out.notes.append(f"{m}: no hotspot box fits outside the ROI; boxes may overlap it")
+            for rank, (r0, c0, mass) in enumerate(found):
+                box = (r0, r0 + self.bh, c0, c0 + self.bw)
+                cy, cx = r0 + self.bh / 2, c0 + self.bw / 2
+                name = m if rank == 0 else f"{m}_{rank + 1}"
+                out.metrics[f"hotspot.row.{name}"] = float(cy / h)
+                out.metrics[f"hotspot.col.{name}"] = float(cx / w)
+                out.metrics[f"hotspot.box_mass.{name}"] = mass
+                out.metrics[f"hotspot.in_border.{name}"] = int(
+                    band[min(h - 1, int(cy)), min(w - 1, int(cx))]
+                )
+                if mass > self.bh * self.bw / (h * w):  # more than its area share
+                    proposed.append((rank, name, box))
+        # round robin over methods (every method's best peak first), distinct boxes, capped
+        for _, name, box in sorted(proposed, key=lambda t: t[0]):
+            if len(self.candidates) < p.hotspot_max and all(
+                _iou(box, b) <= 0.5 for _, b in self.candidates
+            ):
+                self.candidates.append((name, box))
+        out.metrics["hotspot.box_area"] = float(self.bh * self.bw / (h * w))
+        out.metrics["hotspot.candidates"] = len(self.candidates)
+        if not self.candidates:
+            out.notes.append(
+                "no region outside the ROI holds more than its area share of the mean"
+                " attribution: there is no hotspot to occlude"
+            )
+            out.metrics["offroi_hotspot.flip_excess"] = Estimate(float("nan"), n=0)
+
+    # ---------------------------------------------------------------- occlusion
+    def _occlusion(self) -> None:
+        """Occlude every candidate hotspot box and, as its control, a same-size random box
+        outside the ROI and the candidates whose fill changes the image about as much (the
+        closest L2 change among ``control_draws`` random boxes); compare decisions, logits
+        and AUROC, paired by sample and resampled by patient."""
+        out, p = self.out, self.p
+        if not self.candidates:
+            return
+        boxes = [b for _, b in self.candidates]
+        names = [m for m, _ in self.candidates]
+        k = len(boxes)
+        bh, bw = self.bh, self.bw
+        rows = self.main.rows
+        draws = p.control_draws
+        u = self.ctx.rng("saliency.control").random((len(self.ds), draws))
+        donors = self._donors() if p.infill == "donor" else None
+        runner = ImageForward(self.adapter, self.fixed)
+        seed = int(self.ctx.rng("saliency.infill").integers(2**31))
+        ds, size = self.ds, self.size
+
+        def fn(batch: Batch) -> dict[str, np.ndarray]:
+            assert batch.image is not None
+            images = batch.image
+            b = len(batch)
+            dev = images.device
+            idx = batch.index.cpu().numpy()
+            roi = batch.roi_mask[:, 0] if batch.roi_mask is not None else None
+            free = free_positions(roi.cpu() if roi is not None else None, size, bh, bw, boxes)
+            free = free.expand(b, -1, -1) if free.shape[0] == 1 else free
+            flat = free.reshape(b, -1)
+            n_free = flat.sum(1)
+            counts = torch.cumsum(flat.long(), 1)
+            corners = [(torch.full((b,), r0), torch.full((b,), c0)) for r0, _, c0, _ in boxes]
+            for d in range(draws):
+                pick = torch.from_numpy(np.floor(u[idx, d] * np.maximum(n_free.numpy(), 1)))
+                # the pick-th allowed position: allowed positions counted up to each index
+                pos = ((counts <= pick.long()[:, None]) & flat).sum(1).clamp(max=flat.shape[1] - 1)
+                corners.append((pos // free.shape[2], pos % free.shape[2]))
+            if donors is not None:
+                donor_imgs = ds.collate([ds[int(j)] for j in donors[idx]]).image
+                assert donor_imgs is not None
+                donor_imgs = donor_imgs.to(dev, images.dtype)
+                filled = [
+                    donor_fill(images, donor_imgs, r.to(dev), c.to(dev), bh, bw) for r, c in corners
+                ]
+            else:
+                gen = torch.Generator().manual_seed(seed + int(idx[0]))
+                filled = [
+                    linear_fill(images, r.to(dev), c.to(dev), bh, bw, p.infill_noise, gen)
+                    for r, c in corners
+                ]
+            change = torch.stack([(f - images).float().flatten(1).norm(dim=1) for f in filled])
+            hot_change, ctrl_change = change[:k], change[k:]  # (k, b), (draws, b)
+            gap = (
+                hot_change[:, None].clamp_min(1e-6).log() - ctrl_change[None].clamp_min(1e-6).log()
+            ).abs()
+            match = gap.argmin(1)  # (k, b): the control draw whose change is closest
+            ctrl_stack = torch.stack(filled[k:])  # (draws, b, C, H, W)
+            cols = torch.arange(b, device=dev)
+            controls = [ctrl_stack[match[j].to(dev), cols] for j in range(k)]
+            logits = runner(batch, torch.cat([*filled[:k], *controls])).float().cpu().numpy()
+            overlap = np.full((k, b), np.nan)
+            if roi is not None:
+                for j, (r0, r1, c0, c1) in enumerate(boxes):
+                    inside = torch.nan_to_num(roi[:, r0:r1, c0:c1].float(), nan=-1.0)
+                    valid = (inside >= 0).all(dim=(1, 2))
+                    share = (inside > 0.5).float().mean(dim=(1, 2))
+                    overlap[j] = torch.where(valid, share, torch.nan).cpu().numpy()
+            return {
+                "logits": logits.reshape(2 * k, b, -1),
+                "ctrl_ok": (n_free > 0).numpy(),
+                "overlap": overlap,
+                "change": torch.stack([hot_change, ctrl_change.gather(0, match)]).cpu().numpy(),
+            }
+
+        with runner.active(), torch.no_grad():
+            parts = self.ctx.cache.map_batches(fn, desc="hotspot occlusion", indices=rows)
+        occ = np.concatenate([q["logits"] for q in parts], axis=1)  # (2k, n, outputs)
+        ctrl_ok = np.concatenate([q["ctrl_ok"] for q in parts])
+        overlap = np.concatenate([q["overlap"] for q in parts], axis=1)
+        change = np.concatenate([q["change"] for q in parts], axis=2)  # (2, k, n)
+        if (~ctrl_ok).any():
+            out.notes.append(
+                f"{int((~ctrl_ok).sum())} images have no room for a control box outside the ROI"
+                " and the hotspots; they are left out of the paired comparisons"
+            )
+        base = self.main.logits
+        assert base is not None
+        cls = self.cls_all[rows]
+        s0 = _signed(base, cls, self.column, self.kind)
+        dec0 = self.decision(base)
+        two_classes = len(np.unique(self.labels(rows))) >= 2
+        if not two_classes:
+            out.notes.append("the image rows hold one class: AUROC changes are undefined")
+        met = out.metrics
+        columns: dict[str, np.ndarray] = {}
+        excess_keys = []
+        off_roi: dict[str, bool] = {}
+        for j, m in enumerate(names):
+            d_hot = _signed(occ[j], cls, self.column, self.kind) - s0
+            d_ctrl = _signed(occ[k + j], cls, self.column, self.kind) - s0
+            f_hot = (self.decision(occ[j]) != dec0).astype(float)
+            f_ctrl = (self.decision(occ[k + j]) != dec0).astype(float)
+            d_ctrl[~ctrl_ok] = np.nan
+            f_ctrl[~ctrl_ok] = np.nan
+            met[f"occlusion.flip_rate.{m}"] = self.boot(f_hot, rows)
+            met[f"occlusion.flip_rate_control.{m}"] = self.boot(f_ctrl, rows)
+            met[f"occlusion.flip_excess.{m}"] = self.paired(f_ctrl, f_hot, rows)
+            met[f"occlusion.delta_logit.{m}"] = self.boot(d_hot, rows)
+            # positive: the hotspot removes more evidence for the decision than its control
+            met[f"occlusion.delta_logit_excess.{m}"] = self.paired(-d_ctrl, -d_hot, rows)
+            if two_classes:
+                met[f"occlusion.delta_auroc.{m}"] = self._auroc_diff(base, occ[j], None)
+                # positive: occluding the hotspot costs more AUROC than its control
+                met[f"occlusion.delta_auroc_excess.{m}"] = self._auroc_diff(
+                    occ[j], occ[k + j], ctrl_ok
+                )
+            met[f"occlusion.change_ratio.{m}"] = (
+                float(np.median(change[1, j][ctrl_ok] / np.maximum(change[0, j][ctrl_ok], 1e-9)))
+                if ctrl_ok.any()
+                else float("nan")
+            )
+            excess_keys.append(f"occlusion.flip_excess.{m}")
+            if self.has_masks and np.isfinite(overlap[j]).any():
+                met[f"hotspot.roi_overlap.{m}"] = float(np.nanmean(overlap[j]))
+                off_roi[m] = float(np.nanmean(overlap[j])) < 0.5
+            else:
+                off_roi[m] = bool(met[f"hotspot.in_border.{m}"])
+            columns.update(
+                {
+                    f"delta.{m}": d_hot,
+                    f"delta_control.{m}": d_ctrl,
+                    f"flip.{m}": f_hot,
+                    f"flip_control.{m}": f_ctrl,
+                }
+            )
+        self._holm(excess_keys)
+        self.occ = pd.DataFrame(columns)
+        judged = [m for m in names if off_roi[m]]
+        if not judged:
+            met["offroi_hotspot.flip_excess"] = Estimate(float("nan"), n=len(rows))
+            where = "inside the ROI" if self.has_masks else "away from the border band"
+            out.notes.append(
+                f"every hotspot lies {where}: occlusion effects are reported (occlusion.*) but"
+                " not judged as a shortcut"
+            )
+            return
+        worst = max(judged, key=lambda m: _value(met[f"occlusion.flip_excess.{m}"]))
+        met["offroi_hotspot.flip_excess"] = met[f"occlusion.flip_excess.{worst}"]
+        met["offroi_hotspot.method"] = worst
+        self.worst_hotspot = worst
+
+    def _auroc_diff(
+        self, before: np.ndarray, after: np.ndarray, keep: np.ndarray | None
+    ) -> Estimate:
+        """AUROC(after) - AUROC(before) on the image rows (``keep``), paired by patient."""
+        rows = self.main.rows
+        keep = np.ones(len(rows), dtype=bool) if keep is None else keep
+        y = self.labels(rows)[keep]
+        a = self.positive_score(before)[keep]
+        b = self.positive_score(after)[keep]
+        return self.bs.auroc_diff(y, a, b, rows[keep])
+
+    def _donors(self) -> np.ndarray:
+        """Donor row per dataset row: a hotspot-free image (lowest quartile of the proposing
+        maps' mass inside the candidate boxes), drawn with a seeded generator."""
+        s = self.p.map_size
+        h, w = self.size
+        mass = np.zeros(len(self.main.rows))
+        for m, (r0, r1, c0, c1) in self.candidates:
+            t = np.nan_to_num(self.main.thumbs[m])
+            rs = slice(int(r0 * s / h), max(int(r0 * s / h) + 1, math.ceil(r1 * s / h)))
+            cs = slice(int(c0 * s / w), max(int(c0 * s / w) + 1, math.ceil(c1 * s / w)))
+            mass += t[:, rs, cs].sum(axis=(1, 2)) / np.maximum(t.sum(axis=(1, 2)), 1e-9)
+        pool = self.main.rows[mass <= np.quantile(mass, 0.25)]
+        pick = self.ctx.rng("saliency.donor").integers(0, len(pool), len(self.ds))
+        return pool[pick]
+
+    # ---------------------------------------------------------------- clusters
+    def _clusters(self) -> None:
+        """SpRAy-style spectral clustering of the hotspot method's maps (eigengap count)."""
+        out, p = self.out, self.p
+        self.cluster_of = np.full(len(self.main.rows), -1)
+        self.cluster_table = pd.DataFrame()
+        m = self.hot_method
+        if m is None:
+            return
+        live = np.flatnonzero(self._live(m))
+        if len(live) < 10:
+            out.notes.append("fewer than 10 live maps: no clustering")
+            return
+        if len(live) > p.cluster_samples:
+            live = np.sort(self.ctx.rng("saliency.cluster").choice(live, p.cluster_samples, False))
+        feats = _downsample(self.main.thumbs[m][live], 16)
+        feats = feats.reshape(len(live), -1)
+        feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+        labels, k, gaps = _spectral(feats, p.clusters_max, self.ctx.seed)
+        self.cluster_of[live] = labels
+        out.metrics["clusters.n"] = int(k)
+        out.metrics["clusters.eigengap"] = float(gaps)
+        y = self.labels(self.main.rows)
+        stat = self.main.stats[m][self.stat_key]
+        table = []
+        candidates = 0
+        for c in range(k):
+            sel = live[labels == c]
+            row: dict[str, Any] = {
+                "cluster": c,
+                "size": len(sel),
+                "share": len(sel) / len(live),
+                f"mean_{self.stat_key}": float(np.nanmean(stat[sel])),
+            }
+            vals, counts = np.unique(y[sel], return_counts=True)
+            row["label_purity"] = float(counts.max() / counts.sum())
+            row["label_majority"] = str(vals[counts.argmax()])
+            flagged = []
+            for attr, lab in self.levels.items():
+                spec = self.ctx.config.data.attributes.get(attr)
+                if spec is not None and spec.kind == "continuous":
+                    continue
+                known = [x for x in lab[sel] if x is not None]
+                if not known:
+                    continue
+                levs, cnt = np.unique(np.array(known, dtype=str), return_counts=True)
+                purity = float(cnt.max() / cnt.sum())
+                top = str(levs[cnt.argmax()])
+                base_share = float(np.mean([x == top for x in lab if x is not None]))
+                row[f"{attr}_purity"] = purity
+                row[f"{attr}_majority"] = top
+                if row["share"] <= 0.5 and purity >= 0.9 and purity - base_share >= 0.2:
+                    flagged.append(f"{attr}={top} ({purity:.0%} vs {base_share:.0%} overall)")
+            row["candidate_shortcut"] = bool(flagged)
+            table.append(row)
+            if flagged:
+                candidates += 1
+                out.findings.append(
+                    Finding(
+                        check="saliency",
+                        rule="cluster_candidate",
+                        severity="note",
+                        message=f"{m} map cluster {c} ({row['share']:.0%} of maps) is nearly"
+                        f" pure in {', '.join(flagged)}; its mean {self.stat_key} share is"
+                        f" {row[f'mean_{self.stat_key}']:.2f}: a candidate shortcut strategy",
+                    )
+                )
+        out.metrics["clusters.candidates"] = candidates
+        self.cluster_table = pd.DataFrame(table)
+        out.tables["clusters"] = self.cluster_table
+
+    # ---------------------------------------------------------------- faithfulness
+    def _faithfulness(self) -> None:
+        """Deletion / insertion AUC (Petsiuk et al. 2018) on a subset, against a random order."""
+        out, p = self.out, self.p
+        if p.faithfulness_samples <= 0:
+            return
+        have = [m for m in self.methods if m in self.main.thumbs]
+        pool = self.ig_rows if "ig" in have and self.ig_rows is not None else self.rows
+        rows = self.subset(p.faithfulness_samples, "saliency.faith", pool)
+        pos = np.searchsorted(self.main.rows, rows)
+        orders: dict[str, np.ndarray] = {}
+        s = p.map_size
+        rng = self.ctx.rng("saliency.faith.order")
+        for m in have:
+            t = self.main.thumbs[m][pos]
+            if not np.isfinite(t).all():
+                continue
+            orders[m] = np.argsort(-t.reshape(len(rows), -1), axis=1, kind="stable")
+        if not orders:
+            return
+        orders["random"] = np.stack([rng.permutation(s * s) for _ in range(len(rows))])
+        names = list(orders)
+        fracs = np.linspace(0.0, 1.0, p.faithfulness_steps + 1)
+        order_t = {k: torch.from_numpy(v) for k, v in orders.items()}
+        runner = ImageForward(self.adapter, self.fixed)
+        cls_all = torch.from_numpy(self.cls_all)
+        where = {int(r): i for i, r in enumerate(rows)}
+        h, w = self.size
+
+        def fn(batch: Batch) -> np.ndarray:
+            assert batch.image is not None
+            images = batch.image
+            b = len(batch)
+            dev = images.device
+            blurred = gaussian_blur(images, p.blur_sigma)
+            sel = torch.tensor([where[int(i)] for i in batch.index.cpu()])
+            variants = [images, blurred]
+            for k in names:
+                o = order_t[k][sel]
+                rank = torch.empty_like(o)
+                rank.scatter_(1, o, torch.arange(s * s).expand(b, -1).contiguous())
+                rank_img = torch.nn.functional.interpolate(
+                    rank.view(b, 1, s, s).float(), size=(h, w), mode="nearest"
+                ).to(dev)
+                for f in fracs[1:-1]:
+                    top = rank_img < round(f * s * s)
+                    variants.append(torch.where(top, blurred, images))  # deletion
+                    variants.append(torch.where(top, images, blurred))  # insertion
+            cls = cls_all[batch.index.cpu()].to(dev)
+            scores = []
+            chunk = 8
+            with torch.no_grad():
+                for i in range(0, len(variants), chunk):
+                    part = torch.cat(variants[i : i + chunk])
+                    k = part.shape[0] // b
+                    z = runner(batch, part).float()
+                    scores.append(_prob(z, cls.repeat(k), self.column, self.kind).view(k, b))
+            return torch.cat(scores).cpu().numpy()  # (variants, b)
+
+        with runner.active():
+            parts = self.ctx.cache.map_batches(fn, desc="deletion / insertion", indices=rows)
+        sc = np.concatenate(parts, axis=1)  # (V, n)
+        full, empty = sc[0], sc[1]
+        n_mid = len(fracs) - 2
+        table = []
+        aucs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for j, k in enumerate(names):
+            mid = sc[2 + j * 2 * n_mid : 2 + (j + 1) * 2 * n_mid]
+            dele = np.vstack([full, mid[0::2], empty])
+            ins = np.vstack([empty, mid[1::2], full])
+            d_auc = np.trapezoid(dele, fracs, axis=0)
+            i_auc = np.trapezoid(ins, fracs, axis=0)
+            out.metrics[f"deletion_auc.{k}"] = self.boot(d_auc, rows)
+            out.metrics[f"insertion_auc.{k}"] = self.boot(i_auc, rows)
+            table.append({"method": k, "deletion_auc": d_auc.mean(), "insertion_auc": i_auc.mean()})
+            aucs[k] = (d_auc, i_auc)
+        rd, ri = aucs["random"]
+        for k in names:
+            if k == "random":
+                continue
+            d, i = aucs[k]
+            out.metrics[f"deletion_gain.{k}"] = self.paired(d, rd, rows)
+            out.metrics[f"insertion_gain.{k}"] = self.paired(ri, i, rows)
+        out.tables["faithfulness"] = pd.DataFrame(table)
+        out.metrics["faithfulness.n"] = len(rows)
+
+    # ---------------------------------------------------------------- tables
+    def _tables(self) -> None:
+        out, main = self.out, self.main
+        rows = main.rows
+        ds = self.ds
+        assert main.logits is not None
+        frame: dict[str, Any] = {
+            "id": ds.ids[rows],
+            "target": self.labels(rows),
+            "explained_class": self.cls_all[rows],
+            "score": self.positive_score(main.logits)
+            if main.logits.shape[1] == 1 or self.kind != "multiclass"
+            else main.logits.argmax(1),
+        }
+        if self.groups_all is not None:
+            frame["patient"] = self.groups_all[rows]
+        for attr, lab in getattr(self, "levels", {}).items():
+            frame[attr] = lab
+        for m in self.methods:
+            for k, v in main.stats[m].items():
+                if k.endswith("_chance"):
+                    continue
+                frame[f"{m}.{k}"] = v
+        for k in ("off_roi_chance", "border_chance"):
+            for m in self.methods:
+                if k in main.stats[m]:
+                    frame[k] = main.stats[m][k]
+                    break
+        if main.ig_delta is not None:
+            frame["ig.delta"] = main.ig_delta
+        if getattr(self, "occ", None) is not None:
+            for c in self.occ.columns:
+                frame[f"occlusion.{c}"] = self.occ[c].to_numpy()
+        frame["cluster"] = self.cluster_of
+        table = pd.DataFrame(frame)
+        out.tables["per_sample"] = table
+        out.per_sample = table
+        out.private.add("per_sample")
+        n = len(ds)
+        for m, t in main.thumbs.items():
+            small = _downsample(t, 16) if t.shape[1] > 16 else t
+            small = np.where(np.isfinite(t).all(axis=(1, 2))[:, None, None], small, np.nan)
+            full = np.full((n, *small.shape[1:]), np.nan, dtype=np.float16)
+            full[rows] = small.astype(np.float16)
+            out.arrays[f"map.{m}"] = full
+
+    # ---------------------------------------------------------------- figures
+    def _figures(self) -> None:
+        """Overlay grids, mean maps, histograms, randomisation curve, cluster exemplars."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        out, main = self.out, self.main
+        if main.images is None:
+            return
+        shown = [m for m in self.methods if m in main.thumbs and m in self.mean_maps]
+        if not shown:
+            return
+        lead = self.hot_method or shown[0]
+        score = (
+            _signed(main.logits, np.ones(len(main.rows), dtype=np.int64), self.column, "binary")
+            if self.kind != "multiclass"
+            else main.logits.max(1)
+        )
+        positives = (
+            np.flatnonzero(self.decision(main.logits) == 1)
+            if self.kind != "multiclass"
+            else np.arange(len(main.rows))
+        )
+        conf = positives[np.argsort(-score[positives], kind="stable")][:8]
+        if len(conf):
+            out.figures["overlays_confident_positives"] = _overlay_grid(
+                main, shown, conf, "most confident positive predictions"
+            )
+            out.private.add("overlays_confident_positives")
+        stat = main.stats[lead][self.stat_key]
+        finite = np.flatnonzero(np.isfinite(stat))
+        worst = finite[np.argsort(-stat[finite], kind="stable")][:8]
+        if len(worst):
+            word = "off-ROI" if self.has_masks else "border"
+            out.figures["overlays_most_off_roi"] = _overlay_grid(
+                main, shown, worst, f"highest {word} share ({lead})"
+            )
+            out.private.add("overlays_most_off_roi")
+        out.figures["mean_maps"] = _mean_maps(
+            self.mean_maps, main.roi, dict(self.candidates), self.size, self.trusted
+        )
+        out.figures["location_histograms"] = _histograms(self, shown)
+        curve = getattr(self, "sanity_curve", None)
+        if curve is not None and len(curve):
+            out.figures["randomisation_curve"] = _randomisation_curve(
+                curve, self.p.sanity_max_similarity
+            )
+        if len(self.cluster_table):
+            out.figures["cluster_exemplars"] = _cluster_exemplars(self, lead)
+            out.private.add("cluster_exemplars")
+
+
+# ==================================================================== module helpers
+
+
+class _GroupBootstrap:
+    """Patient-grouped bootstrap of means, paired mean differences and AUROC differences,
+    vectorised over resamples.
+
+    Why not ``stats.bootstrap_ci`` / ``paired_bootstrap_diff``: they evaluate a Python
+    statistic once per resample, and this check reports a few hundred means and a few dozen
+    AUROC differences, which took most of its time on the sample that way. Here the
+    resamples are drawn as multiplicity counts per patient (whole patients with replacement
+    over the audited rows, or rows when there is no patient column), the same resamples for
+    every statistic, and each resample's statistic comes from per-patient sums (means) or
+    weighted rank sums (AUROC) at once. The count matrix is kept when small and regenerated
+    block by block from the same seeds otherwise, so memory stays bounded for large
+    cohorts. A statistic of a subset (one attribute level, the IG subset) is resampled with
+    the whole cohort, so the subset's size varies as it would in a new cohort. Intervals are
+    percentile intervals; p-values are two-sided bootstrap p-values with the +1 correction,
+    as in ``stats``.
+    """
+
+    _BLOCK_ELEMS = 1 << 22
+
+    def __init__(self, groups: np.ndarray | None, n: int, n_boot: int, alpha: float, seed: int):
+        if groups is None:
+            self.codes = np.arange(n)
+        else:
+            _, inv = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+            self.codes = np.asarray(inv).reshape(-1)
+        self.n_groups = int(self.codes.max()) + 1 if n else 0
+        self.n_boot, self.alpha, self.seed = n_boot, alpha, seed
+        self.block = max(1, self._BLOCK_ELEMS // max(self.n_groups, 1))
+        self._kept = list(self._draw()) if n_boot * self.n_groups <= self._BLOCK_ELEMS else None
+
+    def _draw(self) -> Iterator[np.ndarray]:
+        g = max(self.n_groups, 1)
+        for j, start in enumerate(range(0, self.n_boot, self.block)):
+            b = min(self.block, self.n_boot - start)
+            draws = np.random.default_rng([self.seed, j]).integers(0, g, (b, self.n_groups))
+            flat = (draws + (np.arange(b) * self.n_groups)[:, None]).ravel()
+            yield np.bincount(flat, minlength=b * self.n_groups).reshape(b, -1).astype(float)
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """Resample counts per patient, ``(b, n_groups)`` blocks covering ``n_boot``."""
+        return iter(self._kept) if self._kept is not None else self._draw()
+
+    def _ci(self, values: np.ndarray) -> tuple[float | None, float | None]:
+        ok = values[np.isfinite(values)]
+        if ok.size < self.n_boot / 2 or self.n_groups < 2:
+            return None, None
+        lo, hi = np.quantile(ok, [self.alpha / 2, 1 - self.alpha / 2])
+        return float(lo), float(hi)
+
+    def _p(self, values: np.ndarray) -> float | None:
+        ok = values[np.isfinite(values)]
+        if ok.size < self.n_boot / 2 or self.n_groups < 2:
+            return None
+        p_le = (1 + np.count_nonzero(ok <= 0)) / (1 + ok.size)
+        p_ge = (1 + np.count_nonzero(ok >= 0)) / (1 + ok.size)
+        return float(min(1.0, 2 * min(p_le, p_ge)))
+
+    def _resampled_means(self, v: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        codes = self.codes[rows]
+        sums = np.bincount(codes, weights=v, minlength=self.n_groups)
+        sizes = np.bincount(codes, minlength=self.n_groups).astype(np.float64)
+        num = np.concatenate([c @ sums for c in self.blocks()])
+        den = np.concatenate([c @ sizes for c in self.blocks()])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+    def mean(self, values: np.ndarray, rows: np.ndarray) -> Estimate:
+        """Mean of the finite ``values`` (one per dataset row in ``rows``) with its CI."""
+        ok = np.isfinite(values)
+        if not ok.any():
+            return Estimate(float("nan"), n=0)
+        v = values[ok].astype(np.float64)
+        lo, hi = self._ci(self._resampled_means(v, rows[ok]))
+        return Estimate(float(v.mean()), lo, hi, int(ok.sum()))
+
+    def diff(self, a: np.ndarray, b: np.ndarray, rows: np.ndarray) -> Estimate:
+        """mean(b - a) over rows where both are finite: paired CI and two-sided p (= 0)."""
+        ok = np.isfinite(a) & np.isfinite(b)
+        if not ok.any():
+            return Estimate(float("nan"), n=0)
+        d = (b[ok] - a[ok]).astype(np.float64)
+        boot = self._resampled_means(d, rows[ok])
+        lo, hi = self._ci(boot)
+        return Estimate(float(d.mean()), lo, hi, int(ok.sum()), self._p(boot))
+
+    def auroc_diff(self, y: np.ndarray, a: np.ndarray, b: np.ndarray, rows: np.ndarray) -> Estimate:
+        """AUROC(y, b) - AUROC(y, a) (macro one-vs-rest for 2-D scores), paired."""
+        codes = self.codes[rows]
+        full = np.ones((1, len(rows)))
+        value = float(_weighted_auroc(full, y, b)[0] - _weighted_auroc(full, y, a)[0])
+        boot = np.concatenate(
+            [
+                _weighted_auroc(c[:, codes], y, b) - _weighted_auroc(c[:, codes], y, a)
+                for c in self.blocks()
+            ]
+        )
+        lo, hi = self._ci(boot)
+        return Estimate(value, lo, hi, len(rows), self._p(boot))
+
+
+def _weighted_auroc(w: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """AUROC of each resample (row of multiplicities ``w``, (B, n)): the Mann-Whitney U of
+    the weighted data, from cumulative per-tie-block counts; macro over classes for 2-D
+    scores; NaN where a resample lacks a class."""
+    if s.ndim == 2:
+        per = [_weighted_auroc(w, (y == k).astype(int), s[:, k]) for k in range(s.shape[1])]
+        with np.errstate(invalid="ignore"):
+            return np.nanmean(np.stack(per), axis=0)
+    order = np.argsort(s, kind="stable")
+    ss = s[order]
+    starts = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])
+    pos = (y[order] == 1).astype(np.float64)
+    ws = w[:, order]
+    pos_at = np.add.reduceat(ws * pos, starts, axis=1)
+    neg_at = np.add.reduceat(ws * (1 - pos), starts, axis=1)
+    below = np.cumsum(neg_at, axis=1) - neg_at
+    u = (pos_at * (below + 0.5 * neg_at)).sum(1)
+    den = pos_at.sum(1) * neg_at.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, u / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _pool(maps: torch.Tensor, s: int) -> torch.Tensor:
+    """``(B, H, W)`` averaged down (or bilinearly up) to ``(B, s, s)``."""
+    x = maps[:, None].float()
+    if maps.shape[-1] >= s and maps.shape[-2] >= s:
+        return torch.nn.functional.adaptive_avg_pool2d(x, s)[:, 0]
+    return torch.nn.functional.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)[
+        :, 0
+    ]
+
+
+def _downsample(t: np.ndarray, s: int) -> np.ndarray:
+    return _pool(torch.from_numpy(np.nan_to_num(t)).float(), s).numpy()
+
+
+def _collect(rows: np.ndarray, parts: list[dict[str, Any]], methods: list[str]) -> _Maps:
+    res = _Maps(rows=rows)
+    if parts and "logits" in parts[0]:
+        res.logits = np.concatenate([q["logits"] for q in parts])
+    for m in methods:
+        key = f"stat.{m}"
+        if not parts or key not in parts[0]:
+            continue
+        res.stats[m] = {k: np.concatenate([q[key][k] for q in parts]) for k in parts[0][key]}
+        res.thumbs[m] = np.concatenate([q[f"thumb.{m}"] for q in parts]).astype(np.float32)
+    if parts and "image" in parts[0]:
+        res.images = np.concatenate([q["image"] for q in parts])
+        if "roi" in parts[0]:
+            res.roi = np.concatenate([q["roi"] for q in parts])
+    return res
+
+
+def _signed(logits: np.ndarray, cls: np.ndarray, column: int, kind: str) -> np.ndarray:
+    """The explained score per row (numpy twin of ``saliency_maps.target_scores``)."""
+    if logits.shape[1] == 1 or kind != "multiclass":
+        z = logits[:, column]
+        return np.where(cls == 1, z, -z)
+    return logits[np.arange(len(cls)), cls]
+
+
+def _prob(z: torch.Tensor, cls: torch.Tensor, column: int, kind: str) -> torch.Tensor:
+    """Probability of the explained class."""
+    if z.shape[1] == 1 or kind != "multiclass":
+        s = z[:, column]
+        return torch.sigmoid(torch.where(cls == 1, s, -s))
+    return torch.softmax(z, 1).gather(1, cls[:, None].long())[:, 0]
+
+
+def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection over union of two boxes ``(r0, r1, c0, c1)``."""
+    ih = max(0, min(a[1], b[1]) - max(a[0], b[0]))
+    iw = max(0, min(a[3], b[3]) - max(a[2], b[2]))
+    inter = ih * iw
+    union = (a[1] - a[0]) * (a[3] - a[2]) + (b[1] - b[0]) * (b[3] - b[2]) - inter
+    return inter / union if union else 0.0
+
+
+def _value(metric: Any) -> float:
+    v = metric.value if isinstance(metric, Estimate) else metric
+    return float(v) if v is not None and np.isfinite(v) else -np.inf
+
+
+def _permuted_labels(
+    lab: np.ndarray, codes: np.ndarray, rng: np.random.Generator, n: int
+) -> Iterator[np.ndarray]:
+    """``n`` permutations of the labels; by patient (each patient keeps one label, the
+    labels are shuffled across patients) when the label is constant within patients, as
+    patient attributes are, so that a patient's rows move together; by row otherwise."""
+    uniq, first, inv = np.unique(codes, return_index=True, return_inverse=True)
+    per_patient = lab[first]
+    if len(uniq) < len(lab) and np.array_equal(per_patient[inv], lab):
+        for _ in range(n):
+            yield rng.permutation(per_patient)[inv]
+    else:
+        for _ in range(n):
+            yield rng.permutation(lab)
+
+
+def _level_gap(v: np.ndarray, lab: np.ndarray) -> float:
+    """Largest minus smallest level mean."""
+    means = [v[lab == lev].mean() for lev in np.unique(lab.astype(str))]
+    return float(max(means) - min(means))
+
+
+def _spectral(x: np.ndarray, k_max: int, seed: int) -> tuple[np.ndarray, int, float]:
+    """Spectral clustering of rows of ``x`` on a symmetric kNN affinity, the cluster count
+    chosen by the largest eigengap of the normalised Laplacian (von Luxburg 2007)."""
+    from scipy.sparse.csgraph import laplacian
+    from sklearn.cluster import SpectralClustering
+    from sklearn.neighbors import kneighbors_graph
+
+    n = x.shape[0]
+    k_nn = int(min(n - 1, max(5, round(math.log(n) * 2))))
+    a = kneighbors_graph(x, k_nn, mode="connectivity", include_self=False)
+    a = 0.5 * (a + a.T)
+    a = a.toarray()
+    lap = laplacian(a, normed=True)
+    ev = np.sort(np.linalg.eigvalsh(lap))[: min(k_max, n - 1) + 1]
+    gaps = np.diff(ev)
+    k = int(np.argmax(gaps[1:]) + 2) if len(gaps) > 1 else 1
+    if k < 2:
+        return np.zeros(n, dtype=int), 1, float(gaps[0]) if len(gaps) else 0.0
+    sc = SpectralClustering(
+        n_clusters=k, affinity="precomputed", random_state=seed, assign_labels="cluster_qr"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "graph is not fully connected"
+        labels = sc.fit_predict(a)
+    return labels, k, float(gaps[k - 1])
+
+
+def _image_root(adapter: ModelAdapter, cam_layers: dict[str, str]) -> str:
+    """Dotted path of the image encoder (what the sanity check randomises)."""
+    if "image" in adapter.layers:
+        return adapter.layers["image"]
+    layer = next(iter(cam_layers.values()), None)
+    if layer is not None:
+        path = adapter.layers.get(layer, layer)
+        return path.split(".")[0]
+    return ""
+
+
+def _shadow(adapter: ModelAdapter, module: torch.nn.Module) -> ModelAdapter:
+    """A copy of the adapter that runs ``module`` (a grafted tree) instead of its own."""
+    shadow = copy.copy(adapter)
+    shadow.module = module
+    shadow._handles = []
+    return shadow
+
+
+def _probe_layers(
+    adapter: ModelAdapter, ds: Any, rows: np.ndarray, layer: str, info: Any
+) -> str | None:
+    """Run two images through the model capturing the CAM layer and every Conv2d of the image
+    encoder; check the CAM layer gives a map; return the last conv at least twice as fine."""
+
+    root = _image_root(adapter, {"x": layer})
+    enc = adapter.module.get_submodule(root) if root else adapter.module
+    prefix = f"{root}." if root else ""
+    convs = [
+        (prefix + n) if n else root
+        for n, m in enc.named_modules()
+        if isinstance(m, torch.nn.Conv2d) and "downsample" not in n and "shortcut" not in n
+    ]
+    batch = ds.collate([ds[int(i)] for i in rows]).to(adapter.device)
+    with torch.no_grad(), adapter.capture([layer, *convs]) as store:
+        adapter.logits(batch)
+        grid = to_grid(store[layer], info)
+        h = grid.shape[-2]
+        finer = [
+            c for c in convs if c in store and store[c].dim() == 4 and store[c].shape[-2] >= 2 * h
+        ]
+    return finer[-1] if finer else None
+
+
+# ==================================================================== figures
+
+
+def _overlay(ax: Any, image: np.ndarray, heat: np.ndarray, roi: np.ndarray | None) -> None:
+    ax.imshow(image, cmap="gray")
+    ax.imshow(heat, cmap="jet", alpha=0.45)
+    if roi is not None and np.isfinite(roi).all() and roi.max() > 0:
+        ax.contour(roi, levels=[0.5], colors="white", linewidths=0.6)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _overlay_grid(main: _Maps, methods: list[str], picks: np.ndarray, title: str) -> Figure:
+    """Rows: methods; columns: the picked samples; image, map and ROI contour."""
+    import matplotlib.pyplot as plt
+
+    assert main.images is not None
+    fig, axes = plt.subplots(
+        len(methods),
+        len(picks),
+        figsize=(1.4 * len(picks) + 0.6, 1.4 * len(methods) + 0.4),
+        squeeze=False,
+    )
+    for r, m in enumerate(methods):
+        for c, i in enumerate(picks):
+            ax = axes[r, c]
+            heat = main.thumbs[m][i]
+            if not np.isfinite(heat).all():
+                heat = np.zeros_like(heat)
+            roi = main.roi[i] if main.roi is not None else None
+            _overlay(ax, main.images[i], heat, roi)
+            if c == 0:
+                ax.set_ylabel(m, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def _mean_maps(
+    maps: dict[str, np.ndarray],
+    roi: np.ndarray | None,
+    boxes: dict[str, tuple[int, int, int, int]],
+    size: tuple[int, int],
+    trusted: dict[str, bool],
+) -> Figure:
+    """The dataset-mean normalised map per method, mean ROI contour, candidate hotspot box."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    fig, axes = plt.subplots(1, len(maps), figsize=(2.4 * len(maps), 2.6), squeeze=False)
+    for ax, (m, mean) in zip(axes[0], maps.items(), strict=True):
+        ax.imshow(mean, cmap="magma")
+        if roi is not None and np.isfinite(roi).any():
+            ax.contour(np.nanmean(roi, axis=0), levels=[0.5], colors="cyan", linewidths=0.8)
+        if m in boxes:
+            s = mean.shape[0]
+            r0, r1, c0, c1 = boxes[m]
+            fy, fx = s / size[0], s / size[1]
+            ax.add_patch(
+                Rectangle(
+                    (c0 * fx - 0.5, r0 * fy - 0.5),
+                    (c1 - c0) * fx,
+                    (r1 - r0) * fy,
+                    fill=False,
+                    edgecolor="lime",
+                    linewidth=1.2,
+                )
+            )
+        ax.set_title(m + ("" if trusted.get(m, True) else " (untrusted)"), fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("mean normalised map (cyan: mean ROI, green: hotspot box tested)", fontsize=9)
+    return fig
+
+
+def _histograms(run: _Run, methods: list[str]) -> Figure:
+    """Per-method histograms of the per-sample off-ROI (or border) share with chance, and the
+    lead method per level of every attribute."""
+    import matplotlib.pyplot as plt
+
+    main, key = run.main, run.stat_key
+    attrs = list(getattr(run, "levels", {}).items())
+    ncol = max(len(methods), len(attrs), 1)
+    fig, axes = plt.subplots(
+        2 if attrs else 1, ncol, figsize=(2.6 * ncol, 4.6 if attrs else 2.4), squeeze=False
+    )
+    chance = main.stats[methods[0]].get(f"{key}_chance")
+    for ax, m in zip(axes[0], methods, strict=False):
+        v = main.stats[m][key]
+        ax.hist(v[np.isfinite(v)], bins=20, range=(0, 1), color="tab:blue", alpha=0.8)
+        if chance is not None and np.isfinite(chance).any():
+            ax.axvline(float(np.nanmean(chance)), color="k", linestyle="--", linewidth=1)
+        ax.set_title(f"{m}: {key} share", fontsize=8)
+    lead = run.hot_method or methods[0]
+    for ax, (attr, lab) in zip(axes[1] if attrs else [], attrs, strict=False):
+        v = main.stats[lead][key]
+        present = {x for x in lab if x is not None}
+        levels = [
+            x for x in getattr(run, "level_order", {}).get(attr, sorted(present)) if x in present
+        ]
+        data = [v[(lab == lev) & np.isfinite(v)] for lev in levels]
+        ax.boxplot(data, tick_labels=levels, showfliers=False)
+        ax.set_title(f"{lead} {key} by {attr}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for row in axes:
+        for ax in row:
+            if not ax.has_data():
+                ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def _randomisation_curve(curve: pd.DataFrame, sanity_limit: float) -> Figure:
+    """Similarity of trained vs randomised maps as more layers (top first) are randomised."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 2.6))
+    for m, part in curve.groupby("method", sort=False):
+        x = [0.0, *part["fraction"]]  # the trained model: identical maps
+        axes[0].plot(x, [1.0, *part["spearman"]], marker="o", label=str(m))
+        axes[1].plot(x, [1.0, *part["ssim"]], marker="o", label=str(m))
+    low = min(-0.2, float(curve[["spearman", "ssim"]].min().min()) - 0.05)
+    for ax, name in zip(axes, ("Spearman", "SSIM"), strict=True):
+        ax.set_xlabel("share of image-encoder layers randomised (top first)", fontsize=8)
+        ax.set_ylabel(name, fontsize=8)
+        ax.set_ylim(low, 1.05)
+        ax.axhline(0.0, color="grey", linewidth=0.5)
+    axes[0].axhline(sanity_limit, color="red", linestyle="--", linewidth=0.8)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("model-parameter randomisation (maps should change)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _cluster_exemplars(run: _Run, method: str) -> Figure:
+    """One row per cluster: its mean map and up to four member overlays."""
+    import matplotlib.pyplot as plt
+
+    main, table = run.main, run.cluster_table
+    assert main.images is not None
+    k = len(table)
+    fig, axes = plt.subplots(k, 5, figsize=(7.0, 1.5 * k + 0.4), squeeze=False)
+    for r, row in table.iterrows():
+        members = np.flatnonzero(run.cluster_of == row["cluster"])
+        mean = np.nanmean(main.thumbs[method][members], axis=0)
+        axes[r, 0].imshow(mean, cmap="magma")
+        axes[r, 0].set_ylabel(f"c{row['cluster']} ({row['share']:.0%})", fontsize=8)
+        for c, i in enumerate(members[:4]):
+            roi = main.roi[i] if main.roi is not None else None
+            _overlay(axes[r, c + 1], main.images[i], main.thumbs[method][i], roi)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if not ax.has_data():
+                ax.set_visible(False)
+    fig.suptitle(f"{method} map clusters (SpRAy): mean map and members", fontsize=9)
+    return fig

@@ -1,0 +1,503 @@
+"""The ``saliency`` check: planted shortcuts fail and clean models pass (toy models with a
+known answer, then the bundled sample), the sanity check catches weight-independent maps,
+and bad input (no conv layer, no masks, one class, dead gradients) never crashes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from mmaudit.check import AuditContext, CheckOutput, Finding, load_builtin_checks
+from mmaudit.findings import judge
+from mmaudit.stats import Estimate
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+S = 24  # toy image side
+N = 96
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _two_threads() -> Iterator[None]:
+    n = torch.get_num_threads()
+    torch.set_num_threads(min(2, n))
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------- toy models
+
+
+class ToyNet(nn.Module):
+    """conv (identity + 3x3 mean) -> ReLU -> a learned spatial read-out -> logit.
+
+    ``focus="corner"`` reads only the top-left 4x4 corner (where site B burns a marker: the
+    planted shortcut, outside the ROI); ``focus="centre"`` reads only the ROI, where the
+    label lives. The correct attribution is known: the read-out region. ``dead`` gives the
+    conv a huge negative bias, so every activation and gradient is zero.
+    """
+
+    def __init__(self, focus: str, dead: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[0, 0, 1, 1] = 1.0
+            self.conv.weight[1, 0] = 1.0 / 9.0
+            self.conv.bias.fill_(-100.0 if dead else 0.0)
+        w = torch.zeros(2, S, S)
+        region = (slice(1, 5), slice(1, 5)) if focus == "corner" else (slice(8, 16), slice(8, 16))
+        w[:, region[0], region[1]] = 1.0
+        self.readout = nn.Parameter(w / w[0].sum())
+        self.offset = 0.8 if focus == "corner" else 0.5
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.conv(image))
+        return (4.0 * ((a * self.readout).sum(dim=(1, 2, 3)) / 2 - self.offset))[:, None]
+
+
+class Toy(nn.Module):
+    def __init__(
+        self, focus: str = "corner", dead: bool = False, flat: bool = False, two: bool = False
+    ) -> None:
+        super().__init__()
+        self.two = two  # two logits [-z, z]: a softmax (multiclass) model
+        self.net: nn.Module = ToyNet(focus, dead)
+        if flat:  # no conv / token layer to hook: flatten -> linear on the same read-out
+            readout = self.net.readout.detach()[0].reshape(-1)
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(S * S, 1))
+            with torch.no_grad():
+                self.net[1].weight.copy_(4.0 * readout[None])
+                self.net[1].bias.fill_(-4.0 * 0.5)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        z = self.net(image)
+        return torch.cat([-z, z], dim=1) if self.two else z
+
+
+class Insensitive(nn.Module):
+    """logit = sum of W * x with W nearly constant: its IG map is the input itself whatever
+    W is, so randomising W leaves the maps unchanged (a failed sanity check by design)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Linear(S * S, 1)
+        with torch.no_grad():
+            self.net.weight.copy_(1.0 + 0.01 * torch.randn(1, S * S))
+            self.net.bias.fill_(0.0)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image.flatten(1)) / (S * S)
+
+
+def build_toy(
+    focus: str = "corner", dead: bool = False, flat: bool = False, two: bool = False
+) -> nn.Module:
+    """The factory the configs name as ``test_saliency:build_toy``."""
+    return Toy(focus, dead, flat, two).eval()
+
+
+def build_insensitive() -> nn.Module:
+    return Insensitive().eval()
+
+
+# ----------------------------------------------------------------------------- toy data
+
+
+def write_toy_data(folder: Path, *, one_class_images: bool = False) -> Path:
+    """24x24 images: a bright textured ROI square whose brightness carries the label, a 4x4
+    marker in the top-left corner on every site-B image, site B mostly positive."""
+    rng = np.random.default_rng(0)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(exist_ok=True)
+    rows = []
+    site = np.array(["A", "B"] * (N // 2))
+    label = np.where(site == "B", rng.random(N) < 0.8, rng.random(N) < 0.2).astype(int)
+    for i in range(N):
+        img = rng.normal(60, 8, (S, S))
+        img[6:18, 6:18] = rng.normal(110 + 80 * label[i], 10, (12, 12))
+        if site[i] == "B":
+            img[1:5, 1:5] = 240
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / "images" / f"t{i}.png")
+        mask = np.zeros((S, S), np.uint8)
+        mask[6:18, 6:18] = 255
+        Image.fromarray(mask).save(folder / "masks" / f"t{i}.png")
+        image_cell = "" if one_class_images and label[i] == 0 else f"images/t{i}.png"
+        rows.append(
+            {
+                "id": f"t{i}",
+                "patient": f"q{i // 2}",
+                "image_path": image_cell,
+                "mask_path": f"masks/t{i}.png",
+                "label": int(label[i]),
+                "site": site[i],
+                "sex": "F" if rng.random() < 0.5 else "M",
+            }
+        )
+    manifest = folder / ("one_class.csv" if one_class_images else "manifest.csv")
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def toy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("saliency_toy")
+    write_toy_data(folder)
+    write_toy_data(folder, one_class_images=True)
+    return folder
+
+
+FAST = {
+    "subset_samples": 32,
+    "ig_steps": 8,
+    "sanity_samples": 16,
+    "sanity_stages": 2,
+    "faithfulness_samples": 16,
+    "faithfulness_steps": 4,
+    "hotspot_null": 50,
+    "n_permutations": 50,
+}
+
+
+def toy_context(
+    toy_dir: Path,
+    *,
+    factory: str = "build_toy",
+    kwargs: dict[str, Any] | None = None,
+    masks: bool = True,
+    manifest: str = "manifest.csv",
+    layers: dict[str, str] | None = None,
+    target: dict[str, Any] | None = None,
+) -> AuditContext:
+    from mmaudit.cache import InferenceCache
+    from mmaudit.config import AuditConfig
+    from mmaudit.data import build_dataset
+    from mmaudit.model import load_model
+
+    image: dict[str, Any] = {"column": "image_path", "size": S, "channels": 1}
+    if masks:
+        image["roi_mask"] = "mask_path"
+    cfg = AuditConfig.model_validate(
+        {
+            "model": {
+                "factory": f"test_saliency:{factory}",
+                "kwargs": kwargs or {},
+                "python_path": [str(TESTS)],
+                "layers": {"image": "net"} if layers is None else layers,
+            },
+            "data": {
+                "manifest": str(toy_dir / manifest),
+                "id": "id",
+                "patient": "patient",
+                "target": target or {"column": "label"},
+                "image": image,
+                "attributes": {"site": {}, "sex": {}},
+            },
+            "runtime": {"device": "cpu", "batch_size": 32, "progress": False},
+        }
+    )
+    ds = build_dataset(cfg)
+    adapter = load_model(cfg.model, ds.modalities, cfg.runtime)
+    cache = InferenceCache(adapter, ds, batch_size=32, seed=0)
+    return AuditContext(config=cfg, dataset=ds, adapter=adapter, cache=cache, seed=0)
+
+
+def run_check(ctx: AuditContext, **params: Any) -> tuple[CheckOutput, list[Finding]]:
+    cls = load_builtin_checks()["saliency"]
+    check = cls(cls.Params.model_validate({**FAST, **params}))
+    reason = check.missing_requirements(ctx)
+    assert reason is None, reason
+    state = {k: v.clone() for k, v in ctx.adapter.module.state_dict().items()}
+    modules = dict(ctx.adapter.module.named_modules())
+    out = check.run(ctx)
+    # the audited model is left exactly as it was: same modules, same weights, no hooks
+    assert ctx.adapter.hook_count() == 0
+    assert dict(ctx.adapter.module.named_modules()).keys() == modules.keys()
+    assert all(m is modules[n] for n, m in ctx.adapter.module.named_modules())
+    for k, v in ctx.adapter.module.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    import matplotlib.pyplot as plt
+
+    for fig in out.figures.values():
+        plt.close(fig)
+    return out, list(out.findings) + judge("saliency", out.metrics, cls.default_thresholds)
+
+
+def _value(metric: Any) -> float:
+    return float(metric.value) if isinstance(metric, Estimate) else float(metric)
+
+
+def _severities(findings: list[Finding]) -> dict[str, str]:
+    return {f.rule: f.severity for f in findings if f.severity in ("warn", "fail")}
+
+
+# ----------------------------------------------------------------------------- toy tests
+
+
+@pytest.fixture(scope="module")
+def toy_runs(toy_dir: Path) -> dict[str, tuple[CheckOutput, list[Finding]]]:
+    runs = {}
+    for focus in ("corner", "centre"):
+        ctx = toy_context(toy_dir, kwargs={"focus": focus})
+        runs[focus] = run_check(ctx)
+    return runs
+
+
+def test_toy_shortcut_fails_on_the_corner_and_is_located(toy_runs: Any) -> None:
+    out, findings = toy_runs["corner"]
+    assert _severities(findings).get("hotspot_used") == "fail"
+    m = out.metrics
+    worst = m["offroi_hotspot.method"]
+    assert _value(m[f"hotspot.row.{worst}"]) < 0.25 and _value(m[f"hotspot.col.{worst}"]) < 0.25
+    est = m["offroi_hotspot.flip_excess"]
+    assert isinstance(est, Estimate) and est.value > 0.3 and est.null_p < 0.05
+    # the analytically faithful maps (elementwise gradient x activation, IG) sit off the
+    # ROI, far above chance and above the randomised model's, and pass the sanity check
+    for method in ("hirescam", "ig"):
+        assert _value(m[f"off_roi.{method}"]) > 0.99  # the analytic answer: all of it
+        assert _value(m[f"off_roi_excess.{method}"]) == pytest.approx(0.25, abs=0.01)
+        assert _value(m[f"off_roi_vs_random.{method}"]) > 0.0
+        assert _value(m[f"sanity.spearman.{method}"]) < 0.5
+    assert _severities(findings).get("off_roi_above_chance") == "warn"
+    # Grad-CAM averages the gradient over space, so here it lights up every bright region
+    # whatever the weights are: the randomisation test catches exactly that
+    assert _value(m["sanity.spearman.gradcam"]) > 0.5
+    assert _severities(findings).get("sanity_failed") == "warn"
+    # the per-sample table, the figures, the compact maps for `mmaudit diff`
+    table = out.tables["per_sample"]
+    assert len(table) == N and {"id", "gradcam.off_roi", "ig.delta", "cluster"} <= set(table)
+    assert {"overlays_confident_positives", "mean_maps", "randomisation_curve"} <= set(out.figures)
+    assert out.arrays["map.gradcam"].shape == (N, 16, 16)
+    assert "overlays_confident_positives" in out.private
+
+
+def test_toy_clean_model_passes_and_points_at_the_roi(toy_runs: Any) -> None:
+    out, findings = toy_runs["centre"]
+    sev = _severities(findings)
+    assert "hotspot_used" not in sev and "off_roi_above_chance" not in sev, findings
+    m = out.metrics
+    for method in ("hirescam", "layercam", "ig"):  # Grad-CAM: see the corner test
+        assert _value(m[f"off_roi.{method}"]) < 0.01  # the analytic answer: none
+        assert _value(m[f"pointing.{method}"]) > 0.9
+    flips = m["offroi_hotspot.flip_excess"]
+    assert not np.isfinite(_value(flips)) or abs(_value(flips)) < 0.05
+    # deletion ordered by the map removes evidence faster than a random order
+    assert _value(m["deletion_auc.ig"]) < _value(m["deletion_auc.random"])
+
+
+def test_without_masks_the_border_band_stands_in(toy_dir: Path) -> None:
+    ctx = toy_context(toy_dir, kwargs={"focus": "corner"}, masks=False)
+    # a band of 5 px (0.2 x 24) holds the whole 4x4 marker at rows / cols 1-4
+    out, findings = run_check(ctx, methods=["gradcam", "ig"], sanity=False, border=0.2)
+    m = out.metrics
+    assert not any(k.startswith("off_roi") for k in m)
+    assert _value(m["border.ig"]) > 0.99
+    assert _value(m["border_excess.ig"]) > 0.3
+    sev = _severities(findings)
+    assert sev.get("border_above_chance") == "warn" and sev.get("hotspot_used") == "fail"
+    assert any("no ROI masks" in n for n in out.notes)
+
+
+def test_occlusion_maps_find_the_corner(toy_dir: Path) -> None:
+    ctx = toy_context(toy_dir, kwargs={"focus": "corner"})
+    # 5-px windows locate the 4-px marker only to a window, so the tested box is larger
+    out, findings = run_check(
+        ctx,
+        methods=["occlusion"],
+        subset_samples=24,
+        sanity=False,
+        occlusion_window=0.2,
+        hotspot_size=0.25,
+    )
+    m = out.metrics
+    assert m["offroi_hotspot.method"] == "occlusion"
+    assert _value(m["hotspot.row.occlusion"]) < 0.25 and _value(m["hotspot.col.occlusion"]) < 0.25
+    assert _severities(findings).get("hotspot_used") == "fail"
+
+
+def test_donor_infill_and_a_softmax_model(toy_dir: Path) -> None:
+    ctx = toy_context(
+        toy_dir,
+        kwargs={"focus": "corner", "two": True},
+        target={"column": "label", "kind": "multiclass", "classes": ["0", "1"]},
+    )
+    out, findings = run_check(
+        ctx, methods=["hirescam", "ig"], infill="donor", ig_baseline="mean", sanity=False
+    )
+    m = out.metrics
+    assert _severities(findings).get("hotspot_used") == "fail"
+    worst = m["offroi_hotspot.method"]
+    assert _value(m[f"hotspot.row.{worst}"]) < 0.25 and _value(m[f"hotspot.col.{worst}"]) < 0.25
+    assert _value(m[f"occlusion.delta_auroc_excess.{worst}"]) > 0
+
+
+def test_sanity_check_flags_weight_independent_maps(toy_dir: Path) -> None:
+    ctx = toy_context(toy_dir, factory="build_insensitive", layers={"image": "net"})
+    out, findings = run_check(ctx, methods=["ig"], faithfulness_samples=0)
+    assert _value(out.metrics["sanity.spearman.ig"]) > 0.9
+    assert _severities(findings).get("sanity_failed") == "warn"
+    untrusted = [f for f in findings if f.rule == "sanity_untrusted"]
+    assert untrusted and "cannot be trusted" in untrusted[0].message
+    # an untrusted method's location metrics carry no p-value, so they raise nothing
+    assert out.metrics["off_roi_excess.ig"].null_p is None  # type: ignore[union-attr]
+
+
+def test_no_conv_layer_skips_cams_but_ig_runs(toy_dir: Path) -> None:
+    ctx = toy_context(toy_dir, kwargs={"flat": True}, layers={})
+    assert "gradcam" not in ctx.adapter.layers
+    cls = load_builtin_checks()["saliency"]
+    only_cams = cls(cls.Params(methods=["gradcam", "layercam"]))
+    assert "no conv / token layer" in (only_cams.missing_requirements(ctx) or "")
+    out, _ = run_check(ctx, methods=["gradcam", "ig"], sanity=False)
+    assert any("CAM methods ['gradcam'] skipped" in n for n in out.notes)
+    assert "off_roi.ig" in out.metrics and "off_roi.gradcam" not in out.metrics
+
+
+def test_a_layer_that_gives_no_map_is_a_note(toy_dir: Path) -> None:
+    ctx = toy_context(toy_dir, kwargs={"flat": True}, layers={"gradcam": "net.1"})
+    out, _ = run_check(ctx, methods=["gradcam", "ig"], sanity=False, faithfulness_samples=0)
+    assert any("layer 'net.1'" in n and "CAM methods" in n for n in out.notes)
+    assert "off_roi.ig" in out.metrics
+
+
+def test_dead_gradients_give_a_finding_not_a_crash(toy_dir: Path) -> None:
+    ctx = toy_context(toy_dir, kwargs={"dead": True})
+    out, findings = run_check(ctx, methods=["gradcam", "ig"])
+    dead = [f for f in findings if f.rule == "dead_maps"]
+    assert {f.metric for f in dead} == {"dead_maps.gradcam", "dead_maps.ig"}
+    assert all(f.severity == "warn" for f in dead)
+    assert any("no live saliency map" in n for n in out.notes)
+    assert "hotspot_used" not in _severities(findings)
+
+
+def test_single_class_image_rows_leave_auroc_undefined(toy_dir: Path) -> None:
+    ctx = toy_context(toy_dir, kwargs={"focus": "corner"}, manifest="one_class.csv")
+    out, _ = run_check(ctx, methods=["gradcam"], sanity=False, faithfulness_samples=0)
+    assert out.metrics["n_images"] < N
+    assert any("one class" in n for n in out.notes)
+    assert not any(k.startswith("occlusion.delta_auroc") for k in out.metrics)
+    assert any(k.startswith("occlusion.flip_excess") for k in out.metrics)
+
+
+def test_params_are_validated() -> None:
+    from mmaudit.check import build_params
+    from mmaudit.errors import CheckError
+
+    cls = load_builtin_checks()["saliency"]
+    with pytest.raises(CheckError, match="unknown key 'ig_step'") as info:
+        build_params(cls, {"ig_step": 4}, "checks.saliency")
+    assert "did you mean 'ig_steps'" in info.value.one_line()
+    with pytest.raises(CheckError, match="methods"):
+        build_params(cls, {"methods": ["smoothgrad"]}, "checks.saliency")
+
+
+# ----------------------------------------------------------------------------- the sample
+
+SAMPLE_FAST = {
+    "methods": ["ig"],
+    "sanity": False,
+    "faithfulness_samples": 0,
+    "hotspot_max": 3,
+    "hotspot_null": 50,
+    "n_permutations": 100,
+}
+
+
+def sample_context(checkpoint: str) -> AuditContext:
+    from mmaudit.cache import InferenceCache
+    from mmaudit.config import load_config
+    from mmaudit.data import build_dataset
+    from mmaudit.model import load_model
+
+    cfg = load_config(ROOT / "configs" / "sample.yaml")
+    cfg.model.checkpoint = ROOT / "sample_data" / "checkpoints" / checkpoint
+    cfg.runtime.device = "cpu"
+    cfg.runtime.progress = False
+    ds = build_dataset(cfg)
+    adapter = load_model(cfg.model, ds.modalities, cfg.runtime)
+    cache = InferenceCache(adapter, ds, batch_size=64, seed=0)
+    cache.request_layers([k for k in ("embedding", *ds.modalities) if k in adapter.layers])
+    return AuditContext(config=cfg, dataset=ds, adapter=adapter, cache=cache, seed=0)
+
+
+@pytest.fixture(scope="module")
+def sample_runs() -> dict[str, tuple[CheckOutput, list[Finding]]]:
+    cls = load_builtin_checks()["saliency"]
+    runs = {}
+    for name in ("shortcut", "clean"):
+        ctx = sample_context(name)
+        check = cls(cls.Params.model_validate(SAMPLE_FAST))
+        out = check.run(ctx)
+        assert ctx.adapter.hook_count() == 0
+        runs[name] = (
+            out,
+            list(out.findings) + judge("saliency", out.metrics, cls.default_thresholds),
+        )
+    return runs
+
+
+def test_sample_shortcut_fails_on_the_marker(sample_runs: Any) -> None:
+    out, findings = sample_runs["shortcut"]
+    assert _severities(findings).get("hotspot_used") == "fail"
+    m = out.metrics
+    worst = m["offroi_hotspot.method"]
+    # the box tested is the top-left marker (rows 2-7, cols 2-7 of 64)
+    assert _value(m[f"hotspot.row.{worst}"]) < 0.2 and _value(m[f"hotspot.col.{worst}"]) < 0.2
+    assert _value(m[f"occlusion.delta_auroc_excess.{worst}"]) > 0
+    assert _value(m["ig.delta_rel"]) < 0.05  # IG completeness on the real model
+
+
+def test_sample_clean_model_does_not_fail(sample_runs: Any) -> None:
+    _, findings = sample_runs["clean"]
+    assert "hotspot_used" not in _severities(findings), findings
+
+
+def test_sample_sex_trace_raises_no_saliency_finding(sample_runs: Any) -> None:
+    for name, (out, findings) in sample_runs.items():
+        assert not any("sex" in (f.metric or "") or "sex" in f.message for f in findings), name
+        for key, metric in out.metrics.items():
+            if key.startswith("subgroup_gap.sex."):
+                assert isinstance(metric, Estimate)
+                assert metric.null_p is None or metric.null_p > 0.05, (name, key, metric)
+
+
+def test_grouped_bootstrap_matches_the_stats_module() -> None:
+    from mmaudit.checks.saliency import _GroupBootstrap
+    from mmaudit.stats import auroc, bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    n = 300
+    groups = np.repeat(np.arange(150), 2).astype(str)
+    v = rng.normal(0.3, 1.0, n) + np.repeat(rng.normal(0, 1, 150), 2)  # patient effect
+    rows = np.arange(n)
+    bs = _GroupBootstrap(groups, n, 2000, 0.05, seed=0)
+    ours = bs.mean(v, rows)
+    ref = bootstrap_ci(np.mean, v, groups=groups, n_boot=2000, seed=0)
+    assert ours.value == pytest.approx(ref.value)
+    assert ours.ci_low == pytest.approx(ref.ci_low, abs=0.03)
+    assert ours.ci_high == pytest.approx(ref.ci_high, abs=0.03)
+    # rows resampled alone would give a narrower, wrong interval for clustered data
+    by_row = _GroupBootstrap(None, n, 2000, 0.05, seed=0).mean(v, rows)
+    assert by_row.ci_high - by_row.ci_low < ours.ci_high - ours.ci_low
+    y = (v + rng.normal(0, 1, n) > 0.3).astype(int)
+    a, b = rng.normal(size=n), v
+    d = bs.auroc_diff(y, a, b, rows)
+    assert d.value == pytest.approx(auroc(y, b) - auroc(y, a))
+    assert d.ci_low < d.value < d.ci_high and d.null_p is not None and d.null_p < 0.01
+    # block-by-block regeneration (large cohorts) gives the very same resamples
+    small = _GroupBootstrap(groups, n, 2000, 0.05, seed=0)
+    small._kept = None
+    small.block = 7
+    kept_blocks = _GroupBootstrap(groups, n, 2000, 0.05, seed=0)
+    kept_blocks.block = 7
+    kept_blocks._kept = list(kept_blocks._draw())
+    assert small.mean(v, rows) == kept_blocks.mean(v, rows)
