@@ -115,7 +115,9 @@ def test_full_yaml_documents_every_check_param_and_rule() -> None:
         assert name in checks, f"configs/full.yaml lacks checks.{name}"
         params = checks[name].get("params", {})
         for field_name, field in cls.Params.model_fields.items():
-            assert field_name in params, f"configs/full.yaml lacks checks.{name}.params.{field_name}"
+            assert field_name in params, (
+                f"configs/full.yaml lacks checks.{name}.params.{field_name}"
+            )
             default = field.get_default(call_default_factory=True)
             documented = cls.Params.model_validate({field_name: params[field_name]})
             assert getattr(documented, field_name) == default, f"{name}.{field_name} default"
