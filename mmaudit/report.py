@@ -229,6 +229,9 @@ class ReportWriter:
         payload = json_safe(report.model_dump(mode="python"))
         (self.stage / "report.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
         write_views(self.stage, report)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.stage, 0o777 & ~umask)  # mkdtemp made it private; a report is not
         if self.out.exists():
             trash = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
             self.out.rename(trash)
