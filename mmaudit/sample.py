@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,6 +69,40 @@ def _all_batches(ds: AuditDataset, rows: np.ndarray) -> Batch:
     return ds.collate(items)
 
 
+def sample_architecture(vocab_size: int) -> Any:
+    """The built-in architecture of the sample checkpoints: tiny ResNet + 2-layer BERT + lab MLP,
+    concat fusion, learned missing-modality tokens."""
+    from mmaudit.models import ArchitectureSpec, tiny_image_spec, tiny_text_spec
+
+    spec = ArchitectureSpec(
+        modalities=["image", "text", "tabular"],
+        image=tiny_image_spec(IMAGE_SIZE),
+        text=tiny_text_spec(vocab_size),
+        tabular={"n_features": len(LAB_COLUMNS), "hidden": [32]},
+        dim=32,
+        fusion="concat",
+        num_outputs=1,
+        missing_tokens=True,
+        dropout=0.1,
+    )
+    spec.text.max_length = MAX_TOKENS  # type: ignore[union-attr]
+    return spec
+
+
+def prepare_data(
+    folder: Path, n: int, seed: int, **generator_kwargs: Any
+) -> dict[str, tuple[float, float]]:
+    """Generate studies and the tokenizer into ``folder``; return the train split's lab
+    statistics (mean, std), which the audit config gives as ``normalization: given``."""
+    from mmaudit.sample_data_gen import generate_sample, train_tokenizer
+
+    frame = generate_sample(folder, n=n, seed=seed, **generator_kwargs)
+    texts = [str(t) for t in frame.loc[frame["split"] == "train", "report"].dropna()]
+    train_tokenizer(texts, folder / "tokenizer")
+    ds = AuditDataset(sample_data_config(folder, ["train"]), RuntimeConfig(seed=seed))
+    return {k: (round(v[0], 4), round(v[1], 4)) for k, v in ds.tabular_stats.items()}
+
+
 def random_shift(images: torch.Tensor, max_shift: int, rng: np.random.Generator) -> torch.Tensor:
     """Shift each image by up to ``max_shift`` px (edge-replicated, never wrapped around, so a
     corner marker stays in its corner): without it a small CNN trained on ~300 rows barely
@@ -92,28 +127,11 @@ def train_checkpoint(
     modality_dropout: float = 0.15,
 ) -> dict[str, float]:
     """Train a built-in image + text + labs model on ``rows`` of ``ds`` and save it to ``out``."""
-    from mmaudit.models import (
-        ArchitectureSpec,
-        build_model,
-        save_checkpoint,
-        tiny_image_spec,
-        tiny_text_spec,
-    )
+    from mmaudit.models import build_model, save_checkpoint
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    spec = ArchitectureSpec(
-        modalities=["image", "text", "tabular"],
-        image=tiny_image_spec(IMAGE_SIZE),
-        text=tiny_text_spec(len(ds.tokenizer)),
-        tabular={"n_features": len(LAB_COLUMNS), "hidden": [32]},
-        dim=32,
-        fusion="concat",
-        num_outputs=1,
-        missing_tokens=True,
-        dropout=0.1,
-    )
-    spec.text.max_length = MAX_TOKENS  # type: ignore[union-attr]
+    spec = sample_architecture(len(ds.tokenizer))
     model = build_model(spec)
     data = _all_batches(ds, rows)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
@@ -153,18 +171,11 @@ def train_checkpoint(
 
 def build_sample(folder: Path, n: int = 1000, seed: int = 0, steps: int = 600) -> dict[str, object]:
     """Generate data, tokenizer and both checkpoints into ``folder``; return a summary."""
-    from mmaudit.sample_data_gen import generate_sample, train_tokenizer
-
     folder = Path(folder)
-    frame = generate_sample(folder, n=n, seed=seed)
-    train_rows = frame["split"] == "train"
-    texts = [str(t) for t in frame.loc[train_rows, "report"].dropna()]
-    train_tokenizer(texts, folder / "tokenizer")
-    ds = AuditDataset(sample_data_config(folder, ["train"]), RuntimeConfig(seed=seed))
-    stats = {k: (round(v[0], 4), round(v[1], 4)) for k, v in ds.tabular_stats.items()}
+    stats = prepare_data(folder, n, seed)
     ds = AuditDataset(sample_data_config(folder, ["train"], stats), RuntimeConfig(seed=seed))
     balanced = ds.frame["balanced_train"].to_numpy().astype(bool)
-    summary: dict[str, object] = {"tabular_stats": stats, "n": len(frame)}
+    summary: dict[str, object] = {"tabular_stats": stats, "n": n}
     for name, rows in (("shortcut", np.arange(len(ds))), ("clean", np.flatnonzero(balanced))):
         summary[name] = train_checkpoint(
             ds, rows, folder / "checkpoints" / name, seed=seed, steps=steps

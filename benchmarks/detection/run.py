@@ -66,28 +66,11 @@ def _random_init_checkpoint(ds: Any, out: Path, seed: int) -> None:
     """Save the architecture ``train_checkpoint`` builds, with its untrained weights."""
     import torch
 
-    from mmaudit.models import (
-        ArchitectureSpec,
-        build_model,
-        save_checkpoint,
-        tiny_image_spec,
-        tiny_text_spec,
-    )
-    from mmaudit.sample import IMAGE_SIZE, LAB_COLUMNS, MAX_TOKENS
+    from mmaudit.models import build_model, save_checkpoint
+    from mmaudit.sample import sample_architecture
 
     torch.manual_seed(seed)
-    spec = ArchitectureSpec(
-        modalities=["image", "text", "tabular"],
-        image=tiny_image_spec(IMAGE_SIZE),
-        text=tiny_text_spec(len(ds.tokenizer)),
-        tabular={"n_features": len(LAB_COLUMNS), "hidden": [32]},
-        dim=32,
-        fusion="concat",
-        num_outputs=1,
-        missing_tokens=True,
-        dropout=0.1,
-    )
-    spec.text.max_length = MAX_TOKENS  # type: ignore[union-attr]
+    spec = sample_architecture(len(ds.tokenizer))
     model = build_model(spec)
     model.eval()
     save_checkpoint(model, spec, out)
@@ -95,16 +78,9 @@ def _random_init_checkpoint(ds: Any, out: Path, seed: int) -> None:
 
 def _prepare_data(variant: Variant, seed: int, folder: Path, n: int) -> dict[str, Any]:
     """Generate the variant's studies and tokenizer; return the train split's lab stats."""
-    from mmaudit.config import RuntimeConfig
-    from mmaudit.data import AuditDataset
-    from mmaudit.sample import sample_data_config
-    from mmaudit.sample_data_gen import generate_sample, train_tokenizer
+    from mmaudit.sample import prepare_data
 
-    frame = generate_sample(folder, n=n, seed=seed, **variant.generator_kwargs(seed))
-    texts = [str(t) for t in frame.loc[frame["split"] == "train", "report"].dropna()]
-    train_tokenizer(texts, folder / "tokenizer")
-    ds = AuditDataset(sample_data_config(folder, ["train"]), RuntimeConfig(seed=seed))
-    return {k: (round(v[0], 4), round(v[1], 4)) for k, v in ds.tabular_stats.items()}
+    return prepare_data(folder, n, seed, **variant.generator_kwargs(seed))
 
 
 def _train(
