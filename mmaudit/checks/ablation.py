@@ -939,11 +939,9 @@ class AblationCheck(Check):
         p: AblationCheck.Params,
         how: str,
     ) -> dict[str, Any]:
-        import matplotlib
+        from mmaudit.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         figs: dict[str, Any] = {}
         contrib = tables["contributions"]
         x = np.arange(len(players))

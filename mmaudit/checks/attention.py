@@ -21,6 +21,7 @@ from mmaudit.attention_capture import (
 )
 from mmaudit.check import AuditContext, Check, CheckOutput, Requirements, ThresholdRule, register
 from mmaudit.checks.attribution import Target
+from mmaudit.plots import literal_text, pyplot
 from mmaudit.stats import bootstrap_ci
 from mmaudit.text_attribution import CLINICAL_WORDS, content_mask, is_word, metric_key, word_spans
 
@@ -414,24 +415,6 @@ class AttentionCheck(Check):
 # --------------------------------------------------------------------------- figures
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _literal(fig: Figure) -> Figure:
-    """Show every string as written: report words such as "$5" are not TeX math."""
-    from matplotlib.text import Text
-
-    for t in fig.findobj(Text):
-        t.set_parse_math(False)
-    return fig
-
-
 def _upsample(region_map: np.ndarray, grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
     t = torch.from_numpy(np.asarray(region_map, dtype=np.float32)).view(1, 1, *grid)
     up = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
@@ -446,7 +429,7 @@ def _word_maps_figure(
     label: str,
 ) -> Figure:
     """Mean region map per word over the dataset, on the mean image."""
-    plt = _pyplot()
+    plt = pyplot()
     words = list(maps)
     cols = min(4, len(words))
     nrows = (len(words) + cols - 1) // cols
@@ -465,7 +448,7 @@ def _word_maps_figure(
         ax.axis("off")
     fig.suptitle(f"mean image-region map per word: {label} (* clinical word)", fontsize=9)
     fig.tight_layout()
-    return _literal(fig)
+    return literal_text(fig)
 
 
 def _examples_figure(
@@ -477,7 +460,7 @@ def _examples_figure(
     clinical: set[str],
 ) -> Figure:
     """Per example: the image with the map of its most clinical word, and word x region."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(
         len(examples),
         2,
@@ -507,4 +490,4 @@ def _examples_figure(
             ax_mat.set_xlabel("image region (row-major)", fontsize=8)
         ax_mat.set_title(f"word x region, {label}", fontsize=8)
     fig.tight_layout()
-    return _literal(fig)
+    return literal_text(fig)

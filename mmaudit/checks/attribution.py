@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mmaudit.check import AuditContext, Check, CheckOutput, Requirements, ThresholdRule, register
 from mmaudit.integrated_gradients import ScoreFn, layer_integrated_gradients, scores_with_layers
+from mmaudit.plots import literal_text, pyplot
 from mmaudit.stats import Estimate, adjust_pvalues, bootstrap_ci
 from mmaudit.text_attribution import (
     DEFAULT_STOPLIST,
@@ -945,28 +946,10 @@ def _subgroup_importance(
 # --------------------------------------------------------------------------- figures
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _literal(fig: Figure) -> Figure:
-    """Show every string as written: report words such as "$5" are not TeX math."""
-    from matplotlib.text import Text
-
-    for t in fig.findobj(Text):
-        t.set_parse_math(False)
-    return fig
-
-
 def _highlight_figure(examples: list[tuple[str, list[tuple[str, float]]]]) -> Figure:
     """Each example report with every word shaded by its attribution (red: toward the
     attributed class, blue: against), scaled per report."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib import colormaps
 
     cmap = colormaps["RdBu_r"]
@@ -1014,11 +997,11 @@ def _highlight_figure(examples: list[tuple[str, list[tuple[str, float]]]]) -> Fi
         va="bottom",
         color="#555",
     )
-    return _literal(fig)
+    return literal_text(fig)
 
 
 def _ranking_figure(ranking: pd.DataFrame, top: int) -> Figure:
-    plt = _pyplot()
+    plt = pyplot()
     classes = list(dict.fromkeys(ranking["class"]))[:4]
     fig, axes = plt.subplots(
         1, len(classes), figsize=(4.5 * len(classes), 0.3 * min(top, 15) + 1.2), squeeze=False
@@ -1034,7 +1017,7 @@ def _ranking_figure(ranking: pd.DataFrame, top: int) -> Figure:
         ax.set_title(f"toward {name}", fontsize=10)
         ax.set_xlabel("mean attribution per report (95% CI)")
     fig.tight_layout()
-    return _literal(fig)
+    return literal_text(fig)
 
 
 def _beeswarm_figure(
@@ -1042,7 +1025,7 @@ def _beeswarm_figure(
 ) -> Figure:
     """SHAP summary: one row per feature (most important on top), a dot per sample at its
     SHAP value, coloured by the feature's value (rank within the feature; grey: missing)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(order) + 1.4))
     rng = np.random.default_rng(0)
     for pos, j in enumerate(reversed(order)):
@@ -1063,7 +1046,7 @@ def _beeswarm_figure(
         cb = fig.colorbar(sc, ax=ax, pad=0.01)
         cb.set_label("feature value (low -> high; grey: missing)")
     fig.tight_layout()
-    return _literal(fig)
+    return literal_text(fig)
 
 
 def _swarm_offsets(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -1079,7 +1062,7 @@ def _swarm_offsets(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _dependence_figure(
     raw: np.ndarray, shap_values: np.ndarray, label: np.ndarray, name: str
 ) -> Figure:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     ok = np.isfinite(raw)
     lab = label if np.ndim(label) == 1 else np.zeros(len(raw))
@@ -1091,11 +1074,11 @@ def _dependence_figure(
     ax.set_ylabel(f"SHAP value of {name}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _literal(fig)
+    return literal_text(fig)
 
 
 def _subgroup_figure(table: pd.DataFrame) -> Figure:
-    plt = _pyplot()
+    plt = pyplot()
     attrs = list(dict.fromkeys(table["attribute"]))
     fig, axes = plt.subplots(1, len(attrs), figsize=(4.2 * len(attrs), 3.2), squeeze=False)
     for ax, attr in zip(axes[0], attrs, strict=True):
@@ -1108,11 +1091,11 @@ def _subgroup_figure(table: pd.DataFrame) -> Figure:
         ax.set_title(f"mean |SHAP| by {attr}", fontsize=10)
         fig.colorbar(im, ax=ax, pad=0.01)
     fig.tight_layout()
-    return _literal(fig)
+    return literal_text(fig)
 
 
 def _shares_figure(share: np.ndarray, mods: list[str]) -> Figure:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.6 * len(mods) + 2, 3.4))
     if len(share):
         ax.boxplot([share[:, k] for k in range(len(mods))], showmeans=True)
@@ -1121,4 +1104,4 @@ def _shares_figure(share: np.ndarray, mods: list[str]) -> Figure:
     ax.set_ylabel("share of |attribution| per sample")
     ax.set_title("modality shares (IG at encoder outputs)", fontsize=10)
     fig.tight_layout()
-    return _literal(fig)
+    return literal_text(fig)

@@ -28,6 +28,7 @@ from mmaudit.check import (
     register,
 )
 from mmaudit.erasure import LinearEraser, indicator_matrix, leace_fit, random_subspace_eraser
+from mmaudit.plots import pyplot
 from mmaudit.probes import ProbeError, ProbeResult, pool, run_probe, score_estimate
 from mmaudit.stats import (
     Estimate,
@@ -994,18 +995,9 @@ def _erasure_table(rows: list[ErasureRow], verdicts: dict[str, str]) -> pd.DataF
 # ----------------------------------------------------------------------------- figures
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _heatmap(rows: list[ProbeRow], layers: list[str], alpha: float) -> Figure:
     """Layer x attribute probe scores; each cell annotated with its null band."""
-    plt = _pyplot()
+    plt = pyplot()
     attrs = list(dict.fromkeys(r.attribute for r in rows))
     lays = [ly for ly in layers if any(r.layer == ly for r in rows)]
     grid = np.full((len(lays), len(attrs)), np.nan)
@@ -1037,7 +1029,7 @@ def _heatmap(rows: list[ProbeRow], layers: list[str], alpha: float) -> Figure:
 def _null_figure(rows: list[ProbeRow], layers: list[str], alpha: float) -> Figure:
     """Per attribute: probe score with CI per layer against the null band, control and the
     random-weights baseline."""
-    plt = _pyplot()
+    plt = pyplot()
     attrs = list(dict.fromkeys(r.attribute for r in rows))
     fig, axes = plt.subplots(1, len(attrs), figsize=(3.6 * len(attrs), 3.4), squeeze=False)
     for ax, attr in zip(axes[0], attrs, strict=True):
@@ -1076,7 +1068,7 @@ def _null_figure(rows: list[ProbeRow], layers: list[str], alpha: float) -> Figur
 
 def _erasure_figure(rows: list[ErasureRow]) -> Figure:
     """Mean |dp| and change in AUROC after erasing each attribute vs a random subspace."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(4 + 1.4 * len(rows), 3.4))
     names = [r.attribute for r in rows]
     x = np.arange(len(rows))

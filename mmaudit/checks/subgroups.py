@@ -22,6 +22,7 @@ from mmaudit.check import (
     ThresholdRule,
     register,
 )
+from mmaudit.plots import pyplot
 from mmaudit.stats import (
     Estimate,
     adjust_pvalues,
@@ -632,18 +633,9 @@ def _gap_table(results: list[GroupResult]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- figures
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _bars(results: list[GroupResult], n_boot: int, alpha: float, kind: str) -> Figure:
     """One row per attribute, one panel per metric: groups as bars with 95% CIs."""
-    plt = _pyplot()
+    plt = pyplot()
     metrics = list(GAP_METRICS) if kind == "binary" else ["auroc", "ece"]
     fig, axes = plt.subplots(
         len(results),
@@ -689,7 +681,7 @@ def _roc_figure(
     """Per-group ROC curves for each attribute, the global operating point marked."""
     from sklearn.metrics import roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(3.4 * len(results), 3.4), squeeze=False)
     for ax, res in zip(axes[0], results, strict=True):
         codes = res.grouping.codes[res.rows]
