@@ -66,7 +66,7 @@ def test_bad_device_string(tmp_path: Path) -> None:
         load_config(path)
 
 
-@pytest.mark.parametrize("name", ["sample.yaml", "full.yaml"])
+@pytest.mark.parametrize("name", ["sample.yaml", "sample_clean.yaml", "full.yaml"])
 def test_shipped_configs_load(name: str) -> None:
     cfg = load_config(ROOT / "configs" / name)
     assert cfg.data.manifest.is_file()
