@@ -289,7 +289,10 @@ class AttributionCheck(Check):
             default="pad", description="token that replaces every word in the IG reference"
         )
         max_text_samples: int | None = Field(
-            default=None, ge=1, description="cap on reports attributed (None: all)"
+            default=2000,
+            ge=1,
+            description="cap on reports attributed, a seeded subset (None: all); keeps large"
+            " audits bounded: text IG costs a backward pass per path step",
         )
         min_count: int = Field(default=5, ge=1, description="reports a word needs to be ranked")
         top_words: int = Field(default=15, ge=1, description="words per class in the ranking")
