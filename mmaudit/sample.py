@@ -58,7 +58,11 @@ def sample_data_config(
                 "max_length": MAX_TOKENS,
             },
             "tabular": tab,
-            "attributes": {"site": {}, "sex": {}, "age": {"kind": "continuous"}},
+            "attributes": {
+                "site": {},
+                "sex": {},
+                "age": {"kind": "continuous", "bins": [40, 60, 75]},
+            },
             "split": {"column": "split", "values": split},
         }
     )

@@ -116,41 +116,12 @@ def _write_config(folder: Path, stats: dict[str, Any], ckpt: Path, seed: int, bs
     """An audit config like configs/sample.yaml for this run's data and checkpoint."""
     import yaml
 
-    from mmaudit.sample import IMAGE_SIZE, LAB_COLUMNS, MAX_TOKENS
+    from mmaudit.sample import sample_data_config
 
+    data = sample_data_config(folder, ["test"], stats).model_dump(mode="json")
     cfg = {
         "model": {"checkpoint": str(ckpt)},
-        "data": {
-            "manifest": str(folder / "manifest.csv"),
-            "id": "id",
-            "patient": "patient_id",
-            "target": {"column": "label"},
-            "image": {
-                "column": "image_path",
-                "roi_mask": "mask_path",
-                "size": IMAGE_SIZE,
-                "channels": 1,
-                "mean": [0.5],
-                "std": [0.25],
-            },
-            "text": {
-                "column": "report",
-                "tokenizer": str(folder / "tokenizer"),
-                "max_length": MAX_TOKENS,
-            },
-            "tabular": {
-                "columns": list(LAB_COLUMNS),
-                "normalization": "given",
-                "mean": {k: v[0] for k, v in stats.items()},
-                "std": {k: v[1] for k, v in stats.items()},
-            },
-            "attributes": {
-                "site": {},
-                "sex": {},
-                "age": {"kind": "continuous", "bins": [40, 60, 75]},
-            },
-            "split": {"column": "split", "values": ["test"]},
-        },
+        "data": data,
         "checks": {},
         "runtime": {"device": "cpu", "batch_size": bs, "seed": seed, "progress": False},
     }
