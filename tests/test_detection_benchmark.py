@@ -37,6 +37,7 @@ def test_quick_smoke_writes_tables(quick_run: Path) -> None:
     assert [(r["variant"], r["seed"]) for r in res["runs"]] == [("clean", 0)]
     run = res["runs"][0]
     assert set(run["status"]) == {"performance", "probing"}
+    assert run["reasons"] == {}, f"a check did not run: {run['reasons']}"
     assert set(res["summary"]) == {"tpr", "fpr", "dose_response"}
     fpr = {r["check"]: r for r in res["summary"]["fpr"]}
     assert set(fpr) == {"performance", "probing"} and all(r["n"] == 1 for r in fpr.values())

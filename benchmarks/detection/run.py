@@ -190,7 +190,15 @@ def score_report(variant: Variant, report: Any) -> dict[str, Any]:
             "warn": any(_SEVERITY.get(f["severity"], 0) >= 1 for f in own),
         }
     statuses = {n: cr.status for n, cr in report.checks.items()}
-    return {"findings": findings, "expectations": outcomes, "alarms": alarms, "status": statuses}
+    # why a check did not run: an error here is a bug to fix, not a benchmark outcome
+    reasons = {n: cr.reason for n, cr in report.checks.items() if n not in ran}
+    return {
+        "findings": findings,
+        "expectations": outcomes,
+        "alarms": alarms,
+        "status": statuses,
+        "reasons": reasons,
+    }
 
 
 def _seed_pair(
@@ -412,6 +420,9 @@ def run_benchmark(out: Path, variants: list[str], s: Settings, command: str = ""
             run_dir = out / "runs" / name / f"seed{seed}"
             print(f"[detection] {name} seed {seed} ...", file=sys.stderr, flush=True)
             runs.append(run_one(VARIANTS[name], seed, s, run_dir))
+            for check, reason in runs[-1]["reasons"].items():
+                status = runs[-1]["status"][check]
+                print(f"[detection]   {check} {status}: {reason}", file=sys.stderr, flush=True)
     result = {
         "command": command,
         "settings": asdict(s),
