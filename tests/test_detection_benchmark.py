@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -45,6 +46,32 @@ def test_quick_smoke_writes_tables(quick_run: Path) -> None:
     assert "| check | runs | fail rate | warn-or-fail rate |" in md
     assert "| effect | check | rule | expected | primary | runs | correct |" in md
     assert (quick_run / "dose_response.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rescore_rejudges_stored_metrics(
+    quick_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mmaudit.check import ThresholdRule, get_check
+
+    copy = tmp_path / "copy"
+    shutil.copytree(quick_run, copy)
+    before = json.loads((copy / "results.json").read_text())
+    assert main(["--out", str(copy), "--rescore"]) == 0
+    same = json.loads((copy / "results.json").read_text())
+    assert same["summary"] == before["summary"]  # unchanged thresholds, unchanged verdicts
+    assert "Rescored" in (copy / "results.md").read_text()
+    # a limit no model can meet: the stored AUROC is now a fail, without re-auditing
+    perf = get_check("performance")
+    strict = {
+        **perf.default_thresholds,
+        "auroc_low": ThresholdRule(metric="auroc*", fail_below=1.1),
+    }
+    monkeypatch.setattr(perf, "default_thresholds", strict)
+    assert main(["--out", str(copy), "--rescore"]) == 0
+    after = json.loads((copy / "results.json").read_text())
+    assert after["runs"][0]["status"]["performance"] == "fail"
+    assert after["runs"][0]["alarms"]["performance"]["fail"] is True
+    assert main(["--out", str(tmp_path / "nothing"), "--rescore"]) == 2
 
 
 def _report(findings: list[tuple[str, str, str, str]], checks: list[str]) -> SimpleNamespace:

@@ -104,7 +104,9 @@ class ProbingCheck(Check):
     balance; selectivity = score - control); and a random-weights baseline (the same
     architecture re-initialised, one extra pass: does the *input* carry the attribute, or
     did *training* put it there). A positive control probes the target on the penultimate
-    layer. Then each attribute is erased from the fused embedding with LEACE -- within
+    layer: an ``error`` finding when even the upper end of its bootstrap CI stays below
+    ``positive_control_min`` (or the model's own AUROC minus ``positive_control_margin``).
+    Then each attribute is erased from the fused embedding with LEACE -- within
     target classes, so that a site with a higher prevalence does not take the disease
     signal with it -- and the head is re-run on the erased embedding (encoders are not
     re-run): mean |change in predicted probability|, flip rate and change in AUROC, each
@@ -435,7 +437,10 @@ class ProbingCheck(Check):
         out.metrics["positive_control.auroc"] = estimate or Estimate(value, n=len(y))
         out.metrics["positive_control.model_auroc"] = model_auroc
         floor = min(p.positive_control_min, model_auroc - p.positive_control_margin)
-        passed = value >= floor
+        # "the pipeline is broken" is a strong claim: it needs the whole CI below the floor,
+        # not a point estimate that a small test split puts just under it by chance
+        best = estimate.ci_high if estimate is not None and estimate.ci_high is not None else value
+        passed = best >= floor
         out.metrics["positive_control.passed"] = int(passed)
         if not passed:
             out.findings.append(
@@ -446,7 +451,8 @@ class ProbingCheck(Check):
                     message=(
                         f"positive control failed: a probe for the target on"
                         f" '{out.metrics['positive_control.layer']}' reaches AUROC {value:.3f}"
-                        f" (needs {floor:.3f}; the model itself reaches {model_auroc:.3f}). The"
+                        f" (CI upper end {best:.3f}; needs {floor:.3f}; the model itself"
+                        f" reaches {model_auroc:.3f}). The"
                         " probing pipeline (layer choice, pooling, data) is in doubt, so"
                         " 'not encoded' results below are not evidence of absence"
                     ),
