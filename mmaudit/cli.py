@@ -92,6 +92,7 @@ def gate_failed(status: str, fail_on: str) -> bool:
 
 
 def print_summary(console, report) -> None:  # type: ignore[no-untyped-def]
+    from rich.markup import escape
     from rich.table import Table
 
     from mmaudit.render import key_metrics
@@ -120,8 +121,11 @@ def print_summary(console, report) -> None:  # type: ignore[no-untyped-def]
             if f.severity in ("warn", "fail", "error"):
                 colour = colours.get(f.severity, "white")
                 console.print(
-                    f"  [{colour}]{f.severity}[/{colour}] {c.name}: {f.message}", markup=True
+                    f"  [{colour}]{f.severity}[/{colour}] {c.name}: {escape(f.message)}",
+                    markup=True,
                 )
+    for cc in getattr(report, "cross_checks", []):
+        console.print(f"  [bold]across checks[/bold]: {escape(cc.message)}", markup=True)
 
 
 @app.command()

@@ -35,6 +35,8 @@ img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:1px 4px
 {% for c in checks %}<tr><td><a href="#check-{{ c.name }}">{{ c.name }}</a></td>
 <td class="{{ c.status }}">{{ c.status }}</td><td>{{ c.worst }}</td><td>{{ c.key }}</td></tr>
 {% endfor %}</table>
+{% if report.cross_checks %}<section id="across-checks"><h2>Across checks</h2><ul>
+{% for cc in report.cross_checks %}<li>{{ cc.message }}</li>{% endfor %}</ul></section>{% endif %}
 {% for c in checks %}<section id="check-{{ c.name }}"><h2>{{ c.name }}:
 <span class="{{ c.status }}">{{ c.status }}</span></h2>
 {% if c.reason %}<p>{{ c.reason }}</p>{% endif %}
@@ -201,6 +203,9 @@ def render_markdown(report: Report) -> str:
     if worst:
         lines += ["", "**Findings**", ""]
         lines += [f"- {f.severity} `{f.check}`: {markdown_cell(f.message)}" for f in worst]
+    if report.cross_checks:
+        lines += ["", "**Across checks**", ""]
+        lines += [f"- {markdown_cell(cc.message)}" for cc in report.cross_checks]
     figs = [(c.name, k, v) for c in report.checks.values() for k, v in c.figures.items()]
     if figs:
         lines += ["", "Figures: " + ", ".join(f"[{c}/{k}]({v})" for c, k, v in figs[:8])]

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from mmaudit.agreement import CrossCheck
 from mmaudit.check import CheckOutput, Finding
 from mmaudit.errors import MmauditError, ReportError
 from mmaudit.stats import Estimate
@@ -56,6 +57,8 @@ class Report(BaseModel):
     seed: int
     timings: dict[str, float] = Field(default_factory=dict)
     checks: dict[str, CheckReport] = Field(default_factory=dict)
+    # per attribute: which checks flag it and which do not, in words (mmaudit.agreement)
+    cross_checks: list[CrossCheck] = Field(default_factory=list)
     status: str = "pass"
 
     def worst_findings(self, limit: int = 5) -> list[Finding]:

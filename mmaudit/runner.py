@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mmaudit import __version__
+from mmaudit.agreement import cross_check
 from mmaudit.check import (
     AuditContext,
     Check,
@@ -243,6 +244,7 @@ def run_audit(
             seed=cfg.runtime.seed,
             timings=timings | {"model_calls": float(cache.model_calls)},
             checks=results,
+            cross_checks=cross_check(results, list(cfg.data.attributes)),
             status=worst,
         )
         distributed.barrier()

@@ -206,3 +206,22 @@ def test_refuses_existing_out_without_force(
     assert main(["--out", str(tmp_path / "o"), "--quick", "--variants", "clean"]) == 2
     assert "exists; pass --force" in capsys.readouterr().err
     assert (tmp_path / "o" / "keep.txt").is_file()
+
+
+def test_signature_scored_on_the_across_checks_summary() -> None:
+    from mmaudit.agreement import CrossCheck
+
+    sig = VARIANTS["site_signature"]
+    checks = ["probing", "saliency", "embedding"]
+    blind = _report([("probing", "used", "encoded_and_used.site", "fail")], checks)
+    outcome = {e["rule"]: e for e in score_report(sig, blind)["expectations"]}
+    assert outcome["saliency_blind"]["outcome"] == "miss"  # the summary says nothing
+    blind.cross_checks = [
+        CrossCheck(attribute="site", used={"probing": ["used"]}, image_hotspot=False)
+    ]
+    outcome = {e["rule"]: e for e in score_report(sig, blind)["expectations"]}
+    assert outcome["saliency_blind"]["outcome"] == "hit"
+    assert outcome["used"]["outcome"] == "hit" and outcome["hotspot_used"]["outcome"] == "hit"
+    alone = _report([], ["probing"])
+    outcome = {e["rule"]: e for e in score_report(sig, alone)["expectations"]}
+    assert outcome["saliency_blind"]["outcome"] == "not_run"

@@ -160,6 +160,9 @@ def score_report(variant: Variant, report: Any) -> dict[str, Any]:
     }
     outcomes = []
     for e in variant.expect:
+        if e.check == "cross_checks":  # what the report's "across checks" summary says
+            outcomes.append(_cross_check_outcome(e, report, ran))
+            continue
         if e.check not in ran:
             outcomes.append({**asdict(e), "detected": None, "outcome": "not_run"})
             continue
@@ -204,6 +207,22 @@ def score_report(variant: Variant, report: Any) -> dict[str, Any]:
         "alarms": alarms,
         "status": statuses,
         "reasons": reasons,
+    }
+
+
+def _cross_check_outcome(e: Any, report: Any, ran: set[str]) -> dict[str, Any]:
+    """``rule`` ``saliency_blind``: the summary says attribute ``metric`` is used while
+    saliency finds no hotspot (needs saliency and probing to have run)."""
+    if not {"saliency", "probing"} <= ran:
+        return {**asdict(e), "detected": None, "outcome": "not_run"}
+    detected = any(
+        fnmatch.fnmatch(cc.attribute, e.metric) and cc.used and cc.image_hotspot is False
+        for cc in getattr(report, "cross_checks", [])
+    )
+    return {
+        **asdict(e),
+        "detected": detected,
+        "outcome": "hit" if detected == e.present else "miss",
     }
 
 
@@ -270,6 +289,7 @@ def rejudge(report: Any) -> Any:
     check raised itself (rules not among the thresholds it ran with) are kept as they are;
     the status is recomputed from the new findings. The report is not written back.
     """
+    from mmaudit.agreement import cross_check
     from mmaudit.check import get_check
     from mmaudit.findings import judge, status_of
     from mmaudit.stats import Estimate
@@ -297,6 +317,8 @@ def rejudge(report: Any) -> Any:
         status = status_of(cr.findings)
         cr.status = "pass" if status == "note" else status
         cr.thresholds = {k: v.model_dump(exclude_none=True) for k, v in rules.items()}
+    attributes = list((report.config.get("data") or {}).get("attributes") or {})
+    report.cross_checks = cross_check(report.checks, attributes)
     return report
 
 

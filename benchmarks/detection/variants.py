@@ -35,7 +35,10 @@ class Expectation:
     """One known-correct verdict: check ``check`` should (``present``) raise rule ``rule``.
 
     ``metric`` is an ``fnmatch`` pattern on the finding's metric (e.g. ``"*site*"``), and
-    ``severity`` the least severity that counts (``warn`` or ``fail``). ``present=False``
+    ``severity`` the least severity that counts (``warn`` or ``fail``). Check
+    ``cross_checks`` scores the report's "across checks" summary instead (rule
+    ``saliency_blind``: attribute ``metric`` is used while saliency finds no hotspot).
+    ``present=False``
     means the finding must NOT appear (e.g. no "no interaction" warning on the synergy
     variant); ``primary`` marks the check meant to find the effect (the ≥ 90 % target).
     """
@@ -112,8 +115,10 @@ def _registry() -> dict[str, Variant]:
                 Expectation(
                     "site_signature", "embedding", "dataset_identity", "*site*", primary=True
                 ),
-                # no local hotspot to find: saliency should not be the check that sees it
+                # no local hotspot to find: saliency should not be the check that sees it,
+                # and the report's "across checks" summary must say so
                 Expectation("signature_no_hotspot", "saliency", "hotspot_used", present=False),
+                Expectation("signature_no_hotspot", "cross_checks", "saliency_blind", "site"),
             ),
         ),
         Variant(

@@ -1,0 +1,169 @@
+"""Across checks: per attribute, which checks see it, which ran and do not, and what it means.
+
+What: after every check has run, the findings are lined up per configured attribute (site,
+sex, ...): the checks that show it is *encoded* (probing's probes, the embedding's
+organisation by it), *used* (probing's erasure moves predictions; a report word or lab
+column that tells it apart drives text / lab attribution), or that *performance differs*
+by it (subgroups); and whether saliency found an image hotspot that changes decisions.
+One sentence per flagged attribute says what the pattern means, and the report keeps it.
+
+Why: each method sees one kind of shortcut. An invisible site signature (a global change
+of intensity, noise or sharpness) is decoded by probes and erasing it moves predictions,
+yet saliency shows no hotspot; a site phrase in the report is found by text attribution,
+not by saliency. A reader who sees "saliency: pass" beside "probing: fail" must be told
+that saliency is not the check that would see this shortcut, rather than left to decide
+which of the two is wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = ["CrossCheck", "cross_check"]
+
+Evidence = Literal["encoded", "used", "differs"]
+
+# which (check, rule) says what about an attribute named in the finding's metric
+_EVIDENCE: dict[tuple[str, str], Evidence] = {
+    ("probing", "encoded"): "encoded",
+    ("probing", "encoded_r2"): "encoded",
+    ("probing", "used"): "used",
+    ("embedding", "dataset_identity"): "encoded",
+    ("embedding", "dataset_identity_head"): "encoded",
+    ("embedding", "nuisance_pure_clusters"): "encoded",
+    ("attribution", "site_word"): "used",
+    ("attribution", "site_feature"): "used",
+    ("subgroups", "auroc_gap"): "differs",
+    ("subgroups", "equalised_odds"): "differs",
+    ("subgroups", "ece_gap"): "differs",
+}
+# attribution names no attribute in its metrics: its site rules are about this param
+_SITE_RULES = {("attribution", "site_word"), ("attribution", "site_feature")}
+_ATTRIBUTE_CHECKS = ("probing", "embedding", "subgroups", "attribution")
+_MODALITY_LAYERS = ("image", "text", "tabular")
+_IMAGE_HOTSPOT_RULES = ("hotspot_used",)
+_FLAG = ("warn", "fail")
+
+
+class CrossCheck(BaseModel):
+    """What the checks together say about one attribute."""
+
+    attribute: str
+    encoded: dict[str, list[str]] = Field(default_factory=dict)  # check -> ["rule: metric"]
+    used: dict[str, list[str]] = Field(default_factory=dict)
+    differs: dict[str, list[str]] = Field(default_factory=dict)
+    silent: list[str] = Field(default_factory=list)  # ran, can see attributes, said nothing
+    decoded_from: list[str] = Field(default_factory=list)  # encoders a probe reads it from
+    image_hotspot: bool | None = None  # saliency's decision-changing hotspot; None: not run
+    message: str = ""
+
+
+def _ran(cr: Any) -> bool:
+    return cr.status != "skipped" and not (cr.status == "error" and cr.reason)
+
+
+def _about(check: str, rule: str, metric: str | None, attribute: str, site: str) -> bool:
+    if (check, rule) in _SITE_RULES:
+        return attribute == site
+    return attribute in (metric or "").split(".")
+
+
+def cross_check(checks: dict[str, Any], attributes: list[str]) -> list[CrossCheck]:
+    """One :class:`CrossCheck` per attribute some check flags (warn or fail), in config order.
+
+    ``checks`` maps check names to their report entries (``status``, ``reason``,
+    ``findings``, ``params``), as in ``Report.checks``.
+    """
+    site = (
+        str(checks["attribution"].params.get("site_attribute", "site"))
+        if ("attribution" in checks)
+        else "site"
+    )
+    saliency = checks.get("saliency")
+    hotspot = (
+        any(f.rule in _IMAGE_HOTSPOT_RULES and f.severity in _FLAG for f in saliency.findings)
+        if saliency is not None and _ran(saliency)
+        else None
+    )
+    out: list[CrossCheck] = []
+    for attribute in attributes:
+        cc = CrossCheck(attribute=attribute, image_hotspot=hotspot)
+        for name, cr in checks.items():
+            if not _ran(cr):
+                continue
+            for f in cr.findings:
+                kind = _EVIDENCE.get((name, f.rule))
+                if kind is None or f.severity not in _FLAG:
+                    continue
+                if not _about(name, f.rule, f.metric, attribute, site):
+                    continue
+                getattr(cc, kind).setdefault(name, []).append(f"{f.rule}: {f.metric}")
+                layer = (f.metric or "").split(".")[-1]
+                probed = name == "probing" and layer in _MODALITY_LAYERS
+                if probed and layer not in cc.decoded_from:
+                    cc.decoded_from.append(layer)
+        if not (cc.encoded or cc.used or cc.differs):
+            continue
+        flagged = set(cc.encoded) | set(cc.used) | set(cc.differs)
+        cc.silent = [
+            n
+            for n in _ATTRIBUTE_CHECKS
+            if n in checks
+            and _ran(checks[n])
+            and n not in flagged
+            and (n != "attribution" or attribute == site)
+        ]
+        cc.message = _message(cc)
+        out.append(cc)
+    return out
+
+
+def _names(by_check: dict[str, list[str]]) -> str:
+    return ", ".join(
+        f"{c} ({', '.join(sorted({r.split(':')[0] for r in rules}))})"
+        for c, rules in by_check.items()
+    )
+
+
+def _message(cc: CrossCheck) -> str:
+    a = cc.attribute
+    if cc.used:
+        parts = [f"'{a}' is used by the model: {_names(cc.used)}"]
+        if cc.encoded:
+            parts.append(f"and encoded: {_names(cc.encoded)}")
+    elif cc.encoded:
+        parts = [
+            f"'{a}' is encoded ({_names(cc.encoded)}) but no check finds that the"
+            " predictions depend on it"
+        ]
+    else:
+        parts = [
+            f"performance differs by '{a}' ({_names(cc.differs)}), though no check"
+            " finds it encoded or used"
+        ]
+    if cc.used and cc.differs:
+        parts.append(f"performance differs by it: {_names(cc.differs)}")
+    text = "; ".join(parts) + "."
+    if cc.decoded_from:
+        text += f" Probes decode it from the {', '.join(cc.decoded_from)} encoder output."
+    if cc.used and cc.image_hotspot is False:
+        where = (
+            "a report word or lab column carries it (see attribution)"
+            if "attribution" in cc.used
+            else "it is global in the image (intensity, noise, sharpness) or lies in"
+            " another modality"
+        )
+        text += (
+            " Saliency finds no image hotspot that changes decisions, so saliency maps will"
+            f" not show this shortcut: {where}."
+        )
+    elif cc.used and cc.image_hotspot:
+        text += (
+            " Saliency also finds an image region whose removal changes decisions: its"
+            " hotspot figure shows whether that region is this attribute's marker."
+        )
+    if cc.silent:
+        text += f" Ran without flagging it: {', '.join(cc.silent)}."
+    return text
