@@ -203,3 +203,66 @@ def test_sample_shortcut_shows_a_site_gap_in_error_rates() -> None:
     assert out.metrics["group.site.B.fpr"].value > out.metrics["group.site.A.fpr"].value + 0.15
     assert any(f.severity == "fail" and f.metric == "eod.site" for f in findings)
     assert out.metrics["gap.auroc.site"].ci_low < 0.05
+
+
+def test_best_minus_worst_gap_is_tested_against_shuffled_groups() -> None:
+    """Six groups with one and the same (label, score) distribution: the best-minus-worst
+    TPR gap is positive and its bootstrap CI mostly excludes zero (the pair was picked on
+    the same data), yet the permutation p must stay calibrated (about 5 % below 0.05)."""
+    seeds = range(12)
+    ci_above_zero, significant = 0, 0
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        n = 360
+        y = rng.integers(0, 2, n)
+        score = 1 / (1 + np.exp(-(1.2 * (2 * y - 1) + rng.normal(0, 1.5, n))))
+        grouping = assign_groups("g", np.repeat(list("ABCDEF"), n // 6), "categorical")
+        res = analyse_groups(
+            grouping,
+            y,
+            score[:, None],
+            None,
+            "binary",
+            0.5,
+            n_boot=50,
+            n_permutations=200,
+            seed=seed,
+        )
+        eod = res.gaps["eod"]
+        ci_above_zero += int(eod.ci_low > 0)
+        significant += int(eod.null_p < 0.05)
+    assert ci_above_zero >= 6  # the selection bias the permutation null corrects
+    assert significant <= 2
+
+
+def test_permuted_codes_keep_patients_whole() -> None:
+    from mmaudit.checks.subgroups import permuted_codes
+
+    codes = np.array([0, 0, 1, 1, 1, 2, 2, 0])
+    patients = np.array(["p", "p", "q", "q", "q", "r", "r", "s"])
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        shuffled = permuted_codes(codes, patients, rng)
+        for pid in np.unique(patients):
+            assert len(set(shuffled[patients == pid])) == 1
+        assert sorted(np.unique(shuffled, return_counts=False)) == sorted(set(shuffled.tolist()))
+    # a patient with two groups: rows are shuffled instead
+    mixed = np.array([0, 1, 1, 1, 1, 2, 2, 0])
+    assert sorted(permuted_codes(mixed, patients, rng)) == sorted(mixed)
+
+
+def test_vectorised_group_table_equals_the_per_group_metrics() -> None:
+    from mmaudit.checks.subgroups import binary_group_table, task_metrics
+
+    rng = np.random.default_rng(3)
+    n, g = 400, 5
+    y = rng.integers(0, 2, n)
+    score = np.round(rng.uniform(0, 1, n), 2)  # ties on purpose
+    score[:7] = 1.0
+    codes = rng.integers(0, g, n)
+    table = binary_group_table(codes, y, score, 0.42, 10, g)
+    for k in range(g):
+        sel = codes == k
+        want = task_metrics(y[sel], score[sel, None], "binary", 0.42, 10)
+        for m in ("auroc", "tpr", "fpr", "ece"):
+            assert table[m][k] == pytest.approx(want[m], abs=1e-12), (m, k)
