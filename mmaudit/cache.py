@@ -9,7 +9,9 @@ over the data or call the model themselves.
 
 from __future__ import annotations
 
+import hashlib
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from numpy.lib.format import open_memmap
 
 from mmaudit.data import AuditDataset, Batch
 from mmaudit.model import ModelAdapter
@@ -131,21 +134,53 @@ class InferenceCache:
         persist: bool = False,
     ) -> SweepResult:
         """One pass: this rank's shard in batches, results gathered from every rank in dataset
-        order. With ``persist`` and a work folder, each finished batch is written to disk and
-        reused by a resumed run."""
+        order. With ``persist`` and a work folder, each finished batch goes straight into
+        memory-mapped arrays on disk (see ``ShardFiles``), which a resumed run reuses; in one
+        process the result *is* those read-only memory maps, so RAM never holds the whole
+        sweep. With several processes every rank then holds the gathered arrays in RAM."""
         from mmaudit import distributed
 
         start = time.perf_counter()
         mine = distributed.shard(np.arange(len(self.dataset)))
         chunks = [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
-        done: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
-        files = {k: self._batch_file(key, c) for k, c in enumerate(chunks)} if persist else {}
-        for k, path in files.items():
-            if path is not None and path.is_file():
-                with np.load(path) as saved:
-                    if all(n in saved.files for n in layers):
-                        done[k] = (saved["__logits__"], {n: saved[n] for n in layers})
-        todo = [k for k in range(len(chunks)) if k not in done]
+        if persist and self.work_dir is not None and len(mine):
+            files = ShardFiles(self.work_dir, key, layers, mine, len(self.dataset), self.batch_size)
+            todo = files.unfinished()
+            self._compute(key, transform, layers, ctx, chunks, todo, files.write)
+            local = files.read_only()
+        else:
+            done: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+
+            def keep(k: int, out: np.ndarray, grabbed: dict[str, np.ndarray]) -> None:
+                done[k] = (out, grabbed)
+
+            self._compute(key, transform, layers, ctx, chunks, list(range(len(chunks))), keep)
+            local = (
+                _concat([done[k][0] for k in range(len(chunks))]),
+                {n: _concat([done[k][1][n] for k in range(len(chunks))]) for n in layers},
+            )
+        if not distributed.active():
+            return SweepResult(local[0], local[1], time.perf_counter() - start)
+        # pickled for the gather as plain arrays (copies), not as memory maps
+        parts = distributed.gather(
+            (np.asarray(local[0]), {n: np.asarray(v) for n, v in local[1].items()})
+        )
+        logits = np.concatenate([p[0] for p in parts if len(p[0])])
+        emb = {n: np.concatenate([p[1][n] for p in parts if len(p[1][n])]) for n in layers}
+        return SweepResult(logits, emb, time.perf_counter() - start)
+
+    def _compute(
+        self,
+        key: str,
+        transform: Callable[[Batch], Batch] | None,
+        layers: list[str],
+        ctx: Any,
+        chunks: list[np.ndarray],
+        todo: list[int],
+        sink: Callable[[int, np.ndarray, dict[str, np.ndarray]], None],
+    ) -> None:
+        """Run the model on the chunks numbered ``todo``; hand each chunk's logits and layer
+        outputs (float32, on the CPU) to ``sink(k, logits, layers)`` as soon as it is done."""
         manager = self.adapter.capture(layers) if layers else _null_capture()
         with torch.inference_mode(), manager as store:
             if ctx is not None:
@@ -159,26 +194,10 @@ class InferenceCache:
                     out = self.adapter.logits(batch).float().cpu().numpy()
                     self.model_calls += 1
                     grabbed = {n: store[n].float().cpu().numpy() for n in layers}
-                    done[k] = (out, grabbed)
-                    if files.get(k) is not None:
-                        np.savez(files[k], __logits__=out, **grabbed)  # type: ignore[arg-type]
+                    sink(k, out, grabbed)
             finally:
                 if ctx is not None:
                     ctx.__exit__(None, None, None)
-        local = (
-            _concat([done[k][0] for k in range(len(chunks))]),
-            {n: _concat([done[k][1][n] for k in range(len(chunks))]) for n in layers},
-        )
-        parts = distributed.gather(local)
-        logits = np.concatenate([p[0] for p in parts if len(p[0])])
-        emb = {n: np.concatenate([p[1][n] for p in parts if len(p[1][n])]) for n in layers}
-        return SweepResult(logits, emb, time.perf_counter() - start)
-
-    def _batch_file(self, key: str, chunk: np.ndarray) -> Path | None:
-        if self.work_dir is None or not len(chunk):
-            return None
-        safe = "".join(c if c.isalnum() else "_" for c in key)
-        return self.work_dir / f"{safe}_{int(chunk[0])}_{int(chunk[-1])}.npz"
 
     # ---------------------------------------------------------------- sweeps
     def sweep(self) -> SweepResult:
@@ -230,7 +249,7 @@ class InferenceCache:
         perm = torch.from_numpy(self.permutation())
         outputs: dict[str, torch.Tensor] = {}
         for m in mods:
-            full = torch.from_numpy(self.embeddings(m))
+            full = _tensor_view(self.embeddings(m))
             how = remove.get(m)
             if how == "permute":
                 full = full[perm]
@@ -285,7 +304,7 @@ class InferenceCache:
         if full_key is not None and full_key in self._sweeps:
             return self._sweeps[full_key].logits
         outputs = {
-            m: torch.from_numpy(self.embeddings(m))
+            m: _tensor_view(self.embeddings(m))
             for m in self.dataset.modalities
             if m in self.adapter.layers and m != layer
         }
@@ -392,6 +411,116 @@ class InferenceCache:
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0,), dtype=np.float32)
+
+
+# the key of the logits among a sweep's outputs (layer outputs are keyed by layer name)
+LOGITS = "__logits__"
+
+
+class ShardFiles:
+    """One rank's share of a persisted sweep, as ``.npy`` files in the work folder that are
+    filled chunk by chunk while the sweep runs, so memory stays flat as the dataset grows.
+
+    ``<stem>.logits.npy`` and ``<stem>.layer.<name>.npy`` hold float32 rows, one per row of the
+    shard; ``<stem>.done.npy`` holds one uint8 flag per chunk of ``batch_size`` rows. The stem
+    names the sweep key, rank, world size, the shard's rows out of the dataset length and the
+    batch size, so a resume with another world size, dataset length or batch size finds no file
+    of its own and recomputes. A chunk's flag is set only after its rows are flushed, so a set
+    flag always means the rows are on disk, however the earlier run ended.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        key: str,
+        layers: list[str],
+        rows: np.ndarray,
+        total: int,
+        batch_size: int,
+    ) -> None:
+        from mmaudit import distributed
+
+        world = distributed.world_size() if distributed.active() else 1
+        rank = distributed.rank() if distributed.active() else 0
+        stem = (
+            f"{_slug(key)}.rank{rank}of{world}"
+            f".rows{int(rows[0])}-{int(rows[-1]) + 1}of{total}"
+            f".batch{batch_size}"
+        )
+        self.rows = len(rows)
+        self.batch_size = batch_size
+        self.layers = list(layers)
+        self.paths = {LOGITS: folder / f"{stem}.logits.npy"}
+        self.paths |= {n: folder / f"{stem}.layer.{_slug(n)}.npy" for n in layers}
+        self.done_path = folder / f"{stem}.done.npy"
+        self.arrays: dict[str, np.memmap] = {}
+        self.done = self._open((len(rows) + batch_size - 1) // batch_size)
+
+    def _open(self, chunks: int) -> np.memmap:
+        """The done flags left by an earlier run when every file it needs is intact; otherwise
+        fresh all-zero flags (stale output files are then replaced by the first chunk)."""
+        try:
+            done = np.load(self.done_path, mmap_mode="r+")
+            arrays = {n: np.load(p, mmap_mode="r+") for n, p in self.paths.items()}
+        except (OSError, ValueError):
+            done, arrays = None, {}
+        intact = (
+            done is not None
+            and done.dtype == np.uint8
+            and done.shape == (chunks,)
+            and all(a.dtype == np.float32 and a.shape[:1] == (self.rows,) for a in arrays.values())
+        )
+        if intact:
+            self.arrays = arrays
+            return done  # type: ignore[return-value]
+        done = open_memmap(self.done_path, mode="w+", dtype=np.uint8, shape=(chunks,))
+        done.flush()
+        return done
+
+    def unfinished(self) -> list[int]:
+        """Chunks (numbered from 0 within the shard) that still need the model."""
+        return [int(k) for k in np.flatnonzero(self.done == 0)]
+
+    def write(self, k: int, logits: np.ndarray, layers: dict[str, np.ndarray]) -> None:
+        """Put chunk ``k``'s rows on disk, then mark it done."""
+        lo = k * self.batch_size
+        for name, values in {LOGITS: logits, **layers}.items():
+            if name not in self.arrays:
+                shape = (self.rows, *values.shape[1:])
+                self.arrays[name] = open_memmap(
+                    self.paths[name], mode="w+", dtype=np.float32, shape=shape
+                )
+            self.arrays[name][lo : lo + len(values)] = values
+            self.arrays[name].flush()
+        self.done[k] = 1
+        self.done.flush()
+
+    def read_only(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits and layer outputs of the whole shard as read-only memory maps."""
+        for a in self.arrays.values():
+            a.flush()
+        self.arrays = {}  # closes the writable maps
+        logits = np.load(self.paths[LOGITS], mmap_mode="r")
+        return logits, {n: np.load(self.paths[n], mmap_mode="r") for n in self.layers}
+
+
+def _tensor_view(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory, without a copy, so a memory-mapped sweep stays on
+    disk. The cache only ever indexes these tensors (a copy) and never writes to them, so a
+    read-only memory map is safe here; torch's warning about read-only arrays is silenced for
+    this call alone."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def _slug(text: str) -> str:
+    """``text`` as part of a file name: kept when already safe, else sanitised and suffixed
+    with a short hash so two different names never share a file."""
+    if text and all(c.isalnum() or c in "._-" for c in text):
+        return text
+    safe = "".join(c if c.isalnum() else "_" for c in text)
+    return f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def empty_text(

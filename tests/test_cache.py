@@ -1,4 +1,5 @@
-"""InferenceCache: one sweep, memoised ablations, encoder-output reuse equal to input-level runs."""
+"""InferenceCache: one sweep, memoised ablations, encoder-output reuse equal to input-level runs;
+a persisted base sweep is memory-mapped from the work folder and resumes chunk by chunk."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import numpy as np
 import pytest
 from conftest import byo_model_config, tiny_config
 
-from mmaudit.cache import InferenceCache
+from mmaudit.cache import InferenceCache, SweepResult
+
+LAYERS = ("embedding", "image", "tabular")
 
 
 @pytest.fixture()
-def cache(tiny_manifest: Path, tiny_weights: Path, write_config) -> InferenceCache:
+def make_cache(tiny_manifest: Path, tiny_weights: Path, write_config):  # type: ignore[no-untyped-def]
+    """A fresh cache over the tiny dataset (new model, nothing memoised) at a batch size."""
     from mmaudit.config import load_config
     from mmaudit.data import build_dataset
     from mmaudit.model import load_model
@@ -20,10 +24,22 @@ def cache(tiny_manifest: Path, tiny_weights: Path, write_config) -> InferenceCac
     path = write_config(tiny_config(tiny_manifest, byo_model_config(tiny_weights / "tiny.pt")))
     cfg = load_config(path)
     ds = build_dataset(cfg)
-    adapter = load_model(cfg.model, ds.modalities, cfg.runtime)
-    c = InferenceCache(adapter, ds, batch_size=16, seed=0)
-    c.request_layers(["embedding", "image", "tabular"])
-    return c
+
+    def make(
+        batch_size: int = 16, work_dir: Path | None = None, layers: tuple[str, ...] = LAYERS
+    ) -> InferenceCache:
+        adapter = load_model(cfg.model, ds.modalities, cfg.runtime)
+        c = InferenceCache(adapter, ds, batch_size=batch_size, seed=0)
+        c.request_layers(list(layers))
+        c.work_dir = work_dir
+        return c
+
+    return make
+
+
+@pytest.fixture()
+def cache(make_cache) -> InferenceCache:  # type: ignore[no-untyped-def]
+    return make_cache()
 
 
 def test_encoder_level_permute_equals_input_level_permute(cache: InferenceCache) -> None:
@@ -88,3 +104,129 @@ def test_map_batches_runs_with_grad_in_order(cache: InferenceCache) -> None:
     order = np.concatenate([o[0] for o in out])
     assert order.tolist() == list(range(48))
     assert np.all(np.concatenate([o[1] for o in out]) > 0)
+
+
+# ------------------------------------------------------------ sweeps kept on disk (--resume)
+
+
+class Interrupted(Exception):
+    """Stands in for a crash or Ctrl-C part-way through a sweep."""
+
+
+def _interrupt_after(cache: InferenceCache, calls: int, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Make the model raise on its call number ``calls + 1``."""
+    original = cache.adapter.logits
+    seen = [0]
+
+    def logits(batch):  # type: ignore[no-untyped-def]
+        if seen[0] == calls:
+            raise Interrupted
+        seen[0] += 1
+        return original(batch)
+
+    monkeypatch.setattr(cache.adapter, "logits", logits)
+
+
+def _assert_same(a: SweepResult, b: SweepResult) -> None:
+    assert np.array_equal(a.logits, b.logits)
+    assert a.embeddings.keys() == b.embeddings.keys()
+    for name in a.embeddings:
+        assert np.array_equal(a.embeddings[name], b.embeddings[name]), name
+
+
+def test_persisted_sweep_is_memory_mapped_and_equal_to_in_memory(
+    make_cache, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    work = tmp_path / "work"
+    work.mkdir()
+    on_disk = make_cache(work_dir=work).sweep()
+    in_ram = make_cache().sweep()
+    assert not isinstance(in_ram.logits, np.memmap)
+    for array in (on_disk.logits, *on_disk.embeddings.values()):
+        assert isinstance(array, np.memmap)
+        assert Path(array.filename).parent == work  # type: ignore[arg-type]
+        assert not array.flags.writeable
+    assert on_disk.logits.shape == (48, 1) and on_disk.embeddings["embedding"].shape == (48, 8)
+    _assert_same(on_disk, in_ram)
+    # one .npy per output plus the done flags of the 3 chunks, all set
+    (done,) = work.glob("base.*.done.npy")
+    assert np.load(done).tolist() == [1, 1, 1]
+    assert len(list(work.glob("base.*.npy"))) == 1 + 1 + len(LAYERS)
+
+
+def test_checks_read_memory_mapped_sweeps(make_cache, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Encoder-level ablation and layer substitution only read the read-only maps."""
+    on_disk, in_ram = make_cache(work_dir=tmp_path), make_cache()
+    for c in (on_disk, in_ram):
+        c.sweep()
+    for level in ("input", "encoder"):
+        a = on_disk.ablated({"image": "permute", "tabular": "mean"}, level=level).logits  # type: ignore[arg-type]
+        b = in_ram.ablated({"image": "permute", "tabular": "mean"}, level=level).logits  # type: ignore[arg-type]
+        assert np.array_equal(a, b)
+    emb = on_disk.embeddings("embedding")
+    assert np.array_equal(on_disk.logits_with_layer("embedding", emb), in_ram.sweep().logits)
+
+
+def test_interrupted_sweep_resumes_only_unfinished_chunks(
+    make_cache, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    first = make_cache(batch_size=5, work_dir=tmp_path)
+    _interrupt_after(first, 4, monkeypatch)
+    with pytest.raises(Interrupted):
+        first.sweep()
+    (done,) = tmp_path.glob("base.*.done.npy")
+    assert np.load(done).tolist() == [1] * 4 + [0] * 6  # 48 rows in chunks of 5
+    resumed = make_cache(batch_size=5, work_dir=tmp_path)
+    result = resumed.sweep()
+    assert resumed.model_calls == 6
+    _assert_same(result, make_cache(batch_size=5).sweep())
+    again = make_cache(batch_size=5, work_dir=tmp_path)
+    _assert_same(again.sweep(), result)
+    assert again.model_calls == 0
+
+
+def test_other_batch_size_does_not_reuse_the_done_flags(
+    make_cache, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    first = make_cache(batch_size=16, work_dir=tmp_path)
+    _interrupt_after(first, 2, monkeypatch)
+    with pytest.raises(Interrupted):
+        first.sweep()
+    # 48 rows make 3 chunks at either size: flags [1, 1, 0] of chunks of 16 would read as
+    # "rows 0-39 done" in chunks of 20, though rows 32-39 were never written
+    other = make_cache(batch_size=20, work_dir=tmp_path)
+    result = other.sweep()
+    assert other.model_calls == 3
+    _assert_same(result, make_cache(batch_size=20).sweep())
+
+
+def test_other_shard_is_not_reused(make_cache, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Rank 1 of 2 wrote rows 24-47; one process must not read them as its own rows."""
+    from mmaudit import distributed
+
+    with monkeypatch.context() as m:
+        m.setattr(distributed, "active", lambda: True)
+        m.setattr(distributed, "gather", lambda obj: [obj])
+        m.setenv("WORLD_SIZE", "2")
+        m.setenv("RANK", "1")
+        half = make_cache(batch_size=8, work_dir=tmp_path)
+        assert half.sweep().logits.shape == (24, 1)
+        assert half.model_calls == 3
+    assert len(list(tmp_path.glob("base.rank1of2.rows24-48of48.batch8.*.npy"))) == 5
+    whole = make_cache(batch_size=8, work_dir=tmp_path)
+    result = whole.sweep()
+    assert whole.model_calls == 6
+    _assert_same(result, make_cache(batch_size=8).sweep())
+
+
+def test_new_layer_or_damaged_file_means_recompute(make_cache, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    make_cache(work_dir=tmp_path, layers=("embedding",)).sweep()
+    wider = make_cache(work_dir=tmp_path)
+    result = wider.sweep()
+    assert wider.model_calls == 3  # the earlier run has no image / tabular outputs
+    _assert_same(result, make_cache().sweep())
+    (logits,) = tmp_path.glob("base.*.logits.npy")
+    logits.write_bytes(logits.read_bytes()[:100])  # cut short, as by a full disk
+    damaged = make_cache(work_dir=tmp_path)
+    _assert_same(damaged.sweep(), result)
+    assert damaged.model_calls == 3

@@ -78,7 +78,8 @@ def test_resume_reuses_finished_sweep(config: Path, tmp_path: Path, monkeypatch)
         run_audit(config, out, Overrides(checks=["performance"]))
     assert not out.exists()
     work = tmp_path / ".r.work"
-    assert len(list(work.glob("base_*.npz"))) == 10  # 48 rows in batches of 5
+    (done,) = work.glob("base.*.done.npy")
+    assert np.load(done).tolist() == [1] * 10  # 48 rows in batches of 5, all flushed
     monkeypatch.setattr(PerformanceCheck, "run", original)
     resumed = run_audit(config, out, Overrides(checks=["performance"]), resume=True)
     assert resumed.timings["model_calls"] == 0  # the whole sweep came from disk

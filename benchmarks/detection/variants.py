@@ -79,7 +79,9 @@ def _marker_expectations(primary_ok: bool) -> tuple[Expectation, ...]:
         Expectation("marker", "saliency", "hotspot_used", severity="fail", primary=primary_ok),
         Expectation("marker", "probing", "used", "*site*", severity="fail", primary=primary_ok),
         Expectation("marker", "embedding", "dataset_identity", "*site*"),
-        Expectation("marker", "subgroups", "auroc_gap", "*site*", severity="warn"),
+        # the marker lifts every site-B score: error rates at the global threshold differ by
+        # site (equalised odds) while the AUROC within each site barely moves
+        Expectation("marker", "subgroups", "equalised_odds", "*site*", severity="warn"),
     )
 
 

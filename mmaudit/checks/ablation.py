@@ -1037,7 +1037,9 @@ def emap_logits(
     cached: dict[str, torch.Tensor] = {}
     if level == "encoder":
         cached = {
-            m: torch.from_numpy(ctx.cache.embeddings(m)).to(device)
+            # a private in-RAM copy: the cache's arrays may be read-only memory maps, and a
+            # model that edits its inputs in place must not write into them
+            m: torch.from_numpy(np.array(ctx.cache.embeddings(m))).to(device)
             for m in ds.modalities
             if m in adapter.layers
         }

@@ -415,7 +415,7 @@ class AttributionCheck(Check):
                 f" (max_text_samples={p.max_text_samples})"
             )
         fixed = {
-            m: torch.from_numpy(ctx.cache.embeddings(m))
+            m: torch.from_numpy(np.array(ctx.cache.embeddings(m)))  # writable copy of a memmap
             for m in ds.modalities
             if m != "text" and m in adapter.layers
         }
@@ -813,7 +813,7 @@ class AttributionCheck(Check):
         mods = [m for m in ds.modalities if m in adapter.layers]
         cols = [ds.modalities.index(m) for m in mods]
         rows = np.flatnonzero(ds.present[:, cols].all(1))
-        embs = {m: torch.from_numpy(ctx.cache.embeddings(m)).float() for m in mods}
+        embs = {m: torch.from_numpy(np.array(ctx.cache.embeddings(m))).float() for m in mods}
         base = {}
         for m, col in zip(mods, cols, strict=True):
             e = embs[m]
