@@ -72,6 +72,16 @@ def test_rescore_rejudges_stored_metrics(
     assert after["runs"][0]["status"]["performance"] == "fail"
     assert after["runs"][0]["alarms"]["performance"]["fail"] is True
     assert main(["--out", str(tmp_path / "nothing"), "--rescore"]) == 2
+    # an interrupted benchmark has run folders but no results.json; a check audited again
+    (copy / "results.json").unlink()
+    monkeypatch.undo()
+    assert main(["--out", str(copy), "--rescore", "--recheck", "performance"]) == 0
+    again = json.loads((copy / "results.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in again["runs"]] == [("clean", 0)]
+    assert "interrupted" in again["command"] and "performance" in again["rescored"]
+    assert again["runs"][0]["status"]["performance"] == before["runs"][0]["status"]["performance"]
+    assert main(["--out", str(copy), "--recheck", "performance"]) == 2
+    assert main(["--out", str(copy), "--rescore", "--recheck", "nonsense"]) == 2
 
 
 def _report(findings: list[tuple[str, str, str, str]], checks: list[str]) -> SimpleNamespace:

@@ -14,8 +14,10 @@ and ``dose_response.png`` into ``--out``:
 * the marker dose-response: detection rate against the marker-label correlation rho.
 
 Usage: ``python -m benchmarks.detection.run --out DIR [--variants a,b] [--seeds N]
-[--checks c,d] [--quick] [--force]``. Bad input (unknown variant or check, seeds < 1,
-an existing ``--out`` without ``--force``) is refused with one line and exit status 2.
+[--checks c,d] [--quick] [--force]``; ``--out DIR --rescore [--recheck c,d]`` scores the
+runs already in DIR again (today's thresholds; the named checks audited again), also
+after an interrupted run. Bad input (unknown variant or check, seeds < 1, an existing
+``--out`` without ``--force``) is refused with one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -226,36 +228,43 @@ def _cross_check_outcome(e: Any, report: Any, ran: set[str]) -> dict[str, Any]:
     }
 
 
+def _seed_pair_verdict(first: Path, second: Path, seed: int) -> dict[str, Any]:
+    """What ``mmaudit diff`` says about two seeds of one recipe: no change is the hit."""
+    from mmaudit.diff import diff_reports
+
+    d = diff_reports(first, second, seed=seed)
+    new_fail = [f.rule for f in d.new_findings if f.severity == "fail"]
+    no_change = not d.regressions and not new_fail
+    return {
+        "expectations": [
+            {
+                "effect": "seed_pair_no_change",
+                "check": "diff",
+                "rule": "regressions",
+                "metric": "*",
+                "severity": "fail",
+                "present": False,
+                "primary": True,
+                "detected": not no_change,
+                "outcome": "hit" if no_change else "miss",
+            }
+        ],
+        "diff": {"regressions": d.regressions, "new_fail_findings": new_fail},
+    }
+
+
 def _seed_pair(
     variant: Variant, folder: Path, stats: dict[str, Any], seed: int, s: Settings, run_dir: Path
 ) -> dict[str, Any]:
     """Train two seeds of one recipe, audit both, and ask ``diff`` whether anything changed."""
-    from mmaudit.diff import diff_reports
-
     reports = []
     for k, train_seed in enumerate((seed, seed + 10_000)):
         ckpt = run_dir / f"ckpt_{k}"
         _train(variant, folder, stats, ckpt, train_seed, s.steps)
         cfg = _write_config(folder, stats, ckpt, seed, s.batch_size)
         reports.append(_audit(cfg, run_dir / f"report_{k}", s.checks))
-    d = diff_reports(run_dir / "report_0", run_dir / "report_1", seed=seed)
-    new_fail = [f.rule for f in d.new_findings if f.severity == "fail"]
-    no_change = not d.regressions and not new_fail
     scored = score_report(variant, reports[0])
-    scored["expectations"] = [
-        {
-            "effect": "seed_pair_no_change",
-            "check": "diff",
-            "rule": "regressions",
-            "metric": "*",
-            "severity": "fail",
-            "present": False,
-            "primary": True,
-            "detected": not no_change,
-            "outcome": "hit" if no_change else "miss",
-        }
-    ]
-    scored["diff"] = {"regressions": d.regressions, "new_fail_findings": new_fail}
+    scored.update(_seed_pair_verdict(run_dir / "report_0", run_dir / "report_1", seed))
     return scored
 
 
@@ -322,30 +331,118 @@ def rejudge(report: Any) -> Any:
     return report
 
 
-def rescore(out: Path) -> dict[str, Any]:
-    """Score the stored reports of an earlier run of this benchmark again (see ``rejudge``)
-    and rewrite its results.json / results.md / figure; nothing is trained or audited."""
+def recheck(folder: Path, config: Path, checks: list[str]) -> None:
+    """Audit ``checks`` again on a stored run and put them into its report folder.
+
+    Why: a fix to how a check computes its statistics (not just its thresholds) must reach
+    every stored run without training all checkpoints again. The re-audit uses the run's own
+    config and checkpoint; the checks' entries, figures, tables and per-sample files replace
+    the old ones, the status, the across-checks summary and the views are rebuilt.
+    """
+    import tempfile
+
+    from mmaudit.agreement import cross_check
+    from mmaudit.findings import SEVERITY_ORDER
+    from mmaudit.render import write_views
     from mmaudit.report import load_report
 
+    report = load_report(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = _audit(config, Path(tmp) / "r", checks)
+        for name in checks:
+            report.checks[name] = fresh.checks[name]
+            for sub in ("figures", "tables"):
+                src, dst = Path(tmp) / "r" / sub / name, folder / sub / name
+                if dst.exists():
+                    shutil.rmtree(dst)
+                if src.exists():
+                    shutil.copytree(src, dst)
+            for src in (Path(tmp) / "r" / "samples").glob(f"{name}.*"):
+                shutil.copy2(src, folder / "samples" / src.name)
+    report.status = max(
+        (c.status for c in report.checks.values()), key=lambda st: SEVERITY_ORDER.get(st, 0)
+    )
+    attributes = list((report.config.get("data") or {}).get("attributes") or {})
+    report.cross_checks = cross_check(report.checks, attributes)
+    (folder / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
+    write_views(folder, report)
+
+
+def _stored_runs(out: Path) -> list[tuple[Variant, int, Path]]:
+    """Every finished (variant, seed, run folder) under ``out/runs``, in registry order."""
+    found = []
+    for name, variant in VARIANTS.items():
+        base = out / "runs" / name
+        if not base.is_dir():
+            continue
+        for run_dir in sorted(base.glob("seed*"), key=lambda d: int(d.name[4:] or 0)):
+            reports = ["report_0", "report_1"] if variant.kind == "seed_pair" else ["report"]
+            if all((run_dir / r / "report.json").is_file() for r in reports):
+                found.append((variant, int(run_dir.name[4:]), run_dir))
+    return found
+
+
+def rescore(out: Path, recheck_checks: list[str] | None = None) -> dict[str, Any]:
+    """Score the stored runs in ``out`` again and rewrite results.json / .md / the figure.
+
+    Nothing is trained. Findings are judged again with today's default thresholds
+    (``rejudge``); ``recheck_checks`` are first audited again on every run (``recheck``).
+    Works on an interrupted benchmark too: the runs are found from the folders
+    (``runs/<variant>/seed<k>/``), and results.json, when present, only adds the settings
+    and timings of the original run.
+    """
+    from mmaudit.report import load_report
+
+    stored = _stored_runs(out)
+    if not stored:
+        raise BadInput(f"{out} holds no finished run of this benchmark (runs/<variant>/seed<k>)")
     path = out / "results.json"
-    if not path.is_file():
-        raise BadInput(f"{out} holds no results.json from an earlier run of this benchmark")
-    result = json.loads(path.read_text())
+    result: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    if not result:
+        result = {
+            "command": "(interrupted run; settings assumed to be the defaults)",
+            "settings": asdict(FULL),
+            "seconds": 0.0,
+        }
+    before = {(r["variant"], r["seed"]): r for r in result.get("runs", [])}
     runs = []
-    for old in result["runs"]:
-        variant = VARIANTS.get(old["variant"])
-        if variant is None:
-            raise BadInput(f"{path}: variant {old['variant']!r} is no longer defined")
-        run_dir = out / "runs" / old["variant"] / f"seed{old['seed']}"
-        folder = run_dir / ("report_0" if variant.kind == "seed_pair" else "report")
-        scored = score_report(variant, rejudge(load_report(folder)))
-        if variant.kind == "seed_pair":  # what diff said is kept: it did not judge thresholds
-            scored["expectations"] = old["expectations"]
-            scored["diff"] = old.get("diff")
-        runs.append({**old, **scored})
+    for variant, seed, run_dir in stored:
+        folders = (
+            [run_dir / "report_0", run_dir / "report_1"]
+            if variant.kind == "seed_pair"
+            else [run_dir / "report"]
+        )
+        configs = (
+            [run_dir / "audit_ckpt_0.yaml", run_dir / "audit_ckpt_1.yaml"]
+            if variant.kind == "seed_pair"
+            else [run_dir / "audit_ckpt.yaml"]
+        )
+        for folder, config in zip(folders, configs, strict=True):
+            if recheck_checks:
+                print(f"[detection] recheck {variant.name} seed {seed}", file=sys.stderr)
+                recheck(folder, config, recheck_checks)
+        scored = score_report(variant, rejudge(load_report(folders[0])))
+        if variant.kind == "seed_pair":
+            scored.update(_seed_pair_verdict(folders[0], folders[1], seed))
+        old = before.get((variant.name, seed), {})
+        runs.append(
+            {
+                "variant": variant.name,
+                "kind": variant.kind,
+                "rho": variant.rho,
+                "seed": seed,
+                "seconds": old.get("seconds"),
+                **scored,
+            }
+        )
+    result["variants"] = {
+        v.name: {"kind": v.kind, "description": v.description} for v, _, _ in stored
+    }
     result["runs"] = runs
     result["summary"] = summarise(runs)
-    result["rescored"] = "findings judged again with the default thresholds of this commit"
+    result["rescored"] = "findings judged again with the default thresholds of this commit" + (
+        f"; checks audited again: {', '.join(recheck_checks)}" if recheck_checks else ""
+    )
     _write_results(out, result)
     return result
 
@@ -545,10 +642,25 @@ def _write_results(out: Path, result: dict[str, Any]) -> None:
 # --- command line ----------------------------------------------------------------------
 
 
-def parse_args(argv: list[str]) -> tuple[Path, list[str], Settings | None]:
+def _known_checks(text: str) -> list[str]:
+    from mmaudit.check import load_builtin_checks
+
+    known = load_builtin_checks()
+    checks = [c.strip() for c in text.split(",") if c.strip()]
+    bad = [c for c in checks if c not in known]
+    if bad or not checks:
+        raise BadInput(
+            f"unknown check {', '.join(map(repr, bad)) or '(none given)'};"
+            f" known: {', '.join(sorted(known))}"
+        )
+    return checks
+
+
+def parse_args(argv: list[str]) -> tuple[Path, list[str], Settings | None, list[str]]:
     """Validate the command line; ``BadInput`` with one clear message on bad values.
 
-    Settings are None for ``--rescore`` (the run's own settings are in its results.json).
+    Returns (out, variants, settings, checks to recheck); settings are None for
+    ``--rescore``.
     """
     ap = argparse.ArgumentParser(prog="python -m benchmarks.detection.run", description=__doc__)
     ap.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
@@ -560,11 +672,18 @@ def parse_args(argv: list[str]) -> tuple[Path, list[str], Settings | None]:
     ap.add_argument(
         "--rescore",
         action="store_true",
-        help="judge the reports already in --out again with today's default thresholds",
+        help="judge the runs already in --out again with today's default thresholds",
+    )
+    ap.add_argument(
+        "--recheck",
+        default=None,
+        help="with --rescore: comma-separated checks to audit again on every stored run",
     )
     a = ap.parse_args(argv)
+    if a.recheck is not None and not a.rescore:
+        raise BadInput("--recheck needs --rescore")
     if a.rescore:
-        return Path(a.out), [], None
+        return Path(a.out), [], None, _known_checks(a.recheck) if a.recheck else []
     base = QUICK if a.quick else FULL
     names = list(VARIANTS) if a.variants is None else [v.strip() for v in a.variants.split(",")]
     unknown = [v for v in names if v not in VARIANTS]
@@ -581,36 +700,25 @@ def parse_args(argv: list[str]) -> tuple[Path, list[str], Settings | None]:
             raise BadInput(f"--seeds must be a whole number, got {a.seeds!r}") from None
         if not 1 <= seeds <= _MAX_SEEDS:
             raise BadInput(f"--seeds must be between 1 and {_MAX_SEEDS}, got {seeds}")
-    checks = base.checks
-    if a.checks is not None:
-        from mmaudit.check import load_builtin_checks
-
-        known = load_builtin_checks()
-        checks = [c.strip() for c in a.checks.split(",") if c.strip()]
-        bad = [c for c in checks if c not in known]
-        if bad or not checks:
-            raise BadInput(
-                f"unknown check {', '.join(map(repr, bad)) or '(none given)'};"
-                f" known: {', '.join(sorted(known))}"
-            )
+    checks = base.checks if a.checks is None else _known_checks(a.checks)
     out = Path(a.out)
     if out.exists() and not a.force:
         raise BadInput(f"output folder {out} exists; pass --force to replace it")
     s = Settings(n=base.n, steps=base.steps, seeds=seeds, checks=checks)
-    return out, names, s
+    return out, names, s, []
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 on success, 2 on refused input."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        out, names, s = parse_args(argv)
+        out, names, s, recheck_checks = parse_args(argv)
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if s is None:
         try:
-            result = rescore(out)
+            result = rescore(out, recheck_checks or None)
         except BadInput as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

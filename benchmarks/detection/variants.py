@@ -92,6 +92,12 @@ def _registry() -> dict[str, Variant]:
             "no marker, equal prevalence per site: every shortcut check must stay quiet",
             "clean",
             {"rho": 0.0, **_NO_MARKER},
+            expect=(
+                # true by construction, so not false alarms: the generator always leaves a
+                # sex trace in the image, and the label adds up its modalities' evidence
+                Expectation("sex_trace", "probing", "encoded", "*sex*"),
+                Expectation("additive_label", "ablation", "no_interaction"),
+            ),
         ),
     ]
     for rho in MARKER_RHOS:
