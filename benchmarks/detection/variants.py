@@ -26,7 +26,7 @@ Kind = Literal["planted", "clean", "encoded_only", "control", "seed_pair"]
 Training = Literal["trained", "random_init", "shuffled_labels"]
 
 NEGATIVE_KINDS: tuple[str, ...] = ("clean", "encoded_only")
-MARKER_RHOS: tuple[float, ...] = (0.5, 0.7, 0.9, 0.99)
+MARKER_RHOS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9, 0.99)
 _NO_MARKER: dict[str, Any] = {"marker_prob": (0.0, 0.0)}
 
 
