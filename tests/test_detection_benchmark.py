@@ -235,3 +235,19 @@ def test_signature_scored_on_the_across_checks_summary() -> None:
     alone = _report([], ["probing"])
     outcome = {e["rule"]: e for e in score_report(sig, alone)["expectations"]}
     assert outcome["saliency_blind"]["outcome"] == "not_run"
+
+
+def test_variant_the_model_did_not_learn_is_left_out() -> None:
+    syn = VARIANTS["synergy"]
+    assert syn.min_auroc is not None
+    weak = _report(
+        [("ablation", "no_interaction", "emap.gap", "warn")], ["ablation", "performance"]
+    )
+    weak.checks["performance"].metrics = {"auroc": {"value": 0.52}}
+    scored = score_report(syn, weak)
+    assert {e["outcome"] for e in scored["expectations"]} == {"invalid"}
+    learned = _report([], ["ablation", "performance"])
+    learned.checks["performance"].metrics = {"auroc": {"value": 0.9}}
+    assert {e["outcome"] for e in score_report(syn, learned)["expectations"]} == {"hit"}
+    runs = [{"variant": "synergy", "kind": "planted", "rho": None, "seed": 0, **scored}]
+    assert summarise(runs)["tpr"] == []

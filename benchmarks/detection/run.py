@@ -160,8 +160,13 @@ def score_report(variant: Variant, report: Any) -> dict[str, Any]:
         for n, cr in report.checks.items()
         if cr.status != "skipped" and not (cr.status == "error" and cr.reason)
     }
+    learned = _model_auroc(report)
+    invalid = variant.min_auroc is not None and (learned is None or learned < variant.min_auroc)
     outcomes = []
     for e in variant.expect:
+        if invalid:  # the model never learned what was planted: nothing to detect
+            outcomes.append({**asdict(e), "detected": None, "outcome": "invalid"})
+            continue
         if e.check == "cross_checks":  # what the report's "across checks" summary says
             outcomes.append(_cross_check_outcome(e, report, ran))
             continue
@@ -210,6 +215,15 @@ def score_report(variant: Variant, report: Any) -> dict[str, Any]:
         "status": statuses,
         "reasons": reasons,
     }
+
+
+def _model_auroc(report: Any) -> float | None:
+    """The audited model's AUROC from the performance check, if it ran."""
+    perf = report.checks.get("performance")
+    value = getattr(perf, "metrics", {}).get("auroc") if perf is not None else None
+    if isinstance(value, dict):
+        value = value.get("value")
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _cross_check_outcome(e: Any, report: Any, ran: set[str]) -> dict[str, Any]:
@@ -459,7 +473,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     tpr: dict[tuple[str, str, str, bool, bool], list[int]] = {}
     for r in runs:
         for e in r["expectations"]:
-            if e["outcome"] == "not_run":
+            if e["outcome"] in ("not_run", "invalid"):
                 continue
             key = (e["effect"], e["check"], e["rule"], e["present"], e["primary"])
             tpr.setdefault(key, []).append(int(e["outcome"] == "hit"))
@@ -510,7 +524,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 by_rho.setdefault(f"{e.check}.{e.rule}", {}).setdefault(0.0, []).append(int(hit))
             continue
         for e in r["expectations"]:
-            if e["effect"] == "marker" and e["outcome"] != "not_run":
+            if e["effect"] == "marker" and e["outcome"] not in ("not_run", "invalid"):
                 key = f"{e['check']}.{e['rule']}"
                 by_rho.setdefault(key, {}).setdefault(rho, []).append(int(bool(e["detected"])))
     for key, per in by_rho.items():
@@ -570,6 +584,10 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines += ["", "## Runs", "", "| variant | seed | seconds | statuses |", "|---|---|---|---|"]
     for r in result["runs"]:
         st = ", ".join(f"{k}: {v}" for k, v in sorted(r["status"].items()))
+        if any(e["outcome"] == "invalid" for e in r["expectations"]):
+            st = "**left out: the model did not learn the task** (AUROC below the variant's" + (
+                f" min_auroc); {st}"
+            )
         lines.append(f"| {r['variant']} | {r['seed']} | {r['seconds']} | {st} |")
     return "\n".join(lines) + "\n"
 

@@ -48,7 +48,11 @@ class PerformanceCheck(Check):
     Metrics: ``auroc``, ``auprc``, ``accuracy``, ``ece`` (binary); ``auroc_macro``,
     ``accuracy``, ``ece`` (multiclass); ``auroc.<label>`` (multilabel);
     ``missing.<modality>``; ``n``, ``prevalence``.
-    Default thresholds: warn when AUROC < 0.70, fail when < 0.60; warn when ECE > 0.10.
+    Default thresholds: warn when AUROC < 0.80, fail when < 0.70 (the usual floor of
+    acceptable discrimination; calibrated on benchmarks/detection, where random-weight and
+    shuffled-label controls reached up to 0.62 -- an untrained network is a fixed function
+    of informative inputs, not a coin -- and trained clean models 0.86-0.88); warn when
+    ECE > 0.10.
     """
 
     name = "performance"
@@ -66,7 +70,7 @@ class PerformanceCheck(Check):
 
     default_thresholds: ClassVar[dict[str, ThresholdRule]] = {
         "auroc_low": ThresholdRule(
-            metric="auroc*", warn_below=0.70, fail_below=0.60, message="discrimination is low"
+            metric="auroc*", warn_below=0.80, fail_below=0.70, message="discrimination is low"
         ),
         "ece_high": ThresholdRule(
             metric="ece", warn_above=0.10, message="probabilities are poorly calibrated"
