@@ -11,6 +11,7 @@ from torch import nn
 
 from mmaudit.model import ModelAdapter
 from mmaudit.text_attribution import (
+    SiteGivenLabel,
     association,
     baseline_ids,
     content_mask,
@@ -106,3 +107,30 @@ def test_association_and_site_versus_label() -> None:
 def test_metric_key() -> None:
     assert metric_key("X-ray") == "x_ray"
     assert metric_key("$") == "_"
+
+
+def test_site_within_label_flags_a_site_coded_lab_not_a_clinical_one() -> None:
+    """Site tied to prevalence (0.05 vs 0.95): a lab shifted by site is associated with the
+    label almost as strongly as with the site; within each label class it still separates
+    the sites. A clinical lab (shifted by the label only) differs between sites through
+    prevalence alone and must stay quiet."""
+    rng = np.random.default_rng(1)
+    n = 600
+    site = np.repeat(["A", "B"], n // 2)
+    label = (rng.random(n) < np.where(site == "B", 0.95, 0.05)).astype(int)
+    site_lab = rng.normal(0, 1, n) + 1.0 * (site == "B")
+    clinical_lab = rng.normal(0, 1, n) + 1.0 * label
+    tester = SiteGivenLabel(site, label, n_permutations=400, seed=0)
+    coded = tester.test(site_lab)
+    clinical = tester.test(clinical_lab)
+    assert coded is not None and clinical is not None
+    assert coded.null_p < 0.01 and clinical.null_p > 0.05
+    # the statistic is the size-weighted within-label association
+    manual = sum(
+        (label == c).mean() * association(site_lab[label == c], site[label == c]) for c in (0, 1)
+    )
+    assert coded.value == pytest.approx(manual)
+    # views of one feature: the max over columns; one site per stratum: no test
+    both = tester.test(np.column_stack([clinical_lab, site_lab]))
+    assert both is not None and both.value == pytest.approx(coded.value)
+    assert SiteGivenLabel(np.repeat(["A"], 10), np.arange(10) % 2).test(np.arange(10.0)) is None

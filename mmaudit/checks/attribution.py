@@ -17,13 +17,13 @@ from mmaudit.plots import literal_text, pyplot
 from mmaudit.stats import Estimate, adjust_pvalues, bootstrap_ci
 from mmaudit.text_attribution import (
     DEFAULT_STOPLIST,
+    SiteGivenLabel,
     association,
     baseline_token_id,
     content_mask,
     find_text_embedding_layer,
     is_word,
     metric_key,
-    site_vs_label,
     text_integrated_gradients,
     word_spans,
 )
@@ -234,13 +234,15 @@ class AttributionCheck(Check):
     attribution per class (words seen in fewer than ``min_count`` reports are not ranked,
     so one rare word with one huge score cannot top it). The completeness error of IG is
     reported. For the words carrying most attribution, a test of whether the word tells
-    the *site* apart better than the *label* (patient-level paired bootstrap, Holm
-    corrected); words in a configurable stop-list (institutions, workflow, template
+    the *site* apart among reports with the same *label* (the site shuffled within label
+    classes ``n_boot`` times; Holm corrected -- see ``SiteGivenLabel`` for why not "site
+    better than label", which a site tied to prevalence turns into a coin flip); words
+    in a configurable stop-list (institutions, workflow, template
     words) are never clinical findings. (2) **tabular** -- SHAP values of the lab features
     (``shap`` PermutationExplainer by default; captum GradientShap optional) with the
     image and report fixed at their observed values, on a capped sample: mean |SHAP| with
     CIs, a beeswarm summary, dependence plots, importance per subgroup, and the same
-    site-versus-label test per feature (value and missingness). (3) **shares** -- per
+    site-within-label test per feature (value and missingness). (3) **shares** -- per
     sample, each modality's share of the total absolute attribution, from Integrated
     Gradients over all encoder outputs at once (MM-SHAP style, one method and one output
     scale for every modality, so the shares are comparable); a table keyed by modality
@@ -254,11 +256,11 @@ class AttributionCheck(Check):
     Metrics: ``text.n_samples``, ``text.completeness_error`` (sum |IG - (F(x)-F(ref))| /
     sum |F(x)-F(ref)|), ``text.top_words.<class>``, ``text.stoplist_share`` (share of
     |attribution| on stop-listed words), ``text.site_word_share.<word>`` (the word's share
-    of |attribution|; ``null_p`` = corrected p-value that it is no better at site than at
-    label); ``tabular.n_samples``, ``tabular.importance.<feature>`` (mean |SHAP|),
+    of |attribution|; ``null_p`` = corrected p-value that it says nothing about the site
+    within a label class); ``tabular.n_samples``, ``tabular.importance.<feature>`` (mean |SHAP|),
     ``tabular.additivity_error``, ``tabular.site_feature_share.<feature>``;
     ``shares.<modality>``, ``shares.completeness_error``.
-    Default thresholds: warn when a word that predicts site better than label (p < 0.05)
+    Default thresholds: warn when a word that tells sites apart within label (p < 0.05)
     carries over 5 % of all text attribution, fail over 15 %; the same for a lab feature
     at 25 % / 50 %; warn when stop-listed words carry over 10 % of the text attribution,
     fail over 25 %; warn when IG's completeness error exceeds 5 % (raise ``ig_steps``).
@@ -269,7 +271,9 @@ class AttributionCheck(Check):
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        n_boot: int = Field(default=1000, ge=50, description="bootstrap resamples for CIs")
+        n_boot: int = Field(
+            default=1000, ge=50, description="bootstrap resamples for CIs; site-test shuffles"
+        )
         alpha: float = Field(default=0.05, gt=0, lt=1, description="1 - CI level")
         multiplicity: Literal["holm", "bh", "by", "none"] = Field(
             default="holm", description="correction of the site tests across words / features"
@@ -332,7 +336,7 @@ class AttributionCheck(Check):
             warn_above=0.05,
             fail_above=0.15,
             max_p=0.05,
-            message="a word that tells the site apart better than the label drives predictions",
+            message="a word that tells the site apart within a label class drives predictions",
         ),
         "stoplist_words": ThresholdRule(
             metric="text.stoplist_share",
@@ -345,7 +349,7 @@ class AttributionCheck(Check):
             warn_above=0.25,
             fail_above=0.50,
             max_p=0.05,
-            message="a lab feature that tells the site apart better than the label drives"
+            message="a lab feature that tells the site apart within a label class drives"
             " predictions",
         ),
         "ig_not_converged": ThresholdRule(
@@ -561,6 +565,12 @@ class AttributionCheck(Check):
         tests: list[Estimate | None] = []
         shares: list[Estimate] = []
         assoc: list[tuple[float, float]] = []
+        ok = site[rows] != "" if site is not None else np.zeros(len(rows), dtype=bool)
+        tester = (
+            SiteGivenLabel(site[rows][ok], label[ok], int(boot["n_boot"]), int(boot["seed"]))
+            if site is not None
+            else None
+        )
         for word in cand.index:
             mine = words[words["word"] == word]
             per_doc = np.zeros(n_docs)
@@ -568,23 +578,12 @@ class AttributionCheck(Check):
             shares.append(bootstrap_ci(_ratio, per_doc, doc_total, groups=groups, **boot))
             x = np.zeros(n_docs)
             x[mine["doc"].to_numpy()] = 1.0
-            if site is None:
+            if site is None or tester is None:
                 tests.append(None)
                 assoc.append((float("nan"), association(x, label)))
                 continue
-            s = site[rows]
-            ok = s != ""
-            tests.append(
-                site_vs_label(
-                    x[ok],
-                    s[ok],
-                    label[ok],
-                    None if groups is None else groups[ok],
-                    int(boot["n_boot"]),
-                    int(boot["seed"]),
-                )
-            )
-            assoc.append((association(x[ok], s[ok]), association(x[ok], label[ok])))
+            tests.append(tester.test(x[ok]))
+            assoc.append((association(x[ok], site[rows][ok]), association(x[ok], label[ok])))
         raw_p = [t.null_p if t is not None and t.null_p is not None else np.nan for t in tests]
         adj = adjust_pvalues(raw_p, p.multiplicity) if raw_p else np.array([])
         taken: set[str] = set()
@@ -605,7 +604,7 @@ class AttributionCheck(Check):
                     "share_ci_high": sh.ci_high,
                     "site_association": assoc[k][0],
                     "label_association": assoc[k][1],
-                    "site_minus_label": tests[k].value if tests[k] is not None else None,
+                    "site_within_label": tests[k].value if tests[k] is not None else None,
                     "p": raw_p[k] if not np.isnan(raw_p[k]) else None,
                     "p_adjusted": padj,
                     "stoplisted": word in stop,
@@ -733,6 +732,12 @@ class AttributionCheck(Check):
         label = np.asarray(ctx.target)[rows]
         rows_table, tests = [], []
         taken: set[str] = set()
+        ok = site[rows] != "" if site is not None else np.zeros(len(rows), dtype=bool)
+        tester = (
+            SiteGivenLabel(site[rows][ok], label[ok], p.n_boot, ctx.seed)
+            if site is not None
+            else None
+        )
         for j, feat in enumerate(names):
             if empty[j]:
                 continue
@@ -741,18 +746,9 @@ class AttributionCheck(Check):
             x = np.column_stack([ds.tabular[rows, j].numpy(), missing[rows, j].astype(float)])
             test = None
             assoc_site = float("nan")
-            if site is not None:
-                s = site[rows]
-                ok = s != ""
-                test = site_vs_label(
-                    x[ok],
-                    s[ok],
-                    label[ok],
-                    None if groups is None else groups[ok],
-                    p.n_boot,
-                    ctx.seed,
-                )
-                assoc_site = association(x[ok], s[ok])
+            if site is not None and tester is not None:
+                test = tester.test(x[ok])
+                assoc_site = association(x[ok], site[rows][ok])
             tests.append(test)
             key = _unique_key(metric_key(feat), taken)
             out.metrics[f"tabular.importance.{key}"] = imp
@@ -766,7 +762,7 @@ class AttributionCheck(Check):
                     "share": share,
                     "site_association": assoc_site,
                     "label_association": association(x, label),
-                    "site_minus_label": test.value if test is not None else None,
+                    "site_within_label": test.value if test is not None else None,
                     "p": test.null_p if test is not None else None,
                 }
             )
