@@ -44,6 +44,8 @@ class MetricDelta(BaseModel):
     tolerance: float = 0.0
     regression: bool = False
     improvement: bool = False
+    # a significant move for the worse that stays inside the rule's limits (not a regression)
+    worse_within_limits: bool = False
 
 
 class FindingChange(BaseModel):
@@ -108,6 +110,21 @@ def metric_direction(metric: str, check: CheckReport) -> Direction:
         if above and not below:
             return "lower"
     return "neutral"
+
+
+def worse_limit(metric: str, check: CheckReport, direction: Direction) -> float | None:
+    """The nearest warn / fail limit on the worse side of ``metric``'s rules, if any."""
+    keys = ("warn_above", "fail_above") if direction == "lower" else ("warn_below", "fail_below")
+    limits = [
+        float(rule[k])
+        for rule in check.thresholds.values()
+        if fnmatch.fnmatchcase(metric, str(rule.get("metric", "")))
+        for k in keys
+        if rule.get(k) is not None
+    ]
+    if not limits:
+        return None
+    return min(limits) if direction == "lower" else max(limits)
 
 
 def _value(m: Any) -> tuple[float | None, float | None, float | None]:
@@ -297,6 +314,16 @@ def _diff_metric(
     if direction != "neutral" and d.significant and abs(d.delta) > tol:
         bad = d.delta < 0 if direction == "higher" else d.delta > 0
         d.regression, d.improvement = bad, not bad
+        # Non-paired tests compare two bootstrap CIs of the same data, which say nothing of
+        # how much a retrained model moves anyway (two training seeds of one recipe move
+        # saliency and attribution statistics beyond their CIs). A worse move that stays
+        # inside the rule's limits is reported, not counted as a regression; crossing a
+        # limit raises a finding, which is.
+        limit = worse_limit(metric, b, direction)
+        if bad and paired is None and limit is not None:
+            beyond = vb > limit if direction == "lower" else vb < limit
+            if not beyond:
+                d.regression, d.worse_within_limits = False, True
     return d
 
 
@@ -393,7 +420,15 @@ def diff_markdown(d: DiffResult) -> str:
     if moved:
         lines += ["| metric | base | new | Δ | test |", "|---|---|---|---|---|"]
         for m in moved[:25]:
-            mark = " ⬇" if m.regression else (" ⬆" if m.improvement else "")
+            mark = (
+                " ⬇"
+                if m.regression
+                else " ↘ within limits"
+                if m.worse_within_limits
+                else " ⬆"
+                if m.improvement
+                else ""
+            )
             lines.append(
                 f"| {m.check}.{markdown_cell(m.metric)} | {m.base:.4g} | {m.new:.4g}"
                 f" | {m.delta:+.4g}{mark} | {m.method} |"

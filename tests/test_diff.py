@@ -173,3 +173,30 @@ def test_direction_from_thresholds_and_tolerance_patterns() -> None:
     assert tolerance_for("saliency.x", tol) == 0.05
     with pytest.raises(ReportError):
         parse_tolerances(["auroc=lots"])
+
+
+def test_worse_move_inside_the_limits_is_not_a_regression() -> None:
+    """Two CIs that do not overlap, both well under the warn limit: a retrained model moved,
+    it did not regress. Past the limit it did."""
+    from mmaudit.diff import _diff_metric
+
+    rules = {"r": {"metric": "off_roi_excess.*", "warn_above": 0.05, "fail_above": 0.15}}
+
+    def check(value: float) -> CheckReport:
+        est = {"value": value, "ci_low": value - 0.01, "ci_high": value + 0.01}
+        return CheckReport(
+            name="saliency", status="pass", metrics={"off_roi_excess.ig": est}, thresholds=rules
+        )
+
+    inside = _diff_metric(
+        "saliency", "off_roi_excess.ig", check(-0.1), check(-0.04), {}, None, None, 0
+    )
+    assert inside.significant and not inside.regression and inside.worse_within_limits
+    beyond = _diff_metric(
+        "saliency", "off_roi_excess.ig", check(-0.1), check(0.08), {}, None, None, 0
+    )
+    assert beyond.regression and not beyond.worse_within_limits
+    better = _diff_metric(
+        "saliency", "off_roi_excess.ig", check(0.08), check(-0.1), {}, None, None, 0
+    )
+    assert better.improvement and not better.regression

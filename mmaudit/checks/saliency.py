@@ -427,7 +427,7 @@ class _Run:
         fixed = {}
         for m in self.ds.modalities:
             if m != "image" and m in self.adapter.layers:
-                fixed[m] = torch.from_numpy(np.ascontiguousarray(self.ctx.cache.embeddings(m)))
+                fixed[m] = torch.from_numpy(np.array(self.ctx.cache.embeddings(m)))  # writable copy
         return fixed
 
     def _cam_layers(self) -> dict[str, str]:
