@@ -112,19 +112,29 @@ def metric_direction(metric: str, check: CheckReport) -> Direction:
     return "neutral"
 
 
-def worse_limit(metric: str, check: CheckReport, direction: Direction) -> float | None:
-    """The nearest warn / fail limit on the worse side of ``metric``'s rules, if any."""
-    keys = ("warn_above", "fail_above") if direction == "lower" else ("warn_below", "fail_below")
-    limits = [
-        float(rule[k])
-        for rule in check.thresholds.values()
-        if fnmatch.fnmatchcase(metric, str(rule.get("metric", "")))
-        for k in keys
-        if rule.get(k) is not None
-    ]
-    if not limits:
-        return None
-    return min(limits) if direction == "lower" else max(limits)
+def _flagged(name: str, metric: str, check: CheckReport) -> bool:
+    """Whether ``metric``'s value in ``check`` crosses one of its rules (limit and p)."""
+    from mmaudit.check import ThresholdRule
+    from mmaudit.findings import judge
+    from mmaudit.stats import Estimate
+
+    raw = check.metrics[metric]
+    value: Any = raw
+    if isinstance(raw, dict):
+        v = raw.get("value")
+        value = Estimate(
+            float("nan") if v is None else float(v),
+            raw.get("ci_low"),
+            raw.get("ci_high"),
+            raw.get("n"),
+            raw.get("null_p"),
+        )
+    rules = {
+        k: ThresholdRule.model_validate(r)
+        for k, r in check.thresholds.items()
+        if fnmatch.fnmatchcase(metric, str(r.get("metric", "")))
+    }
+    return bool(judge(name, {metric: value}, rules))
 
 
 def _value(m: Any) -> tuple[float | None, float | None, float | None]:
@@ -317,13 +327,10 @@ def _diff_metric(
         # Non-paired tests compare two bootstrap CIs of the same data, which say nothing of
         # how much a retrained model moves anyway (two training seeds of one recipe move
         # saliency and attribution statistics beyond their CIs). A worse move that stays
-        # inside the rule's limits is reported, not counted as a regression; crossing a
-        # limit raises a finding, which is.
-        limit = worse_limit(metric, b, direction)
-        if bad and paired is None and limit is not None:
-            beyond = vb > limit if direction == "lower" else vb < limit
-            if not beyond:
-                d.regression, d.worse_within_limits = False, True
+        # inside the rule's limits (value and p) is reported, not counted as a regression;
+        # crossing them raises a finding, which is.
+        if bad and paired is None and not _flagged(name, metric, b):
+            d.regression, d.worse_within_limits = False, True
     return d
 
 
