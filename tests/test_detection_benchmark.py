@@ -239,13 +239,14 @@ def test_signature_scored_on_the_across_checks_summary() -> None:
 
 def test_variant_the_model_did_not_learn_is_left_out() -> None:
     syn = VARIANTS["synergy"]
-    assert syn.min_auroc is not None
+    assert syn.learned == (("performance", "auroc", 0.7),)
     weak = _report(
         [("ablation", "no_interaction", "emap.gap", "warn")], ["ablation", "performance"]
     )
     weak.checks["performance"].metrics = {"auroc": {"value": 0.52}}
     scored = score_report(syn, weak)
     assert {e["outcome"] for e in scored["expectations"]} == {"invalid"}
+    assert scored["unmet"] == ["performance auroc 0.52 < 0.7"]
     learned = _report([], ["ablation", "performance"])
     learned.checks["performance"].metrics = {"auroc": {"value": 0.9}}
     assert {e["outcome"] for e in score_report(syn, learned)["expectations"]} == {"hit"}

@@ -160,8 +160,8 @@ def score_report(variant: Variant, report: Any) -> dict[str, Any]:
         for n, cr in report.checks.items()
         if cr.status != "skipped" and not (cr.status == "error" and cr.reason)
     }
-    learned = _model_auroc(report)
-    invalid = variant.min_auroc is not None and (learned is None or learned < variant.min_auroc)
+    unmet = _unmet(variant, report)
+    invalid = bool(unmet)
     outcomes = []
     for e in variant.expect:
         if invalid:  # the model never learned what was planted: nothing to detect
@@ -210,6 +210,7 @@ def score_report(variant: Variant, report: Any) -> dict[str, Any]:
     reasons = {n: cr.reason for n, cr in report.checks.items() if n not in ran}
     return {
         "findings": findings,
+        "unmet": unmet,
         "expectations": outcomes,
         "alarms": alarms,
         "status": statuses,
@@ -217,13 +218,18 @@ def score_report(variant: Variant, report: Any) -> dict[str, Any]:
     }
 
 
-def _model_auroc(report: Any) -> float | None:
-    """The audited model's AUROC from the performance check, if it ran."""
-    perf = report.checks.get("performance")
-    value = getattr(perf, "metrics", {}).get("auroc") if perf is not None else None
-    if isinstance(value, dict):
-        value = value.get("value")
-    return float(value) if isinstance(value, (int, float)) else None
+def _unmet(variant: Variant, report: Any) -> list[str]:
+    """The variant's ``learned`` conditions that this audit's metrics do not meet."""
+    unmet = []
+    for check, metric, least in variant.learned:
+        cr = report.checks.get(check)
+        value = getattr(cr, "metrics", {}).get(metric) if cr is not None else None
+        if isinstance(value, dict):
+            value = value.get("value")
+        if not isinstance(value, (int, float)) or value < least:
+            shown = f"{value:.3g}" if isinstance(value, (int, float)) else "missing"
+            unmet.append(f"{check} {metric} {shown} < {least:g}")
+    return unmet
 
 
 def _cross_check_outcome(e: Any, report: Any, ran: set[str]) -> dict[str, Any]:
@@ -584,10 +590,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines += ["", "## Runs", "", "| variant | seed | seconds | statuses |", "|---|---|---|---|"]
     for r in result["runs"]:
         st = ", ".join(f"{k}: {v}" for k, v in sorted(r["status"].items()))
-        if any(e["outcome"] == "invalid" for e in r["expectations"]):
-            st = "**left out: the model did not learn the task** (AUROC below the variant's" + (
-                f" min_auroc); {st}"
-            )
+        if r.get("unmet"):
+            st = f"**left out, the model did not learn it: {'; '.join(r['unmet'])}**; {st}"
         lines.append(f"| {r['variant']} | {r['seed']} | {r['seconds']} | {st} |")
     return "\n".join(lines) + "\n"
 
