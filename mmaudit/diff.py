@@ -119,16 +119,7 @@ def _flagged(name: str, metric: str, check: CheckReport) -> bool:
     from mmaudit.stats import Estimate
 
     raw = check.metrics[metric]
-    value: Any = raw
-    if isinstance(raw, dict):
-        v = raw.get("value")
-        value = Estimate(
-            float("nan") if v is None else float(v),
-            raw.get("ci_low"),
-            raw.get("ci_high"),
-            raw.get("n"),
-            raw.get("null_p"),
-        )
+    value = Estimate.from_dict(raw) if isinstance(raw, dict) else raw
     rules = {
         k: ThresholdRule.model_validate(r)
         for k, r in check.thresholds.items()

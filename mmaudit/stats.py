@@ -80,6 +80,18 @@ class Estimate:
     n: int | None = None
     null_p: float | None = None
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Estimate:
+        """The inverse of :meth:`to_dict` (a ``None`` value, i.e. NaN, becomes NaN again)."""
+        value = d.get("value")
+        return cls(
+            float("nan") if value is None else float(value),
+            d.get("ci_low"),
+            d.get("ci_high"),
+            d.get("n"),
+            d.get("null_p"),
+        )
+
     def to_dict(self) -> dict[str, float | int | None]:
         """Return a JSON-safe dict: numpy scalars become Python numbers, NaN/inf become None."""
         return {

@@ -392,3 +392,12 @@ def test_multiclass_ece() -> None:
     assert math.isnan(multiclass_ece(np.array([], dtype=int), np.empty((0, 3))))
     with pytest.raises(ValueError):
         multiclass_ece(np.array([3]), np.array([[0.2, 0.3, 0.5]]))
+
+
+def test_estimate_round_trips_through_its_dict() -> None:
+    from mmaudit.stats import Estimate
+
+    e = Estimate(0.25, 0.1, 0.4, 12, 0.03)
+    assert Estimate.from_dict(e.to_dict()) == e
+    back = Estimate.from_dict(Estimate(float("nan"), n=3).to_dict())
+    assert np.isnan(back.value) and back.n == 3 and back.ci_low is None

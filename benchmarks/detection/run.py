@@ -324,16 +324,7 @@ def rejudge(report: Any) -> Any:
     from mmaudit.stats import Estimate
 
     def metric(v: Any) -> Any:
-        if isinstance(v, dict) and "value" in v:
-            value = v["value"]
-            return Estimate(
-                value=float("nan") if value is None else value,
-                ci_low=v.get("ci_low"),
-                ci_high=v.get("ci_high"),
-                n=v.get("n"),
-                null_p=v.get("null_p"),
-            )
-        return v
+        return Estimate.from_dict(v) if isinstance(v, dict) and "value" in v else v
 
     report = report.model_copy(deep=True)
     for name, cr in report.checks.items():
