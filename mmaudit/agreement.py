@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-__all__ = ["CrossCheck", "cross_check"]
+__all__ = ["CrossCheck", "check_ran", "cross_check"]
 
 Evidence = Literal["encoded", "used", "differs"]
 
@@ -60,7 +60,9 @@ class CrossCheck(BaseModel):
     message: str = ""
 
 
-def _ran(cr: Any) -> bool:
+def check_ran(cr: Any) -> bool:
+    """Whether a report's check entry ran to the end: not skipped, and not an ``error``
+    that is a raised exception (which has a reason) rather than an error-severity finding."""
     return cr.status != "skipped" and not (cr.status == "error" and cr.reason)
 
 
@@ -84,14 +86,14 @@ def cross_check(checks: dict[str, Any], attributes: list[str]) -> list[CrossChec
     saliency = checks.get("saliency")
     hotspot = (
         any(f.rule in _IMAGE_HOTSPOT_RULES and f.severity in _FLAG for f in saliency.findings)
-        if saliency is not None and _ran(saliency)
+        if saliency is not None and check_ran(saliency)
         else None
     )
     out: list[CrossCheck] = []
     for attribute in attributes:
         cc = CrossCheck(attribute=attribute, image_hotspot=hotspot)
         for name, cr in checks.items():
-            if not _ran(cr):
+            if not check_ran(cr):
                 continue
             for f in cr.findings:
                 kind = _EVIDENCE.get((name, f.rule))
@@ -111,7 +113,7 @@ def cross_check(checks: dict[str, Any], attributes: list[str]) -> list[CrossChec
             n
             for n in _ATTRIBUTE_CHECKS
             if n in checks
-            and _ran(checks[n])
+            and check_ran(checks[n])
             and n not in flagged
             and (n != "attribution" or attribute == site)
         ]

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.detection.variants import MARKER_RHOS, NEGATIVE_KINDS, VARIANTS, Variant
+from mmaudit.agreement import check_ran
 
 __all__ = ["Settings", "main", "run_benchmark", "score_report"]
 
@@ -155,11 +156,7 @@ def score_report(variant: Variant, report: Any) -> dict[str, Any]:
     ]
     # an "error" status with a reason is a check that raised; without one, the check ran and
     # raised an error-severity finding (e.g. probing's failed positive control)
-    ran = {
-        n
-        for n, cr in report.checks.items()
-        if cr.status != "skipped" and not (cr.status == "error" and cr.reason)
-    }
+    ran = {n for n, cr in report.checks.items() if check_ran(cr)}
     unmet = _unmet(variant, report)
     invalid = bool(unmet)
     outcomes = []
@@ -328,7 +325,7 @@ def rejudge(report: Any) -> Any:
 
     report = report.model_copy(deep=True)
     for name, cr in report.checks.items():
-        if cr.status == "skipped" or (cr.status == "error" and cr.reason):
+        if not check_ran(cr):
             continue
         rules = get_check(name).default_thresholds
         own = [f for f in cr.findings if f.rule not in cr.thresholds and f.rule not in rules]
