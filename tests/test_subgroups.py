@@ -235,20 +235,20 @@ def test_best_minus_worst_gap_is_tested_against_shuffled_groups() -> None:
     assert significant <= 2
 
 
-def test_permuted_codes_keep_patients_whole() -> None:
-    from mmaudit.checks.subgroups import permuted_codes
+def test_shuffled_codes_keep_patients_whole() -> None:
+    from mmaudit.checks.subgroups import code_shuffler
 
     codes = np.array([0, 0, 1, 1, 1, 2, 2, 0])
     patients = np.array(["p", "p", "q", "q", "q", "r", "r", "s"])
     rng = np.random.default_rng(0)
     for _ in range(20):
-        shuffled = permuted_codes(codes, patients, rng)
+        shuffled = code_shuffler(codes, patients)(rng)
         for pid in np.unique(patients):
             assert len(set(shuffled[patients == pid])) == 1
         assert sorted(np.unique(shuffled, return_counts=False)) == sorted(set(shuffled.tolist()))
     # a patient with two groups: rows are shuffled instead
     mixed = np.array([0, 1, 1, 1, 1, 2, 2, 0])
-    assert sorted(permuted_codes(mixed, patients, rng)) == sorted(mixed)
+    assert sorted(code_shuffler(mixed, patients)(rng)) == sorted(mixed)
 
 
 def test_vectorised_group_table_equals_the_per_group_metrics() -> None:

@@ -314,13 +314,6 @@ def code_shuffler(
     return lambda rng: rng.permutation(codes)
 
 
-def permuted_codes(
-    codes: np.ndarray, patients: np.ndarray | None, rng: np.random.Generator
-) -> np.ndarray:
-    """One shuffle of the group codes (see :func:`code_shuffler`)."""
-    return code_shuffler(codes, patients)(rng)
-
-
 def analyse_groups(
     grouping: Grouping,
     y: np.ndarray,
