@@ -436,23 +436,34 @@ def shifted_null(
     generator: torch.Generator,
     top_fraction: float = 0.01,
     chunk: int = 16,
+    max_elements: int = 1 << 22,
 ) -> torch.Tensor:
     """Null distribution of the mean map's concentration when every sample's map is shifted
     circularly by its own random offset: what a dataset without a recurring location (but
     with the same per-map shapes) would give. ``maps`` (N, H, W), normalised; returns
-    (n_null,). ``chunk`` replicates are gathered at once from the flattened maps."""
+    (n_null,). ``chunk`` replicates are gathered at once from the flattened maps, in blocks
+    of samples of at most ``max_elements`` gathered pixels."""
     n, h, w = maps.shape
     flat = maps.reshape(1, n, h * w)
     rows0 = torch.arange(h).view(1, 1, h, 1)
     cols0 = torch.arange(w).view(1, 1, 1, w)
+    # the shifted maps of ``block`` samples at a time: memory stays flat as N grows (the
+    # gather indices are int64, 8 bytes per pixel per replicate per sample)
+    block = max(1, max_elements // (chunk * h * w))
     out = []
     for start in range(0, n_null, chunk):
         r = min(chunk, n_null - start)
         dy = torch.randint(0, h, (r, n, 1, 1), generator=generator)
         dx = torch.randint(0, w, (r, n, 1, 1), generator=generator)
-        idx = (((rows0 - dy) % h) * w + (cols0 - dx) % w).reshape(r, n, h * w)
-        shifted = flat.expand(r, -1, -1).gather(2, idx.to(maps.device))
-        out.append(concentration(shifted.mean(1).view(r, h, w), top_fraction))
+        total = torch.zeros(r, h * w, dtype=maps.dtype, device=maps.device)
+        for b in range(0, n, block):
+            e = min(n, b + block)
+            idx = (((rows0 - dy[:, b:e]) % h) * w + (cols0 - dx[:, b:e]) % w).reshape(
+                r, e - b, h * w
+            )
+            shifted = flat[:, b:e].expand(r, -1, -1).gather(2, idx.to(maps.device))
+            total += shifted.sum(1)
+        out.append(concentration((total / n).view(r, h, w), top_fraction))
     return torch.cat(out)
 
 

@@ -486,3 +486,12 @@ def test_graft_and_randomise_leave_the_original_untouched() -> None:
         assert torch.equal(v, before[k])
     assert not torch.equal(shell[1][1].weight, model[1][1].weight)
     assert graft(model, "", inner) is inner
+
+
+def test_shifted_null_in_sample_blocks_equals_the_one_block_result() -> None:
+    """Blocking over samples (bounded memory) draws the same shifts and sums the same maps."""
+    maps = torch.rand(37, 8, 8)
+    maps = maps / maps.sum(dim=(1, 2), keepdim=True)
+    whole = shifted_null(maps, 20, torch.Generator().manual_seed(3), max_elements=1 << 30)
+    blocked = shifted_null(maps, 20, torch.Generator().manual_seed(3), max_elements=16 * 64 * 5)
+    assert torch.allclose(whole, blocked, atol=1e-6)
