@@ -376,6 +376,13 @@ def recheck(folder: Path, config: Path, checks: list[str]) -> None:
     write_views(folder, report)
 
 
+def _audits(variant: Variant, run_dir: Path) -> list[tuple[Path, Path]]:
+    """(report folder, audit config) of each audit in a run folder: two for a seed pair."""
+    if variant.kind == "seed_pair":
+        return [(run_dir / f"report_{k}", run_dir / f"audit_ckpt_{k}.yaml") for k in (0, 1)]
+    return [(run_dir / "report", run_dir / "audit_ckpt.yaml")]
+
+
 def _stored_runs(out: Path) -> list[tuple[Variant, int, Path]]:
     """Every finished (variant, seed, run folder) under ``out/runs``, in registry order."""
     found = []
@@ -384,8 +391,7 @@ def _stored_runs(out: Path) -> list[tuple[Variant, int, Path]]:
         if not base.is_dir():
             continue
         for run_dir in sorted(base.glob("seed*"), key=lambda d: int(d.name[4:] or 0)):
-            reports = ["report_0", "report_1"] if variant.kind == "seed_pair" else ["report"]
-            if all((run_dir / r / "report.json").is_file() for r in reports):
+            if all((folder / "report.json").is_file() for folder, _ in _audits(variant, run_dir)):
                 found.append((variant, int(run_dir.name[4:]), run_dir))
     return found
 
@@ -415,17 +421,9 @@ def rescore(out: Path, recheck_checks: list[str] | None = None) -> dict[str, Any
     before = {(r["variant"], r["seed"]): r for r in result.get("runs", [])}
     runs = []
     for variant, seed, run_dir in stored:
-        folders = (
-            [run_dir / "report_0", run_dir / "report_1"]
-            if variant.kind == "seed_pair"
-            else [run_dir / "report"]
-        )
-        configs = (
-            [run_dir / "audit_ckpt_0.yaml", run_dir / "audit_ckpt_1.yaml"]
-            if variant.kind == "seed_pair"
-            else [run_dir / "audit_ckpt.yaml"]
-        )
-        for folder, config in zip(folders, configs, strict=True):
+        audits = _audits(variant, run_dir)
+        folders = [folder for folder, _ in audits]
+        for folder, config in audits:
             if recheck_checks:
                 print(f"[detection] recheck {variant.name} seed {seed}", file=sys.stderr)
                 recheck(folder, config, recheck_checks)
