@@ -41,11 +41,13 @@ class ToyNet(nn.Module):
 
     ``focus="corner"`` reads only the top-left 4x4 corner (where site B burns a marker: the
     planted shortcut, outside the ROI); ``focus="centre"`` reads only the ROI, where the
-    label lives. The correct attribution is known: the read-out region. ``dead`` gives the
+    label lives; ``focus="both"`` reads both, the corner pixels 1.5x as strongly, so on
+    images in [0, 1] site B's bright marker draws the attribution and site A's dim corner
+    does not. The correct attribution is known: the read-out region. ``dead`` gives the
     conv a huge negative bias, so every activation and gradient is zero.
     """
 
-    def __init__(self, focus: str, dead: bool = False) -> None:
+    def __init__(self, focus: str, dead: bool = False, offset: float | None = None) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 2, 3, padding=1)
         with torch.no_grad():
@@ -54,10 +56,12 @@ class ToyNet(nn.Module):
             self.conv.weight[1, 0] = 1.0 / 9.0
             self.conv.bias.fill_(-100.0 if dead else 0.0)
         w = torch.zeros(2, S, S)
-        region = (slice(1, 5), slice(1, 5)) if focus == "corner" else (slice(8, 16), slice(8, 16))
-        w[:, region[0], region[1]] = 1.0
+        if focus in ("centre", "both"):
+            w[:, 8:16, 8:16] = 1.0
+        if focus in ("corner", "both"):
+            w[:, 1:5, 1:5] = 1.5 if focus == "both" else 1.0
         self.readout = nn.Parameter(w / w[0].sum())
-        self.offset = 0.8 if focus == "corner" else 0.5
+        self.offset = (0.8 if focus == "corner" else 0.5) if offset is None else offset
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         a = torch.relu(self.conv(image))
@@ -66,11 +70,16 @@ class ToyNet(nn.Module):
 
 class Toy(nn.Module):
     def __init__(
-        self, focus: str = "corner", dead: bool = False, flat: bool = False, two: bool = False
+        self,
+        focus: str = "corner",
+        dead: bool = False,
+        flat: bool = False,
+        two: bool = False,
+        offset: float | None = None,
     ) -> None:
         super().__init__()
         self.two = two  # two logits [-z, z]: a softmax (multiclass) model
-        self.net: nn.Module = ToyNet(focus, dead)
+        self.net: nn.Module = ToyNet(focus, dead, offset)
         if flat:  # no conv / token layer to hook: flatten -> linear on the same read-out
             readout = self.net.readout.detach()[0].reshape(-1)
             self.net = nn.Sequential(nn.Flatten(), nn.Linear(S * S, 1))
@@ -100,10 +109,33 @@ class Insensitive(nn.Module):
 
 
 def build_toy(
-    focus: str = "corner", dead: bool = False, flat: bool = False, two: bool = False
+    focus: str = "corner",
+    dead: bool = False,
+    flat: bool = False,
+    two: bool = False,
+    offset: float | None = None,
 ) -> nn.Module:
     """The factory the configs name as ``test_saliency:build_toy``."""
-    return Toy(focus, dead, flat, two).eval()
+    return Toy(focus, dead, flat, two, offset).eval()
+
+
+def build_vit() -> nn.Module:
+    """A tiny ViT (timm, randomly initialised, nothing downloaded): 4x4 tokens of 6x6 px,
+    two blocks of width 16."""
+    from mmaudit.models import ArchitectureSpec, ImageSpec, build_model
+
+    spec = ArchitectureSpec(
+        modalities=["image"],
+        image=ImageSpec(
+            timm_name="vit_tiny_patch16_224",
+            img_size=S,
+            timm_kwargs={"patch_size": 6, "embed_dim": 16, "depth": 2, "num_heads": 2},
+        ),
+        dim=8,
+        num_outputs=1,
+    )
+    torch.manual_seed(0)
+    return build_model(spec).eval()
 
 
 def build_insensitive() -> nn.Module:
@@ -168,7 +200,7 @@ FAST = {
 }
 
 
-def toy_context(
+def toy_config(
     toy_dir: Path,
     *,
     factory: str = "build_toy",
@@ -177,41 +209,63 @@ def toy_context(
     manifest: str = "manifest.csv",
     layers: dict[str, str] | None = None,
     target: dict[str, Any] | None = None,
-) -> AuditContext:
+    image: dict[str, Any] | None = None,
+    checks: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The raw config of an audit of the toy data; ``image`` updates the image config (e.g.
+    mean / std), ``checks`` is the config's ``checks`` section (threshold overrides)."""
+    image_cfg = {"column": "image_path", "size": S, "channels": 1, **(image or {})}
+    if masks:
+        image_cfg["roi_mask"] = "mask_path"
+    return {
+        "model": {
+            "factory": f"test_saliency:{factory}",
+            "kwargs": kwargs or {},
+            "python_path": [str(TESTS)],
+            "layers": {"image": "net"} if layers is None else layers,
+        },
+        "data": {
+            "manifest": str(toy_dir / manifest),
+            "id": "id",
+            "patient": "patient",
+            "target": target or {"column": "label"},
+            "image": image_cfg,
+            "attributes": {"site": {}, "sex": {}},
+        },
+        "runtime": {"device": "cpu", "batch_size": 32, "progress": False},
+        "checks": checks or {},
+    }
+
+
+def toy_context(toy_dir: Path, **options: Any) -> AuditContext:
+    """A context on the toy data (``options``: those of ``toy_config``)."""
     from mmaudit.cache import InferenceCache
     from mmaudit.config import AuditConfig
     from mmaudit.data import build_dataset
     from mmaudit.model import load_model
 
-    image: dict[str, Any] = {"column": "image_path", "size": S, "channels": 1}
-    if masks:
-        image["roi_mask"] = "mask_path"
-    cfg = AuditConfig.model_validate(
-        {
-            "model": {
-                "factory": f"test_saliency:{factory}",
-                "kwargs": kwargs or {},
-                "python_path": [str(TESTS)],
-                "layers": {"image": "net"} if layers is None else layers,
-            },
-            "data": {
-                "manifest": str(toy_dir / manifest),
-                "id": "id",
-                "patient": "patient",
-                "target": target or {"column": "label"},
-                "image": image,
-                "attributes": {"site": {}, "sex": {}},
-            },
-            "runtime": {"device": "cpu", "batch_size": 32, "progress": False},
-        }
-    )
+    cfg = AuditConfig.model_validate(toy_config(toy_dir, **options))
     ds = build_dataset(cfg)
     adapter = load_model(cfg.model, ds.modalities, cfg.runtime)
     cache = InferenceCache(adapter, ds, batch_size=32, seed=0)
     return AuditContext(config=cfg, dataset=ds, adapter=adapter, cache=cache, seed=0)
 
 
+FIGURES = (
+    "overlays_confident_positives",
+    "overlays_most_off_roi",
+    "mean_maps",
+    "location_histograms",
+    "randomisation_curve",
+    "cluster_exemplars",
+)
+
+
 def run_check(ctx: AuditContext, **params: Any) -> tuple[CheckOutput, list[Finding]]:
+    """Run the check with ``FAST`` params updated by ``params``; judge it with the rules the
+    runner would use (the defaults updated by the config's thresholds)."""
+    from mmaudit.check import merged_thresholds
+
     cls = load_builtin_checks()["saliency"]
     check = cls(cls.Params.model_validate({**FAST, **params}))
     reason = check.missing_requirements(ctx)
@@ -229,7 +283,9 @@ def run_check(ctx: AuditContext, **params: Any) -> tuple[CheckOutput, list[Findi
 
     for fig in out.figures.values():
         plt.close(fig)
-    return out, list(out.findings) + judge("saliency", out.metrics, cls.default_thresholds)
+    cc = ctx.config.checks.get("saliency")
+    rules = merged_thresholds(cls, cc.thresholds if cc else {}, "checks.saliency")
+    return out, list(out.findings) + judge("saliency", out.metrics, rules)
 
 
 def _value(metric: Any) -> float:
@@ -269,13 +325,16 @@ def test_toy_shortcut_fails_on_the_corner_and_is_located(toy_runs: Any) -> None:
         assert _value(m[f"sanity.spearman.{method}"]) < 0.5
     assert _severities(findings).get("off_roi_above_chance") == "warn"
     # Grad-CAM averages the gradient over space, so here it lights up every bright region
-    # whatever the weights are: the randomisation test catches exactly that
-    assert _value(m["sanity.spearman.gradcam"]) > 0.5
-    assert _severities(findings).get("sanity_failed") == "warn"
+    # whatever the weights are: its maps survive randomisation best (not beyond the CI
+    # limit on 16 maps, so it stays trusted; the insensitive model below fails outright)
+    assert _value(m["sanity.similarity.gradcam"]) > _value(m["sanity.similarity.hirescam"])
+    # IG is recomputed at every cascade stage, like the CAMs
+    curve = out.tables["sanity_curve"]
+    assert (curve["method"] == "ig").sum() == m["sanity.stages"] == 2
     # the per-sample table, the figures, the compact maps for `mmaudit diff`
     table = out.tables["per_sample"]
     assert len(table) == N and {"id", "gradcam.off_roi", "ig.delta", "cluster"} <= set(table)
-    assert {"overlays_confident_positives", "mean_maps", "randomisation_curve"} <= set(out.figures)
+    assert set(FIGURES) <= set(out.figures)
     assert out.arrays["map.gradcam"].shape == (N, 16, 16)
     assert "overlays_confident_positives" in out.private
 
@@ -349,6 +408,36 @@ def test_sanity_check_flags_weight_independent_maps(toy_dir: Path) -> None:
     assert untrusted and "cannot be trusted" in untrusted[0].message
     # an untrusted method's location metrics carry no p-value, so they raise nothing
     assert out.metrics["off_roi_excess.ig"].null_p is None  # type: ignore[union-attr]
+    assert out.metrics["sanity.trusted.ig"] == 0
+
+
+def test_the_yaml_sanity_rule_decides_trust(toy_dir: Path) -> None:
+    """One setting: raising the YAML limit of ``sanity_failed`` above the similarity's CI
+    lower bound removes the warning and makes the method trusted again (its p-values
+    kept); judging the point estimate instead of the CI bound moves the verdict too."""
+    params = {"methods": ["ig"], "faithfulness_samples": 0}
+    ctx = toy_context(toy_dir, factory="build_insensitive", layers={"image": "net"})
+    out, _ = run_check(ctx, **params)
+    sim = out.metrics["sanity.similarity.ig"]
+    assert isinstance(sim, Estimate) and sim.ci_low is not None and sim.ci_low > 0.9
+    between = (sim.ci_low + sim.value) / 2  # above the CI bound, below the point estimate
+    for rule, trusted in (
+        ({"warn_above": 1.0}, 1),
+        ({"warn_above": between}, 1),
+        ({"warn_above": between, "statistic": "value"}, 0),
+    ):
+        ctx = toy_context(
+            toy_dir,
+            factory="build_insensitive",
+            layers={"image": "net"},
+            checks={"saliency": {"thresholds": {"sanity_failed": rule}}},
+        )
+        out, findings = run_check(ctx, **params)
+        assert out.metrics["sanity.trusted.ig"] == trusted, rule
+        assert ("sanity_failed" in _severities(findings)) == (not trusted), rule
+        assert any(f.rule == "sanity_untrusted" for f in findings) == (not trusted), rule
+        has_p = out.metrics["off_roi_excess.ig"].null_p is not None  # type: ignore[union-attr]
+        assert has_p == bool(trusted), rule
 
 
 def test_no_conv_layer_skips_cams_but_ig_runs(toy_dir: Path) -> None:
@@ -388,6 +477,135 @@ def test_single_class_image_rows_leave_auroc_undefined(toy_dir: Path) -> None:
     assert any(k.startswith("occlusion.flip_excess") for k in out.metrics)
 
 
+@pytest.fixture(scope="module")
+def both_run(toy_dir: Path) -> tuple[CheckOutput, list[Finding]]:
+    """The toy reading the ROI and (1.5x) the corner, on images in [0, 1]: site B's bright
+    marker draws attribution out of the ROI, site A's dim corner does not; sex is
+    unrelated. Class 1 explained everywhere, IG from a black baseline, default permutations.
+    """
+    ctx = toy_context(toy_dir, kwargs={"focus": "both"}, image={"mean": [0.0], "std": [1.0]})
+    return run_check(ctx, target="positive", ig_baseline="black", n_permutations=2000)
+
+
+def test_site_gap_survives_holm_and_the_unrelated_attribute_does_not(both_run: Any) -> None:
+    out, _ = both_run
+    m = out.metrics
+    for method in ("hirescam", "ig"):
+        site = m[f"subgroup_gap.site.off_roi.{method}"]
+        sex = m[f"subgroup_gap.sex.off_roi.{method}"]
+        assert isinstance(site, Estimate) and isinstance(sex, Estimate)
+        assert site.value > 0.15 and site.null_p is not None and site.null_p < 0.05, site
+        assert sex.null_p is not None and sex.null_p > 0.05, sex
+    # IG from a black baseline went through the check and is complete
+    assert _value(m["ig.delta_rel"]) < 0.05
+
+
+def test_every_location_statistic_is_broken_down_by_every_attribute(both_run: Any) -> None:
+    out, _ = both_run
+    m = out.metrics
+    for method in ("hirescam", "ig"):
+        by = {
+            (lev, stat): _value(m[f"by_attr.site.{lev}.{stat}.{method}"])
+            for lev in "AB"
+            for stat in ("off_roi", "pointing", "border")
+        }
+        assert by["A", "pointing"] > 0.9 and by["B", "pointing"] < 0.1  # B points at the marker
+        assert by["B", "off_roi"] > by["A", "off_roi"] + 0.15
+        assert by["B", "border"] > by["A", "border"]
+        assert f"by_attr.sex.F.rank_acc.{method}" in m
+    table = out.tables["subgroups"]
+    assert set(table["statistic"]) == {"off_roi", "pointing", "rank_acc", "border"}
+    assert set(table["attribute"]) == {"site", "sex"}
+    # one histogram panel per method x attribute; the untrusted Grad-CAM is labelled
+    assert m["sanity.trusted.gradcam"] == 0
+    titles = [ax.get_title() for ax in out.figures["location_histograms"].axes if ax.has_data()]
+    for attr in ("site", "sex"):
+        assert sum(t.endswith(f"by {attr}") for t in titles) == 4
+    assert "gradcam (untrusted): off_roi by site" in titles
+    grid = out.figures["overlays_most_off_roi"]
+    assert "gradcam (untrusted)" in [ax.get_ylabel() for ax in grid.axes]
+
+
+def test_spray_finds_the_site_b_cluster(both_run: Any) -> None:
+    out, findings = both_run
+    assert out.metrics["clusters.n"] >= 2
+    table = out.tables["clusters"]
+    site_b = table[table["site_majority"] == "B"]
+    assert len(site_b) and site_b["candidate_shortcut"].all()
+    assert (site_b["site_purity"] >= 0.9).all()
+    notes = [f.message for f in findings if f.rule == "cluster_candidate"]
+    assert any("site=B" in n for n in notes)
+
+
+def test_spray_eigengap_allows_one_cluster() -> None:
+    from mmaudit.checks.saliency import _spectral
+
+    rng = np.random.default_rng(0)
+    homogeneous = rng.normal(size=(200, 64))
+    labels, k, _ = _spectral(homogeneous, 8, seed=0)
+    assert k == 1 and set(labels) == {0}
+    centres = rng.normal(size=(3, 64)) * 4
+    planted = np.concatenate([c + rng.normal(size=(60, 64)) for c in centres])
+    labels, k, _ = _spectral(planted, 8, seed=0)
+    assert k == 3
+    truth = np.repeat(np.arange(3), 60)
+    assert all(len(set(labels[truth == c])) == 1 for c in range(3))
+
+
+def test_a_tiny_vit_end_to_end_layer_by_layer(toy_dir: Path) -> None:
+    """Token maps reshaped to the grid; ``sanity_stages: all`` randomises one parametrised
+    layer per stage, and IG is recomputed at every one."""
+    layers = build_vit().default_layers()
+    ctx = toy_context(toy_dir, factory="build_vit", layers=layers)
+    out, _ = run_check(
+        ctx,
+        sanity_stages="all",
+        sanity_samples=4,
+        subset_samples=8,
+        faithfulness_samples=4,
+        ig_steps=4,
+        control_draws=2,
+        n_permutations=100,
+    )
+    m = out.metrics
+    assert str(m["cam_layer"]).endswith("blocks.1.norm1")
+    for method in ("gradcam", "hirescam", "layercam", "ig"):
+        assert np.isfinite(_value(m[f"off_roi.{method}"]))
+    curve = out.tables["sanity_curve"]
+    assert m["sanity.stages"] == m["sanity.layers"] > 10
+    assert (curve["method"] == "ig").sum() == m["sanity.layers"]
+    assert "randomisation_curve" in out.figures
+
+
+def test_no_positive_decision_is_a_note_not_a_silent_gap(toy_dir: Path) -> None:
+    # the read-out offset puts every logit below 0; class 1 is still explained (live maps)
+    ctx = toy_context(toy_dir, kwargs={"focus": "centre", "offset": 5.0})
+    out, _ = run_check(
+        ctx, methods=["hirescam"], target="positive", sanity=False, faithfulness_samples=0
+    )
+    assert "overlays_confident_positives" not in out.figures
+    assert "overlays_most_off_roi" in out.figures
+    assert any("no image row is decided positive" in n for n in out.notes)
+
+
+def test_the_report_folder_holds_every_figure_and_the_per_sample_table(
+    toy_dir: Path, tmp_path: Path
+) -> None:
+    import yaml
+
+    from mmaudit.runner import Overrides, run_audit
+
+    raw = toy_config(toy_dir)
+    raw["checks"] = {"saliency": {"params": {**FAST, "faithfulness_samples": 0}}}
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    run_audit(path, tmp_path / "report", Overrides(checks=["saliency"]))
+    figures = tmp_path / "report" / "figures" / "saliency"
+    assert {f.stem for f in figures.glob("*.png")} >= set(FIGURES)
+    table = pd.read_csv(tmp_path / "report" / "tables" / "saliency" / "per_sample.csv")
+    assert len(table) == N and "ig.off_roi" in table
+
+
 def test_params_are_validated() -> None:
     from mmaudit.check import build_params
     from mmaudit.errors import CheckError
@@ -408,7 +626,6 @@ SAMPLE_FAST = {
     "faithfulness_samples": 0,
     "hotspot_max": 3,
     "hotspot_null": 50,
-    "n_permutations": 100,
 }
 
 
@@ -454,6 +671,9 @@ def test_sample_shortcut_fails_on_the_marker(sample_runs: Any) -> None:
     assert _value(m[f"hotspot.row.{worst}"]) < 0.2 and _value(m[f"hotspot.col.{worst}"]) < 0.2
     assert _value(m[f"occlusion.delta_auroc_excess.{worst}"]) > 0
     assert _value(m["ig.delta_rel"]) < 0.05  # IG completeness on the real model
+    # site B's marker pulls attribution off the lungs: a gap that survives Holm
+    gap = m["subgroup_gap.site.off_roi.ig"]
+    assert isinstance(gap, Estimate) and gap.null_p is not None and gap.null_p < 0.05
 
 
 def test_sample_clean_model_does_not_fail(sample_runs: Any) -> None:
@@ -465,7 +685,9 @@ def test_sample_sex_trace_raises_no_saliency_finding(sample_runs: Any) -> None:
     for name, (out, findings) in sample_runs.items():
         assert not any("sex" in (f.metric or "") or "sex" in f.message for f in findings), name
         for key, metric in out.metrics.items():
-            if key.startswith("subgroup_gap.sex."):
+            # the border band is left out: the wider M silhouette reaches it, so IG's border
+            # share is truly higher for M (image content, not a shortcut; no rule judges it)
+            if key.startswith("subgroup_gap.sex.") and ".border." not in key:
                 assert isinstance(metric, Estimate)
                 assert metric.null_p is None or metric.null_p > 0.05, (name, key, metric)
 

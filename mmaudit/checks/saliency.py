@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -24,8 +24,10 @@ from mmaudit.check import (
     Finding,
     Requirements,
     ThresholdRule,
+    merged_thresholds,
     register,
 )
+from mmaudit.findings import judge
 from mmaudit.saliency_maps import (
     ImageForward,
     border_band,
@@ -68,6 +70,10 @@ Method = Literal["gradcam", "hirescam", "layercam", "ig", "occlusion"]
 CAMS = ("gradcam", "hirescam", "layercam")
 #: preference order for the hotspot map: the finest, most faithful trusted map first
 HOTSPOT_ORDER = ("ig", "occlusion", "layercam", "hirescam", "gradcam")
+#: location statistics broken down by attribute (off-ROI, pointing and rank need masks)
+SUBGROUP_STATS = ("off_roi", "pointing", "rank_acc", "border")
+#: a hotspot box counts as off-ROI when at most this share of it lies in the image's ROI
+OFF_ROI_MAX_OVERLAP = 0.05
 
 
 @dataclass
@@ -109,9 +115,12 @@ class SaliencyCheck(Check):
     Holm across candidates. SpRAy-style spectral clustering of the maps (cluster count by
     eigengap) gives each cluster's size, label purity and attribute purity. Deletion /
     insertion AUCs on a subset measure faithfulness against a random order. The Adebayo et
-    al. (2018) cascading model-parameter randomisation of the image encoder (Spearman and
+    al. (2018) cascading model-parameter randomisation of the image encoder (every method,
+    IG included, at every stage; ``sanity_stages: all`` for one layer per stage; Spearman and
     SSIM between trained and randomised maps) says whether a method's maps depend on the
-    learned weights at all; a method that fails it loses its p-values and its hotspots.
+    learned weights at all. The ``sanity_failed`` rule, judged on the CI lower bound of the
+    per-map smaller of the two, decides trust: a method it flags loses its p-values and its
+    hotspots (the same rule raises the warning, so the two cannot disagree).
     Why: chest X-ray models have learned hospital markers and image edges instead of
     lungs. A saliency map that shows it is a hint; a decision that changes when the region
     is removed, and not when a comparable region is, is evidence; and a map that does not
@@ -121,21 +130,24 @@ class SaliencyCheck(Check):
     ``off_roi_excess.<m>``, ``off_roi_random.<m>``, ``off_roi_vs_random.<m>``,
     ``pointing.<m>``, ``rank_acc.<m>``; ``border.<m>``, ``border_chance``,
     ``border_excess.<m>``, ``border_random.<m>``, ``concentration.<m>``,
-    ``dead_maps.<m>``; ``by_attr.<attr>.<level>.<off_roi|border>.<m>``,
-    ``subgroup_gap.<attr>.<m>``; ``ig.delta_abs``, ``ig.delta_rel``;
+    ``dead_maps.<m>``; ``by_attr.<attr>.<level>.<s>.<m>`` and ``subgroup_gap.<attr>.<s>.<m>``
+    for ``<s>`` in off_roi, pointing, rank_acc, border (p-values Holm-adjusted per ``<s>``
+    over attributes x methods); ``ig.delta_abs``, ``ig.delta_rel``;
     ``hotspot.concentration.<m>``, ``hotspot.{row,col,box_mass,in_border,roi_overlap}.<c>``,
     ``hotspot.candidates``; ``occlusion.{flip_rate,flip_rate_control,flip_excess,
     delta_logit,delta_logit_excess,delta_auroc,delta_auroc_excess,change_ratio}.<c>``;
-    ``offroi_hotspot.flip_excess`` (the worst off-ROI candidate) and
-    ``offroi_hotspot.method``; ``clusters.{n,eigengap,candidates}``;
+    ``offroi_hotspot.flip_excess`` (the worst off-ROI candidate: at most 5 % of the box in
+    the ROI) and ``offroi_hotspot.{method,row,col,roi_overlap}``;
+    ``clusters.{n,eigengap,candidates}``;
     ``deletion_auc.<m|random>``, ``insertion_auc.<m|random>``,
-    ``deletion_gain.<m>``, ``insertion_gain.<m>``; ``sanity.spearman.<m>``,
-    ``sanity.ssim.<m>``.
+    ``deletion_gain.<m>``, ``insertion_gain.<m>``; ``sanity.{spearman,ssim,similarity,
+    trusted}.<m>``, ``sanity.layers``, ``sanity.stages``.
     Default thresholds: fail when occluding an off-ROI hotspot (the border band without
     masks) flips over 5 % more decisions than its control (Holm-adjusted p < 0.05); warn
     when the off-ROI share exceeds chance by over 0.05, or the border share by over 0.10
-    (Holm-adjusted p < 0.05); warn when a method's maps keep a mean Spearman correlation
-    over 0.5 with those of the fully randomised model (failed sanity check).
+    (Holm-adjusted p < 0.05); warn when the CI lower bound of a method's similarity to the
+    fully randomised model's maps (per map the smaller of Spearman and SSIM) is over 0.5
+    (failed sanity check; the method is then untrusted).
     """
 
     name = "saliency"
@@ -213,7 +225,10 @@ class SaliencyCheck(Check):
         )
         n_boot: int = Field(default=1000, ge=50, description="bootstrap resamples for CIs")
         n_permutations: int = Field(
-            default=200, ge=50, description="permutations of the subgroup-gap null"
+            default=2000,
+            ge=50,
+            description="permutations of the subgroup-gap null (Holm runs over attributes x"
+            " methods per statistic, so the smallest p is about 12 / n_permutations)",
         )
         alpha: float = Field(default=0.05, gt=0, lt=1, description="1 - CI level")
         clusters_max: int = Field(default=8, ge=2, description="largest cluster count tried")
@@ -226,9 +241,9 @@ class SaliencyCheck(Check):
         faithfulness_steps: int = Field(default=6, ge=2, description="deletion/insertion fractions")
         sanity: bool = Field(default=True, description="run the model-randomisation test")
         sanity_samples: int = Field(default=32, ge=4, description="cascade subset size")
-        sanity_stages: int = Field(default=4, ge=1, description="cascade stages, top first")
-        sanity_max_similarity: float = Field(
-            default=0.5, gt=0, lt=1, description="Spearman above which a method is untrusted"
+        sanity_stages: Annotated[int, Field(ge=1)] | Literal["all"] = Field(
+            default=4,
+            description="cascade stages, top first (all: one parametrised layer per stage)",
         )
 
     default_thresholds: ClassVar[dict[str, ThresholdRule]] = {
@@ -237,7 +252,8 @@ class SaliencyCheck(Check):
             fail_above=0.05,
             max_p=0.05,
             message="occluding the off-ROI hotspot flips decisions beyond a same-size control"
-            " region: the model uses it",
+            " region: the model uses it (which box: the offroi_hotspot note;"
+            " offroi_hotspot.method, .row, .col)",
         ),
         "off_roi_above_chance": ThresholdRule(
             metric="off_roi_excess.*",
@@ -252,8 +268,9 @@ class SaliencyCheck(Check):
             message="saliency lies in the image border band more than chance",
         ),
         "sanity_failed": ThresholdRule(
-            metric="sanity.spearman.*",
+            metric="sanity.similarity.*",
             warn_above=0.5,
+            statistic="ci_low",
             message="maps barely change when the model's weights are randomised: this"
             " method's saliency findings cannot be trusted",
         ),
@@ -413,7 +430,7 @@ class _Run:
             "offroi_hotspot.flip_excess",
             f"occlusion.delta_auroc_excess.{worst}",
             f"{self.stat_key}_excess.{lead}",
-            f"sanity.spearman.{lead}",
+            f"sanity.similarity.{lead}",
             "n_images",
         ]
         m = self.out.metrics
@@ -634,7 +651,19 @@ class _Run:
 
     # ---------------------------------------------------------------- sanity
     def _sanity(self) -> None:
-        """Cascading model-parameter randomisation (Adebayo et al. 2018) of the image encoder."""
+        """Cascading model-parameter randomisation (Adebayo et al. 2018) of the image encoder.
+
+        Every stage randomises more of the encoder (top first) and recomputes every method's
+        maps, Integrated Gradients and occlusion included, on one seeded subset. Per map the
+        Spearman correlation and the SSIM with the trained model's map are taken, and their
+        smaller value is the map's similarity: a map barely changed only when it kept both
+        its pixel ranking and its local structure. Each alone has a known blind spot: SSIM is
+        high for any two sparse maps (their empty background agrees), Spearman for any two
+        maps sharing a smooth position bias. The fully randomised stage gives
+        ``sanity.similarity.<m>`` with a patient-bootstrap CI, and the ``sanity_failed``
+        threshold rule (the YAML one, on its CI lower bound by default) decides trust: a
+        method the rule flags is untrusted, loses its p-values and proposes no hotspot. One
+        setting thus decides both the warning and what is dropped."""
 
         p, out = self.p, self.out
         self.random: _Maps | None = None
@@ -651,7 +680,8 @@ class _Run:
         if not leaves:
             out.notes.append("sanity check skipped: the image encoder has no parameters")
             return
-        stages = cascade_stages(leaves, p.sanity_stages)
+        n_stages = len(leaves) if p.sanity_stages == "all" else p.sanity_stages
+        stages = cascade_stages(leaves, n_stages)
         pool = self.ig_rows if self.ig_rows is not None else self.rows
         sub = self.subset(p.sanity_samples, "saliency.sanity", pool)
         pos_sub = np.searchsorted(self.main.rows, sub)
@@ -660,35 +690,22 @@ class _Run:
         done: list[str] = []
         curve: list[dict[str, Any]] = []
         cam_methods = [m for m in self.methods if m in CAMS]
+        final: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for k, names in enumerate(stages):
             randomise_(copy_enc, [n for n in names if n not in done], gen)
             done = list(names)
             shadow = _shadow(self.adapter, graft(self.adapter.module, root, copy_enc))
-            last = k == len(stages) - 1
-            part = self._map_pass(
-                shadow,
-                sub,
-                f"sanity stage {k + 1}/{len(stages)}",
-                cam_methods,
-                keep_images=False,
-            )
-            if last:
-                if self.ig_rows is not None:
-                    self._subset_pass(shadow, sub, part, "IG / occlusion (randomised model)")
+            tag = f"sanity stage {k + 1}/{len(stages)}"
+            part = self._map_pass(shadow, sub, tag, cam_methods, keep_images=False)
+            if self.ig_rows is not None:
+                self._subset_pass(shadow, sub, part, f"IG / occlusion, {tag}")
+            if k == len(stages) - 1:
                 self.random = part
-            thumbs = part.thumbs
-            for m, t in thumbs.items():
-                ref = self.main.thumbs[m][pos_sub]
-                ok = np.isfinite(ref).all(axis=(1, 2)) & np.isfinite(t).all(axis=(1, 2))
-                if not ok.any():
-                    continue
-                a, b = ref[ok].reshape(ok.sum(), -1), t[ok].reshape(ok.sum(), -1)
-                rho = spearman_rows(a, b)
-                # one map constant (e.g. dead after randomisation), the other not: unrelated
-                rho = np.where(np.isnan(rho) & (a.std(1) != b.std(1)), 0.0, rho)
-                if np.isnan(rho).all():
-                    continue  # every map constant on both sides: nothing to compare
-                sim = ssim(minmax(torch.from_numpy(ref[ok])), minmax(torch.from_numpy(t[ok])))
+            for m, t in part.thumbs.items():
+                sims = _similarities(self.main.thumbs[m][pos_sub], t)
+                if sims is None:
+                    continue  # no map to compare, or every map constant on both sides
+                rho, sim, ok = sims
                 curve.append(
                     {
                         "stage": k + 1,
@@ -697,34 +714,65 @@ class _Run:
                         "deepest_randomised": names[-1],
                         "method": m,
                         "spearman": float(np.nanmean(rho)),
-                        "ssim": float(sim.mean()),
+                        "ssim": float(np.nanmean(sim)),
+                        "similarity": float(np.nanmean(np.fmin(rho, sim))),
                         "n": int(ok.sum()),
                     }
                 )
-                if last:
-                    rows = sub[ok]
-                    out.metrics[f"sanity.spearman.{m}"] = self.boot(rho, rows)
-                    out.metrics[f"sanity.ssim.{m}"] = self.boot(sim.numpy().astype(float), rows)
-                    trusted = not (np.nanmean(rho) > p.sanity_max_similarity)
-                    self.trusted[m] = trusted
-                    if not trusted:
-                        out.findings.append(
-                            Finding(
-                                check="saliency",
-                                rule="sanity_untrusted",
-                                severity="note",
-                                message=f"{m}: maps of the fully randomised model keep a"
-                                f" Spearman correlation of {np.nanmean(rho):.2f} with the"
-                                f" trained model's: the {m} saliency findings cannot be"
-                                " trusted; their location metrics carry no p-value and raise"
-                                " no finding",
-                                metric=f"sanity.spearman.{m}",
-                                value=float(np.nanmean(rho)),
-                            )
-                        )
+                final[m] = (rho, sim, sub[ok])
+        for m, (rho, sim, rows) in final.items():
+            out.metrics[f"sanity.spearman.{m}"] = self.boot(rho, rows)
+            out.metrics[f"sanity.ssim.{m}"] = self.boot(sim, rows)
+            # NaN Spearman: both maps constant (dead); no evidence either way
+            both = np.where(np.isnan(rho), np.nan, np.fmin(rho, sim))
+            out.metrics[f"sanity.similarity.{m}"] = self.boot(both, rows)
+        self._trust_verdict(list(final))
         self.sanity_curve = pd.DataFrame(curve)
         out.tables["sanity_curve"] = self.sanity_curve
         out.metrics["sanity.layers"] = len(leaves)
+        out.metrics["sanity.stages"] = len(stages)
+
+    def sanity_rule(self) -> ThresholdRule:
+        """The effective ``sanity_failed`` rule: the default updated by the YAML one."""
+        cc = self.ctx.config.checks.get("saliency")
+        rules = merged_thresholds(SaliencyCheck, cc.thresholds if cc else {}, "checks.saliency")
+        return rules["sanity_failed"]
+
+    def _trust_verdict(self, methods: list[str]) -> None:
+        """Untrust every method whose sanity metric the ``sanity_failed`` rule flags (the same
+        judgement the report's warning comes from), with a note saying what is dropped."""
+        rule = self.sanity_rule()
+        metrics = self.out.metrics
+        mine = {
+            k: v
+            for k, v in metrics.items()
+            if k.startswith("sanity.") and k.rsplit(".", 1)[-1] in methods
+        }
+        flagged = {f.metric: f for f in judge("saliency", mine, {"sanity_failed": rule})}
+        for m in methods:
+            hit = next((f for k, f in flagged.items() if k and k.rsplit(".", 1)[-1] == m), None)
+            self.trusted[m] = hit is None
+            metrics[f"sanity.trusted.{m}"] = int(hit is None)
+            if hit is None:
+                continue
+            stat = "" if rule.statistic == "value" else f" ({rule.statistic})"
+            self.out.findings.append(
+                Finding(
+                    check="saliency",
+                    rule="sanity_untrusted",
+                    severity="note",
+                    message=f"{m}: maps of the fully randomised model stay similar to the"
+                    f" trained model's ({hit.metric}{stat} = {hit.value:.2f}, above the"
+                    f" sanity_failed limit {hit.threshold:g}; Spearman"
+                    f" {_value(metrics[f'sanity.spearman.{m}']):.2f}, SSIM"
+                    f" {_value(metrics[f'sanity.ssim.{m}']):.2f}): the {m} saliency findings"
+                    " cannot be trusted; their location metrics carry no p-value, raise no"
+                    " finding and propose no hotspot",
+                    metric=hit.metric,
+                    value=hit.value,
+                    threshold=hit.threshold,
+                )
+            )
 
     # ---------------------------------------------------------------- location
     def _location_metrics(self) -> None:
@@ -813,59 +861,93 @@ class _Run:
         return levels
 
     def _subgroups(self) -> None:
-        """Per-attribute-level location statistics and a permutation test of the gap."""
-        out, main, p = self.out, self.main, self.p
+        """Every location statistic (off-ROI, pointing, rank accuracy, border) per level of
+        every attribute, and a permutation test of the gap between levels.
+
+        The gap (largest minus smallest level mean) is tested against ``n_permutations``
+        shuffles of the attribute (by patient when it is constant within patients), drawn
+        once per attribute over the rows where it is known and shared by every method and
+        statistic; all gaps of one shuffle come from one-hot matrix products. Holm runs per
+        statistic over attributes x methods, and untrusted methods lose their p-values."""
+        out, main = self.out, self.main
         rows = main.rows
         self.levels = self._levels()
         table: list[dict[str, Any]] = []
-        gap_keys: list[str] = []
-        rng = self.ctx.rng("saliency.subgroups")
+        gap_keys: dict[str, list[str]] = {}
         for attr, lab in self.levels.items():
             known = np.array([x is not None for x in lab])
             uniq = [x for x in self.level_order[attr] if x in set(lab[known])]
             if len(uniq) < 2:
                 out.notes.append(f"attribute {attr}: fewer than 2 levels among image rows")
                 continue
-            for m in self.methods:
-                v = main.stats[m][self.stat_key]
-                for lev in uniq:
-                    sel = lab == lev
-                    est = self.boot(v[sel], rows[sel])
-                    out.metrics[f"by_attr.{_slug(attr)}.{_slug(lev)}.{self.stat_key}.{m}"] = est
-                    table.append(
-                        {
-                            "attribute": attr,
-                            "level": lev,
-                            "method": m,
-                            "statistic": self.stat_key,
-                            "mean": est.value,
-                            "ci_low": est.ci_low,
-                            "ci_high": est.ci_high,
-                            "n": est.n,
-                        }
-                    )
-                ok = known & np.isfinite(v)
-                if ok.sum() < 4 or len({x for x in lab[ok]}) < 2:
-                    continue
-                gap = _level_gap(v[ok], lab[ok])
-                null = np.array(
-                    [
-                        _level_gap(v[ok], perm)
-                        for perm in _permuted_labels(
-                            lab[ok], self.bs.codes[rows[ok]], rng, p.n_permutations
+            columns: list[tuple[str, str]] = []
+            for stat in SUBGROUP_STATS:
+                for m in self.methods:
+                    if stat not in main.stats[m]:
+                        continue
+                    v = main.stats[m][stat]
+                    columns.append((stat, m))
+                    for lev in uniq:
+                        sel = lab == lev
+                        est = self.boot(v[sel], rows[sel])
+                        out.metrics[f"by_attr.{_slug(attr)}.{_slug(lev)}.{stat}.{m}"] = est
+                        table.append(
+                            {
+                                "attribute": attr,
+                                "level": lev,
+                                "method": m,
+                                "statistic": stat,
+                                "mean": est.value,
+                                "ci_low": est.ci_low,
+                                "ci_high": est.ci_high,
+                                "n": est.n,
+                                "trusted": self.trusted.get(m, True),
+                            }
                         )
-                    ]
-                )
-                key = f"subgroup_gap.{_slug(attr)}.{m}"
-                out.metrics[key] = Estimate(
-                    gap, n=int(ok.sum()), null_p=permutation_pvalue(gap, null, "greater")
-                )
-                gap_keys.append(key)
-        if gap_keys:
-            self._holm(gap_keys)
+            codes = np.array([uniq.index(x) for x in lab[known]])
+            values = np.stack([main.stats[m][st][known] for st, m in columns], axis=1)
+            for j, (gap, pval, n) in enumerate(self._gap_tests(attr, codes, values, len(uniq))):
+                if gap is None:
+                    continue
+                stat, m = columns[j]
+                key = f"subgroup_gap.{_slug(attr)}.{stat}.{m}"
+                out.metrics[key] = Estimate(gap, n=n, null_p=pval)
+                gap_keys.setdefault(stat, []).append(key)
+        for keys in gap_keys.values():
+            self._holm(keys)
         self.subgroup_table = pd.DataFrame(table)
         if table:
             out.tables["subgroups"] = self.subgroup_table
+
+    def _gap_tests(
+        self, attr: str, codes: np.ndarray, values: np.ndarray, n_levels: int
+    ) -> list[tuple[float | None, float | None, int]]:
+        """(observed gap, permutation p, n) per column of ``values`` (known rows x statistics;
+        NaN where missing); None for a column with under 4 values or one level."""
+        known_rows = self.main.rows[
+            np.array([x is not None for x in self.levels[attr]], dtype=bool)
+        ]
+        finite = np.isfinite(values)
+        observed = _level_gaps(codes[None], values, n_levels)[0]
+        rng = self.ctx.rng(f"saliency.subgroups.{attr}")
+        block = max(1, (1 << 21) // (len(codes) * n_levels))  # one-hot block of 16 MB at most
+        null = np.concatenate(
+            [
+                _level_gaps(perms, values, n_levels)
+                for perms in _permuted_codes(
+                    codes, self.bs.codes[known_rows], rng, self.p.n_permutations, block
+                )
+            ]
+        )
+        res: list[tuple[float | None, float | None, int]] = []
+        for j in range(values.shape[1]):
+            ok = finite[:, j]
+            if ok.sum() < 4 or len(np.unique(codes[ok])) < 2:
+                res.append((None, None, 0))
+                continue
+            p = permutation_pvalue(observed[j], null[:, j], "greater")
+            res.append((float(observed[j]), p, int(ok.sum())))
+        return res
 
     # ---------------------------------------------------------------- hotspot
     def _hotspot_method(self) -> str | None:
@@ -1099,7 +1181,7 @@ class _Run:
             excess_keys.append(f"occlusion.flip_excess.{m}")
             if self.has_masks and np.isfinite(overlap[j]).any():
                 met[f"hotspot.roi_overlap.{m}"] = float(np.nanmean(overlap[j]))
-                off_roi[m] = float(np.nanmean(overlap[j])) < 0.5
+                off_roi[m] = float(np.nanmean(overlap[j])) <= OFF_ROI_MAX_OVERLAP
             else:
                 off_roi[m] = bool(met[f"hotspot.in_border.{m}"])
             columns.update(
@@ -1115,7 +1197,11 @@ class _Run:
         judged = [m for m in names if off_roi[m]]
         if not judged:
             met["offroi_hotspot.flip_excess"] = Estimate(float("nan"), n=len(rows))
-            where = "inside the ROI" if self.has_masks else "away from the border band"
+            where = (
+                f"on the ROI (over {OFF_ROI_MAX_OVERLAP:.0%} of the box on average)"
+                if self.has_masks
+                else "away from the border band"
+            )
             out.notes.append(
                 f"every hotspot lies {where}: occlusion effects are reported (occlusion.*) but"
                 " not judged as a shortcut"
@@ -1124,7 +1210,41 @@ class _Run:
         worst = max(judged, key=lambda m: _value(met[f"occlusion.flip_excess.{m}"]))
         met["offroi_hotspot.flip_excess"] = met[f"occlusion.flip_excess.{worst}"]
         met["offroi_hotspot.method"] = worst
+        met["offroi_hotspot.row"] = met[f"hotspot.row.{worst}"]
+        met["offroi_hotspot.col"] = met[f"hotspot.col.{worst}"]
+        if f"hotspot.roi_overlap.{worst}" in met:
+            met["offroi_hotspot.roi_overlap"] = met[f"hotspot.roi_overlap.{worst}"]
         self.worst_hotspot = worst
+        out.findings.append(self._hotspot_note(worst))
+
+    def _hotspot_note(self, name: str) -> Finding:
+        """Which box the ``hotspot_used`` rule judges: proposing method, place, ROI overlap,
+        and its flip rates against the control (the rule's own message names neither)."""
+        met = self.out.metrics
+        row, col = _value(met[f"hotspot.row.{name}"]), _value(met[f"hotspot.col.{name}"])
+        method = name.split("_")[0]
+        peak = "" if name == method else f" (peak {name.rsplit('_', 1)[-1]})"
+        untrusted = "" if self.trusted.get(method, True) else " (untrusted)"
+        overlap = met.get(f"hotspot.roi_overlap.{name}")
+        where = (
+            f"ROI overlap {_value(overlap):.1%}"
+            if overlap is not None
+            else ("in the border band" if met.get(f"hotspot.in_border.{name}") else "no masks")
+        )
+        flips = met[f"occlusion.flip_rate.{name}"]
+        ctrl = met[f"occlusion.flip_rate_control.{name}"]
+        excess = met[f"occlusion.flip_excess.{name}"]
+        return Finding(
+            check="saliency",
+            rule="offroi_hotspot",
+            severity="note",
+            message=f"off-ROI hotspot judged (hotspot_used): {method}{untrusted}{peak} box of"
+            f" {self.bh}x{self.bw} px centred at row {row:.2f}, col {col:.2f} of the image"
+            f" ({where}); occluding it flips {_value(flips):.1%} of decisions vs"
+            f" {_value(ctrl):.1%} for a same-size control box (excess {_value(excess):+.3f})",
+            metric="offroi_hotspot.flip_excess",
+            value=_value(excess) if np.isfinite(_value(excess)) else None,
+        )
 
     def _auroc_diff(
         self, before: np.ndarray, after: np.ndarray, keep: np.ndarray | None
@@ -1381,16 +1501,21 @@ class _Run:
         conf = positives[np.argsort(-score[positives], kind="stable")][:8]
         if len(conf):
             out.figures["overlays_confident_positives"] = _overlay_grid(
-                main, shown, conf, "most confident positive predictions"
+                main, shown, conf, "most confident positive predictions", self.trusted
             )
             out.private.add("overlays_confident_positives")
+        else:
+            out.notes.append(
+                "no image row is decided positive: the overlay of the most confident positive"
+                " predictions is not drawn"
+            )
         stat = main.stats[lead][self.stat_key]
         finite = np.flatnonzero(np.isfinite(stat))
         worst = finite[np.argsort(-stat[finite], kind="stable")][:8]
         if len(worst):
             word = "off-ROI" if self.has_masks else "border"
             out.figures["overlays_most_off_roi"] = _overlay_grid(
-                main, shown, worst, f"highest {word} share ({lead})"
+                main, shown, worst, f"highest {word} share ({lead})", self.trusted
             )
             out.private.add("overlays_most_off_roi")
         out.figures["mean_maps"] = _mean_maps(
@@ -1399,9 +1524,7 @@ class _Run:
         out.figures["location_histograms"] = _histograms(self, shown)
         curve = getattr(self, "sanity_curve", None)
         if curve is not None and len(curve):
-            out.figures["randomisation_curve"] = _randomisation_curve(
-                curve, self.p.sanity_max_similarity
-            )
+            out.figures["randomisation_curve"] = _randomisation_curve(curve, self.sanity_rule())
         if len(self.cluster_table):
             out.figures["cluster_exemplars"] = _cluster_exemplars(self, lead)
             out.private.add("cluster_exemplars")
@@ -1589,36 +1712,66 @@ def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     return inter / union if union else 0.0
 
 
+def _similarities(
+    ref: np.ndarray, rand: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Per-map Spearman and SSIM between trained ``ref`` and randomised ``rand`` thumbnails
+    ``(n, s, s)``, and the mask of maps compared; NaN (both) where both maps are constant;
+    None when nothing can be compared."""
+    ok = np.isfinite(ref).all(axis=(1, 2)) & np.isfinite(rand).all(axis=(1, 2))
+    if not ok.any():
+        return None
+    a, b = ref[ok].reshape(ok.sum(), -1), rand[ok].reshape(ok.sum(), -1)
+    rho = spearman_rows(a, b)
+    # one map constant (e.g. dead after randomisation), the other not: unrelated
+    rho = np.where(np.isnan(rho) & (a.std(1) != b.std(1)), 0.0, rho)
+    if np.isnan(rho).all():
+        return None
+    sim = ssim(minmax(torch.from_numpy(ref[ok])), minmax(torch.from_numpy(rand[ok])))
+    sim = np.where(np.isnan(rho), np.nan, sim.numpy().astype(np.float64))
+    return rho, sim, ok
+
+
 def _value(metric: Any) -> float:
     v = metric.value if isinstance(metric, Estimate) else metric
     return float(v) if v is not None and np.isfinite(v) else -np.inf
 
 
-def _permuted_labels(
-    lab: np.ndarray, codes: np.ndarray, rng: np.random.Generator, n: int
+def _permuted_codes(
+    codes: np.ndarray, groups: np.ndarray, rng: np.random.Generator, n: int, block: int
 ) -> Iterator[np.ndarray]:
-    """``n`` permutations of the labels; by patient (each patient keeps one label, the
-    labels are shuffled across patients) when the label is constant within patients, as
-    patient attributes are, so that a patient's rows move together; by row otherwise."""
-    uniq, first, inv = np.unique(codes, return_index=True, return_inverse=True)
-    per_patient = lab[first]
-    if len(uniq) < len(lab) and np.array_equal(per_patient[inv], lab):
-        for _ in range(n):
-            yield rng.permutation(per_patient)[inv]
-    else:
-        for _ in range(n):
-            yield rng.permutation(lab)
+    """``n`` permutations of the level ``codes``, in ``(block, len(codes))`` blocks; by patient
+    (each patient keeps one level, the levels are shuffled across patients) when the level
+    is constant within patients, as patient attributes are, so that a patient's rows move
+    together; by row otherwise."""
+    uniq, first, inv = np.unique(groups, return_index=True, return_inverse=True)
+    per_patient = codes[first]
+    by_patient = len(uniq) < len(codes) and np.array_equal(per_patient[inv], codes)
+    unit = per_patient if by_patient else codes
+    for start in range(0, n, block):
+        b = min(block, n - start)
+        drawn = rng.permuted(np.broadcast_to(unit, (b, len(unit))), axis=1)
+        yield drawn[:, inv] if by_patient else drawn
 
 
-def _level_gap(v: np.ndarray, lab: np.ndarray) -> float:
-    """Largest minus smallest level mean."""
-    means = [v[lab == lev].mean() for lev in np.unique(lab.astype(str))]
-    return float(max(means) - min(means))
+def _level_gaps(perms: np.ndarray, values: np.ndarray, n_levels: int) -> np.ndarray:
+    """Largest minus smallest level mean of every column of ``values`` ``(n, K)``, NaN rows
+    left out, under every row of level codes ``perms`` ``(P, n)``: ``(P, K)`` from one-hot
+    matrix products (a level without values is left out; one level left gives 0)."""
+    finite = np.isfinite(values)
+    v = np.where(finite, values, 0.0)
+    onehot = (perms[:, None, :] == np.arange(n_levels)[None, :, None]).astype(np.float64)
+    sums = onehot @ v  # (P, L, K)
+    counts = onehot @ finite.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(counts > 0, sums / counts, np.nan)
+    return np.fmax.reduce(means, axis=1) - np.fmin.reduce(means, axis=1)
 
 
 def _spectral(x: np.ndarray, k_max: int, seed: int) -> tuple[np.ndarray, int, float]:
     """Spectral clustering of rows of ``x`` on a symmetric kNN affinity, the cluster count
-    chosen by the largest eigengap of the normalised Laplacian (von Luxburg 2007)."""
+    chosen by the largest eigengap of the normalised Laplacian (von Luxburg 2007); one
+    cluster when the largest gap follows the first eigenvalue (homogeneous maps)."""
     from scipy.sparse.csgraph import laplacian
     from sklearn.cluster import SpectralClustering
     from sklearn.neighbors import kneighbors_graph
@@ -1631,7 +1784,8 @@ def _spectral(x: np.ndarray, k_max: int, seed: int) -> tuple[np.ndarray, int, fl
     lap = laplacian(a, normed=True)
     ev = np.sort(np.linalg.eigvalsh(lap))[: min(k_max, n - 1) + 1]
     gaps = np.diff(ev)
-    k = int(np.argmax(gaps[1:]) + 2) if len(gaps) > 1 else 1
+    # the largest gap after the k-th eigenvalue gives k; after the first: one cluster
+    k = int(np.argmax(gaps) + 1) if len(gaps) else 1
     if k < 2:
         return np.zeros(n, dtype=int), 1, float(gaps[0]) if len(gaps) else 0.0
     sc = SpectralClustering(
@@ -1699,8 +1853,16 @@ def _overlay(ax: Any, image: np.ndarray, heat: np.ndarray, roi: np.ndarray | Non
     ax.set_yticks([])
 
 
-def _overlay_grid(main: _Maps, methods: list[str], picks: np.ndarray, title: str) -> Figure:
-    """Rows: methods; columns: the picked samples; image, map and ROI contour."""
+def _label(method: str, trusted: dict[str, bool]) -> str:
+    """The method's name, marked when it failed the sanity check."""
+    return method if trusted.get(method, True) else f"{method} (untrusted)"
+
+
+def _overlay_grid(
+    main: _Maps, methods: list[str], picks: np.ndarray, title: str, trusted: dict[str, bool]
+) -> Figure:
+    """Rows: methods (untrusted ones marked); columns: the picked samples; image, map and
+    ROI contour."""
     import matplotlib.pyplot as plt
 
     assert main.images is not None
@@ -1719,7 +1881,7 @@ def _overlay_grid(main: _Maps, methods: list[str], picks: np.ndarray, title: str
             roi = main.roi[i] if main.roi is not None else None
             _overlay(ax, main.images[i], heat, roi)
             if c == 0:
-                ax.set_ylabel(m, fontsize=8)
+                ax.set_ylabel(_label(m, trusted), fontsize=8)
     fig.suptitle(title, fontsize=9)
     return fig
 
@@ -1754,7 +1916,7 @@ def _mean_maps(
                     linewidth=1.2,
                 )
             )
-        ax.set_title(m + ("" if trusted.get(m, True) else " (untrusted)"), fontsize=8)
+        ax.set_title(_label(m, trusted), fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("mean normalised map (cyan: mean ROI, green: hotspot box tested)", fontsize=9)
@@ -1762,58 +1924,67 @@ def _mean_maps(
 
 
 def _histograms(run: _Run, methods: list[str]) -> Figure:
-    """Per-method histograms of the per-sample off-ROI (or border) share with chance, and the
-    lead method per level of every attribute."""
+    """Histograms of the per-sample off-ROI (or border) share: one panel per method (top
+    row, with chance), and one per method x attribute with a step histogram per level."""
     import matplotlib.pyplot as plt
 
     main, key = run.main, run.stat_key
     attrs = list(getattr(run, "levels", {}).items())
-    ncol = max(len(methods), len(attrs), 1)
     fig, axes = plt.subplots(
-        2 if attrs else 1, ncol, figsize=(2.6 * ncol, 4.6 if attrs else 2.4), squeeze=False
+        1 + len(attrs),
+        len(methods),
+        figsize=(2.6 * len(methods), 2.3 * (1 + len(attrs))),
+        squeeze=False,
     )
     chance = main.stats[methods[0]].get(f"{key}_chance")
-    for ax, m in zip(axes[0], methods, strict=False):
+    bins = np.linspace(0.0, 1.0, 21)
+    for c, m in enumerate(methods):
         v = main.stats[m][key]
-        ax.hist(v[np.isfinite(v)], bins=20, range=(0, 1), color="tab:blue", alpha=0.8)
+        name = _label(m, run.trusted)
+        ax = axes[0, c]
+        ax.hist(v[np.isfinite(v)], bins=bins, color="tab:blue", alpha=0.8)
         if chance is not None and np.isfinite(chance).any():
             ax.axvline(float(np.nanmean(chance)), color="k", linestyle="--", linewidth=1)
-        ax.set_title(f"{m}: {key} share", fontsize=8)
-    lead = run.hot_method or methods[0]
-    for ax, (attr, lab) in zip(axes[1] if attrs else [], attrs, strict=False):
-        v = main.stats[lead][key]
-        present = {x for x in lab if x is not None}
-        levels = [
-            x for x in getattr(run, "level_order", {}).get(attr, sorted(present)) if x in present
-        ]
-        data = [v[(lab == lev) & np.isfinite(v)] for lev in levels]
-        ax.boxplot(data, tick_labels=levels, showfliers=False)
-        ax.set_title(f"{lead} {key} by {attr}", fontsize=8)
+        ax.set_title(f"{name}: {key} share", fontsize=8)
+        for r, (attr, lab) in enumerate(attrs, start=1):
+            ax = axes[r, c]
+            present = {x for x in lab if x is not None}
+            for lev in [x for x in run.level_order.get(attr, sorted(present)) if x in present]:
+                sel = (lab == lev) & np.isfinite(v)
+                if sel.any():
+                    ax.hist(v[sel], bins=bins, histtype="step", density=True, label=str(lev))
+            ax.set_title(f"{name}: {key} by {attr}", fontsize=8)
+            if ax.has_data():
+                ax.legend(fontsize=6)
+    for ax in axes.ravel():
         ax.tick_params(labelsize=7)
-    for row in axes:
-        for ax in row:
-            if not ax.has_data():
-                ax.set_visible(False)
+        if not ax.has_data():
+            ax.set_visible(False)
     fig.tight_layout()
     return fig
 
 
-def _randomisation_curve(curve: pd.DataFrame, sanity_limit: float) -> Figure:
-    """Similarity of trained vs randomised maps as more layers (top first) are randomised."""
+def _randomisation_curve(curve: pd.DataFrame, rule: ThresholdRule) -> Figure:
+    """Spearman, SSIM and their per-map minimum (the similarity the trust rule judges)
+    between trained and randomised maps as more layers (top first) are randomised."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(7.0, 2.6))
+    cols = [("spearman", "Spearman"), ("ssim", "SSIM"), ("similarity", "min(Spearman, SSIM)")]
+    fig, axes = plt.subplots(1, 3, figsize=(10.0, 2.8))
     for m, part in curve.groupby("method", sort=False):
         x = [0.0, *part["fraction"]]  # the trained model: identical maps
-        axes[0].plot(x, [1.0, *part["spearman"]], marker="o", label=str(m))
-        axes[1].plot(x, [1.0, *part["ssim"]], marker="o", label=str(m))
-    low = min(-0.2, float(curve[["spearman", "ssim"]].min().min()) - 0.05)
-    for ax, name in zip(axes, ("Spearman", "SSIM"), strict=True):
+        for ax, (col, _) in zip(axes, cols, strict=True):
+            ax.plot(x, [1.0, *part[col]], marker="o", label=str(m))
+    low = min(-0.2, float(curve[[c for c, _ in cols]].min().min()) - 0.05)
+    limit = rule.fail_above if rule.warn_above is None else rule.warn_above
+    for ax, (col, name) in zip(axes, cols, strict=True):
         ax.set_xlabel("share of image-encoder layers randomised (top first)", fontsize=8)
         ax.set_ylabel(name, fontsize=8)
         ax.set_ylim(low, 1.05)
         ax.axhline(0.0, color="grey", linewidth=0.5)
-    axes[0].axhline(sanity_limit, color="red", linestyle="--", linewidth=0.8)
+        if limit is not None and rule.metric.startswith(f"sanity.{col}."):
+            ax.axhline(limit, color="red", linestyle="--", linewidth=0.8)
+            ax.set_title(f"trust limit {limit:g} on the {rule.statistic}", fontsize=8)
     axes[0].legend(fontsize=7)
     fig.suptitle("model-parameter randomisation (maps should change)", fontsize=9)
     fig.tight_layout()
