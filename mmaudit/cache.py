@@ -75,6 +75,7 @@ class InferenceCache:
         self._sweeps: dict[str, SweepResult] = {}
         self._layers: list[str] = []
         self._input_means: dict[str, torch.Tensor] = {}
+        self._perms: dict[int, np.ndarray] = {}
         self._current: Batch | None = None
         # where finished sweep batches are kept for --resume (None: nothing written)
         self.work_dir: Path | None = None
@@ -214,65 +215,168 @@ class InferenceCache:
             base.embeddings[name] = extra.embeddings[name]
         return base.embeddings[name]
 
-    def permutation(self) -> np.ndarray:
-        """The fixed derangement-like permutation used by 'permute' removal (seeded)."""
-        if not hasattr(self, "_perm"):
-            rng = np.random.default_rng(self.seed + 7919)
-            self._perm = rng.permutation(len(self.dataset))
-        return self._perm
+    def permutation(self, draw: int = 0) -> np.ndarray:
+        """The seeded permutation used by 'permute' removal. ``draw`` 0 is the one every
+        check shares; further draws are independent permutations, used to average per-sample
+        values over several donors."""
+        if draw not in self._perms:
+            seed = self.seed + 7919 if draw == 0 else [self.seed + 7919, draw]
+            self._perms[draw] = np.random.default_rng(seed).permutation(len(self.dataset))
+        return self._perms[draw]
 
     def ablated(
-        self, remove: dict[str, RemovalHow], level: Literal["input", "encoder"] = "input"
+        self,
+        remove: dict[str, RemovalHow],
+        level: Literal["input", "encoder"] = "input",
+        draw: int = 0,
     ) -> SweepResult:
-        """Logits with modalities removed, memoised by (level, removal) key.
+        """Logits with modalities removed, memoised by (level, removal, draw) key.
 
         ``input``: the modality's input is zeroed / set to the dataset mean / taken from
         another sample (permute) / marked absent (model-native missing).
         ``encoder``: the encoder outputs of the base sweep are reused for every modality
         (encoders never run again) and the removed ones are replaced; only the fusion
-        and head run.
+        and head run. ``draw`` picks the permutation of 'permute' (see :meth:`permutation`).
         """
-        key = f"{level}:" + ",".join(f"{m}={h}" for m, h in sorted(remove.items()))
-        if not remove:
-            return self.sweep()
-        if key in self._sweeps:
-            return self._sweeps[key]
+        return self.ablated_many([remove], level, draw)[0]
+
+    def ablated_many(
+        self,
+        removes: list[dict[str, RemovalHow]],
+        level: Literal["input", "encoder"] = "input",
+        draw: int = 0,
+    ) -> list[SweepResult]:
+        """:meth:`ablated` for several removals at once. At the encoder level every removal
+        not yet memoised is evaluated in one pass over the data: per batch, the cached
+        encoder outputs of all those coalitions are stacked along the batch axis and fusion
+        and head run on them together."""
+        keys = [_ablation_key(r, level, draw) for r in removes]
+        todo = {k: r for k, r in zip(keys, removes, strict=True) if r and k not in self._sweeps}
         if level == "input":
-            result = self._run(key, lambda b: self.remove_inputs(b, remove), [])
-        else:
-            result = self._run_encoder_level(key, remove)
-        self._sweeps[key] = result
-        return result
+            for key, remove in todo.items():
+                self._sweeps[key] = self._run(
+                    key, lambda b, remove=remove: self.remove_inputs(b, remove, draw), []
+                )
+        elif todo:
+            self._sweeps.update(self._run_encoder_coalitions(todo, draw))
+        return [self._sweeps[k] if r else self.sweep() for k, r in zip(keys, removes, strict=True)]
 
-    def _run_encoder_level(self, key: str, remove: dict[str, RemovalHow]) -> SweepResult:
-        mods = [m for m in self.dataset.modalities if m in self.adapter.layers]
-        perm = torch.from_numpy(self.permutation())
-        outputs: dict[str, torch.Tensor] = {}
-        for m in mods:
-            full = _tensor_view(self.embeddings(m))
-            how = remove.get(m)
-            if how == "permute":
-                full = full[perm]
-            elif how == "mean":
-                full = full.mean(0, keepdim=True).expand_as(full)
-            elif how == "zero":
-                full = torch.zeros_like(full)
-            outputs[m] = full
-        miss = [self.dataset.modalities.index(m) for m, h in remove.items() if h == "missing"]
-        # a permuted encoder output brings its sample's presence flag along, as at the input
-        moved = [self.dataset.modalities.index(m) for m in mods if remove.get(m) == "permute"]
-        donor_present = torch.from_numpy(self.dataset.present[self.permutation()])
+    def encoder_mean(self, modality: str) -> torch.Tensor:
+        """Mean encoder output over the samples where ``modality`` is present, (1, ...)."""
+        full = _tensor_view(self.embeddings(modality))
+        has = self.dataset.present[:, self.dataset.modalities.index(modality)]
+        rows = np.flatnonzero(has) if has.any() else np.arange(len(has))
+        total = torch.zeros(full.shape[1:], dtype=torch.float64)
+        for lo in range(0, len(rows), 4096):
+            total += full[torch.from_numpy(rows[lo : lo + 4096])].double().sum(0)
+        return (total / len(rows)).float()[None]
 
-        def mark_missing(b: Batch) -> Batch:
-            if not miss and not moved:
-                return b
-            present = b.present.clone()
-            present[:, miss] = False
-            if moved:
-                present[:, moved] = donor_present[b.index.cpu()][:, moved].to(present.device)
-            return b.replace(present=present)
+    def _run_encoder_coalitions(
+        self, todo: dict[str, dict[str, RemovalHow]], draw: int
+    ) -> dict[str, SweepResult]:
+        """Logits of every removal in ``todo`` (key -> removal) at the encoder level, in one
+        pass over the data. No image is decoded when the image encoder is substituted (a
+        zero placeholder of the right shape stands in: the encoder that would read it never
+        runs); text ids and labs are cheap pre-tensorised rows and travel as they are, since
+        a fusion may read the attention mask. Each forward stacks up to ``4 * batch_size``
+        rows (the head is far lighter than the encoders); on CUDA out-of-memory the number
+        of coalitions per forward halves."""
+        import contextlib
 
-        return self._run_substituted(key, outputs, mark_missing)
+        from mmaudit import distributed
+
+        start = time.perf_counter()
+        ds = self.dataset
+        mods = [m for m in ds.modalities if m in self.adapter.layers]
+        cached = {m: _tensor_view(self.embeddings(m)) for m in mods}
+        means = {
+            m: self.encoder_mean(m) for m in mods if any(r.get(m) == "mean" for r in todo.values())
+        }
+        perm = self.permutation(draw)
+        removals = list(todo.values())
+        mine = distributed.shard(np.arange(len(ds)))
+        skip_image = "image" in mods
+        parts: list[list[np.ndarray]] = [[] for _ in removals]
+        current: dict[str, torch.Tensor] = {}
+        per_forward = max(1, (4 * self.batch_size) // max(1, min(self.batch_size, len(mine))))
+        with contextlib.ExitStack() as stack, torch.inference_mode():
+            for m in mods:
+                stack.enter_context(
+                    self.adapter.substitute(m, lambda m=m: current[m])  # type: ignore[misc]
+                )
+            for lo in range(0, len(mine), self.batch_size):
+                rows = mine[lo : lo + self.batch_size]
+                batch = self._head_batch(rows, skip_image)
+                pos = 0
+                while pos < len(removals):
+                    group = removals[pos : pos + per_forward]
+                    try:
+                        for m in mods:
+                            current[m] = torch.cat(
+                                [
+                                    _encoder_rows(cached[m], means.get(m), r.get(m), rows, perm)
+                                    for r in group
+                                ]
+                            ).to(self.adapter.device)
+                        stacked = _tile(batch, len(group)).replace(
+                            present=torch.cat(
+                                [self._coalition_present(batch, r, mods, perm) for r in group]
+                            )
+                        )
+                        if skip_image:
+                            stacked.image = self._image_placeholder(len(stacked))
+                        out = self.adapter.logits(stacked).float().cpu().numpy()
+                    except torch.cuda.OutOfMemoryError:
+                        if per_forward == 1:
+                            raise
+                        torch.cuda.empty_cache()
+                        per_forward = max(1, per_forward // 2)
+                        continue
+                    self.model_calls += 1
+                    for j, chunk in enumerate(np.split(out, len(group))):
+                        parts[pos + j].append(chunk)
+                    pos += len(group)
+        local = [_concat(p) for p in parts]
+        gathered = distributed.gather(local) if distributed.active() else [local]
+        took = (time.perf_counter() - start) / len(removals)
+        return {
+            key: SweepResult(np.concatenate([g[j] for g in gathered if len(g[j])]), {}, took)
+            for j, key in enumerate(todo)
+        }
+
+    def _head_batch(self, rows: np.ndarray, skip_image: bool) -> Batch:
+        """The batch of ``rows`` on the device; with ``skip_image`` no image is decoded (the
+        caller puts a placeholder in) and no ROI mask is read: text and labs are indexed
+        from the pre-tensorised arrays."""
+        ds = self.dataset
+        if ds.cfg.image is not None and not skip_image:
+            return ds.collate([ds[int(i)] for i in rows]).to(self.adapter.device)
+        return ds.collate([{"index": int(i)} for i in rows]).to(self.adapter.device)
+
+    def _image_placeholder(self, size: int) -> torch.Tensor | None:
+        """Zeros of the image input's shape for ``size`` rows, without the memory (expanded)."""
+        img = self.dataset.cfg.image
+        if img is None:
+            return None
+        zero = torch.zeros(1, img.channels, img.size, img.size, device=self.adapter.device)
+        return zero.expand(size, -1, -1, -1)
+
+    def _coalition_present(
+        self, batch: Batch, remove: dict[str, RemovalHow], mods: list[str], perm: np.ndarray
+    ) -> torch.Tensor:
+        """The presence flags of ``batch`` under ``remove`` at the encoder level: False for
+        'missing'; a permuted encoder output brings its donor's flag along, as at the input."""
+        ds = self.dataset
+        present = batch.present.clone()
+        rows = batch.index.cpu().numpy()
+        for m, how in remove.items():
+            col = ds.modalities.index(m)
+            if how == "missing":
+                present[:, col] = False
+            elif how == "permute" and m in mods:
+                donor = torch.from_numpy(ds.present[perm[rows], col])
+                present[:, col] = donor.to(present.device)
+        return present
 
     def _run_substituted(
         self,
@@ -315,26 +419,44 @@ class InferenceCache:
         return result.logits
 
     def input_mean(self, modality: str) -> torch.Tensor:
-        """Dataset-mean image (over present samples), computed once."""
+        """The dataset mean of a modality's model input, computed once: the mean image over
+        samples that have one, (1, C, H, W); the mean of each lab column over the rows where
+        it is not missing, (1, F), in the model's input space (after the configured
+        normalisation, so it is the audited data's mean whatever that normalisation is)."""
         if modality not in self._input_means:
-            total, count = None, 0
-            for b in self.dataset.batches(self.batch_size, self.num_workers):
-                m = self.dataset.modalities.index("image")
-                keep = b.present[:, m]
-                s = b.image[keep].sum(0)  # type: ignore[index]
-                total = s if total is None else total + s
-                count += int(keep.sum())
-            self._input_means[modality] = (total / max(count, 1))[None]  # type: ignore[operator]
+            ds = self.dataset
+            if modality == "tabular":
+                values, missing = ds.tabular, ds.tabular_missing
+                assert values is not None and missing is not None
+                seen = (~missing).double()
+                count = seen.sum(0).clamp(min=1)
+                self._input_means[modality] = ((values.double() * seen).sum(0) / count).float()[
+                    None
+                ]
+            else:
+                total, count = None, 0
+                col = ds.modalities.index("image")
+                for b in ds.batches(self.batch_size, self.num_workers):
+                    keep = b.present[:, col]
+                    s = b.image[keep].sum(0)  # type: ignore[index]
+                    total = s if total is None else total + s
+                    count += int(keep.sum())
+                self._input_means[modality] = (total / max(count, 1))[None]  # type: ignore[operator]
         return self._input_means[modality]
 
-    def remove_inputs(self, batch: Batch, remove: dict[str, RemovalHow]) -> Batch:
-        """``batch`` with the named modalities removed at the input."""
+    def remove_inputs(self, batch: Batch, remove: dict[str, RemovalHow], draw: int = 0) -> Batch:
+        """``batch`` with the named modalities removed at the input.
+
+        'mean' is the dataset mean (:meth:`input_mean`) for images and labs; a report has no
+        mean, so for text 'mean' is the empty report, the same as 'zero'. 'missing' clears
+        the presence flag and zeroes / empties the input as well.
+        """
         changes: dict[str, Any] = {}
         present = batch.present.clone()
         ds = self.dataset
         donor: Batch | None = None
         if "permute" in remove.values():
-            idx = self.permutation()[batch.index.cpu().numpy()]
+            idx = self.permutation(draw)[batch.index.cpu().numpy()]
             donor = ds.collate([ds[int(i)] for i in idx]).to(batch.index.device)
         for m, how in remove.items():
             col = ds.modalities.index(m)
@@ -353,19 +475,16 @@ class InferenceCache:
                 continue
             if how == "missing":
                 present[:, col] = False
-            if m == "image":
-                if how == "mean":
-                    changes["image"] = (
-                        self.input_mean("image").to(batch.image.device).expand_as(batch.image)
-                    )  # type: ignore[union-attr]
-                else:
-                    changes["image"] = torch.zeros_like(batch.image)  # type: ignore[arg-type]
-            elif m == "text":
+            if m == "text":
                 ids, mask = empty_text(ds, len(batch), batch.index.device)
                 changes["input_ids"], changes["attention_mask"] = ids, mask
+                continue
+            current = batch.image if m == "image" else batch.tabular
+            assert current is not None
+            if how == "mean":
+                changes[m] = self.input_mean(m).to(current.device).expand_as(current)
             else:
-                # tabular features are standardised, so zero is the dataset mean
-                changes["tabular"] = torch.zeros_like(batch.tabular)  # type: ignore[arg-type]
+                changes[m] = torch.zeros_like(current)
         changes["present"] = present
         return batch.replace(**changes)
 
@@ -541,3 +660,41 @@ class _null_capture:
 
     def __exit__(self, *exc: Any) -> None:
         return None
+
+
+def _ablation_key(remove: dict[str, RemovalHow], level: str, draw: int) -> str:
+    """The memo key of a removal; the draw counts only where something is permuted."""
+    key = f"{level}:" + ",".join(f"{m}={h}" for m, h in sorted(remove.items()))
+    return f"{key}#{draw}" if draw and "permute" in remove.values() else key
+
+
+def _encoder_rows(
+    full: torch.Tensor,
+    mean: torch.Tensor | None,
+    how: RemovalHow | None,
+    rows: np.ndarray,
+    perm: np.ndarray,
+) -> torch.Tensor:
+    """One modality's encoder outputs for ``rows`` under a removal: the cached rows (kept,
+    or 'missing', where the model's own presence handling replaces them), the donors' rows
+    (permute), the mean over present samples (mean), or zeros."""
+    if how == "permute":
+        return full[torch.from_numpy(perm[rows])]
+    if how == "mean":
+        assert mean is not None
+        return mean.expand(len(rows), *full.shape[1:])
+    if how == "zero":
+        return torch.zeros((len(rows), *full.shape[1:]), dtype=full.dtype)
+    return full[torch.from_numpy(rows)]
+
+
+def _tile(batch: Batch, times: int) -> Batch:
+    """``batch`` repeated ``times`` along the batch axis (one copy per coalition)."""
+    if times == 1:
+        return batch
+    changes = {
+        name: value.repeat(times, *([1] * (value.dim() - 1)))
+        for name, value in vars(batch).items()
+        if isinstance(value, torch.Tensor)
+    }
+    return batch.replace(**changes)

@@ -107,10 +107,40 @@ class PresenceAware(Analytic):
         return out if present is None else out + present[:, 1:2].float()
 
 
-def build_analytic(form: str = "additive") -> Analytic:
-    """The factory the configs name as ``test_ablation:build_analytic``."""
+class BrokenMissingImage(Analytic):
+    """Additive, but its missing-image path adds 6 to the logit: a planted bug that only
+    shows when images go missing."""
+
+    def forward(  # type: ignore[override]
+        self,
+        image: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        tabular: torch.Tensor | None = None,
+        present: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        out = super().forward(image, input_ids, attention_mask, tabular)
+        return out if present is None else out + 6.0 * (~present[:, 0:1].bool()).float()
+
+
+class LateSpec:
+    """What the ablation check reads of a built-in model's spec: its fusion kind."""
+
+    fusion = "late"
+
+
+def build_analytic(form: str = "additive", a: float = A, b: float = B) -> Analytic:
+    """The factory the configs name as ``test_ablation:build_analytic``; ``late`` is the
+    additive model declaring late fusion (additive by design)."""
     torch.manual_seed(0)
-    return PresenceAware(form) if form == "presence" else Analytic(form)
+    if form == "presence":
+        return PresenceAware(form, a, b)
+    if form == "broken_missing":
+        return BrokenMissingImage("additive", a, b)
+    model = Analytic("additive" if form == "late" else form, a, b)
+    if form == "late":
+        model.spec = LateSpec()  # type: ignore[assignment]
+    return model
 
 
 LAYERS = {"image": "image_enc", "text": "text_enc", "tabular": "tab_enc"}
@@ -150,15 +180,26 @@ def analytic_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     paths = {}
     three = np.stack([A * u, B * v, -u - v], 1) + rng.normal(0, 0.5, (N, 3))
+    y_dup = (u + rng.normal(0, 0.7, N) > 0).astype(int)
+    y_random = rng.integers(0, 2, N)
     for name, label, report in (
         ("additive", y_add, base["report"]),
         ("xor", (u * v > 0).astype(int), base["report"]),
         ("notext", y_add, [None] * N),
         ("three", three.argmax(1), base["report"]),
+        ("random", y_random, base["report"]),
     ):
         frame = base.assign(label=label, report=report)
         paths[name] = folder / f"{name}.csv"
         frame.to_csv(paths[name], index=False)
+    # labs that carry exactly the image's signal (lab_a = u): either alone suffices
+    paths["dup"] = folder / "dup.csv"
+    base.assign(label=y_dup, lab_a=u).to_csv(paths["dup"], index=False)
+    # labs off-centre (mean far from 0) with a few missing values, for 'mean' removal
+    shifted = v + 1.5
+    shifted[[3, 17, 40]] = np.nan
+    paths["shifted"] = folder / "shifted.csv"
+    base.assign(label=y_add, lab_a=shifted).to_csv(paths["shifted"], index=False)
     return paths
 
 
@@ -168,6 +209,7 @@ def analytic_config(
     modalities: tuple[str, ...] = ("image", "text", "tabular"),
     layers: dict[str, str] | None = None,
     checks: dict[str, Any] | None = None,
+    weights: tuple[float, float] = (A, B),
 ) -> dict[str, Any]:
     target = {"column": "label", "kind": "multiclass"} if form == "three" else {"column": "label"}
     data: dict[str, Any] = {
@@ -189,7 +231,7 @@ def analytic_config(
     return {
         "model": {
             "factory": "test_ablation:build_analytic",
-            "kwargs": {"form": form},
+            "kwargs": {"form": form, "a": weights[0], "b": weights[1]},
             "python_path": [str(TESTS)],
             "layers": LAYERS if layers is None else layers,
         },
@@ -408,6 +450,185 @@ def test_without_encoder_layers_it_falls_back_to_the_input_and_says_so(
     assert any("strategy 'missing'" in n for n in out.notes)
 
 
+# -------------------------------------------------------------- findings that fire
+
+
+def rules_of(metrics: dict[str, Any]) -> dict[str, list[str]]:
+    """Rule -> the metrics it fired on, under the default thresholds."""
+    fired: dict[str, list[str]] = {}
+    for f in judge("ablation", metrics, AblationCheck.default_thresholds):
+        fired.setdefault(f.rule, []).append(f.metric or "")
+    return fired
+
+
+def test_duplicated_labs_are_redundant_with_default_params(
+    analytic_data: dict[str, Path], additive_out: Any
+) -> None:
+    """lab_a = u, the image's own value: removing either changes nothing, removing both
+    everything. Under the default 'permute' the permuted image is a competing signal, so
+    redundancy is computed from the neutral (dataset-mean) game."""
+    ctx = make_context(analytic_config(analytic_data["dup"]))
+    out = run_check(ctx, emap_partners=8, robustness_steps=3)
+    m = out.metrics
+    assert m["strategy"] == "permute"
+    assert m["redundancy.image_x_tabular"].value == pytest.approx(1.0, abs=1e-6)
+    assert rules_of(m)["redundant_pair"] == ["redundancy.image_x_tabular"]
+    assert any(
+        "redundancy.* is computed with the modalities removed as 'mean'" in n for n in out.notes
+    )
+    # the clean counterpart: independent labs in the additive a=2, b=1 model
+    assert additive_out.metrics["redundancy.image_x_tabular"].value < 0.9
+    assert "redundant_pair" not in rules_of(additive_out.metrics)
+
+
+def test_dominating_image_and_broken_missing_path_fire_and_balanced_does_not(
+    analytic_data: dict[str, Path],
+) -> None:
+    """Default params throughout. a=8, b=0.05: the image carries ~everything. A model whose
+    missing-image path adds 6 to the logit: a sharp drop at 20 % missing images. The
+    additive a=2, b=1 model (image share ~0.88, CI reaching below 0.8; mean-imputed images
+    cost ~0.03 AUROC at 20 %) raises neither."""
+    fired = {}
+    for name, form, weights in (
+        ("dominant", "additive", (8.0, 0.05)),
+        ("broken", "broken_missing", (A, B)),
+        ("balanced", "additive", (A, B)),
+    ):
+        ctx = make_context(analytic_config(analytic_data["additive"], form, weights=weights))
+        out = run_check(ctx, emap=False, robustness_steps=3)
+        fired[name] = rules_of(out.metrics)
+        if name == "dominant":
+            assert out.metrics["share.image"].ci_low > 0.8
+        if name == "broken":
+            assert out.metrics["robustness.image.realistic_drop"].value > 0.05
+    assert fired["dominant"]["one_modality_dominates"] == ["share.image"]
+    assert fired["broken"]["missing_modality_drop"] == ["robustness.image.realistic_drop"]
+    assert "missing_modality_drop" not in fired["dominant"]
+    assert "one_modality_dominates" not in fired["broken"]
+    assert "one_modality_dominates" not in fired["balanced"]
+    assert "missing_modality_drop" not in fired["balanced"]
+
+
+def test_shares_of_a_total_indistinguishable_from_zero_are_undefined(
+    analytic_data: dict[str, Path],
+) -> None:
+    ctx = make_context(analytic_config(analytic_data["random"]))
+    out = run_check(ctx, emap=False, robustness_steps=3)
+    m = out.metrics
+    total = m["shapley.total"]
+    assert total.ci_low <= 0 <= total.ci_high
+    assert all(np.isnan(m[f"share.{k}"].value) for k in ("image", "text", "tabular"))
+    assert any(n.startswith("shares undefined") for n in out.notes)
+    assert "one_modality_dominates" not in rules_of(m)
+    json.dumps(json_safe(m), allow_nan=False)
+
+
+def test_late_fusion_gap_is_a_note_not_a_warning(analytic_data: dict[str, Path]) -> None:
+    ctx = make_context(analytic_config(analytic_data["additive"], form="late"))
+    out = run_check(ctx, emap_partners=8, robustness_steps=3)
+    assert "emap.gap" not in out.metrics
+    assert out.metrics["emap.late_fusion_gap"].value == pytest.approx(0.0, abs=1e-9)
+    assert "no_interaction" not in rules_of(out.metrics)
+    (note,) = [f for f in out.findings if f.rule == "no_interaction"]
+    assert note.severity == "note" and "late fusion" in note.message
+
+
+# ---------------------------------------------------------------- removal strategies
+
+
+def test_input_mean_of_labs_is_the_audited_mean_whatever_the_normalisation(
+    analytic_data: dict[str, Path],
+) -> None:
+    """normalization none, lab_a centred at 1.5 with 3 values missing: 'mean' at the input
+    gives a * f + b * mean(lab_a over the rows that have it)."""
+    ctx = make_context(analytic_config(analytic_data["shifted"]))
+    lab = pd.read_csv(analytic_data["shifted"])["lab_a"]
+    f = ctx.cache.embeddings("image")[:, 0]
+    got = ctx.cache.ablated({"tabular": "mean"}, "input").logits[:, 0]
+    assert abs(lab.mean()) > 1.0
+    assert got == pytest.approx(A * f + B * lab.mean(), abs=1e-5)
+    out = run_check(ctx, strategy="mean", level="input", emap=False, robustness_steps=3)
+    assert any(
+        "'mean' removal of the report at the input is the empty report" in n for n in out.notes
+    )
+    assert out.metrics["shapley.text"].value == 0.0
+    assert out.metrics["shapley.image"].value > out.metrics["shapley.tabular"].value > 0
+
+
+def test_encoder_mean_averages_present_rows_only(additive_ctx: AuditContext) -> None:
+    has = additive_ctx.dataset.present[:, 1]
+    assert not has.all()
+    emb = additive_ctx.cache.embeddings("text")
+    assert additive_ctx.cache.encoder_mean("text").numpy()[0] == pytest.approx(
+        emb[has].mean(0), abs=1e-6
+    )
+    out = run_check(additive_ctx, strategy="mean", emap=False, robustness_steps=3)
+    assert out.metrics["shapley.text"].value == 0.0
+    assert out.metrics["logit_shapley.efficiency_error"] < 1e-5
+
+
+def test_encoder_level_coalitions_decode_no_image(
+    analytic_data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every coalition at the encoder level in one pass: no image read, and the logits of
+    the input level (where the whole model reruns on the removed inputs)."""
+    from mmaudit.checks.ablation import _removals
+
+    ctx = make_context(analytic_config(analytic_data["additive"]))
+    ctx.cache.sweep()
+    loads = {"n": 0}
+    real = ctx.dataset.load_image
+
+    def counted(i: int) -> torch.Tensor:
+        loads["n"] += 1
+        return real(i)
+
+    monkeypatch.setattr(ctx.dataset, "load_image", counted)
+    players = list(ctx.dataset.modalities)
+    for how in ("permute", "mean", "zero"):
+        removals = _removals(players, np.arange(8), how)
+        loads["n"] = 0
+        enc = ctx.cache.ablated_many(removals, "encoder")
+        assert loads["n"] == 0, how
+        for remove, result in zip(removals, enc, strict=True):
+            if how == "mean" and "text" in remove:
+                continue  # text 'mean': mean embedding vs the empty report's, not comparable
+            expected = ctx.cache.ablated(remove, "input").logits
+            assert np.allclose(result.logits, expected, atol=1e-5), (how, remove)
+
+
+def test_per_sample_values_average_several_permutations(additive_ctx: AuditContext) -> None:
+    """Additive model: phi_image(i) = a * (u_i - mean over donors of u); more donors bring it
+    closer to a * (u_i - mean u)."""
+    u = additive_ctx.cache.embeddings("image")[:, 0]
+    target = A * (u - u.mean())
+    errors = {}
+    for k in (1, 8):
+        out = run_check(additive_ctx, emap=False, robustness_steps=3, logit_permutations=k)
+        assert out.metrics["logit_shapley.efficiency_error"] < 1e-5
+        assert any(f"average {k} permutation" in n for n in out.notes)
+        phi = out.per_sample["shapley.image"].to_numpy()
+        errors[k] = float(np.sqrt(np.mean((phi - target) ** 2)))
+    assert errors[8] < 0.6 * errors[1]
+
+
+def test_emap_with_64_references_is_close_to_all_n_on_xor(
+    analytic_data: dict[str, Path],
+) -> None:
+    from mmaudit.checks.ablation import emap_logits
+
+    ctx = make_context(analytic_config(analytic_data["xor"], form="xor"))
+    y = ctx.target
+    players = list(ctx.dataset.modalities)
+    full = auroc(y, predicted_probs(ctx.cache.sweep().logits, "binary"))
+    gaps = {}
+    for r in (64, len(y)):
+        projected, _ = emap_logits(ctx, players, "encoder", r)
+        gaps[r] = full - auroc(y, predicted_probs(projected, "binary"))
+    assert gaps[len(y)] > 0.3
+    assert gaps[64] == pytest.approx(gaps[len(y)], abs=0.05)
+
+
 # ------------------------------------------------------------------------- bad input
 
 
@@ -529,3 +750,7 @@ def test_sample_contributions_match_the_planted_structure(sample_outputs: dict[s
     assert share(short, "text") > share(short, "image") > share(short, "tabular")
     assert share(clean, "text") > share(clean, "image") > share(clean, "tabular")
     assert share(clean, "image") < share(short, "image")  # the marker no longer counts
+    # the percentages documented in sample_data/README.md (image / text / labs), +-8 points
+    for m, documented in ((short, (0.308, 0.554, 0.138)), (clean, (0.217, 0.679, 0.104))):
+        for mod, pct in zip(("image", "text", "tabular"), documented, strict=True):
+            assert share(m, mod) == pytest.approx(pct, abs=0.08), mod

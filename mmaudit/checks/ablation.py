@@ -14,7 +14,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmaudit.cache import logits_to_probs
-from mmaudit.check import AuditContext, Check, CheckOutput, Requirements, ThresholdRule, register
+from mmaudit.check import (
+    AuditContext,
+    Check,
+    CheckOutput,
+    Finding,
+    Requirements,
+    ThresholdRule,
+    register,
+)
 from mmaudit.data import Batch
 from mmaudit.shapley import (
     coalition_members,
@@ -308,17 +316,30 @@ class AblationCheck(Check):
     share), ``logit_shapley.efficiency_error``; ``interaction.<a>_x_<b>``
     (negative = redundancy, positive = synergy), ``logit_interaction.<a>_x_<b>`` (mean
     |per-sample interaction| over mean sum |per-sample values|), ``redundancy.<a>_x_<b>``
-    (1 - max(LOO drop a, LOO drop b) / drop of removing both; 1 = either alone suffices);
+    (1 - max(LOO drop a, LOO drop b) / drop of removing both, under the neutral removal;
+    1 = either alone suffices);
     ``emap.<k>``, ``emap.gap`` (metric of the model minus that of its additive projection,
     built from ``emap_partners`` reference samples instead of all N^2 pairs);
     ``robustness.<m>.realistic_drop`` (at ``robustness.realistic_rate``);
     ``pattern.<present modalities>.n`` / ``.metric``; ``n``, ``n_modalities``; the strings
     ``metric``, ``level`` and ``strategy`` (what actually ran, after any fallback).
     Default thresholds: warn when a modality's LOO drop has CI upper bound < 0.01 (ignored);
-    warn when one modality's Shapley share > 0.8 (carries nearly everything); warn when a
-    pair's redundancy > 0.9; warn / fail when the drop at the realistic missing rate
-    > 0.05 / 0.10 with adjusted p < 0.05; warn when the EMAP gap's CI upper bound < 0.005
-    (no cross-modal interaction used, which a model built to fuse should show).
+    warn when one modality's Shapley share has CI lower bound > 0.8 (carries nearly
+    everything; shares are undefined, and never judged, when the CI of ``shapley.total``
+    contains 0); warn when a pair's redundancy > 0.9; warn / fail when the drop at the
+    realistic missing rate > 0.05 / 0.10 with adjusted p < 0.05; warn when the EMAP gap's CI
+    upper bound < 0.005 (no cross-modal interaction used, which a model built to fuse should
+    show; a late-fusion model is additive by design, so its gap is reported as
+    ``emap.late_fusion_gap`` with a note instead).
+    Removal details: 'mean' at the input is the per-column mean of the audited labs over
+    the rows that have them (in the model's input space) and the mean image; a report has no
+    mean, so text 'mean' at the input is the empty report (noted). At the encoder level
+    'mean' is the mean encoder output over the samples that have the modality. The
+    redundancy ratio always uses a neutral removal (the model's missing path if it takes a
+    presence mask, else 'mean'): a permuted modality is a competing signal, under which
+    "either alone suffices" cannot show. Per-sample values under 'permute' average
+    ``logit_permutations`` permutations at the encoder level (one at the input level). The
+    robustness curves by default take the model's missing path, else impute the mean.
     """
 
     name = "ablation"
@@ -352,8 +373,16 @@ class AblationCheck(Check):
         emap_partners_input: int = Field(
             default=8, ge=2, description="the same at input level (each reruns the whole model)"
         )
+        logit_permutations: int = Field(
+            default=8,
+            ge=1,
+            description="permutations averaged into the per-sample (MM-SHAP) values under"
+            " 'permute' at the encoder level (the input level uses one: each reruns the model)",
+        )
         robustness_strategy: Literal["auto", "permute", "zero", "mean", "missing"] = Field(
-            default="auto", description="removal for the robustness curves (auto: missing if able)"
+            default="auto",
+            description="removal for the robustness curves (auto: the model's own missing path"
+            " if it takes a presence mask, else the dataset mean, i.e. imputation)",
         )
         robustness_steps: int = Field(default=11, ge=2, description="drop rates from 0 to 1")
         robustness_draws: int = Field(default=20, ge=1, description="random drop patterns per rate")
@@ -371,6 +400,7 @@ class AblationCheck(Check):
         ),
         "one_modality_dominates": ThresholdRule(
             metric="share.*",
+            statistic="ci_low",
             warn_above=0.8,
             message="one modality carries nearly all of the model's performance",
         ),
@@ -425,15 +455,13 @@ class AblationCheck(Check):
             out.metrics.update(self._full_only(scorer, base, kind, ctx, p))
             return out
 
-        # --- every coalition, from the cache (memoised; encoder level reuses encoder outputs)
+        # --- every coalition, from the cache (memoised; at the encoder level all coalitions
+        # run in one pass on the fusion head, from the cached encoder outputs)
         m_count = len(players)
         masks = np.arange(1 << m_count)
         start = time.perf_counter()
         coal_logits = [
-            ctx.cache.ablated(
-                {mod: strategy for j, mod in enumerate(players) if not (s >> j) & 1}, level
-            ).logits
-            for s in masks
+            r.logits for r in ctx.cache.ablated_many(_removals(players, masks, strategy), level)
         ]
         took = time.perf_counter() - start
         out.notes.append(
@@ -441,9 +469,41 @@ class AblationCheck(Check):
             f" (removal: {strategy}) in {took:.2f} s ({took / len(masks):.3f} s per coalition,"
             " cached sweeps included)"
         )
-        ref_class = base.argmax(1) if kind == "multiclass" and base.shape[1] > 1 else None
-        values = np.stack([output_value(lg, kind, ref_class) for lg in coal_logits])
+        if strategy == "mean" and level == "input" and "text" in players:
+            out.notes.append(
+                "'mean' removal of the report at the input is the empty report (a report has"
+                " no mean); images and labs take their dataset mean"
+            )
+        values = self._sample_game(ctx, coal_logits, players, masks, strategy, level, p, out)
         probs = np.stack([predicted_probs(lg, kind) for lg in coal_logits])
+
+        # --- redundancy needs a neutral removal: a permuted modality is a competing signal,
+        # not an absent one, so "either alone suffices" cannot show under 'permute'
+        neutral = "missing" if "present" in ctx.adapter.keywords else "mean"
+        if neutral == strategy:
+            neutral_rows = {int(s): int(s) for s in masks}
+            neutral_probs = np.empty((0, *probs.shape[1:]))
+        else:
+            full_mask = int(masks[-1])
+            wanted = sorted(
+                {full_mask & ~(1 << j) for j in range(m_count)}
+                | {full_mask & ~(1 << j) & ~(1 << k) for j, k, _ in pair_names(players)}
+            )
+            extra = ctx.cache.ablated_many(_removals(players, np.array(wanted), neutral), level)
+            neutral_probs = np.stack([predicted_probs(r.logits, kind) for r in extra])
+            first = len(masks) + (1 if p.emap else 0)
+            neutral_rows = {full_mask: full_mask}
+            neutral_rows.update({s: first + i for i, s in enumerate(wanted)})
+        out.notes.append(
+            f"redundancy.* is computed with the modalities removed as '{neutral}'"
+            + (
+                " (the model's own missing-modality path)"
+                if neutral == "missing"
+                else f" (the dataset mean, at the {level} level)"
+            )
+            + ": a neutral removal, so that a modality whose information another one carries"
+            " shows as redundant"
+        )
 
         # --- EMAP: the additive projection, as one more variant in the bootstrap table
         emap_probs = None
@@ -452,9 +512,9 @@ class AblationCheck(Check):
             projected, note = emap_logits(ctx, players, level, partners)
             out.notes.append(note)
             emap_probs = predicted_probs(projected, kind)
-            variants = np.concatenate([probs, emap_probs[None]])
+            variants = np.concatenate([probs, emap_probs[None], neutral_probs])
         else:
-            variants = probs
+            variants = np.concatenate([probs, neutral_probs])
 
         # --- robustness: drop rate 0..1 per modality, mixing full and dropped predictions
         rob_how = self._robustness_strategy(ctx, p.robustness_strategy, strategy)
@@ -484,8 +544,23 @@ class AblationCheck(Check):
             for mod in players
         }
         metrics, tables = self._summarise(
-            table0, boot, rob0, shares, abs_phi, inter, phi, players, masks, n, p, emap_probs
+            table0,
+            boot,
+            rob0,
+            shares,
+            abs_phi,
+            inter,
+            phi,
+            players,
+            masks,
+            n,
+            p,
+            emap_probs,
+            neutral_rows,
+            out.notes,
         )
+        if emap_probs is not None and _late_fusion(ctx):
+            self._late_fusion_gap(metrics, out)
         # the Shapley shares first: the report's one-line summary shows the first metrics
         headline = {f"share.{m}": metrics[f"share.{m}"] for m in players}
         out.metrics = {**headline, **out.metrics, **metrics}
@@ -545,12 +620,71 @@ class AblationCheck(Check):
 
     @staticmethod
     def _robustness_strategy(ctx: AuditContext, wanted: str, strategy: str) -> str:
+        """A missing modality in deployment takes the model's own missing path, or else is
+        imputed (dataset mean); another patient's data (permute) would be a wrong modality,
+        not a missing one."""
         native = "present" in ctx.adapter.keywords
         if wanted == "auto":
-            return "missing" if native else strategy
+            return "missing" if native else "mean"
         if wanted == "missing" and not native:
             return strategy
         return wanted
+
+    @staticmethod
+    def _sample_game(
+        ctx: AuditContext,
+        coal_logits: list[np.ndarray],
+        players: list[str],
+        masks: np.ndarray,
+        strategy: str,
+        level: str,
+        p: AblationCheck.Params,
+        out: CheckOutput,
+    ) -> np.ndarray:
+        """The per-sample game (2^M, n) of the output value that MM-SHAP attributes.
+
+        Under 'permute' one donor per sample makes every per-sample value a single draw, so
+        at the encoder level (fusion head only) the game is averaged over
+        ``logit_permutations`` independent permutations; the metric game keeps the shared
+        first permutation. Averaging games keeps efficiency exact.
+        """
+        kind = ctx.config.data.target.kind
+        base = ctx.cache.sweep().logits
+        ref_class = base.argmax(1) if kind == "multiclass" and base.shape[1] > 1 else None
+        values = np.stack([output_value(lg, kind, ref_class) for lg in coal_logits])
+        if strategy != "permute":
+            return values
+        draws = p.logit_permutations if level == "encoder" else 1
+        removals = _removals(players, masks, strategy)
+        for draw in range(1, draws):
+            extra = ctx.cache.ablated_many(removals, "encoder", draw=draw)  # type: ignore[arg-type]
+            values = values + np.stack([output_value(r.logits, kind, ref_class) for r in extra])
+        out.notes.append(
+            f"per-sample (MM-SHAP) values average {draws} permutation(s) of the removed"
+            " modalities" + ("" if draws > 1 else " (one donor per sample: single-draw values)")
+        )
+        return values / draws
+
+    @staticmethod
+    def _late_fusion_gap(metrics: dict[str, Any], out: CheckOutput) -> None:
+        """Late fusion adds per-modality outputs by design, so an EMAP gap near 0 is expected
+        rather than a finding: the gap moves to ``emap.late_fusion_gap`` (not judged by
+        ``no_interaction``) and a note says so."""
+        gap = metrics.pop("emap.gap")
+        metrics["emap.late_fusion_gap"] = gap
+        out.findings.append(
+            Finding(
+                check="ablation",
+                rule="no_interaction",
+                severity="note",
+                message="late fusion: the model combines per-modality outputs additively by"
+                f" design, so no cross-modal interaction is expected (EMAP gap {gap.value:.3g},"
+                f" CI [{_fmt(gap.ci_low)}, {_fmt(gap.ci_high)}]; reported as"
+                " emap.late_fusion_gap, not judged)",
+                metric="emap.late_fusion_gap",
+                value=None if not np.isfinite(gap.value) else float(gap.value),
+            )
+        )
 
     # ------------------------------------------------------------------ robustness
     def _robustness(
@@ -665,8 +799,13 @@ class AblationCheck(Check):
         n: int,
         p: AblationCheck.Params,
         emap_probs: np.ndarray | None,
+        neutral_rows: dict[int, int],
+        notes: list[str],
     ) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
-        """Estimates, adjusted p-values and tables from the point and bootstrap tables."""
+        """Estimates, adjusted p-values and tables from the point and bootstrap tables.
+
+        ``neutral_rows`` maps the coalitions the redundancy ratio needs to their rows of the
+        table under the neutral removal; ``notes`` receives what the reader must know."""
         alpha = p.alpha
         k_primary = METRICS.index(p.metric)
         full_idx = len(masks) - 1
@@ -726,6 +865,16 @@ class AblationCheck(Check):
         with np.errstate(invalid="ignore", divide="ignore"):
             shareb = np.where(np.abs(totalb) > 1e-12, phib / totalb, np.nan)
         share0 = phi0 / total0 if abs(total0) > 1e-12 else np.full(len(players), np.nan)
+        total = est["shapley.total"]
+        if total.ci_low is None or total.ci_high is None or total.ci_low <= 0 <= total.ci_high:
+            # a share of a total indistinguishable from 0 is noise over noise
+            notes.append(
+                f"shares undefined: the full model's {p.metric} is not distinguishable from the"
+                f" empty coalition's (shapley.total = {total0:.3g}, CI"
+                f" [{_fmt(total.ci_low)}, {_fmt(total.ci_high)}] contains 0); the Shapley"
+                " values themselves are still reported"
+            )
+            share0 = np.full(len(players), np.nan)
         contrib_rows = []
         for j, mod in enumerate(players):
             est[f"shapley.{mod}"] = est_of(phi0[j], phib[j])
@@ -747,6 +896,13 @@ class AblationCheck(Check):
                 }
             )
 
+        # the neutral-removal game: only the coalitions the redundancy ratio reads
+        ngame0 = np.full(len(masks), np.nan)
+        ngameb = np.full((len(masks), gameb.shape[1]), np.nan)
+        for s, row in neutral_rows.items():
+            ngame0[s] = ori0[row, k_primary]
+            ngameb[s] = orib[:, row, k_primary]
+
         # interactions and redundancy
         inter0 = interaction_index(game0)
         interb = interaction_index(gameb)
@@ -766,8 +922,8 @@ class AblationCheck(Check):
             est[f"logit_interaction.{name}"] = est_of(li0, boot["logit_interaction"][:, a])
             both = full_idx & ~(1 << j) & ~(1 << k)
             est[f"redundancy.{name}"] = est_of(
-                float(_redundancy(game0, full_idx, j, k, both)),
-                _redundancy(gameb, full_idx, j, k, both),
+                float(_redundancy(ngame0, full_idx, j, k, both)),
+                _redundancy(ngameb, full_idx, j, k, both),
             )
             inter_rows.append(
                 {
@@ -1099,6 +1255,20 @@ def _mix(batch: Batch, donor: Batch, r: int, others: list[str]) -> Batch:
                 changes["tabular_missing"] = donor.tabular_missing[r : r + 1].expand(size, -1)
     changes["present"] = present
     return batch.replace(**changes)
+
+
+def _removals(players: list[str], masks: np.ndarray, how: str) -> list[dict[str, Any]]:
+    """The removal of every coalition mask: each player whose bit is clear, removed as ``how``."""
+    return [{mod: how for j, mod in enumerate(players) if not (int(s) >> j) & 1} for s in masks]
+
+
+def _late_fusion(ctx: AuditContext) -> bool:
+    """Whether the model declares late fusion (built-in spec), i.e. is additive by design."""
+    return getattr(getattr(ctx.adapter.module, "spec", None), "fusion", None) == "late"
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
 
 
 def _redundancy(game: np.ndarray, full: int, j: int, k: int, both: int) -> Any:
