@@ -3,6 +3,7 @@ whose use of an attribute is known, bad inputs, and the bundled sample's planted
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import byo_model_config, tiny_config, write_tiny_dataset
 
 from mmaudit.cache import SweepResult
 from mmaudit.check import AuditContext, build_params
@@ -20,6 +22,7 @@ from mmaudit.checks.probing import (
     reinitialise,
 )
 from mmaudit.config import AttributeConfig
+from mmaudit.findings import judge
 from mmaudit.probes import (
     ProbeError,
     _null_scores,
@@ -31,6 +34,7 @@ from mmaudit.probes import (
     make_folds,
     run_probe,
 )
+from mmaudit.runner import Overrides, run_audit
 from mmaudit.stats import auroc, bootstrap_ci, paired_bootstrap_diff
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,6 +195,42 @@ def test_vectorised_erasure_bootstrap_equals_stats() -> None:
     assert mine["dp_random"].value == 0 and mine["excess"].value == pytest.approx(dp.mean())
 
 
+def test_excess_dp_p_is_one_sided() -> None:
+    """ "Used" means erasing the attribute moves predictions *more* than a random subspace:
+    moving them less is no evidence (p > 0.5), however clearly less."""
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 2, 200)
+    base = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.1, 200), 0.01, 0.99)[:, None]
+    small = np.clip(base + rng.normal(0, 0.01, (200, 1)), 0, 1)
+    large = np.clip(base + rng.normal(0, 0.1, (200, 1)), 0, 1)
+    boot = {"groups": None, "n_boot": 200, "alpha": 0.05, "seed": 0}
+    less = _erasure_effects(y, base, small, [large], "binary", **boot)["excess"]
+    more = _erasure_effects(y, base, large, [small], "binary", **boot)["excess"]
+    assert less.value < 0 and less.ci_high < 0 and less.null_p > 0.999
+    assert more.value > 0 and more.ci_low > 0 and more.null_p < 1e-6
+
+
+def test_heatmap_shows_the_tested_score_beside_its_null() -> None:
+    """The permutation null belongs to the ridge read-out; the heatmap prints that score next
+    to the band (and the reported logistic AUROC above it), and the two agree closely."""
+    from mmaudit.checks.probing import ProbeRow, _heatmap, heatmap_label
+    from mmaudit.stats import Estimate
+
+    x, z, patients = _planted(0.5, 0, n=600)
+    r = run_probe(x, z, "categorical", groups=patients, n_permutations=200, n_control=0)
+    assert abs(r.score - r.test_score) < 0.02
+    row = ProbeRow("z", "embedding", r, Estimate(r.score), p_holm=r.p_value)
+    lo, hi = r.null_band()
+    label = heatmap_label(row, 0.05)
+    assert f"AUROC {r.score:.2f}" in label
+    assert f"ridge {r.test_score:.2f}* vs null [{lo:.2f}, {hi:.2f}]" in label
+    fig = _heatmap([row], ["embedding"], 0.05)
+    assert [t.get_text() for t in fig.axes[0].texts] == [label]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------- analytic head
 
 
@@ -314,6 +354,12 @@ def test_bad_attributes_give_notes_not_crashes(analytic_runs: dict[str, Any]) ->
     assert "fewer samples than folds" in notes and "device" in notes
     assert not any(k.startswith("probe_auroc.scanner") for k in out.metrics)
     assert "probe_auroc.ward.embedding" in out.metrics
+    assert "device: no verdict" in notes and "verdict.device" not in out.metrics
+
+
+def test_erasure_figure_shows_dp_flips_and_auroc(analytic_runs: dict[str, Any]) -> None:
+    fig = analytic_runs["shortcut"].figures["erasure"]
+    assert [ax.get_ylabel() for ax in fig.axes] == ["mean |Δp|", "flip rate", "Δ AUROC"]
 
 
 def test_positive_control_failure_is_an_error_finding() -> None:
@@ -394,3 +440,111 @@ def test_reinitialise_redraws_every_weight_deterministically() -> None:
         assert torch.equal(pa, pb), name
         if name.endswith("weight") and "1." not in name or name == "token":
             assert not torch.equal(pa, po), name
+
+
+# ----------------------------------------------------------------------------- the whole run
+
+
+@pytest.fixture(scope="module")
+def scanner_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny dataset with one more attribute that has one level only."""
+    manifest = write_tiny_dataset(tmp_path_factory.mktemp("tiny_scanner"))
+    frame = pd.read_csv(manifest)
+    frame["scanner"] = "X"
+    frame.to_csv(manifest, index=False)
+    return manifest
+
+
+@pytest.mark.parametrize(
+    ("changes", "probing_note", "subgroups_note"),
+    [
+        ({"data": {"attributes": {"scanner": {}}}}, "one level only", "scanner: one group only"),
+        ({"data": {"attributes": {}}}, "no data.attributes", "no data.attributes"),
+        ({"runtime": {"max_samples": 8}}, "one level only", "fewer than two groups"),
+    ],
+    ids=["one_level", "no_attributes", "eight_samples"],
+)
+def test_bad_input_runs_end_to_end_with_notes(
+    changes: dict[str, Any],
+    probing_note: str,
+    subgroups_note: str,
+    scanner_manifest: Path,
+    tiny_weights: Path,
+    write_config: Any,
+    tmp_path: Path,
+) -> None:
+    """Through the runner and the report writer (where an empty table once crashed the
+    run): the report folder is complete, neither check errs, and the notes say why."""
+    cfg = tiny_config(scanner_manifest, byo_model_config(tiny_weights / "tiny.safetensors"))
+    for section, value in changes.items():
+        cfg[section] = {**cfg[section], **value}
+    cfg["checks"] = {c: {"params": {"n_boot": 50}} for c in ("probing", "subgroups")}
+    out = tmp_path / "report"
+    run_audit(write_config(cfg), out, Overrides(checks=["probing", "subgroups"]))
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "index.html").exists() and (out / "summary.md").exists()
+    for name, note in (("probing", probing_note), ("subgroups", subgroups_note)):
+        check = report["checks"][name]
+        assert check["status"] in ("pass", "warn"), (name, check.get("reason"))
+        assert note in " | ".join(check["notes"]), (name, check["notes"])
+        for table in check["tables"].values():
+            assert (out / table).read_text().strip(), f"{name} wrote an empty table {table}"
+
+
+# ----------------------------------------------------------------------------- planted, check
+
+
+def planted_context(delta: float, seed: int, n: int = 300, d: int = 64) -> AuditContext:
+    """An attribute z (two levels, constant per patient, 2 rows each) planted along a random
+    unit direction of a d-dimensional fused embedding, shifted by ``delta`` noise SDs; the
+    disease sits on dimension 0, which is all the head reads (so z is never used)."""
+    rng = np.random.default_rng(seed)
+    patients = np.repeat(np.arange(n // 2), 2)
+    y = rng.integers(0, 2, n // 2)[patients]
+    z = rng.integers(0, 2, n // 2)[patients]
+    u = rng.normal(size=d - 1)
+    u /= np.linalg.norm(u)
+    x = rng.normal(size=(n, d))
+    x[:, 0] += 2.0 * y
+    x[:, 1:] += delta * z[:, None] * u
+    w = np.zeros(d)
+    w[0] = 3.0
+    cache = LinearHeadCache(x - w / 3.0, w)  # logit 3 (x0 - 1)
+    config = SimpleNamespace(
+        data=SimpleNamespace(
+            target=SimpleNamespace(kind="binary"), attributes={"z": AttributeConfig()}
+        )
+    )
+    dataset = SimpleNamespace(
+        attributes=pd.DataFrame({"z": np.where(z == 1, "b", "a")}),
+        target=y,
+        patients=patients.astype(str),
+        modalities=("image",),
+    )
+    adapter = SimpleNamespace(
+        layers={"embedding": "fusion", "image": "image_encoder"},
+        source="factory:planted",
+        supports_hooks=True,
+    )
+    return AuditContext(config=config, dataset=dataset, adapter=adapter, cache=cache, seed=seed)  # type: ignore[arg-type]
+
+
+def test_check_detects_a_planted_direction_and_not_its_absence() -> None:
+    """Through ProbingCheck (Holm over the fused embedding and an encoder layer, 1000
+    permutations, the judged rules): delta = 1 SD on n = 300, d = 64 is called encoded (and
+    not used: the head never reads it) in every seed; delta = 0 never is. The power at
+    smaller delta is in the README."""
+    import matplotlib.pyplot as plt
+
+    fast = {"random_baseline": False, "n_boot": 50, "n_control": 1, "erasure_draws": 1}
+    for seed in range(3):
+        for delta, verdict in ((1.0, "encoded_not_used"), (0.0, "not_encoded")):
+            out = _run(planted_context(delta, seed), **fast)
+            assert out.metrics["verdict.z"] == verdict, (seed, delta)
+            warned = [
+                f.metric for f in judge("probing", out.metrics, ProbingCheck.default_thresholds)
+            ]
+            assert ("probe_auroc.z.embedding" in warned) == (delta > 0), (seed, delta, warned)
+            assert "encoded_and_used.z" not in warned
+            for fig in out.figures.values():
+                plt.close(fig)

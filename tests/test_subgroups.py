@@ -13,16 +13,19 @@ import pandas as pd
 import pytest
 
 from mmaudit.cache import SweepResult
-from mmaudit.check import AuditContext, build_params
+from mmaudit.check import AuditContext, CheckOutput, build_params
 from mmaudit.checks.subgroups import (
     SubgroupsCheck,
+    _percentile,
     analyse_groups,
     assign_groups,
+    ci_pvalue,
     equal_prevalence_rows,
     operating_threshold,
 )
 from mmaudit.config import AttributeConfig
 from mmaudit.findings import judge
+from mmaudit.stats import Estimate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +65,7 @@ def test_group_metrics_equal_a_hand_computation() -> None:
     assert res.gaps["tpr"].value == pytest.approx(1 / 6)
     assert res.gaps["fpr"].value == pytest.approx(1 / 12)
     assert res.gaps["ece"].value == pytest.approx(0.25 / 6)
-    assert res.gaps["eod"] == res.gaps["tpr"], "equalised odds: the larger of the two gaps"
+    assert res.gaps["eod"].value == res.gaps["tpr"].value, "equalised odds: the larger gap"
 
 
 def test_operating_thresholds_by_hand() -> None:
@@ -266,3 +269,110 @@ def test_vectorised_group_table_equals_the_per_group_metrics() -> None:
         want = task_metrics(y[sel], score[sel, None], "binary", 0.42, 10)
         for m in ("auroc", "tpr", "fpr", "ece"):
             assert table[m][k] == pytest.approx(want[m], abs=1e-12), (m, k)
+
+
+# ----------------------------------------------------------------------------- gap rules
+
+
+def test_ci_pvalue_inverts_the_percentile_interval() -> None:
+    """p < alpha exactly when the (1 - alpha) percentile CI lies above zero, ties included."""
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        diffs = rng.normal(rng.uniform(-0.05, 0.3), 0.1, 400)
+        if trial % 2:
+            diffs = np.round(diffs, 1)  # discrete gaps (TPR / FPR) put resamples on zero
+        p = ci_pvalue(diffs, 400)
+        assert p is not None
+        for alpha in (0.01, 0.05, 0.1, 0.3):
+            low = _percentile(diffs, 400, alpha)[0]
+            assert low is not None
+            assert (p < alpha) == (low > 0), (trial, alpha, p, low)
+    assert ci_pvalue(np.full(400, np.nan), 400) is None
+
+
+def _one_gap(ci_low: float, seed: int = 0) -> CheckOutput:
+    """The check's published metrics for one AUROC gap of 0.15 (above the fail limit 0.10)
+    with permutation p 0.001 and a CI [ci_low, 0.31]; resamples drawn to match that CI."""
+    grouping = assign_groups("site", G, "categorical")
+    res = analyse_groups(
+        grouping, Y, S[:, None], None, "binary", 0.5, n_boot=50, min_group_size=1, min_class_size=1
+    )
+    diffs = np.random.default_rng(seed).uniform(ci_low, 0.31, 1000)
+    res.gaps = {"auroc": Estimate(0.15, ci_low, 0.31, 12, 0.001)}
+    res.ci_p = {"auroc": ci_pvalue(diffs, 1000)}
+    out = CheckOutput()
+    SubgroupsCheck(SubgroupsCheck.Params())._gap_metrics([res], out)
+    return out
+
+
+def test_a_gap_fails_only_when_its_ci_excludes_zero() -> None:
+    """Issue 5: "a gap whose CI excludes zero and exceeds the threshold -> fail". A gap above
+    the limit that beats the permutation null but whose CI includes zero is no finding."""
+    straddles = _one_gap(ci_low=-0.05)
+    assert straddles.metrics["gap.auroc.site"].null_p > 0.05
+    assert not judge("subgroups", straddles.metrics, SubgroupsCheck.default_thresholds)
+    above = _one_gap(ci_low=0.02)
+    assert above.metrics["gap.auroc.site"].null_p == pytest.approx(0.001)
+    findings = judge("subgroups", above.metrics, SubgroupsCheck.default_thresholds)
+    assert [(f.severity, f.metric) for f in findings] == [("fail", "gap.auroc.site")]
+
+
+def test_equalised_odds_ci_bootstraps_the_larger_gap_per_resample() -> None:
+    """Two groups whose TPR and FPR gaps are both 0.15: the CI of max(TPR gap, FPR gap) is
+    that of the per-resample maximum, above either gap's own CI (taking the larger gap's
+    CI, as before, would equal one of them)."""
+    rng = np.random.default_rng(5)
+    group = np.repeat(["A", "B"], 400)
+    y = np.tile(np.repeat([0, 1], 200), 2)
+    called = np.zeros(800, dtype=bool)
+    for g, shift in (("A", 0.0), ("B", 0.15)):  # TPR .70 / .85, FPR .20 / .35: exactly
+        for cls, rate in ((1, 0.7 + shift), (0, 0.2 + shift)):
+            cell = np.flatnonzero((group == g) & (y == cls))
+            called[cell] = rng.permutation(cell.size) < round(rate * cell.size)
+    score = np.where(called, 0.6, 0.4) + rng.uniform(-0.05, 0.05, 800)
+    res = analyse_groups(
+        assign_groups("g", group, "categorical"), y, score[:, None], None, "binary", 0.5,
+        n_boot=400, n_permutations=50,
+    )  # fmt: skip
+    tpr, fpr, eod = res.gaps["tpr"], res.gaps["fpr"], res.gaps["eod"]
+    assert tpr.value == pytest.approx(0.15) and fpr.value == pytest.approx(0.15)
+    assert eod.value == max(tpr.value, fpr.value)
+    per_resample = np.maximum(
+        res.boot["tpr"][:, res.pairs["tpr"][0]] - res.boot["tpr"][:, res.pairs["tpr"][1]],
+        res.boot["fpr"][:, res.pairs["fpr"][0]] - res.boot["fpr"][:, res.pairs["fpr"][1]],
+    )
+    assert (eod.ci_low, eod.ci_high) == pytest.approx(np.quantile(per_resample, [0.025, 0.975]))
+    assert eod.ci_low > max(tpr.ci_low, fpr.ci_low)
+    assert eod.ci_high >= max(tpr.ci_high, fpr.ci_high)
+
+
+def prevalence_context(seed: int = 0) -> AuditContext:
+    """Site A (1200 rows, prevalence 0.5) and site B (400 rows, 0.9); one score model for
+    both, calibrated at prevalence 0.5. Site B's calibration gap is prevalence alone."""
+    rng = np.random.default_rng(seed)
+    site = np.repeat(["A", "B"], [1200, 400])
+    y = (rng.random(1600) < np.where(site == "A", 0.5, 0.9)).astype(int)
+    logit = 2 * rng.normal(2 * y - 1, 1.0)  # the true log-odds at prevalence 0.5
+    config = SimpleNamespace(
+        data=SimpleNamespace(
+            target=SimpleNamespace(kind="binary"), attributes={"site": AttributeConfig()}
+        )
+    )
+    dataset = SimpleNamespace(
+        attributes=pd.DataFrame({"site": site}), target=y, patients=np.arange(1600).astype(str)
+    )
+    cache = SimpleNamespace(sweep=lambda: SweepResult(logit[:, None]))
+    return AuditContext(config=config, dataset=dataset, adapter=None, cache=cache, seed=seed)  # type: ignore[arg-type]
+
+
+def test_equal_prevalence_removes_a_prevalence_driven_gap() -> None:
+    ctx = prevalence_context()
+    overall = float(ctx.target.mean())
+    raw, raw_findings = _run(ctx, n_permutations=200)
+    assert raw.metrics["gap.ece.site"].value > 0.12
+    assert [f.metric for f in raw_findings if f.severity == "warn"] == ["gap.ece.site"]
+    fair, fair_findings = _run(ctx, n_permutations=200, equal_prevalence=True)
+    for g in ("A", "B"):
+        assert fair.metrics[f"group.site.{g}.prevalence"] == pytest.approx(overall, abs=0.01)
+    assert fair.metrics["gap.ece.site"].value < 0.05
+    assert not [f for f in fair_findings if f.severity in ("warn", "fail")]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -121,7 +121,7 @@ class ProbingCheck(Check):
     ``probe_random.*`` (random-weights baseline); ``positive_control.auroc``,
     ``positive_control.model_auroc``, ``positive_control.passed``,
     ``positive_control.layer``; per attribute ``erasure.dp``, ``erasure.dp_random``,
-    ``erasure.excess_dp`` (null_p Holm-corrected), ``erasure.flip``,
+    ``erasure.excess_dp`` (null_p one-sided, Holm-corrected), ``erasure.flip``,
     ``erasure.flip_random``, ``erasure.dauroc``, ``erasure.dauroc_random``,
     ``erasure.residual``, ``erasure.rank``; ``verdict.<attr>`` (not_encoded /
     encoded_not_used / encoded_and_used) and ``encoded_and_used.<attr>`` (0/1);
@@ -243,7 +243,8 @@ class ProbingCheck(Check):
         erasures = self._erasures(ctx, attributes, out) if attributes else []
         verdicts = self._verdicts(attributes, rows, erasures, out)
 
-        out.tables["probes"] = _probe_table(rows, p.alpha)
+        if rows:  # an empty table is no table
+            out.tables["probes"] = _probe_table(rows, p.alpha)
         if erasures:
             out.tables["erasure"] = _erasure_table(erasures, verdicts)
         if rows:
@@ -590,6 +591,12 @@ class ProbingCheck(Check):
         for attr in attributes:
             row = fused.get(attr.name)
             if row is None:
+                out.notes.append(
+                    f"{attr.name}: no verdict -- its probe on the fused embedding did not run"
+                    f" (see 'probe {attr.name} on embedding'), so whether it is encoded there,"
+                    " and used, is not judged"
+                    + ("; the erasure effects are still reported" if attr.name in erased else "")
+                )
                 continue
             floor = p.min_auroc if row.result.metric == "auroc" else p.min_r2
             encoded = row.p_holm < p.alpha and row.result.score >= floor
@@ -754,7 +761,8 @@ def _erasure_effects(
     attribute's erasure and the random ones, so their difference is paired.
 
     dp / dp_random: mean per-sample probability change; excess: their difference (with a
-    p-value); flip / flip_random: decision flip rates; dauroc / dauroc_random: change in the
+    one-sided p-value: does erasing the attribute move predictions more than a random
+    subspace?); flip / flip_random: decision flip rates; dauroc / dauroc_random: change in the
     task AUROC (the random one averaged over the draws). Binary targets: each resample's
     AUROCs come from one weighted rank pass (``_bootstrap``); other targets use ``stats``'
     per-resample loop for the AUROC changes.
@@ -772,7 +780,12 @@ def _erasure_effects(
         "dp": _from_boot(float(dp.mean()), m_boot[:, 0], n, n_boot, alpha),
         "dp_random": _from_boot(float(dp_rand.mean()), m_boot[:, 1], n, n_boot, alpha),
         "excess": _from_boot(
-            float(dp.mean() - dp_rand.mean()), m_boot[:, 0] - m_boot[:, 1], n, n_boot, alpha, True
+            float(dp.mean() - dp_rand.mean()),
+            m_boot[:, 0] - m_boot[:, 1],
+            n,
+            n_boot,
+            alpha,
+            "greater",
         ),
         "flip": _from_boot(float(flip.mean()), m_boot[:, 2], n, n_boot, alpha),
         "flip_random": _from_boot(float(flip_rand.mean()), m_boot[:, 3], n, n_boot, alpha),
@@ -781,7 +794,9 @@ def _erasure_effects(
     value = _task_auroc(y, erased, kind) - base_auc
     value_random = float(np.mean([_task_auroc(y, r, kind) for r in randoms])) - base_auc
     if kind == "binary":
-        out["dauroc"] = _from_boot(value, a_boot[:, 1] - a_boot[:, 0], n, n_boot, alpha, True)
+        out["dauroc"] = _from_boot(
+            value, a_boot[:, 1] - a_boot[:, 0], n, n_boot, alpha, "two-sided"
+        )
         out["dauroc_random"] = _from_boot(
             value_random, a_boot[:, 2:].mean(axis=1) - a_boot[:, 0], n, n_boot, alpha
         )
@@ -845,20 +860,33 @@ def _bootstrap(
 
 
 def _from_boot(
-    value: float, boot: np.ndarray, n: int, n_boot: int, alpha: float, with_p: bool = False
+    value: float,
+    boot: np.ndarray,
+    n: int,
+    n_boot: int,
+    alpha: float,
+    p_value: Literal["two-sided", "greater"] | None = None,
 ) -> Estimate:
     """Percentile CI (None under half valid resamples, as in ``stats``) and, if asked, the
-    two-sided p-value of "no change" from the bootstrap standard error (normal
-    approximation: unlike counting resamples beyond zero it is not floored at 2 / (B + 1),
-    which would make Holm over many tests unable to flag anything)."""
+    p-value of "no change" from the bootstrap standard error (normal approximation: unlike
+    counting resamples beyond zero it is not floored at 2 / (B + 1), which would make Holm
+    over many tests unable to flag anything). ``greater`` is one-sided: the alternative is
+    a positive value (erasing the attribute moves predictions *more* than a random
+    subspace), so a negative value gets p > 0.5, never a small one."""
     valid = boot[np.isfinite(boot)]
     if not math.isfinite(value) or valid.size < 2 or valid.size < n_boot / 2:
         return Estimate(value, None, None, n)
     lo, hi = np.quantile(valid, [alpha / 2, 1 - alpha / 2])
     p = None
-    if with_p:
+    if p_value is not None:
         se = float(np.std(valid, ddof=1))
-        p = (0.0 if value != 0 else 1.0) if se == 0 else math.erfc(abs(value) / se / math.sqrt(2))
+        if se == 0:  # no resampling variation: the sign of the value decides
+            beyond = value > 0 if p_value == "greater" else value != 0
+            p = 0.0 if beyond else 1.0
+        elif p_value == "greater":
+            p = 0.5 * math.erfc(value / se / math.sqrt(2))
+        else:
+            p = math.erfc(abs(value) / se / math.sqrt(2))
     return Estimate(value, float(lo), float(hi), n, p)
 
 
@@ -1001,8 +1029,22 @@ def _erasure_table(rows: list[ErasureRow], verdicts: dict[str, str]) -> pd.DataF
 # ----------------------------------------------------------------------------- figures
 
 
+def heatmap_label(r: ProbeRow, alpha: float) -> str:
+    """A heatmap cell's text: the reported score, and the score the permutation test is
+    about beside its null band and Holm mark. For a categorical attribute the reported
+    score is the logistic AUROC and the tested one the ridge AUROC on the same folds (see
+    ``mmaudit.probes``); for a continuous one they are the same ridge R²."""
+    lo, hi = r.result.null_band(alpha)
+    star = "*" if r.p_holm < alpha else ""
+    null = f"null [{lo:.2f}, {hi:.2f}]"
+    if r.result.metric == "auroc":
+        return f"AUROC {r.result.score:.2f}\nridge {r.result.test_score:.2f}{star} vs {null}"
+    return f"R² {r.result.score:.2f}{star}\nvs {null}"
+
+
 def _heatmap(rows: list[ProbeRow], layers: list[str], alpha: float) -> Figure:
-    """Layer x attribute probe scores; each cell annotated with its null band."""
+    """Layer x attribute probe scores; each cell annotated with the tested score and its null
+    band (``heatmap_label``)."""
     plt = pyplot()
     attrs = list(dict.fromkeys(r.attribute for r in rows))
     lays = [ly for ly in layers if any(r.layer == ly for r in rows)]
@@ -1013,20 +1055,15 @@ def _heatmap(rows: list[ProbeRow], layers: list[str], alpha: float) -> Figure:
         score = r.result.score
         # decodability on one scale: 2 AUROC - 1 (0 = chance) or R^2
         grid[i, j] = 2 * score - 1 if r.result.metric == "auroc" else score
-        lo, hi = r.result.null_band(alpha)
-        star = "*" if r.p_holm < alpha else ""
-        ax.text(
-            j,
-            i,
-            f"{r.result.metric} {score:.2f}{star}\nnull [{lo:.2f}, {hi:.2f}]",
-            ha="center",
-            va="center",
-            fontsize=8,
-        )
+        ax.text(j, i, heatmap_label(r, alpha), ha="center", va="center", fontsize=7)
     image = ax.imshow(np.clip(grid, 0, 1), cmap="Oranges", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(attrs)), attrs)
     ax.set_yticks(range(len(lays)), lays)
-    ax.set_title(f"probe score per layer and attribute (* Holm p < {alpha:g})")
+    ax.set_title(
+        "probe score per layer and attribute\nnull band and * (Holm p <"
+        f" {alpha:g}): the ridge read-out the permutation test scores",
+        fontsize=9,
+    )
     fig.colorbar(image, ax=ax, label="decodability (2 AUROC - 1, or R²)")
     fig.tight_layout()
     return fig
@@ -1051,6 +1088,8 @@ def _null_figure(rows: list[ProbeRow], layers: list[str], alpha: float) -> Figur
                 else None
             )
             ax.errorbar(i, e.value, yerr=err, fmt="o", color="C0", capsize=3)
+            if r.result.metric == "auroc":  # the statistic the null band is for
+                ax.plot(i + 0.15, r.result.test_score, "D", ms=4, color="C1")
             ax.plot(i, r.result.control, "x", color="C3")
             if r.random is not None:
                 ax.plot(i, r.random.value, "s", mfc="none", color="C2")
@@ -1063,24 +1102,30 @@ def _null_figure(rows: list[ProbeRow], layers: list[str], alpha: float) -> Figur
 
     handles = [
         Line2D([], [], marker="o", ls="", color="C0", label="probe (95% CI)"),
-        Patch(color="0.85", label="permutation null, 95%"),
+        Line2D([], [], marker="D", ms=4, ls="", color="C1", label="ridge read-out (tested)"),
+        Patch(color="0.85", label="permutation null of the tested score, 95%"),
         Line2D([], [], marker="x", ls="", color="C3", label="control task"),
         Line2D([], [], marker="s", ls="", mfc="none", color="C2", label="random weights"),
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
     return fig
 
 
 def _erasure_figure(rows: list[ErasureRow]) -> Figure:
-    """Mean |dp| and change in AUROC after erasing each attribute vs a random subspace."""
+    """Mean |dp|, flip rate and change in AUROC after erasing each attribute vs a random
+    subspace of the same rank."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.4 * len(rows), 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(5 + 2.1 * len(rows), 3.4))
     names = [r.attribute for r in rows]
     x = np.arange(len(rows))
     for ax, (own, rand, label) in zip(
         axes,
-        [("dp", "dp_random", "mean |Δp|"), ("dauroc", "dauroc_random", "Δ AUROC")],
+        [
+            ("dp", "dp_random", "mean |Δp|"),
+            ("flip", "flip_random", "flip rate"),
+            ("dauroc", "dauroc_random", "Δ AUROC"),
+        ],
         strict=True,
     ):
         for offset, key, colour, text in (

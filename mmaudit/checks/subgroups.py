@@ -268,8 +268,10 @@ class GroupResult:
     reasons: list[str]
     values: dict[str, np.ndarray]  # metric -> (G,)
     boot: dict[str, np.ndarray]  # metric -> (B, G)
-    gaps: dict[str, Estimate] = field(default_factory=dict)
+    gaps: dict[str, Estimate] = field(default_factory=dict)  # null_p: permutation p
     pairs: dict[str, tuple[int, int]] = field(default_factory=dict)
+    ci_p: dict[str, float | None] = field(default_factory=dict)  # see ci_pvalue
+    holm_p: dict[str, float | None] = field(default_factory=dict)  # set by the check
 
 
 def _percentile(values: np.ndarray, n_boot: int, alpha: float) -> tuple[float | None, float | None]:
@@ -278,6 +280,44 @@ def _percentile(values: np.ndarray, n_boot: int, alpha: float) -> tuple[float | 
         return None, None
     lo, hi = np.quantile(valid, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
+
+
+def ci_pvalue(diffs: np.ndarray, n_boot: int) -> float | None:
+    """The bootstrap p of "gap <= 0" that inverts the percentile CI of ``_percentile``.
+
+    ``diffs`` holds the gap on each resample. The result is the smallest alpha at which the
+    (1 - alpha) percentile interval (numpy's linear interpolation) lies above zero, so
+    ``p < alpha`` exactly when that CI excludes zero: about twice the share of resamples at
+    or below zero, interpolated where the sorted resamples cross zero. None when the CI
+    could not be formed either.
+    """
+    valid = np.sort(diffs[np.isfinite(diffs)])
+    if valid.size == 0 or valid.size < n_boot / 2:
+        return None
+    k = int(np.searchsorted(valid, 0.0, side="right"))  # resamples at or below zero
+    if k == 0:
+        return 0.0
+    if k == valid.size:
+        return 1.0
+    below, above = float(valid[k - 1]), float(valid[k])
+    crossing = (k - 1) + (0.0 - below) / (above - below)  # where the quantile reaches zero
+    return float(min(1.0, 2 * crossing / (valid.size - 1)))
+
+
+def _add_gap(
+    result: GroupResult,
+    metric: str,
+    gap: float,
+    diffs: np.ndarray,
+    null: np.ndarray,
+    n_boot: int,
+    alpha: float,
+) -> None:
+    """Record one gap: its value, the percentile CI of its resampled values ``diffs``, the
+    permutation p against ``null`` and the bootstrap p of the CI (``ci_pvalue``)."""
+    lo, hi = _percentile(diffs, n_boot, alpha)
+    result.gaps[metric] = Estimate(gap, lo, hi, len(result.rows), _range_p(gap, null))
+    result.ci_p[metric] = ci_pvalue(diffs, n_boot)
 
 
 def _range_p(observed: float, null: np.ndarray) -> float | None:
@@ -341,7 +381,9 @@ def analyse_groups(
     its p-value comes from a permutation null of the same best-minus-worst statistic: the
     group labels shuffled (across whole patients where each has one group) and the gap
     recomputed ``n_permutations`` times. The equalised-odds difference is the larger of the
-    TPR and FPR gaps, tested against the larger of the two permuted gaps.
+    TPR and FPR gaps -- on the full data and on every resample, which gives its CI -- tested
+    against the larger of the two permuted gaps. ``ci_p`` holds each gap's bootstrap p of
+    "gap <= 0" (``ci_pvalue``).
     Groups below ``min_group_size`` rows or (binary) ``min_class_size`` positives / negatives
     are reported but not judged.
     """
@@ -416,25 +458,23 @@ def analyse_groups(
                 judged_v = v[ok]
                 if np.isfinite(judged_v).all():
                     null[m][b] = float(judged_v.max() - judged_v.min())
+    diffs: dict[str, np.ndarray] = {}
     for m in GAP_METRICS:
         v = values[m][ok]
         if not np.isfinite(v).all():
             continue
         hi, lo = int(ok[np.argmax(v)]), int(ok[np.argmin(v)])
-        diffs = boot[m][:, hi] - boot[m][:, lo]
-        ci = _percentile(diffs, n_boot, alpha)
+        diffs[m] = boot[m][:, hi] - boot[m][:, lo]
         gap = float(values[m][hi] - values[m][lo])
-        result.gaps[m] = Estimate(gap, ci[0], ci[1], len(rows), _range_p(gap, null[m]))
+        _add_gap(result, m, gap, diffs[m], null[m], n_boot, alpha)
         result.pairs[m] = (hi, lo)
     if "tpr" in result.gaps and "fpr" in result.gaps:
-        # the equalised-odds difference is the larger of the two gaps; its CI is that gap's,
-        # its p the larger of the two permuted gaps'
+        # the equalised-odds difference is the larger of the two gaps, on the full data and
+        # on every resample (its CI), and against the larger of the two permuted gaps (its p)
         larger = "tpr" if result.gaps["tpr"].value >= result.gaps["fpr"].value else "fpr"
-        e = result.gaps[larger]
-        eod_null = np.fmax(null["tpr"], null["fpr"])
-        result.gaps["eod"] = Estimate(
-            e.value, e.ci_low, e.ci_high, e.n, _range_p(e.value, eod_null)
-        )
+        eod = float(max(result.gaps["tpr"].value, result.gaps["fpr"].value))
+        eod_boot = np.maximum(diffs["tpr"], diffs["fpr"])  # NaN: resample left out
+        _add_gap(result, "eod", eod, eod_boot, np.fmax(null["tpr"], null["fpr"]), n_boot, alpha)
         result.pairs["eod"] = result.pairs[larger]
     return result
 
@@ -454,18 +494,21 @@ class SubgroupsCheck(Check):
     and worst group for each metric and the equalised-odds difference (the larger of the TPR
     and FPR gaps), with bootstrap CIs and permutation p-values (group labels shuffled by
     patient: the best-minus-worst gap of k groups is positive even when they do not differ)
-    Holm-corrected across every gap. Optional
+    Holm-corrected across the judged gaps. Optional
     resampling of each group to the overall prevalence (Glocker et al., 2023), so that gaps
     are not prevalence differences in disguise.
     Why: a model can be good on average and fail a site, a sex or an age band; a gap is
-    only a finding when it beats what shuffled groups give, and a group of a handful of
-    patients is reported, not judged.
+    only a finding when its CI excludes zero and it beats what shuffled groups give, and a
+    group of a handful of patients is reported, not judged.
     Metrics: ``group.<attr>.<group>.{n,prevalence,auroc,tpr,fpr,ece}``;
-    ``gap.{auroc,tpr,fpr,ece}.<attr>`` and ``eod.<attr>`` (null_p Holm-corrected);
+    ``gap.{auroc,tpr,fpr,ece}.<attr>`` and ``eod.<attr>`` (null_p: the larger of the
+    Holm-corrected permutation p and the bootstrap p of the CI, so that it is below alpha
+    only when both tests agree; the ``gaps`` table has both);
     ``operating_threshold``; ``small_groups.<attr>``.
-    Default thresholds (each needs the corrected permutation p < 0.05): AUROC
-    gap warn > 0.05, fail > 0.10; equalised-odds difference warn > 0.10, fail > 0.20; ECE gap
-    warn > 0.05. A group too small to judge is a note, not a verdict.
+    Default thresholds (each needs that p < 0.05: the 95% CI of the gap excludes zero and
+    the Holm-corrected permutation p is below 0.05): AUROC gap warn > 0.05, fail > 0.10;
+    equalised-odds difference warn > 0.10, fail > 0.20; ECE gap warn > 0.05. A group too
+    small to judge is a note, not a verdict.
     """
 
     name = "subgroups"
@@ -517,7 +560,7 @@ class SubgroupsCheck(Check):
             warn_above=0.05,
             fail_above=0.10,
             max_p=0.05,
-            message="AUROC differs between groups (beyond shuffled groups)",
+            message="AUROC differs between groups (CI above zero, beyond shuffled groups)",
         ),
         "equalised_odds": ThresholdRule(
             metric="eod.*",
@@ -610,7 +653,8 @@ class SubgroupsCheck(Check):
         self._gap_metrics(results, out)
         if results:
             out.tables["groups"] = _group_table(results, p.n_boot, p.alpha)
-            out.tables["gaps"] = _gap_table(results)
+            if any(r.gaps for r in results):  # an empty table is no table
+                out.tables["gaps"] = _gap_table(results)
             out.figures["group_metrics"] = _bars(results, p.n_boot, p.alpha, kind)
             if kind == "binary":
                 out.figures["roc"] = _roc_figure(results, y, _score(prob), threshold)
@@ -656,31 +700,33 @@ class SubgroupsCheck(Check):
             )
 
     def _gap_metrics(self, results: list[GroupResult], out: CheckOutput) -> None:
-        """Holm across the gaps the default rules judge -- the AUROC gap, the equalised-odds
-        difference and the ECE gap of every attribute. The TPR and FPR gaps are the two parts
-        of the equalised-odds difference: they carry its corrected p rather than adding two
-        more tests to the family."""
+        """Publish every gap with the p its rule judges: the larger of the Holm-corrected
+        permutation p and the bootstrap p of its CI (``ci_pvalue``).
+
+        A rule's ``max_p`` therefore asks for both at once (an intersection-union test): the
+        gap beats what shuffled groups give, *and* its CI excludes zero. Holm runs across
+        the gaps the default rules judge -- the AUROC gap, the equalised-odds difference and
+        the ECE gap of every attribute. The TPR and FPR gaps are the two parts of the
+        equalised-odds difference: they carry its corrected permutation p rather than adding
+        two more tests to the family.
+        """
         flagged = ("auroc", "eod", "ece")
         keys = [(r, m) for r in results for m in flagged if m in r.gaps]
         adjusted = adjust_pvalues(
             [math.nan if r.gaps[m].null_p is None else r.gaps[m].null_p for r, m in keys], "holm"
         )
         for (res, m), p_adj in zip(keys, adjusted, strict=True):
-            e = res.gaps[m]
-            p_new = None if math.isnan(p_adj) else float(p_adj)
-            res.gaps[m] = Estimate(e.value, e.ci_low, e.ci_high, e.n, p_new)
+            res.holm_p[m] = None if math.isnan(p_adj) else float(p_adj)
         for res in results:
             name = res.grouping.attribute
-            eod_p = res.gaps["eod"].null_p if "eod" in res.gaps else None
-            for m in GAP_METRICS:
-                if m not in res.gaps:
-                    continue
+            for m in res.gaps:
                 if m in ("tpr", "fpr"):
-                    e = res.gaps[m]
-                    res.gaps[m] = Estimate(e.value, e.ci_low, e.ci_high, e.n, eod_p)
-                out.metrics[f"gap.{m}.{name}"] = res.gaps[m]
-            if "eod" in res.gaps:
-                out.metrics[f"eod.{name}"] = res.gaps["eod"]
+                    res.holm_p[m] = res.holm_p.get("eod")
+                holm, ci = res.holm_p.get(m), res.ci_p.get(m)
+                judged = None if holm is None or ci is None else max(holm, ci)
+                e = res.gaps[m]
+                res.gaps[m] = Estimate(e.value, e.ci_low, e.ci_high, e.n, judged)
+                out.metrics[f"eod.{name}" if m == "eod" else f"gap.{m}.{name}"] = res.gaps[m]
 
 
 def _probs(logits: np.ndarray, kind: str) -> np.ndarray:
@@ -728,7 +774,9 @@ def _gap_table(results: list[GroupResult]) -> pd.DataFrame:
                     "gap": e.value,
                     "ci_low": e.ci_low,
                     "ci_high": e.ci_high,
-                    "p_holm": e.null_p,
+                    "p_perm_holm": res.holm_p.get(m),
+                    "p_ci": res.ci_p.get(m),
+                    "p_judged": e.null_p,
                     "highest": labels[pair[0]] if pair[0] >= 0 else "",
                     "lowest": labels[pair[1]] if pair[1] >= 0 else "",
                 }
@@ -774,9 +822,13 @@ def _bars(results: list[GroupResult], n_boot: int, alpha: float, kind: str) -> F
             )
             title = f"{res.grouping.attribute}: {m}"
             if m in res.gaps and res.gaps[m].null_p is not None:
-                title += f"\ngap {res.gaps[m].value:.3f} (Holm p {res.gaps[m].null_p:.2g})"
+                title += f"\ngap {res.gaps[m].value:.3f} (p {res.gaps[m].null_p:.2g})"
             ax.set_title(title, fontsize=8)
-    fig.suptitle("per-group metrics with 95% bootstrap CIs (grey: too small to judge)", fontsize=10)
+    fig.suptitle(
+        "per-group metrics with 95% bootstrap CIs (grey: too small to judge);"
+        " gap p: the larger of the Holm permutation p and the CI's p",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
