@@ -53,6 +53,9 @@ __all__ = [
 # mask, and the top-k merge's working copies
 _BYTES_PER_ELEMENT = 16
 _MIN_ELEMENTS = 4096
+# bytes per (permutation, row, neighbour) entry of the agreement null: the gathered
+# codes, the comparison and the mask (int8 / bool), with room for int32 codes
+_NULL_BYTES_PER_ENTRY = 4
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,19 @@ def _as_tensor(
 
 def _normalise(t: torch.Tensor) -> torch.Tensor:
     return t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _centred(
+    x: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Rows minus their column mean, taken in float64, then as ``dtype`` on ``device``.
+
+    Euclidean distances do not change; the fp32 matrix-product path of ``torch.cdist``
+    (|a|^2 + |b|^2 - 2ab) loses everything to cancellation when all rows share a large
+    offset (1e3 with a spread of 0.1).
+    """
+    t = _as_tensor(x, _exact_device(device), torch.float64)
+    return (t - t.mean(0)).to(device=device, dtype=dtype)
 
 
 def pairwise_distances(a: torch.Tensor, b: torch.Tensor, metric: Metric) -> torch.Tensor:
@@ -141,17 +157,20 @@ def knn(
 
     Memory: distance blocks of at most ``memory_budget_mb`` (see ``block_shape``); the
     fp32 pass keeps ``k + margin`` candidates per row (``margin`` defaults to
-    ``max(8, k)``), which are re-scored in float64.
+    ``max(8, k)``), which are re-scored in float64. For Euclidean distance the fp32
+    pass runs on rows centred in float64 (a shared offset of 1e3 would otherwise swamp
+    a spread of 0.1 in fp32 and scramble the candidates).
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     dev = _device(device)
+    exact_dev = _exact_device(dev)
     self_query = reference is None
-    xq = _as_tensor(x, dev, torch.float32)
-    xr = xq if self_query else _as_tensor(reference, dev, torch.float32)  # type: ignore[arg-type]
-    if xq.shape[1] != xr.shape[1]:
-        raise ValueError(f"queries have {xq.shape[1]} features, references {xr.shape[1]}")
-    nq, nr = xq.shape[0], xr.shape[0]
+    xq64 = _as_tensor(x, exact_dev, torch.float64)
+    xr64 = xq64 if self_query else _as_tensor(reference, exact_dev, torch.float64)  # type: ignore[arg-type]
+    if xq64.shape[1] != xr64.shape[1]:
+        raise ValueError(f"queries have {xq64.shape[1]} features, references {xr64.shape[1]}")
+    nq, nr = xq64.shape[0], xr64.shape[0]
     if self_query:
         gq = np.arange(nq) if groups is None else group_codes(groups, nq)
         gr = gq
@@ -161,15 +180,18 @@ def knn(
     else:
         gq = gr = None
     kc = min(nr, k + (max(8, k) if margin is None else max(0, margin)))
-    if metric == "cosine":
-        xq = _normalise(xq)
-        xr = xq if self_query else _normalise(xr)
+    # the fp32 copies that propose candidates: unit rows for cosine; for Euclidean, rows
+    # centred in float64, since a large shared offset cancels catastrophically in fp32
+    if metric == "euclidean":
+        shift = xr64.mean(0)
+        xq = (xq64 - shift).to(device=dev, dtype=torch.float32)
+        xr = xq if self_query else (xr64 - shift).to(device=dev, dtype=torch.float32)
+    else:
+        xq = _normalise(xq64.to(device=dev, dtype=torch.float32))
+        xr = xq if self_query else _normalise(xr64.to(device=dev, dtype=torch.float32))
     gq_t = torch.as_tensor(gq, device=dev) if gq is not None else None
     gr_t = torch.as_tensor(gr, device=dev) if gr is not None else None
     qb, rb = block_shape(nq, nr, kc, memory_budget_mb)
-    exact_dev = _exact_device(dev)
-    xq64 = _as_tensor(x, exact_dev, torch.float64)
-    xr64 = xq64 if self_query else _as_tensor(reference, exact_dev, torch.float64)  # type: ignore[arg-type]
     out_i = np.full((nq, k), -1, dtype=np.int64)
     out_d = np.full((nq, k), np.inf, dtype=np.float64)
     # the float64 candidate vectors of the refinement, with one working copy, fit the budget
@@ -333,7 +355,7 @@ def agreement_null(
     rng: np.random.Generator,
     *,
     device: torch.device | str | None = None,
-    max_elements: int = 1 << 24,
+    memory_budget_mb: float = 64.0,
 ) -> np.ndarray:
     """Mean agreement (over rows with a value) for ``n_permutations`` shuffles of the codes.
 
@@ -341,9 +363,10 @@ def agreement_null(
     have one (unknown stays unknown), so the level counts, the chance level and which
     neighbour slots count are those of the data: the mean agreement is a fixed weighted
     sum over rows (weight 1 / (rows with a value x the row's counted neighbours)) of
-    each row's same-code neighbour count. Permutations go in chunks of at most
-    ``max_elements`` (permutation x row x neighbour) entries, with small integer codes;
-    on a CUDA ``device`` with torch, elsewhere with numpy (faster than torch on a CPU).
+    each row's same-code neighbour count. Permutations go in chunks whose
+    (permutation x row x neighbour) working arrays fit ``memory_budget_mb``, with small
+    integer codes; on a CUDA ``device`` with torch, elsewhere with numpy (faster than
+    torch on a CPU).
     """
     codes = np.asarray(codes, dtype=np.int64)
     n, k = indices.shape
@@ -357,6 +380,7 @@ def agreement_null(
     weight = np.where(den > 0, 1.0 / (np.maximum(den, 1) * rows), 0.0)
     have = np.flatnonzero(known)
     small = codes.astype(np.int8 if codes.max() < 127 else np.int32)
+    max_elements = int(memory_budget_mb * 2**20) // _NULL_BYTES_PER_ENTRY
     chunk = max(1, max_elements // max(1, n * k))
     dev = _device(device)
     on_device = dev.type == "cuda"
@@ -416,14 +440,15 @@ def silhouette_with_null(
     count in any cluster nor get a value. As in scikit-learn, a row alone in its
     level gets 0, and so does a row with a = b = 0. One pass over blocked distances
     serves every labeling and all its permutations (known codes shuffled among the
-    rows that have one).
+    rows that have one). Distance blocks (query rows x reference rows, beside the
+    one-hot products) stay within ``memory_budget_mb``; Euclidean rows are centred in
+    float64 first, as in ``knn``.
     """
     dev = _device(device)
     if dev.type == "mps" and dtype == torch.float64:
         dev = torch.device("cpu")
-    xt = _as_tensor(x, dev, dtype)
-    if metric == "cosine":
-        xt = _normalise(xt)
+    euclidean = metric == "euclidean"
+    xt = _centred(x, dev, dtype) if euclidean else _normalise(_as_tensor(x, dev, dtype))
     n = xt.shape[0]
     plans = []
     columns = 0
@@ -444,16 +469,20 @@ def silhouette_with_null(
         perm_i, row_i = np.nonzero(variants >= 0)
         onehot_np[row_i, start + perm_i * levels + variants[perm_i, row_i]] = 1.0
     onehot = torch.from_numpy(onehot_np).to(device=dev, dtype=dtype)
-    qb, _ = block_shape(n, n, columns, memory_budget_mb)
+    qb, rb = block_shape(n, n, columns, memory_budget_mb)
     sums = np.empty((n, columns))
     with torch.no_grad():
         for q0 in range(0, n, qb):
             q1 = min(n, q0 + qb)
-            d = pairwise_distances(xt[q0:q1], xt, metric)
-            if metric == "euclidean":
-                # cdist's matmul path leaves tiny non-zero self-distances
-                d[torch.arange(q1 - q0, device=dev), torch.arange(q0, q1, device=dev)] = 0
-            sums[q0:q1] = (d @ onehot).double().cpu().numpy()
+            acc = torch.zeros((q1 - q0, columns), device=dev, dtype=dtype)
+            for r0 in range(0, n, rb):
+                r1 = min(n, r0 + rb)
+                d = pairwise_distances(xt[q0:q1], xt[r0:r1], metric)
+                # cdist's matmul path (and 1 - cos) leave tiny non-zero self-distances
+                own = torch.arange(max(q0, r0), max(q0, r0, min(q1, r1)), device=dev)
+                d[own - q0, own - r0] = 0
+                acc += d @ onehot[r0:r1]
+            sums[q0:q1] = acc.double().cpu().numpy()
     results = []
     for variants, levels, counts, start in plans:
         block = sums[:, start : start + levels * variants.shape[0]].reshape(n, -1, levels)
@@ -500,28 +529,45 @@ def matched_ranks(
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each row i of ``a``: how many rows of ``b`` are strictly closer than ``b[i]``,
     and how many others are exactly as close. Row i of ``a`` and ``b`` are a matched pair.
+
+    Distance blocks (query rows x reference rows) stay within ``memory_budget_mb``;
+    Euclidean rows are centred in float64 (one shift for both sets) first, as in ``knn``.
     """
     dev = _device(device)
-    ta = _as_tensor(a, dev, torch.float32)
-    tb = _as_tensor(b, dev, torch.float32)
-    if ta.shape != tb.shape:
+    exact_dev = _exact_device(dev)
+    ta64 = _as_tensor(a, exact_dev, torch.float64)
+    tb64 = _as_tensor(b, exact_dev, torch.float64)
+    if ta64.shape != tb64.shape:
         raise ValueError(
-            f"matched pairs need equal shapes, got {tuple(ta.shape)} and {tuple(tb.shape)}"
+            f"matched pairs need equal shapes, got {tuple(ta64.shape)} and {tuple(tb64.shape)}"
         )
-    if metric == "cosine":
-        ta, tb = _normalise(ta), _normalise(tb)
+    if metric == "euclidean":
+        shift = tb64.mean(0)
+        ta = (ta64 - shift).to(device=dev, dtype=torch.float32)
+        tb = (tb64 - shift).to(device=dev, dtype=torch.float32)
+    else:
+        ta = _normalise(ta64.to(device=dev, dtype=torch.float32))
+        tb = _normalise(tb64.to(device=dev, dtype=torch.float32))
     n = ta.shape[0]
-    qb, _ = block_shape(n, n, 0, memory_budget_mb)
+    qb, rb = block_shape(n, n, 0, memory_budget_mb)
     closer = np.empty(n, dtype=np.int64)
     ties = np.empty(n, dtype=np.int64)
     with torch.no_grad():
         for q0 in range(0, n, qb):
             q1 = min(n, q0 + qb)
-            d = pairwise_distances(ta[q0:q1], tb, metric)
-            rows = torch.arange(q1 - q0, device=dev)
-            diag = d[rows, torch.arange(q0, q1, device=dev)][:, None]
-            closer[q0:q1] = (d < diag).sum(1).cpu().numpy()
-            ties[q0:q1] = ((d == diag).sum(1) - 1).cpu().numpy()
+            diag = torch.diagonal(pairwise_distances(ta[q0:q1], tb[q0:q1], metric))[:, None]
+            n_closer = torch.zeros(q1 - q0, dtype=torch.int64, device=dev)
+            n_ties = torch.zeros(q1 - q0, dtype=torch.int64, device=dev)
+            for r0 in range(0, n, rb):
+                r1 = min(n, r0 + rb)
+                d = pairwise_distances(ta[q0:q1], tb[r0:r1], metric)
+                # the match itself counts as neither closer nor tied (NaN compares false)
+                own = torch.arange(max(q0, r0), max(q0, r0, min(q1, r1)), device=dev)
+                d[own - q0, own - r0] = math.nan
+                n_closer += (d < diag).sum(1)
+                n_ties += (d == diag).sum(1)
+            closer[q0:q1] = n_closer.cpu().numpy()
+            ties[q0:q1] = n_ties.cpu().numpy()
     return closer, ties
 
 

@@ -4,18 +4,23 @@ embedding agrees on site more than the clean checkpoint's does."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from mmaudit import neighbours as nb
 from mmaudit.check import CheckOutput
 from mmaudit.checks.embedding import (
     EmbeddingCheck,
     EmbeddingInputs,
     analyse,
+    inputs_from_context,
     pool,
     stratified_subsample,
 )
@@ -177,6 +182,41 @@ def test_nan_rows_are_named_and_left_out() -> None:
     assert "r003" in note and "r017" in note and "r030" in note and "3 rows" in note
     assert out.metrics["excluded_rows.embedding"] == 3
     assert out.metrics["knn_lift.embedding.label"].n == 47  # type: ignore[union-attr]
+
+
+def test_every_excluded_row_is_listed_with_its_reason() -> None:
+    rng = np.random.default_rng(12)
+    n = 60
+    label = rng.integers(0, 2, n)
+    image = rng.normal(size=(n, 6))
+    nan_rows = np.arange(10, 24)  # more rows than the note names
+    image[nan_rows, 1] = np.nan
+    present = np.ones(n, bool)
+    present[[2, 5, 10]] = False  # row 10 is absent and NaN: absence is the reason
+    out = analyse(inputs({"image": image}, label, present={"image": present}), params())
+    table = out.tables["excluded_rows"]
+    expected = {f"r{i:03d}": "nan_inf" for i in nan_rows} | {
+        f"r{i:03d}": "modality_absent" for i in (2, 5, 10)
+    }
+    assert dict(zip(table["id"], table["reason"], strict=True)) == expected
+    assert len(table) == len(expected) and set(table["layer"]) == {"image"}
+    assert out.metrics["excluded_rows.image"] == len(expected)
+    assert any("13 rows" in note and "excluded_rows table" in note for note in out.notes)
+    clean = analyse(inputs({"image": rng.normal(size=(n, 6))}, label), params())
+    assert "excluded_rows" not in clean.tables
+
+
+def test_one_dimensional_embedding_skips_the_2d_maps_with_a_note() -> None:
+    rng = np.random.default_rng(13)
+    n = 40
+    label = rng.integers(0, 2, n)
+    x = (label + 0.3 * rng.normal(size=n))[:, None]
+    out = analyse(inputs({"embedding": x}, label), params(projections=["tsne", "umap"]))
+    assert value(out, "knn_lift.embedding.label") > 1.3
+    assert any("1-d embedding" in note and "tsne skipped" in note for note in out.notes)
+    assert any("umap skipped" in note for note in out.notes)
+    assert set(k for k in out.figures if k.startswith("projection")) == {"projection_embedding_pca"}
+    assert "trustworthiness.embedding.pca" in out.metrics
 
 
 def test_attribute_with_one_level_and_missing_values() -> None:
@@ -363,3 +403,231 @@ def test_sample_shortcut_agrees_on_site_more_than_clean(
     assert margin_short.ci_low > margin_clean.ci_high  # type: ignore[union-attr]
     assert "dataset_identity" in rules_hit(short)
     assert "dataset_identity" not in rules_hit(clean)
+
+
+# ----------------------------------------------------------------------------- projections
+
+
+def planted(n: int = 120, seed: int = 14) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Three well-separated label clusters, a random site and a continuous age."""
+    rng = np.random.default_rng(seed)
+    label = np.repeat([0, 1, 2], n // 3)
+    x = rng.normal(size=(3, 12))[label] * 5 + rng.normal(size=(n, 12))
+    attrs = {"site": rng.choice(["A", "B"], n), "age": rng.uniform(20, 90, n)}
+    return x, label, attrs
+
+
+def test_projections_are_drawn_coloured_and_scored() -> None:
+    x, label, attrs = planted()
+    n = len(label)
+    probs = np.eye(3)[label] * 0.8 + 0.2 / 3
+    out = analyse(
+        inputs(
+            {"embedding": x},
+            label,
+            attrs,
+            probs=probs,
+            target_kind="multiclass",
+            continuous={"age": None},
+        ),
+        params(projections=["pca", "tsne"], projection_max_samples=50, clustering="none"),
+    )
+    for method in ("pca", "tsne"):
+        fig = out.figures[f"projection_embedding_{method}"]
+        titles = [ax.get_title() for ax in fig.axes if ax.get_title()]  # colour bars: no title
+        assert titles == ["label", "prediction", "correct", "site", "age"]
+        assert value(out, f"trustworthiness.embedding.{method}") > 0.9
+    assert "50 rows" in out.figures["projection_embedding_tsne"].get_suptitle()
+    assert f"{n} rows" in out.figures["projection_embedding_pca"].get_suptitle()
+
+
+def test_umap_failure_falls_back_to_pca(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "umap", None)  # `import umap` now raises ImportError
+    x, label, attrs = planted()
+    out = analyse(
+        inputs({"embedding": x, "image": x + 1}, label, attrs),
+        params(projections=["umap"], clustering="none"),
+    )
+    for layer in ("embedding", "image"):
+        assert f"projection_{layer}_pca" in out.figures
+        assert value(out, f"trustworthiness.{layer}.pca") > 0.9
+        assert f"projection_{layer}_umap" not in out.figures
+    notes = [note for note in out.notes if note.startswith("UMAP unavailable")]
+    assert len(notes) == 1 and notes[0].endswith("maps drawn: PCA")
+    with_tsne = analyse(
+        inputs({"embedding": x}, label, attrs),
+        params(projections=["tsne", "umap"], projection_max_samples=50, clustering="none"),
+    )
+    assert any(note.endswith("maps drawn: t-SNE, PCA") for note in with_tsne.notes)
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def test_memory_budget_reaches_every_distance_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    budget_mb = 0.001  # the 4096-element floor
+    blocks: list[tuple[int, int]] = []
+    null_budgets: list[float] = []
+    real_distances, real_null = nb.pairwise_distances, nb.agreement_null
+
+    def distances(a: torch.Tensor, b: torch.Tensor, metric: nb.Metric) -> torch.Tensor:
+        blocks.append((a.shape[0], b.shape[0]))
+        return real_distances(a, b, metric)
+
+    def null(*args: Any, **kwargs: Any) -> np.ndarray:
+        null_budgets.append(kwargs["memory_budget_mb"])
+        return real_null(*args, **kwargs)
+
+    monkeypatch.setattr(nb, "pairwise_distances", distances)
+    monkeypatch.setattr(nb, "agreement_null", null)
+    x, label, attrs = planted()
+    layers = {"image": x[:, ::-1].copy(), "text": x + 0.1}  # retrieval too
+    for clustering in ("kmeans", "hdbscan"):
+        light = {"n_permutations": 20, "silhouette_permutations": 5, "n_boot": 50}
+        analyse(
+            inputs(layers, label, attrs, shared_space=True),
+            params(memory_budget_mb=budget_mb, clustering=clustering, **light),
+        )
+    assert blocks and max(r for _, r in blocks) < len(label)
+    assert all(q * r <= nb._MIN_ELEMENTS for q, r in blocks)
+    assert null_budgets and set(null_budgets) == {budget_mb}
+
+
+def test_cosine_metric_reaches_the_clustering() -> None:
+    """Three directions in a narrow cone, lengths 1 to 10: cosine clusters are the
+    directions; Euclidean k-means on the raw rows would cut by length instead."""
+    rng = np.random.default_rng(15)
+    n = 150
+    label = np.repeat([0, 1, 2], n // 3)
+    basis = np.linalg.qr(rng.normal(size=(10, 4)))[0].T
+    directions = basis[0] + 0.35 * basis[1:]
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    length = rng.uniform(1.0, 10.0, n)
+    x = (directions[label] + 0.02 * rng.normal(size=(n, 10))) * length[:, None]
+    out = analyse(inputs({"embedding": x}, label), params(metric="cosine", max_clusters=6))
+    assert value(out, "clusters.embedding.k") == 3
+    assert value(out, "clusters.embedding.purity.label") > 0.97
+    assert value(out, "clusters.embedding.silhouette") > 0.9
+
+
+def test_named_exemplar_queries_and_the_nuisance_line() -> None:
+    rng = np.random.default_rng(16)
+    n = 50
+    label = rng.integers(0, 2, n)
+    attrs = {"site": rng.choice(["A", "B"], n), "scanner": rng.choice(["S1", "S2"], n)}
+    out = analyse(
+        inputs({"embedding": rng.normal(size=(n, 5))}, label, attrs),
+        params(
+            clustering="none",
+            exemplar_ids=["r010", "nope", "r003", "r010"],
+            exemplar_random=1,
+            exemplar_k=2,
+            nuisance_attributes=["scanner"],
+        ),
+    )
+    table = out.tables["exemplars"]
+    queries = table[table["rank"] == 0]
+    assert list(queries["id"])[:2] == ["r010", "r003"]
+    assert list(queries["query_kind"]) == ["named", "named", "random"]
+    assert any("'nope'" in note and "not shown" in note for note in out.notes)
+    label_text = out.figures["exemplars_01"].axes[0].get_xlabel()
+    assert "scanner S" in label_text and "site" not in label_text
+
+
+# ----------------------------------------------------------------------------- alignment
+
+
+def test_planted_modality_gap_and_retrieval() -> None:
+    """Unit image rows [cos t * u, sin t]; text = image + (0, ..., -2 sin t): unit rows
+    too, so the gap (distance between the centroids of unit rows) is exactly 2 sin t."""
+    rng = np.random.default_rng(17)
+    n, t = 100, 0.3
+    u = rng.normal(size=(n, 15))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    image = np.column_stack([np.cos(t) * u, np.full(n, np.sin(t))])
+    shift = np.zeros(16)
+    shift[-1] = -2 * np.sin(t)
+    label = rng.integers(0, 2, n)
+    out = analyse(
+        inputs({"image": image, "text": image + shift}, label, shared_space=True),
+        params(clustering="none"),
+    )
+    assert value(out, "alignment.image_text.gap") == pytest.approx(np.linalg.norm(shift), 1e-9)
+    assert value(out, "alignment.image_to_text.recall_at_1") == 1.0
+    assert value(out, "alignment.text_to_image.recall_at_1") == 1.0
+    same = analyse(
+        inputs({"image": image, "text": image.copy()}, label, shared_space=True),
+        params(clustering="none"),
+    )
+    assert value(same, "alignment.image_text.gap") == pytest.approx(0.0, abs=1e-12)
+
+
+def test_alignment_always_notes_unequal_widths() -> None:
+    rng = np.random.default_rng(18)
+    n = 40
+    label = rng.integers(0, 2, n)
+    layers = {"image": rng.normal(size=(n, 8)), "text": rng.normal(size=(n, 6))}
+    out = analyse(inputs(layers, label), params(clustering="none", alignment="always"))
+    assert not any(k.startswith("alignment") for k in out.metrics)
+    assert any("alignment image-text: widths differ (8 vs 6)" in note for note in out.notes)
+
+
+@pytest.fixture(scope="module")
+def builtin_contexts(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Any]:
+    """An audit context over the tiny dataset for a random built-in image + tabular model."""
+    import yaml
+    from conftest import tiny_config, write_tiny_dataset
+
+    from mmaudit.cache import InferenceCache
+    from mmaudit.check import AuditContext
+    from mmaudit.config import load_config
+    from mmaudit.data import build_dataset
+    from mmaudit.model import load_model
+    from mmaudit.models import (
+        ArchitectureSpec,
+        TabularSpec,
+        build_model,
+        save_checkpoint,
+        tiny_image_spec,
+    )
+
+    tmp = tmp_path_factory.mktemp("builtin_embedding")
+    manifest = write_tiny_dataset(tmp / "data")
+
+    def context(fusion: str) -> AuditContext:
+        spec = ArchitectureSpec(
+            modalities=["image", "tabular"],
+            image=tiny_image_spec(16),
+            tabular=TabularSpec(n_features=2, hidden=[8]),
+            dim=8,
+            fusion=fusion,  # type: ignore[arg-type]
+        )
+        torch.manual_seed(0)
+        folder = save_checkpoint(build_model(spec).eval(), spec, tmp / fusion)
+        path = tmp / f"{fusion}.yaml"
+        path.write_text(yaml.safe_dump(tiny_config(manifest, {"checkpoint": str(folder)})))
+        cfg = load_config(path)
+        ds = build_dataset(cfg)
+        adapter = load_model(cfg.model, ds.modalities, cfg.runtime)
+        cache = InferenceCache(adapter, ds, batch_size=16, seed=0)
+        cache.request_layers(["image", "tabular"])
+        return AuditContext(config=cfg, dataset=ds, adapter=adapter, cache=cache, seed=0)
+
+    return context
+
+
+def test_builtin_projection_fusion_is_a_shared_space(
+    builtin_contexts: Callable[[str], Any],
+) -> None:
+    p = params(layers=["image", "tabular"], clustering="none")
+    shared = inputs_from_context(builtin_contexts("projection"), p)
+    assert shared.shared_space is True
+    assert shared.embeddings["image"].shape[1] == shared.embeddings["tabular"].shape[1] == 8
+    out = analyse(shared, p)
+    assert "alignment.image_to_tabular.recall_at_1" in out.metrics
+    assert "alignment.image_tabular.gap" in out.metrics
+    concat = inputs_from_context(builtin_contexts("concat"), p)
+    assert concat.shared_space is False
+    out = analyse(concat, p)
+    assert not any(k.startswith("alignment") for k in out.metrics)
+    assert any("no shared projection space" in note for note in out.notes)

@@ -20,12 +20,26 @@ def cloud() -> tuple[np.ndarray, np.ndarray]:
     return x, patients
 
 
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+# (metric, shared offset, scale): a large offset with a small spread cancels in fp32
+SHAPES = [
+    ("euclidean", 0.0, 1.0),
+    ("cosine", 0.0, 1.0),
+    ("euclidean", 1e3, 0.1),
+    ("euclidean", 1e4, 1.0),
+]
+
+
+@pytest.mark.parametrize(("metric", "offset", "scale"), SHAPES)
 @pytest.mark.parametrize("budget_mb", [256.0, 0.001])
 def test_knn_equals_brute_force(
-    cloud: tuple[np.ndarray, np.ndarray], metric: str, budget_mb: float
+    cloud: tuple[np.ndarray, np.ndarray],
+    metric: str,
+    offset: float,
+    scale: float,
+    budget_mb: float,
 ) -> None:
     x, patients = cloud
+    x = offset + scale * x
     fast = nb.knn(x, 7, groups=patients, metric=metric, memory_budget_mb=budget_mb)  # type: ignore[arg-type]
     slow = nb.brute_force_knn(x, 7, groups=patients, metric=metric)  # type: ignore[arg-type]
     np.testing.assert_array_equal(fast.indices, slow.indices)
@@ -124,6 +138,28 @@ def test_agreement_pvalues_are_uniform_on_random_embeddings() -> None:
     assert permutation_pvalue(observed, nb.agreement_null(idx, codes, 99, rng)) == 0.01
 
 
+@pytest.mark.parametrize(("offset", "scale"), [(1e3, 0.1), (1e4, 1.0)])
+def test_offset_embeddings_match_sklearn_in_fp32(offset: float, scale: float) -> None:
+    """The default fp32 paths centre first, so a shared offset changes nothing."""
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(8)
+    base = rng.normal(size=(300, 16))
+    lab = np.repeat([0, 1], 150)
+    base[lab == 1, 0] += 2.0
+    x = offset + scale * base
+    sil = nb.silhouette_with_null(x, [lab], 0, rng, memory_budget_mb=0.01)[0]
+    np.testing.assert_allclose(sil.per_row, silhouette_samples(x, lab), atol=2e-5)
+    ours = nb.knn(x, 5)
+    theirs = NearestNeighbors(n_neighbors=6, algorithm="brute").fit(x).kneighbors(x)[1][:, 1:]
+    np.testing.assert_array_equal(np.sort(ours.indices, 1), np.sort(theirs, 1))
+    # Euclidean retrieval: pairs 0.05 * scale apart in a cloud of spread `scale`
+    other = x + 0.05 * scale * rng.normal(size=x.shape)
+    closer, _ = nb.matched_ranks(x, other, metric="euclidean", memory_budget_mb=0.001)
+    d = np.sqrt(((base[:, None, :] - (other - offset)[None, :, :] / scale) ** 2).sum(-1))
+    np.testing.assert_array_equal(closer, (d < np.diag(d)[:, None]).sum(1))
+
+
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_silhouette_equals_sklearn(metric: str) -> None:
     rng = np.random.default_rng(4)
@@ -175,3 +211,43 @@ def test_matched_ranks_against_brute_force() -> None:
     # identical rows: every candidate ties, recall@k is k / n in expectation
     c2, t2 = nb.matched_ranks(np.ones((10, 3)), np.ones((10, 3)))
     np.testing.assert_allclose(nb.recall_at(c2, t2, 3), 0.3)
+
+
+def test_every_distance_path_keeps_its_blocks_within_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    budget_mb = 0.001  # the 4096-element floor: 300 references do not fit beside 64 queries
+    elements = nb._MIN_ELEMENTS
+    seen: list[tuple[int, int]] = []
+    real = nb.pairwise_distances
+
+    def recording(a: torch.Tensor, b: torch.Tensor, metric: nb.Metric) -> torch.Tensor:
+        seen.append((a.shape[0], b.shape[0]))
+        return real(a, b, metric)
+
+    monkeypatch.setattr(nb, "pairwise_distances", recording)
+    rng = np.random.default_rng(9)
+    n = 300
+    x = rng.normal(size=(n, 8))
+    codes = rng.integers(0, 3, n)
+    nb.silhouette_with_null(x, [codes], 3, rng, memory_budget_mb=budget_mb)
+    columns = 3 * (3 + 1)  # levels x (observed + permutations)
+    assert max(r for _, r in seen) < n
+    assert all(q * (r + columns) <= elements for q, r in seen)
+    seen.clear()
+    nb.matched_ranks(x, x + rng.normal(size=x.shape), memory_budget_mb=budget_mb)
+    assert max(r for _, r in seen) < n
+    assert all(q * r <= elements for q, r in seen)
+
+    chunks: list[int] = []
+
+    class Recording:
+        def permuted(self, a: np.ndarray, axis: int) -> np.ndarray:
+            chunks.append(a.shape[0])
+            return rng.permuted(a, axis=axis)
+
+    idx = nb.knn(x, 5).indices
+    null_mb = 0.1
+    null = nb.agreement_null(idx, codes, 50, Recording(), memory_budget_mb=null_mb)  # type: ignore[arg-type]
+    assert len(chunks) > 1 and sum(chunks) == 50 and null.shape == (50,)
+    assert max(chunks) * n * 5 * nb._NULL_BYTES_PER_ENTRY <= null_mb * 2**20

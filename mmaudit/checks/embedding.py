@@ -360,10 +360,11 @@ class EmbeddingCheck(Check):
     lift over chance (sum p^2) with a bootstrap CI by patient and a permutation p-value
     (labels shuffled, graph fixed); silhouette by label and by each attribute with its
     permutation null; k-means (k by silhouette) or HDBSCAN clusters with label and
-    attribute purity; PCA / t-SNE / (optional) UMAP maps, each with its trustworthiness,
-    coloured by label, prediction, correctness and attributes; nearest-neighbour
-    exemplars (thumbnail, report snippet, label, prediction, site) for the most
-    confident errors and a few random cases; image<->text (any equal-width modality pair)
+    attribute purity; PCA / t-SNE / (optional; PCA when it fails to import) UMAP maps,
+    each with its trustworthiness, coloured by label, prediction, correctness and
+    attributes; nearest-neighbour exemplars (thumbnail, report snippet, label,
+    prediction, site) for named cases, the most confident errors and a few random
+    cases; image<->text (any equal-width modality pair)
     retrieval recall@1/5/10 and the modality gap in a shared space; and, when an ordinal
     attribute is named, the Spearman correlation along the first principal direction
     and along a cross-fitted linear direction.
@@ -379,8 +380,8 @@ class EmbeddingCheck(Check):
     ``clusters.<layer>.nuisance_pure_label_mixed.<attribute>`` (share of rows in clusters
     pure in the attribute but mixed in label); ``trustworthiness.<layer>.<method>``;
     ``alignment.<a>_to_<b>.recall_at_{1,5,10}``, ``alignment.<a>_<b>.gap``;
-    ``ordinal.<layer>.spearman_{pc1,fitted}``; ``excluded_rows.<layer>``,
-    ``layers_analysed``.
+    ``ordinal.<layer>.spearman_{pc1,fitted}``; ``excluded_rows.<layer>`` (count; the
+    ``excluded_rows`` table names every id with its reason), ``layers_analysed``.
     Default thresholds: ``dataset_identity`` warns when any layer's identity margin has
     its CI above 0 (adjusted p <= 0.05); ``dataset_identity_head`` fails when the fused
     ``embedding`` (what the head reads) has a margin whose CI lower bound exceeds 0.1 (an
@@ -444,6 +445,9 @@ class EmbeddingCheck(Check):
         )
         exemplar_layer: str = Field(
             default="embedding", description="layer whose neighbours explain the query cases"
+        )
+        exemplar_ids: list[str] | None = Field(
+            default=None, description="study ids always shown as query cases (before the rest)"
         )
         exemplar_errors: int = Field(default=4, ge=0, description="most confident errors shown")
         exemplar_random: int = Field(default=2, ge=0, description="random query cases shown")
@@ -596,7 +600,7 @@ def analyse(inp: EmbeddingInputs, p: EmbeddingCheck.Params) -> CheckOutput:
         table = pd.DataFrame(agree_rows)
         out.tables["agreement"] = table
         out.figures["knn_agreement"] = _agreement_figure(table)
-    _exemplars(layers, factors, pred, groups, inp, p, out)
+    _exemplars(layers, factors, nuisance, pred, groups, inp, p, out)
     _alignment(layers, groups, inp, p, out)
     if p.ordinal:
         _ordinal(layers, groups, inp, p, out)
@@ -684,6 +688,7 @@ def _prepare_layer(
         out.notes.append(f"layer {name}: {how}")
     n = len(x)
     keep = np.ones(n, dtype=bool)
+    reason = np.full(n, "", dtype=object)
     if name in inp.present:
         absent = ~np.asarray(inp.present[name], dtype=bool)
         if absent.any():
@@ -692,15 +697,28 @@ def _prepare_layer(
                 " encoder output is a fill-in, not data)"
             )
         keep &= ~absent
-    bad = ~np.isfinite(x).all(axis=1)
+        reason[absent] = "modality_absent"
+    bad = keep & ~np.isfinite(x).all(axis=1)
     if bad.any():
         bad_ids = [str(i) for i in inp.ids[bad]]
         shown = ", ".join(bad_ids[:10]) + (
-            f" and {len(bad_ids) - 10} more" if len(bad_ids) > 10 else ""
+            f" and {len(bad_ids) - 10} more (all in the excluded_rows table)"
+            if len(bad_ids) > 10
+            else ""
         )
         out.notes.append(f"layer {name}: NaN/inf in the embedding of {len(bad_ids)} rows: {shown}")
         keep &= ~bad
+        reason[bad] = "nan_inf"
     out.metrics[f"excluded_rows.{name}"] = int((~keep).sum())
+    if not keep.all():
+        dropped = np.flatnonzero(~keep)
+        frame = pd.DataFrame(
+            {"layer": name, "id": [str(i) for i in inp.ids[dropped]], "reason": reason[dropped]}
+        )
+        prev = out.tables.get("excluded_rows")
+        out.tables["excluded_rows"] = (
+            frame if prev is None else pd.concat([prev, frame], ignore_index=True)
+        )
     rows = np.flatnonzero(keep)
     x = x[rows]
     if len(rows) < 3:
@@ -753,6 +771,7 @@ def _agreement(
             p.n_permutations,
             inp.rng(f"knn:{res.name}:{f.name}"),
             device=inp.device,
+            memory_budget_mb=p.memory_budget_mb,
         )
         est = bootstrap_ci(
             _lift, agree, codes, groups=g, n_boot=p.n_boot, alpha=p.alpha, seed=inp.seed
@@ -965,15 +984,29 @@ def _projections(
     maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if "pca" in p.projections:
         maps["pca"] = (np.arange(n), coords)
+    umap_error = None
     for method in ("tsne", "umap"):
         if method not in p.projections:
+            continue
+        if d < 2:
+            out.notes.append(
+                f"layer {res.name}: a {d}-d embedding has no 2-D map to find; {method} skipped"
+                " (the PCA map shows the values themselves)"
+            )
+            maps.setdefault("pca", (np.arange(n), coords))
             continue
         if len(sub) < 10:
             out.notes.append(f"layer {res.name}: too few rows for {method} ({len(sub)})")
             continue
-        y = _embed_2d(method, x[sub], inp.seed, p.native_threads, out.notes)
-        if y is not None:
-            maps[method] = (sub, y)
+        if method == "umap":
+            umap_error = _umap_import_error()
+            if umap_error is not None:
+                maps.setdefault("pca", (np.arange(n), coords))  # the fallback map
+                continue
+        maps[method] = (sub, _embed_2d(method, x[sub], inp.seed, p.native_threads))
+    if umap_error is not None:
+        drawn = ", ".join(_MAP_NAMES[m] for m in maps)
+        out.notes.append(f"UMAP unavailable ({umap_error}); maps drawn: {drawn}")
     # trustworthiness is O(n^2): every map is scored on the same subsample
     n_t = min(res.k, (len(sub) - 1) // 2 - 1)
     for method, (rows, y) in maps.items():
@@ -983,7 +1016,7 @@ def _projections(
             with _native(p.native_threads):
                 trust = float(trustworthiness(x[sub], y_sub, n_neighbors=n_t, metric=p.metric))
         out.metrics[f"trustworthiness.{res.name}.{method}"] = trust
-        title = f"{res.name}: {method.upper()} (trustworthiness {trust:.2f}, {len(rows)} rows"
+        title = f"{res.name}: {_MAP_NAMES[method]} (trustworthiness {trust:.2f}, {len(rows)} rows"
         if method == "pca":
             title += f", {pca.explained_variance_ratio_.sum():.0%} of variance"
         out.figures[f"projection_{res.name}_{method}"] = _projection_figure(
@@ -991,9 +1024,21 @@ def _projections(
         )
 
 
-def _embed_2d(
-    method: str, x: np.ndarray, seed: int, threads: int | None, notes: list[str]
-) -> np.ndarray | None:
+_MAP_NAMES = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
+
+
+def _umap_import_error() -> str | None:
+    """None when umap-learn imports; otherwise why not (it is optional, and its first
+    import compiles with numba, which can fail)."""
+    try:
+        import umap  # noqa: F401
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _embed_2d(method: str, x: np.ndarray, seed: int, threads: int | None) -> np.ndarray:
+    """2-D t-SNE or UMAP coordinates of the rows of ``x`` (at least two columns)."""
     if method == "tsne":
         from sklearn.manifold import TSNE
 
@@ -1002,11 +1047,8 @@ def _embed_2d(
             warnings.simplefilter("ignore")
             tsne = TSNE(2, perplexity=perplexity, init="pca", max_iter=500, random_state=seed)
             return tsne.fit_transform(x)
-    try:
-        import umap
-    except Exception as exc:  # an optional dependency that may fail to import or compile
-        notes.append(f"UMAP unavailable ({type(exc).__name__}: {exc}); PCA and t-SNE shown")
-        return None
+    import umap
+
     with warnings.catch_warnings(), _native(threads):
         warnings.simplefilter("ignore")
         reducer = umap.UMAP(n_neighbors=min(15, len(x) - 1), random_state=seed, n_jobs=1)
@@ -1138,7 +1180,10 @@ def _clusters(
         if strata.size
         else np.arange(min(n, p.cluster_max_samples))
     )
-    x_fit = res.x[fit_rows]
+    # k-means and HDBSCAN measure Euclidean distance: on unit rows it orders pairs as
+    # the cosine distance does
+    x_all = _unit_rows(res.x) if p.metric == "cosine" else res.x
+    x_fit = x_all[fit_rows]
     min_size = max(5, int(math.ceil(p.min_cluster_share * n)))
     labels = np.full(n, -1, dtype=np.int64)
     sil = math.nan
@@ -1148,7 +1193,7 @@ def _clusters(
             out.notes.append(f"layer {res.name}: too few distinct rows to cluster")
             return
         with _native(p.native_threads):
-            labels = km.predict(res.x).astype(np.int64)
+            labels = km.predict(x_all).astype(np.int64)
     else:
         from sklearn.cluster import HDBSCAN
 
@@ -1158,7 +1203,13 @@ def _clusters(
         if (labels >= 0).sum() and np.unique(labels[labels >= 0]).size >= 2:
             ok = labels >= 0
             r = nb.silhouette_with_null(
-                res.x[ok], [labels[ok]], 0, rng, metric=p.metric, device=inp.device
+                x_all[ok],
+                [labels[ok]],
+                0,
+                rng,
+                metric=p.metric,
+                device=inp.device,
+                memory_budget_mb=p.memory_budget_mb,
             )
             sil = r[0].value
     res.clusters = labels
@@ -1243,11 +1294,22 @@ def _kmeans_by_silhouette(
         if np.unique(lab).size < 2:
             continue
         scored = nb.silhouette_with_null(
-            x[sil_rows], [lab], 0, rng, metric=p.metric, device=inp.device
+            x[sil_rows],
+            [lab],
+            0,
+            rng,
+            metric=p.metric,
+            device=inp.device,
+            memory_budget_mb=p.memory_budget_mb,
         )
         if scored[0].value > best_s + 1e-12:
             best, best_s = km, scored[0].value
     return best, (best_s if best is not None else math.nan)
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 # ----------------------------------------------------------------------------- exemplars
@@ -1256,14 +1318,16 @@ def _kmeans_by_silhouette(
 def _exemplars(
     layers: dict[str, LayerResult],
     factors: list[Factor],
+    nuisance: list[Factor],
     pred: Predictions | None,
     groups: np.ndarray,
     inp: EmbeddingInputs,
     p: EmbeddingCheck.Params,
     out: CheckOutput,
 ) -> None:
-    """Nearest reference cases for the most confident errors and a few random cases."""
-    if p.exemplar_errors + p.exemplar_random == 0:
+    """Nearest reference cases for named cases, the most confident errors and a few random
+    cases."""
+    if not p.exemplar_ids and p.exemplar_errors + p.exemplar_random == 0:
         return
     name = p.exemplar_layer if p.exemplar_layer in layers else next(iter(layers))
     if name != p.exemplar_layer:
@@ -1271,8 +1335,20 @@ def _exemplars(
     res = layers[name]
     rng = inp.rng(f"exemplars:{name}")
     queries: list[tuple[int, str]] = []
+    if p.exemplar_ids:
+        local = {str(inp.ids[r]): j for j, r in enumerate(res.rows)}
+        queries += [(local[i], "named") for i in dict.fromkeys(p.exemplar_ids) if i in local]
+        unknown = [i for i in p.exemplar_ids if i not in local]
+        if unknown:
+            out.notes.append(
+                f"exemplars: ids {unknown[:10]} are not among the analysed rows of layer"
+                f" '{name}' (unknown, or left out there); not shown"
+            )
+    taken = {i for i, _ in queries}
     if pred is not None and p.exemplar_errors:
-        wrong = np.flatnonzero(~pred.correct[res.rows])
+        wrong = np.array(
+            [i for i in np.flatnonzero(~pred.correct[res.rows]) if i not in taken], dtype=np.int64
+        )
         order = wrong[np.argsort(-pred.error_confidence[res.rows][wrong], kind="stable")]
         queries += [(int(i), "confident error") for i in order[: p.exemplar_errors]]
     taken = {i for i, _ in queries}
@@ -1330,7 +1406,7 @@ def _exemplars(
             rows_here.append((i, row))
             table.append(row)
         key = f"exemplars_{q_num + 1:02d}"
-        out.figures[key] = _exemplar_figure(name, kind, rows_here, attrs, inp)
+        out.figures[key] = _exemplar_figure(name, kind, rows_here, nuisance, inp)
         out.private.add(key)
     out.tables["exemplars"] = pd.DataFrame(table)
     out.private.add("exemplars")
@@ -1347,9 +1423,11 @@ def _exemplar_figure(
     layer: str,
     kind: str,
     cases: list[tuple[int, dict[str, Any]]],
-    attrs: list[Factor],
+    nuisance: list[Factor],
     inp: EmbeddingInputs,
 ) -> Figure:
+    """The query and its neighbours side by side: thumbnail, label, prediction, the
+    nuisance attributes (site) and a report snippet under each."""
     cols = len(cases)
     fig = _figure(2.1 * cols, 3.9)
     first = cases[0][1]
@@ -1357,7 +1435,6 @@ def _exemplar_figure(
         f"{kind} {first['id']} and its nearest cases in '{layer}' (other patients only)",
         fontsize=9,
     )
-    site = next((f.name for f in attrs if any(h in f.name.lower() for h in NUISANCE_HINTS)), None)
     for c, (i, row) in enumerate(cases):
         ax = fig.add_subplot(1, cols, c + 1)
         ax.set_xticks([])
@@ -1372,8 +1449,7 @@ def _exemplar_figure(
         head = "query" if row["rank"] == 0 else f"#{row['rank']}  d={row['distance']:.3g}"
         ax.set_title(head, fontsize=8, color="darkred" if row["rank"] == 0 else "black")
         lines = [f"label {row['label']}  pred {row['prediction']}"]
-        if site is not None:
-            lines.append(f"{site} {row[site]}")
+        lines += [f"{f.name} {row[f.name]}" for f in nuisance]
         if row["snippet"]:
             lines += textwrap.wrap(row["snippet"], 26)[:4]
         ax.set_xlabel("\n".join(lines), fontsize=6.5, loc="left")
@@ -1405,6 +1481,11 @@ def _alignment(
         for b in mods[i + 1 :]:
             ra, rb = layers[a], layers[b]
             if ra.x.shape[1] != rb.x.shape[1]:
+                if p.alignment == "always":
+                    out.notes.append(
+                        f"alignment {a}-{b}: widths differ ({ra.x.shape[1]} vs"
+                        f" {rb.x.shape[1]}); matched retrieval needs one shared space, skipped"
+                    )
                 continue
             both = np.intersect1d(ra.rows, rb.rows)
             if len(both) < 3:
@@ -1433,8 +1514,7 @@ def _alignment(
                             "n": len(both),
                         }
                     )
-            na = xa / np.maximum(np.linalg.norm(xa, axis=1, keepdims=True), 1e-12)
-            nbv = xb / np.maximum(np.linalg.norm(xb, axis=1, keepdims=True), 1e-12)
+            na, nbv = _unit_rows(xa), _unit_rows(xb)
 
             def gap(u: np.ndarray, v: np.ndarray) -> float:
                 return float(np.linalg.norm(u.mean(0) - v.mean(0)))
