@@ -10,22 +10,29 @@ Sources, in the order they are looked for:
   pre-hook sets ``need_weights=True, average_attn_weights=False`` in the call (the
   output the model uses is unchanged; only the weights are also returned), a forward
   hook reads them;
-* Hugging Face cross-attention modules (``*CrossAttention``): they return their
-  weights only with the ``eager`` attention kernel, so the model config's
-  ``_attn_implementation`` is set to ``eager`` while capturing and restored afterwards
-  (same mathematics, a slower kernel).
+* Hugging Face cross-attention modules (``*CrossAttention``, or a self-attention class
+  used as cross-attention: ``is_cross_attention`` or a ``crossattention`` parent),
+  outside the encoders *or inside the text encoder* (the BLIP / ALBEF layout: BERT with
+  ``add_cross_attention``, image states passed as ``encoder_hidden_states``); every such
+  layer is captured and they are aggregated (see Relevancy), unless one is picked by
+  index. They return their weights only with the ``eager`` attention kernel, so the
+  model config's ``_attn_implementation`` is set to ``eager`` while capturing and
+  restored afterwards (same mathematics, a slower kernel).
 
 Hugging Face *self*-attention inside the text encoder is captured as well when asked,
 for relevancy propagation.
 
 Relevancy (Chefer, Gur & Wolf, ICCV 2021, "Generic attention-model explainability for
 interpreting bi-modal and encoder-decoder transformers"): each attention map ``A`` is
-weighted by the gradient of the explained score, ``A_bar = mean_heads((grad A * A)^+)``;
-text self-attention layers accumulate ``R_tt <- R_tt + A_bar R_tt`` from the identity,
-and the cross-attention layer gives text-token x image-region relevancy
-``R_ti = normalise(R_tt)^T A_bar_ti`` (with ``normalise(R) = (R - I) / rowsum + I``;
-image tokens come from a CNN or other non-attention encoder, so ``R_ii = I``). Without
-gradients the raw, head-averaged weights are used and labelled as such.
+weighted by the gradient of the explained score, ``A_bar = mean_heads((grad A * A)^+)``.
+Layers are applied in the order they ran, from ``R_tt = I`` and ``R_ti = 0``: a text
+self-attention layer updates ``R_tt <- R_tt + A_bar R_tt`` and ``R_ti <- R_ti + A_bar
+R_ti``; a text -> image cross-attention layer adds ``R_ti <- R_ti + normalise(R_tt)^T
+A_bar_ti`` (with ``normalise(R) = (R - I) / rowsum + I``; image tokens come from a CNN
+or other encoder that does not attend to text, so ``R_ii = I`` and ``R_it = 0``). With
+one cross layer after the self layers this is ``normalise(R_tt)^T A_bar_ti``. Without
+gradients the raw, head-averaged weights are used (averaged over the cross layers) and
+labelled as such.
 
 The gradient of an ``nn.MultiheadAttention``'s weights: the module returns a *view* of
 the softmax output that its value product consumed, so the gradient is taken with
@@ -51,6 +58,7 @@ __all__ = [
     "Captured",
     "capture_attention",
     "chefer_relevancy",
+    "chefer_relevancy_layers",
     "find_attention_source",
     "region_fractions",
     "text_self_attention_paths",
@@ -65,6 +73,7 @@ class Captured:
 
     weights: torch.Tensor  # as returned (view), possibly part of the autograd graph
     graph: torch.Tensor | None  # the tensor the module actually consumed (for gradients)
+    seq: int = 0  # call order across every captured module while the capture was open
 
 
 @dataclass
@@ -74,6 +83,8 @@ class AttentionSource:
     path: str
     kind: Kind
     builtin: bool
+    #: every cross-attention layer analysed, in module order (``path`` is the first)
+    paths: list[str] = field(default_factory=list)
     image_offset: int = 0
     n_image_tokens: int | None = None
     grid: tuple[int, int] | None = None
@@ -90,6 +101,17 @@ def _is_hf_attention(module: nn.Module) -> bool:
     )
 
 
+def _is_hf_cross(name: str, module: nn.Module) -> bool:
+    """A Hugging Face attention used across modalities: a ``*CrossAttention`` class, or a
+    self-attention class built with ``is_cross_attention`` or living under a
+    ``crossattention`` parent (BERT with ``add_cross_attention`` in older releases)."""
+    return _is_hf_attention(module) and (
+        "Cross" in type(module).__name__
+        or bool(getattr(module, "is_cross_attention", False))
+        or "crossattention" in name.lower().split(".")
+    )
+
+
 def _under(name: str, roots: list[str]) -> bool:
     return any(name == r or name.startswith(r + ".") for r in roots)
 
@@ -99,13 +121,17 @@ def find_attention_source(
     *,
     grid: tuple[int, int] | None = None,
     image_offset: int | None = None,
+    layer: int | None = None,
 ) -> tuple[AttentionSource | None, str | None]:
     """The cross-modal attention to capture, or None with the reason.
 
     ``grid`` (rows, cols of image regions) and ``image_offset`` (index of the first
     image key) override what is read from the model; for a model other than the
     built-in family the grid is the image encoder's ``grid_size`` if it has one, else
-    the square root of the number of keys.
+    the square root of the number of keys. Hugging Face cross-attention counts also
+    inside an encoder (a text encoder that attends to image states); when there are
+    several such layers all are analysed together, unless ``layer`` picks one (an index
+    into the candidates in module order; negative counts from the end).
     """
     if not adapter.supports_hooks:
         return None, "needs layer hooks, which a TorchScript model does not allow"
@@ -139,6 +165,7 @@ def find_attention_source(
                 path=f"{fusion_path}.attn",
                 kind="mha",
                 builtin=True,
+                paths=[f"{fusion_path}.attn"],
                 image_offset=offset if image_offset is None else image_offset,
                 n_image_tokens=n_img,
                 grid=g,  # type: ignore[arg-type]
@@ -149,10 +176,11 @@ def find_attention_source(
     candidates: list[tuple[str, Kind]] = []
     inside: list[str] = []
     for name, m in model.named_modules():
+        if _is_hf_cross(name, m):
+            candidates.append((name, "hf"))  # across modalities even inside an encoder
+            continue
         if isinstance(m, nn.MultiheadAttention):
             kind: Kind = "mha"
-        elif _is_hf_attention(m) and "Cross" in type(m).__name__:
-            kind = "hf"
         elif _is_hf_attention(m) or type(m).__name__.endswith("Attention"):
             inside.append(name)
             continue
@@ -169,21 +197,39 @@ def find_attention_source(
                 f" only inside an encoder ({inside[0]}{', ...' if len(inside) > 1 else ''})"
             )
         return None, "the model has no attention to capture"
-    path, kind = candidates[0]
+    notes: list[str] = []
+    if layer is not None:
+        if not -len(candidates) <= layer < len(candidates):
+            return None, (
+                f"params.layer {layer} is out of range: {len(candidates)} cross-attention"
+                f" modules ({', '.join(n for n, _ in candidates)})"
+            )
+        chosen = [candidates[layer]]
+        notes.append(f"cross-attention layer {layer} of {len(candidates)} analysed (params.layer)")
+    else:
+        path0, kind0 = candidates[0]
+        # stacked Hugging Face cross layers are one mechanism: aggregate them all; other
+        # attention modules may be anything (e.g. a self-attention over fused tokens)
+        chosen = [c for c in candidates if c[1] == "hf"] if kind0 == "hf" else [candidates[0]]
+        if len(chosen) > 1:
+            notes.append(f"{len(chosen)} cross-attention layers aggregated ({chosen[0][0]}, ...)")
+        if len(candidates) > len(chosen):
+            notes.append(
+                f"{len(candidates)} attention modules could be cross-modal; {len(chosen)}"
+                f" analysed, from {path0} (params.layer picks one by index)"
+            )
+    path, kind = chosen[0]
     g = grid or (tuple(enc_grid) if enc_grid else None)
     src = AttentionSource(
         path=path,
         kind=kind,
         builtin=False,
+        paths=[c[0] for c in chosen],
         image_offset=image_offset or 0,
         n_image_tokens=(int(enc_tokens) if enc_tokens else (g[0] * g[1] if g else None)),
         grid=g,  # type: ignore[arg-type]
+        notes=notes,
     )
-    if len(candidates) > 1:
-        src.notes.append(
-            f"{len(candidates)} attention modules outside the encoders; the first, {path}, is"
-            " analysed"
-        )
     return src, None
 
 
@@ -204,7 +250,7 @@ def text_self_attention_paths(adapter: ModelAdapter) -> list[str]:
     return [
         name
         for name, m in adapter.module.named_modules()
-        if _under(name, [root]) and _is_hf_attention(m) and "Cross" not in type(m).__name__
+        if _under(name, [root]) and _is_hf_attention(m) and not _is_hf_cross(name, m)
     ]
 
 
@@ -242,6 +288,7 @@ def capture_attention(model: nn.Module, paths: list[str]) -> Iterator[dict[str, 
     configuration are restored on exit, also after an exception.
     """
     store: dict[str, list[Captured]] = {p: [] for p in paths}
+    calls = [0]
     handles: list[Any] = []
     configs: list[tuple[Any, Any]] = []
     try:
@@ -269,7 +316,8 @@ def capture_attention(model: nn.Module, paths: list[str]) -> Iterator[dict[str, 
                     and base.numel() == weights.numel()
                     else (weights if weights.grad_fn is not None else None)
                 )
-                store[path].append(Captured(weights, graph))
+                store[path].append(Captured(weights, graph, calls[0]))
+                calls[0] += 1
 
             handles.append(module.register_forward_hook(hook))
         yield store
@@ -334,18 +382,39 @@ def chefer_relevancy(
 
     ``cross`` is (weights, gradients) of the text -> keys attention, each (B, H, L, T);
     ``text_self`` the (weights, gradients) of text self-attention layers in forward order,
-    each (B, H, L, L), whose query positions align with the cross-attention's queries.
+    each (B, H, L, L), whose query positions align with the cross-attention's queries,
+    all run before the cross layer. See :func:`chefer_relevancy_layers` for interleaved
+    and stacked layers.
     """
-    a, g = cross
-    a_bar = (g * a).clamp(min=0).mean(1)
-    if not text_self:
-        return a_bar
-    length = a_bar.shape[1]
-    r = torch.eye(length, dtype=a_bar.dtype, device=a_bar.device).expand(a_bar.shape[0], -1, -1)
-    for w, gw in text_self:
-        cam = (gw * w).clamp(min=0).mean(1)
-        r = r + cam @ r
-    return _normalise_rows(r).transpose(1, 2) @ a_bar
+    steps = [("self", w, g) for w, g in text_self or []]
+    return chefer_relevancy_layers([*steps, ("cross", *cross)])
+
+
+def chefer_relevancy_layers(
+    steps: list[tuple[Literal["self", "cross"], torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """Text-token x key relevancy (B, L, T) over layers in the order they ran.
+
+    Each step is (kind, weights, gradients): ``self`` a text self-attention (B, H, L, L),
+    ``cross`` a text -> keys attention (B, H, L, T); at least one ``cross``. Chefer et
+    al.'s rules with ``R_ii = I`` (the keys do not attend to text): self ``R_tt += A R_tt``,
+    ``R_ti += A R_ti``; cross ``R_ti += normalise(R_tt)^T A``.
+    """
+    crosses = [a for kind, a, _ in steps if kind == "cross"]
+    if not crosses:
+        raise ValueError("relevancy needs at least one cross-attention layer")
+    b, _, length, keys = crosses[0].shape
+    ref = crosses[0]
+    r_tt = torch.eye(length, dtype=ref.dtype, device=ref.device).expand(b, -1, -1)
+    r_ti = torch.zeros(b, length, keys, dtype=ref.dtype, device=ref.device)
+    for kind, a, g in steps:
+        cam = (g * a).clamp(min=0).mean(1)
+        if kind == "self":
+            r_tt = r_tt + cam @ r_tt
+            r_ti = r_ti + cam @ r_ti
+        else:
+            r_ti = r_ti + _normalise_rows(r_tt).transpose(1, 2) @ cam
+    return r_ti
 
 
 def region_fractions(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

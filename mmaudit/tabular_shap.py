@@ -146,7 +146,9 @@ def permutation_shap(
                     score.append(float(model_fn(x)[0]))
             return np.array(values).reshape(-1, n_features), np.array(base), np.array(score)
 
-        parts = cache.map_batches(explain, desc="SHAP (permutation)", indices=rows)
+        parts = cache.map_batches(
+            explain, desc=f"SHAP (permutation) on {len(rows)} samples", indices=rows
+        )
     finally:
         np.random.set_state(saved)
         torch.set_num_threads(threads)
@@ -209,7 +211,9 @@ def gradient_shap(
         score_np = score.cpu().numpy()
         return values, score_np - values.sum(1), score_np
 
-    parts = cache.map_batches(explain, grad=True, desc="SHAP (gradient)", indices=rows)
+    parts = cache.map_batches(
+        explain, grad=True, desc=f"SHAP (gradient) on {len(rows)} samples", indices=rows
+    )
     return _collect(rows, parts, background.shape[1], "gradient")
 
 

@@ -9,8 +9,11 @@ What lives here (the checks ``attribution`` and ``attention`` share it):
   other modalities held at their observed (cached) encoder outputs;
 * word merging (``word_spans``): tokens -> words through the fast tokenizer's
   ``word_ids`` and offsets, or by joining ``##`` word pieces;
-* a test of whether a word (or any feature) tells the *site* apart better than the
-  *label* (``site_vs_label``), the data-driven half of "is this a non-clinical word";
+* ``SiteGivenLabel``, the data-driven half of "is this a non-clinical word": does a
+  word (or a lab feature) tell the *site* apart among reports with the same *label*
+  (the site shuffled within label classes; the checks Holm-correct across words). Not
+  "site better than label", which a site tied to prevalence turns into a coin flip
+  (see the class docstring);
 * the default vocabularies: ``DEFAULT_STOPLIST`` (words that are never a clinical
   finding: institutions, workflow and template words) and ``CLINICAL_WORDS`` (chest
   findings and anatomy, used by the attention check).
@@ -39,7 +42,7 @@ from mmaudit.integrated_gradients import (
     substituted,
 )
 from mmaudit.model import ModelAdapter
-from mmaudit.stats import Estimate, auroc, paired_bootstrap_diff
+from mmaudit.stats import Estimate, auroc
 
 __all__ = [
     "CLINICAL_WORDS",
@@ -52,7 +55,6 @@ __all__ = [
     "is_word",
     "metric_key",
     "SiteGivenLabel",
-    "site_vs_label",
     "special_ids",
     "text_integrated_gradients",
     "word_spans",
@@ -370,7 +372,7 @@ class SiteGivenLabel:
     averaged over strata weighted by their size. Null: the site shuffled within each label
     stratum ``n_permutations`` times (the same shuffles for every feature tested).
 
-    Why not "associated with site more than with label" (:func:`site_vs_label`): when the
+    Why not "associated with site more than with label": when the
     site is tied to prevalence -- the very situation a site shortcut exploits -- a
     site-coded column is associated with the label too, and the comparison becomes a coin
     flip. A genuinely clinical feature that differs between sites only because prevalence
@@ -442,27 +444,3 @@ class SiteGivenLabel:
             z = (observed - float(np.mean(null))) / sd if sd > 0 else np.inf
             p = 0.5 * math.erfc(z / math.sqrt(2)) if np.isfinite(z) else 0.0
         return Estimate(observed, None, None, self.n, float(p))
-
-
-def site_vs_label(
-    x: np.ndarray,
-    site: np.ndarray,
-    label: np.ndarray,
-    groups: np.ndarray | None,
-    n_boot: int,
-    seed: int,
-) -> Estimate:
-    """``association(x, site) - association(x, label)`` with a one-sided bootstrap p-value.
-
-    A positive value means ``x`` carries more information about where the study was
-    done than about the diagnosis. Both sides are computed on the same (patient)
-    resamples; ``null_p`` is the one-sided p-value for "no better on site than on label"
-    (half the two-sided paired-bootstrap p when the estimate is positive).
-    """
-    est = paired_bootstrap_diff(
-        association, (x, label), (x, site), groups=groups, n_boot=n_boot, seed=seed
-    )
-    if est.null_p is None or not np.isfinite(est.value):
-        return est
-    p = est.null_p / 2.0 if est.value > 0 else 1.0 - est.null_p / 2.0
-    return Estimate(est.value, est.ci_low, est.ci_high, est.n, float(min(1.0, p)))

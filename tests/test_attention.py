@@ -228,3 +228,63 @@ def test_model_without_attention_is_skipped_with_the_reason() -> None:
     reason = AttentionCheck(AttentionCheck.Params()).missing_requirements(ctx)
     assert reason is not None and reason.startswith("the model has no attention to capture")
     assert adapter.hook_count() == 0
+
+
+def test_hf_cross_attention_inside_the_text_encoder_through_the_check(
+    planted: AuditContext,
+) -> None:
+    """BLIP / ALBEF layout (tiny BERT with add_cross_attention, no download): the check
+    finds both cross layers, aggregates them by relevancy through the self layers, and
+    leaves neither hooks nor the eager kernel behind."""
+    from test_attention_capture import CrossInsideText
+
+    torch.manual_seed(0)
+    model = CrossInsideText(vocab=len(planted.dataset.tokenizer))
+    adapter = ModelAdapter(
+        model.eval(),
+        source="test",
+        modalities=planted.dataset.modalities,
+        keywords={"image": "image", "text": "input_ids", "text_mask": "attention_mask"},
+        layers={"image": "image_encoder", "text": "text_encoder"},
+        detected={},
+        device=torch.device("cpu"),
+    )
+    cache = InferenceCache(adapter, planted.dataset, batch_size=32, seed=0)
+    ctx = AuditContext(config=planted.config, dataset=planted.dataset, adapter=adapter, cache=cache)
+    check = AttentionCheck(AttentionCheck.Params(n_boot=100, min_count=3, n_examples=1))
+    assert check.missing_requirements(ctx) is None
+    out = check.run(ctx)
+    assert out.metrics["attention.relevancy"] == 1
+    assert out.metrics["attention.row_sum_error"] < 1e-5
+    assert out.metrics["attention.image_share"].value == pytest.approx(1.0, abs=1e-5)
+    assert "relevancy carried through 2 text self-attention layers" in out.notes
+    assert any("2 cross-attention layers aggregated" in n for n in out.notes)
+    assert any("2 layers (text_encoder.encoder.layer.0" in n for n in out.notes)
+    assert adapter.hook_count() == 0
+    assert model.text_encoder.config._attn_implementation != "eager"
+    one = AttentionCheck(AttentionCheck.Params(n_boot=100, min_count=3, layer=0)).run(ctx)
+    assert any("cross-attention layer 0 of 2 analysed" in n for n in one.notes)
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_reports_and_tokenizer_problems_skip_with_the_reason(planted: AuditContext) -> None:
+    import copy
+
+    check = AttentionCheck(AttentionCheck.Params())
+    ds = planted.dataset
+    no_text = copy.copy(planted)
+    no_text.dataset = copy.copy(ds)
+    no_text.dataset.present = ds.present.copy()
+    no_text.dataset.present[:, ds.modalities.index("text")] = False
+    assert check.missing_requirements(no_text) == (
+        "no sample has both an image and a non-empty report"
+    )
+    unk = copy.copy(planted)
+    unk.dataset = copy.copy(ds)
+    ids = ds.input_ids.clone()
+    ids[ds.attention_mask.bool() & (ids > 4)] = ds.tokenizer.unk_token_id
+    unk.dataset.input_ids = ids
+    reason = check.missing_requirements(unk)
+    assert reason is not None and reason.startswith("the tokenizer maps 100% of report tokens")

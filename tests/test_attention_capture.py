@@ -12,6 +12,7 @@ from torch import nn
 from mmaudit.attention_capture import (
     capture_attention,
     chefer_relevancy,
+    chefer_relevancy_layers,
     find_attention_source,
     region_fractions,
     text_self_attention_paths,
@@ -175,3 +176,153 @@ def test_region_fractions_row_major() -> None:
     mask[0, 0, :4, 4:] = 1.0  # top-right quarter
     frac = region_fractions(mask, (2, 2))
     assert frac.tolist() == [[0.0, 1.0, 0.0, 0.0]]
+
+
+# --------------------------------------------------------------------------- Hugging Face cross
+
+
+class GridEncoder(nn.Module):
+    """Image -> 2 x 2 region tokens of width 16 (a stand-in for a CNN / ViT encoder)."""
+
+    grid_size = (2, 2)
+    num_tokens = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(1, 16)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        pooled = nn.functional.adaptive_avg_pool2d(image, 2).flatten(2).transpose(1, 2)
+        return self.proj(pooled)
+
+
+def tiny_bert_config(**extra: Any) -> Any:
+    from transformers import BertConfig
+
+    size = {
+        "vocab_size": 60,
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 32,
+    }
+    return BertConfig(**{**size, **extra})
+
+
+class CrossInsideText(nn.Module):
+    """The BLIP / ALBEF layout: a BERT text encoder with ``add_cross_attention`` that
+    attends to the image region states in every layer."""
+
+    def __init__(self, vocab: int = 60) -> None:
+        super().__init__()
+        from transformers import BertModel
+
+        self.image_encoder = GridEncoder()
+        cfg = tiny_bert_config(is_decoder=True, add_cross_attention=True, vocab_size=vocab)
+        self.text_encoder = BertModel(cfg, add_pooling_layer=False)
+        self.head = nn.Linear(16, 1)
+
+    def forward(
+        self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        regions = self.image_encoder(image)
+        text = self.text_encoder(
+            input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=regions
+        ).last_hidden_state
+        return self.head(text[:, 0])
+
+
+class CrossFusion(nn.Module):
+    """A ``BertAttention(is_cross_attention=True)`` as the fusion, outside the encoders."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import BertModel
+        from transformers.models.bert.modeling_bert import BertAttention
+
+        cfg = tiny_bert_config()
+        self.image_encoder = GridEncoder()
+        self.text_encoder = BertModel(cfg, add_pooling_layer=False)
+        self.fusion = BertAttention(cfg, is_cross_attention=True, layer_idx=0)
+        self.head = nn.Linear(16, 1)
+
+    def forward(
+        self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        text = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
+        fused = self.fusion(text.last_hidden_state, encoder_hidden_states=self.image_encoder(image))
+        return self.head(fused[0].mean(1))
+
+
+def _hf_adapter(model: nn.Module) -> ModelAdapter:
+    return ModelAdapter(
+        model.eval(),
+        source="test",
+        modalities=("image", "text"),
+        keywords={"image": "image", "text": "input_ids", "text_mask": "attention_mask"},
+        layers={"image": "image_encoder", "text": "text_encoder"},
+        detected={},
+        device=torch.device("cpu"),
+    )
+
+
+@pytest.mark.parametrize("layout", ["inside", "fusion"])
+def test_hf_cross_attention_is_found_captured_and_restored(layout: str) -> None:
+    torch.manual_seed(0)
+    model = CrossInsideText() if layout == "inside" else CrossFusion()
+    ad = _hf_adapter(model)
+    src, why = find_attention_source(ad)
+    assert why is None and src is not None
+    assert src.kind == "hf" and src.grid == (2, 2) and src.n_image_tokens == 4
+    if layout == "inside":
+        assert src.paths == [f"text_encoder.encoder.layer.{k}.crossattention.self" for k in (0, 1)]
+        assert any("2 cross-attention layers aggregated" in n for n in src.notes)
+        one, _ = find_attention_source(ad, layer=-1)
+        assert one is not None and one.paths == ["text_encoder.encoder.layer.1.crossattention.self"]
+        bad, why_bad = find_attention_source(ad, layer=5)
+        assert bad is None and why_bad is not None and "out of range" in why_bad
+    else:
+        assert src.paths == ["fusion.self"]
+    self_paths = text_self_attention_paths(ad)
+    assert len(self_paths) == 2 and not set(self_paths) & set(src.paths)
+    config = model.text_encoder.config
+    before = config._attn_implementation
+    inputs = {
+        "image": torch.randn(3, 1, 8, 8),
+        "input_ids": torch.randint(5, 60, (3, 7)),
+        "attention_mask": torch.ones(3, 7, dtype=torch.long),
+    }
+    plain = model(**inputs)
+    with capture_attention(model, [*src.paths, *self_paths]) as store:
+        logits = model(**inputs)
+        caps = [store[p][-1] for p in src.paths]
+        grads = weight_gradients(logits.sum(), caps)
+    assert torch.allclose(logits, plain, atol=1e-5)  # eager and sdpa give the same output
+    assert config._attn_implementation == before
+    assert ad.hook_count() == 0
+    for c, g in zip(caps, grads, strict=True):
+        assert c.weights.shape == (3, 2, 7, 4)  # 7 text queries over 4 image regions
+        assert torch.allclose(c.weights.sum(-1), torch.ones(3, 2, 7), atol=1e-5)
+        assert g is not None and g.shape == c.weights.shape
+    seqs = [store[p][-1].seq for p in [*src.paths, *self_paths]]
+    assert len(set(seqs)) == len(seqs)  # every call has its own place in the forward order
+
+
+def test_relevancy_over_layers_reduces_to_one_cross_layer_and_stacks() -> None:
+    torch.manual_seed(3)
+    a1, g1 = torch.softmax(torch.randn(2, 2, 4, 5), -1), torch.randn(2, 2, 4, 5)
+    a2, g2 = torch.softmax(torch.randn(2, 2, 4, 5), -1), torch.randn(2, 2, 4, 5)
+    s, gs = torch.softmax(torch.randn(2, 2, 4, 4), -1), torch.randn(2, 2, 4, 4)
+    one = chefer_relevancy_layers([("self", s, gs), ("cross", a1, g1)])
+    assert torch.allclose(one, chefer_relevancy((a1, g1), [(s, gs)]))
+    # cross, then self, then cross: the self layer mixes the first cross layer's relevancy
+    cam = lambda a, g: (g * a).clamp(min=0).mean(1)  # noqa: E731
+    r_ti = cam(a1, g1)
+    r_tt = torch.eye(4) + cam(s, gs)
+    r_ti = r_ti + cam(s, gs) @ r_ti
+    hat = r_tt - torch.eye(4)
+    norm = hat / hat.sum(-1, keepdim=True) + torch.eye(4)
+    expected = r_ti + norm.transpose(1, 2) @ cam(a2, g2)
+    got = chefer_relevancy_layers([("cross", a1, g1), ("self", s, gs), ("cross", a2, g2)])
+    assert torch.allclose(got, expected, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Word merging, embedding-layer detection and the site-versus-label test."""
+"""Word merging, embedding-layer detection and the site-within-label test."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from mmaudit.text_attribution import (
     content_mask,
     find_text_embedding_layer,
     metric_key,
-    site_vs_label,
     word_spans,
 )
 
@@ -97,11 +96,11 @@ def test_association_and_site_versus_label() -> None:
     assert association(site_word, site) == pytest.approx(1.0)
     assert association(rng.random(n), site) < 0.2
     assert association(np.column_stack([rng.random(n), site_word]), site) == pytest.approx(1.0)
-    groups = np.arange(n) // 2
-    flagged = site_vs_label(site_word, site, label, groups, n_boot=300, seed=0)
-    assert flagged.value > 0.2 and flagged.null_p is not None and flagged.null_p < 0.01
-    clinical = site_vs_label(label_word, site, label, groups, n_boot=300, seed=0)
-    assert clinical.value < 0 and clinical.null_p is not None and clinical.null_p > 0.5
+    tester = SiteGivenLabel(site, label, n_permutations=300, seed=0)
+    flagged = tester.test(site_word)
+    assert flagged is not None and flagged.value > 0.9 and flagged.null_p < 0.01
+    clinical = tester.test(label_word)  # constant within each label class: no site signal
+    assert clinical is not None and clinical.value == 0.0 and clinical.null_p > 0.5
 
 
 def test_metric_key() -> None:

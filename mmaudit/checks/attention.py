@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mmaudit.attention_capture import (
     AttentionSource,
     capture_attention,
-    chefer_relevancy,
+    chefer_relevancy_layers,
     complete_grid,
     find_attention_source,
     region_fractions,
@@ -20,7 +20,7 @@ from mmaudit.attention_capture import (
     weight_gradients,
 )
 from mmaudit.check import AuditContext, Check, CheckOutput, Requirements, ThresholdRule, register
-from mmaudit.checks.attribution import Target
+from mmaudit.checks.attribution import Target, unknown_tokens
 from mmaudit.plots import literal_text, pyplot
 from mmaudit.stats import bootstrap_ci
 from mmaudit.text_attribution import CLINICAL_WORDS, content_mask, is_word, metric_key, word_spans
@@ -37,12 +37,15 @@ class AttentionCheck(Check):
 
     What: captures the text -> image attention of the model's fusion through hooks (the
     built-in ``attention`` fusion, any ``nn.MultiheadAttention`` outside the encoders,
-    Hugging Face cross-attention) without changing the model. By default the maps are
-    relevancy (Chefer et al. 2021: attention weighted by the gradient of the logit of
-    each sample's predicted class, positive part, averaged over heads, propagated through
-    the text encoder's self-attention when it is a Hugging Face model); with
-    ``relevancy: false`` or when no gradient reaches the weights, raw head-averaged
-    weights, labelled raw. A token with no positive relevancy has no map. Each text
+    Hugging Face cross-attention outside the encoders or inside the text encoder, as in
+    BLIP / ALBEF) without changing the model. Several Hugging Face cross-attention layers
+    are analysed together (``layer`` picks one). By default the maps are relevancy
+    (Chefer et al. 2021: attention weighted by the gradient of the logit of each sample's
+    predicted class, positive part, averaged over heads, propagated through the text
+    encoder's self-attention and over the cross layers in the order they ran, when it is
+    a Hugging Face model); with ``relevancy: false`` or when no gradient reaches the
+    weights, raw head-averaged weights (averaged over the cross layers), labelled raw.
+    A token with no positive relevancy has no map. Each text
     token's map over image regions is normalised to one and merged into words. For every
     frequent word (and every clinical word seen in ``min_count`` reports): its mean map
     over the dataset and the share of it on regions inside the ROI mask (a region counts
@@ -58,7 +61,11 @@ class AttentionCheck(Check):
     ``attention.clinical_roi_share.<word>`` (clinical words), ``attention.roi_share.<word>``
     (other frequent words).
     Default thresholds: warn when a clinical word's ROI share is below 0.5 even at the
-    upper end of its 95% CI (its attention falls mostly outside the ROI); warn when
+    upper end of its 95% CI (its attention falls mostly outside the ROI: the issue's
+    finding, an absolute cut). It is not a test against chance: read it beside
+    ``attention.roi_chance``, the share of a uniform map. Where the ROI covers most
+    regions (large lung masks on a coarse grid), a word that grounds nowhere passes the
+    0.5 cut; there, raise ``warn_below`` toward the chance share plus a margin. Warn when
     captured attention rows do not sum to one (the capture read the wrong tensor).
     Skipped, with the reason, when the model has no attention across modalities.
     """
@@ -95,6 +102,11 @@ class AttentionCheck(Check):
         image_key_offset: int | None = Field(
             default=None, ge=0, description="index of the first image key (BYO models)"
         )
+        layer: int | None = Field(
+            default=None,
+            description="analyse only this cross-attention module (index in module order,"
+            " negative from the end); None: every Hugging Face cross-attention layer together",
+        )
 
     default_thresholds: ClassVar[dict[str, ThresholdRule]] = {
         "clinical_word_outside_roi": ThresholdRule(
@@ -116,7 +128,9 @@ class AttentionCheck(Check):
         if reason is not None:
             return reason
         p: AttentionCheck.Params = self.params  # type: ignore[assignment]
-        _, why = find_attention_source(ctx.adapter, grid=p.grid, image_offset=p.image_key_offset)
+        _, why = find_attention_source(
+            ctx.adapter, grid=p.grid, image_offset=p.image_key_offset, layer=p.layer
+        )
         if why is not None:
             return why
         ds = ctx.dataset
@@ -124,15 +138,19 @@ class AttentionCheck(Check):
         both = (
             ds.present[:, ds.modalities.index("image")] & ds.present[:, ds.modalities.index("text")]
         )
-        if not (both & content.any(1).numpy()).any():
+        usable = both & content.any(1).numpy()
+        if not usable.any():
             return "no sample has both an image and a non-empty report"
-        return None
+        keep = torch.from_numpy(usable)
+        return unknown_tokens(ds.tokenizer, ds.input_ids[keep], content[keep])  # type: ignore[index]
 
     def run(self, ctx: AuditContext) -> CheckOutput:
         p: AttentionCheck.Params = self.params  # type: ignore[assignment]
         out = CheckOutput()
         ds, adapter = ctx.dataset, ctx.adapter
-        src, why = find_attention_source(adapter, grid=p.grid, image_offset=p.image_key_offset)
+        src, why = find_attention_source(
+            adapter, grid=p.grid, image_offset=p.image_key_offset, layer=p.layer
+        )
         if src is None:  # pragma: no cover - missing_requirements says so first
             raise RuntimeError(why)
         assert ds.input_ids is not None and ds.attention_mask is not None
@@ -156,37 +174,58 @@ class AttentionCheck(Check):
         has_roi = bool(ds.mask_paths)
         state: dict[str, Any] = {"relevancy": p.relevancy, "image_sum": None}
 
+        cross_paths = src.paths or [src.path]
+
         def analyse(batch: Batch) -> list[dict[str, Any]]:
-            paths = [src.path, *self_paths]
-            with capture_attention(adapter.module, paths) as store:
+            with capture_attention(adapter.module, [*cross_paths, *self_paths]) as store:
                 logits = adapter.logits(batch)
-                cross = store[src.path]
-                if not cross:
-                    raise RuntimeError(f"{src.path} was not called during the forward pass")
-                weights = cross[-1].weights
-                problem = complete_grid(src, int(weights.shape[-1]))
+                missing = [q for q in cross_paths if not store[q]]
+                if missing:
+                    raise RuntimeError(f"{missing[0]} was not called during the forward pass")
+                cross = [store[q][-1] for q in cross_paths]
+                shapes = {tuple(c.weights.shape[2:]) for c in cross}
+                if len(shapes) > 1:
+                    raise RuntimeError(
+                        f"the cross-attention layers differ in shape {sorted(shapes)}; pick one"
+                        " with params.layer"
+                    )
+                queries, keys = int(cross[0].weights.shape[-2]), int(cross[0].weights.shape[-1])
+                assert batch.input_ids is not None
+                if queries != batch.input_ids.shape[1]:
+                    raise RuntimeError(
+                        f"{src.path} has {queries} queries for {batch.input_ids.shape[1]} report"
+                        " tokens: it is not text -> image attention (params.layer picks another)"
+                    )
+                problem = complete_grid(src, keys)
                 if problem is not None:
                     raise RuntimeError(problem)
+                # every cross layer's heads side by side: the head mean is the layer mean
+                weights = torch.cat([c.weights.detach().float() for c in cross], dim=1)
                 rel = None
                 if state["relevancy"]:
                     score = score_fn(logits, batch).float().sum()
-                    caps = [cross[-1], *[store[q][-1] for q in self_paths if store[q]]]
+                    selfs = [store[q][-1] for q in self_paths if store[q]]
+                    caps = [*cross, *selfs]
                     grads = weight_gradients(score, caps)
-                    if grads[0] is None:
+                    if any(g is None for g in grads[: len(cross)]):
                         state["relevancy"] = False
                     else:
-                        selfs = [
-                            (c.weights.detach().float(), g.float())
-                            for c, g in zip(caps[1:], grads[1:], strict=True)
-                            if g is not None
-                        ]
-                        state["self_layers"] = len(selfs)
-                        rel = chefer_relevancy(
-                            (weights.detach().float(), grads[0].float()), selfs or None
+                        steps = sorted(
+                            (
+                                (c.seq, "cross" if k < len(cross) else "self", c, g)
+                                for k, (c, g) in enumerate(zip(caps, grads, strict=True))
+                                if g is not None
+                            ),
+                            key=lambda t: t[0],
                         )
-            return self._per_sample(
-                batch, weights.detach().float(), rel, src, span_of, examples, has_roi, state
-            )
+                        state["self_layers"] = sum(t[1] == "self" for t in steps)
+                        rel = chefer_relevancy_layers(
+                            [
+                                (kind, c.weights.detach().float(), g.float())
+                                for _, kind, c, g in steps
+                            ]
+                        )
+            return self._per_sample(batch, weights, rel, src, span_of, examples, has_roi, state)
 
         parts = ctx.cache.map_batches(analyse, grad=p.relevancy, desc="attention", indices=rows)
         records = [r for part in parts for r in part]
@@ -280,7 +319,8 @@ class AttentionCheck(Check):
         label = "relevancy (Chefer et al. 2021)" if state["relevancy"] else "raw attention weights"
         out.notes.extend(src.notes)
         out.notes.append(
-            f"maps are {label} of {src.path} over a {src.grid[0]} x {src.grid[1]} image-region grid"
+            f"maps are {label} of {_describe(src.paths or [src.path])} over a"
+            f" {src.grid[0]} x {src.grid[1]} image-region grid"
         )
         if state["relevancy"]:
             layers = state.get("self_layers", 0)
@@ -410,6 +450,10 @@ class AttentionCheck(Check):
                 examples, src.grid, label, ctx.dataset.ids, inside, clinical
             )
             out.private |= {"attention_examples"}
+
+
+def _describe(paths: list[str]) -> str:
+    return paths[0] if len(paths) == 1 else f"{len(paths)} layers ({paths[0]}, ..., {paths[-1]})"
 
 
 # --------------------------------------------------------------------------- figures

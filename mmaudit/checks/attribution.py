@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mmaudit.check import AuditContext, Check, CheckOutput, Requirements, ThresholdRule, register
 from mmaudit.integrated_gradients import ScoreFn, layer_integrated_gradients, scores_with_layers
 from mmaudit.plots import literal_text, pyplot
+from mmaudit.shapley import shapley_values
 from mmaudit.stats import Estimate, adjust_pvalues, bootstrap_ci
 from mmaudit.text_attribution import (
     DEFAULT_STOPLIST,
@@ -31,6 +32,7 @@ from mmaudit.text_attribution import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from mmaudit.cache import RemovalHow
     from mmaudit.data import Batch
 
 #: a tokenizer that maps at least this share of report tokens to [UNK] cannot be attributed
@@ -178,14 +180,21 @@ def text_unavailable(ctx: AuditContext, enabled: bool = True) -> str | None:
     content &= present[:, None]
     if not bool(content.any()):
         return "every report is empty or missing"
-    unk = getattr(tok, "unk_token_id", None)
-    if unk is not None:
-        share = float((ds.input_ids[content] == int(unk)).float().mean())
-        if share >= UNK_LIMIT:
-            return (
-                f"the tokenizer maps {share:.0%} of report tokens to [UNK]: is"
-                " data.text.tokenizer the one the model was trained with?"
-            )
+    return unknown_tokens(tok, ds.input_ids, content)
+
+
+def unknown_tokens(tokenizer: Any, input_ids: torch.Tensor, content: torch.Tensor) -> str | None:
+    """Why the reports cannot be read word by word: the tokenizer maps at least
+    ``UNK_LIMIT`` of the ``content`` tokens to [UNK] (a wrong tokenizer); else None."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not bool(content.any()):
+        return None
+    share = float((input_ids[content] == int(unk)).float().mean())
+    if share >= UNK_LIMIT:
+        return (
+            f"the tokenizer maps {share:.0%} of report tokens to [UNK]: is"
+            " data.text.tokenizer the one the model was trained with?"
+        )
     return None
 
 
@@ -245,8 +254,10 @@ class AttributionCheck(Check):
     site-within-label test per feature (value and missingness). (3) **shares** -- per
     sample, each modality's share of the total absolute attribution, from Integrated
     Gradients over all encoder outputs at once (MM-SHAP style, one method and one output
-    scale for every modality, so the shares are comparable); a table keyed by modality
-    to set beside the ``ablation`` check's Shapley shares.
+    scale for every modality, so the shares are comparable), set in one table beside exact
+    per-sample logit Shapley shares over every coalition of encoder outputs (the cache's
+    memoised encoder-level ablation, removal = the IG reference by default, so the two
+    are the same game and agree exactly for an additive fusion; a gap is interaction).
     Why: reports and labs carry shortcuts as images do (a hospital's template phrase, a
     lab only ordered at one site); a model that reads the hospital name is not reading
     the findings. Attribution says what the model *used* for these predictions; whether
@@ -259,7 +270,9 @@ class AttributionCheck(Check):
     of |attribution|; ``null_p`` = corrected p-value that it says nothing about the site
     within a label class); ``tabular.n_samples``, ``tabular.importance.<feature>`` (mean |SHAP|),
     ``tabular.additivity_error``, ``tabular.site_feature_share.<feature>``;
-    ``shares.<modality>``, ``shares.completeness_error``.
+    ``shares.<modality>``, ``shares.ablation.<modality>`` (coalition-Shapley share),
+    ``shares.diff_vs_ablation.<modality>`` (mean per-sample IG share minus Shapley share),
+    ``shares.max_abs_diff_vs_ablation``, ``shares.completeness_error``.
     Default thresholds: warn when a word that tells sites apart within label (p < 0.05)
     carries over 5 % of all text attribution, fail over 15 %; the same for a lab feature
     at 25 % / 50 %; warn when stop-listed words carry over 10 % of the text attribution,
@@ -329,6 +342,12 @@ class AttributionCheck(Check):
         share_baseline: Literal["mean", "zero"] = Field(
             default="mean", description="encoder-output reference of the shares' IG path"
         )
+        ablation_removal: Literal["auto", "mean", "zero", "permute"] = Field(
+            default="auto",
+            description="removal in the coalition game set beside the IG shares (auto: the"
+            " IG reference, so the two agree on an additive model; permute: the ablation"
+            " check's default)",
+        )
 
     default_thresholds: ClassVar[dict[str, ThresholdRule]] = {
         "site_word": ThresholdRule(
@@ -388,9 +407,17 @@ class AttributionCheck(Check):
             runner(ctx, p, target, out, per_sample)
         out.per_sample = per_sample
         # the summary shows the first metrics with CIs: modality shares, then lab importance
-        first = ("shares.", "tabular.importance.", "text.stoplist_share")
+        first = (
+            "shares.image",
+            "shares.text",
+            "shares.tabular",
+            "shares.",
+            "tabular.importance.",
+            "text.stoplist_share",
+        )
         rank = {
-            k: next((i for i, f in enumerate(first) if k.startswith(f)), 3) for k in out.metrics
+            k: next((i for i, f in enumerate(first) if k.startswith(f)), len(first))
+            for k in out.metrics
         }
         out.metrics = dict(sorted(out.metrics.items(), key=lambda kv: rank[kv[0]]))
         return out
@@ -460,6 +487,8 @@ class AttributionCheck(Check):
         records = [
             (d, word, float(attr[d, pos].sum())) for d, doc in enumerate(spans) for word, pos in doc
         ]
+        out.tables["text_token_attributions"] = _token_table(ctx, rows, spans, attr)
+        out.private |= {"text_token_attributions"}
         occ = pd.DataFrame(records, columns=["doc", "word", "attribution"])
         occ = occ.groupby(["doc", "word"], as_index=False, sort=False)["attribution"].sum()
         occ["abs"] = occ["attribution"].abs()
@@ -489,6 +518,11 @@ class AttributionCheck(Check):
         self._examples(ctx, p, target, rows, spans, attr, fx, out)
         if not ranking.empty:
             out.figures["text_word_ranking"] = _ranking_figure(ranking, p.top_words)
+        else:
+            out.notes.append(
+                f"text: no word occurs in min_count={p.min_count} reports: nothing is ranked"
+                " (lower min_count or attribute more reports)"
+            )
 
     def _word_ranking(
         self,
@@ -626,30 +660,42 @@ class AttributionCheck(Check):
         if p.n_examples == 0 or len(rows) == 0:
             return
         per_class = max(1, math.ceil(p.n_examples / len(target.classes)))
-        chosen: list[tuple[int, str]] = []
+        chosen: list[tuple[int, str, float]] = []
         for name, sign, mask in target.classes:
             docs = np.arange(len(rows)) if mask is None else np.flatnonzero(mask[rows])
             order = docs[np.argsort(-sign * fx[docs], kind="stable")]
             for d in order[:per_class]:
-                if int(d) not in [c for c, _ in chosen] and len(chosen) < p.n_examples:
-                    chosen.append((int(d), name))
+                if int(d) not in [c for c, _, _ in chosen] and len(chosen) < p.n_examples:
+                    chosen.append((int(d), name, sign))
         examples = []
         table = []
-        for d, cls_name in chosen:
+        for d, cls_name, sign in chosen:
             sid = ctx.dataset.ids[rows[d]]
-            pieces = [(w, float(attr[d, pos].sum())) for w, pos in spans[d]]
+            raw = [(w, float(attr[d, pos].sum())) for w, pos in spans[d]]
+            # shown toward the example's class: for the negative class of a binary model
+            # the attribution of the positive logit, negated (red = pushes toward the title)
+            pieces = [(w, sign * a) for w, a in raw]
             title = (
                 f"{sid}: label {ctx.dataset.class_names[int(np.asarray(ctx.target)[rows[d]])]}"
                 if np.ndim(ctx.target) == 1
                 else sid
             )
-            examples.append((f"{title}, score {fx[d]:+.2f} (toward {cls_name})", pieces))
+            examples.append((f"{title}, score {sign * fx[d]:+.2f} toward class {cls_name}", pieces))
             table.extend(
-                {"id": sid, "position": k, "word": w, "attribution": a}
-                for k, (w, a) in enumerate(pieces)
+                {
+                    "id": sid,
+                    "position": k,
+                    "word": w,
+                    "attribution": a,
+                    "toward_class": cls_name,
+                    "attribution_toward_class": sign * a,
+                }
+                for k, (w, a) in enumerate(raw)
             )
             if not ctx.redact:
-                out.notes.append(f"example {title}: {_marked_text(pieces)}")
+                out.notes.append(
+                    f"example {title} (toward class {cls_name}): {_marked_text(pieces)}"
+                )
         out.tables["text_examples"] = pd.DataFrame(table)
         out.figures["text_examples"] = _highlight_figure(examples)
         out.private |= {"text_examples"}
@@ -810,10 +856,12 @@ class AttributionCheck(Check):
         cols = [ds.modalities.index(m) for m in mods]
         rows = np.flatnonzero(ds.present[:, cols].all(1))
         embs = {m: torch.from_numpy(np.array(ctx.cache.embeddings(m))).float() for m in mods}
+        # the reference is the one InferenceCache.ablated(..., "encoder") removes a modality
+        # with (mean over the rows where it is present / zeros), so IG and the coalition game
+        # below play the same game and differ only in method
         base = {}
-        for m, col in zip(mods, cols, strict=True):
-            e = embs[m]
-            ref = e[torch.from_numpy(ds.present[:, col])].mean(0, keepdim=True)
+        for m in mods:
+            ref = ctx.cache.encoder_mean(m).float()
             base[m] = ref if p.share_baseline == "mean" else torch.zeros_like(ref)
         score_fn = target.score_fn()
 
@@ -844,31 +892,62 @@ class AttributionCheck(Check):
             np.abs(contrib.sum(1) - (fx - fb)), np.abs(fx - fb)
         )
         absc = np.abs(contrib)
-        tot = absc.sum(1, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            share = np.where(tot > 0, absc / tot, np.nan)
+        share = _abs_shares(contrib)
+        removal: RemovalHow = (
+            p.share_baseline if p.ablation_removal == "auto" else p.ablation_removal
+        )
+        phi = _coalition_shapley(ctx, target, mods, rows, removal)  # (n, M)
+        abl_share = _abs_shares(phi)
         keep = np.isfinite(share).all(1)
+        both = keep & np.isfinite(abl_share).all(1)
         groups = _groups(ctx, rows)
         boot: dict[str, Any] = {"n_boot": p.n_boot, "alpha": p.alpha, "seed": ctx.seed}
         table = []
         for k, m in enumerate(mods):
             g = None if groups is None else groups[keep]
             est = bootstrap_ci(np.mean, share[keep, k], groups=g, **boot)
+            g2 = None if groups is None else groups[both]
+            abl = bootstrap_ci(np.mean, abl_share[both, k], groups=g2, **boot)
+            diff = bootstrap_ci(np.mean, share[both, k] - abl_share[both, k], groups=g2, **boot)
             out.metrics[f"shares.{m}"] = est
+            out.metrics[f"shares.ablation.{m}"] = abl
+            out.metrics[f"shares.diff_vs_ablation.{m}"] = diff
             per_sample.loc[rows, f"share.{m}"] = share[:, k]
+            per_sample.loc[rows, f"ablation_share.{m}"] = abl_share[:, k]
             table.append(
                 {
                     "modality": m,
                     "share": est.value,
                     "ci_low": est.ci_low,
                     "ci_high": est.ci_high,
+                    "ablation_share": abl.value,
+                    "ablation_ci_low": abl.ci_low,
+                    "ablation_ci_high": abl.ci_high,
+                    "diff": diff.value,
+                    "diff_ci_low": diff.ci_low,
+                    "diff_ci_high": diff.ci_high,
                     "mean_contribution": float(contrib[:, k].mean()),
                     "mean_abs_contribution": float(absc[:, k].mean()),
+                    "mean_shapley": float(phi[:, k].mean()),
                     "n": int(keep.sum()),
+                    "n_both": int(both.sum()),
                     "method": f"IG at encoder outputs, reference {p.share_baseline}",
+                    "ablation_method": f"exact logit Shapley over {1 << len(mods)} coalitions,"
+                    f" encoder level, removal {removal}",
                 }
             )
+        diffs = [r["diff"] for r in table if np.isfinite(r["diff"])]
+        out.metrics["shares.max_abs_diff_vs_ablation"] = (
+            float(max(abs(d) for d in diffs)) if diffs else float("nan")
+        )
         out.tables["modality_shares"] = pd.DataFrame(table)
+        out.notes.append(
+            "shares: IG shares set beside exact per-sample logit Shapley shares from the"
+            f" coalition game (removal '{removal}', the same reference as the IG path); they"
+            " agree exactly for an additive fusion, a gap means the modalities interact."
+            " The ablation check's own logit_share.* uses its strategy (default permute),"
+            " a different reference"
+        )
         out.figures["modality_shares"] = _shares_figure(share[keep], mods)
         if len(rows) < len(ds):
             out.notes.append(
@@ -877,6 +956,52 @@ class AttributionCheck(Check):
 
 
 # --------------------------------------------------------------------------- data helpers
+
+
+def _abs_shares(values: np.ndarray) -> np.ndarray:
+    """Each column's share of the row's total |value| (NaN where the total is 0)."""
+    absv = np.abs(values)
+    tot = absv.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tot > 0, absv / tot, np.nan)
+
+
+def _coalition_shapley(
+    ctx: AuditContext, target: Target, mods: list[str], rows: np.ndarray, removal: RemovalHow
+) -> np.ndarray:
+    """Exact per-sample Shapley values (n, M) of the attributed score over every coalition
+    of ``mods``, each coalition one memoised encoder-level sweep of the cache (only the
+    fusion and head run; the ``ablation`` check's sweeps are reused when they match)."""
+    removes = [
+        {m: removal for j, m in enumerate(mods) if not (s >> j) & 1} for s in range(1 << len(mods))
+    ]
+    sweeps = ctx.cache.ablated_many(removes, "encoder")
+    values = np.stack([target.scores(sw.logits)[rows] for sw in sweeps])
+    return shapley_values(values).T
+
+
+def _token_table(
+    ctx: AuditContext,
+    rows: np.ndarray,
+    spans: list[list[tuple[str, list[int]]]],
+    attr: np.ndarray,
+) -> pd.DataFrame:
+    """Every attributed token: report id, token position and text, the word it belongs to
+    (``word_index`` counts words within the report) and its IG attribution."""
+    ds = ctx.dataset
+    assert ds.input_ids is not None
+    convert = getattr(ds.tokenizer, "convert_ids_to_tokens", None)
+    table = []
+    for d, doc in enumerate(spans):
+        ids = ds.input_ids[rows[d]].tolist()
+        sid = ds.ids[rows[d]]
+        for w, (word, positions) in enumerate(doc):
+            for q in positions:
+                token = convert(ids[q]) if convert is not None else str(ids[q])
+                table.append((sid, q, token, w, word, float(attr[d, q])))
+    return pd.DataFrame(
+        table, columns=["id", "position", "token", "word_index", "word", "attribution"]
+    )
 
 
 def _marked_text(pieces: list[tuple[str, float]], share: float = 0.25) -> str:
@@ -946,8 +1071,9 @@ def _subgroup_importance(
 
 
 def _highlight_figure(examples: list[tuple[str, list[tuple[str, float]]]]) -> Figure:
-    """Each example report with every word shaded by its attribution (red: toward the
-    attributed class, blue: against), scaled per report."""
+    """Each example report with every word shaded by its attribution toward the class named
+    in its title (red: toward, blue: against), scaled per report; white text on the dark
+    shades so that the strongest words stay readable."""
     plt = pyplot()
     from matplotlib import colormaps
 
@@ -974,6 +1100,7 @@ def _highlight_figure(examples: list[tuple[str, list[tuple[str, float]]]]) -> Fi
                 fontsize=9,
                 va="top",
                 parse_math=False,
+                color="white" if abs(a) / scale > 0.6 else "black",
                 bbox={
                     "facecolor": cmap(0.5 + 0.5 * a / scale),
                     "edgecolor": "none",
@@ -990,7 +1117,7 @@ def _highlight_figure(examples: list[tuple[str, list[tuple[str, float]]]]) -> Fi
     fig.text(
         0.99,
         0.005,
-        "red: pushes toward the attributed class; blue: against (scaled per report)",
+        "red: pushes toward the class in the title; blue: against (scaled per report)",
         fontsize=7,
         ha="right",
         va="bottom",
