@@ -181,7 +181,10 @@ def _table_preview(folder: Path, rel: str, limit: int = 15) -> dict[str, Any] | 
     path = (folder / rel).resolve()
     if not rel.endswith(".csv") or folder.resolve() not in path.parents or not path.is_file():
         return None
-    frame = pd.read_csv(path)
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+        return None  # an empty or malformed table is left out of the page, not fatal
     rows = [[fmt(v) for v in row] for row in frame.head(limit).itertuples(index=False)]
     return {
         "name": Path(rel).stem,
@@ -220,8 +223,10 @@ def render_markdown(report: Report) -> str:
 
 
 def markdown_cell(text: str) -> str:
-    """Text safe inside a Markdown table cell or list item (no pipes, tags or newlines)."""
-    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+    """Text safe inside a Markdown table cell or list item: no pipes, tags, newlines, or
+    links and images (``[x](url)`` / ``![](url)`` from data stay literal text)."""
+    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("[", "\\[").replace("]", "\\]")
+    return text.replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
 
 
 def render_junit(report: Report) -> str:

@@ -8,9 +8,11 @@ interrupted run never leaves a folder that looks complete.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,6 +26,9 @@ from mmaudit.errors import MmauditError, ReportError
 from mmaudit.stats import Estimate
 
 SCHEMA_VERSION = 1
+# A secret shared by audits that are meant to be diffed under --redact. Read from the
+# environment, never the config, because the config is copied into the report folder.
+REDACT_SALT_ENV = "MMAUDIT_REDACT_SALT"
 
 
 class CheckReport(BaseModel):
@@ -86,24 +91,42 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-def hash_id(value: str) -> str:
-    """A pseudonymous, stable stand-in for a sample id (the same in every redacted report, so
-    two redacted audits of the same data can still be paired by ``mmaudit diff``)."""
-    return "h" + hashlib.sha256(f"mmaudit:{value}".encode()).hexdigest()[:16]
+def hash_id(value: str, salt: str) -> str:
+    """A pseudonymous stand-in for a sample or patient id: a keyed hash (HMAC-SHA256), so
+    low-entropy ids such as record numbers cannot be recovered by hashing guesses."""
+    return "h" + hmac.new(salt.encode(), value.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 class Redactor:
-    """Keeps raw patient data (ids, report text) out of tables written under --redact."""
+    """Keeps raw patient data (sample and patient ids, report text) out of every table
+    written under --redact.
 
-    def __init__(self, ids: list[str], texts: list[str]) -> None:
-        self.ids = set(ids)
+    Ids are hashed with a salt: ``MMAUDIT_REDACT_SALT`` when set (audits run with the same
+    secret can be paired by ``mmaudit diff``), otherwise a random one per report (redacted
+    reports then cannot be linked to each other, or paired by ``diff``).
+    """
+
+    def __init__(
+        self,
+        ids: list[str],
+        texts: list[str],
+        patients: list[str] | None = None,
+        salt: str | None = None,
+    ) -> None:
+        self.ids = set(ids) | {str(p) for p in patients or []}
         self.texts = [t for t in texts if len(t) >= 12]
+        shared = salt or os.environ.get(REDACT_SALT_ENV) or None
+        self.shared_salt = shared is not None
+        self.salt = shared or secrets.token_hex(16)
+
+    def hash(self, value: Any) -> str:
+        return hash_id(str(value), self.salt)
 
     def cell(self, value: Any) -> Any:
         if not isinstance(value, str):
             return value
         if value in self.ids:
-            return hash_id(value)
+            return self.hash(value)
         if any(i in value for i in self.ids if len(i) >= 3) or (
             len(value) >= 12 and any(value in t or t in value for t in self.texts)
         ):
@@ -113,14 +136,16 @@ class Redactor:
     def frame(self, frame: Any) -> Any:
         out = frame.copy()
         for col in out.columns:
-            if out[col].dtype == object or str(out[col].dtype).startswith("str"):
+            if col == "patient":  # hashed whatever its values, even when not listed as ids
+                out[col] = [self.hash(v) for v in out[col]]
+            elif out[col].dtype == object or str(out[col].dtype).startswith("str"):
                 out[col] = out[col].map(self.cell)
         if out.index.dtype == object or str(out.index.dtype).startswith("str"):
             out.index = out.index.map(self.cell)
         return out
 
     def names(self, ids: Any) -> list[str]:
-        return [hash_id(str(i)) for i in ids]
+        return [self.hash(i) for i in ids]
 
 
 class ReportWriter:
@@ -208,6 +233,8 @@ class ReportWriter:
         sdir.mkdir(exist_ok=True)
         if self.redactor is not None:
             frame = frame.assign(id=self.redactor.names(frame["id"]))
+            if "patient" in frame:
+                frame = frame.assign(patient=self.redactor.names(frame["patient"]))
         frame.to_parquet(sdir / "predictions.parquet", index=False)
         kept: dict[str, Any] = {}
         left_out: list[str] = []
@@ -229,6 +256,9 @@ class ReportWriter:
         from mmaudit.render import write_views
 
         (self.stage / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        if self.redactor is not None:
+            # tells `mmaudit diff` why two redacted reports may share no ids
+            report.data["id_hash"] = "shared salt" if self.redactor.shared_salt else "random salt"
         payload = json_safe(report.model_dump(mode="python"))
         (self.stage / "report.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
         write_views(self.stage, report)

@@ -1,22 +1,22 @@
-"""The HTML report in a real browser: headless Chromium renders it, shows the summary table, runs
-no script from the data. Skipped when Chromium is absent (`make test-browser` installs it)."""
+"""The HTML report in a real browser: headless Chromium (driven by selenium through
+chromedriver) renders the hostile report, shows the summary table inside the first screen,
+and runs no script from the data. Skipped with the reason when Chromium, chromedriver or
+selenium is absent (`make test-browser` installs the browser and driver)."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
-import subprocess
 from pathlib import Path
 
-import pandas as pd
 import pytest
-import yaml
-from conftest import byo_model_config, tiny_config
-
-from mmaudit.runner import Overrides, run_audit
+from test_report import EVIL_ID, build_hostile
 
 CHROMIUM = (
     shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 )
+CHROMEDRIVER = shutil.which("chromedriver")
+HAS_SELENIUM = importlib.util.find_spec("selenium") is not None
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -26,46 +26,67 @@ FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--window-size=1200,900",
 ]
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Chromium is not installed (make test-browser)"
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (make test-browser)"),
+    pytest.mark.skipif(
+        CHROMEDRIVER is None,
+        reason="chromedriver is not installed (Debian package chromium-driver; make test-browser)",
+    ),
+    pytest.mark.skipif(
+        not HAS_SELENIUM, reason="selenium is not installed (pip install -e '.[dev]')"
+    ),
+]
 
 
 @pytest.fixture(scope="module")
-def report(tiny_manifest: Path, tiny_weights: Path, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("browser")
-    shutil.copytree(tiny_manifest.parent, folder / "data")
-    df = pd.read_csv(folder / "data" / "manifest.csv")
-    df.loc[0, "id"] = "<img src=x onerror=\"document.title='pwned'\">"
-    df.to_csv(folder / "data" / "manifest.csv", index=False)
-    cfg = tiny_config(folder / "data" / "manifest.csv", byo_model_config(tiny_weights / "tiny.pt"))
-    cfg["checks"]["performance"]["params"]["n_confident_errors"] = 48
-    (folder / "a.yaml").write_text(yaml.safe_dump(cfg))
-    run_audit(folder / "a.yaml", folder / "report", Overrides(checks=["performance"]))
-    return folder / "report"
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The hostile report of test_report.py (payloads in a report text, an id, a column)."""
+    return build_hostile(tmp_path_factory.getbasetemp() / "hostile_shared")["plain"]
 
 
-def _chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp / 'profile'}", *args],  # type: ignore[list-item]
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+@pytest.fixture()
+def driver(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM  # type: ignore[assignment]
+    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        yield browser
+    finally:
+        browser.quit()
 
 
-def test_summary_table_visible_and_no_script_runs(report: Path, tmp_path: Path) -> None:
-    from PIL import Image
+def test_summary_table_visible_and_no_script_runs(report: Path, driver, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
 
-    page = (report / "index.html").as_uri()
-    dom = _chromium(["--dump-dom", page], tmp_path).stdout
-    assert 'id="summary"' in dom
-    assert "pwned" not in dom.split("<title>")[1].split("</title>")[0]
+    driver.get((report / "index.html").as_uri())
+    table = driver.find_element(By.ID, "summary")
+    width, height = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+    rect = table.rect
+    assert table.is_displayed()
+    assert rect["width"] > 0 and rect["height"] > 0
+    assert 0 <= rect["x"] < width and 0 <= rect["y"] < height, (rect, width, height)
+    cells = [c.text for c in table.find_elements(By.TAG_NAME, "td")]
+    assert "performance" in cells and "saliency" in cells
     shot = tmp_path / "shot.png"
-    _chromium([f"--screenshot={shot}", "--window-size=1200,900", page], tmp_path)
-    assert shot.is_file()
-    top = Image.open(shot).convert("L").crop((0, 0, 1200, 400))
-    dark = sum(1 for v in top.getdata() if v < 100)
-    assert dark > 500, "the summary table should be drawn near the top of the page"
+    assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 0
+    # nothing from the data became markup or ran
+    with pytest.raises(NoAlertPresentException):
+        driver.switch_to.alert.text  # noqa: B018 - the alert(1) payload would open one
+    assert driver.title == "mmaudit report"
+    assert driver.find_elements(By.TAG_NAME, "script") == []
+    assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == []
+    text = driver.execute_script("return document.body.textContent")
+    assert EVIL_ID in text and "secret report" in text  # shown as text (in closed <details>)
+    # the visibility check can fail: a hidden table is reported as not displayed
+    driver.execute_script("document.getElementById('summary').style.display = 'none'")
+    assert not table.is_displayed()

@@ -17,6 +17,38 @@ def gram_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum(k * l_) / np.sqrt(np.sum(k * k) * np.sum(l_ * l_)))
 
 
+def unbiased_hsic(k: np.ndarray, l_: np.ndarray) -> float:
+    """Song et al. (2012), eq. 5: the unbiased HSIC estimator on n x n kernel matrices."""
+    n = len(k)
+    k, l_ = k.copy(), l_.copy()
+    np.fill_diagonal(k, 0.0)
+    np.fill_diagonal(l_, 0.0)
+    one = np.ones(n)
+    return float(
+        (
+            np.trace(k @ l_)
+            + (one @ k @ one) * (one @ l_ @ one) / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * (one @ k @ l_ @ one)
+        )
+        / (n * (n - 3))
+    )
+
+
+def debiased_gram_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Debiased linear CKA (Nguyen et al. 2021): unbiased HSIC of linear kernels, normalised."""
+    k, l_ = x @ x.T, y @ y.T
+    return unbiased_hsic(k, l_) / np.sqrt(unbiased_hsic(k, k) * unbiased_hsic(l_, l_))
+
+
+def test_debiased_matches_unbiased_hsic_definition() -> None:
+    rng = np.random.default_rng(3)
+    for n, d1, d2 in [(12, 3, 5), (40, 8, 8), (25, 30, 2)]:
+        x = rng.normal(size=(n, d1)) + 2.0  # uncentred: the estimator must not care
+        y = x[:, :1] @ rng.normal(size=(1, d2)) + rng.normal(size=(n, d2))
+        assert linear_cka(x, y, debiased=True) == pytest.approx(debiased_gram_cka(x, y), rel=1e-9)
+    assert np.isnan(linear_cka(x[:3], y[:3], debiased=True))  # needs n >= 4
+
+
 def test_identity_and_invariances() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 16))

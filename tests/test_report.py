@@ -1,8 +1,15 @@
-"""The report folder for people and CI: escaped HTML, summary, JUnit, show, redaction, errors."""
+"""The report folder for people and CI: escaped HTML, summary, JUnit, show, redaction, errors.
+
+The hostile data is the bundled sample (image, report text, labs) with script payloads in a
+report text, a sample id and a column name, audited by the checks that show text, ids and
+thumbnails (performance, attribution, saliency, embedding), once plainly and once with
+--redact. ``build_hostile`` builds it once per pytest session; test_browser.py reuses it.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -10,106 +17,258 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import byo_model_config, tiny_config
 
 from mmaudit.cli import main
 from mmaudit.errors import ReportError
-from mmaudit.report import load_report
+from mmaudit.report import Redactor, hash_id, load_report
 from mmaudit.runner import Overrides, run_audit
 
+ROOT = Path(__file__).resolve().parents[1]
 PAYLOAD = "<script>alert('x')</script>"
+EVIL_ID = f"<img src=x onerror=alert(1)>{PAYLOAD}"
+SITE_COLUMN = f"site{PAYLOAD}"
+CHECKS = ["performance", "attribution", "saliency", "embedding"]
+N_ROWS = 64
+
+
+def build_hostile(folder: Path) -> dict[str, Path]:
+    """The first 64 test rows of sample_data with payloads in a report text (every one), an
+    id and a column name, audited plainly and with --redact. Reuses a finished build in
+    ``folder`` (one build per pytest session, shared by test modules)."""
+    import yaml
+
+    paths = {
+        "manifest": folder / "manifest.csv",
+        "plain": folder / "plain",
+        "redacted": folder / "redacted",
+    }
+    if all((paths[k] / "report.json").is_file() for k in ("plain", "redacted")):
+        return paths
+    folder.mkdir(parents=True, exist_ok=True)
+    df = pd.read_csv(ROOT / "sample_data" / "manifest.csv")
+    df = df[df["split"] == "test"].head(N_ROWS).reset_index(drop=True)
+    df.loc[0, "id"] = EVIL_ID
+    df["report"] = [
+        f"secret report {i} {PAYLOAD} {t}" if isinstance(t, str) else t
+        for i, t in enumerate(df["report"])
+    ]
+    df = df.rename(columns={"site": SITE_COLUMN})
+    df.to_csv(paths["manifest"], index=False)
+    cfg = yaml.safe_load((ROOT / "configs" / "sample.yaml").read_text())
+    cfg["model"]["checkpoint"] = str(ROOT / "sample_data" / "checkpoints" / "shortcut")
+    cfg["data"]["manifest"] = str(paths["manifest"])
+    cfg["data"]["image"]["root"] = str(ROOT / "sample_data")
+    cfg["data"]["text"]["tokenizer"] = str(ROOT / "sample_data" / "tokenizer")
+    cfg["data"]["attributes"] = {"site": {"column": SITE_COLUMN}, "sex": {}}
+    cfg["runtime"].update({"device": "cpu", "progress": False})
+    cfg["checks"] = {
+        "performance": {"params": {"n_boot": 100, "n_confident_errors": N_ROWS}},
+        "attribution": {"params": {"n_boot": 100, "ig_steps": 8, "max_text_samples": 32}},
+        "saliency": {
+            "params": {
+                "methods": ["gradcam", "ig"],
+                "subset_samples": 16,
+                "ig_steps": 8,
+                "n_boot": 100,
+                "n_permutations": 100,
+                "hotspot_null": 40,
+                "sanity": False,
+                "faithfulness_samples": 0,
+            }
+        },
+        "embedding": {
+            "params": {
+                "n_boot": 100,
+                "n_permutations": 50,
+                "silhouette_permutations": 50,
+                "projections": ["pca"],
+            }
+        },
+    }
+    config = folder / "audit.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    run_audit(config, paths["plain"], Overrides(checks=CHECKS))
+    run_audit(config, paths["redacted"], Overrides(checks=CHECKS, redact=True))
+    return paths
 
 
 @pytest.fixture(scope="module")
-def hostile_manifest(tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny data with script payloads in an id, a column name and the report text."""
-    folder = tmp_path_factory.mktemp("hostile")
-    shutil.copytree(tiny_manifest.parent, folder, dirs_exist_ok=True)
-    df = pd.read_csv(folder / "manifest.csv")
-    df.loc[0, "id"] = f"<img src=x onerror=alert(1)>{PAYLOAD}"
-    df["report"] = [f"secret report {i} {PAYLOAD} mentions the patient" for i in range(len(df))]
-    df = df.rename(columns={"site": f"site{PAYLOAD}"})
-    df.to_csv(folder / "manifest.csv", index=False)
-    return folder / "manifest.csv"
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build_hostile(tmp_path_factory.getbasetemp() / "hostile_shared")
 
 
-@pytest.fixture(scope="module")
-def hostile_report(hostile_manifest: Path, tiny_weights: Path, tmp_path_factory) -> Path:
-    import yaml
-
-    folder = tmp_path_factory.mktemp("hostile_report")
-    cfg = tiny_config(hostile_manifest, byo_model_config(tiny_weights / "tiny.safetensors"))
-    cfg["data"]["attributes"] = {"site": {"column": f"site{PAYLOAD}"}, "sex": {}}
-    cfg["checks"]["performance"]["params"]["n_confident_errors"] = 48
-    path = folder / "audit.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    run_audit(path, folder / "report", Overrides(checks=["performance"]))
-    return folder / "report"
+def file_text(file: Path) -> str:
+    """A file's content as text: parquet and npz decoded, so compression hides nothing."""
+    if file.suffix == ".parquet":
+        frame = pd.read_parquet(file)
+        return " ".join(map(str, frame.columns)) + "\n" + frame.to_csv()
+    if file.suffix == ".npz":
+        with np.load(file) as arrays:
+            return " ".join(str(arrays[k].tolist()) for k in arrays.files)
+    return file.read_bytes().decode("utf-8", errors="replace")
 
 
-def test_html_is_self_contained_and_escaped(hostile_report: Path) -> None:
-    html = (hostile_report / "index.html").read_text()
-    assert "<script" not in html.lower()
-    assert "<img src=x" not in html  # the id is shown, but only escaped
-    assert "&lt;img src=x onerror=alert(1)&gt;" in html
-    assert "site&lt;script&gt;" in html  # the column name, escaped
-    assert 'id="summary"' in html
-    for needle in ("http://", "https://", 'src="//', "@import"):
-        assert needle not in html
+def test_every_check_ran_on_the_text(hostile: dict[str, Path]) -> None:
+    report = load_report(hostile["plain"])
+    assert {c.name: c.status for c in report.checks.values()}.keys() == set(CHECKS)
+    assert all(c.status != "error" for c in report.checks.values()), [
+        c.reason for c in report.checks.values()
+    ]
+    assert "text" in report.data["modalities"]
+    # the payload text reached the audit: unredacted, it is shown somewhere
+    texts = [file_text(f) for f in hostile["plain"].rglob("*") if f.is_file()]
+    assert any("secret report" in t for t in texts)
+    assert any(EVIL_ID in t for t in texts)
 
 
-def test_summary_md_and_junit(hostile_report: Path) -> None:
-    md = (hostile_report / "summary.md").read_text()
-    assert md.startswith("## mmaudit:") and "| performance |" in md
-    assert len(md.splitlines()) < 40
-    root = ET.parse(hostile_report / "junit.xml").getroot()
-    suite = root.find("testsuite")
-    assert suite is not None and int(suite.get("tests", "0")) >= 1
-    assert suite.find("testcase[@name='performance']") is not None
+def test_html_is_self_contained_and_escaped(hostile: dict[str, Path]) -> None:
+    for name in ("plain", "redacted"):
+        html = (hostile[name] / "index.html").read_text()
+        assert "<script" not in html.lower(), name
+        assert "<img src=x" not in html, name
+        assert "site&lt;script&gt;" in html, name  # the column name, escaped
+        assert 'id="summary"' in html
+        for needle in ("http://", "https://", 'src="//', "@import", "<link"):
+            assert needle not in html
+        assert re.findall(r'src="(?!data:image/png;base64,)', html) == []
+    plain = (hostile["plain"] / "index.html").read_text()
+    assert "&lt;img src=x onerror=alert(1)&gt;" in plain  # the id is shown, escaped
+    assert "secret report" in plain and "&lt;script&gt;alert" in plain  # the text, escaped
 
 
-def test_show_prints_summary_from_report_json(hostile_report: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(SystemExit) as exc:
-        main(["show", str(hostile_report)])
-    assert exc.value.code == 0
-    assert "performance" in capsys.readouterr().out
-
-
-def test_redact_leaves_no_text_or_ids(
-    hostile_manifest: Path, tiny_weights: Path, tmp_path: Path
-) -> None:
-    import yaml
-
-    cfg = tiny_config(hostile_manifest, byo_model_config(tiny_weights / "tiny.safetensors"))
-    cfg["data"]["attributes"] = {"sex": {}}
-    cfg["checks"]["performance"]["params"]["n_confident_errors"] = 48
-    path = tmp_path / "audit.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    out = tmp_path / "report"
-    run_audit(path, out, Overrides(checks=["performance"], redact=True))
-    manifest = pd.read_csv(hostile_manifest)
+def test_redact_leaves_no_text_ids_or_thumbnails(hostile: dict[str, Path]) -> None:
+    manifest = pd.read_csv(hostile["manifest"])
     ids = [str(i) for i in manifest["id"]]
-    texts = [str(t) for t in manifest["report"]]
+    patients = [str(p) for p in manifest["patient_id"]]
+    texts = [str(t) for t in manifest["report"].dropna()]
+    out = hostile["redacted"]
     for file in out.rglob("*"):
         if not file.is_file():
             continue
-        data = file.read_bytes()
-        if file.suffix == ".npz":
-            with np.load(file) as arrays:
-                data = b" ".join(str(arrays[k].tolist()).encode() for k in arrays.files)
+        text = file_text(file)
+        assert "secret report" not in text, f"report text leaked into {file}"
         for needle in ids + texts:
-            assert needle.encode() not in data, f"{needle!r} leaked into {file}"
-    report = json.loads((out / "report.json").read_text())
-    assert report["data"]["redacted"] is True
+            assert needle not in text, f"{needle[:40]!r} leaked into {file}"
+        for p in patients:
+            assert not re.search(rf"\b{p}\b", text), f"patient {p} leaked into {file}"
+    report = load_report(out)
+    assert report.data["redacted"] is True and report.data["id_hash"] == "random salt"
+    # the private figures (thumbnails, text examples) exist unredacted and are withheld here
+    plain = load_report(hostile["plain"])
+    withheld = [n for c in report.checks.values() for n in c.notes if "--redact" in n]
+    assert withheld
+    for name, check in plain.checks.items():
+        kept = set(report.checks[name].figures)
+        assert kept <= set(check.figures)
+    assert sum(len(c.figures) for c in report.checks.values()) < sum(
+        len(c.figures) for c in plain.checks.values()
+    )
     preds = pd.read_parquet(out / "samples" / "predictions.parquet")
-    assert preds["id"].str.startswith("h").all()
+    assert preds["id"].str.fullmatch(r"h[0-9a-f]{16}").all()
 
 
-def test_bad_report_folders(tmp_path: Path, hostile_report: Path) -> None:
+def test_redaction_salt_is_random_per_report_unless_shared(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("MMAUDIT_REDACT_SALT", raising=False)
+    a, b = Redactor(["s1"], []), Redactor(["s1"], [])
+    assert a.names(["s1"]) != b.names(["s1"]) and not a.shared_salt
+    monkeypatch.setenv("MMAUDIT_REDACT_SALT", "team secret")
+    c, d = Redactor(["s1"], []), Redactor(["s1"], [])
+    assert c.names(["s1"]) == d.names(["s1"]) == [hash_id("s1", "team secret")]
+    assert c.shared_salt
+    # a patient column is hashed even when its values were not given as ids
+    frame = c.frame(pd.DataFrame({"id": ["s1"], "patient": ["p9"], "x": [1.0]}))
+    assert frame.loc[0, "patient"] == hash_id("p9", "team secret")
+
+
+def test_summary_md_and_junit(hostile: dict[str, Path]) -> None:
+    from mmaudit.check import Finding
+    from mmaudit.render import render_junit
+
+    folder = hostile["plain"]
+    report = load_report(folder)
+    md = (folder / "summary.md").read_text()
+    assert md.startswith("## mmaudit:") and "| performance |" in md
+    assert len(md.splitlines()) < 40 and "<script" not in md
+
+    def check_junit(xml: str) -> int:
+        suite = ET.fromstring(xml).find("testsuite")
+        assert suite is not None
+        cases = suite.findall("testcase")
+        findings = [f for c in report.checks.values() for f in c.findings]
+        assert int(suite.get("tests", "0")) == len(cases) == len(report.checks) + len(findings)
+        failed = [c.get("name") for c in cases if c.find("failure") is not None]
+        expected = [c.name for c in report.checks.values() if c.status == "fail"]
+        expected += [f"{f.check}.{f.rule}.{f.metric}" for f in findings if f.severity == "fail"]
+        assert sorted(failed) == sorted(expected)
+        assert int(suite.get("failures", "-1")) == len(failed)
+        return len(failed)
+
+    assert check_junit((folder / "junit.xml").read_text()) == 0
+    # a fail finding (with a payload) is a failure of its own testcase and of its check
+    perf = report.checks["performance"]
+    perf.findings.append(
+        Finding(check="performance", rule="r", severity="fail", message=PAYLOAD, metric="auroc")
+    )
+    perf.status = "fail"
+    xml = render_junit(report)
+    assert check_junit(xml) == 2 and "<script" not in xml
+
+
+def test_show_prints_summary_and_escapes_markup(
+    hostile: dict[str, Path], tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "markup"
+    shutil.copytree(hostile["plain"], folder)
+    data = json.loads((folder / "report.json").read_text())
+    perf = data["checks"]["performance"]
+    perf["metrics"] = {
+        "auroc.[/x]": {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95},
+        **perf["metrics"],
+    }
+    perf["findings"].append(
+        {"check": "performance", "rule": "r", "severity": "warn", "message": "group [bold] [/x]"}
+    )
+    perf["reason"] = "[/red]"
+    (folder / "report.json").write_text(json.dumps(data))
+    with pytest.raises(SystemExit) as exc:
+        main(["show", str(folder)])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert "auroc.[/x]" in out and "group [bold] [/x]" in out
+
+
+def test_markdown_cells_keep_data_literal() -> None:
+    from mmaudit.render import markdown_cell
+
+    cell = markdown_cell("a|b [x](http://e.test) ![](http://e.test/i.png) <b>\nz")
+    assert "](" not in cell.replace("\\](", "") and "<b>" not in cell and "\n" not in cell
+    assert cell.startswith("a\\|b \\[x\\]")
+
+
+def test_table_preview_tolerates_empty_and_broken_csv(
+    hostile: dict[str, Path], tmp_path: Path
+) -> None:
+    from mmaudit.render import _table_preview, render_html
+
+    folder = tmp_path / "r"
+    shutil.copytree(hostile["plain"], folder)
+    (folder / "tables" / "x").mkdir(parents=True)
+    (folder / "tables" / "x" / "empty.csv").write_text("")
+    (folder / "tables" / "x" / "broken.csv").write_text('a,b\n1,"2\n3,4,5,6\n')
+    assert _table_preview(folder, "tables/x/empty.csv") is None
+    assert _table_preview(folder, "tables/x/broken.csv") is None
+    report = load_report(folder)
+    report.checks["performance"].tables.update(
+        {"empty": "tables/x/empty.csv", "broken": "tables/x/broken.csv"}
+    )
+    assert 'id="summary"' in render_html(folder, report)
+
+
+def test_bad_report_folders(tmp_path: Path, hostile: dict[str, Path]) -> None:
     with pytest.raises(ReportError, match="not an mmaudit report"):
         load_report(tmp_path)
     broken = tmp_path / "broken"
-    shutil.copytree(hostile_report, broken)
+    shutil.copytree(hostile["plain"], broken)
     text = (broken / "report.json").read_text()
     (broken / "report.json").write_text(text[: len(text) // 2])
     with pytest.raises(ReportError, match="not valid JSON"):
