@@ -142,6 +142,18 @@ class SplitConfig(Strict):
     values: list[str]
 
 
+class MissingConfig(Strict):
+    """What a model without a presence-mask keyword gets for a missing modality.
+
+    Applied only when the model's forward takes no ``present`` mask; a model that
+    takes one gets the mask and the inputs unchanged (zeros, empty text).
+    """
+
+    image: Literal["zero", "mean"] = "zero"
+    text: Literal["empty", "mask"] = "empty"
+    tabular: Literal["zero", "mean"] = "zero"
+
+
 class DataConfig(Strict):
     """The manifest and how to read each modality from it."""
 
@@ -154,6 +166,7 @@ class DataConfig(Strict):
     tabular: TabularConfig | None = None
     attributes: dict[str, AttributeConfig] = Field(default_factory=dict)
     split: SplitConfig | None = None
+    missing: MissingConfig = Field(default_factory=MissingConfig)
 
     @property
     def modalities(self) -> list[str]:

@@ -136,16 +136,30 @@ class AuditDataset(torch.utils.data.Dataset):
 
     Images are decoded lazily in ``__getitem__`` (so a DataLoader can use workers);
     text is tokenised once up front; tabular columns are normalised once.
+
+    ``problems``: None (the default) raises the first problem found as a DataError;
+    a list collects one line per problem and reads on (``mmaudit validate``). Problems
+    that leave nothing to read on from (no manifest, missing columns, no tokenizer)
+    raise in both modes.
     """
 
-    def __init__(self, cfg: DataConfig, runtime: RuntimeConfig | None = None) -> None:
+    def __init__(
+        self,
+        cfg: DataConfig,
+        runtime: RuntimeConfig | None = None,
+        problems: list[str] | None = None,
+    ) -> None:
         runtime = runtime or RuntimeConfig()
         self.cfg = cfg
+        self.problems = problems
         self.manifest_path = Path(cfg.manifest)
         df = read_manifest(self.manifest_path)
         self._check_columns(df)
         df = df.reset_index(drop=True)
         df["_row"] = np.arange(len(df)) + 2  # 1-based line in a CSV with a header
+        # normalisation statistics come from every row, so --max-samples and the split
+        # filter never change what a row's inputs are
+        every_row = df
         if cfg.split is not None:
             keep = df[cfg.split.column].astype(str).isin(cfg.split.values)
             df = df[keep].reset_index(drop=True)
@@ -160,12 +174,12 @@ class AuditDataset(torch.utils.data.Dataset):
         self.frame = df
         self.modalities: tuple[str, ...] = tuple(cfg.modalities)
         self.ids = df[cfg.id].astype(str).to_numpy()
-        dup = pd.Series(self.ids).duplicated()
+        dup = pd.Series(self.ids).duplicated().to_numpy()
         if dup.any():
-            i = int(np.flatnonzero(dup.to_numpy())[0])
-            raise DataError(
+            i = int(np.flatnonzero(dup)[0])
+            self._problem(
                 f"{self.manifest_path} row {df['_row'][i]}: duplicate id {self.ids[i]!r} in column"
-                f" '{cfg.id}'"
+                f" '{cfg.id}'{_more(int(dup.sum()) - 1, 'duplicate')}"
             )
         self.patients = df[cfg.patient].astype(str).to_numpy() if cfg.patient else None
         self.target, self.class_names = self._parse_target(df)
@@ -179,15 +193,27 @@ class AuditDataset(torch.utils.data.Dataset):
         self.tabular_missing: torch.Tensor | None = None
         self.tabular_stats: dict[str, tuple[float, float]] = {}
         self.tokenizer: Any = None
+        # data.missing, filled in by configure_missing() for models without a presence mask
+        self.fill_missing = False
+        self._fill_image: torch.Tensor | None = None
+        self._fill_text: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._fill_tabular: torch.Tensor | None = None
         if cfg.image is not None:
             self._setup_images(df)
         if cfg.text is not None:
             self._setup_text(df)
         if cfg.tabular is not None:
-            self._setup_tabular(df)
+            self._setup_tabular(df, every_row)
         self.attributes = self._parse_attributes(df)
 
     # ---------------------------------------------------------------- validation
+    def _problem(self, message: str, hint: str = "") -> None:
+        """Raise the problem as a DataError, or record it and read on when collecting."""
+        error = DataError(message, hint=hint)
+        if self.problems is None:
+            raise error
+        self.problems.append(error.one_line())
+
     def _check_columns(self, df: pd.DataFrame) -> None:
         cfg = self.cfg
         wanted: dict[str, str] = {cfg.id: "data.id"}
@@ -210,13 +236,17 @@ class AuditDataset(torch.utils.data.Dataset):
             wanted[cfg.split.column] = "data.split.column"
         import difflib
 
-        for col, key in wanted.items():
-            if col not in df.columns:
-                close = difflib.get_close_matches(col, [str(c) for c in df.columns], n=1)
-                hint = f"did you mean '{close[0]}'?" if close else "fix the config or the manifest"
-                raise DataError(
-                    f"{self.manifest_path}: column '{col}' (from {key}) not found", hint=hint
-                )
+        absent = [col for col in wanted if col not in df.columns]
+        for col in absent:
+            close = difflib.get_close_matches(col, [str(c) for c in df.columns], n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "fix the config or the manifest"
+            self._problem(
+                f"{self.manifest_path}: column '{col}' (from {wanted[col]}) not found", hint=hint
+            )
+        if absent:
+            raise DataError(
+                f"{self.manifest_path}: {len(absent)} configured column(s) missing; rows not read"
+            )
 
     def _row(self, i: int) -> str:
         return f"{self.manifest_path} row {self.frame['_row'][i]} (id {self.ids[i]!r})"
@@ -228,18 +258,19 @@ class AuditDataset(torch.utils.data.Dataset):
             bad = df[c].isna().to_numpy()
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
-                raise DataError(
-                    f"{self.manifest_path} row {df['_row'][i]}: target column '{c}' is empty (NaN)",
+                self._problem(
+                    f"{self.manifest_path} row {df['_row'][i]}: target column '{c}' is empty (NaN)"
+                    f"{_more(int(bad.sum()) - 1, 'empty')}",
                     hint="drop unlabelled rows or filter them with data.split",
                 )
+                # collecting: read on with a stand-in label
+                df = df.copy()
+                df.loc[bad, c] = df[c].dropna().iloc[0] if (~bad).any() else 0
         if t.kind == "multilabel":
-            y = df[cols].to_numpy()
-            try:
-                y = y.astype(np.float32)
-            except ValueError as exc:
-                raise DataError(f"{self.manifest_path}: multilabel targets must be 0/1") from exc
+            y = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
             if not np.isin(y, (0, 1)).all():
-                raise DataError(f"{self.manifest_path}: multilabel targets must be 0/1")
+                self._problem(f"{self.manifest_path}: multilabel targets must be 0/1")
+                y = (y == 1).astype(np.float32)
             return y, list(cols)
         raw = df[cols[0]]
         if t.kind == "binary":
@@ -250,12 +281,12 @@ class AuditDataset(torch.utils.data.Dataset):
             else:
                 num = pd.to_numeric(raw, errors="coerce")
                 if num.isna().any() or not num.isin((0, 1)).all():
-                    raise DataError(
+                    self._problem(
                         f"{self.manifest_path}: binary target '{cols[0]}' must be 0/1 (found"
                         f" {values[:5]})",
                         hint="set data.target.positive to the positive class name",
                     )
-                y = num.to_numpy().astype(np.int64)
+                y = (num == 1).to_numpy().astype(np.int64)
                 names = ["0", "1"]
         else:
             classes = t.classes or sorted(raw.astype(str).unique().tolist())
@@ -264,14 +295,15 @@ class AuditDataset(torch.utils.data.Dataset):
             unknown = ~as_str.isin(classes)
             if unknown.any():
                 i = int(np.flatnonzero(unknown.to_numpy())[0])
-                raise DataError(
+                self._problem(
                     f"{self.manifest_path} row {df['_row'][i]}: target {as_str[i]!r} is not in"
                     f" data.target.classes {classes}"
+                    f"{_more(int(unknown.sum()) - 1, 'unknown')}"
                 )
-            y = as_str.map(lookup).to_numpy().astype(np.int64)
+            y = as_str.map(lookup).fillna(0).to_numpy().astype(np.int64)
             names = list(classes)
         if len(np.unique(y)) < 2:
-            raise DataError(
+            self._problem(
                 f"{self.manifest_path}: target '{cols[0]}' has one class only ({names[int(y[0])]})"
                 " in the audited rows",
                 hint="an audit needs both classes; check data.split and max_samples",
@@ -305,6 +337,7 @@ class AuditDataset(torch.utils.data.Dataset):
         if len(img.mean) not in (1, img.channels) or len(img.std) not in (1, img.channels):
             raise ConfigError(f"data.image.mean/std need 1 or {img.channels} values")
         m = self.modalities.index("image")
+        hint = "paths are relative to the manifest folder or data.image.root"
         for i, value in enumerate(df[img.column].tolist()):
             if _is_missing(value):
                 self.image_paths.append(None)
@@ -312,14 +345,16 @@ class AuditDataset(torch.utils.data.Dataset):
                 continue
             path = self._resolve(value)
             if not path.is_file():
-                raise DataError(
-                    f"{self._row(i)}: image file not found: {path}",
-                    hint="paths are relative to the manifest folder or data.image.root",
-                )
+                self._problem(f"{self._row(i)}: image file not found: {path}", hint=hint)
+                path = None
             self.image_paths.append(path)
         if img.roi_mask:
-            for value in df[img.roi_mask].tolist():
-                self.mask_paths.append(None if _is_missing(value) else self._resolve(value))
+            for i, value in enumerate(df[img.roi_mask].tolist()):
+                path = None if _is_missing(value) else self._resolve(value)
+                if path is not None and not path.is_file():
+                    self._problem(f"{self._row(i)}: ROI mask file not found: {path}", hint=hint)
+                    path = None
+                self.mask_paths.append(path)
 
     def _setup_text(self, df: pd.DataFrame) -> None:
         txt = self.cfg.text
@@ -334,6 +369,11 @@ class AuditDataset(torch.utils.data.Dataset):
             else:
                 texts.append(str(value))
         self.texts = texts
+        self.input_ids, self.attention_mask = self._tokenize(texts)
+
+    def _tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        txt = self.cfg.text
+        assert txt is not None
         enc = self.tokenizer(
             texts,
             padding="max_length",
@@ -341,39 +381,80 @@ class AuditDataset(torch.utils.data.Dataset):
             max_length=txt.max_length,
             return_tensors="pt",
         )
-        self.input_ids = enc["input_ids"].long()
-        self.attention_mask = enc["attention_mask"].long()
+        return enc["input_ids"].long(), enc["attention_mask"].long()
 
-    def _setup_tabular(self, df: pd.DataFrame) -> None:
+    def _setup_tabular(self, df: pd.DataFrame, every_row: pd.DataFrame) -> None:
+        """Numeric labs, normalised; ``data`` statistics come from ``every_row`` (all rows)."""
         tab = self.cfg.tabular
         assert tab is not None
         values = np.empty((len(df), len(tab.columns)), dtype=np.float32)
         for j, c in enumerate(tab.columns):
             col = pd.to_numeric(df[c], errors="coerce")
-            bad = col.isna() & df[c].notna()
+            bad = (col.isna() & df[c].notna()).to_numpy()
             if bad.any():
-                i = int(np.flatnonzero(bad.to_numpy())[0])
-                raise DataError(
+                i = int(np.flatnonzero(bad)[0])
+                self._problem(
                     f"{self._row(i)}: tabular column '{c}' is not a number: {df[c][i]!r}"
+                    f"{_more(int(bad.sum()) - 1, 'non-numeric')}"
                 )
             values[:, j] = col.to_numpy(dtype=np.float32)
         missing = np.isnan(values)
+        fill = np.zeros(len(tab.columns), dtype=np.float32)
         for j, c in enumerate(tab.columns):
+            everywhere = pd.to_numeric(every_row[c], errors="coerce").dropna().to_numpy(float)
             if tab.normalization == "given":
                 mu, sd = tab.mean[c], tab.std[c]
             elif tab.normalization == "none":
                 mu, sd = 0.0, 1.0
             else:
-                col = values[~missing[:, j], j]
-                mu = float(col.mean()) if col.size else 0.0
-                sd = float(col.std()) if col.size > 1 else 1.0
+                mu = float(everywhere.mean()) if everywhere.size else 0.0
+                sd = float(everywhere.std()) if everywhere.size > 1 else 1.0
             sd = sd if sd > 0 else 1.0
             self.tabular_stats[c] = (mu, sd)
             values[:, j] = (values[:, j] - mu) / sd
+            if everywhere.size:
+                fill[j] = (float(everywhere.mean()) - mu) / sd  # the column mean, normalised
         values[missing] = 0.0
         self.tabular = torch.from_numpy(values)
         self.tabular_missing = torch.from_numpy(missing)
+        self._tabular_column_means = torch.from_numpy(fill)
         self.present[:, self.modalities.index("tabular")] = ~missing.all(axis=1)
+
+    def configure_missing(self, model_takes_present: bool) -> dict[str, Any]:
+        """Turn ``data.missing`` on for a model with no presence-mask keyword; the report record.
+
+        A model that takes ``present`` is told what is missing and gets its inputs as they
+        are (zeros, empty text); any other model gets the configured stand-in instead:
+        ``image: mean`` is the mean normalised image of (up to 512 evenly spaced) audited
+        rows, ``tabular: mean`` the column mean over every manifest row, ``text: mask``
+        one mask token. ``zero`` / ``empty`` are what the dataset yields anyway.
+        """
+        miss = self.cfg.missing
+        self.fill_missing = not model_takes_present
+        self._fill_image = self._fill_text = self._fill_tabular = None
+        if self.fill_missing:
+            if "image" in self.modalities and miss.image == "mean":
+                self._fill_image = self._mean_image()
+            if "text" in self.modalities and miss.text == "mask":
+                mask_token = getattr(self.tokenizer, "mask_token", None)
+                if not mask_token:
+                    raise ConfigError(
+                        "data.missing.text is 'mask' but the tokenizer has no mask token",
+                        hint="use data.missing.text: empty",
+                    )
+                self._fill_text = self._tokenize([mask_token])
+            if "tabular" in self.modalities and miss.tabular == "mean":
+                self._fill_tabular = self._tabular_column_means
+        return {"applied": self.fill_missing, **miss.model_dump()}
+
+    def _mean_image(self) -> torch.Tensor | None:
+        m = self.modalities.index("image")
+        readable = np.array([p is not None for p in self.image_paths], dtype=bool)
+        rows = np.flatnonzero(self.present[:, m] & readable)
+        if len(rows) == 0:
+            return None
+        rows = np.unique(rows[np.linspace(0, len(rows) - 1, min(512, len(rows))).astype(int)])
+        return torch.stack([self.load_image(int(i)) for i in rows]).mean(0)
 
     # ---------------------------------------------------------------- access
     def __len__(self) -> int:
@@ -398,13 +479,16 @@ class AuditDataset(torch.utils.data.Dataset):
         return (t - mean) / std
 
     def load_mask(self, i: int) -> torch.Tensor:
-        """The ROI mask of row ``i`` as (1, size, size) in {0, 1}; all ones when absent."""
+        """The ROI mask of row ``i`` as (1, size, size) in {0, 1}; all NaN when the row has none."""
         img = self.cfg.image
         assert img is not None
         path = self.mask_paths[i] if self.mask_paths else None
-        if path is None or not path.is_file():
+        if path is None:
             return torch.full((1, img.size, img.size), float("nan"))
-        arr = load_image_file(path)
+        try:
+            arr = load_image_file(path)
+        except Exception as exc:
+            raise DataError(f"{self._row(i)}: cannot decode ROI mask {path}: {exc}") from exc
         t = image_to_tensor(arr, img.size, 1)
         return (t > 0.5).float()
 
@@ -417,24 +501,40 @@ class AuditDataset(torch.utils.data.Dataset):
         return item
 
     def collate(self, items: list[dict[str, Any]]) -> Batch:
-        """Stack items into a Batch, pulling pre-tensorised modalities by index."""
+        """Stack items into a Batch, pulling pre-tensorised modalities by index.
+
+        With ``fill_missing`` on (see ``configure_missing``), missing modalities and lab
+        values get the ``data.missing`` stand-ins.
+        """
         index = torch.tensor([it["index"] for it in items], dtype=torch.long)
+        present = torch.from_numpy(self.present[index.numpy()])
         batch = Batch(
             index=index,
-            present=torch.from_numpy(self.present[index.numpy()]),
+            present=present,
             target=torch.from_numpy(self.target[index.numpy()]),
             modalities=self.modalities,
         )
         if "image" in items[0]:
             batch.image = torch.stack([it["image"] for it in items])
+            if self._fill_image is not None:
+                absent = ~present[:, self.modalities.index("image")]
+                batch.image[absent] = self._fill_image
         if "roi_mask" in items[0]:
             batch.roi_mask = torch.stack([it["roi_mask"] for it in items])
         if self.input_ids is not None:
             batch.input_ids = self.input_ids[index]
             batch.attention_mask = self.attention_mask[index]  # type: ignore[index]
+            if self._fill_text is not None:
+                absent = ~present[:, self.modalities.index("text")]
+                batch.input_ids[absent] = self._fill_text[0]
+                batch.attention_mask[absent] = self._fill_text[1]
         if self.tabular is not None:
             batch.tabular = self.tabular[index]
             batch.tabular_missing = self.tabular_missing[index]  # type: ignore[index]
+            if self._fill_tabular is not None:
+                batch.tabular = torch.where(
+                    batch.tabular_missing, self._fill_tabular, batch.tabular
+                )
         return batch
 
     def batches(
@@ -474,14 +574,10 @@ class AuditDataset(torch.utils.data.Dataset):
                 except DataError as exc:
                     problems.append(exc.one_line())
             if self.mask_paths and self.mask_paths[i] is not None:
-                path = self.mask_paths[i]
-                if not path.is_file():
-                    problems.append(f"{self._row(i)}: ROI mask not found: {path}")
-                    continue
                 try:
-                    load_image_file(path)
-                except Exception as exc:
-                    problems.append(f"{self._row(i)}: cannot decode ROI mask {path}: {exc}")
+                    self.load_mask(i)
+                except DataError as exc:
+                    problems.append(exc.one_line())
         if self.input_ids is not None and self.tokenizer is not None:
             unk = getattr(self.tokenizer, "unk_token_id", None)
             if unk is not None:
@@ -494,6 +590,11 @@ class AuditDataset(torch.utils.data.Dataset):
                         " [UNK]; is this the tokenizer the model was trained with?"
                     )
         return problems
+
+
+def _more(n: int, what: str) -> str:
+    """`` (and N more <what> rows)`` when a problem repeats, else nothing."""
+    return f" (and {n} more {what} row{'s' if n > 1 else ''})" if n > 0 else ""
 
 
 def load_tokenizer(folder: Path) -> Any:
@@ -509,10 +610,17 @@ def load_tokenizer(folder: Path) -> Any:
 
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{folder}: cannot load tokenizer: {first}") from exc
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else ""
+        files = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+        raise DataError(
+            f"{folder}: not a loadable tokenizer folder ({type(exc).__name__}: {first});"
+            f" it holds {files}",
+            hint="data.text.tokenizer needs the files tokenizer.save_pretrained() writes"
+            " (tokenizer.json, tokenizer_config.json)",
+        ) from exc
 
 
-def build_dataset(cfg: AuditConfig) -> AuditDataset:
-    """The dataset for an audit config."""
-    return AuditDataset(cfg.data, cfg.runtime)
+def build_dataset(cfg: AuditConfig, problems: list[str] | None = None) -> AuditDataset:
+    """The dataset for an audit config (``problems``: collect instead of raising)."""
+    return AuditDataset(cfg.data, cfg.runtime, problems)

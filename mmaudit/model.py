@@ -53,6 +53,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast_dtype(device_type: str, precision: str) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on a device type, or None (plain fp32).
+
+    Autocast runs on CUDA only: bf16 on a CPU is often slower than fp32 there, and fp16
+    CPU kernels are incomplete, so a CPU run asked for bf16 / fp16 runs fp32.
+    """
+    if device_type != "cuda" or precision == "fp32":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 class _Substitute(nn.Module):
     """Stands in for a module: returns ``fn(batch)`` instead of running the original."""
 
@@ -123,12 +134,18 @@ class ModelAdapter:
         ]
         return torch.stack(cols, dim=1)
 
+    @property
+    def effective_precision(self) -> str:
+        """The precision that actually runs: the asked one under CUDA autocast, else fp32."""
+        dtype = autocast_dtype(self.device.type, self.precision)
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")  # type: ignore[arg-type]
+
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 / fp16 autocast on CUDA when asked; a no-op elsewhere."""
-        if self.device.type == "cuda" and self.precision in ("bf16", "fp16"):
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
-        return contextlib.nullcontext()
+        dtype = autocast_dtype(self.device.type, self.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def logits(self, batch: Batch) -> torch.Tensor:
         """Run the model on ``batch`` (already on the device); logits as float (B, K)."""
@@ -250,17 +267,33 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         except Exception as exc:
             raise ModelLoadError(f"{path}: not a readable safetensors file: {exc}") from exc
     import pickle
+    import re
+    import warnings
 
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
         raise ModelLoadError(
-            f"{path}: refused: this file needs arbitrary code to unpickle (weights_only=True"
-            " failed), which could run anything on this machine",
+            f"{path}: not a PyTorch file (neither a torch.save zip nor a pickle)",
+            hint="weights: takes a .safetensors file or a .pt/.pth written by torch.save",
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # legacy-format notices would break the one line
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise ModelLoadError(
+            f"{path}: refused: unpickling it would import and run code{what}, which could do"
+            " anything on this machine (torch.load weights_only=True)",
             hint="save model.state_dict() (torch.save or safetensors) and point weights: at it",
         ) from exc
     except Exception as exc:
-        raise ModelLoadError(f"{path}: cannot read weights: {exc}") from exc
+        raise ModelLoadError(
+            f"{path}: cannot read weights: {type(exc).__name__}: {exc}",
+            hint="weights: takes a .safetensors file or a .pt/.pth written by torch.save",
+        ) from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -158,6 +158,7 @@ def run_audit(
     writer: ReportWriter | NullWriter = (
         ReportWriter(Path(out)) if distributed.is_main() else NullWriter()
     )
+    work_dir: Path | None = None
     try:
         torch.manual_seed(cfg.runtime.seed)
         np.random.seed(cfg.runtime.seed)
@@ -169,11 +170,16 @@ def run_audit(
                 hint="use fewer processes",
             )
         if cfg.report.redact:
-            writer.redactor = Redactor([str(i) for i in dataset.ids], dataset.texts)
+            patients = None if dataset.patients is None else [str(p) for p in dataset.patients]
+            writer.redactor = Redactor([str(i) for i in dataset.ids], dataset.texts, patients)
         timings["load_data"] = time.perf_counter() - t0
         t = time.perf_counter()
         adapter = load_model(cfg.model, dataset.modalities, cfg.runtime)
         timings["load_model"] = time.perf_counter() - t
+        missing = dataset.configure_missing("present" in adapter.keywords)
+        precision = precision_record(cfg.runtime.precision, adapter.effective_precision)
+        if "precision_note" in precision and console is not None:
+            console.print(f"[yellow]note: {precision['precision_note']}[/yellow]")
         cache = InferenceCache(
             adapter,
             dataset,
@@ -185,7 +191,9 @@ def run_audit(
         )
         model_sha = sha256_of(checkpoint_files(cfg))
         manifest_sha = sha256_of([dataset.manifest_path])
-        cache.work_dir = prepare_work_dir(Path(out), cfg, model_sha, manifest_sha, resume)
+        cache.work_dir = work_dir = prepare_work_dir(
+            Path(out), cfg, model_sha, manifest_sha, resume
+        )
         if adapter.supports_hooks:
             cache.request_layers(
                 [k for k in ("embedding", *dataset.modalities) if k in adapter.layers]
@@ -238,9 +246,14 @@ def run_audit(
                 else None,
                 "redacted": cfg.report.redact,
                 "saved": saved,
+                "missing": missing,
+                "tabular_stats": {
+                    c: {"mean": mu, "std": sd} for c, (mu, sd) in dataset.tabular_stats.items()
+                },
             },
             environment=environment(str(adapter.device))
-            | {"precision": cfg.runtime.precision, "world_size": distributed.world_size()},
+            | precision
+            | {"world_size": distributed.world_size()},
             seed=cfg.runtime.seed,
             timings=timings | {"model_calls": float(cache.model_calls)},
             checks=results,
@@ -252,9 +265,39 @@ def run_audit(
         if cache.work_dir is not None and distributed.is_main():
             shutil.rmtree(cache.work_dir, ignore_errors=True)
         return report
-    except BaseException:
+    except BaseException as exc:
         writer.abort()
-        raise
+        if not isinstance(exc, MmauditError):
+            raise
+        # bad input found mid-sweep: the finished batches are not worth resuming from
+        if work_dir is not None and distributed.is_main():
+            shutil.rmtree(work_dir, ignore_errors=True)
+        clean = unwrap_worker_error(exc)
+        if clean is exc:
+            raise
+        raise clean from exc
+
+
+def unwrap_worker_error(exc: MmauditError) -> MmauditError:
+    """The one-line error inside one re-raised by a DataLoader worker (whose message is the
+    worker's whole traceback); ``exc`` itself when it did not come from a worker."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return exc
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    last = [line for line in text.splitlines() if line.startswith(prefix)]
+    return type(exc)(last[-1].removeprefix(prefix) if last else text.splitlines()[0])
+
+
+def precision_record(asked: str, ran: str) -> dict[str, str]:
+    """``precision`` as it ran (for report.json), with a note when it is not what was asked."""
+    record = {"precision": ran}
+    if ran != asked:
+        record["precision_asked"] = asked
+        record["precision_note"] = (
+            f"runtime.precision {asked} runs as {ran}: autocast is used on CUDA devices only"
+        )
+    return record
 
 
 class NullWriter:
@@ -341,6 +384,8 @@ def save_samples(
         return saved
     sweep = cache.sweep()
     frame = pd.DataFrame({"id": [str(i) for i in dataset.ids]})
+    if dataset.patients is not None:
+        frame["patient"] = [str(p) for p in dataset.patients]
     target = dataset.target
     if target.ndim == 1:
         frame["target"] = target

@@ -1,10 +1,15 @@
 """Build ``sample_data/``: the synthetic studies, a tokenizer and two trained checkpoints.
 
-``python -m mmaudit.sample sample_data`` regenerates everything reproducibly on a
-CPU in a few minutes: ``shortcut`` is trained on every train row (the corner
-marker of site B predicts the label), ``clean`` on the ``balanced_train`` rows
-(the marker is independent of the label). The planted truth is documented in
-``sample_data/README.md``.
+``python -m mmaudit.sample sample_data`` regenerates everything on a CPU:
+``shortcut`` is trained on every train row (the corner marker of site B predicts the
+label), ``clean`` on the ``balanced_train`` rows (the marker is independent of the
+label). The planted truth is documented in ``sample_data/README.md``.
+
+Cost: ``build_summary.json`` records the training seconds of the committed
+checkpoints: 1119 s (``shortcut``) and 305 s (``clean``) on a shared 2-core machine,
+about 24 minutes of training in all. The tokenizer and the checkpoints are one
+unit: the tokenizer's vocabulary fixes the text encoder's embedding table, so they
+are always rebuilt together (``make sample``).
 """
 
 from __future__ import annotations
@@ -103,8 +108,12 @@ def prepare_data(
     frame = generate_sample(folder, n=n, seed=seed, **generator_kwargs)
     texts = [str(t) for t in frame.loc[frame["split"] == "train", "report"].dropna()]
     train_tokenizer(texts, folder / "tokenizer")
-    ds = AuditDataset(sample_data_config(folder, ["train"]), RuntimeConfig(seed=seed))
-    return {k: (round(v[0], 4), round(v[1], 4)) for k, v in ds.tabular_stats.items()}
+    train = frame[frame["split"] == "train"]
+    stats = {}
+    for c in LAB_COLUMNS:
+        values = train[c].dropna().to_numpy(np.float32)  # float32, as the dataset computes
+        stats[c] = (round(float(values.mean()), 4), round(float(values.std()), 4))
+    return stats
 
 
 def random_shift(images: torch.Tensor, max_shift: int, rng: np.random.Generator) -> torch.Tensor:

@@ -602,38 +602,56 @@ def generate_sample(
 
 
 def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 500) -> Path:
-    """Train a lowercase BERT-style WordPiece tokenizer on ``texts`` and save it to ``out_dir``.
+    """Build a lowercase BERT-style WordPiece tokenizer from ``texts`` and save it to ``out_dir``.
+
+    The vocabulary is built here, not by ``tokenizers``' WordPiece trainer, whose ties
+    between equally frequent merges fall in hash order: two trainings on the same
+    reports gave different files. Here it is ``[PAD] [UNK] [CLS] [SEP] [MASK]`` (ids
+    0-4), every character seen (alone and as a ``##`` continuation, so no word of the
+    corpus becomes ``[UNK]``), then whole words by falling count, ties alphabetical,
+    until ``vocab_size``. Same texts, same bytes.
 
     Why a folder and not a ``vocab.txt``: ``transformers`` 5 may silently map every
     word to ``[UNK]`` when a BERT tokenizer is built from a bare vocab file, so the
     audit always loads the folder with ``AutoTokenizer.from_pretrained(out_dir)``.
     The folder holds ``tokenizer.json``, ``tokenizer_config.json`` (class
-    ``BertTokenizerFast``), ``special_tokens_map.json`` and ``vocab.txt``; ids
-    0-4 are ``[PAD] [UNK] [CLS] [SEP] [MASK]``. Loading needs no network.
+    ``BertTokenizerFast``), ``special_tokens_map.json`` and ``vocab.txt``. Loading
+    needs no network.
 
-    Raises ``ValueError`` if the trained tokenizer maps the corpus's words to ``[UNK]``.
+    Raises ``ValueError`` if the saved tokenizer maps the corpus's words to ``[UNK]``.
     """
+    from collections import Counter
+
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
-    from tokenizers.trainers import WordPieceTrainer
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     corpus = [t for t in texts if isinstance(t, str) and t.strip()]
     if not corpus:
         raise ValueError("train_tokenizer needs at least one non-empty text")
-    tok = Tokenizer(WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(
+    normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True
     )
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=1,
-        special_tokens=specials,
-        continuing_subword_prefix="##",
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts = Counter(
+        word
+        for text in corpus
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
     )
-    tok.train_from_iterator(corpus, trainer=trainer)
+    chars = sorted({c for word in counts for c in word})
+    words = sorted(counts, key=lambda w: (-counts[w], w))
+    tokens = list(dict.fromkeys([*specials, *chars, *(f"##{c}" for c in chars)]))
+    have = set(tokens)
+    tokens += [w for w in words if w not in have][: max(0, vocab_size - len(tokens))]
+    tok = Tokenizer(
+        WordPiece(
+            {t: i for i, t in enumerate(tokens)}, unk_token="[UNK]", max_input_chars_per_word=100
+        )
+    )
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens(specials)  # kept whole (never split by the pre-tokenizer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     if [tok.token_to_id(s) for s in specials] != list(range(len(specials))):
         raise ValueError("special tokens did not get ids 0-4")

@@ -20,6 +20,18 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return int(exc.value.code or 0), captured.out, captured.err
 
 
+def assert_bad_input(rc: int, err: str, out_dir: Path, expect: str) -> None:
+    """The bad-input contract: exit 2, exactly one line on stderr naming the problem, no
+    traceback, and nothing left behind: no report, no partial folder, no resume state."""
+    assert rc == 2, err
+    assert expect in err, err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert "Traceback" not in err
+    assert not out_dir.exists()
+    leftovers = [p.name for p in out_dir.parent.glob(f".{out_dir.name}*")]
+    assert leftovers == [], leftovers
+
+
 @pytest.fixture()
 def good(tiny_manifest: Path, tiny_weights: Path) -> dict[str, Any]:
     return tiny_config(tiny_manifest, byo_model_config(tiny_weights / "tiny.safetensors"))
@@ -106,10 +118,7 @@ def test_bad_config_one_line_exit_2(
     cfg = write_config(_mutate(good, path, value))
     out_dir = tmp_path / "report"
     rc, _, err = run_cli(["run", str(cfg), "-o", str(out_dir)], capsys)
-    assert rc == 2, err
-    assert expect in err
-    assert err.count("\n") == 1 and "Traceback" not in err
-    assert not out_dir.exists()
+    assert_bad_input(rc, err, out_dir, expect)
 
 
 def test_cuda_where_none(good, write_config, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -117,19 +126,80 @@ def test_cuda_where_none(good, write_config, tmp_path, capsys) -> None:  # type:
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
+    out_dir = tmp_path / "r"
     rc, _, err = run_cli(
-        ["run", str(write_config(good)), "-o", str(tmp_path / "r"), "--device", "cuda"], capsys
+        ["run", str(write_config(good)), "-o", str(out_dir), "--device", "cuda"], capsys
     )
-    assert rc == 2 and "no CUDA device" in err
+    assert_bad_input(rc, err, out_dir, "no CUDA device")
 
 
 def test_missing_config_and_yaml_syntax(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    rc, _, err = run_cli(["run", str(tmp_path / "nope.yaml")], capsys)
-    assert rc == 2 and "config file not found" in err
+    out_dir = tmp_path / "report"
+    rc, _, err = run_cli(["run", str(tmp_path / "nope.yaml"), "-o", str(out_dir)], capsys)
+    assert_bad_input(rc, err, out_dir, "config file not found")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  checkpoint: [unclosed\ndata: {}\n")
-    rc, _, err = run_cli(["run", str(bad)], capsys)
-    assert rc == 2 and "YAML syntax error" in err and "bad.yaml:" in err
+    rc, _, err = run_cli(["run", str(bad), "-o", str(out_dir)], capsys)
+    assert_bad_input(rc, err, out_dir, "YAML syntax error")
+    assert "bad.yaml:" in err
+
+
+def _weights_with_renamed_keys(folder: Path) -> Path:
+    from safetensors.torch import save_file
+    from test_model import build_tiny
+
+    state = {k.replace("fuse", "fusion"): v for k, v in build_tiny().state_dict().items()}
+    save_file(state, folder / "renamed.safetensors")
+    return folder / "renamed.safetensors"
+
+
+def _legacy_pickle_with_code(folder: Path) -> Path:
+    import torch
+    from test_model import build_tiny
+
+    path = folder / "legacy.pt"  # old (non-zip) format: torch.load also warns about it
+    torch.save({"model": build_tiny()}, path, _use_new_zipfile_serialization=False)
+    return path
+
+
+def _text_file(folder: Path) -> Path:
+    (folder / "weights.pt").write_text("not weights")
+    return folder / "weights.pt"
+
+
+WEIGHT_CASES = [
+    (
+        "state_dict keys do not fit",
+        _weights_with_renamed_keys,
+        ["weights do not fit", "fuse.weight", "fusion.weight"],
+    ),
+    ("pickle needing code", _legacy_pickle_with_code, ["refused", "test_model.TinyFusion"]),
+    ("not a torch file", _text_file, ["not a PyTorch file"]),
+]
+
+
+@pytest.mark.parametrize(("what", "make", "expect"), WEIGHT_CASES, ids=[c[0] for c in WEIGHT_CASES])
+def test_bad_weights_one_line_exit_2(
+    what, make, expect, good, write_config, tmp_path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    good["model"]["weights"] = str(make(tmp_path))
+    out_dir = tmp_path / "report"
+    rc, _, err = run_cli(["run", str(write_config(good)), "-o", str(out_dir)], capsys)
+    assert_bad_input(rc, err, out_dir, expect[0])
+    for part in expect[1:]:
+        assert part in err
+
+
+def test_broken_tokenizer_folder_one_line(good, write_config, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text('{"version": "1.0"}')
+    (folder / "tokenizer_config.json").write_text('{"tokenizer_class": "BertTokenizerFast"}')
+    good["data"]["text"] = {"column": "image_path", "tokenizer": str(folder)}
+    out_dir = tmp_path / "report"
+    rc, _, err = run_cli(["run", str(write_config(good)), "-o", str(out_dir)], capsys)
+    assert_bad_input(rc, err, out_dir, "not a loadable tokenizer folder")
+    assert "tokenizer.json" in err and "save_pretrained" in err
 
 
 def _manifest_variant(tiny_manifest: Path, tmp_path: Path, edit) -> Path:  # type: ignore[no-untyped-def]
@@ -166,12 +236,24 @@ def _empty(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
     return df.iloc[:0]
 
 
+def _corrupt_mask(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    (folder / "masks" / "s40.png").write_bytes(b"not a png")  # third batch: found mid-sweep
+    return df
+
+
+def _drop_mask(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    (folder / "masks" / "s7.png").unlink()
+    return df
+
+
 DATA_CASES = [
     ("image missing", _drop_image, "row 5 (id 's3'): image file not found"),
     ("image undecodable", _corrupt_image, "cannot decode image"),
     ("NaN target", _nan_target, "row 6: target column 'label' is empty"),
     ("one class", _one_class, "has one class only"),
     ("empty manifest", _empty, "has no rows"),
+    ("ROI mask undecodable", _corrupt_mask, "(id 's40'): cannot decode ROI mask"),
+    ("ROI mask missing", _drop_mask, "row 9 (id 's7'): ROI mask file not found"),
 ]
 
 
@@ -183,17 +265,60 @@ def test_bad_data_one_line_exit_2(
     cfg = write_config(good)
     out_dir = tmp_path / "report"
     rc, _, err = run_cli(["run", str(cfg), "-o", str(out_dir)], capsys)
-    assert rc == 2, err
-    assert expect in err and "Traceback" not in err
-    assert not out_dir.exists() and not list(tmp_path.glob(".report.partial-*"))
+    assert_bad_input(rc, err, out_dir, expect)
 
 
-def test_validate_lists_undecodable_rows(
+def _four_broken_files(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    (folder / "images" / "s3.png").unlink()
+    (folder / "images" / "s20.png").unlink()
+    (folder / "images" / "s5.png").write_bytes(b"not a png")
+    (folder / "masks" / "s7.png").write_bytes(b"not a png")
+    return df
+
+
+def _problem_lines(out: str) -> list[str]:
+    return [line.strip() for line in out.splitlines() if line.startswith("  ")]
+
+
+def test_validate_lists_every_broken_file(
     good, tiny_manifest, write_config, tmp_path, capsys
 ) -> None:  # type: ignore[no-untyped-def]
-    good["data"]["manifest"] = str(_manifest_variant(tiny_manifest, tmp_path, _corrupt_image))
+    good["data"]["manifest"] = str(_manifest_variant(tiny_manifest, tmp_path, _four_broken_files))
     rc, out, _ = run_cli(["validate", str(write_config(good))], capsys)
-    assert rc == 2 and "s5" in out and "cannot decode" in out
+    assert rc == 2 and "4 problem(s)" in out
+    lines = _problem_lines(out)
+    assert len(lines) == 4, out
+    assert "(id 's3'): image file not found" in lines[0]
+    assert "(id 's20'): image file not found" in lines[1]
+    assert "(id 's5'): cannot decode image" in lines[2]
+    assert "(id 's7'): cannot decode ROI mask" in lines[3]
+
+
+def _label_and_lab_problems(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    df.loc[5, "id"] = "s0"
+    df["label"] = df["label"].astype(float)
+    df.loc[4, "label"] = float("nan")
+    df["lab_a"] = df["lab_a"].astype(object)
+    df.loc[1, "lab_a"] = "high"
+    return df
+
+
+def test_validate_lists_table_problems_and_model_outputs(
+    good, tiny_manifest, write_config, tmp_path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """Duplicate id, NaN target, non-numeric lab and a 3-output model for a binary target."""
+    good["data"]["manifest"] = str(
+        _manifest_variant(tiny_manifest, tmp_path, _label_and_lab_problems)
+    )
+    good["model"]["kwargs"]["n_out"] = 3
+    good["model"].pop("weights")
+    rc, out, _ = run_cli(["validate", str(write_config(good))], capsys)
+    lines = _problem_lines(out)
+    assert rc == 2 and len(lines) == 4, out
+    assert "row 7: duplicate id 's0'" in lines[0]
+    assert "row 6: target column 'label' is empty (NaN)" in lines[1]
+    assert "tabular column 'lab_a' is not a number" in lines[2]
+    assert "the model returns 3 outputs but a binary target" in lines[3]
 
 
 def test_debug_shows_traceback(tmp_path: Path) -> None:
@@ -201,3 +326,14 @@ def test_debug_shows_traceback(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError):
         main(["run", str(tmp_path / "nope.yaml"), "--debug"])
+
+
+def test_bad_file_found_in_a_dataloader_worker_is_one_line(
+    good, tiny_manifest, write_config, tmp_path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """A worker re-raises with its whole traceback as the message; the CLI still prints one line."""
+    good["data"]["manifest"] = str(_manifest_variant(tiny_manifest, tmp_path, _corrupt_mask))
+    good["runtime"]["num_workers"] = 2
+    out_dir = tmp_path / "report"
+    rc, _, err = run_cli(["run", str(write_config(good)), "-o", str(out_dir)], capsys)
+    assert_bad_input(rc, err, out_dir, "(id 's40'): cannot decode ROI mask")

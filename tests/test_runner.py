@@ -36,6 +36,15 @@ def test_run_writes_complete_report(byo_config: Path, tmp_path: Path) -> None:
     assert auroc["ci_low"] <= auroc["value"] <= auroc["ci_high"]
     assert perf["metrics"]["missing.tabular"] == 0 and perf["metrics"]["n"] == 48
     assert "resample 24 patients" in " ".join(perf["notes"])
+    # what a model without a presence mask got for missing inputs, and the lab statistics
+    assert data["data"]["missing"] == {
+        "applied": True,
+        "image": "zero",
+        "text": "empty",
+        "tabular": "zero",
+    }
+    assert set(data["data"]["tabular_stats"]) == {"lab_a", "lab_b"}
+    assert data["environment"]["precision"] == "fp32"
     # one batched sweep: 48 rows at batch 16 is 3 model calls, whatever the checks do
     assert report.timings["model_calls"] == 3
     assert yaml.safe_load((out / "config.yaml").read_text())["data"]["manifest"].endswith(
@@ -139,3 +148,81 @@ def test_rerun_replaces_previous_report_but_refuses_foreign_folder(
     with pytest.raises(MmauditError, match="not an mmaudit report"):
         run_audit(byo_config, foreign, Overrides(checks=["performance"]))
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_multiclass_end_to_end_and_precision_that_ran(
+    tiny_manifest: Path, tmp_path: Path, write_config
+) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    df = pd.read_csv(tiny_manifest)
+    df["grade"] = np.array(["mild", "moderate", "severe"])[np.arange(len(df)) % 3]
+    manifest = tmp_path / "m.csv"
+    df.to_csv(manifest, index=False)
+    model = {
+        "factory": "test_model:build_tiny",
+        "kwargs": {"n_out": 3},
+        "python_path": byo_model_config(tmp_path)["python_path"],
+    }
+    cfg = tiny_config(manifest, model, runtime={"precision": "bf16"})
+    cfg["data"]["image"]["root"] = str(tiny_manifest.parent)
+    cfg["data"]["target"] = {"column": "grade", "kind": "multiclass"}
+    out = tmp_path / "r"
+    report = run_audit(write_config(cfg), out, Overrides(checks=["performance"]))
+    m = report.checks["performance"].metrics
+    assert report.checks["performance"].status in ("pass", "warn", "fail")
+    preds = pd.read_parquet(out / "samples" / "predictions.parquet")
+    prob = preds[["prob.0", "prob.1", "prob.2"]].to_numpy()
+    y = preds["target"].to_numpy()
+    assert abs(m["auroc_macro"]["value"] - roc_auc_score(y, prob, multi_class="ovr")) < 1e-9
+    assert abs(m["auroc.severe"]["value"] - roc_auc_score(y == 2, prob[:, 2])) < 1e-9
+    assert "auprc_macro" in m and (out / "tables" / "performance" / "confusion.csv").is_file()
+    # bf16 was asked on a CPU: fp32 ran, and the report says so
+    env = json.loads((out / "report.json").read_text())["environment"]
+    assert env["precision"] == "fp32" and env["precision_asked"] == "bf16"
+    assert "CUDA" in env["precision_note"]
+
+
+def test_bring_your_own_with_dotted_layer_and_renamed_inputs(
+    tiny_manifest: Path, tmp_path: Path, write_config
+) -> None:  # type: ignore[no-untyped-def]
+    """A user's model defined in the tests: forward(pixels, labs), fused vector at head.1."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+    from test_model import build_renamed
+
+    model = build_renamed()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    save_file(model.state_dict(), tmp_path / "renamed.safetensors")
+    cfg = tiny_config(
+        tiny_manifest,
+        {
+            "factory": "test_model:build_renamed",
+            "weights": str(tmp_path / "renamed.safetensors"),
+            "python_path": byo_model_config(tmp_path)["python_path"],
+            "inputs": {"image": "pixels", "tabular": "labs"},
+            "layers": {"embedding": "head.1", "image": "img", "tabular": "tab"},
+        },
+    )
+    out = tmp_path / "r"
+    report = run_audit(write_config(cfg), out, Overrides(checks=["performance"]))
+    assert report.model["inputs"] == {"image": "pixels", "tabular": "labs"}
+    assert report.model["layers"]["embedding"] == "head.1"
+    assert report.model["detected"]["gradcam"] == "img.0"
+    saved = np.load(out / "samples" / "embeddings.npz")
+    assert saved["embedding"].shape == (48, 6)
+    # the captured head.1 output is the ReLU'd fused vector, recomputed here by hand
+    from mmaudit.config import load_config
+    from mmaudit.data import build_dataset
+
+    ds = build_dataset(load_config(write_config(cfg, "again.yaml")))
+    batch = ds.collate([ds[i] for i in range(len(ds))])
+    model.eval()
+    with torch.no_grad():
+        fused = torch.cat([model.img(batch.image), model.tab(batch.tabular)], dim=1)
+        expected = torch.relu(model.head[0](fused)).numpy()
+    assert np.allclose(saved["embedding"], expected, atol=2e-2)  # stored as float16

@@ -43,8 +43,14 @@ def test_deterministic_for_a_seed(sample: tuple[Path, pd.DataFrame], tmp_path: P
     root, df = sample
     again = generate_sample(tmp_path / "again", n=N, seed=SEED)
     pd.testing.assert_frame_equal(df, again)
-    for rel in list(df.image_path[:20]) + list(df.mask_path[:5]):
-        assert (root / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes()
+    # every file, byte for byte: manifest.csv, ground_truth.csv, every image and mask
+    files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    assert files == sorted(
+        p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*") if p.is_file()
+    )
+    assert {"manifest.csv", "ground_truth.csv"} <= {str(f) for f in files}
+    for rel in files:
+        assert (root / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes(), rel
     other = generate_sample(tmp_path / "other", n=N, seed=SEED + 1)
     assert not other["label"].equals(df["label"])
 
@@ -185,3 +191,20 @@ def test_tokenizer_loads_from_folder(sample: tuple[Path, pd.DataFrame], tmp_path
     assert tok.unk_token_id not in enc
     fast = BertTokenizerFast.from_pretrained(str(folder), local_files_only=True)
     assert fast("focal consolidation")["input_ids"] == tok("focal consolidation")["input_ids"]
+
+
+def test_tokenizer_is_byte_deterministic(sample: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
+    """Two trainings on the same reports write identical files (the WordPiece trainer did not)."""
+    _, df = sample
+    texts = df["report"].dropna().tolist()
+    a = train_tokenizer(texts, tmp_path / "a")
+    b = train_tokenizer(list(reversed(texts)), tmp_path / "b")  # order of the texts is irrelevant
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    vocab = (a / "vocab.txt").read_text().splitlines()
+    assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    # not a constant: other reports give another vocabulary
+    c = train_tokenizer(texts[: len(texts) // 4], tmp_path / "c")
+    assert (c / "vocab.txt").read_bytes() != (a / "vocab.txt").read_bytes()

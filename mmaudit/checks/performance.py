@@ -31,7 +31,17 @@ def _accuracy(y: np.ndarray, pred: np.ndarray) -> float:
 
 
 def _macro_auroc(y: np.ndarray, prob: np.ndarray) -> float:
+    """Mean one-vs-rest AUROC over the classes present (sklearn's ovr macro average)."""
     scores = [auroc((y == k).astype(int), prob[:, k]) for k in range(prob.shape[1])]
+    scores = [s for s in scores if not np.isnan(s)]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def _macro_auprc(y: np.ndarray, prob: np.ndarray) -> float:
+    """Mean one-vs-rest average precision over the classes present (``y``: labels, or a
+    0/1 indicator matrix for multilabel)."""
+    onehot = y if y.ndim == 2 else (y[:, None] == np.arange(prob.shape[1])[None, :])
+    scores = [_auprc(onehot[:, k].astype(int), prob[:, k]) for k in range(prob.shape[1])]
     scores = [s for s in scores if not np.isnan(s)]
     return float(np.mean(scores)) if scores else float("nan")
 
@@ -46,8 +56,11 @@ class PerformanceCheck(Check):
     Why: every other verdict is read against how good the model is; a shortcut
     finding on a model at chance means something else than on one at AUROC 0.95.
     Metrics: ``auroc``, ``auprc``, ``accuracy``, ``ece`` (binary); ``auroc_macro``,
-    ``accuracy``, ``ece`` (multiclass); ``auroc.<label>`` (multilabel);
-    ``missing.<modality>``; ``n``, ``prevalence``.
+    ``auprc_macro``, ``accuracy``, ``ece`` (top-label) and one-vs-rest ``auroc.<class>``
+    (multiclass); ``auroc.<label>``, ``auprc.<label>``, ``accuracy.<label>``,
+    ``ece.<label>``, ``prevalence.<label>``, ``auroc_macro``, ``auprc_macro`` and a
+    ``confusion_<label>`` table per label (multilabel); ``missing.<modality>``; ``n``,
+    ``prevalence``.
     Default thresholds: warn when AUROC < 0.80, fail when < 0.70 (the usual floor of
     acceptable discrimination; calibrated on benchmarks/detection, where random-weight and
     shuffled-label controls reached up to 0.62 -- an untrained network is a fixed function
@@ -110,6 +123,12 @@ class PerformanceCheck(Check):
         elif kind == "multiclass":
             pred = prob.argmax(1)
             out.metrics["auroc_macro"] = bootstrap_ci(_macro_auroc, y, prob, **boot)
+            out.metrics["auprc_macro"] = bootstrap_ci(_macro_auprc, y, prob, **boot)
+            for k, label in enumerate(ctx.dataset.class_names):
+                out.metrics[f"auroc.{label}"] = auroc_bootstrap(
+                    (y == k).astype(int), prob[:, k], **boot
+                )
+                out.metrics[f"prevalence.{label}"] = float(np.mean(y == k))
             out.metrics["accuracy"] = bootstrap_ci(_accuracy, y, pred, **boot)
             out.metrics["ece"] = bootstrap_ci(
                 lambda a, b: multiclass_ece(a, b, p.ece_bins), y, prob, **boot
@@ -117,11 +136,22 @@ class PerformanceCheck(Check):
             out.tables["confusion"] = _confusion(y, pred, ctx.dataset.class_names)
             out.per_sample = pd.DataFrame({"id": ctx.dataset.ids, "target": y, "pred": pred})
         else:
+            pred = (prob >= p.threshold).astype(int)
             for k, label in enumerate(ctx.dataset.class_names):
-                out.metrics[f"auroc.{label}"] = auroc_bootstrap(y[:, k], prob[:, k], **boot)
-                out.metrics[f"prevalence.{label}"] = float(np.mean(y[:, k]))
+                yk, pk = y[:, k].astype(int), prob[:, k]
+                out.metrics[f"auroc.{label}"] = auroc_bootstrap(yk, pk, **boot)
+                out.metrics[f"auprc.{label}"] = bootstrap_ci(_auprc, yk, pk, **boot)
+                out.metrics[f"accuracy.{label}"] = bootstrap_ci(_accuracy, yk, pred[:, k], **boot)
+                out.metrics[f"ece.{label}"] = bootstrap_ci(
+                    lambda a, b: expected_calibration_error(a, b, p.ece_bins), yk, pk, **boot
+                )
+                out.metrics[f"prevalence.{label}"] = float(np.mean(yk))
+                out.tables[f"confusion_{label}"] = _confusion(
+                    yk, pred[:, k], [f"not {label}", str(label)]
+                )
             per_label = [auroc(y[:, k], prob[:, k]) for k in range(y.shape[1])]
             out.metrics["auroc_macro"] = float(np.nanmean(per_label))
+            out.metrics["auprc_macro"] = _macro_auprc(y, prob)
         for col, m in enumerate(ctx.dataset.modalities):
             out.metrics[f"missing.{m}"] = int((~ctx.dataset.present[:, col]).sum())
         out.tables["missingness"] = pd.DataFrame(
