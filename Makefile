@@ -19,7 +19,7 @@ test: install
 
 # Installs Debian's Chromium (needs root and the package mirror), then runs the browser test.
 test-browser: install
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 	$(BIN)/python -m pytest tests/test_browser.py
 
 demo: install
@@ -30,17 +30,21 @@ lint: install
 	$(BIN)/ruff check mmaudit tests benchmarks
 	$(BIN)/ruff format --check mmaudit tests benchmarks
 
-# Rebuild sample_data/ (images, tokenizer, both checkpoints) from scratch: a few minutes on CPU.
+# Rebuild sample_data/ (images, tokenizer, both checkpoints) together from scratch: about 25 minutes
+# on a shared 2-core CPU (training 1119 s + 305 s, see sample_data/build_summary.json).
 sample: install
 	$(BIN)/python -m mmaudit.sample sample_data
 
 bench: install
-	$(BIN)/python benchmarks/sweep_speed.py
+	$(BIN)/python benchmarks/saliency_speed.py
+	$(BIN)/python benchmarks/ablation_speed.py --check
+	$(BIN)/python benchmarks/attribution_speed.py
+	$(BIN)/python benchmarks/embedding_speed.py
 
 clean:
 	rm -rf report .pytest_cache
 
-# Planted-shortcut detection benchmark (full run not yet timed: hours on 2 CPU cores); `--quick` for a smoke run.
+# Planted-shortcut detection benchmark (about an hour in one process on 2 CPU cores); `--quick` for a smoke run.
 .PHONY: bench-detection
 bench-detection: install
 	$(BIN)/python -m benchmarks.detection.run --out bench_detection --force

@@ -74,7 +74,12 @@ def run(
     if not distributed.is_main():
         return
     print_summary(console, report)
-    console.print(f"report written to [bold]{out.resolve()}[/bold] (open {out / 'index.html'})")
+    from rich.markup import escape
+
+    console.print(
+        f"report written to [bold]{escape(str(out.resolve()))}[/bold]"
+        f" (open {escape(str(out / 'index.html'))})"
+    )
     if gate_failed(report.status, fail_on.value):
         console.print(
             f"[red]audit status '{report.status}' fails the gate --fail-on {fail_on.value}[/red]"
@@ -97,9 +102,11 @@ def print_summary(console, report) -> None:  # type: ignore[no-untyped-def]
 
     from mmaudit.render import key_metrics
 
-    table = Table(title=f"mmaudit: {report.status}")
+    # every string from the report goes through escape(): a subgroup level such as "[/x]"
+    # in a metric name is data, not rich markup
+    table = Table(title=f"mmaudit: {escape(report.status)}")
     for col in ("check", "status", "key metrics / reason", "s"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     colours = {
         "pass": "green",
         "warn": "yellow",
@@ -110,9 +117,9 @@ def print_summary(console, report) -> None:  # type: ignore[no-untyped-def]
     for c in report.checks.values():
         colour = colours.get(c.status, "white")
         table.add_row(
-            c.name,
-            f"[{colour}]{c.status}[/{colour}]",
-            key_metrics(c.metrics) or (c.reason or ""),
+            escape(c.name),
+            f"[{colour}]{escape(c.status)}[/{colour}]",
+            escape(key_metrics(c.metrics) or (c.reason or "")),
             f"{c.seconds:.1f}",
         )
     console.print(table)
@@ -121,7 +128,7 @@ def print_summary(console, report) -> None:  # type: ignore[no-untyped-def]
             if f.severity in ("warn", "fail", "error"):
                 colour = colours.get(f.severity, "white")
                 console.print(
-                    f"  [{colour}]{f.severity}[/{colour}] {c.name}: {escape(f.message)}",
+                    f"  [{colour}]{f.severity}[/{colour}] {escape(c.name)}: {escape(f.message)}",
                     markup=True,
                 )
     for cc in getattr(report, "cross_checks", []):
@@ -134,9 +141,10 @@ def validate(
     device: str | None = typer.Option(None, "--device"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
-    """Check config and data before a long run: every row, the tokenizer, the model on one batch."""
-    from rich.table import Table
+    """Check config and data before a long run: every row, the tokenizer, the model on one batch.
 
+    Lists every problem found (one line each), not only the first; exit 2 when any.
+    """
     from mmaudit.config import load_config
     from mmaudit.data import build_dataset
     from mmaudit.errors import MmauditError
@@ -146,31 +154,43 @@ def validate(
     console = _console()
     cfg = apply_overrides(load_config(config), Overrides(device=device))
     planned = plan_checks(cfg)
-    dataset = build_dataset(cfg)
-    problems = dataset.validate_all()
+    problems: list[str] = []
+    dataset = None
     try:
-        adapter = load_model(cfg.model, dataset.modalities, cfg.runtime)
-        batch = next(iter(dataset.batches(min(4, len(dataset))))).to(adapter.device)
-        import torch
-
-        with torch.inference_mode():
-            logits = adapter.logits(batch)
-        expected = len(dataset.class_names) if cfg.data.target.kind != "binary" else None
-        if expected is not None and logits.shape[1] != expected:
-            problems.append(
-                f"model returns {logits.shape[1]} outputs but the target has {expected} classes"
-            )
-    except MmauditError as exc:
+        dataset = build_dataset(cfg, problems=problems)
+        problems.extend(dataset.validate_all())
+    except MmauditError as exc:  # nothing left to read on from (no manifest, columns, tokenizer)
         problems.append(exc.one_line())
-    except Exception as exc:
-        problems.append(f"the model failed on one batch: {type(exc).__name__}: {exc}")
+    adapter = None
+    if dataset is not None:
+        try:
+            adapter = load_model(cfg.model, dataset.modalities, cfg.runtime)
+            dataset.configure_missing("present" in adapter.keywords)
+            batch = next(iter(dataset.batches(min(4, len(dataset))))).to(adapter.device)
+            import torch
+
+            with torch.inference_mode():
+                logits = adapter.logits(batch)
+            kind = cfg.data.target.kind
+            expected = (1, 2) if kind == "binary" else (len(dataset.class_names),)
+            if logits.shape[1] not in expected:
+                problems.append(
+                    f"the model returns {logits.shape[1]} outputs but a {kind} target with"
+                    f" {len(dataset.class_names)} classes needs {' or '.join(map(str, expected))}"
+                )
+        except MmauditError as exc:
+            problems.append(exc.one_line())
+        except Exception as exc:
+            problems.append(f"the model failed on one batch: {type(exc).__name__}: {exc}")
     if problems:
-        table = Table(title=f"{len(problems)} problem(s) in {config}")
-        table.add_column("problem")
-        for p in problems[:50]:
-            table.add_row(p)
-        console.print(table)
+        # one unwrapped line per problem: greppable in CI logs, whatever the terminal width
+        console.print(f"[red]{len(problems)} problem(s)[/red] in {config}:")
+        for p in problems[:200]:
+            console.print(f"  {p}", markup=False, highlight=False, soft_wrap=True)
+        if len(problems) > 200:
+            console.print(f"  ... and {len(problems) - 200} more")
         raise typer.Exit(2)
+    assert dataset is not None and adapter is not None
     console.print(
         f"[green]ok[/green]: {len(dataset)} rows, modalities {list(dataset.modalities)},"
         f" checks {[p.name for p in planned]}, model {adapter.source}"
@@ -180,14 +200,18 @@ def validate(
 @app.command()
 def show(report: Path = typer.Argument(..., help="report folder")) -> None:
     """Print a report's summary in the terminal (from report.json alone)."""
+    from rich.markup import escape
+
     from mmaudit.report import load_report
 
     loaded = load_report(report)
     console = _console()
     print_summary(console, loaded)
     console.print(
-        f"model {loaded.model.get('source')} · {loaded.data.get('n')} samples ·"
-        f" mmaudit {loaded.tool_version} · {loaded.created}"
+        escape(
+            f"model {loaded.model.get('source')} · {loaded.data.get('n')} samples ·"
+            f" mmaudit {loaded.tool_version} · {loaded.created}"
+        )
     )
 
 
@@ -206,12 +230,20 @@ def diff(
         "--tolerance",
         help="ignore moves smaller than this: NUMBER, or CHECK.METRIC=NUMBER (glob), repeatable",
     ),
-    force: bool = typer.Option(False, "--force", help="compare audits of different data"),
+    force: bool = typer.Option(False, "--force", help="compare audits of different data or config"),
+    show_all: bool = typer.Option(
+        False, "--all", help="list every significant move in the terminal (default: top 10)"
+    ),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Compare two audits: status, findings, metric moves with significance, CKA, churn."""
     from mmaudit.diff import diff_markdown, diff_reports, parse_tolerances, write_diff
+    from mmaudit.errors import MmauditError
 
+    if as_json and as_markdown:
+        raise MmauditError(
+            "--json and --markdown both print to stdout; choose one", hint="-o writes both files"
+        )
     result = diff_reports(base, new, parse_tolerances(tolerance), force=force)
     if out is not None:
         write_diff(result, out)
@@ -220,48 +252,63 @@ def diff(
     elif as_markdown:
         typer.echo(diff_markdown(result))
     else:
-        print_diff(_console(), result)
+        print_diff(_console(), result, limit=None if show_all else 10)
     if fail_on_regression and result.regressions:
         raise typer.Exit(1)
 
 
-def print_diff(console, result) -> None:  # type: ignore[no-untyped-def]
+def print_diff(console, result, limit: int | None = 10) -> None:  # type: ignore[no-untyped-def]
+    """The diff in the terminal: regressions, improvements, then the largest other moves
+    (``limit`` rows of those; None = all); every string from a report escaped."""
+    from rich.markup import escape
     from rich.table import Table
+
+    from mmaudit.diff import moved_metrics, representation_lines
 
     if result.not_comparable_reasons:
         console.print(
-            f"[yellow]not comparable: {'; '.join(result.not_comparable_reasons)}[/yellow]"
+            f"[yellow]not comparable: {escape('; '.join(result.not_comparable_reasons))}[/yellow]"
         )
+    moved = moved_metrics(result)
+    key = [m for m in moved if m.regression or m.improvement]
+    other = [m for m in moved if not (m.regression or m.improvement)]
+    shown = key + (other if limit is None else other[:limit])
     table = Table(title="mmaudit diff: significant metric moves")
     for col in ("check", "metric", "base", "new", "delta", "test", "verdict"):
-        table.add_column(col)
-    for m in result.metrics:
-        if not m.significant or m.delta is None:
-            continue
-        verdict = (
-            "[red]regression[/red]"
-            if m.regression
-            else ("[green]better[/green]" if m.improvement else "")
-        )
+        table.add_column(col, overflow="fold")
+    colours = {"regression": "red", "improved": "green", "worse (within limits)": "yellow"}
+    for m in shown:
+        colour = colours.get(m.verdict, "dim")
         table.add_row(
-            m.check, m.metric, f"{m.base:.4g}", f"{m.new:.4g}", f"{m.delta:+.4g}", m.method, verdict
+            escape(m.check),
+            escape(m.metric),
+            f"{m.base:.4g}",
+            f"{m.new:.4g}",
+            f"{m.delta:+.4g}",
+            m.method,
+            f"[{colour}]{m.verdict}[/{colour}]",
         )
     console.print(table)
+    if len(shown) < len(moved):
+        console.print(f"[dim]{len(moved) - len(shown)} smaller moves not shown (--all)[/dim]")
     for s in result.status_changes:
-        colour = "red" if s["worse"] else "green"
-        console.print(f"[{colour}]{s['check']}: {s['base']} -> {s['new']}[/{colour}]")
-    for f in result.resolved_findings:
-        console.print(f"[green]resolved[/green] {f.check}: {f.message}")
-    for f in result.new_findings:
-        console.print(f"[red]new {f.severity}[/red] {f.check}: {f.message}")
-    for layer, v in result.representation.items():
-        console.print(f"CKA {layer}: {v['cka']} (debiased {v['cka_debiased']})")
-    if result.prediction_churn is not None:
+        colour = "red" if s["worse"] else "green" if s.get("better") else "yellow"
         console.print(
-            f"prediction churn: {100 * result.prediction_churn:.1f}% of {result.shared_samples}"
+            f"[{colour}]{escape(s['check'])}: {escape(s['base'])} -> {escape(s['new'])}[/{colour}]"
         )
+    for f in result.resolved_findings:
+        console.print(f"[green]resolved[/green] {escape(f.check)}: {escape(f.message)}")
+    for f in result.improved_findings:
+        console.print(
+            f"[green]improved {escape(f.was or '')} -> {escape(f.severity)}[/green]"
+            f" {escape(f.check)}: {escape(f.message)}"
+        )
+    for f in result.new_findings:
+        console.print(f"[red]new {escape(f.severity)}[/red] {escape(f.check)}: {escape(f.message)}")
+    for line in representation_lines(result):
+        console.print(escape(line))
     for n in result.notes:
-        console.print(f"[dim]{n}[/dim]")
+        console.print(f"[dim]{escape(n)}[/dim]")
     console.print(
         f"[red]{len(result.regressions)} regression(s)[/red]"
         if result.regressions
