@@ -209,9 +209,13 @@ def render_markdown(report: Report) -> str:
     if report.cross_checks:
         lines += ["", "**Across checks**", ""]
         lines += [f"- {markdown_cell(cc.message)}" for cc in report.cross_checks]
-    figs = [(c.name, k, v) for c in report.checks.values() for k, v in c.figures.items()]
-    if figs:
-        lines += ["", "Figures: " + ", ".join(f"[{c}/{k}]({v})" for c, k, v in figs[:8])]
+    with_figures = [c for c in report.checks.values() if c.figures]
+    if with_figures:
+        lines += ["", "**Figures**", ""]
+        lines += [
+            f"- {c.name}: " + ", ".join(f"[{k}]({v})" for k, v in c.figures.items())
+            for c in with_figures
+        ]
     lines += [
         "",
         f"_model `{markdown_cell(str(report.model.get('source')))}`,"

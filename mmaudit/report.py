@@ -12,6 +12,7 @@ import hmac
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -147,6 +148,31 @@ class Redactor:
     def names(self, ids: Any) -> list[str]:
         return [self.hash(i) for i in ids]
 
+    def prose(self, text: str | None) -> str | None:
+        """A message (note, finding, error reason, traceback) with every id replaced by its
+        hash and every quoted report text blanked: checks name rows in their notes, and an
+        exception can quote a value."""
+        if not text:
+            return text
+        for t in self.texts:
+            if t in text:
+                text = text.replace(t, "[redacted]")
+        # longest first, so an id that contains a shorter one is replaced whole
+        for i in sorted((i for i in self.ids if len(i) >= 3 and i in text), key=len, reverse=True):
+            text = re.sub(rf"(?<![\w-]){re.escape(i)}(?![\w-])", self.hash(i), text)
+        return text
+
+    def report(self, report: Report) -> None:
+        """Redact every free-text field of ``report`` in place."""
+        for check in report.checks.values():
+            check.reason = self.prose(check.reason)
+            check.traceback = self.prose(check.traceback)
+            check.notes = [self.prose(n) or "" for n in check.notes]
+            for finding in check.findings:
+                finding.message = self.prose(finding.message) or ""
+        for cross in report.cross_checks:
+            cross.message = self.prose(cross.message) or ""
+
 
 class ReportWriter:
     """Stages a report folder in a temporary sibling of ``out`` and renames it at the end."""
@@ -259,6 +285,7 @@ class ReportWriter:
         if self.redactor is not None:
             # tells `mmaudit diff` why two redacted reports may share no ids
             report.data["id_hash"] = "shared salt" if self.redactor.shared_salt else "random salt"
+            self.redactor.report(report)
         payload = json_safe(report.model_dump(mode="python"))
         (self.stage / "report.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
         write_views(self.stage, report)

@@ -180,6 +180,34 @@ def test_redaction_salt_is_random_per_report_unless_shared(monkeypatch) -> None:
     assert frame.loc[0, "patient"] == hash_id("p9", "team secret")
 
 
+def test_redaction_reaches_notes_findings_reasons_and_tracebacks() -> None:
+    from mmaudit.check import Finding
+    from mmaudit.report import CheckReport, Report
+
+    text = "Patchy opacity in the right lower lobe."
+    red = Redactor(["s001", "s0010"], [text], patients=["p042"], salt="k")
+    check = CheckReport(
+        name="embedding",
+        status="error",
+        reason=f"ValueError: could not parse {text!r} in row s0010",
+        traceback=f"Traceback ...\nValueError: {text}",
+        notes=["NaN in rows s001, s0010 (patient p042)", "unrelated s0011 stays"],
+        findings=[Finding(check="embedding", rule="r", severity="warn", message="see s001")],
+    )
+    report = Report(
+        tool_version="t", created="c", config={}, config_path="", model={}, data={}, environment={},
+        seed=0, checks={"embedding": check}, status="error",
+    )  # fmt: skip
+    red.report(report)
+    joined = " ".join(
+        [check.reason or "", check.traceback or "", *check.notes, check.findings[0].message]
+    )
+    assert text not in joined and "p042" not in joined
+    assert not re.search(r"\bs0010?\b", joined)  # neither id, nor one inside the other
+    assert hash_id("s0010", "k") in check.reason and hash_id("s001", "k") in check.notes[0]
+    assert "s0011" in check.notes[1]  # not an audited id: left alone
+
+
 def test_summary_md_and_junit(hostile: dict[str, Path]) -> None:
     from mmaudit.check import Finding
     from mmaudit.render import render_junit
@@ -189,6 +217,8 @@ def test_summary_md_and_junit(hostile: dict[str, Path]) -> None:
     md = (folder / "summary.md").read_text()
     assert md.startswith("## mmaudit:") and "| performance |" in md
     assert len(md.splitlines()) < 40 and "<script" not in md
+    linked = [rel for c in report.checks.values() for rel in c.figures.values()]
+    assert linked and all(f"]({rel})" in md for rel in linked)  # every figure, one line per check
 
     def check_junit(xml: str) -> int:
         suite = ET.fromstring(xml).find("testsuite")
