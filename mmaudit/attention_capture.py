@@ -12,12 +12,14 @@ Sources, in the order they are looked for:
   hook reads them;
 * Hugging Face cross-attention modules (``*CrossAttention``, or a self-attention class
   used as cross-attention: ``is_cross_attention`` or a ``crossattention`` parent),
-  outside the encoders *or inside the text encoder* (the BLIP / ALBEF layout: BERT with
-  ``add_cross_attention``, image states passed as ``encoder_hidden_states``); every such
-  layer is captured and they are aggregated (see Relevancy), unless one is picked by
-  index. They return their weights only with the ``eager`` attention kernel, so the
-  model config's ``_attn_implementation`` is set to ``eager`` while capturing and
-  restored afterwards (same mathematics, a slower kernel).
+  outside the encoders, or, only when no attention lies outside the encoders, inside the
+  text encoder (the BLIP / ALBEF layout: BERT with ``add_cross_attention``, image states
+  passed as ``encoder_hidden_states``; a text encoder so built may also be run text-only,
+  hence the preference); cross layers inside the image encoder are not text -> image
+  and are left out. Every such layer is captured and they are aggregated (see
+  Relevancy), unless one is picked by index. They return their weights only with the
+  ``eager`` attention kernel, so the model config's ``_attn_implementation`` is set to
+  ``eager`` while capturing and restored afterwards (same mathematics, a slower kernel).
 
 Hugging Face *self*-attention inside the text encoder is captured as well when asked,
 for relevancy propagation.
@@ -128,10 +130,12 @@ def find_attention_source(
     ``grid`` (rows, cols of image regions) and ``image_offset`` (index of the first
     image key) override what is read from the model; for a model other than the
     built-in family the grid is the image encoder's ``grid_size`` if it has one, else
-    the square root of the number of keys. Hugging Face cross-attention counts also
-    inside an encoder (a text encoder that attends to image states); when there are
-    several such layers all are analysed together, unless ``layer`` picks one (an index
-    into the candidates in module order; negative counts from the end).
+    the square root of the number of keys. Attention outside the encoders comes first;
+    without any, Hugging Face cross-attention inside the text encoder (a text encoder
+    that attends to image states) is used. When there are several Hugging Face cross
+    layers all are analysed together, unless ``layer`` picks one (an index into the
+    candidates in module order; negative counts from the end; the built-in fusion has
+    one module, so only 0 and -1).
     """
     if not adapter.supports_hooks:
         return None, "needs layer hooks, which a TorchScript model does not allow"
@@ -160,6 +164,10 @@ def find_attention_source(
         n_img = int(enc_tokens) if enc_tokens else (g[0] * g[1] if g else None)
         if not getattr(fusion, "has_text", True):
             return None, "the fusion attends from a learned query, not from report tokens"
+        if layer not in (None, 0, -1):
+            return None, (
+                f"params.layer {layer} is out of range: 1 attention module ({fusion_path}.attn)"
+            )
         return (
             AttentionSource(
                 path=f"{fusion_path}.attn",
@@ -173,23 +181,32 @@ def find_attention_source(
             None,
         )
     encoders = [adapter.layers[m] for m in ("image", "text", "tabular") if m in adapter.layers]
-    candidates: list[tuple[str, Kind]] = []
+    text_root = adapter.layers.get("text")
+    outside: list[tuple[str, Kind]] = []  # attention outside every encoder
+    in_text: list[tuple[str, Kind]] = []  # Hugging Face cross layers inside the text encoder
     inside: list[str] = []
     for name, m in model.named_modules():
-        if _is_hf_cross(name, m):
-            candidates.append((name, "hf"))  # across modalities even inside an encoder
-            continue
         if isinstance(m, nn.MultiheadAttention):
             kind: Kind = "mha"
+        elif _is_hf_cross(name, m):
+            kind = "hf"
         elif _is_hf_attention(m) or type(m).__name__.endswith("Attention"):
             inside.append(name)
             continue
         else:
             continue
-        if _under(name, encoders):
+        if not _under(name, encoders):
+            outside.append((name, kind))
+        elif kind == "hf" and text_root and _under(name, [text_root]):
+            in_text.append((name, kind))
+        else:
+            # e.g. image-side cross layers (co-attention, a Q-Former): their queries are
+            # not report tokens, and their keys attend to text, so R_ii = I fails
             inside.append(name)
-            continue
-        candidates.append((name, kind))
+    # a module outside the encoders is what the model uses to fuse; cross layers inside
+    # the text encoder (BLIP / ALBEF) are the fusion only when there is none, since a
+    # text encoder built with add_cross_attention may be run text-only
+    candidates = outside or in_text
     if not candidates:
         if inside:
             return None, (
@@ -198,6 +215,11 @@ def find_attention_source(
             )
         return None, "the model has no attention to capture"
     notes: list[str] = []
+    if outside and in_text:
+        notes.append(
+            f"{len(in_text)} cross-attention layers inside the text encoder ({in_text[0][0]},"
+            " ...) not analysed: attention outside the encoders is preferred"
+        )
     if layer is not None:
         if not -len(candidates) <= layer < len(candidates):
             return None, (

@@ -53,9 +53,10 @@ __all__ = [
 # mask, and the top-k merge's working copies
 _BYTES_PER_ELEMENT = 16
 _MIN_ELEMENTS = 4096
-# bytes per (permutation, row, neighbour) entry of the agreement null: the gathered
-# codes, the comparison and the mask (int8 / bool), with room for int32 codes
-_NULL_BYTES_PER_ENTRY = 4
+# bytes per (permutation, row, neighbour) entry of the agreement null besides the
+# gathered codes (1 B for int8, 4 B for int32): the comparison and, on CUDA, the masked
+# comparison (bool each)
+_NULL_BOOL_BYTES_PER_ENTRY = 2
 
 
 @dataclass(frozen=True)
@@ -380,7 +381,8 @@ def agreement_null(
     weight = np.where(den > 0, 1.0 / (np.maximum(den, 1) * rows), 0.0)
     have = np.flatnonzero(known)
     small = codes.astype(np.int8 if codes.max() < 127 else np.int32)
-    max_elements = int(memory_budget_mb * 2**20) // _NULL_BYTES_PER_ENTRY
+    per_entry = small.itemsize + _NULL_BOOL_BYTES_PER_ENTRY
+    max_elements = int(memory_budget_mb * 2**20) // per_entry
     chunk = max(1, max_elements // max(1, n * k))
     dev = _device(device)
     on_device = dev.type == "cuda"
@@ -550,18 +552,36 @@ def matched_ranks(
         tb = _normalise(tb64.to(device=dev, dtype=torch.float32))
     n = ta.shape[0]
     qb, rb = block_shape(n, n, 0, memory_budget_mb)
+    # exact ties need every distance of a query row from the same kernel: cdist switches
+    # formula at 25 rows and matmul tiles by shape, so a differently shaped call can round
+    # the same pair differently. Hence every reference block has rb rows (the last padded
+    # with zero rows, cut off again) and the match distance is read from those blocks.
+    pad = -n % rb
+    tb_pad = torch.cat([tb, tb.new_zeros(pad, tb.shape[1])]) if pad else tb
+
+    def block(q0: int, q1: int, r0: int) -> torch.Tensor:
+        d = pairwise_distances(ta[q0:q1], tb_pad[r0 : r0 + rb], metric)
+        return d[:, : min(n, r0 + rb) - r0]
+
     closer = np.empty(n, dtype=np.int64)
     ties = np.empty(n, dtype=np.int64)
     with torch.no_grad():
         for q0 in range(0, n, qb):
             q1 = min(n, q0 + qb)
-            diag = torch.diagonal(pairwise_distances(ta[q0:q1], tb[q0:q1], metric))[:, None]
+            diag = torch.empty(q1 - q0, 1, dtype=ta.dtype, device=dev)
+            reuse: torch.Tensor | None = None
+            for r0 in range(q0 - q0 % rb, q1, rb):
+                d = block(q0, q1, r0)
+                own = torch.arange(max(q0, r0), min(q1, r0 + rb, n), device=dev)
+                diag[own - q0, 0] = d[own - q0, own - r0]
+                if rb >= n:  # the only reference block: count from it below
+                    reuse = d
             n_closer = torch.zeros(q1 - q0, dtype=torch.int64, device=dev)
             n_ties = torch.zeros(q1 - q0, dtype=torch.int64, device=dev)
             for r0 in range(0, n, rb):
-                r1 = min(n, r0 + rb)
-                d = pairwise_distances(ta[q0:q1], tb[r0:r1], metric)
+                d = reuse if reuse is not None else block(q0, q1, r0)
                 # the match itself counts as neither closer nor tied (NaN compares false)
+                r1 = min(n, r0 + rb)
                 own = torch.arange(max(q0, r0), max(q0, r0, min(q1, r1)), device=dev)
                 d[own - q0, own - r0] = math.nan
                 n_closer += (d < diag).sum(1)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from test_attribution import config_for, write_text_dataset
 from torch import nn
 
+from mmaudit.attention_capture import Captured
 from mmaudit.cache import InferenceCache
 from mmaudit.check import AuditContext
 from mmaudit.checks.attention import AttentionCheck
@@ -267,6 +268,75 @@ def test_hf_cross_attention_inside_the_text_encoder_through_the_check(
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+class GroundedBesideUnusedCross(nn.Module):
+    """The planted fusion beside a BERT text encoder built with ``add_cross_attention``
+    but run text-only (its output does not reach the score), registered first as in
+    BLIP-style models: the fusion is analysed, not the idle cross layers."""
+
+    def __init__(self, vocab: int, to_roi: list[int], to_corner: list[int]) -> None:
+        super().__init__()
+        from test_attention_capture import tiny_bert_config
+        from transformers import BertModel
+
+        cfg = tiny_bert_config(is_decoder=True, add_cross_attention=True, vocab_size=vocab)
+        self.text_encoder = BertModel(cfg, add_pooling_layer=False)
+        self.fusion = Grounded(vocab, to_roi, to_corner)
+
+    def forward(
+        self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        text = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
+        unused = 0.0 * text.last_hidden_state.sum((1, 2))[:, None]
+        return self.fusion(image, input_ids, attention_mask) + unused
+
+
+def test_unused_cross_layers_in_the_text_encoder_do_not_displace_the_fusion(
+    planted: AuditContext,
+) -> None:
+    import copy
+
+    tok = planted.dataset.tokenizer
+    ids = tok.convert_tokens_to_ids
+    torch.manual_seed(0)
+    model = GroundedBesideUnusedCross(len(tok), [ids("consolidation")], [ids("opacity")])
+    adapter = ModelAdapter(
+        model.eval(),
+        source="test",
+        modalities=planted.dataset.modalities,
+        keywords={"image": "image", "text": "input_ids", "text_mask": "attention_mask"},
+        layers={"text": "text_encoder"},
+        detected={},
+        device=torch.device("cpu"),
+    )
+    ctx = copy.copy(planted)
+    ctx.adapter = adapter
+    ctx.cache = InferenceCache(adapter, planted.dataset, batch_size=32, seed=0)
+    check = AttentionCheck(
+        AttentionCheck.Params(n_boot=100, min_count=3, n_examples=0, relevancy=False)
+    )
+    assert check.missing_requirements(ctx) is None
+    out = check.run(ctx)
+    assert any("maps are raw attention weights of fusion.attn over" in n for n in out.notes)
+    assert out.metrics["attention.clinical_roi_share.consolidation"].value > 0.95
+    assert out.metrics["attention.clinical_roi_share.opacity"].value < 0.05
+    assert adapter.hook_count() == 0
+
+
+def test_layers_that_did_not_run_as_text_to_image_are_named() -> None:
+    w = torch.full((2, 1, 5, 4), 0.25)
+    store = {
+        "ran": [Captured(w, None)],
+        "idle": [],
+        "image_side": [Captured(torch.full((2, 1, 4, 5), 0.2), None)],
+    }
+    got = AttentionCheck._text_image_layers(store, ["ran", "idle", "image_side"], 5)
+    assert got == {
+        "ran": None,
+        "idle": "was not called during the forward pass",
+        "image_side": "has 4 queries for 5 report tokens (not text -> image)",
+    }
 
 
 def test_reports_and_tokenizer_problems_skip_with_the_reason(planted: AuditContext) -> None:

@@ -326,3 +326,76 @@ def test_relevancy_over_layers_reduces_to_one_cross_layer_and_stacks() -> None:
     expected = r_ti + norm.transpose(1, 2) @ cam(a2, g2)
     got = chefer_relevancy_layers([("cross", a1, g1), ("self", s, gs), ("cross", a2, g2)])
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+class UnusedCrossBesideFusion(nn.Module):
+    """A BERT text encoder built with ``add_cross_attention`` (a BLIP text-decoder
+    config) but run text-only, and the real fusion: a text -> image multi-head attention
+    outside the encoders. The text encoder's cross layers are never called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import BertModel
+
+        self.image_encoder = GridEncoder()
+        cfg = tiny_bert_config(is_decoder=True, add_cross_attention=True)
+        self.text_encoder = BertModel(cfg, add_pooling_layer=False)
+        self.fusion = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 1)
+
+    def forward(
+        self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        text = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
+        regions = self.image_encoder(image)
+        fused, _ = self.fusion(text.last_hidden_state, regions, regions)
+        return self.head(fused.mean(1))
+
+
+class ImageSideCross(nn.Module):
+    """Cross layers on both sides (co-attention / a Q-Former under the image encoder):
+    only the text encoder's attend from report tokens to image states."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers.models.bert.modeling_bert import BertAttention
+
+        self.image_encoder = nn.ModuleDict(
+            {
+                "grid": GridEncoder(),
+                "qformer": BertAttention(tiny_bert_config(), is_cross_attention=True),
+            }
+        )
+        self.text_encoder = CrossInsideText().text_encoder
+
+
+def test_fusion_outside_the_encoders_beats_unused_cross_layers_in_the_text_encoder() -> None:
+    torch.manual_seed(0)
+    model = UnusedCrossBesideFusion()
+    src, why = find_attention_source(_hf_adapter(model))
+    assert why is None and src is not None
+    assert (src.paths, src.kind) == (["fusion"], "mha")
+    assert any("2 cross-attention layers inside the text encoder" in n for n in src.notes)
+    inputs = {
+        "image": torch.randn(2, 1, 8, 8),
+        "input_ids": torch.randint(5, 60, (2, 7)),
+        "attention_mask": torch.ones(2, 7, dtype=torch.long),
+    }
+    with capture_attention(model, src.paths) as store:
+        model(**inputs)
+    assert [c.weights.shape for c in store["fusion"]] == [(2, 2, 7, 4)]
+
+
+def test_cross_layers_under_the_image_encoder_are_not_text_to_image() -> None:
+    src, why = find_attention_source(_hf_adapter(ImageSideCross()))
+    assert why is None and src is not None
+    assert src.paths == [f"text_encoder.encoder.layer.{k}.crossattention.self" for k in (0, 1)]
+
+
+def test_builtin_fusion_has_one_layer_to_pick(builtin_models: dict[str, Any]) -> None:
+    ad = builtin_models["attention"]
+    for ok in (0, -1):
+        src, why = find_attention_source(ad, layer=ok)
+        assert why is None and src is not None and src.paths == ["fusion.attn"]
+    none, why = find_attention_source(ad, layer=5)
+    assert none is None and why is not None and why.startswith("params.layer 5 is out of range")

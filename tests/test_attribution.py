@@ -372,6 +372,53 @@ def test_ig_shares_equal_coalition_shapley_shares_on_an_additive_model(
     table = out.tables["modality_shares"].set_index("modality")
     assert {"ablation_share", "ablation_ci_low", "ablation_ci_high", "diff"} <= set(table.columns)
     assert np.allclose(table["share"], table["ablation_share"], atol=1e-4)
+    assert any("the same reference as the IG path" in n for n in out.notes)
+
+
+def test_shares_against_another_reference_are_not_read_as_interaction(
+    manifest: Path, vocab: Any
+) -> None:
+    """The same additive model, its coalition game removing to zeros while IG starts from
+    the mean: the shares differ through the reference alone, and the note says so instead
+    of reading the gap as interaction."""
+    ctx = make_context(config_for(manifest), keyed_model(vocab, "portable"))
+    out = quick(text=False, tabular=False, ablation_removal="zero").run(ctx)
+    assert out.metrics["shares.max_abs_diff_vs_ablation"] > 0.01  # measured 0.12; 6e-9 same ref
+    note = next(n for n in out.notes if n.startswith("shares: IG shares"))
+    assert "a different reference from the IG path's 'mean'" in note
+    assert "the same reference" not in note
+
+
+def test_token_table_lists_every_attributed_token_in_order() -> None:
+    """Known answer: two reports, their word spans, token texts and attributions."""
+    from types import SimpleNamespace
+
+    from mmaudit.checks.attribution import _token_table
+
+    class Tok:
+        calls = 0
+
+        def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+            Tok.calls += 1
+            return [f"t{i}" for i in ids]
+
+    ids = torch.tensor([[9, 10, 11, 0], [20, 21, 22, 23], [30, 31, 0, 0]])
+    ds = SimpleNamespace(input_ids=ids, ids=np.array(["a", "b", "c"]), tokenizer=Tok())
+    attr = np.arange(8, dtype=np.float32).reshape(2, 4)
+    spans = [[("x", [1]), ("yz", [2, 3])], [("w", [0, 1])]]
+    table = _token_table(SimpleNamespace(dataset=ds), np.array([1, 2]), spans, attr)  # type: ignore[arg-type]
+    assert table.to_dict("list") == {
+        "id": ["b", "b", "b", "c", "c"],
+        "position": [1, 2, 3, 0, 1],
+        "token": ["t21", "t22", "t23", "t30", "t31"],
+        "word_index": [0, 1, 1, 0, 0],
+        "word": ["x", "yz", "yz", "w", "w"],
+        "attribution": [1.0, 2.0, 3.0, 4.0, 5.0],
+    }
+    assert Tok.calls == 1  # one tokenizer call for the whole table
+    empty = _token_table(SimpleNamespace(dataset=ds), np.array([1]), [[]], attr[:1])  # type: ignore[arg-type]
+    assert list(empty.columns) == ["id", "position", "token", "word_index", "word", "attribution"]
+    assert empty.empty
 
 
 def test_shares_differ_from_coalition_shapley_when_modalities_interact(

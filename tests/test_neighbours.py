@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.distance import cdist
 from scipy.stats import kstest
 from sklearn.metrics import silhouette_samples
 
@@ -213,6 +214,27 @@ def test_matched_ranks_against_brute_force() -> None:
     np.testing.assert_allclose(nb.recall_at(c2, t2, 3), 0.3)
 
 
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize(("n", "budget_mb"), [(84, 0.001), (4100, 256.0)])
+def test_matched_ranks_keeps_exact_ties_of_duplicate_references(
+    metric: nb.Metric, n: int, budget_mb: float
+) -> None:
+    """30 identical reference rows (the same report text) at the end, where the last
+    query block is small (at 0.001 MB: blocks of 64, the last of 20 rows, and the
+    duplicates span two reference blocks; at 256 MB: 4092 + 8 rows): each of their
+    matches ties with the 29 others, exactly as in float64."""
+    rng = np.random.default_rng(11)
+    b = rng.normal(size=(n, 16))
+    b[-30:] = b[-1]
+    a = b + 0.3 * rng.normal(size=b.shape)  # every match well inside the other rows
+    closer, ties = nb.matched_ranks(a, b, metric=metric, memory_budget_mb=budget_mb)
+    d = cdist(a, b, metric)
+    own = np.diag(d)[:, None]
+    np.testing.assert_array_equal(ties[-30:], 29)
+    np.testing.assert_array_equal(ties[:-30], 0)
+    np.testing.assert_array_equal(closer, (d < own).sum(1))
+
+
 def test_every_distance_path_keeps_its_blocks_within_the_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -250,4 +272,9 @@ def test_every_distance_path_keeps_its_blocks_within_the_budget(
     null_mb = 0.1
     null = nb.agreement_null(idx, codes, 50, Recording(), memory_budget_mb=null_mb)  # type: ignore[arg-type]
     assert len(chunks) > 1 and sum(chunks) == 50 and null.shape == (50,)
-    assert max(chunks) * n * 5 * nb._NULL_BYTES_PER_ENTRY <= null_mb * 2**20
+    # int8 codes (3 levels): 1 B gathered + 2 B of comparisons per entry
+    assert max(chunks) * n * 5 * 3 <= null_mb * 2**20
+    chunks.clear()
+    many = rng.integers(0, 200, n)  # int32 codes: 4 B gathered + 2 B of comparisons
+    nb.agreement_null(idx, many, 50, Recording(), memory_budget_mb=null_mb)  # type: ignore[arg-type]
+    assert max(chunks) * n * 5 * 6 <= null_mb * 2**20

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mmaudit.attention_capture import (
     AttentionSource,
+    Captured,
     capture_attention,
     chefer_relevancy_layers,
     complete_grid,
@@ -172,30 +173,33 @@ class AttentionCheck(Check):
         score_fn = target.score_fn()
         examples = set(self._example_rows(rows, target, ctx, p.n_examples))
         has_roi = bool(ds.mask_paths)
-        state: dict[str, Any] = {"relevancy": p.relevancy, "image_sum": None}
+        state: dict[str, Any] = {"relevancy": p.relevancy, "image_sum": None, "dropped": {}}
 
         cross_paths = src.paths or [src.path]
 
         def analyse(batch: Batch) -> list[dict[str, Any]]:
             with capture_attention(adapter.module, [*cross_paths, *self_paths]) as store:
                 logits = adapter.logits(batch)
-                missing = [q for q in cross_paths if not store[q]]
-                if missing:
-                    raise RuntimeError(f"{missing[0]} was not called during the forward pass")
-                cross = [store[q][-1] for q in cross_paths]
+                assert batch.input_ids is not None
+                used = self._text_image_layers(store, cross_paths, batch.input_ids.shape[1])
+                for path, reason in used.items():
+                    if reason is not None:
+                        state["dropped"][path] = reason
+                kept = [q for q, reason in used.items() if reason is None]
+                if not kept:
+                    path, reason = next(iter(used.items()))
+                    raise RuntimeError(
+                        f"no cross-attention layer is usable: {path} {reason}"
+                        " (params.layer picks another)"
+                    )
+                cross = [store[q][-1] for q in kept]
                 shapes = {tuple(c.weights.shape[2:]) for c in cross}
                 if len(shapes) > 1:
                     raise RuntimeError(
                         f"the cross-attention layers differ in shape {sorted(shapes)}; pick one"
                         " with params.layer"
                     )
-                queries, keys = int(cross[0].weights.shape[-2]), int(cross[0].weights.shape[-1])
-                assert batch.input_ids is not None
-                if queries != batch.input_ids.shape[1]:
-                    raise RuntimeError(
-                        f"{src.path} has {queries} queries for {batch.input_ids.shape[1]} report"
-                        " tokens: it is not text -> image attention (params.layer picks another)"
-                    )
+                keys = int(cross[0].weights.shape[-1])
                 problem = complete_grid(src, keys)
                 if problem is not None:
                     raise RuntimeError(problem)
@@ -233,6 +237,27 @@ class AttentionCheck(Check):
         return out
 
     # ------------------------------------------------------------------ per batch
+    @staticmethod
+    def _text_image_layers(
+        store: dict[str, list[Captured]], paths: list[str], length: int
+    ) -> dict[str, str | None]:
+        """Each candidate layer with None if it ran as text -> image attention in this
+        forward pass, else why not (never called; queries other than the report tokens).
+        A text encoder built with cross layers may run them not at all, and a layer may
+        attend from another modality; neither holds text -> image relevancy."""
+        out: dict[str, str | None] = {}
+        for path in paths:
+            if not store[path]:
+                out[path] = "was not called during the forward pass"
+                continue
+            queries = int(store[path][-1].weights.shape[-2])
+            out[path] = (
+                None
+                if queries == length
+                else f"has {queries} queries for {length} report tokens (not text -> image)"
+            )
+        return out
+
     def _per_sample(
         self,
         batch: Batch,
@@ -318,8 +343,11 @@ class AttentionCheck(Check):
         assert src.grid is not None
         label = "relevancy (Chefer et al. 2021)" if state["relevancy"] else "raw attention weights"
         out.notes.extend(src.notes)
+        dropped: dict[str, str] = state["dropped"]
+        out.notes.extend(f"{path} left out: it {why}" for path, why in dropped.items())
+        analysed = [q for q in src.paths or [src.path] if q not in dropped]
         out.notes.append(
-            f"maps are {label} of {_describe(src.paths or [src.path])} over a"
+            f"maps are {label} of {_describe(analysed)} over a"
             f" {src.grid[0]} x {src.grid[1]} image-region grid"
         )
         if state["relevancy"]:

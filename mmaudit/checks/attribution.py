@@ -941,12 +941,21 @@ class AttributionCheck(Check):
             float(max(abs(d) for d in diffs)) if diffs else float("nan")
         )
         out.tables["modality_shares"] = pd.DataFrame(table)
+        if removal == p.share_baseline:
+            reading = (
+                f" (removal '{removal}', the same reference as the IG path); they agree exactly"
+                " for an additive fusion, a gap means the modalities interact."
+            )
+        else:
+            reading = (
+                f" (removal '{removal}', a different reference from the IG path's"
+                f" '{p.share_baseline}': the diff mixes method and reference, so a gap does"
+                " not by itself mean the modalities interact)."
+            )
         out.notes.append(
             "shares: IG shares set beside exact per-sample logit Shapley shares from the"
-            f" coalition game (removal '{removal}', the same reference as the IG path); they"
-            " agree exactly for an additive fusion, a gap means the modalities interact."
-            " The ablation check's own logit_share.* uses its strategy (default permute),"
-            " a different reference"
+            f" coalition game{reading} The ablation check's own logit_share.* uses its"
+            " strategy (default permute), a different reference"
         )
         out.figures["modality_shares"] = _shares_figure(share[keep], mods)
         if len(rows) < len(ds):
@@ -990,17 +999,32 @@ def _token_table(
     (``word_index`` counts words within the report) and its IG attribution."""
     ds = ctx.dataset
     assert ds.input_ids is not None
-    convert = getattr(ds.tokenizer, "convert_ids_to_tokens", None)
-    table = []
+    columns = ["id", "position", "token", "word_index", "word", "attribution"]
+    # one flat entry per (report, word, token position), in report and word order
+    doc_of, position, word_index, word = [], [], [], []
     for d, doc in enumerate(spans):
-        ids = ds.input_ids[rows[d]].tolist()
-        sid = ds.ids[rows[d]]
-        for w, (word, positions) in enumerate(doc):
-            for q in positions:
-                token = convert(ids[q]) if convert is not None else str(ids[q])
-                table.append((sid, q, token, w, word, float(attr[d, q])))
+        for w, (text, positions) in enumerate(doc):
+            doc_of.extend([d] * len(positions))
+            position.extend(positions)
+            word_index.extend([w] * len(positions))
+            word.extend([text] * len(positions))
+    if not position:
+        return pd.DataFrame(columns=columns)
+    doc_arr = np.asarray(doc_of, dtype=np.int64)
+    pos_arr = np.asarray(position, dtype=np.int64)
+    token_ids = ds.input_ids[rows].numpy()[doc_arr, pos_arr]
+    convert = getattr(ds.tokenizer, "convert_ids_to_tokens", None)
+    tokens = convert(token_ids.tolist()) if convert is not None else token_ids.astype(str)
     return pd.DataFrame(
-        table, columns=["id", "position", "token", "word_index", "word", "attribution"]
+        {
+            "id": np.asarray(ds.ids, dtype=object)[np.asarray(rows)[doc_arr]],
+            "position": pos_arr,
+            "token": tokens,
+            "word_index": np.asarray(word_index, dtype=np.int64),
+            "word": word,
+            "attribution": attr[doc_arr, pos_arr].astype(float),
+        },
+        columns=columns,
     )
 
 
