@@ -86,8 +86,8 @@ class CheckOutput:
     # per-sample arrays in dataset order (e.g. low-resolution saliency maps, N x h x w), saved
     # compactly so that `mmaudit diff` can compare two audits sample by sample
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    # names of figures / tables that show raw patient data (thumbnails, report text, ids):
-    # left out of the report folder under --redact
+    # names of figures / tables / arrays that show raw patient data (thumbnails, report text,
+    # ids; "arrays" for every array): left out of the report folder under --redact
     private: set[str] = field(default_factory=set)
 
 

@@ -198,6 +198,7 @@ class AuditDataset(torch.utils.data.Dataset):
         self._fill_image: torch.Tensor | None = None
         self._fill_text: tuple[torch.Tensor, torch.Tensor] | None = None
         self._fill_tabular: torch.Tensor | None = None
+        self._tabular_zero_filled: torch.Tensor | None = None  # self.tabular before any fill
         if cfg.image is not None:
             self._setup_images(df)
         if cfg.text is not None:
@@ -416,6 +417,7 @@ class AuditDataset(torch.utils.data.Dataset):
                 fill[j] = (float(everywhere.mean()) - mu) / sd  # the column mean, normalised
         values[missing] = 0.0
         self.tabular = torch.from_numpy(values)
+        self._tabular_zero_filled = self.tabular
         self.tabular_missing = torch.from_numpy(missing)
         self._tabular_column_means = torch.from_numpy(fill)
         self.present[:, self.modalities.index("tabular")] = ~missing.all(axis=1)
@@ -428,6 +430,10 @@ class AuditDataset(torch.utils.data.Dataset):
         ``image: mean`` is the mean normalised image of (up to 512 evenly spaced) audited
         rows, ``tabular: mean`` the column mean over every manifest row, ``text: mask``
         one mask token. ``zero`` / ``empty`` are what the dataset yields anyway.
+
+        The tabular stand-in is written into ``self.tabular`` itself (not only into
+        batches), so code that reads the stored values (tabular SHAP, the cache's input
+        means) sees what the model sees; ``tabular_missing`` still marks the filled cells.
         """
         miss = self.cfg.missing
         self.fill_missing = not model_takes_present
@@ -445,6 +451,14 @@ class AuditDataset(torch.utils.data.Dataset):
                 self._fill_text = self._tokenize([mask_token])
             if "tabular" in self.modalities and miss.tabular == "mean":
                 self._fill_tabular = self._tabular_column_means
+        if self._tabular_zero_filled is not None:
+            self.tabular = self._tabular_zero_filled
+            if self._fill_tabular is not None:
+                self.tabular = torch.where(
+                    self.tabular_missing,  # type: ignore[arg-type]
+                    self._fill_tabular,
+                    self._tabular_zero_filled,
+                )
         return {"applied": self.fill_missing, **miss.model_dump()}
 
     def _mean_image(self) -> torch.Tensor | None:
@@ -503,8 +517,8 @@ class AuditDataset(torch.utils.data.Dataset):
     def collate(self, items: list[dict[str, Any]]) -> Batch:
         """Stack items into a Batch, pulling pre-tensorised modalities by index.
 
-        With ``fill_missing`` on (see ``configure_missing``), missing modalities and lab
-        values get the ``data.missing`` stand-ins.
+        With ``fill_missing`` on (see ``configure_missing``), missing modalities get the
+        ``data.missing`` stand-ins (lab values have them in ``self.tabular`` already).
         """
         index = torch.tensor([it["index"] for it in items], dtype=torch.long)
         present = torch.from_numpy(self.present[index.numpy()])
@@ -531,10 +545,6 @@ class AuditDataset(torch.utils.data.Dataset):
         if self.tabular is not None:
             batch.tabular = self.tabular[index]
             batch.tabular_missing = self.tabular_missing[index]  # type: ignore[index]
-            if self._fill_tabular is not None:
-                batch.tabular = torch.where(
-                    batch.tabular_missing, self._fill_tabular, batch.tabular
-                )
         return batch
 
     def batches(

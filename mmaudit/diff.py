@@ -23,6 +23,8 @@ maps) uses the compact arrays saved in ``samples/``.
 from __future__ import annotations
 
 import fnmatch
+import functools
+import itertools
 import json
 import math
 import re
@@ -167,13 +169,20 @@ def tolerance_for(name: str, tolerances: dict[str, float]) -> float:
 
 def _declared(check: str, attribute: str) -> dict[str, Any]:
     """A check class's own table (``metric_directions`` / ``per_sample_means``), if any."""
+    return dict(_declared_tables(check, attribute))
+
+
+@functools.cache
+def _declared_tables(check: str, attribute: str) -> tuple[tuple[str, Any], ...]:
+    """``_declared`` looked up once per check and attribute: finding the check classes
+    imports every check module (and torch), seconds that a diff should pay only once."""
     from mmaudit.check import load_builtin_checks
 
     try:
         cls = load_builtin_checks().get(check)
     except Exception:  # a check module that fails to import must not break a diff
-        return {}
-    return dict(getattr(cls, attribute, None) or {})
+        return ()
+    return tuple((getattr(cls, attribute, None) or {}).items())
 
 
 def metric_direction(metric: str, check: CheckReport) -> Direction:
@@ -235,26 +244,57 @@ def _value(m: Any, where: str = "metric") -> tuple[float | None, float | None, f
     return float(m), None, None
 
 
+# data.* keys that hold where files are, not what they hold: the same data checked out
+# elsewhere must stay comparable. Their contents are compared by hash instead (the
+# manifest's and the tokenizer folder's sha256 in report.data).
+PATH_KEYS = {"manifest": None, "image": "root", "text": "tokenizer"}
+
+
 def comparability(base: Report, new: Report) -> list[str]:
     """Reasons why two audits are not comparable (empty when they are): different data, or
-    a config difference that changes the numbers (data section, seed, check params and
-    thresholds of the checks both ran)."""
+    a config difference that changes the numbers (data section other than file locations,
+    tokenizer contents, seed, params of the checks both ran). Threshold differences change
+    verdicts, not numbers: see ``threshold_differences``."""
     reasons = []
     if base.data.get("sha256") != new.data.get("sha256"):
         reasons.append("the manifests differ (sha256)")
+    tok_a, tok_b = base.data.get("tokenizer_sha256"), new.data.get("tokenizer_sha256")
+    if tok_a is not None and tok_b is not None and tok_a != tok_b:
+        reasons.append("the tokenizers differ (sha256)")
     if base.data.get("n") != new.data.get("n"):
         reasons.append(f"different sample counts ({base.data.get('n')} vs {new.data.get('n')})")
-    bd, nd = dict(base.config.get("data", {})), dict(new.config.get("data", {}))
-    for key in sorted((set(bd) | set(nd)) - {"manifest"}):
+    bd, nd = _without_paths(base.config.get("data", {})), _without_paths(new.config.get("data", {}))
+    for key in sorted(set(bd) | set(nd)):
         reasons += [f"data.{p}" + " differs" for p in _differences(bd.get(key), nd.get(key), key)]
     if base.seed != new.seed:
         reasons.append(f"seed differs ({base.seed} vs {new.seed})")
     for name in sorted(set(base.checks) & set(new.checks)):
         a, b = base.checks[name], new.checks[name]
-        for part in ("params", "thresholds"):
-            for p in _differences(getattr(a, part), getattr(b, part), ""):
-                reasons.append(f"checks.{name}.{part}{'.' + p if p else ''} differs")
+        for p in _differences(a.params, b.params, ""):
+            reasons.append(f"checks.{name}.params{'.' + p if p else ''} differs")
     return reasons
+
+
+def threshold_differences(base: Report, new: Report) -> list[str]:
+    """Threshold rules that differ between the checks both ran: the same numbers may get
+    another verdict, so the diff shows them as a note rather than refusing."""
+    out = []
+    for name in sorted(set(base.checks) & set(new.checks)):
+        a, b = base.checks[name], new.checks[name]
+        for p in _differences(a.thresholds, b.thresholds, ""):
+            out.append(f"checks.{name}.thresholds{'.' + p if p else ''}")
+    return out
+
+
+def _without_paths(data: Any) -> dict[str, Any]:
+    """A copy of the config's data section without the ``PATH_KEYS`` entries."""
+    out = dict(data or {})
+    for key, sub in PATH_KEYS.items():
+        if sub is None:
+            out.pop(key, None)
+        elif isinstance(out.get(key), dict):
+            out[key] = {k: v for k, v in out[key].items() if k != sub}
+    return out
 
 
 def _differences(a: Any, b: Any, path: str) -> list[str]:
@@ -278,15 +318,22 @@ class Samples:
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     patients: dict[str, str] = field(default_factory=dict)  # id -> patient
     _tables: dict[str, Any] = field(default_factory=dict)
+    # report-relative paths of per-sample files the report names but the folder lacks
+    missing: list[str] = field(default_factory=list)
 
     def table(self, check: str) -> Any:
-        """The check's ``samples/<check>.parquet`` as a DataFrame with an ``id`` column."""
+        """The check's ``samples/<check>.parquet`` as a DataFrame with an ``id`` column; None
+        when the check saved none, or the file is gone (trimmed artifact; listed in
+        ``missing``)."""
         if check not in self._tables:
             rel = (
                 self.report.checks[check].tables.get("per_sample")
                 if check in self.report.checks
                 else None
             )
+            if rel and not (self.folder / rel).is_file():
+                self.missing.append(rel)
+                rel = None
             frame = _read_parquet(self.folder / rel) if rel else None
             if frame is not None and "id" in frame:
                 frame["id"] = frame["id"].astype(str)
@@ -329,7 +376,8 @@ def load_samples(folder: Path, report: Report) -> Samples:
     npz = folder / "samples" / "embeddings.npz"
     if npz.is_file():
         s.embeddings = _read_npz(npz)
-    sources = [s.predictions] + [s.table(name) for name in report.checks]
+    # lazily: the first table with a patient column ends the search
+    sources = itertools.chain([s.predictions], (s.table(name) for name in report.checks))
     for frame in sources:
         if frame is not None and "patient" in frame and "id" in frame:
             s.patients = dict(
@@ -514,6 +562,12 @@ def diff_reports(
     )
     if reasons:
         result.notes.append("compared with --force although " + "; ".join(reasons))
+    changed_rules = threshold_differences(base, new)
+    if changed_rules:
+        result.notes.append(
+            "threshold rules differ (the same numbers may get another verdict): "
+            + ", ".join(changed_rules)
+        )
     base_s, new_s = load_samples(base_dir, base), load_samples(new_dir, new)
     for name in sorted(set(base.checks) | set(new.checks)):
         a, b = base.checks.get(name), new.checks.get(name)
@@ -545,6 +599,12 @@ def diff_reports(
             )
     _representation(base_s, new_s, result)
     _arrays(base, new, base_dir, new_dir, result)
+    for side, samples in (("base", base_s), ("new", new_s)):
+        if samples.missing:
+            result.notes.append(
+                f"per-sample files named in the {side} report are missing (not paired on):"
+                f" {', '.join(sorted(set(samples.missing)))}"
+            )
     return result
 
 
@@ -684,6 +744,10 @@ def _arrays(base: Report, new: Report, base_dir: Path, new_dir: Path, result: Di
     for name in sorted(set(base.checks) & set(new.checks)):
         pa, pb = base.checks[name].tables.get("arrays"), new.checks[name].tables.get("arrays")
         if not pa or not pb:
+            continue
+        gone = [str(d / p) for d, p in ((base_dir, pa), (new_dir, pb)) if not (d / p).is_file()]
+        if gone:
+            result.notes.append(f"{name}: per-sample maps missing, no rank correlation: {gone}")
             continue
         da, db = _read_npz(base_dir / pa), _read_npz(new_dir / pb)
         if "__ids__" not in da or "__ids__" not in db:

@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,14 @@ class Redactor:
     Ids are hashed with a salt: ``MMAUDIT_REDACT_SALT`` when set (audits run with the same
     secret can be paired by ``mmaudit diff``), otherwise a random one per report (redacted
     reports then cannot be linked to each other, or paired by ``diff``).
+
+    Limits: ids shorter than ``MIN_ID`` characters are hashed where they are a whole cell
+    but not searched for inside other strings (too many false hits), and report texts
+    shorter than ``MIN_TEXT`` characters are not blanked.
     """
+
+    MIN_ID = 3
+    MIN_TEXT = 12
 
     def __init__(
         self,
@@ -115,24 +123,64 @@ class Redactor:
         salt: str | None = None,
     ) -> None:
         self.ids = set(ids) | {str(p) for p in patients or []}
-        self.texts = [t for t in texts if len(t) >= 12]
+        self.texts = [t for t in texts if len(t) >= self.MIN_TEXT]
         shared = salt or os.environ.get(REDACT_SALT_ENV) or None
         self.shared_salt = shared is not None
         self.salt = shared or secrets.token_hex(16)
+        # Built once: substring search by set lookup of every window of each id length
+        # (a handful of lengths), instead of testing every id against every cell.
+        searchable = {i for i in self.ids if len(i) >= self.MIN_ID}
+        self._id_lengths = sorted({len(i) for i in searchable}, reverse=True)
+        self._searchable = frozenset(searchable)
+        # a text inside a cell starts with one of these MIN_TEXT-character prefixes
+        self._text_prefixes: dict[str, list[str]] = {}
+        for t in self.texts:
+            self._text_prefixes.setdefault(t[: self.MIN_TEXT], []).append(t)
+        self._all_texts = "\x00".join(self.texts)  # one search for "a cell inside a text"
+        self._cells: dict[str, str] = {}  # per-sample columns repeat their values
 
     def hash(self, value: Any) -> str:
         return hash_id(str(value), self.salt)
 
+    def _id_windows(self, text: str) -> Iterator[str]:
+        """Audited ids (at least ``MIN_ID`` characters) inside ``text``, lazily."""
+        for n in self._id_lengths:
+            for k in range(len(text) - n + 1):
+                if text[k : k + n] in self._searchable:
+                    yield text[k : k + n]
+
+    def _holds_text(self, value: str) -> bool:
+        """Whether ``value`` quotes a report text, or is a piece of one."""
+        if len(value) < self.MIN_TEXT:
+            return False
+        if value in self._all_texts:
+            return True
+        n = self.MIN_TEXT
+        for k in range(len(value) - n + 1):
+            for t in self._text_prefixes.get(value[k : k + n], ()):
+                if value.startswith(t, k):
+                    return True
+        return False
+
     def cell(self, value: Any) -> Any:
+        """An id as its hash, a string holding an id or report text as ``[redacted]``."""
         if not isinstance(value, str):
             return value
         if value in self.ids:
             return self.hash(value)
-        if any(i in value for i in self.ids if len(i) >= 3) or (
-            len(value) >= 12 and any(value in t or t in value for t in self.texts)
-        ):
-            return "[redacted]"
-        return value
+        if value not in self._cells:
+            leaks = self._holds_text(value) or any(True for _ in self._id_windows(value))
+            self._cells[value] = "[redacted]" if leaks else value
+        return self._cells[value]
+
+    def tree(self, value: Any) -> Any:
+        """A config-like value (dicts, lists, strings) with every string and key through
+        ``cell``: check params can name studies (e.g. ``embedding.exemplar_ids``)."""
+        if isinstance(value, dict):
+            return {self.cell(k): self.tree(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.tree(v) for v in value]
+        return self.cell(value)
 
     def frame(self, frame: Any) -> Any:
         out = frame.copy()
@@ -151,20 +199,31 @@ class Redactor:
     def prose(self, text: str | None) -> str | None:
         """A message (note, finding, error reason, traceback) with every id replaced by its
         hash and every quoted report text blanked: checks name rows in their notes, and an
-        exception can quote a value."""
+        exception can quote a value.
+
+        Limits: ids shorter than ``MIN_ID`` characters stay as they are; an id glued to
+        letters, digits, ``_`` or ``-`` on either side is not replaced (so ``s0011`` is not
+        mistaken for ``s001``); a report text is blanked only when quoted whole and
+        verbatim, so texts under ``MIN_TEXT`` characters, a truncated quote or one with
+        escaped characters (a ``repr`` of a text with newlines or quotes) are not.
+        """
         if not text:
             return text
         for t in self.texts:
             if t in text:
                 text = text.replace(t, "[redacted]")
         # longest first, so an id that contains a shorter one is replaced whole
-        for i in sorted((i for i in self.ids if len(i) >= 3 and i in text), key=len, reverse=True):
+        for i in sorted(set(self._id_windows(text)), key=len, reverse=True):
             text = re.sub(rf"(?<![\w-]){re.escape(i)}(?![\w-])", self.hash(i), text)
         return text
 
     def report(self, report: Report) -> None:
-        """Redact every free-text field of ``report`` in place."""
+        """Redact ``report`` in place: the free-text fields (reasons, tracebacks, notes,
+        finding and cross-check messages) through ``prose``, the config and every check's
+        params through ``tree``."""
+        report.config = self.tree(report.config)
         for check in report.checks.values():
+            check.params = self.tree(check.params)
             check.reason = self.prose(check.reason)
             check.traceback = self.prose(check.traceback)
             check.notes = [self.prose(n) or "" for n in check.notes]
@@ -202,8 +261,9 @@ class ReportWriter:
     ) -> tuple[dict[str, str], dict[str, str]]:
         """Write a check's figures, tables and per-sample data; return report-relative paths.
 
-        Under --redact, figures and tables the check marked private are left out (with a
-        note), ids are hashed and report text is blanked in every table written.
+        Under --redact, the figures, tables and per-sample arrays the check marked private
+        (by key, or all arrays with the key ``"arrays"``) are left out with a note, ids are
+        hashed and report text is blanked in every table written.
         """
         import matplotlib.pyplot as plt
         import numpy as np
@@ -211,7 +271,9 @@ class ReportWriter:
         figures: dict[str, str] = {}
         tables: dict[str, str] = {}
         red = self.redactor
-        shown = set(output.figures) | set(output.tables)
+        shown = set(output.figures) | set(output.tables) | set(output.arrays)
+        if output.arrays:
+            shown.add("arrays")
         withheld = sorted(output.private & shown) if red else []
         if withheld:
             output.notes.append(
@@ -241,11 +303,15 @@ class ReportWriter:
             per_sample = red.frame(output.per_sample) if red else output.per_sample
             per_sample.to_parquet(path, index=False)
             tables["per_sample"] = path.relative_to(self.stage).as_posix()
-        if output.arrays:
+        arrays = {
+            k: np.asarray(v)
+            for k, v in output.arrays.items()
+            if k not in withheld and "arrays" not in withheld
+        }
+        if arrays:
             sdir.mkdir(exist_ok=True)
             path = sdir / f"{_slug(name)}.npz"
             names = red.names(ids) if red else [str(i) for i in ids]
-            arrays = {k: np.asarray(v) for k, v in output.arrays.items()}
             np.savez_compressed(path, __ids__=np.array(names), **arrays)
             tables["arrays"] = path.relative_to(self.stage).as_posix()
         return figures, tables
@@ -281,11 +347,16 @@ class ReportWriter:
         """Write report.json, config.yaml and the rendered views, then move into place."""
         from mmaudit.render import write_views
 
-        (self.stage / "config.yaml").write_text(config_yaml, encoding="utf-8")
         if self.redactor is not None:
+            import yaml
+
             # tells `mmaudit diff` why two redacted reports may share no ids
             report.data["id_hash"] = "shared salt" if self.redactor.shared_salt else "random salt"
             self.redactor.report(report)
+            config_yaml = yaml.safe_dump(
+                self.redactor.tree(yaml.safe_load(config_yaml)), sort_keys=False
+            )
+        (self.stage / "config.yaml").write_text(config_yaml, encoding="utf-8")
         payload = json_safe(report.model_dump(mode="python"))
         (self.stage / "report.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
         write_views(self.stage, report)

@@ -97,6 +97,32 @@ def sha256_of(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
+def tokenizer_sha256(cfg: AuditConfig) -> str | None:
+    """One digest over the tokenizer folder's files (names and bytes), None without text."""
+    if cfg.data.text is None:
+        return None
+    folder = Path(cfg.data.text.tokenizer)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0")
+        h.update(sha256_of([p]).encode())
+    return h.hexdigest()
+
+
+def any_batch_done(work_dir: Path) -> bool:
+    """Whether a sweep left finished batches in ``work_dir`` (its ``*.done.npy`` flags)."""
+    import numpy as np
+
+    for flags in work_dir.glob("*.done.npy"):
+        try:
+            if np.load(flags, mmap_mode="r").any():
+                return True
+        except (OSError, ValueError):  # a flag file cut short: nothing to resume from it
+            continue
+    return False
+
+
 def checkpoint_files(cfg: AuditConfig) -> list[Path]:
     m = cfg.model
     if m.checkpoint is not None:
@@ -237,6 +263,8 @@ def run_audit(
             data={
                 "manifest": str(dataset.manifest_path),
                 "sha256": manifest_sha,
+                # the tokenizer's contents, not its path, decide whether two audits compare
+                "tokenizer_sha256": tokenizer_sha256(cfg),
                 "n": len(dataset),
                 "modalities": list(dataset.modalities),
                 "target_kind": cfg.data.target.kind,
@@ -269,10 +297,16 @@ def run_audit(
         writer.abort()
         if not isinstance(exc, MmauditError):
             raise
-        # bad input found mid-sweep: the finished batches are not worth resuming from
-        if work_dir is not None and distributed.is_main():
-            shutil.rmtree(work_dir, ignore_errors=True)
         clean = unwrap_worker_error(exc)
+        # bad input found mid-sweep: finished batches are kept for --resume (meta.json
+        # refuses them if the config, checkpoint or manifest changes); a run that got
+        # nothing done leaves nothing behind
+        if work_dir is not None and distributed.is_main():
+            if resume or any_batch_done(work_dir):
+                hint = "fix the file and rerun with --resume"
+                clean.hint = f"{clean.hint}; {hint}" if clean.hint else hint
+            else:
+                shutil.rmtree(work_dir, ignore_errors=True)
         if clean is exc:
             raise
         raise clean from exc

@@ -11,6 +11,8 @@ import pytest
 from conftest import byo_model_config, tiny_config
 
 from mmaudit.cli import main
+from mmaudit.report import load_report
+from mmaudit.runner import any_batch_done
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -22,14 +24,20 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 def assert_bad_input(rc: int, err: str, out_dir: Path, expect: str) -> None:
     """The bad-input contract: exit 2, exactly one line on stderr naming the problem, no
-    traceback, and nothing left behind: no report, no partial folder, no resume state."""
+    traceback, no report and no partial folder. The resume state stays only when sweep
+    batches finished before the bad file was found, and the line then says to --resume."""
     assert rc == 2, err
     assert expect in err, err
     assert err.count("\n") == 1 and err.startswith("error: "), err
     assert "Traceback" not in err
     assert not out_dir.exists()
     leftovers = [p.name for p in out_dir.parent.glob(f".{out_dir.name}*")]
-    assert leftovers == [], leftovers
+    work = out_dir.parent / f".{out_dir.name}.work"
+    if leftovers == [work.name]:
+        assert any_batch_done(work), "resume state kept without a finished batch"
+        assert "fix the file and rerun with --resume" in err, err
+    else:
+        assert leftovers == [], leftovers
 
 
 @pytest.fixture()
@@ -326,6 +334,32 @@ def test_debug_shows_traceback(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError):
         main(["run", str(tmp_path / "nope.yaml"), "--debug"])
+
+
+def test_bad_file_mid_sweep_keeps_resume_state(
+    good, tiny_manifest, write_config, tmp_path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """A corrupt mask in the third batch: the two finished batches survive the error, and
+    once the file is replaced in place, --resume finishes the audit from them."""
+    manifest = _manifest_variant(tiny_manifest, tmp_path, _corrupt_mask)
+    good["data"]["manifest"] = str(manifest)
+    cfg = write_config(good)
+    out_dir = tmp_path / "report"
+    work = tmp_path / ".report.work"
+    rc, _, err = run_cli(["run", str(cfg), "-o", str(out_dir), "--fail-on", "never"], capsys)
+    assert_bad_input(rc, err, out_dir, "(id 's40'): cannot decode ROI mask")
+    assert work.is_dir() and any_batch_done(work), err
+    shutil.copy(tiny_manifest.parent / "masks" / "s40.png", manifest.parent / "masks" / "s40.png")
+    args = ["run", str(cfg), "-o", str(out_dir), "--fail-on", "never", "--resume"]
+    rc, out, err = run_cli(args, capsys)
+    assert rc == 0 and "report written" in out, err
+    assert not work.exists()  # a finished audit leaves no resume state
+    resumed = load_report(out_dir).timings["model_calls"]
+    rc, _, err = run_cli(
+        ["run", str(cfg), "-o", str(tmp_path / "fresh"), "--fail-on", "never"], capsys
+    )
+    assert rc == 0, err
+    assert resumed < load_report(tmp_path / "fresh").timings["model_calls"]  # batches reused
 
 
 def test_bad_file_found_in_a_dataloader_worker_is_one_line(

@@ -212,3 +212,24 @@ def test_corrupt_roi_mask_is_a_data_error(tiny_manifest: Path, tmp_path: Path) -
     assert ds.load_mask(1).shape == (1, 16, 16)
     with pytest.raises(DataError, match=r"row 4 \(id 's2'\): cannot decode ROI mask"):
         ds.load_mask(2)
+
+
+def test_tabular_stand_in_is_in_the_stored_values(tiny_manifest: Path) -> None:
+    """``data.missing.tabular: mean`` for a model without a presence mask: the stored
+    ``ds.tabular`` (read directly by tabular SHAP and the cache's input means) holds the
+    column mean in missing cells, exactly what batches carry; a model that takes the mask
+    gets zeros back."""
+    raw = pd.read_csv(tiny_manifest)["lab_b"]
+    given = {"columns": ["lab_a", "lab_b"], "normalization": "none"}
+    ds = AuditDataset(_cfg(tiny_manifest, tabular=given, missing={"tabular": "mean"}))
+    gone = ds.tabular_missing[:, 1].numpy()
+    assert gone.any() and not gone.all()
+    assert np.all(ds.tabular[gone, 1].numpy() == 0.0)  # before configure_missing
+    ds.configure_missing(model_takes_present=False)
+    assert np.allclose(ds.tabular[gone, 1].numpy(), raw.mean(), atol=1e-4)
+    assert np.allclose(ds.tabular[~gone, 1].numpy(), raw.dropna().to_numpy(), atol=1e-4)
+    batch = next(iter(ds.batches(len(ds))))
+    assert torch.equal(batch.tabular, ds.tabular) and batch.tabular_missing[gone, 1].all()
+    ds.configure_missing(model_takes_present=True)
+    assert np.all(ds.tabular[gone, 1].numpy() == 0.0)
+    assert torch.equal(next(iter(ds.batches(len(ds)))).tabular, ds.tabular)

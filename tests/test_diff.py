@@ -201,15 +201,11 @@ def test_not_comparable_unless_forced(audits: dict[str, Path], tmp_path: Path, c
     [
         (lambda d: d["config"]["data"]["image"].update(size=32), "data.image.size"),
         (lambda d: d["config"]["data"]["text"].update(max_length=8), "data.text.max_length"),
-        (lambda d: d["config"]["data"]["text"].update(tokenizer="/x"), "data.text.tokenizer"),
+        (lambda d: d["data"].update(tokenizer_sha256="0" * 64), "the tokenizers differ"),
         (lambda d: d.update(seed=7), "seed"),
         (
             lambda d: d["checks"]["performance"]["params"].update(threshold=0.3),
             "checks.performance.params.threshold",
-        ),
-        (
-            lambda d: d["checks"]["saliency"]["thresholds"]["hotspot_used"].update(fail_above=9),
-            "checks.saliency.thresholds.hotspot_used.fail_above",
         ),
     ],
 )
@@ -220,6 +216,45 @@ def test_config_differences_that_matter_are_not_comparable(
     with pytest.raises(ReportError, match=re.escape(reason)):
         diff_reports(audits["shortcut"], other)
     assert reason in " ".join(diff_reports(audits["shortcut"], other, force=True).notes)
+
+
+def test_moved_files_and_new_thresholds_stay_comparable(
+    audits: dict[str, Path], tmp_path: Path
+) -> None:
+    """The same data and tokenizer under another folder (a CI job's workspace) is the same
+    audit; a tightened threshold changes verdicts, not numbers, so it is only noted."""
+    assert load_report(audits["shortcut"]).data["tokenizer_sha256"]
+
+    def elsewhere(d: dict[str, Any]) -> None:
+        data = d["config"]["data"]
+        data["manifest"] = "/ci/job7/sample_data/manifest.csv"
+        data["image"]["root"] = "/ci/job7/sample_data"
+        data["text"]["tokenizer"] = "/ci/job7/sample_data/tokenizer"
+        d["checks"]["saliency"]["thresholds"]["hotspot_used"].update(fail_above=9)
+
+    other = _copy(audits["clean"], tmp_path / "other", elsewhere)
+    result = diff_reports(audits["shortcut"], other)
+    assert result.comparable and not result.not_comparable_reasons
+    notes = " ".join(result.notes)
+    assert "checks.saliency.thresholds.hotspot_used.fail_above" in notes
+    assert "tokenizer" not in notes and "manifest" not in notes
+
+
+def test_missing_per_sample_files_are_noted_not_fatal(
+    audits: dict[str, Path], tmp_path: Path
+) -> None:
+    """An artifact whose samples/saliency.* was trimmed still diffs: saliency metrics fall
+    back to CI overlap, no rank correlation is computed, and the notes say why."""
+    other = _copy(audits["clean"], tmp_path / "other")
+    (other / "samples" / "saliency.parquet").unlink()
+    (other / "samples" / "saliency.npz").unlink()
+    result = diff_reports(audits["shortcut"], other)
+    assert result.array_rank_correlation == {}
+    notes = " ".join(result.notes)
+    assert "samples/saliency.parquet" in notes and "saliency: per-sample maps missing" in notes
+    assert result.prediction_churn is not None  # predictions.parquet is still paired
+    full = diff_reports(audits["shortcut"], audits["clean"])
+    assert full.array_rank_correlation and "missing" not in " ".join(full.notes)
 
 
 def _truncate(path: Path) -> None:

@@ -82,6 +82,8 @@ def build_hostile(folder: Path) -> dict[str, Path]:
                 "n_permutations": 50,
                 "silhouette_permutations": 50,
                 "projections": ["pca"],
+                # study ids in the params: copied into config.yaml and report.json
+                "exemplar_ids": [str(df.loc[1, "id"]), str(df.loc[2, "id"])],
             }
         },
     }
@@ -206,6 +208,78 @@ def test_redaction_reaches_notes_findings_reasons_and_tracebacks() -> None:
     assert not re.search(r"\bs0010?\b", joined)  # neither id, nor one inside the other
     assert hash_id("s0010", "k") in check.reason and hash_id("s001", "k") in check.notes[0]
     assert "s0011" in check.notes[1]  # not an audited id: left alone
+
+
+def test_redaction_reaches_config_and_params(tmp_path: Path) -> None:
+    """Check params can name studies (embedding.exemplar_ids); under --redact they are
+    hashed in config.yaml, report.json's config and the check's params alike."""
+    import yaml
+
+    from mmaudit.report import CheckReport, Report, ReportWriter
+
+    ids = ["s0012", "s0877"]
+    red = Redactor(ids, [], patients=["p042"], salt="k")
+    params = {"exemplar_ids": ids, "note": "see s0877", "k": 5}
+    cfg = {"checks": {"embedding": {"params": params}}, "data": {"manifest": "/d/m.csv"}}
+    report = Report(
+        tool_version="t", created="c", config=cfg, config_path="", model={}, data={},
+        environment={}, seed=0, status="pass",
+        checks={"embedding": CheckReport(name="embedding", status="pass", params=params)},
+    )  # fmt: skip
+    out = ReportWriter(tmp_path / "rep", red).finish(report, yaml.safe_dump(cfg))
+    for file in out.rglob("*"):
+        if file.is_file():
+            assert "s0012" not in file_text(file) and "s0877" not in file_text(file), file
+    hashed = [hash_id(i, "k") for i in ids]
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    assert written["checks"]["embedding"]["params"]["exemplar_ids"] == hashed
+    assert written["data"]["manifest"] == "/d/m.csv"  # strings without ids stay
+    saved = load_report(out)
+    assert saved.checks["embedding"].params == {
+        "exemplar_ids": hashed,
+        "note": "[redacted]",
+        "k": 5,
+    }
+    assert saved.config["checks"]["embedding"]["params"]["exemplar_ids"] == hashed
+
+
+def test_redaction_cells_ids_inside_strings_and_text_pieces() -> None:
+    text = "Patchy opacity in the right lower lobe."
+    red = Redactor(["s001", "ab"], [text], patients=["p042"], salt="k")
+    assert red.cell("s001") == hash_id("s001", "k") and red.cell("ab") == hash_id("ab", "k")
+    assert red.cell("img/s001.png") == "[redacted]" and red.cell("x-p042") == "[redacted]"
+    assert red.cell("label ab") == "label ab"  # ids under MIN_ID: only whole cells
+    assert red.cell("opacity in the right") == "[redacted]"  # a piece of a text
+    assert red.cell(f"quoted: {text} end") == "[redacted]"  # a text inside a cell
+    assert red.cell("site A, portable") == "site A, portable"
+    assert red.cell(3.5) == 3.5
+
+
+def test_private_arrays_are_left_out_under_redact(tmp_path: Path) -> None:
+    """Image-like per-sample maps marked private are not written under --redact: one key,
+    or every array with the key "arrays"; without --redact all are kept."""
+    from mmaudit.check import CheckOutput
+    from mmaudit.report import ReportWriter
+
+    maps = {"map.ig": np.ones((3, 4, 4)), "score": np.arange(3.0)}
+    ids = ["s001", "s002", "s003"]
+
+    def written(private: set[str], redact: bool) -> tuple[set[str], list[str]]:
+        out = CheckOutput(arrays=dict(maps), private=set(private))
+        writer = ReportWriter(tmp_path / "rep", Redactor(ids, [], salt="k") if redact else None)
+        _, tables = writer.add_check("saliency", out, ids)
+        keys: set[str] = set()
+        if "arrays" in tables:
+            with np.load(writer.stage / tables["arrays"]) as npz:
+                keys = set(npz.files) - {"__ids__"}
+        writer.abort()
+        return keys, out.notes
+
+    assert written({"map.ig"}, redact=False) == ({"map.ig", "score"}, [])
+    keys, notes = written({"map.ig"}, redact=True)
+    assert keys == {"score"} and "map.ig" in notes[0] and "--redact" in notes[0]
+    keys, notes = written({"arrays"}, redact=True)
+    assert keys == set() and "arrays" in notes[0]
 
 
 def test_summary_md_and_junit(hostile: dict[str, Path]) -> None:
