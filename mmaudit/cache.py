@@ -22,6 +22,7 @@ import torch
 from numpy.lib.format import open_memmap
 
 from mmaudit.data import AuditDataset, Batch
+from mmaudit.errors import CheckError
 from mmaudit.model import ModelAdapter
 
 RemovalHow = Literal["zero", "mean", "permute", "missing"]
@@ -277,10 +278,16 @@ class InferenceCache:
         """Logits of every removal in ``todo`` (key -> removal) at the encoder level, in one
         pass over the data. No image is decoded when the image encoder is substituted (a
         zero placeholder of the right shape stands in: the encoder that would read it never
-        runs); text ids and labs are cheap pre-tensorised rows and travel as they are, since
-        a fusion may read the attention mask. Each forward stacks up to ``4 * batch_size``
-        rows (the head is far lighter than the encoders); on CUDA out-of-memory the number
-        of coalitions per forward halves."""
+        runs); text ids and labs are cheap pre-tensorised rows that go to the model too, since
+        a fusion may read them (the built-in attention fusion masks its text queries with the
+        attention mask). A permuted text or lab encoder output brings its donor's ids and
+        mask, or lab values and missing flags, along, as at the input. Each forward stacks up
+        to ``4 * batch_size`` rows (the head is far lighter than the encoders); on CUDA
+        out-of-memory the number of coalitions per forward halves.
+
+        Raises CheckError when a modality without an encoder layer (``model.layers``) is to
+        be removed other than as 'missing': there is no encoder output to replace, and the
+        model would silently run on the real input."""
         import contextlib
 
         from mmaudit import distributed
@@ -288,6 +295,16 @@ class InferenceCache:
         start = time.perf_counter()
         ds = self.dataset
         mods = [m for m in ds.modalities if m in self.adapter.layers]
+        lacking = [
+            m
+            for m in ds.modalities
+            if m not in mods and any(r.get(m, "missing") != "missing" for r in todo.values())
+        ]
+        if lacking:
+            raise CheckError(
+                f"encoder-level removal of {', '.join(lacking)} needs model.layers to name its"
+                " encoder; remove it at the input level instead"
+            )
         cached = {m: _tensor_view(self.embeddings(m)) for m in mods}
         means = {
             m: self.encoder_mean(m) for m in mods if any(r.get(m) == "mean" for r in todo.values())
@@ -296,6 +313,7 @@ class InferenceCache:
         removals = list(todo.values())
         mine = distributed.shard(np.arange(len(ds)))
         skip_image = "image" in mods
+        moves_inputs = any(r.get(m) == "permute" for r in removals for m in ("text", "tabular"))
         parts: list[list[np.ndarray]] = [[] for _ in removals]
         current: dict[str, torch.Tensor] = {}
         per_forward = max(1, (4 * self.batch_size) // max(1, min(self.batch_size, len(mine))))
@@ -307,6 +325,7 @@ class InferenceCache:
             for lo in range(0, len(mine), self.batch_size):
                 rows = mine[lo : lo + self.batch_size]
                 batch = self._head_batch(rows, skip_image)
+                donor = self._head_batch(perm[rows], True) if moves_inputs else None
                 pos = 0
                 while pos < len(removals):
                     group = removals[pos : pos + per_forward]
@@ -321,7 +340,8 @@ class InferenceCache:
                         stacked = _tile(batch, len(group)).replace(
                             present=torch.cat(
                                 [self._coalition_present(batch, r, mods, perm) for r in group]
-                            )
+                            ),
+                            **_donor_inputs(batch, donor, group),
                         )
                         if skip_image:
                             stacked.image = self._image_placeholder(len(stacked))
@@ -472,6 +492,7 @@ class InferenceCache:
                     )
                 else:
                     changes["tabular"] = donor.tabular
+                    changes["tabular_missing"] = donor.tabular_missing
                 continue
             if how == "missing":
                 present[:, col] = False
@@ -686,6 +707,25 @@ def _encoder_rows(
     if how == "zero":
         return torch.zeros((len(rows), *full.shape[1:]), dtype=full.dtype)
     return full[torch.from_numpy(rows)]
+
+
+def _donor_inputs(
+    batch: Batch, donor: Batch | None, group: list[dict[str, RemovalHow]]
+) -> dict[str, torch.Tensor]:
+    """The text and lab inputs of the coalitions in ``group``, stacked in order: the donor
+    rows' (ids and attention mask; lab values and missing flags) where the coalition permutes
+    that modality, ``batch``'s own otherwise. Empty when nothing moves (``donor`` None)."""
+    if donor is None:
+        return {}
+    fields = {"text": ("input_ids", "attention_mask"), "tabular": ("tabular", "tabular_missing")}
+    out: dict[str, torch.Tensor] = {}
+    for m, names in fields.items():
+        for name in names:
+            own, theirs = getattr(batch, name), getattr(donor, name)
+            if own is None or theirs is None:
+                continue
+            out[name] = torch.cat([theirs if r.get(m) == "permute" else own for r in group])
+    return out
 
 
 def _tile(batch: Batch, times: int) -> Batch:

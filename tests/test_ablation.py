@@ -146,6 +146,28 @@ def build_analytic(form: str = "additive", a: float = A, b: float = B) -> Analyt
 LAYERS = {"image": "image_enc", "text": "text_enc", "tabular": "tab_enc"}
 
 
+def build_attention() -> nn.Module:
+    """A small built-in model with attention fusion, whose text queries are masked with the
+    attention mask in the fusion, after the text encoder: a fusion that reads an input."""
+    from mmaudit.models import ArchitectureSpec, TabularSpec, TextSpec, build_model, tiny_image_spec
+
+    text = TextSpec(vocab_size=351, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    spec = ArchitectureSpec(
+        modalities=["image", "text", "tabular"],
+        image=tiny_image_spec(8),
+        text=text,
+        tabular=TabularSpec(n_features=2, hidden=[8]),
+        dim=16,
+        fusion="attention",
+        num_outputs=1,
+    )
+    torch.manual_seed(0)
+    return build_model(spec).eval()
+
+
+BUILTIN_LAYERS = {"image": "image_encoder", "text": "text_encoder", "tabular": "tabular_encoder"}
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -567,14 +589,27 @@ def test_encoder_mean_averages_present_rows_only(additive_ctx: AuditContext) -> 
     assert out.metrics["logit_shapley.efficiency_error"] < 1e-5
 
 
+@pytest.mark.parametrize("model", ["analytic", "attention"])
 def test_encoder_level_coalitions_decode_no_image(
-    analytic_data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    analytic_data: dict[str, Path], monkeypatch: pytest.MonkeyPatch, model: str
 ) -> None:
     """Every coalition at the encoder level in one pass: no image read, and the logits of
-    the input level (where the whole model reruns on the removed inputs)."""
+    the input level (where the whole model reruns on the removed inputs). The attention
+    fusion masks its text queries with the attention mask, so a permuted text encoder
+    output must bring its donor's mask along; only 'permute' is comparable there (a zeroed
+    encoder output is not the encoder's output on a zeroed input)."""
     from mmaudit.checks.ablation import _removals
 
-    ctx = make_context(analytic_config(analytic_data["additive"]))
+    cfg = analytic_config(analytic_data["additive"])
+    hows: tuple[str, ...] = ("permute", "mean", "zero")
+    masks = np.arange(8)
+    if model == "attention":
+        cfg["model"].update(
+            factory="test_ablation:build_attention", kwargs={}, layers=BUILTIN_LAYERS
+        )
+        hows = ("permute",)
+        masks = np.array([5, 1, 0])  # removed: text alone, text and labs, everything
+    ctx = make_context(cfg)
     ctx.cache.sweep()
     loads = {"n": 0}
     real = ctx.dataset.load_image
@@ -585,8 +620,8 @@ def test_encoder_level_coalitions_decode_no_image(
 
     monkeypatch.setattr(ctx.dataset, "load_image", counted)
     players = list(ctx.dataset.modalities)
-    for how in ("permute", "mean", "zero"):
-        removals = _removals(players, np.arange(8), how)
+    for how in hows:
+        removals = _removals(players, masks, how)
         loads["n"] = 0
         enc = ctx.cache.ablated_many(removals, "encoder")
         assert loads["n"] == 0, how
@@ -595,6 +630,27 @@ def test_encoder_level_coalitions_decode_no_image(
                 continue  # text 'mean': mean embedding vs the empty report's, not comparable
             expected = ctx.cache.ablated(remove, "input").logits
             assert np.allclose(result.logits, expected, atol=1e-5), (how, remove)
+    if model == "attention":  # the analytic model ignores its text; this one does not
+        text_moved = ctx.cache.ablated({"text": "permute"}, "encoder").logits
+        assert not np.allclose(text_moved, ctx.cache.sweep().logits, atol=1e-3)
+
+
+def test_encoder_level_removal_without_an_encoder_layer_is_an_error(
+    analytic_data: dict[str, Path],
+) -> None:
+    """No encoder output to replace: the model would run on the real report and return
+    near-base logits. Only 'missing' (a presence flag) needs no encoder layer."""
+    from mmaudit.errors import CheckError
+
+    cfg = analytic_config(analytic_data["additive"], layers={"image": "image_enc"})
+    ctx = make_context(cfg)
+    for how in ("permute", "zero", "mean"):
+        with pytest.raises(CheckError, match="text, tabular"):
+            ctx.cache.ablated({"text": how, "tabular": how, "image": how}, "encoder")  # type: ignore[dict-item]
+    with pytest.raises(CheckError, match="tabular"):
+        ctx.cache.ablated({"image": "permute", "tabular": "zero"}, "encoder")
+    kept = ctx.cache.ablated({"image": "permute", "text": "missing"}, "encoder").logits
+    assert np.allclose(kept, ctx.cache.ablated({"image": "permute"}, "input").logits, atol=1e-5)
 
 
 def test_per_sample_values_average_several_permutations(additive_ctx: AuditContext) -> None:

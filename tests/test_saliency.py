@@ -440,6 +440,49 @@ def test_the_yaml_sanity_rule_decides_trust(toy_dir: Path) -> None:
         assert has_p == bool(trusted), rule
 
 
+def test_sanity_verdict_comes_only_from_the_fully_randomised_model(
+    toy_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the last stage gives no comparison (e.g. no finite randomised map), an earlier,
+    partly randomised stage must not stand in for the verdict: no sanity metric, no trust
+    decision, a note instead. The first stage's row stays in the curve."""
+    from mmaudit.checks import saliency
+
+    real = saliency._similarities
+    calls: list[int] = []
+
+    def none_at_last_stage(a: np.ndarray, b: np.ndarray) -> Any:
+        calls.append(1)
+        return None if len(calls) == 2 else real(a, b)
+
+    monkeypatch.setattr(saliency, "_similarities", none_at_last_stage)
+    ctx = toy_context(toy_dir, kwargs={"focus": "corner"})
+    out, findings = run_check(ctx, methods=["gradcam"], faithfulness_samples=0)
+    assert out.metrics["sanity.stages"] == 2 and len(calls) == 2
+    assert out.tables["sanity_curve"]["stage"].tolist() == [1]
+    assert not any(k.startswith(("sanity.similarity.", "sanity.trusted.")) for k in out.metrics)
+    assert any("sanity check of gradcam: no comparison" in n for n in out.notes)
+    assert not any(f.rule in ("sanity_failed", "sanity_untrusted") for f in findings)
+
+
+def test_holm_drops_the_p_values_of_an_untrusted_methods_secondary_peaks() -> None:
+    """Secondary hotspot candidates are named ``<method>_2``, ``<method>_3``: they belong to
+    ``<method>`` and lose their p-value with it; a trusted method's keep theirs."""
+    from types import SimpleNamespace
+
+    from mmaudit.checks.saliency import _Run
+
+    keys = [f"occlusion.flip_excess.{c}" for c in ("ig", "ig_2", "ig_3", "gradcam", "gradcam_2")]
+    fake = SimpleNamespace(
+        out=SimpleNamespace(metrics={k: Estimate(0.3, n=20, null_p=0.001) for k in keys}),
+        trusted={"ig": False, "gradcam": True},
+    )
+    _Run._holm(fake, keys)  # type: ignore[arg-type]
+    p = {k.rsplit(".", 1)[-1]: fake.out.metrics[k].null_p for k in keys}
+    assert p["ig"] is None and p["ig_2"] is None and p["ig_3"] is None
+    assert p["gradcam"] is not None and p["gradcam_2"] is not None
+
+
 def test_no_conv_layer_skips_cams_but_ig_runs(toy_dir: Path) -> None:
     ctx = toy_context(toy_dir, kwargs={"flat": True}, layers={})
     assert "gradcam" not in ctx.adapter.layers
@@ -535,6 +578,38 @@ def test_spray_finds_the_site_b_cluster(both_run: Any) -> None:
     assert (site_b["site_purity"] >= 0.9).all()
     notes = [f.message for f in findings if f.rule == "cluster_candidate"]
     assert any("site=B" in n for n in notes)
+
+
+def test_level_gap_null_is_calibrated_when_missingness_follows_the_level() -> None:
+    """Noise statistics, 60 rows of each level, only 4 level-B rows finite (dead maps or
+    missing ROI masks concentrated at one site). The null must shuffle the levels among
+    the finite rows: a null over all known rows has balanced counts, too narrow for the
+    observed 56-vs-4 gap, and rejects about half the time. A planted gap is still found,
+    and a column with another NaN pattern is tested on its own rows."""
+    from mmaudit.checks.saliency import level_gap_tests
+
+    n = 120
+    codes = np.repeat([0, 1], n // 2)
+    groups = np.arange(n)
+    level_b = np.flatnonzero(codes == 1)
+    rejected, found = 0, 0
+    seeds = 100
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        values = rng.normal(size=(n, 2))
+        values[level_b[4:], 0] = np.nan
+        values[::3, 1] = np.nan
+        planted = values.copy()
+        planted[level_b, 1] += 1.5
+        null_res = level_gap_tests(codes, groups, values, 2, rng, 200)
+        assert null_res[0][2] == n // 2 + 4 and null_res[1][2] == n - n // 3
+        rejected += null_res[0][1] < 0.05
+        found += level_gap_tests(codes, groups, planted, 2, rng, 200)[1][1] < 0.05
+    assert rejected / seeds <= 0.10
+    assert found / seeds >= 0.9
+    few = np.full((n, 1), np.nan)
+    few[:3, 0] = 1.0
+    assert level_gap_tests(codes, groups, few, 2, np.random.default_rng(0), 50) == [(None, None, 0)]
 
 
 def test_spray_eigengap_allows_one_cluster() -> None:

@@ -719,7 +719,14 @@ class _Run:
                         "n": int(ok.sum()),
                     }
                 )
-                final[m] = (rho, sim, sub[ok])
+                if k == len(stages) - 1:  # only the fully randomised model decides trust
+                    final[m] = (rho, sim, sub[ok])
+        for m in sorted(({row["method"] for row in curve} | set(part.thumbs)) - set(final)):
+            out.notes.append(
+                f"sanity check of {m}: no comparison with the fully randomised model (no finite"
+                " randomised map, or every map constant on both sides), so no sanity verdict;"
+                " earlier stages do not stand in for it and its findings stay unchecked"
+            )
         for m, (rho, sim, rows) in final.items():
             out.metrics[f"sanity.spearman.{m}"] = self.boot(rho, rows)
             out.metrics[f"sanity.ssim.{m}"] = self.boot(sim, rows)
@@ -827,7 +834,8 @@ class _Run:
         for k, a in zip(keys, adj, strict=True):
             est = metrics[k]
             assert isinstance(est, Estimate)
-            method = k.rsplit(".", 1)[-1]
+            # secondary peaks are named "<method>_2", "<method>_3"; no method has an underscore
+            method = k.rsplit(".", 1)[-1].split("_")[0]
             keep = self.trusted.get(method, True) and not math.isnan(a)
             metrics[k] = dc_replace(est, null_p=float(a) if keep else None)
 
@@ -865,10 +873,12 @@ class _Run:
         every attribute, and a permutation test of the gap between levels.
 
         The gap (largest minus smallest level mean) is tested against ``n_permutations``
-        shuffles of the attribute (by patient when it is constant within patients), drawn
-        once per attribute over the rows where it is known and shared by every method and
-        statistic; all gaps of one shuffle come from one-hot matrix products. Holm runs per
-        statistic over attributes x methods, and untrusted methods lose their p-values."""
+        shuffles of the attribute (by patient when it is constant within patients) among
+        the rows where both the attribute and the statistic are known, one null per
+        finiteness pattern shared by the method/statistic columns that have it (see
+        :func:`level_gap_tests`); all gaps of one shuffle come from one-hot matrix products.
+        Holm runs per statistic over attributes x methods, and untrusted methods lose their
+        p-values."""
         out, main = self.out, self.main
         rows = main.rows
         self.levels = self._levels()
@@ -922,32 +932,14 @@ class _Run:
     def _gap_tests(
         self, attr: str, codes: np.ndarray, values: np.ndarray, n_levels: int
     ) -> list[tuple[float | None, float | None, int]]:
-        """(observed gap, permutation p, n) per column of ``values`` (known rows x statistics;
-        NaN where missing); None for a column with under 4 values or one level."""
+        """:func:`level_gap_tests` of ``attr``'s known rows, shuffled by patient where the
+        level is constant within patients."""
         known_rows = self.main.rows[
             np.array([x is not None for x in self.levels[attr]], dtype=bool)
         ]
-        finite = np.isfinite(values)
-        observed = _level_gaps(codes[None], values, n_levels)[0]
         rng = self.ctx.rng(f"saliency.subgroups.{attr}")
-        block = max(1, (1 << 21) // (len(codes) * n_levels))  # one-hot block of 16 MB at most
-        null = np.concatenate(
-            [
-                _level_gaps(perms, values, n_levels)
-                for perms in _permuted_codes(
-                    codes, self.bs.codes[known_rows], rng, self.p.n_permutations, block
-                )
-            ]
-        )
-        res: list[tuple[float | None, float | None, int]] = []
-        for j in range(values.shape[1]):
-            ok = finite[:, j]
-            if ok.sum() < 4 or len(np.unique(codes[ok])) < 2:
-                res.append((None, None, 0))
-                continue
-            p = permutation_pvalue(observed[j], null[:, j], "greater")
-            res.append((float(observed[j]), p, int(ok.sum())))
-        return res
+        groups = self.bs.codes[known_rows]
+        return level_gap_tests(codes, groups, values, n_levels, rng, self.p.n_permutations)
 
     # ---------------------------------------------------------------- hotspot
     def _hotspot_method(self) -> str | None:
@@ -1467,6 +1459,7 @@ class _Run:
         out.tables["per_sample"] = table
         out.per_sample = table
         out.private.add("per_sample")
+        out.private.add("arrays")  # the 16x16 map.* arrays are image-like thumbnails
         n = len(ds)
         for m, t in main.thumbs.items():
             small = _downsample(t, 16) if t.shape[1] > 16 else t
@@ -1752,6 +1745,47 @@ def _permuted_codes(
         b = min(block, n - start)
         drawn = rng.permuted(np.broadcast_to(unit, (b, len(unit))), axis=1)
         yield drawn[:, inv] if by_patient else drawn
+
+
+def level_gap_tests(
+    codes: np.ndarray,
+    groups: np.ndarray,
+    values: np.ndarray,
+    n_levels: int,
+    rng: np.random.Generator,
+    n_permutations: int,
+) -> list[tuple[float | None, float | None, int]]:
+    """(observed level gap, permutation p, n) per column of ``values`` (rows x statistics,
+    NaN where missing); None for a column with under 4 values or one level.
+
+    The null of a column shuffles the level codes among the rows where that column is
+    finite, so observed and null gaps rest on the same level counts. Where NaN depends on
+    the level (dead maps follow the predicted class; ROI masks come from one site), a null
+    built over every row would mix the levels into balanced counts and be too narrow.
+    Columns sharing a finiteness pattern share one null, so the test stays vectorised.
+    """
+    finite = np.isfinite(values)
+    res: list[tuple[float | None, float | None, int]] = [(None, None, 0)] * values.shape[1]
+    patterns: dict[bytes, list[int]] = {}
+    for j in range(values.shape[1]):
+        patterns.setdefault(finite[:, j].tobytes(), []).append(j)
+    for cols in patterns.values():
+        ok = finite[:, cols[0]]
+        if ok.sum() < 4 or len(np.unique(codes[ok])) < 2:
+            continue
+        v = values[ok][:, cols]
+        observed = _level_gaps(codes[ok][None], v, n_levels)[0]
+        block = max(1, (1 << 21) // (int(ok.sum()) * n_levels))  # one-hot block of 16 MB at most
+        null = np.concatenate(
+            [
+                _level_gaps(perms, v, n_levels)
+                for perms in _permuted_codes(codes[ok], groups[ok], rng, n_permutations, block)
+            ]
+        )
+        for i, j in enumerate(cols):
+            p = permutation_pvalue(observed[i], null[:, i], "greater")
+            res[j] = (float(observed[i]), p, int(ok.sum()))
+    return res
 
 
 def _level_gaps(perms: np.ndarray, values: np.ndarray, n_levels: int) -> np.ndarray:
