@@ -92,8 +92,16 @@ class Analytic(nn.Module):
         return self.a * f + 0.0 * t + self.b * g
 
 
-class PresenceAware(Analytic):
-    """Additive, plus 1 when the report is present: a model that reads the presence mask."""
+class ReadsPresence(Analytic):
+    """Additive, plus terms read from the presence mask: ``report_bonus`` when the report is
+    present (a model that uses the mask) and ``missing_image_bonus`` when the image is
+    missing (a planted bug that only shows when images go missing)."""
+
+    def __init__(
+        self, a: float, b: float, report_bonus: float = 0.0, missing_image_bonus: float = 0.0
+    ) -> None:
+        super().__init__("additive", a, b)
+        self.report_bonus, self.missing_image_bonus = report_bonus, missing_image_bonus
 
     def forward(  # type: ignore[override]
         self,
@@ -104,23 +112,14 @@ class PresenceAware(Analytic):
         present: torch.Tensor | None = None,
     ) -> torch.Tensor:
         out = super().forward(image, input_ids, attention_mask, tabular)
-        return out if present is None else out + present[:, 1:2].float()
-
-
-class BrokenMissingImage(Analytic):
-    """Additive, but its missing-image path adds 6 to the logit: a planted bug that only
-    shows when images go missing."""
-
-    def forward(  # type: ignore[override]
-        self,
-        image: torch.Tensor,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        tabular: torch.Tensor | None = None,
-        present: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        out = super().forward(image, input_ids, attention_mask, tabular)
-        return out if present is None else out + 6.0 * (~present[:, 0:1].bool()).float()
+        if present is None:
+            return out
+        image_missing = (~present[:, 0:1].bool()).float()
+        return (
+            out
+            + self.report_bonus * present[:, 1:2].float()
+            + self.missing_image_bonus * image_missing
+        )
 
 
 class LateSpec:
@@ -134,9 +133,9 @@ def build_analytic(form: str = "additive", a: float = A, b: float = B) -> Analyt
     additive model declaring late fusion (additive by design)."""
     torch.manual_seed(0)
     if form == "presence":
-        return PresenceAware(form, a, b)
+        return ReadsPresence(a, b, report_bonus=1.0)
     if form == "broken_missing":
-        return BrokenMissingImage("additive", a, b)
+        return ReadsPresence(a, b, missing_image_bonus=6.0)
     model = Analytic("additive" if form == "late" else form, a, b)
     if form == "late":
         model.spec = LateSpec()  # type: ignore[assignment]
