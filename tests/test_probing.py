@@ -293,22 +293,34 @@ def analytic_context(head: str, seed: int = 0, n: int = 600, logits: str = "head
     if logits == "hidden":  # the head reads a feature the probed layer does not contain
         logit_values = (4.0 * (y - 0.5) + rng.normal(0, 1, n))[:, None]
     cache = LinearHeadCache(x_head, w, logit_values)
-    kinds = {"age": "continuous"}
+    return linear_head_context(
+        cache, attributes, y, patient_ids, "factory:analytic", seed, continuous=("age",)
+    )
+
+
+def linear_head_context(
+    cache: LinearHeadCache,
+    attributes: pd.DataFrame,
+    y: np.ndarray,
+    patients: np.ndarray,
+    source: str,
+    seed: int,
+    continuous: tuple[str, ...] = (),
+) -> AuditContext:
+    """The AuditContext a probing check sees for a linear-head model over an image input."""
+    kinds = {c: "continuous" if c in continuous else "categorical" for c in attributes}
     config = SimpleNamespace(
         data=SimpleNamespace(
             target=SimpleNamespace(kind="binary"),
-            attributes={c: AttributeConfig(kind=kinds.get(c, "categorical")) for c in attributes},
+            attributes={c: AttributeConfig(kind=k) for c, k in kinds.items()},  # type: ignore[arg-type]
         )
     )
     dataset = SimpleNamespace(
-        attributes=attributes,
-        target=y,
-        patients=patient_ids,
-        modalities=("image",),
+        attributes=attributes, target=y, patients=patients, modalities=("image",)
     )
     adapter = SimpleNamespace(
         layers={"embedding": "fusion", "image": "image_encoder"},
-        source="factory:analytic",
+        source=source,
         supports_hooks=True,
     )
     return AuditContext(config=config, dataset=dataset, adapter=adapter, cache=cache, seed=seed)  # type: ignore[arg-type]
@@ -510,23 +522,8 @@ def planted_context(delta: float, seed: int, n: int = 300, d: int = 64) -> Audit
     w = np.zeros(d)
     w[0] = 3.0
     cache = LinearHeadCache(x - w / 3.0, w)  # logit 3 (x0 - 1)
-    config = SimpleNamespace(
-        data=SimpleNamespace(
-            target=SimpleNamespace(kind="binary"), attributes={"z": AttributeConfig()}
-        )
-    )
-    dataset = SimpleNamespace(
-        attributes=pd.DataFrame({"z": np.where(z == 1, "b", "a")}),
-        target=y,
-        patients=patients.astype(str),
-        modalities=("image",),
-    )
-    adapter = SimpleNamespace(
-        layers={"embedding": "fusion", "image": "image_encoder"},
-        source="factory:planted",
-        supports_hooks=True,
-    )
-    return AuditContext(config=config, dataset=dataset, adapter=adapter, cache=cache, seed=seed)  # type: ignore[arg-type]
+    attributes = pd.DataFrame({"z": np.where(z == 1, "b", "a")})
+    return linear_head_context(cache, attributes, y, patients.astype(str), "factory:planted", seed)
 
 
 def test_check_detects_a_planted_direction_and_not_its_absence() -> None:
