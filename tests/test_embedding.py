@@ -283,6 +283,9 @@ def test_cross_modal_alignment_in_a_shared_space() -> None:
     assert any("no shared projection space" in n for n in no_space.notes)
 
 
+SEED_NEGATIVE_RIDGE = 5
+
+
 def test_ordinal_severity_along_a_direction() -> None:
     rng = np.random.default_rng(9)
     n = 160
@@ -290,7 +293,8 @@ def test_ordinal_severity_along_a_direction() -> None:
     x = rng.normal(size=(n, 10))
     direction = rng.normal(size=10)
     x += np.outer(grade, direction) * 0.8
-    names = np.array(["none", "mild", "moderate", "severe"])[grade]
+    levels = np.array(["none", "mild", "moderate", "severe"])
+    names = levels[grade]
     label = (grade >= 2).astype(int)
     out = analyse(
         inputs({"embedding": x}, label, {"grade": names}),
@@ -303,6 +307,20 @@ def test_ordinal_severity_along_a_direction() -> None:
     fitted = out.metrics["ordinal.embedding.spearman_fitted"]
     assert fitted.value > 0.8 and fitted.null_p <= 0.05  # type: ignore[union-attr]
     assert value(out, "ordinal.embedding.spearman_pc1") > 0.7
+    # clean counterpart: severity unrelated to a wide embedding. Out-of-fold ridge
+    # predictions then lean negative (rho -0.3 here), which a two-sided test flagged
+    noise = np.random.default_rng(SEED_NEGATIVE_RIDGE)
+    unrelated = levels[noise.integers(0, 4, 60)]
+    clean = analyse(
+        inputs({"embedding": noise.normal(size=(60, 40))}, label[:60], {"grade": unrelated}),
+        params(
+            clustering="none",
+            ordinal="grade",
+            ordinal_levels=["none", "mild", "moderate", "severe"],
+        ),
+    )
+    clean_fitted = clean.metrics["ordinal.embedding.spearman_fitted"]
+    assert clean_fitted.null_p > 0.05  # type: ignore[union-attr]
     unordered = analyse(
         inputs({"embedding": x}, label, {"grade": names}),
         params(clustering="none", ordinal="grade"),

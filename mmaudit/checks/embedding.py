@@ -380,7 +380,8 @@ class EmbeddingCheck(Check):
     ``clusters.<layer>.nuisance_pure_label_mixed.<attribute>`` (share of rows in clusters
     pure in the attribute but mixed in label); ``trustworthiness.<layer>.<method>``;
     ``alignment.<a>_to_<b>.recall_at_{1,5,10}``, ``alignment.<a>_<b>.gap``;
-    ``ordinal.<layer>.spearman_{pc1,fitted}``; ``excluded_rows.<layer>`` (count; the
+    ``ordinal.<layer>.spearman_{pc1,fitted}`` (p two-sided for PC1, one-sided for the
+    cross-fitted direction); ``excluded_rows.<layer>`` (count; the
     ``excluded_rows`` table names every id with its reason), ``layers_analysed``.
     Default thresholds: ``dataset_identity`` warns when any layer's identity margin has
     its CI above 0 (adjusted p <= 0.05); ``dataset_identity_head`` fails when the fused
@@ -1598,9 +1599,18 @@ def _ordinal(
             rho = _spearman(score, y)
             null = _spearman_null(score, y, p.n_permutations, rng)
             est = bootstrap_ci(_spearman, score, y, **boot)
-            p_two = permutation_pvalue(abs(rho), np.abs(null)) if rho == rho else math.nan
+            # PC1's sign was set from the data, so only |rho| is evidence: two-sided. The
+            # fitted direction is evidence only when it ranks severity the right way round;
+            # out-of-fold ridge predictions on unrelated values lean negative (the shuffled
+            # null does not), so a two-sided test would flag that bias: one-sided, greater.
+            if rho != rho:
+                p_value = math.nan
+            elif kind == "pc1":
+                p_value = permutation_pvalue(abs(rho), np.abs(null))
+            else:
+                p_value = permutation_pvalue(rho, null, "greater")
             out.metrics[f"ordinal.{name}.spearman_{kind}"] = Estimate(
-                rho, est.ci_low, est.ci_high, len(y), p_two
+                rho, est.ci_low, est.ci_high, len(y), p_value
             )
         if fitted is not None:
             fig_data.append((name, fitted, y))
