@@ -36,7 +36,13 @@ MetricValue = Estimate | float | int | str | None
 
 
 class ThresholdRule(BaseModel):
-    """Judge one metric (or every metric matching a ``*`` pattern) against limits."""
+    """Judge one metric (or every metric matching a ``*`` pattern) against limits.
+
+    ``statistic`` picks what the limits compare (the value or a CI bound). Two gates must
+    both hold before anything but ``pass`` is raised: ``max_p``, the metric's (corrected)
+    null p-value at most this; ``ci_low_above``, its CI lower bound above this (0: the CI
+    excludes zero). A metric without the p-value or CI a gate needs passes.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -47,6 +53,7 @@ class ThresholdRule(BaseModel):
     fail_below: float | None = None
     statistic: Literal["value", "ci_low", "ci_high"] = "value"
     max_p: float | None = None
+    ci_low_above: float | None = None
     message: str = ""
 
 

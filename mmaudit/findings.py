@@ -3,7 +3,8 @@
 Checks compute; this module judges. A rule names a metric (``*`` patterns allowed),
 which statistic of it to compare (the value or a CI bound) and warn / fail limits
 above or below; ``max_p`` additionally requires the metric's (corrected) null
-p-value to be small before anything but ``pass`` is raised.
+p-value to be small, and ``ci_low_above`` its CI lower bound to clear a floor (0: the
+CI excludes zero), before anything but ``pass`` is raised.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def judge(
             p = metrics[name].null_p if isinstance(metrics[name], Estimate) else None
             if rule.max_p is not None and (p is None or p > rule.max_p):
                 continue
+            if rule.ci_low_above is not None:
+                low = _number(metrics[name], "ci_low")
+                if low is None or low <= rule.ci_low_above:
+                    continue
             severity, limit, word = "pass", None, ""
             for sev, lim, above in (
                 ("fail", rule.fail_above, True),

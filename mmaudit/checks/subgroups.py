@@ -270,7 +270,6 @@ class GroupResult:
     boot: dict[str, np.ndarray]  # metric -> (B, G)
     gaps: dict[str, Estimate] = field(default_factory=dict)  # null_p: permutation p
     pairs: dict[str, tuple[int, int]] = field(default_factory=dict)
-    ci_p: dict[str, float | None] = field(default_factory=dict)  # see ci_pvalue
     holm_p: dict[str, float | None] = field(default_factory=dict)  # set by the check
 
 
@@ -280,28 +279,6 @@ def _percentile(values: np.ndarray, n_boot: int, alpha: float) -> tuple[float | 
         return None, None
     lo, hi = np.quantile(valid, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
-
-
-def ci_pvalue(diffs: np.ndarray, n_boot: int) -> float | None:
-    """The bootstrap p of "gap <= 0" that inverts the percentile CI of ``_percentile``.
-
-    ``diffs`` holds the gap on each resample. The result is the smallest alpha at which the
-    (1 - alpha) percentile interval (numpy's linear interpolation) lies above zero, so
-    ``p < alpha`` exactly when that CI excludes zero: about twice the share of resamples at
-    or below zero, interpolated where the sorted resamples cross zero. None when the CI
-    could not be formed either.
-    """
-    valid = np.sort(diffs[np.isfinite(diffs)])
-    if valid.size == 0 or valid.size < n_boot / 2:
-        return None
-    k = int(np.searchsorted(valid, 0.0, side="right"))  # resamples at or below zero
-    if k == 0:
-        return 0.0
-    if k == valid.size:
-        return 1.0
-    below, above = float(valid[k - 1]), float(valid[k])
-    crossing = (k - 1) + (0.0 - below) / (above - below)  # where the quantile reaches zero
-    return float(min(1.0, 2 * crossing / (valid.size - 1)))
 
 
 def _add_gap(
@@ -314,10 +291,9 @@ def _add_gap(
     alpha: float,
 ) -> None:
     """Record one gap: its value, the percentile CI of its resampled values ``diffs``, the
-    permutation p against ``null`` and the bootstrap p of the CI (``ci_pvalue``)."""
+    permutation p against ``null``."""
     lo, hi = _percentile(diffs, n_boot, alpha)
     result.gaps[metric] = Estimate(gap, lo, hi, len(result.rows), _range_p(gap, null))
-    result.ci_p[metric] = ci_pvalue(diffs, n_boot)
 
 
 def _range_p(observed: float, null: np.ndarray) -> float | None:
@@ -382,8 +358,7 @@ def analyse_groups(
     group labels shuffled (across whole patients where each has one group) and the gap
     recomputed ``n_permutations`` times. The equalised-odds difference is the larger of the
     TPR and FPR gaps -- on the full data and on every resample, which gives its CI -- tested
-    against the larger of the two permuted gaps. ``ci_p`` holds each gap's bootstrap p of
-    "gap <= 0" (``ci_pvalue``).
+    against the larger of the two permuted gaps.
     Groups below ``min_group_size`` rows or (binary) ``min_class_size`` positives / negatives
     are reported but not judged.
     """
@@ -501,12 +476,11 @@ class SubgroupsCheck(Check):
     only a finding when its CI excludes zero and it beats what shuffled groups give, and a
     group of a handful of patients is reported, not judged.
     Metrics: ``group.<attr>.<group>.{n,prevalence,auroc,tpr,fpr,ece}``;
-    ``gap.{auroc,tpr,fpr,ece}.<attr>`` and ``eod.<attr>`` (null_p: the larger of the
-    Holm-corrected permutation p and the bootstrap p of the CI, so that it is below alpha
-    only when both tests agree; the ``gaps`` table has both);
-    ``operating_threshold``; ``small_groups.<attr>``.
-    Default thresholds (each needs that p < 0.05: the 95% CI of the gap excludes zero and
-    the Holm-corrected permutation p is below 0.05): AUROC gap warn > 0.05, fail > 0.10;
+    ``gap.{auroc,tpr,fpr,ece}.<attr>`` and ``eod.<attr>`` (null_p: the Holm-corrected
+    permutation p); ``operating_threshold``; ``small_groups.<attr>``.
+    Default thresholds (each needs both the CI of the gap above zero, ``ci_low_above: 0``,
+    and the Holm-corrected permutation p below 0.05, ``max_p``; an intersection-union
+    test): AUROC gap warn > 0.05, fail > 0.10;
     equalised-odds difference warn > 0.10, fail > 0.20; ECE gap warn > 0.05. A group too
     small to judge is a note, not a verdict.
     """
@@ -560,6 +534,7 @@ class SubgroupsCheck(Check):
             warn_above=0.05,
             fail_above=0.10,
             max_p=0.05,
+            ci_low_above=0.0,
             message="AUROC differs between groups (CI above zero, beyond shuffled groups)",
         ),
         "equalised_odds": ThresholdRule(
@@ -567,6 +542,7 @@ class SubgroupsCheck(Check):
             warn_above=0.10,
             fail_above=0.20,
             max_p=0.05,
+            ci_low_above=0.0,
             message="error rates at the operating threshold differ between groups"
             " (equalised-odds difference)",
         ),
@@ -574,6 +550,7 @@ class SubgroupsCheck(Check):
             metric="gap.ece.*",
             warn_above=0.05,
             max_p=0.05,
+            ci_low_above=0.0,
             message="calibration differs between groups",
         ),
     }
@@ -700,15 +677,14 @@ class SubgroupsCheck(Check):
             )
 
     def _gap_metrics(self, results: list[GroupResult], out: CheckOutput) -> None:
-        """Publish every gap with the p its rule judges: the larger of the Holm-corrected
-        permutation p and the bootstrap p of its CI (``ci_pvalue``).
+        """Publish every gap with its Holm-corrected permutation p as ``null_p``.
 
-        A rule's ``max_p`` therefore asks for both at once (an intersection-union test): the
-        gap beats what shuffled groups give, *and* its CI excludes zero. Holm runs across
-        the gaps the default rules judge -- the AUROC gap, the equalised-odds difference and
-        the ECE gap of every attribute. The TPR and FPR gaps are the two parts of the
-        equalised-odds difference: they carry its corrected permutation p rather than adding
-        two more tests to the family.
+        The default rules ask for that p below 0.05 *and* the gap's CI above zero
+        (``max_p`` and ``ci_low_above``): the gap beats what shuffled groups give, and it is
+        not a resampling accident. Holm runs across the gaps the default rules judge -- the
+        AUROC gap, the equalised-odds difference and the ECE gap of every attribute. The
+        TPR and FPR gaps are the two parts of the equalised-odds difference: they carry its
+        corrected permutation p rather than adding two more tests to the family.
         """
         flagged = ("auroc", "eod", "ece")
         keys = [(r, m) for r in results for m in flagged if m in r.gaps]
@@ -722,10 +698,8 @@ class SubgroupsCheck(Check):
             for m in res.gaps:
                 if m in ("tpr", "fpr"):
                     res.holm_p[m] = res.holm_p.get("eod")
-                holm, ci = res.holm_p.get(m), res.ci_p.get(m)
-                judged = None if holm is None or ci is None else max(holm, ci)
                 e = res.gaps[m]
-                res.gaps[m] = Estimate(e.value, e.ci_low, e.ci_high, e.n, judged)
+                res.gaps[m] = Estimate(e.value, e.ci_low, e.ci_high, e.n, res.holm_p.get(m))
                 out.metrics[f"eod.{name}" if m == "eod" else f"gap.{m}.{name}"] = res.gaps[m]
 
 
@@ -774,9 +748,7 @@ def _gap_table(results: list[GroupResult]) -> pd.DataFrame:
                     "gap": e.value,
                     "ci_low": e.ci_low,
                     "ci_high": e.ci_high,
-                    "p_perm_holm": res.holm_p.get(m),
-                    "p_ci": res.ci_p.get(m),
-                    "p_judged": e.null_p,
+                    "p_perm_holm": e.null_p,
                     "highest": labels[pair[0]] if pair[0] >= 0 else "",
                     "lowest": labels[pair[1]] if pair[1] >= 0 else "",
                 }
