@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -134,12 +134,14 @@ class InferenceCache:
         layers: list[str],
         ctx: Any = None,
         persist: bool = False,
+        skip_image: bool = False,
     ) -> SweepResult:
         """One pass: this rank's shard in batches, results gathered from every rank in dataset
-        order. With ``persist`` and a work folder, each finished batch goes straight into
-        memory-mapped arrays on disk (see ``ShardFiles``), which a resumed run reuses; in one
-        process the result *is* those read-only memory maps, so RAM never holds the whole
-        sweep. With several processes every rank then holds the gathered arrays in RAM."""
+        order (``skip_image``: no image decoded, see ``_head_batch``). With ``persist`` and a
+        work folder, each finished batch goes straight into memory-mapped arrays on disk (see
+        ``ShardFiles``), which a resumed run reuses; in one process the result *is* those
+        read-only memory maps, so RAM never holds the whole sweep. With several processes
+        every rank then holds the gathered arrays in RAM."""
         from mmaudit import distributed
 
         start = time.perf_counter()
@@ -148,7 +150,7 @@ class InferenceCache:
         if persist and self.work_dir is not None and len(mine):
             files = ShardFiles(self.work_dir, key, layers, mine, len(self.dataset), self.batch_size)
             todo = files.unfinished()
-            self._compute(key, transform, layers, ctx, chunks, todo, files.write)
+            self._compute(key, transform, layers, ctx, chunks, todo, files.write, skip_image)
             local = files.read_only()
         else:
             done: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
@@ -156,7 +158,8 @@ class InferenceCache:
             def keep(k: int, out: np.ndarray, grabbed: dict[str, np.ndarray]) -> None:
                 done[k] = (out, grabbed)
 
-            self._compute(key, transform, layers, ctx, chunks, list(range(len(chunks))), keep)
+            everything = list(range(len(chunks)))
+            self._compute(key, transform, layers, ctx, chunks, everything, keep, skip_image)
             local = (
                 _concat([done[k][0] for k in range(len(chunks))]),
                 {n: _concat([done[k][1][n] for k in range(len(chunks))]) for n in layers},
@@ -180,15 +183,22 @@ class InferenceCache:
         chunks: list[np.ndarray],
         todo: list[int],
         sink: Callable[[int, np.ndarray, dict[str, np.ndarray]], None],
+        skip_image: bool = False,
     ) -> None:
         """Run the model on the chunks numbered ``todo``; hand each chunk's logits and layer
-        outputs (float32, on the CPU) to ``sink(k, logits, layers)`` as soon as it is done."""
+        outputs (float32, on the CPU) to ``sink(k, logits, layers)`` as soon as it is done.
+        With ``skip_image`` the image encoder is substituted: no image is decoded and a
+        placeholder stands in."""
         manager = self.adapter.capture(layers) if layers else _null_capture()
         with torch.inference_mode(), manager as store:
             if ctx is not None:
                 ctx.__enter__()
             try:
-                batches = self.iter_batches(f"sweep {key}", chunks=[chunks[k] for k in todo])
+                batches: Iterable[Batch] = (
+                    (self._placeholder_batch(chunks[k]) for k in todo)
+                    if skip_image
+                    else self.iter_batches(f"sweep {key}", chunks=[chunks[k] for k in todo])
+                )
                 for k, batch in zip(todo, batches, strict=True):
                     self._current = batch
                     if transform is not None:
@@ -373,6 +383,13 @@ class InferenceCache:
             return ds.collate([ds[int(i)] for i in rows]).to(self.adapter.device)
         return ds.collate([{"index": int(i)} for i in rows]).to(self.adapter.device)
 
+    def _placeholder_batch(self, rows: np.ndarray) -> Batch:
+        """``_head_batch`` without decoding, the image a placeholder of the right shape."""
+        batch = self._head_batch(rows, True)
+        if self.dataset.cfg.image is not None:
+            batch.image = self._image_placeholder(len(rows))
+        return batch
+
     def _image_placeholder(self, size: int) -> torch.Tensor | None:
         """Zeros of the image input's shape for ``size`` rows, without the memory (expanded)."""
         img = self.dataset.cfg.image
@@ -416,14 +433,15 @@ class InferenceCache:
                 return full[self._current.index.cpu()].to(self.adapter.device)
 
             stack.enter_context(self.adapter.substitute(layer, supply))
-        return self._run(key, transform, [], ctx=stack)
+        return self._run(key, transform, [], ctx=stack, skip_image="image" in outputs)
 
     def logits_with_layer(
         self, layer: str, values: np.ndarray, key: str | None = None
     ) -> np.ndarray:
         """Logits when ``layer`` (e.g. ``embedding``) outputs ``values`` (N, ...) in dataset
         order, e.g. an erased embedding. Every modality encoder is replaced by its cached output
-        too, so only the modules after ``layer`` run. Memoised when ``key`` is given."""
+        too, so only the modules after ``layer`` run, and no image is decoded. Memoised when
+        ``key`` is given."""
         full_key = f"layer:{layer}:{key}" if key is not None else None
         if full_key is not None and full_key in self._sweeps:
             return self._sweeps[full_key].logits

@@ -91,6 +91,19 @@ def test_logits_with_cached_embedding_equal_base(cache: InferenceCache) -> None:
     assert cache.adapter.hook_count() == 0
 
 
+def test_logits_with_layer_decodes_no_image(
+    cache: InferenceCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image encoder is substituted, so reading the images again would be wasted work."""
+    base, fused = cache.sweep().logits, cache.embeddings("embedding")
+
+    def decode(self: object, index: int) -> None:
+        raise AssertionError(f"row {index} decoded")
+
+    monkeypatch.setattr(type(cache.dataset), "__getitem__", decode)
+    assert np.allclose(cache.logits_with_layer("embedding", fused), base, atol=1e-6)
+
+
 def test_map_batches_runs_with_grad_in_order(cache: InferenceCache) -> None:
     import torch
 

@@ -15,11 +15,15 @@ from conftest import byo_model_config, tiny_config, write_tiny_dataset
 
 from mmaudit.cache import SweepResult
 from mmaudit.check import AuditContext, build_params
+from mmaudit.checks import probing
 from mmaudit.checks.probing import (
+    ErasureRow,
     ProbingCheck,
     _erasure_effects,
+    excess_significant,
     prepare_attribute,
     reinitialise,
+    used_by_head,
 )
 from mmaudit.config import AttributeConfig
 from mmaudit.findings import judge
@@ -210,6 +214,93 @@ def test_excess_dp_p_is_one_sided() -> None:
     assert more.value > 0 and more.ci_low > 0 and more.null_p < 1e-6
 
 
+def _moved(base: np.ndarray, scales: list[float], seed: int) -> list[np.ndarray]:
+    """Predictions after an erasure that moves each one by noise of SD ``scale`` (mean |dp|
+    about 0.8 scale): one array per scale."""
+    rng = np.random.default_rng(seed)
+    return [np.clip(base + rng.normal(0, s, base.shape), 0, 1) for s in scales]
+
+
+def _erasure_row(
+    y: np.ndarray, base: np.ndarray, erased: np.ndarray, randoms: list[np.ndarray]
+) -> ErasureRow:
+    """The check's ErasureRow for one attribute (Holm over one test: p_holm = p)."""
+    boot = {"groups": None, "n_boot": 400, "alpha": 0.05, "seed": 0}
+    effects = _erasure_effects(y, base, erased, randoms, "binary", **boot)
+    draws = np.array([np.abs(r - base).mean() for r in randoms])
+    row = ErasureRow(attribute="z", rank=1, residual=np.nan, dp_draws=draws, **effects)
+    row.p_holm = row.excess.null_p
+    return row
+
+
+def _binary_base(n: int = 400, seed: int = 9) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    return y, np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.1, n), 0.05, 0.95)[:, None]
+
+
+def test_random_reference_carries_the_spread_of_its_draws() -> None:
+    """Each resample redraws the J random subspaces too: with three draws that disagree
+    (mean |dp| about 0.01, 0.04, 0.16) the reference's CI is about as wide as the bootstrap
+    of their mean (SD / sqrt(J)), far wider than patient resampling alone gives (the clean
+    counterpart: three draws of the same size). An attribute a little above their mean
+    (noise SD 0.12) is then no evidence of use; with the draws held fixed, as before, its
+    excess had p < 1e-6."""
+    y, base = _binary_base()
+    attr = _moved(base, [0.12], seed=1)[0]
+    spread = _erasure_row(y, base, attr, _moved(base, [0.01, 0.05, 0.2], seed=2))
+    same = _erasure_row(y, base, attr, _moved(base, [0.05, 0.05, 0.05], seed=2))
+    half_width = np.std(spread.dp_draws) / np.sqrt(3)  # bootstrap SE of a mean of 3 draws
+    width = spread.dp_random.ci_high - spread.dp_random.ci_low
+    assert width > 2 * half_width
+    assert spread.dp_random.ci_low <= np.sort(spread.dp_draws)[1] <= spread.dp_random.ci_high
+    assert same.dp_random.ci_high - same.dp_random.ci_low < 0.2 * width
+    assert spread.dp_random_sd == pytest.approx(np.std(spread.dp_draws, ddof=1))
+    # the excess is tested against that uncertain reference: not significant here
+    assert spread.excess.value > 0 and spread.excess.null_p > 0.05
+    assert not used_by_head(spread, 0.05, 0.0)
+    assert same.excess.value > 0 and same.excess.null_p < 1e-6
+
+
+def test_attribute_within_the_random_spread_is_not_used() -> None:
+    """16 random subspaces whose effects range widely (noise SD 0.02 to 0.3): an attribute at
+    SD 0.25 lies inside that spread -- above the draws' mean, so the excess over the mean is
+    significant, but erasing it does no more than erasing a typical direction: not used. An
+    attribute at SD 0.6, beyond every draw, is used."""
+    y, base = _binary_base()
+    randoms = _moved(base, list(np.linspace(0.02, 0.3, 16)), seed=3)
+    inside, beyond = _moved(base, [0.25, 0.6], seed=4)
+    row = _erasure_row(y, base, inside, randoms)
+    assert row.dp_draws.min() < row.dp.value < row.dp_draws.max()
+    assert excess_significant(row, 0.05, 0.02), "the mean test alone would call it used"
+    assert not used_by_head(row, 0.05, 0.02)
+    used = _erasure_row(y, base, beyond, randoms)
+    assert used.dp.value > used.dp_draws.max() and used_by_head(used, 0.05, 0.02)
+
+
+def test_multiclass_erasure_auroc_matches_stats() -> None:
+    """Non-binary targets: the per-resample AUROC loop draws the patients of ``stats``."""
+    from mmaudit.checks.probing import _task_auroc
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 150)
+    patients = np.repeat(np.arange(75), 2)
+    logits = rng.normal(size=(150, 3)) + 1.5 * np.eye(3)[y]
+    base = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    erased = np.roll(base, 1, axis=0) * 0.3 + base * 0.7
+    boot = {"groups": patients, "n_boot": 100, "alpha": 0.05, "seed": 2}
+    mine = _erasure_effects(y, base, erased, [base, erased], "multiclass", **boot)
+
+    def task(yy: np.ndarray, pp: np.ndarray) -> float:
+        return _task_auroc(yy, pp, "multiclass")
+
+    ref = paired_bootstrap_diff(task, (y, base), (y, erased), **boot)
+    assert mine["dauroc"].value == pytest.approx(ref.value)
+    assert (mine["dauroc"].ci_low, mine["dauroc"].ci_high) == pytest.approx(
+        (ref.ci_low, ref.ci_high)
+    )
+
+
 def test_heatmap_shows_the_tested_score_beside_its_null() -> None:
     """The permutation null belongs to the ridge read-out; the heatmap prints that score next
     to the band (and the reported logistic AUROC above it), and the two agree closely."""
@@ -357,6 +448,65 @@ def test_analytic_head_used_versus_only_encoded(analytic_runs: dict[str, Any]) -
     assert abs(clean["erasure.dauroc.site"].value) < 0.01
 
 
+def origin_context(seed: int = 0, n: int = 400, pixels: int = 400, d: int = 8):
+    """Pixels with a bright corner marker for ``site`` and a faint whole-image pattern for
+    ``sex``; a randomly initialised linear encoder (d columns) and a trained one that is the
+    same encoder with two columns learnt: a filter for the disease pattern (the head reads
+    it) and one for the sex pattern, which lies outside the random encoder's view (orthogonal
+    to its columns). So random weights expose site (the input carries it) but not sex (only
+    training puts it in the embedding). Returns the context and the random-weights
+    embeddings per layer."""
+    rng = np.random.default_rng(seed)
+    patients = np.repeat(np.arange(n // 2), 2)
+    y, site, sex = (rng.integers(0, 2, n // 2)[patients] for _ in range(3))
+    w_random = rng.normal(size=(pixels, d)) / np.sqrt(pixels)
+    q, _ = np.linalg.qr(w_random)
+    unseen = rng.normal(size=pixels)
+    unseen -= q @ (q.T @ unseen)  # invisible to the random encoder
+    sex_pattern = unseen / np.linalg.norm(unseen)
+    disease_pattern = rng.normal(size=pixels) / np.sqrt(pixels)
+    image = rng.normal(size=(n, pixels))
+    image[:, :20] += 3.0 * site[:, None]
+    image += np.outer(2.5 * sex, sex_pattern) + np.outer(2.0 * y, disease_pattern)
+    w_trained = w_random.copy()
+    w_trained[:, 0], w_trained[:, 1] = disease_pattern, sex_pattern
+    head = np.zeros(d)
+    head[0] = 3.0
+    trained = image @ w_trained - 1.0 / 3.0 * head  # logit 3 (disease filter - 1)
+    random = image @ w_random
+    attributes = pd.DataFrame(
+        {"site": np.array(["A", "B"])[site], "sex": np.array(["F", "M"])[sex]}
+    )
+    cache = LinearHeadCache(trained, head)
+    ctx = linear_head_context(cache, attributes, y, patients.astype(str), "factory:origin", seed)
+    return ctx, {"embedding": random, "image": random[:, :3]}
+
+
+def test_random_weights_tell_input_from_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Known origins: the marker is in the pixels, so a random network already exposes site
+    (the trained encoder is not clearly above it): "input"; the sex pattern reaches the
+    embedding only through a learnt filter: "training". Both probes of the random network
+    have permutation p-values (Holm) and bootstrap CIs."""
+    ctx, random = origin_context()
+    monkeypatch.setattr(probing, "randomised_embeddings", lambda ctx, layers: random)
+    out = _run(ctx, random_baseline=True)
+    m = out.metrics
+    assert m["probe_origin.site.embedding"] == "input"
+    assert m["probe_origin.sex.embedding"] == "training"
+    assert m["probe_random.site.embedding"].null_p < 0.05
+    assert m["probe_random.sex.embedding"].null_p > 0.05
+    assert m["probe_random.sex.embedding"].ci_high < m["probe_auroc.sex.embedding"].ci_low
+    notes = " | ".join(out.notes)
+    assert "site: the input carries it" in notes and "sex: training put it there" in notes
+    table = out.tables["probes"].set_index(["attribute", "layer"])
+    assert table.loc[("sex", "embedding"), "origin"] == "training"
+    assert table.loc[("site", "embedding"), "random_p_holm"] < 0.05
+    import matplotlib.pyplot as plt
+
+    for fig in out.figures.values():
+        plt.close(fig)
+
+
 def test_bad_attributes_give_notes_not_crashes(analytic_runs: dict[str, Any]) -> None:
     out = analytic_runs["clean"]
     notes = " | ".join(out.notes)
@@ -416,6 +566,10 @@ def test_sample_site_used_sex_only_encoded(sample_run: tuple[AuditContext, Any, 
     assert m["positive_control.passed"] == 1
     # the marker and the body width are in the pixels: random weights decode them too
     assert m["probe_random.site.image"].value > 0.9
+    # ... so the check says the input carries them, not training
+    assert m["probe_origin.site.image"] == "input"
+    assert m["probe_origin.sex.embedding"] == "input"
+    assert "sex: the input carries it" in " | ".join(out.notes)
     assert not [f for f in out.findings if f.severity == "error"]
     assert {"probe_heatmap", "probe_null", "erasure"} <= set(out.figures)
     assert set(out.tables["probes"]["attribute"]) == {"site", "sex", "age"}

@@ -34,9 +34,7 @@ from mmaudit.stats import (
     Estimate,
     adjust_pvalues,
     auroc,
-    bootstrap_ci,
     bootstrap_groups,
-    paired_bootstrap_diff,
 )
 
 if TYPE_CHECKING:
@@ -46,6 +44,8 @@ if TYPE_CHECKING:
 
 PROBE_LAYERS: tuple[str, ...] = ("embedding", "penultimate", "image", "text", "tabular")
 VERDICTS: tuple[str, ...] = ("not_encoded", "encoded_not_used", "encoded_and_used")
+# where an attribute's trace in a layer comes from, judged against the random-weights probe
+ORIGINS: tuple[str, ...] = ("training", "input", "undetermined")
 
 
 @dataclass
@@ -67,7 +67,8 @@ class ProbeRow:
     result: ProbeResult
     estimate: Estimate
     p_holm: float = math.nan
-    random: Estimate | None = None
+    random: Estimate | None = None  # random-weights probe; null_p = its Holm permutation p
+    origin: str = ""  # one of ORIGINS once the random-weights probe ran
 
 
 @dataclass
@@ -84,7 +85,18 @@ class ErasureRow:
     dauroc: Estimate
     dauroc_random: Estimate
     residual: float
+    dp_draws: np.ndarray  # mean |dp| of each random draw: the spread the reference comes from
     p_holm: float = math.nan
+
+    def random_upper(self, alpha: float) -> float:
+        """The (1 - alpha) quantile of mean |dp| over the random draws: the top of their
+        spread, which a used attribute's erasure must exceed."""
+        return float(np.quantile(self.dp_draws, 1 - alpha))
+
+    @property
+    def dp_random_sd(self) -> float:
+        """SD of mean |dp| across the random draws (NaN with one draw)."""
+        return float(np.std(self.dp_draws, ddof=1)) if self.dp_draws.size > 1 else math.nan
 
 
 @register
@@ -102,33 +114,44 @@ class ProbingCheck(Check):
     automatically when Holm over many tests needs more), Holm-corrected across the
     attribute x layer family; a control task (a random pseudo-attribute of the same
     balance; selectivity = score - control); and a random-weights baseline (the same
-    architecture re-initialised, one extra pass: does the *input* carry the attribute, or
-    did *training* put it there). A positive control probes the target on the penultimate
-    layer: an ``error`` finding when even the upper end of its bootstrap CI stays below
-    ``positive_control_min`` (or the model's own AUROC minus ``positive_control_margin``).
+    architecture re-initialised, one extra pass, probed on the same folds with the same
+    permutations and a bootstrap CI: does the *input* carry the attribute, or did
+    *training* put it there -- ``probe_origin``, see ``probe_origin()``). A positive control
+    probes the target on the penultimate layer: an ``error`` finding when even the upper
+    end of its bootstrap CI stays below ``positive_control_min`` (or the model's own AUROC
+    minus ``positive_control_margin``).
     Then each attribute is erased from the fused embedding with LEACE -- within
     target classes, so that a site with a higher prevalence does not take the disease
     signal with it -- and the head is re-run on the erased embedding (encoders are not
     re-run): mean |change in predicted probability|, flip rate and change in AUROC, each
-    with a paired bootstrap CI, against erasing a random subspace of the same rank; the
-    probe score left after erasure is measured out of sample. Verdict per attribute, about
-    the fused embedding: not encoded / encoded but not used / encoded and used.
+    with a paired bootstrap CI, against erasing ``erasure_draws`` random subspaces of the
+    same rank (each bootstrap resample redraws those draws too, so the reference's CI
+    carries their spread); the probe score left after erasure is measured out of sample.
+    Verdict per attribute, about the fused embedding: not encoded / encoded but not used /
+    encoded and used.
     Why: chest X-ray models encode sex, race and hospital even when nobody asked them to
     (Gichoya 2022, Glocker 2023); a probe alone cannot say whether that matters for the
     predictions. Keeping "encoded" and "used" apart is the point.
     Metrics: ``probe_auroc.<attr>.<layer>`` / ``probe_r2.<attr>.<layer>`` (null_p =
     Holm-corrected permutation p), ``probe_control.*``, ``probe_selectivity.*``,
-    ``probe_random.*`` (random-weights baseline); ``positive_control.auroc``,
-    ``positive_control.model_auroc``, ``positive_control.passed``,
-    ``positive_control.layer``; per attribute ``erasure.dp``, ``erasure.dp_random``,
-    ``erasure.excess_dp`` (null_p one-sided, Holm-corrected), ``erasure.flip``,
-    ``erasure.flip_random``, ``erasure.dauroc``, ``erasure.dauroc_random``,
+    ``probe_random.*`` (random-weights baseline; null_p = its Holm-corrected permutation p
+    over the random-weights family), ``probe_origin.<attr>.<layer>`` ("training": the
+    trained CI lies above the random-weights CI; "input": random weights already expose it
+    and the trained model is not clearly above; else "undetermined"; also the probe
+    table's ``origin`` column and one note per attribute encoded in the fused embedding);
+    ``positive_control.auroc``, ``positive_control.model_auroc``,
+    ``positive_control.passed``, ``positive_control.layer``; per attribute ``erasure.dp``,
+    ``erasure.dp_random`` (mean over the random draws), ``erasure.dp_random_sd`` (SD
+    across the draws; min and max in the erasure table), ``erasure.excess_dp`` (null_p
+    one-sided, Holm-corrected), ``erasure.flip``, ``erasure.flip_random``,
+    ``erasure.dauroc``, ``erasure.dauroc_random``,
     ``erasure.residual``, ``erasure.rank``; ``verdict.<attr>`` (not_encoded /
     encoded_not_used / encoded_and_used) and ``encoded_and_used.<attr>`` (0/1);
     ``n_permutations``.
     Verdict rules (params): encoded = fused-embedding probe with Holm p < alpha and AUROC >=
-    min_auroc (R^2 >= min_r2); used = excess |dp| over random erasure with Holm p < alpha,
-    CI above zero and >= used_min_dp.
+    min_auroc (R^2 >= min_r2); used = excess |dp| over the mean random erasure with Holm p
+    < alpha, CI above zero and >= used_min_dp, *and* the attribute's |dp| above the 1 -
+    alpha quantile of the random draws' |dp| (beyond their spread, not only their mean).
     Default thresholds: warn when an attribute is decodable above the null (probe AUROC >
     0.55, or R^2 > 0.05, with Holm p < 0.05); fail when an attribute is encoded in the fused
     embedding *and* used by the head. A failed positive control is an ``error`` finding:
@@ -163,7 +186,10 @@ class ProbingCheck(Check):
             default=True, description="probe a re-initialised copy of the model too (one pass)"
         )
         erasure_draws: int = Field(
-            default=3, ge=1, description="random subspaces erased per rank (the comparison)"
+            default=16,
+            ge=1,
+            description="random subspaces erased per rank (the comparison; each a head-only pass"
+            " over cached embeddings; the bootstrap redraws them, so few draws widen the CI)",
         )
         min_auroc: float = Field(
             default=0.55, gt=0.5, lt=1, description="verdict 'encoded' needs this probe AUROC"
@@ -240,6 +266,7 @@ class ProbingCheck(Check):
         rows = self._probes(ctx, attributes, embeddings, out)
         if rows and p.random_baseline:
             self._random_baseline(ctx, attributes, layers, rows, out)
+            self._origins(rows, out)
         erasures = self._erasures(ctx, attributes, out) if attributes else []
         verdicts = self._verdicts(attributes, rows, erasures, out)
 
@@ -319,9 +346,15 @@ class ProbingCheck(Check):
 
     # ------------------------------------------------------------------ probes
     def _probe(
-        self, ctx: AuditContext, x: np.ndarray, attr: Attribute, permutations: int = 0
+        self,
+        ctx: AuditContext,
+        x: np.ndarray,
+        attr: Attribute,
+        permutations: int = 0,
+        control: bool = True,
     ) -> ProbeResult:
-        """One probe; ``permutations`` 0 skips the null and the control task (baselines)."""
+        """One probe; ``permutations`` 0 skips the null and the control task, ``control``
+        False only the control task (the random-weights baseline)."""
         p: ProbingCheck.Params = self.params  # type: ignore[assignment]
         groups = ctx.groups[attr.known] if ctx.groups is not None else None
         return run_probe(
@@ -332,9 +365,18 @@ class ProbingCheck(Check):
             n_folds=p.n_folds,
             inner_folds=p.inner_folds,
             n_permutations=permutations,
-            n_control=p.n_control if permutations else 0,
+            n_control=p.n_control if permutations and control else 0,
             seed=ctx.seed,
         )
+
+    def _encoded(self, row: ProbeRow) -> bool:
+        """Verdict rule "encoded": Holm p < alpha and the probe score at the floor or above."""
+        p: ProbingCheck.Params = self.params  # type: ignore[assignment]
+        return row.p_holm < p.alpha and row.result.score >= self._floor(row)
+
+    def _floor(self, row: ProbeRow) -> float:
+        p: ProbingCheck.Params = self.params  # type: ignore[assignment]
+        return p.min_auroc if row.result.metric == "auroc" else p.min_r2
 
     def _estimate(self, ctx: AuditContext, result: ProbeResult, attr: Attribute) -> Estimate:
         p: ProbingCheck.Params = self.params  # type: ignore[assignment]
@@ -393,15 +435,37 @@ class ProbingCheck(Check):
             out.notes.append(f"random-weights baseline not computed ({type(exc).__name__}: {exc})")
             return
         by_name = {a.name: a for a in attributes}
+        done: list[tuple[ProbeRow, ProbeResult, Estimate]] = []
         for row in rows:
             attr = by_name[row.attribute]
             try:
-                result = self._probe(ctx, pool(random_embeddings[row.layer]), attr)
+                # the trained probe's permutations on the same folds: a p-value for "random
+                # weights already expose it" (no control task: selectivity is not asked here)
+                x = pool(random_embeddings[row.layer])
+                result = self._probe(ctx, x, attr, row.result.null.size, control=False)
             except ProbeError as exc:
                 out.notes.append(f"random-weights probe {attr.name} on {row.layer}: {exc}")
                 continue
-            row.random = self._estimate(ctx, result, attr)
+            done.append((row, result, self._estimate(ctx, result, attr)))
+        adjusted = adjust_pvalues([result.p_value for _, result, _ in done], "holm")
+        for (row, _, e), p_adj in zip(done, adjusted, strict=True):
+            row.random = Estimate(e.value, e.ci_low, e.ci_high, e.n, float(p_adj))
             out.metrics[f"probe_random.{row.attribute}.{layer_key(row.layer)}"] = row.random
+
+    def _origins(self, rows: list[ProbeRow], out: CheckOutput) -> None:
+        """Per attribute x layer: did training put the attribute there, or does the input
+        carry it (``probe_origin``); one note sentence per attribute encoded in the fused
+        embedding."""
+        p: ProbingCheck.Params = self.params  # type: ignore[assignment]
+        for row in rows:
+            if row.random is None:
+                continue
+            row.origin = probe_origin(
+                row.estimate, row.random, row.result.chance, self._floor(row), p.alpha
+            )
+            out.metrics[f"probe_origin.{row.attribute}.{layer_key(row.layer)}"] = row.origin
+            if row.layer == "embedding" and self._encoded(row):
+                out.notes.append(origin_sentence(row, self._floor(row), p.alpha))
 
     def _positive_control(self, ctx: AuditContext, x: np.ndarray, out: CheckOutput) -> None:
         """The target must be decodable from the penultimate layer, or the pipeline is broken."""
@@ -521,6 +585,7 @@ class ProbingCheck(Check):
                     attribute=attr.name,
                     rank=eraser.rank,
                     residual=self._residual(ctx, x, z, strata, attr),
+                    dp_draws=np.array([_prob_change(base, r, kind).mean() for r in randoms]),
                     **effects,
                 )
             )
@@ -533,6 +598,7 @@ class ProbingCheck(Check):
             out.metrics[f"erasure.rank.{a}"] = row.rank
             out.metrics[f"erasure.dp.{a}"] = row.dp
             out.metrics[f"erasure.dp_random.{a}"] = row.dp_random
+            out.metrics[f"erasure.dp_random_sd.{a}"] = row.dp_random_sd
             out.metrics[f"erasure.excess_dp.{a}"] = row.excess
             out.metrics[f"erasure.flip.{a}"] = row.flip
             out.metrics[f"erasure.flip_random.{a}"] = row.flip_random
@@ -598,19 +664,20 @@ class ProbingCheck(Check):
                     + ("; the erasure effects are still reported" if attr.name in erased else "")
                 )
                 continue
-            floor = p.min_auroc if row.result.metric == "auroc" else p.min_r2
-            encoded = row.p_holm < p.alpha and row.result.score >= floor
+            encoded = self._encoded(row)
             e = erased.get(attr.name)
             if e is None and encoded:
                 verdicts[attr.name] = "encoded_use_untested"
                 out.metrics[f"verdict.{attr.name}"] = verdicts[attr.name]
                 continue
-            used = (
-                e is not None
-                and e.p_holm < p.alpha
-                and e.excess.value >= p.used_min_dp
-                and (e.excess.ci_low or 0.0) > 0
-            )
+            used = e is not None and used_by_head(e, p.alpha, p.used_min_dp)
+            if e is not None and not used and excess_significant(e, p.alpha, p.used_min_dp):
+                out.notes.append(
+                    f"{attr.name}: erasing it moves predictions more than the mean random"
+                    f" subspace (excess |dp| {e.excess.value:.3f}), but not beyond the spread"
+                    f" of the {e.dp_draws.size} random draws (|dp| {e.dp.value:.3f}; random"
+                    f" {e.dp_draws.min():.3f} to {e.dp_draws.max():.3f}): not called used"
+                )
             verdict = VERDICTS[0] if not encoded else VERDICTS[2] if used else VERDICTS[1]
             verdicts[attr.name] = verdict
             out.metrics[f"verdict.{attr.name}"] = verdict
@@ -705,6 +772,90 @@ def target_association(attr: Attribute, y: np.ndarray, kind: str) -> str | None:
     )
 
 
+def probe_origin(
+    trained: Estimate, random: Estimate, chance: float, floor: float, alpha: float
+) -> str:
+    """Where a layer's trace of an attribute comes from (one of ``ORIGINS``), from the trained
+    and the random-weights probe of that layer.
+
+    ``training``: the trained probe's CI lies wholly above the random-weights CI (and above
+    chance) -- training put the attribute there, or amplified what the input carried.
+    ``input``: otherwise, if a randomly initialised copy of the model already exposes it
+    (its Holm-corrected permutation p < alpha -- or, without one, its CI above chance --
+    and its score at the verdict floor or above): the input carries it. ``undetermined``:
+    neither (the intervals overlap and random weights do not clearly expose it).
+    """
+    lo, hi = trained.ci_low, random.ci_high
+    if lo is not None and hi is not None and lo > max(hi, chance):
+        return ORIGINS[0]
+    return ORIGINS[1] if random_exposes(random, chance, floor, alpha) else ORIGINS[2]
+
+
+def random_exposes(random: Estimate, chance: float, floor: float, alpha: float) -> bool:
+    """The random-weights probe decodes the attribute: Holm permutation p < alpha (or, without
+    one, CI above chance) and a score at the verdict floor or above."""
+    if random.null_p is not None and math.isfinite(random.null_p):
+        significant = random.null_p < alpha
+    else:
+        significant = random.ci_low is not None and random.ci_low > chance
+    return significant and random.value >= floor
+
+
+def origin_sentence(row: ProbeRow, floor: float, alpha: float) -> str:
+    """The report's sentence on where an attribute encoded in ``row.layer`` comes from."""
+    assert row.random is not None
+    metric = "AUROC" if row.result.metric == "auroc" else "R²"
+    t, r = row.estimate, row.random
+    trained = f"{metric} {t.value:.2f} [{_num(t.ci_low)}, {_num(t.ci_high)}]"
+    rand = f"{metric} {r.value:.2f} [{_num(r.ci_low)}, {_num(r.ci_high)}], Holm p {_num(r.null_p)}"
+    where = f"the {row.layer} layer" if row.layer != "embedding" else "the fused embedding"
+    a = row.attribute
+    if row.origin == ORIGINS[0]:
+        if random_exposes(r, row.result.chance, floor, alpha):
+            return (
+                f"{a}: training amplified what the input carries -- a randomly initialised"
+                f" copy of the model already exposes it in {where} ({rand}), the trained"
+                f" model clearly more ({trained})"
+            )
+        return (
+            f"{a}: training put it there -- the trained model encodes it in {where}"
+            f" ({trained}) clearly above a randomly initialised copy ({rand})"
+        )
+    if row.origin == ORIGINS[1]:
+        return (
+            f"{a}: the input carries it -- a randomly initialised copy of the model already"
+            f" exposes it in {where} ({rand}), and the trained model is not clearly above"
+            f" that ({trained})"
+        )
+    return (
+        f"{a}: whether the input carries it or training put it there is undetermined --"
+        f" trained {trained} vs random weights {rand}: the intervals overlap and random"
+        " weights do not clearly expose it"
+    )
+
+
+def _num(v: float | None) -> str:
+    """A CI end or p-value for a sentence: two decimals, two significant digits below 0.01."""
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    return f"{v:.2g}" if abs(v) < 0.01 else f"{v:.2f}"
+
+
+def excess_significant(e: ErasureRow, alpha: float, min_dp: float) -> bool:
+    """Erasing the attribute moves predictions more than the *mean* random subspace: excess
+    |dp| with Holm p < alpha, CI above zero and at least ``min_dp``."""
+    return e.p_holm < alpha and e.excess.value >= min_dp and (e.excess.ci_low or 0.0) > 0
+
+
+def used_by_head(e: ErasureRow, alpha: float, min_dp: float) -> bool:
+    """The verdict "used": the excess over the mean random subspace is significant *and* the
+    attribute's |dp| lies beyond the spread of the random draws (above their 1 - alpha
+    quantile). With many draws the mean is known precisely, so an attribute at, say, the
+    70th percentile of random subspaces would pass the first test alone -- yet erasing it
+    does no more than erasing a typical direction of that rank."""
+    return excess_significant(e, alpha, min_dp) and e.dp.value > e.random_upper(alpha)
+
+
 def layer_key(layer: str) -> str:
     """A layer name fit for one dotted-metric segment (module paths: dots become ``_``)."""
     return layer.replace(".", "_")
@@ -763,54 +914,69 @@ def _erasure_effects(
     dp / dp_random: mean per-sample probability change; excess: their difference (with a
     one-sided p-value: does erasing the attribute move predictions more than a random
     subspace?); flip / flip_random: decision flip rates; dauroc / dauroc_random: change in the
-    task AUROC (the random one averaged over the draws). Binary targets: each resample's
-    AUROCs come from one weighted rank pass (``_bootstrap``); other targets use ``stats``'
-    per-resample loop for the AUROC changes.
+    task AUROC. A ``*_random`` value is the mean over the J random draws; each bootstrap
+    resample also redraws J of the J draws with replacement, so the reference's CI (and
+    the excess's p-value) carry the spread between random subspaces, not only the patient
+    sampling -- a few draws that disagree make the reference uncertain. Binary targets:
+    each resample's AUROCs come from one weighted rank pass (``_bootstrap``); other targets
+    loop over the same patient resamples (``_auroc_boot``).
     """
     n = len(y)
+    j = len(randoms)
     dp = _prob_change(base, erased, kind)
-    dp_rand = np.mean([_prob_change(base, r, kind) for r in randoms], axis=0)
     flip = _flips(base, erased, kind).astype(np.float64)
-    flip_rand = np.mean([_flips(base, r, kind) for r in randoms], axis=0)
-    means = [dp, dp_rand, flip, flip_rand]
-    scores = [_score(p) for p in (base, erased, *randoms)] if kind == "binary" else []
-    labels = y == 1 if kind == "binary" else y
-    m_boot, a_boot = _bootstrap(labels, means, scores, groups, n_boot, seed)
-    out = {
-        "dp": _from_boot(float(dp.mean()), m_boot[:, 0], n, n_boot, alpha),
-        "dp_random": _from_boot(float(dp_rand.mean()), m_boot[:, 1], n, n_boot, alpha),
-        "excess": _from_boot(
-            float(dp.mean() - dp_rand.mean()),
-            m_boot[:, 0] - m_boot[:, 1],
-            n,
-            n_boot,
-            alpha,
-            "greater",
-        ),
-        "flip": _from_boot(float(flip.mean()), m_boot[:, 2], n, n_boot, alpha),
-        "flip_random": _from_boot(float(flip_rand.mean()), m_boot[:, 3], n, n_boot, alpha),
-    }
+    dp_draws = [_prob_change(base, r, kind) for r in randoms]
+    flip_draws = [_flips(base, r, kind).astype(np.float64) for r in randoms]
+    means = [dp, flip, *dp_draws, *flip_draws]
+    probs = [base, erased, *randoms]
+    if kind == "binary":
+        scores = [_score(p) for p in probs]
+        m_boot, a_boot = _bootstrap(y == 1, means, scores, groups, n_boot, seed)
+    else:
+        m_boot, _ = _bootstrap(y, means, [], groups, n_boot, seed)
+        a_boot = _auroc_boot(y, probs, kind, groups, n_boot, seed)
+    # which J of the J random draws each resample uses (its reference is their mean)
+    pick = np.random.default_rng([seed, 1]).integers(0, j, (n_boot, j))
+
+    def reference(per_draw: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(per_draw, pick, axis=1).mean(axis=1)
+
+    dp_rand = float(np.mean(dp_draws))
+    dp_rand_boot = reference(m_boot[:, 2 : 2 + j])
+    flip_rand = float(np.mean(flip_draws))
     base_auc = _task_auroc(y, base, kind)
     value = _task_auroc(y, erased, kind) - base_auc
     value_random = float(np.mean([_task_auroc(y, r, kind) for r in randoms])) - base_auc
-    if kind == "binary":
-        out["dauroc"] = _from_boot(
-            value, a_boot[:, 1] - a_boot[:, 0], n, n_boot, alpha, "two-sided"
-        )
-        out["dauroc_random"] = _from_boot(
-            value_random, a_boot[:, 2:].mean(axis=1) - a_boot[:, 0], n, n_boot, alpha
-        )
-        return out
-    boot = {"groups": groups, "n_boot": n_boot, "alpha": alpha, "seed": seed}
+    return {
+        "dp": _from_boot(float(dp.mean()), m_boot[:, 0], n, n_boot, alpha),
+        "dp_random": _from_boot(dp_rand, dp_rand_boot, n, n_boot, alpha),
+        "excess": _from_boot(
+            float(dp.mean()) - dp_rand, m_boot[:, 0] - dp_rand_boot, n, n_boot, alpha, "greater"
+        ),
+        "flip": _from_boot(float(flip.mean()), m_boot[:, 1], n, n_boot, alpha),
+        "flip_random": _from_boot(flip_rand, reference(m_boot[:, 2 + j :]), n, n_boot, alpha),
+        "dauroc": _from_boot(value, a_boot[:, 1] - a_boot[:, 0], n, n_boot, alpha, "two-sided"),
+        "dauroc_random": _from_boot(
+            value_random, reference(a_boot[:, 2:]) - a_boot[:, 0], n, n_boot, alpha
+        ),
+    }
 
-    def task(yy: np.ndarray, pp: np.ndarray) -> float:
-        return _task_auroc(yy, pp, kind)
 
-    def task_random(yy: np.ndarray, pb: np.ndarray, *pr: np.ndarray) -> float:
-        return float(np.mean([task(yy, q) for q in pr])) - task(yy, pb)
-
-    out["dauroc"] = paired_bootstrap_diff(task, (y, base), (y, erased), **boot)
-    out["dauroc_random"] = bootstrap_ci(task_random, y, base, *randoms, **boot)
+def _auroc_boot(
+    y: np.ndarray,
+    probs: list[np.ndarray],
+    kind: str,
+    groups: np.ndarray | None,
+    n_boot: int,
+    seed: int,
+) -> np.ndarray:
+    """The task AUROC of every probability matrix on each patient resample (B, S), for
+    multiclass and multilabel targets: the resamples of ``stats.bootstrap_ci`` for the seed,
+    one Python step per resample (a macro AUROC has no single weighted rank pass)."""
+    out = np.full((n_boot, len(probs)), np.nan)
+    draws = bootstrap_groups(len(y), groups, n_boot, np.random.default_rng(seed))
+    for b, idx in enumerate(draws):
+        out[b] = [_task_auroc(y[idx], p[idx], kind) for p in probs]
     return out
 
 
@@ -1002,6 +1168,8 @@ def _probe_table(rows: list[ProbeRow], alpha: float) -> pd.DataFrame:
                 "training_gain": r.estimate.value - r.random.value if r.random else math.nan,
                 "random_ci_low": r.random.ci_low if r.random else math.nan,
                 "random_ci_high": r.random.ci_high if r.random else math.nan,
+                "random_p_holm": _p(r.random) if r.random else math.nan,
+                "origin": r.origin,
                 "n": r.estimate.n,
                 "folds": r.result.n_folds,
                 "permuted": r.result.permuted,
@@ -1019,6 +1187,10 @@ def _erasure_table(rows: list[ErasureRow], verdicts: dict[str, str]) -> pd.DataF
             rec[key] = e.value
             rec[f"{key}_ci_low"] = e.ci_low
             rec[f"{key}_ci_high"] = e.ci_high
+        rec["dp_random_sd"] = r.dp_random_sd
+        rec["dp_random_min"] = float(r.dp_draws.min())
+        rec["dp_random_max"] = float(r.dp_draws.max())
+        rec["random_draws"] = r.dp_draws.size
         rec["excess_p_holm"] = r.p_holm
         rec["residual_probe"] = r.residual
         rec["verdict"] = verdicts.get(r.attribute, "")
@@ -1114,7 +1286,7 @@ def _null_figure(rows: list[ProbeRow], layers: list[str], alpha: float) -> Figur
 
 def _erasure_figure(rows: list[ErasureRow]) -> Figure:
     """Mean |dp|, flip rate and change in AUROC after erasing each attribute vs a random
-    subspace of the same rank."""
+    subspace of the same rank; the |dp| panel also marks each random draw."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(5 + 2.1 * len(rows), 3.4))
     names = [r.attribute for r in rows]
@@ -1148,6 +1320,15 @@ def _erasure_figure(rows: list[ErasureRow]) -> Figure:
         ax.set_xticks(x, names)
         ax.set_ylabel(label)
         ax.axhline(0, color="0.4", lw=0.8)
+    for i, r in enumerate(rows):  # the spread the random reference comes from
+        axes[0].plot(
+            np.full(r.dp_draws.size, i + 0.18),
+            r.dp_draws,
+            "_",
+            color="k",
+            ms=8,
+            label="each random draw" if i == 0 else None,
+        )
     axes[0].legend(fontsize=8)
     fig.suptitle("used or only encoded: the head's predictions after erasure (95% CI)")
     fig.tight_layout()
