@@ -13,9 +13,12 @@ one, or the metric falls back to CI overlap.
 The *direction* of a metric (higher / lower is better, or neutral) comes from, in
 order: the check class's ``metric_directions``, the table ``METRIC_DIRECTIONS`` here,
 and the check's threshold rules (``*_below`` limits mean higher is better, ``*_above``
-lower). A *regression* is a worse check status, a new (or more severe) warn / fail
-finding, or a significant move in the bad direction beyond the tolerance (an unpaired
-one only when the new value crosses its rule; see ``_diff_metric``). Representation
+lower). A *regression* is a worse check status (``error`` ranks worst), a check that the
+base report ran but the new one lacks (unless ignored with ``ignore_checks``, the CLI's
+``--ignore-check``), a new (or more severe) warn / fail finding, or a significant move
+in the bad direction beyond the tolerance (an unpaired one only when the new value
+crosses its rule; see ``_diff_metric``). Findings of a check that errored or was skipped
+in the new audit are not counted as resolved: nothing re-checked them. Representation
 comparison (linear CKA per layer, prediction churn, rank correlation of per-sample
 maps) uses the compact arrays saved in ``samples/``.
 """
@@ -29,7 +32,7 @@ import json
 import math
 import re
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,8 +44,12 @@ from mmaudit.errors import ReportError
 from mmaudit.render import markdown_cell
 from mmaudit.report import CheckReport, Report, load_report
 
-# skipped ranks with pass: it holds no evidence either way, but skipped -> fail is worse
-STATUS_RANK = {"pass": 0, "skipped": 0, "warn": 1, "error": 2, "fail": 2}
+# skipped ranks with pass: it holds no evidence either way, but skipped -> fail is worse.
+# error ranks above fail: a check that crashed shows nothing, so fail -> error is not
+# "no worse" (the failure it had found may still be there, and the check is now broken).
+STATUS_RANK = {"pass": 0, "skipped": 0, "warn": 1, "fail": 2, "error": 3}
+# new-report statuses whose (missing) findings say nothing about the base report's ones
+NO_EVIDENCE = ("error", "skipped")
 Direction = Literal["higher", "lower", "neutral"]
 
 # Per check, metric glob -> direction, first match wins. Only quality scores of the audited
@@ -136,6 +143,10 @@ class DiffResult(BaseModel):
     prediction_churn: float | None = None
     shared_samples: int = 0
     array_rank_correlation: dict[str, float | None] = Field(default_factory=dict)
+    # checks the base report ran that the new one lacks (each also a regression)
+    missing_checks: list[str] = Field(default_factory=list)
+    # checks left out of the comparison on request (``ignore_checks``)
+    ignored_checks: list[str] = Field(default_factory=list)
     regressions: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
 
@@ -545,11 +556,24 @@ def diff_reports(
     tolerances: dict[str, float] | None = None,
     force: bool = False,
     seed: int = 0,
+    ignore_checks: Collection[str] = (),
 ) -> DiffResult:
-    """Compare two report folders; ReportError when they cannot be compared (unless forced)
-    or when a file in them is corrupt."""
+    """Compare two report folders; ReportError when they cannot be compared (unless forced),
+    when a file in them is corrupt, or when ``ignore_checks`` names a check neither ran.
+
+    ``ignore_checks`` are left out of the comparison altogether (status, findings, metrics,
+    params): the way to say a check was deliberately not run in the new audit."""
     base_dir, new_dir = Path(base_dir), Path(new_dir)
     base, new = load_report(base_dir), load_report(new_dir)
+    ignored = sorted(set(ignore_checks))
+    if ignored:
+        _check_ignored(ignored, base, new)
+        base = base.model_copy(
+            update={"checks": {k: v for k, v in base.checks.items() if k not in ignored}}
+        )
+        new = new.model_copy(
+            update={"checks": {k: v for k, v in new.checks.items() if k not in ignored}}
+        )
     tolerances = tolerances or parse_tolerances(None)
     reasons = comparability(base, new)
     if reasons and not force:
@@ -558,8 +582,14 @@ def diff_reports(
             hint="audit both checkpoints on the same data and config, or pass --force",
         )
     result = DiffResult(
-        base=str(base_dir), new=str(new_dir), comparable=not reasons, not_comparable_reasons=reasons
+        base=str(base_dir),
+        new=str(new_dir),
+        comparable=not reasons,
+        not_comparable_reasons=reasons,
+        ignored_checks=ignored,
     )
+    if ignored:
+        result.notes.append("left out of the comparison (--ignore-check): " + ", ".join(ignored))
     if reasons:
         result.notes.append("compared with --force although " + "; ".join(reasons))
     changed_rules = threshold_differences(base, new)
@@ -571,10 +601,11 @@ def diff_reports(
     base_s, new_s = load_samples(base_dir, base), load_samples(new_dir, new)
     for name in sorted(set(base.checks) | set(new.checks)):
         a, b = base.checks.get(name), new.checks.get(name)
-        if a is None or b is None:
-            result.notes.append(
-                f"check '{name}' is only in the {'new' if a is None else 'base'} report"
-            )
+        if a is None:
+            result.notes.append(f"check '{name}' is only in the new report")
+            continue
+        if b is None:
+            _missing_check(name, a, result)
             continue
         ra, rb = STATUS_RANK.get(a.status), STATUS_RANK.get(b.status)
         if a.status != b.status:
@@ -584,7 +615,7 @@ def diff_reports(
                 {"check": name, "base": a.status, "new": b.status, "worse": worse, "better": better}
             )
             if worse:
-                result.regressions.append(f"{name}: status {a.status} -> {b.status}")
+                result.regressions.append(f"{name}: status {a.status} -> {b.status}{_why(b)}")
         _diff_findings(name, a, b, result)
         for metric in a.metrics:
             if metric in b.metrics:
@@ -606,6 +637,44 @@ def diff_reports(
                 f" {', '.join(sorted(set(samples.missing)))}"
             )
     return result
+
+
+def _check_ignored(ignored: list[str], base: Report, new: Report) -> None:
+    """ReportError for an ignored name that neither report ran (a typo would otherwise
+    ignore nothing), with the closest check names."""
+    import difflib
+
+    known = sorted(set(base.checks) | set(new.checks))
+    unknown = [n for n in ignored if n not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = (
+            f"did you mean '{close[0]}'?" if close else "checks in the reports: " + ", ".join(known)
+        )
+        raise ReportError(f"--ignore-check {unknown[0]!r}: neither report ran it", hint=hint)
+
+
+def _missing_check(name: str, a: CheckReport, result: DiffResult) -> None:
+    """A check the base report ran and the new one lacks: a regression (its base findings
+    went unchecked), unless it was skipped in the base too (nothing is lost)."""
+    if a.status == "skipped":
+        result.notes.append(f"check '{name}' is only in the base report (skipped there)")
+        return
+    result.missing_checks.append(name)
+    result.regressions.append(
+        f"{name}: in the base report ({a.status}) but not in the new one; run it in the new"
+        f" audit, or pass --ignore-check {name} if it was left out on purpose"
+    )
+
+
+def _why(b: CheckReport) -> str:
+    """`` (reason)`` for a check that errored or was skipped in the new audit: the first
+    line of its reason, shortened."""
+    if b.status not in NO_EVIDENCE or not b.reason:
+        return ""
+    first = b.reason.strip().splitlines()[0] if b.reason.strip() else ""
+    first = first if len(first) <= 160 else first[:157] + "..."
+    return f" ({'crashed' if b.status == 'error' else 'skipped'}: {first})" if first else ""
 
 
 def _diff_findings(name: str, a: CheckReport, b: CheckReport, result: DiffResult) -> None:
@@ -636,9 +705,14 @@ def _diff_findings(name: str, a: CheckReport, b: CheckReport, result: DiffResult
             result.regressions.append(f"{name}: new {f.severity} finding: {f.message}")
         elif rank_now < rank_before:
             result.improved_findings.append(change(f, before.severity))
-    for k, f in old.items():
-        if k not in now:
-            result.resolved_findings.append(change(f))
+    gone = [f for k, f in old.items() if k not in now]
+    if gone and b.status in NO_EVIDENCE:
+        result.notes.append(
+            f"{name}: {len(gone)} warn / fail finding(s) of the base report not re-checked"
+            f" (the check {'errored' if b.status == 'error' else 'was skipped'} in the new audit)"
+        )
+        return
+    result.resolved_findings += [change(f) for f in gone]
 
 
 def _diff_metric(

@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from mmaudit.report import Report
+from mmaudit.report import FAILING_STATUSES, Report
 
 STATUS_ICON = {"pass": "✅", "warn": "⚠️", "fail": "❌", "error": "💥", "skipped": "⏭️"}
+# check statuses whose reason says what happened (the others are judged by findings)
+NO_RESULT = ("error", "skipped")
+# findings listed in summary.md before "… and K more"
+SUMMARY_FINDINGS = 10
 
 HTML_TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -202,10 +206,18 @@ def render_markdown(report: Report) -> str:
         key = key_metrics(c.metrics) or (c.reason or "")
         icon = STATUS_ICON.get(c.status, "")
         lines.append(f"| {c.name} | {icon} {c.status} | {markdown_cell(key)} |")
-    worst = [f for f in report.worst_findings(5) if f.severity in ("fail", "warn", "error")]
+    worst = [f for f in report.worst_findings(None) if f.severity in ("fail", "warn", "error")]
     if worst:
         lines += ["", "**Findings**", ""]
-        lines += [f"- {f.severity} `{f.check}`: {markdown_cell(f.message)}" for f in worst]
+        lines += [
+            f"- {f.severity} `{f.check}`: {markdown_cell(f.message)}"
+            for f in worst[:SUMMARY_FINDINGS]
+        ]
+        if len(worst) > SUMMARY_FINDINGS:
+            lines.append(
+                f"- … and {len(worst) - SUMMARY_FINDINGS} more warn / fail findings"
+                " (see index.html or report.json)"
+            )
     if report.cross_checks:
         lines += ["", "**Across checks**", ""]
         lines += [f"- {markdown_cell(cc.message)}" for cc in report.cross_checks]
@@ -234,39 +246,50 @@ def markdown_cell(text: str) -> str:
 
 
 def render_junit(report: Report) -> str:
-    """One testcase per check and per finding; fail findings and errors are failures."""
+    """One testcase per check and per finding. What fails follows the run's ``--fail-on``
+    level (``report.fail_on``, recorded as a testsuite property), so CI reads the same
+    verdict as the exit code: at 'fail' (the default) fail checks and findings are failures
+    and errored ones errors; at 'warn' warnings are failures too; at 'never' nothing fails.
+    A verdict that does not fail the gate is kept as the testcase's system-out."""
+    failing = FAILING_STATUSES[report.fail_on]
+    counts = {"failure": 0, "error": 0, "skipped": 0}
+
+    def body(status: str, message: str) -> str:
+        if status == "skipped":
+            counts["skipped"] += 1
+            return f"<skipped message={quoteattr(message)}/>"
+        if status in failing:
+            tag = "error" if status == "error" else "failure"
+            counts[tag] += 1
+            return f"<{tag} message={quoteattr(message)}/>"
+        if status in ("warn", "fail", "error"):
+            return f"<system-out>{_xml_text(f'{status}: {message}')}</system-out>"
+        return ""
+
     cases = []
-    failures = errors = skipped = 0
     for c in report.checks.values():
-        body = ""
-        if c.status == "error":
-            errors += 1
-            body = f"<error message={quoteattr(c.reason or 'error')}/>"
-        elif c.status == "skipped":
-            skipped += 1
-            body = f"<skipped message={quoteattr(c.reason or '')}/>"
-        elif c.status == "fail":
-            failures += 1
-            body = f"<failure message={quoteattr('check failed')}/>"
+        message = (c.reason or c.status) if c.status in NO_RESULT else f"check status {c.status}"
         cases.append(
             f'<testcase classname="mmaudit" name={quoteattr(c.name)} time="{c.seconds:.3f}">'
-            f"{body}</testcase>"
+            f"{body(c.status, message)}</testcase>"
         )
         for k, f in enumerate(c.findings):
-            fbody = ""
-            if f.severity == "fail":
-                failures += 1
-                fbody = f"<failure message={quoteattr(f.message)}/>"
-            elif f.severity == "error":
-                errors += 1
-                fbody = f"<error message={quoteattr(f.message)}/>"
-            elif f.severity == "warn":
-                fbody = f"<system-out>{_xml_text('warn: ' + f.message)}</system-out>"
+            # a finding is never "skipped": only its check can be
+            fbody = body(f.severity, f.message) if f.severity != "skipped" else ""
             name = quoteattr(f"{c.name}.{f.rule}.{f.metric or k}")
             cases.append(f'<testcase classname="mmaudit.{c.name}" name={name}>{fbody}</testcase>')
+    properties = {
+        "fail_on": report.fail_on,
+        "status": report.status,
+        "mmaudit": report.tool_version,
+    }
+    props = "".join(
+        f"<property name={quoteattr(k)} value={quoteattr(str(v))}/>" for k, v in properties.items()
+    )
     head = (
-        f'<testsuite name="mmaudit" tests="{len(cases)}" failures="{failures}" errors="{errors}"'
-        f' skipped="{skipped}">'
+        f'<testsuite name="mmaudit" tests="{len(cases)}" failures="{counts["failure"]}"'
+        f' errors="{counts["error"]}" skipped="{counts["skipped"]}">'
+        f"<properties>{props}</properties>"
     )
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n<testsuites>'

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -28,6 +28,13 @@ from mmaudit.errors import MmauditError, ReportError
 from mmaudit.stats import Estimate
 
 SCHEMA_VERSION = 1
+# The check / finding statuses that fail each ``--fail-on`` level of ``mmaudit run`` (an
+# errored check fails a 'fail' gate too); junit.xml marks exactly these as failing.
+FAILING_STATUSES: dict[str, frozenset[str]] = {
+    "fail": frozenset({"fail", "error"}),
+    "warn": frozenset({"warn", "fail", "error"}),
+    "never": frozenset(),
+}
 # A secret shared by audits that are meant to be diffed under --redact. Read from the
 # environment, never the config, because the config is copied into the report folder.
 REDACT_SALT_ENV = "MMAUDIT_REDACT_SALT"
@@ -67,13 +74,17 @@ class Report(BaseModel):
     # per attribute: which checks flag it and which do not, in words (mmaudit.agreement)
     cross_checks: list[CrossCheck] = Field(default_factory=list)
     status: str = "pass"
+    # the --fail-on level the run was gated with; junit.xml's failures follow it
+    fail_on: Literal["fail", "warn", "never"] = "fail"
 
-    def worst_findings(self, limit: int = 5) -> list[Finding]:
+    def worst_findings(self, limit: int | None = 5) -> list[Finding]:
+        """Findings, most severe first (stable within a severity); all when ``limit`` is
+        None."""
         from mmaudit.findings import SEVERITY_ORDER
 
         all_findings = [f for c in self.checks.values() for f in c.findings]
         all_findings.sort(key=lambda f: -SEVERITY_ORDER.get(f.severity, 0))
-        return all_findings[:limit]
+        return all_findings if limit is None else all_findings[:limit]
 
 
 def json_safe(value: Any) -> Any:

@@ -338,6 +338,65 @@ def test_skipped_to_fail_is_a_regression(audits: dict[str, Path], tmp_path: Path
     assert "saliency: status skipped -> fail" in d.regressions
 
 
+def test_fail_to_error_is_a_regression_and_resolves_nothing(
+    audits: dict[str, Path], tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """The shortcut audit's saliency fails (hotspot_used); a crash of that check in the new
+    audit must not pass the gate, nor list the hotspot finding as resolved."""
+
+    def crash(data: dict[str, Any]) -> None:
+        data["checks"]["saliency"].update(
+            status="error", findings=[], metrics={}, reason="TypeError: boom\nmore"
+        )
+
+    assert STATUS_RANK["error"] > STATUS_RANK["fail"]
+    crashed = _copy(audits["shortcut"], tmp_path / "crashed", crash)
+    d = diff_reports(audits["shortcut"], crashed)
+    assert d.regressions == ["saliency: status fail -> error (crashed: TypeError: boom)"]
+    assert not any(f.check == "saliency" for f in d.resolved_findings)
+    assert any(n.startswith("saliency:") and "not re-checked" in n for n in d.notes)
+    rc, out, _ = _cli(
+        ["diff", str(audits["shortcut"]), str(crashed), "--fail-on-regression"], capsys
+    )
+    assert rc == 1 and "saliency: fail -> error" in out
+    # the clean counterpart: the check runs again and fails as before
+    back = diff_reports(crashed, audits["shortcut"])
+    assert [s["better"] for s in back.status_changes] == [True]
+    assert not any(r.startswith("saliency: status") for r in back.regressions)
+
+
+def test_a_check_missing_from_the_new_report_is_a_regression(
+    audits: dict[str, Path], tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    def drop(data: dict[str, Any]) -> None:
+        del data["checks"]["saliency"]
+
+    without = _copy(audits["shortcut"], tmp_path / "without", drop)
+    d = diff_reports(audits["shortcut"], without)
+    assert d.missing_checks == ["saliency"] and len(d.regressions) == 1
+    assert "--ignore-check saliency" in d.regressions[0]
+    rc, _, _ = _cli(["diff", str(audits["shortcut"]), str(without), "--fail-on-regression"], capsys)
+    assert rc == 1
+    # left out on purpose: nothing of saliency is compared, the rest is
+    ignored = diff_reports(audits["shortcut"], without, ignore_checks=["saliency"])
+    assert not ignored.regressions and not ignored.missing_checks
+    assert ignored.ignored_checks == ["saliency"]
+    assert ignored.metrics and not any(m.check == "saliency" for m in ignored.metrics)
+    assert "saliency.map.ig" not in ignored.array_rank_correlation
+    with pytest.raises(ReportError, match="neither report ran it") as exc:
+        diff_reports(audits["shortcut"], without, ignore_checks=["salency"])
+    assert "did you mean 'saliency'" in (exc.value.hint or "")
+    # only in the new report, or skipped in the base: nothing is lost, a note only
+    assert not diff_reports(without, audits["shortcut"]).regressions
+
+    def skip(data: dict[str, Any]) -> None:
+        data["checks"]["saliency"].update(status="skipped", findings=[], metrics={})
+
+    skipped = _copy(audits["shortcut"], tmp_path / "skipped", skip)
+    d = diff_reports(skipped, without)
+    assert not d.regressions and any("skipped there" in n for n in d.notes)
+
+
 def test_directions_table_rules_and_tolerance_patterns() -> None:
     check = CheckReport(
         name="c",

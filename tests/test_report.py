@@ -13,6 +13,7 @@ import re
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -392,3 +393,80 @@ def test_bad_report_folders(tmp_path: Path, hostile: dict[str, Path]) -> None:
     (broken / "report.json").write_text(json.dumps(data))
     with pytest.raises(ReportError, match="malformed"):
         load_report(broken)
+
+
+def _gated_report(n_warn: int, fail_on: str = "fail") -> Any:
+    """A report with known verdicts: check a warns (``n_warn`` warn findings), b fails (one
+    fail finding), c errored, d was skipped, e passed."""
+    from mmaudit.check import Finding
+    from mmaudit.report import CheckReport, Report
+
+    warns = [
+        Finding(check="a", rule="r", severity="warn", message=f"w{k}", metric=f"m{k}")
+        for k in range(n_warn)
+    ]
+    fail = Finding(check="b", rule="r", severity="fail", message="the fail", metric="m")
+    checks = {
+        "a": CheckReport(name="a", status="warn", findings=warns),
+        "b": CheckReport(name="b", status="fail", findings=[fail]),
+        "c": CheckReport(name="c", status="error", reason="TypeError: boom"),
+        "d": CheckReport(name="d", status="skipped", reason="no text"),
+        "e": CheckReport(name="e", status="pass"),
+    }
+    return Report(
+        tool_version="t", created="c", config={}, config_path="", model={}, data={},
+        environment={}, seed=0, checks=checks, status="error", fail_on=fail_on,
+    )  # fmt: skip
+
+
+def test_summary_md_lists_every_finding_or_says_how_many_more() -> None:
+    from mmaudit.render import SUMMARY_FINDINGS, render_markdown
+
+    def findings(md: str) -> list[str]:
+        return [ln for ln in md.splitlines() if re.match(r"- (warn|fail|…)", ln)]
+
+    few = findings(render_markdown(_gated_report(n_warn=2)))
+    assert few == ["- fail `b`: the fail", "- warn `a`: w0", "- warn `a`: w1"]
+    many = findings(render_markdown(_gated_report(n_warn=SUMMARY_FINDINGS + 4)))
+    assert len(many) == SUMMARY_FINDINGS + 1 and many[0] == "- fail `b`: the fail"
+    assert many[-1].startswith("- … and 5 more") and "index.html" in many[-1]
+
+
+@pytest.mark.parametrize(
+    ("fail_on", "failures", "errors"),
+    [
+        ("fail", ["b", "b.r.m"], ["c"]),
+        ("warn", ["a", *(f"a.r.m{k}" for k in range(3)), "b", "b.r.m"], ["c"]),
+        ("never", [], []),
+    ],
+)
+def test_junit_failures_follow_the_fail_on_level(
+    fail_on: str, failures: list[str], errors: list[str]
+) -> None:
+    from mmaudit.render import render_junit
+
+    suite = ET.fromstring(render_junit(_gated_report(3, fail_on))).find("testsuite")
+    assert suite is not None
+    cases = {c.get("name"): c for c in suite.findall("testcase")}
+    assert sorted(n for n, c in cases.items() if c.find("failure") is not None) == failures
+    assert sorted(n for n, c in cases.items() if c.find("error") is not None) == errors
+    assert (suite.get("failures"), suite.get("errors")) == (str(len(failures)), str(len(errors)))
+    assert suite.get("skipped") == "1" and cases["d"].find("skipped") is not None
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert props["fail_on"] == fail_on and props["status"] == "error"
+    if fail_on == "never":  # nothing fails, but the verdicts stay readable
+        assert "fail: the fail" in (cases["b.r.m"].findtext("system-out") or "")
+        assert "TypeError: boom" in (cases["c"].findtext("system-out") or "")
+
+
+def test_fail_on_is_saved_and_old_reports_read_as_fail(tmp_path: Path) -> None:
+    from mmaudit.report import ReportWriter
+
+    out = ReportWriter(tmp_path / "rep").finish(_gated_report(1, "warn"), "{}\n")
+    assert load_report(out).fail_on == "warn"
+    suite = ET.parse(out / "junit.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "4"  # a, a.r.m0, b, b.r.m
+    data = json.loads((out / "report.json").read_text())
+    del data["fail_on"]  # a report written before the field existed
+    (out / "report.json").write_text(json.dumps(data))
+    assert load_report(out).fail_on == "fail"
