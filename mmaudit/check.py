@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -187,8 +188,9 @@ def load_builtin_checks() -> dict[str, type[Check]]:
     return REGISTRY
 
 
-def get_check(name: str) -> type[Check]:
-    """The registered check ``name``; CheckError with a did-you-mean otherwise."""
+def get_check(name: str, locate: Callable[[str], str] | None = None) -> type[Check]:
+    """The registered check ``name``; CheckError with a did-you-mean otherwise (and, for a
+    name from the config file, its file and line)."""
     registry = load_builtin_checks()
     if name not in registry:
         close = difflib.get_close_matches(name, list(registry), n=1)
@@ -197,47 +199,69 @@ def get_check(name: str) -> type[Check]:
             if close
             else f"known checks: {', '.join(sorted(registry))}"
         )
-        raise CheckError(f"unknown check '{name}'", hint=hint + " (see `mmaudit checks`)")
+        at = _at(locate, f"checks.{name}")
+        raise CheckError(f"{at}unknown check '{name}'", hint=hint + " (see `mmaudit checks`)")
     return registry[name]
 
 
-def build_params(cls: type[Check], raw: dict[str, Any], where: str) -> BaseModel:
-    """Validate a check's YAML params; CheckError naming the key otherwise."""
+def _at(locate: Callable[[str], str] | None, key: str) -> str:
+    """``FILE:LINE: `` before a message about the dotted config ``key``, when the config's
+    file is known (``locate`` gives its place), else nothing."""
+    return f"{locate(key)}: " if locate is not None else ""
+
+
+def _did_you_mean(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    return f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
+
+
+def build_params(
+    cls: type[Check],
+    raw: dict[str, Any],
+    where: str,
+    locate: Callable[[str], str] | None = None,
+) -> BaseModel:
+    """Validate a check's YAML params; CheckError naming the file, line and key otherwise."""
     try:
         return cls.Params.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
+        at = _at(locate, f"{where}.params.{key}")
         if err["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(key, list(cls.Params.model_fields), n=1)
-            hint = (
-                f"did you mean '{close[0]}'?"
-                if close
-                else f"allowed: {', '.join(cls.Params.model_fields)}"
-            )
-            raise CheckError(f"{where}.params: unknown key '{key}'", hint=hint) from exc
-        raise CheckError(f"{where}.params.{key}: {err['msg']}") from exc
+            hint = _did_you_mean(key, list(cls.Params.model_fields))
+            raise CheckError(f"{at}{where}.params: unknown key '{key}'", hint=hint) from exc
+        raise CheckError(f"{at}{where}.params.{key}: {err['msg']}") from exc
 
 
 def merged_thresholds(
-    cls: type[Check], overrides: dict[str, dict[str, Any]], where: str
+    cls: type[Check],
+    overrides: dict[str, dict[str, Any]],
+    where: str,
+    locate: Callable[[str], str] | None = None,
 ) -> dict[str, ThresholdRule]:
-    """Default thresholds updated by the YAML ones (a new rule needs a ``metric``)."""
+    """Default thresholds updated by the YAML ones (a new rule needs a ``metric``);
+    CheckError naming the file, line and key otherwise."""
     rules = {k: v.model_copy() for k, v in cls.default_thresholds.items()}
     for name, change in overrides.items():
+        if name not in rules and "metric" not in change:
+            close = difflib.get_close_matches(name, list(rules), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "a new rule needs a 'metric' key"
+            at = _at(locate, f"{where}.thresholds.{name}")
+            raise CheckError(f"{at}{where}.thresholds: unknown rule '{name}'", hint=hint)
+        base = rules[name].model_dump() if name in rules else {}
         try:
-            if name in rules:
-                rules[name] = ThresholdRule.model_validate({**rules[name].model_dump(), **change})
-            elif "metric" in change:
-                rules[name] = ThresholdRule.model_validate(change)
-            else:
-                close = difflib.get_close_matches(name, list(rules), n=1)
-                hint = f"did you mean '{close[0]}'?" if close else "a new rule needs a 'metric' key"
-                raise CheckError(f"{where}.thresholds: unknown rule '{name}'", hint=hint)
+            rules[name] = ThresholdRule.model_validate({**base, **change})
         except ValidationError as exc:
             err = exc.errors()[0]
             key = ".".join(str(p) for p in err["loc"])
-            raise CheckError(f"{where}.thresholds.{name}.{key}: {err['msg']}") from exc
+            at = _at(locate, f"{where}.thresholds.{name}.{key}")
+            if err["type"] == "extra_forbidden":
+                hint = _did_you_mean(key, list(ThresholdRule.model_fields))
+                raise CheckError(
+                    f"{at}{where}.thresholds.{name}: unknown key '{key}'", hint=hint
+                ) from exc
+            raise CheckError(f"{at}{where}.thresholds.{name}.{key}: {err['msg']}") from exc
     return rules
 
 

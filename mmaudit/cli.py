@@ -39,9 +39,11 @@ def run(
     config: Path = typer.Argument(..., help="audit config YAML"),
     out: Path = typer.Option(Path("report"), "-o", "--out", help="report folder to write"),
     checks: str | None = typer.Option(
-        None, "--checks", help="comma-separated checks to run (default: config)"
+        None,
+        "--checks",
+        help="comma-separated checks to run (default: every check not disabled in the config)",
     ),
-    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N"),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps"),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1),
     max_samples: int | None = typer.Option(None, "--max-samples", min=1),
     fail_on: FailOn = typer.Option(
@@ -69,7 +71,9 @@ def run(
         progress=False if no_progress or not sys.stderr.isatty() else None,
         redact=True if redact else None,
     )
-    report = run_audit(config, out, overrides, console=_console(stderr=True), resume=resume)
+    report = run_audit(
+        config, out, overrides, console=_console(stderr=True), resume=resume, fail_on=fail_on.value
+    )
     distributed.shutdown()
     if not distributed.is_main():
         return
@@ -89,11 +93,9 @@ def run(
 
 def gate_failed(status: str, fail_on: str) -> bool:
     """Whether an audit status fails ``--fail-on`` (an errored check fails a 'fail' gate too)."""
-    if fail_on == "never":
-        return False
-    if fail_on == "warn":
-        return status in ("warn", "fail", "error")
-    return status in ("fail", "error")
+    from mmaudit.report import FAILING_STATUSES
+
+    return status in FAILING_STATUSES[fail_on]
 
 
 def print_summary(console, report) -> None:  # type: ignore[no-untyped-def]
@@ -149,16 +151,18 @@ def validate(
     from mmaudit.data import build_dataset
     from mmaudit.errors import MmauditError
     from mmaudit.model import load_model
-    from mmaudit.runner import Overrides, apply_overrides, plan_checks
+    from mmaudit.runner import Overrides, apply_overrides, plan_checks, probe_model
 
     console = _console()
     cfg = apply_overrides(load_config(config), Overrides(device=device))
-    planned = plan_checks(cfg)
+    planned = plan_checks(cfg, config_path=config)
     problems: list[str] = []
     dataset = None
     try:
         dataset = build_dataset(cfg, problems=problems)
         problems.extend(dataset.validate_all())
+        for note in dataset.notes:
+            console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
     except MmauditError as exc:  # nothing left to read on from (no manifest, columns, tokenizer)
         problems.append(exc.one_line())
     adapter = None
@@ -166,22 +170,11 @@ def validate(
         try:
             adapter = load_model(cfg.model, dataset.modalities, cfg.runtime)
             dataset.configure_missing("present" in adapter.keywords)
-            batch = next(iter(dataset.batches(min(4, len(dataset))))).to(adapter.device)
-            import torch
-
-            with torch.inference_mode():
-                logits = adapter.logits(batch)
-            kind = cfg.data.target.kind
-            expected = (1, 2) if kind == "binary" else (len(dataset.class_names),)
-            if logits.shape[1] not in expected:
-                problems.append(
-                    f"the model returns {logits.shape[1]} outputs but a {kind} target with"
-                    f" {len(dataset.class_names)} classes needs {' or '.join(map(str, expected))}"
-                )
+            probe_model(adapter, dataset, cfg.data.target.kind)  # the check `run` makes too
         except MmauditError as exc:
             problems.append(exc.one_line())
-        except Exception as exc:
-            problems.append(f"the model failed on one batch: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # a factory or checkpoint that breaks while loading
+            problems.append(f"loading the model raised {type(exc).__name__}: {exc}")
     if problems:
         # one unwrapped line per problem: greppable in CI logs, whatever the terminal width
         console.print(f"[red]{len(problems)} problem(s)[/red] in {config}:")
@@ -234,6 +227,11 @@ def diff(
     show_all: bool = typer.Option(
         False, "--all", help="list every significant move in the terminal (default: top 10)"
     ),
+    ignore_check: list[str] | None = typer.Option(
+        None,
+        "--ignore-check",
+        help="leave this check out of the comparison (e.g. not run in the new audit), repeatable",
+    ),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Compare two audits: status, findings, metric moves with significance, CKA, churn."""
@@ -244,7 +242,9 @@ def diff(
         raise MmauditError(
             "--json and --markdown both print to stdout; choose one", hint="-o writes both files"
         )
-    result = diff_reports(base, new, parse_tolerances(tolerance), force=force)
+    result = diff_reports(
+        base, new, parse_tolerances(tolerance), force=force, ignore_checks=ignore_check or ()
+    )
     if out is not None:
         write_diff(result, out)
     if as_json:
@@ -295,6 +295,11 @@ def print_diff(console, result, limit: int | None = 10) -> None:  # type: ignore
         colour = "red" if s["worse"] else "green" if s.get("better") else "yellow"
         console.print(
             f"[{colour}]{escape(s['check'])}: {escape(s['base'])} -> {escape(s['new'])}[/{colour}]"
+        )
+    for name in result.missing_checks:
+        console.print(
+            f"[red]missing {escape(name)}[/red]: in the base report, not in the new one"
+            f" (run it, or pass --ignore-check {escape(name)})"
         )
     for f in result.resolved_findings:
         console.print(f"[green]resolved[/green] {escape(f.check)}: {escape(f.message)}")
@@ -362,6 +367,24 @@ def env() -> None:
             console.print(f"{pkg} not installed")
 
 
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Click's usage-error and abort classes: those of click itself and of the copy that
+    newer typer releases vendor (``typer._click``), whichever are installed."""
+    import importlib
+
+    usage: list[type] = []
+    abort: list[type] = [typer.Abort]
+    for name in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage.append(module.ClickException)
+        if hasattr(module, "Abort"):
+            abort.append(module.Abort)
+    return tuple(usage), tuple(abort)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point with the one error boundary."""
     from mmaudit.errors import MmauditError
@@ -384,12 +407,11 @@ def main(argv: list[str] | None = None) -> None:
         print("interrupted; no report was written", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        usage, abort = _click_exceptions()
+        if isinstance(exc, usage):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if isinstance(exc, abort):
             sys.exit(1)
         raise
     sys.exit(rc if isinstance(rc, int) else 0)

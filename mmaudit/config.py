@@ -11,12 +11,21 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mmaudit.errors import ConfigError
 
 MODALITIES: tuple[str, ...] = ("image", "text", "tabular")
+
+
+def cell_text(value: Any) -> str:
+    """A manifest cell or YAML scalar as the text it is compared by: whole floats without
+    ``.0``, because pandas reads an integer column with a blank cell as float."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 class Strict(BaseModel):
@@ -93,6 +102,9 @@ class ImageConfig(Strict):
     channels: Literal[1, 3] = 1
     mean: list[float] = Field(default_factory=lambda: [0.5])
     std: list[float] = Field(default_factory=lambda: [0.25])
+    # white level of greyscale PNG / TIFF images with more than 8 bits: the stored value read
+    # as 1.0; auto = the file's bit depth (a PNG sBIT chunk's significant bits when present)
+    max_value: Literal["auto"] | float = "auto"
 
     @field_validator("size")
     @classmethod
@@ -100,6 +112,19 @@ class ImageConfig(Strict):
         if v < 8:
             raise ValueError("image.size must be at least 8 pixels")
         return v
+
+    @field_validator("max_value", mode="before")
+    @classmethod
+    def _white_level(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        try:
+            number = float(v)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not number > 0:
+            raise ValueError(f"image.max_value must be auto or a positive number, got {v!r}")
+        return number
 
 
 class TextConfig(Strict):
@@ -136,10 +161,22 @@ class AttributeConfig(Strict):
 
 
 class SplitConfig(Strict):
-    """Keep only rows whose ``column`` is one of ``values``."""
+    """Keep only rows whose ``column`` is one of ``values``.
+
+    Values compare as text: YAML numbers are written the way the column's cells are
+    (``1`` and ``1.0`` both as ``'1'``), so a fold column that pandas reads as float
+    because of one blank cell is still selected by ``values: [1]``.
+    """
 
     column: str
     values: list[str]
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _numbers_as_text(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [cell_text(x) if isinstance(x, int | float) else x for x in v]
+        return v
 
 
 class MissingConfig(Strict):

@@ -8,6 +8,7 @@ that sample; ``Batch.present`` carries that per sample.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmaudit.config import AuditConfig, DataConfig, RuntimeConfig
+from mmaudit.config import AuditConfig, DataConfig, RuntimeConfig, cell_text
 from mmaudit.errors import ConfigError, DataError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -80,43 +81,158 @@ def read_manifest(path: Path) -> pd.DataFrame:
 
 
 def _is_missing(value: Any) -> bool:
-    return (
-        value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
+    """An empty cell: None, NaN, pd.NA (nullable Parquet columns) or only whitespace."""
+    missing = pd.isna(value)
+    if isinstance(missing, bool | np.bool_) and missing:
+        return True
+    return str(value).strip() == ""
+
+
+def cell_texts(col: pd.Series) -> pd.Series:
+    """A column as text (object dtype), blank cells as None.
+
+    ``astype(str)`` is not enough: pandas 3 keeps NaN there, and an integer column with
+    one blank cell is read as float, so ``1`` would become ``'1.0'`` (see ``cell_text``).
+    """
+    return pd.Series(
+        [None if _is_missing(v) else cell_text(v) for v in col.tolist()],
+        index=col.index,
+        dtype=object,
     )
 
 
-def load_image_file(path: Path) -> np.ndarray:
-    """Read a PNG / JPEG / TIFF / DICOM file into a float32 (H, W, C) array in [0, 1]."""
+def is_dicom(path: Path) -> bool:
+    """A DICOM file: a .dcm / .dicom suffix, or the 'DICM' marker after the 128-byte preamble
+    (PACS exports often have no suffix at all)."""
     if path.suffix.lower() in DICOM_SUFFIXES:
-        try:
-            import pydicom
-        except ImportError as exc:
-            raise DataError(
-                f"{path}: DICOM needs the 'dicom' extra", hint="pip install 'mmaudit[dicom]'"
-            ) from exc
-        ds = pydicom.dcmread(str(path))
-        arr = ds.pixel_array.astype(np.float32)
-        if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
-            arr = arr[arr.shape[0] // 2]  # a volume: take the middle slice
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-        if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-            arr = 1.0 - arr
-    else:
-        from PIL import Image
+        return True
+    with open(path, "rb") as f:
+        head = f.read(132)
+    return head[128:132] == b"DICM"
 
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I"):
-                arr = np.asarray(im, dtype=np.float32)
-                hi = float(arr.max()) or 1.0
-                arr = arr / (65535.0 if hi > 255 else 255.0)
-            else:
-                arr = np.asarray(im.convert("RGB" if im.mode in ("RGB", "RGBA", "P") else "L"))
-                arr = arr.astype(np.float32) / 255.0
+
+def png_significant_bits(path: Path) -> int | None:
+    """The first value of a PNG's sBIT chunk (significant bits, e.g. 12), None without one.
+
+    Pillow reads the chunk but does not expose it, so the chunks before the image data are
+    walked here: 8-byte signature, then (length, type, data, CRC) records.
+    """
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return None
+        while len(header := f.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", header)
+            if kind == b"sBIT":
+                data = f.read(length)
+                return data[0] if data else None
+            if kind in (b"IDAT", b"IEND"):
+                return None
+            f.seek(length + 4, 1)  # the chunk's data and CRC
+    return None
+
+
+def load_image_file(path: Path, max_value: float | None = None) -> np.ndarray:
+    """Read a PNG / JPEG / TIFF / DICOM file into a float32 (H, W, C) array in [0, 1].
+
+    The scale never depends on the pixels, so the same stored value always gives the
+    same input. 8-bit images: value / 255. Greyscale images with more than 8 bits (16-bit
+    PNG / TIFF): value / ``max_value`` when given (``data.image.max_value``), else by the
+    file's bit depth: 2**sBIT - 1 when a PNG records its significant bits, else 65535.
+    32-bit integer and float images have no bit depth to go by and need ``max_value``.
+    Values above the white level are clipped to 1. DICOM: see ``dicom_to_unit``.
+    """
+    if is_dicom(path):
+        return _channels_last(dicom_to_unit(path))
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode.startswith("I;16"):
+            arr = np.asarray(im, dtype=np.float32)
+            if max_value is None:
+                bits = png_significant_bits(path) if im.format == "PNG" else None
+                max_value = 2.0**bits - 1 if bits and bits < 16 else 65535.0
+            arr = np.clip(arr / max_value, 0.0, 1.0)
+        elif im.mode in ("I", "F"):
+            if max_value is None:
+                raise DataError(
+                    f"{path}: a {'32-bit integer' if im.mode == 'I' else 'floating-point'}"
+                    " image has no bit depth to scale it by",
+                    hint="set data.image.max_value to the value that is white",
+                )
+            arr = np.clip(np.asarray(im, dtype=np.float32) / max_value, 0.0, 1.0)
+        else:
+            arr = np.asarray(im.convert("RGB" if im.mode in ("RGB", "RGBA", "P") else "L"))
+            arr = arr.astype(np.float32) / 255.0
+    return _channels_last(arr)
+
+
+def _channels_last(arr: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, C) -> (H, W, C) with at most 3 channels (alpha dropped)."""
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return arr[:, :, :3]
+
+
+def dicom_to_unit(path: Path) -> np.ndarray:
+    """A DICOM image as float32 in [0, 1], (H, W) grey or (H, W, 3) colour; multi-frame:
+    the middle frame.
+
+    Grey images follow the DICOM display pipeline: the modality LUT (RescaleSlope /
+    Intercept or a Modality LUT Sequence), then the first VOI LUT (a VOI LUT Sequence,
+    else the first WindowCenter / WindowWidth). The result is mapped to [0, 1] over the
+    range that step can produce: the window when there is one, else the BitsStored range
+    passed through the modality LUT (CT: every Hounsfield value the file can hold). Never a
+    per-image min-max, so the same tissue gives the same input in every file. MONOCHROME1
+    (white = low) is inverted. Colour images: value / (2**BitsStored - 1).
+    """
+    try:
+        import pydicom
+    except ImportError as exc:
+        raise DataError(
+            f"{path}: DICOM needs the 'dicom' extra", hint="pip install 'mmaudit[dicom]'"
+        ) from exc
+    try:  # pydicom >= 3
+        from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
+    except ImportError:  # pydicom 2
+        from pydicom.pixel_data_handlers.util import (  # type: ignore[no-redef]
+            apply_modality_lut,
+            apply_voi,
+            apply_windowing,
+        )
+
+    ds = pydicom.dcmread(str(path), force=True)
+    arr = ds.pixel_array
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        arr = arr[arr.shape[0] // 2]
+    bits = int(ds.BitsStored)
+    if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
+        return np.clip(arr.astype(np.float32) / (2.0**bits - 1), 0.0, 1.0)
+    # the range of stored values, then of the modality LUT's output (as pydicom's windowing)
+    lo, hi = (
+        (0.0, 2.0**bits - 1)
+        if ds.get("PixelRepresentation", 0) == 0
+        else (
+            -(2.0 ** (bits - 1)),
+            2.0 ** (bits - 1) - 1,
+        )
+    )
+    if ds.get("ModalityLUTSequence"):
+        lo, hi = 0.0, 2.0 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1
+    elif "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        lo, hi = lo * slope + intercept, hi * slope + intercept
+    values = apply_modality_lut(arr, ds)
+    voi = ds.get("VOILUTSequence")
+    if voi and voi[0].get("LUTDescriptor") is not None and voi[0].get("LUTData") is not None:
+        values = apply_voi(np.rint(values).astype(np.int64), ds)
+        lo, hi = 0.0, 2.0 ** int(voi[0].LUTDescriptor[2]) - 1
+    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        values = apply_windowing(values, ds)  # the window stretched over [lo, hi]
+    unit = np.clip((np.asarray(values, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    if ds.get("PhotometricInterpretation", "") == "MONOCHROME1":
+        unit = 1.0 - unit
+    return unit.astype(np.float32)
 
 
 def image_to_tensor(arr: np.ndarray, size: int, channels: int) -> torch.Tensor:
@@ -161,7 +277,7 @@ class AuditDataset(torch.utils.data.Dataset):
         # filter never change what a row's inputs are
         every_row = df
         if cfg.split is not None:
-            keep = df[cfg.split.column].astype(str).isin(cfg.split.values)
+            keep = cell_texts(df[cfg.split.column]).isin(cfg.split.values)
             df = df[keep].reset_index(drop=True)
             if len(df) == 0:
                 raise DataError(
@@ -173,15 +289,9 @@ class AuditDataset(torch.utils.data.Dataset):
             df = df.iloc[take].reset_index(drop=True)
         self.frame = df
         self.modalities: tuple[str, ...] = tuple(cfg.modalities)
-        self.ids = df[cfg.id].astype(str).to_numpy()
-        dup = pd.Series(self.ids).duplicated().to_numpy()
-        if dup.any():
-            i = int(np.flatnonzero(dup)[0])
-            self._problem(
-                f"{self.manifest_path} row {df['_row'][i]}: duplicate id {self.ids[i]!r} in column"
-                f" '{cfg.id}'{_more(int(dup.sum()) - 1, 'duplicate')}"
-            )
-        self.patients = df[cfg.patient].astype(str).to_numpy() if cfg.patient else None
+        self.notes: list[str] = []  # things a run should say but that are not errors
+        self.ids = self._parse_ids(df)
+        self.patients = self._parse_patients(df) if cfg.patient else None
         self.target, self.class_names = self._parse_target(df)
         self.present = np.ones((len(df), len(self.modalities)), dtype=bool)
         self.image_paths: list[Path | None] = []
@@ -249,6 +359,54 @@ class AuditDataset(torch.utils.data.Dataset):
                 f"{self.manifest_path}: {len(absent)} configured column(s) missing; rows not read"
             )
 
+    def _parse_ids(self, df: pd.DataFrame) -> np.ndarray:
+        """Row ids as text; a blank or repeated id is bad input (collecting: a stand-in)."""
+        column = self.cfg.id
+        ids = cell_texts(df[column])
+        blank = ids.isna().to_numpy()
+        if blank.any():
+            i = int(np.flatnonzero(blank)[0])
+            self._problem(
+                f"{self.manifest_path} row {df['_row'][i]}: empty id in column '{column}'"
+                f"{_more(int(blank.sum()) - 1, 'empty')}",
+                hint="every row needs a unique id",
+            )
+            ids[blank] = [f"<no id, row {r}>" for r in df["_row"][blank]]
+        out = ids.to_numpy(dtype=object)
+        dup = ids.duplicated().to_numpy()
+        if dup.any():
+            i = int(np.flatnonzero(dup)[0])
+            self._problem(
+                f"{self.manifest_path} row {df['_row'][i]}: duplicate id {out[i]!r} in column"
+                f" '{column}'{_more(int(dup.sum()) - 1, 'duplicate')}"
+            )
+        return out
+
+    def _parse_patients(self, df: pd.DataFrame) -> np.ndarray:
+        """Patient ids as text. A blank cell makes the row its own patient, named by its row id
+        (``id:<row id>`` if that name is taken by a real patient), with a note.
+
+        Not bad input: a missing patient link is common, and treating the row as a patient of
+        its own only loses the grouping for that row (its CIs can be a little narrow if it
+        does share a patient with another row), which the note says.
+        """
+        column = self.cfg.patient
+        assert column is not None
+        patients = cell_texts(df[column])
+        blank = patients.isna().to_numpy()
+        if blank.any():
+            own = pd.Series(self.ids[blank], dtype=object)
+            taken = own.isin(set(patients.dropna()))
+            own[taken] = "id:" + own[taken]
+            patients[blank] = own.to_numpy()
+            first = int(np.flatnonzero(blank)[0])
+            self.notes.append(
+                f"{self.manifest_path}: patient column '{column}' is empty in {int(blank.sum())}"
+                f" row(s) (first: row {df['_row'][first]}); each such row is its own patient,"
+                " named by its id"
+            )
+        return patients.to_numpy(dtype=object)
+
     def _row(self, i: int) -> str:
         return f"{self.manifest_path} row {self.frame['_row'][i]} (id {self.ids[i]!r})"
 
@@ -314,9 +472,19 @@ class AuditDataset(torch.utils.data.Dataset):
     def _parse_attributes(self, df: pd.DataFrame) -> pd.DataFrame:
         out = {}
         for name, a in self.cfg.attributes.items():
-            col = df[a.column or name]
+            column = a.column or name
+            col = df[column]
             if a.kind == "continuous":
-                out[name] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)
+                values = pd.to_numeric(col, errors="coerce")
+                bad = (values.isna() & ~cell_texts(col).isna()).to_numpy()
+                if bad.any():
+                    i = int(np.flatnonzero(bad)[0])
+                    self._problem(
+                        f"{self._row(i)}: attribute '{name}' (column '{column}') is continuous"
+                        f" but holds {col[i]!r}{_more(int(bad.sum()) - 1, 'non-numeric')}",
+                        hint=f"use kind: categorical for data.attributes.{name}",
+                    )
+                out[name] = values.to_numpy(dtype=float)
             else:
                 out[name] = col.astype("string").to_numpy(dtype=object)
         return pd.DataFrame(out, index=self.ids)
@@ -481,8 +649,9 @@ class AuditDataset(torch.utils.data.Dataset):
         path = self.image_paths[i]
         if path is None:
             return torch.zeros(img.channels, img.size, img.size)
+        white = None if img.max_value == "auto" else float(img.max_value)
         try:
-            arr = load_image_file(path)
+            arr = load_image_file(path, white)
         except DataError:
             raise
         except Exception as exc:

@@ -616,6 +616,13 @@ def diff_reports(
             )
             if worse:
                 result.regressions.append(f"{name}: status {a.status} -> {b.status}{_why(b)}")
+            elif b.status == "skipped" and a.status in ("warn", "fail"):
+                # not "better": the base's findings went unchecked, as for a missing check
+                result.status_changes[-1]["worse"] = True
+                result.regressions.append(
+                    f"{name}: status {a.status} -> skipped{_why(b)}; its base findings were"
+                    f" not re-checked: give it what it needs, or pass --ignore-check {name}"
+                )
         _diff_findings(name, a, b, result)
         for metric in a.metrics:
             if metric in b.metrics:
@@ -762,6 +769,17 @@ def _diff_metric(
 def _representation(base: Samples, new: Samples, result: DiffResult) -> None:
     from mmaudit.cka import linear_cka
 
+    unsaved = [
+        side
+        for side, s in (("base", base), ("new", new))
+        if not (s.report.data.get("saved") or {}).get("predictions", True)
+    ]
+    if unsaved:
+        result.notes.append(
+            f"predictions not saved in the {' and '.join(unsaved)} report"
+            " (report.save_predictions: false): no prediction churn, and performance moves"
+            " are judged by CI overlap, not paired by sample"
+        )
     if base.predictions is not None and new.predictions is not None:
         merged = base.predictions.merge(new.predictions, on="id", suffixes=("_a", "_b"))
         result.shared_samples = len(merged)

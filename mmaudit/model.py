@@ -14,6 +14,7 @@ import difflib
 import importlib
 import inspect
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -268,7 +269,6 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
             raise ModelLoadError(f"{path}: not a readable safetensors file: {exc}") from exc
     import pickle
     import re
-    import warnings
 
     with open(path, "rb") as fh:
         head = fh.read(4)
@@ -375,7 +375,9 @@ def load_model(
         if not path.is_file():
             raise ModelLoadError(f"TorchScript file not found: {path}")
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's deprecation notice would break one line
+                module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
             raise ModelLoadError(f"{path}: not a loadable TorchScript file: {exc}") from exc
         source = f"torchscript:{path}"
@@ -396,6 +398,7 @@ def load_model(
     }
     if "text" not in modalities:
         keywords.pop("text_mask", None)
+    check_keywords(module, keywords)
     layers = dict(default_layers)
     for k in default_layers:
         detected[k] = default_layers[k]
@@ -432,17 +435,63 @@ def load_model(
     )
 
 
+def forward_parameters(module: nn.Module) -> tuple[list[str], list[str]] | None:
+    """The keyword names ``module.forward`` takes and those it requires (no default), or
+    None when any keyword goes (``**kwargs``) or the signature cannot be read.
+
+    TorchScript methods have no Python signature; their schema lists the arguments.
+    """
+    schema = getattr(module.forward, "schema", None)
+    if schema is not None:
+        args = [a for a in schema.arguments if a.name != "self"]
+        return [a.name for a in args], [a.name for a in args if not a.has_default_value()]
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    named = [
+        p
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    return [p.name for p in named], [p.name for p in named if p.default is inspect.Parameter.empty]
+
+
 def _default_keywords(module: nn.Module, modalities: tuple[str, ...]) -> dict[str, str]:
     """Default forward keywords, keeping only those the forward signature accepts."""
     keywords = {k: v for k, v in DEFAULT_KEYWORDS.items() if k in modalities or k == "text_mask"}
-    try:
-        params = inspect.signature(module.forward).parameters
-    except (TypeError, ValueError):
+    found = forward_parameters(module)
+    if found is None:
         return keywords
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return keywords
+    params = found[0]
     if "present" in params:
         keywords["present"] = "present"
     if "text_mask" in keywords and keywords["text_mask"] not in params:
         keywords.pop("text_mask")
     return keywords
+
+
+def check_keywords(module: nn.Module, keywords: dict[str, str]) -> None:
+    """ModelLoadError when the forward does not take a keyword the adapter will pass, or
+    needs one it will not: caught here, not as a TypeError on the first batch."""
+    found = forward_parameters(module)
+    if found is None:
+        return
+    params, required = found
+    passed = set(keywords.values())
+    unknown = [v for v in keywords.values() if v not in params]
+    unfed = [p for p in required if p not in passed]
+    if not unknown and not unfed:
+        return
+    problem = (
+        f"it would be called with {', '.join(unknown)}"
+        if unknown
+        else f"nothing is passed for {', '.join(unfed)}"
+    )
+    raise ModelLoadError(
+        f"the model's forward takes ({', '.join(params)}); {problem}",
+        hint="map each modality to a forward parameter with model.inputs,"
+        " e.g. inputs: {image: pixel_values, tabular: labs}",
+    )

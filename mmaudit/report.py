@@ -338,7 +338,8 @@ class ReportWriter:
             frame = frame.assign(id=self.redactor.names(frame["id"]))
             if "patient" in frame:
                 frame = frame.assign(patient=self.redactor.names(frame["patient"]))
-        frame.to_parquet(sdir / "predictions.parquet", index=False)
+        if len(frame.columns) > 1:  # ids alone: embeddings.npz keeps them (__ids__)
+            frame.to_parquet(sdir / "predictions.parquet", index=False)
         kept: dict[str, Any] = {}
         left_out: list[str] = []
         budget = max_mb * 1024 * 1024

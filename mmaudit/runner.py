@@ -8,6 +8,7 @@ import platform
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ from mmaudit.check import (
     merged_thresholds,
 )
 from mmaudit.config import AuditConfig, config_to_yaml, load_config
-from mmaudit.errors import CheckError, MmauditError
+from mmaudit.errors import CheckError, ConfigError, MmauditError, ModelLoadError
 from mmaudit.findings import SEVERITY_ORDER, judge, status_of
 from mmaudit.report import CheckReport, Redactor, Report, ReportWriter, json_safe
 
@@ -50,8 +51,14 @@ class PlannedCheck:
 
 
 def apply_overrides(cfg: AuditConfig, o: Overrides) -> AuditConfig:
+    """``cfg`` with the command-line values put in; ConfigError for an invalid one."""
     if o.device is not None:
-        cfg.runtime.device = type(cfg.runtime)._device(o.device)  # type: ignore[attr-defined]
+        try:
+            cfg.runtime.device = type(cfg.runtime)._device(o.device)  # type: ignore[attr-defined]
+        except ValueError as exc:
+            raise ConfigError(
+                f"--device {o.device!r} is not a device", hint="use auto, cpu, cuda, cuda:N or mps"
+            ) from exc
     if o.batch_size is not None:
         cfg.runtime.batch_size = o.batch_size
     if o.max_samples is not None:
@@ -63,28 +70,87 @@ def apply_overrides(cfg: AuditConfig, o: Overrides) -> AuditConfig:
     return cfg
 
 
-def plan_checks(cfg: AuditConfig, only: list[str] | None = None) -> list[PlannedCheck]:
-    """Resolve which checks run, with validated params and merged thresholds (fails fast)."""
+def plan_checks(
+    cfg: AuditConfig, only: list[str] | None = None, config_path: str | Path | None = None
+) -> list[PlannedCheck]:
+    """Resolve which checks run, with validated params and merged thresholds (fails fast).
+
+    Every registered check runs unless its ``checks:`` entry says ``enabled: false``: an
+    entry configures a check, it does not select it (a threshold override for one check
+    must not switch the others off). ``only`` (``--checks a,b``) narrows to those checks.
+    With ``config_path``, errors in a ``checks:`` entry name the file and line.
+    """
     registry = load_builtin_checks()
+    locate = config_locator(Path(config_path)) if config_path is not None else None
     for name in cfg.checks:
-        get_check(name)  # unknown names in the YAML are errors with a did-you-mean
+        get_check(name, locate)  # unknown names in the YAML are errors with a did-you-mean
     if only:
         names = [get_check(n).name for n in only]
-    elif cfg.checks:
-        names = [n for n, c in cfg.checks.items() if c.enabled]
     else:
-        names = sorted(registry)
+        names = [n for n in sorted(registry) if n not in cfg.checks or cfg.checks[n].enabled]
     if not names:
-        raise CheckError("no checks to run: every check in the config is disabled")
+        raise CheckError(
+            "no checks to run: every check is disabled in the config",
+            hint="remove 'enabled: false' from one, or name checks with --checks",
+        )
     planned = []
     for name in names:
         cls = get_check(name)
         cc = cfg.checks.get(name)
         raw = cc.params if cc else {}
-        params = build_params(cls, raw, f"checks.{name}")
-        rules = merged_thresholds(cls, cc.thresholds if cc else {}, f"checks.{name}")
+        params = build_params(cls, raw, f"checks.{name}", locate)
+        rules = merged_thresholds(cls, cc.thresholds if cc else {}, f"checks.{name}", locate)
         planned.append(PlannedCheck(name, cls(params), rules, raw))
     return planned
+
+
+def config_locator(path: Path) -> Callable[[str], str]:
+    """``key -> "FILE:LINE"`` for dotted keys of the config file (the file alone when the
+    key is not found), so check-level errors point where top-level ones do."""
+    import yaml
+
+    from mmaudit.config import _line_of
+
+    try:
+        tree = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        tree = None
+
+    def locate(key: str) -> str:
+        line = _line_of(tree, tuple(key.split(".")))
+        return f"{path}:{line}" if line else str(path)
+
+    return locate
+
+
+def probe_model(adapter: Any, dataset: Any, target_kind: str) -> None:
+    """Run the model on the first few rows before anything else does; ModelLoadError (one
+    line, exit 2) when it raises or its number of outputs does not fit the target.
+
+    Why: a model that cannot take the data would otherwise fail inside the sweep with a
+    traceback, or later inside every check, after a report folder was started.
+    """
+    import torch
+
+    batch = next(iter(dataset.batches(min(4, len(dataset))))).to(adapter.device)
+    try:
+        with torch.inference_mode():
+            logits = adapter.logits(batch)
+    except MmauditError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(
+            f"the model failed on one batch: {type(exc).__name__}: {exc}".splitlines()[0],
+            hint="check model.inputs and the data config; --debug shows the traceback",
+        ) from exc
+    expected = (1, 2) if target_kind == "binary" else (len(dataset.class_names),)
+    if logits.ndim != 2 or logits.shape[1] not in expected:
+        outputs = logits.shape[1] if logits.ndim == 2 else f"shape {tuple(logits.shape)}"
+        raise ModelLoadError(
+            f"the model returns {outputs} outputs but a {target_kind} target with"
+            f" {len(dataset.class_names)} classes needs {' or '.join(map(str, expected))}",
+            hint="check the model's head (model.kwargs) and data.target",
+        )
 
 
 def sha256_of(paths: list[Path]) -> str:
@@ -157,6 +223,7 @@ def run_audit(
     overrides: Overrides | None = None,
     console: Any = None,
     resume: bool = False,
+    fail_on: str = "fail",
 ) -> Report:
     """Run every planned check on the config's model and data; write the report folder.
 
@@ -176,7 +243,7 @@ def run_audit(
     t0 = time.perf_counter()
     overrides = overrides or Overrides()
     cfg = apply_overrides(load_config(config_path), overrides)
-    planned = plan_checks(cfg, overrides.checks)
+    planned = plan_checks(cfg, overrides.checks, config_path)
     cfg.runtime.device = distributed.init(cfg.runtime.device)
     distributed.agree(config_fingerprint(cfg), "config")
     if not distributed.is_main():
@@ -189,6 +256,8 @@ def run_audit(
         torch.manual_seed(cfg.runtime.seed)
         np.random.seed(cfg.runtime.seed)
         dataset = build_dataset(cfg)
+        for note in dataset.notes if console is not None else []:
+            console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
         if distributed.world_size() > len(dataset):
             raise MmauditError(
                 f"world size {distributed.world_size()} is larger than the dataset"
@@ -203,6 +272,7 @@ def run_audit(
         adapter = load_model(cfg.model, dataset.modalities, cfg.runtime)
         timings["load_model"] = time.perf_counter() - t
         missing = dataset.configure_missing("present" in adapter.keywords)
+        probe_model(adapter, dataset, cfg.data.target.kind)
         precision = precision_record(cfg.runtime.precision, adapter.effective_precision)
         if "precision_note" in precision and console is not None:
             console.print(f"[yellow]note: {precision['precision_note']}[/yellow]")
@@ -263,6 +333,7 @@ def run_audit(
             data={
                 "manifest": str(dataset.manifest_path),
                 "sha256": manifest_sha,
+                "notes": list(dataset.notes),
                 # the tokenizer's contents, not its path, decide whether two audits compare
                 "tokenizer_sha256": tokenizer_sha256(cfg),
                 "n": len(dataset),
@@ -287,6 +358,7 @@ def run_audit(
             checks=results,
             cross_checks=cross_check(results, list(cfg.data.attributes)),
             status=worst,
+            fail_on=fail_on,
         )
         distributed.barrier()
         writer.finish(report, config_to_yaml(cfg))
@@ -408,16 +480,34 @@ def pooled(values: Any) -> Any:
 def save_samples(
     cfg: AuditConfig, dataset: Any, cache: Any, writer: ReportWriter
 ) -> dict[str, Any]:
-    """Per-sample predictions and compact embeddings, so `mmaudit diff` can pair two audits."""
-    import pandas as pd
+    """Per-sample predictions and compact embeddings, so `mmaudit diff` can pair two audits.
 
-    from mmaudit.checks.performance import sweep_probs
+    Only what ``report.save_predictions`` / ``save_embeddings`` ask for: with embeddings
+    alone, the frame holds just the ids the embeddings are paired by.
+    """
+    import pandas as pd
 
     saved: dict[str, Any] = {"predictions": False, "embeddings": [], "embeddings_left_out": []}
     if not cfg.report.save_predictions and not cfg.report.save_embeddings:
         return saved
     sweep = cache.sweep()
     frame = pd.DataFrame({"id": [str(i) for i in dataset.ids]})
+    if cfg.report.save_predictions:
+        add_predictions(frame, cfg, dataset, sweep)
+    layers = {}
+    if cfg.report.save_embeddings:
+        layers = {name: pooled(v) for name, v in sweep.embeddings.items()}
+    left_out = writer.add_samples(frame, layers, cfg.report.embeddings_max_mb)
+    saved["predictions"] = cfg.report.save_predictions
+    saved["embeddings"] = [k for k in layers if k not in left_out]
+    saved["embeddings_left_out"] = left_out
+    return saved
+
+
+def add_predictions(frame: Any, cfg: AuditConfig, dataset: Any, sweep: Any) -> None:
+    """Add patient, target(s), logits and probabilities to the per-sample ``frame``."""
+    from mmaudit.checks.performance import sweep_probs
+
     if dataset.patients is not None:
         frame["patient"] = [str(p) for p in dataset.patients]
     target = dataset.target
@@ -430,14 +520,6 @@ def save_samples(
     for k in range(sweep.logits.shape[1]):
         frame[f"logit.{k}"] = sweep.logits[:, k]
         frame[f"prob.{k}"] = probs[:, k]
-    layers = {}
-    if cfg.report.save_embeddings:
-        layers = {name: pooled(v) for name, v in sweep.embeddings.items()}
-    left_out = writer.add_samples(frame, layers, cfg.report.embeddings_max_mb)
-    saved["predictions"] = True
-    saved["embeddings"] = [k for k in layers if k not in left_out]
-    saved["embeddings_left_out"] = left_out
-    return saved
 
 
 def run_one(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import pandas as pd
 import pytest
 from conftest import byo_model_config, tiny_config
 
+from mmaudit.check import load_builtin_checks
 from mmaudit.cli import main
 from mmaudit.report import load_report
 from mmaudit.runner import any_batch_done
@@ -48,7 +51,17 @@ def good(tiny_manifest: Path, tiny_weights: Path) -> dict[str, Any]:
 def test_run_ok_and_gate(good: dict[str, Any], write_config, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     cfg = write_config(good)
     rc, out, _ = run_cli(
-        ["run", str(cfg), "-o", str(tmp_path / "rep"), "--fail-on", "never"], capsys
+        [
+            "run",
+            str(cfg),
+            "-o",
+            str(tmp_path / "rep"),
+            "--fail-on",
+            "never",
+            "--checks",
+            "performance",
+        ],
+        capsys,
     )
     assert rc == 0 and "report written" in out
     # an impossible threshold makes the performance check fail, and the gate exit 1
@@ -58,10 +71,25 @@ def test_run_ok_and_gate(good: dict[str, Any], write_config, tmp_path: Path, cap
             "thresholds": {"auroc_low": {"fail_below": 1.01}},
         }
     }
+    strict = write_config(good, "strict.yaml")
     rc, out, _ = run_cli(
-        ["run", str(write_config(good, "strict.yaml")), "-o", str(tmp_path / "rep2")], capsys
+        ["run", str(strict), "-o", str(tmp_path / "rep2"), "--checks", "performance"], capsys
     )
     assert rc == 1 and "fails the gate" in out
+    # a warning: the gate and junit.xml follow --fail-on together
+    good["checks"]["performance"]["thresholds"] = {"auroc_low": {"warn_below": 1.01}}
+    warned = write_config(good, "warned.yaml")
+    # under warn two failures: the check's testcase and its finding's
+    for level, code, failures in (("warn", 1, "2"), ("fail", 0, "0")):
+        rep = tmp_path / f"rep_{level}"
+        rc, _, _ = run_cli(
+            ["run", str(warned), "-o", str(rep), "--checks", "performance", "--fail-on", level],
+            capsys,
+        )
+        suite = ET.parse(rep / "junit.xml").getroot().find("testsuite")
+        assert suite is not None
+        props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+        assert rc == code and props["fail_on"] == level and suite.get("failures") == failures
 
 
 def test_help_and_checks_listing(capsys) -> None:  # type: ignore[no-untyped-def]
@@ -116,6 +144,20 @@ CASES: list[tuple[str, str, Any, str]] = [
         {"performance": {"params": {"nboot": 3}}},
         "did you mean 'n_boot'",
     ),
+    (
+        "unknown threshold key",
+        "checks",
+        {"performance": {"thresholds": {"auroc_low": {"warn_belo": 0.9}}}},
+        "checks.performance.thresholds.auroc_low: unknown key 'warn_belo' (did you mean"
+        " 'warn_below'?)",
+    ),
+    (
+        "every check disabled",
+        "checks",
+        {name: {"enabled": False} for name in sorted(load_builtin_checks())},
+        "no checks to run",
+    ),
+    ("invalid device", "runtime.device", "gpu", "device must be auto, cpu, cuda or cuda:N"),
 ]
 
 
@@ -346,18 +388,16 @@ def test_bad_file_mid_sweep_keeps_resume_state(
     cfg = write_config(good)
     out_dir = tmp_path / "report"
     work = tmp_path / ".report.work"
-    rc, _, err = run_cli(["run", str(cfg), "-o", str(out_dir), "--fail-on", "never"], capsys)
+    quick = ["--fail-on", "never", "--checks", "performance"]
+    rc, _, err = run_cli(["run", str(cfg), "-o", str(out_dir), *quick], capsys)
     assert_bad_input(rc, err, out_dir, "(id 's40'): cannot decode ROI mask")
     assert work.is_dir() and any_batch_done(work), err
     shutil.copy(tiny_manifest.parent / "masks" / "s40.png", manifest.parent / "masks" / "s40.png")
-    args = ["run", str(cfg), "-o", str(out_dir), "--fail-on", "never", "--resume"]
-    rc, out, err = run_cli(args, capsys)
+    rc, out, err = run_cli(["run", str(cfg), "-o", str(out_dir), *quick, "--resume"], capsys)
     assert rc == 0 and "report written" in out, err
     assert not work.exists()  # a finished audit leaves no resume state
     resumed = load_report(out_dir).timings["model_calls"]
-    rc, _, err = run_cli(
-        ["run", str(cfg), "-o", str(tmp_path / "fresh"), "--fail-on", "never"], capsys
-    )
+    rc, _, err = run_cli(["run", str(cfg), "-o", str(tmp_path / "fresh"), *quick], capsys)
     assert rc == 0, err
     assert resumed < load_report(tmp_path / "fresh").timings["model_calls"]  # batches reused
 
@@ -371,3 +411,94 @@ def test_bad_file_found_in_a_dataloader_worker_is_one_line(
     out_dir = tmp_path / "report"
     rc, _, err = run_cli(["run", str(write_config(good)), "-o", str(out_dir)], capsys)
     assert_bad_input(rc, err, out_dir, "(id 's40'): cannot decode ROI mask")
+
+
+def test_checks_entries_configure_and_do_not_select(good, write_config, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A threshold override for one check keeps every other check on; enabled: false turns
+    off only its own check (validate lists the checks a run would plan)."""
+    good["checks"] = {
+        "performance": {"thresholds": {"auroc_low": {"warn_below": 0.9}}},
+        "saliency": {"enabled": False},
+    }
+    rc, out, _ = run_cli(["validate", str(write_config(good))], capsys)
+    assert rc == 0, out
+    listed = set(re.findall(r"'(\w+)'", out.split("checks", 1)[1].split("model", 1)[0]))
+    assert listed == set(load_builtin_checks()) - {"saliency"}
+
+
+def test_check_config_error_names_file_and_line(good, write_config, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    good["checks"] = {"performance": {"params": {"n_boot": 100, "nboot": 3}}}
+    cfg = write_config(good)
+    line = cfg.read_text().splitlines().index("      nboot: 3") + 1
+    out_dir = tmp_path / "report"
+    rc, _, err = run_cli(["run", str(cfg), "-o", str(out_dir)], capsys)
+    assert_bad_input(rc, err, out_dir, f"error: {cfg}:{line}: checks.performance.params:")
+    assert "unknown key 'nboot' (did you mean 'n_boot'?)" in err
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_invalid_device_flag_is_one_line(command, good, write_config, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out_dir = tmp_path / "report"
+    args = [command, str(write_config(good)), "--device", "gpu"]
+    rc, _, err = run_cli(args + (["-o", str(out_dir)] if command == "run" else []), capsys)
+    assert_bad_input(rc, err, out_dir, "--device 'gpu' is not a device")
+    assert "auto, cpu, cuda, cuda:N or mps" in err
+
+
+def _scripted_renamed(folder: Path) -> Path:
+    import torch
+    from test_model import build_renamed
+
+    path = folder / "renamed_script.pt"
+    torch.jit.script(build_renamed()).save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("source", ["factory", "torchscript"])
+def test_forward_keywords_that_do_not_fit_are_one_line(
+    source, good, write_config, tmp_path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """forward(pixels, labs) and no model.inputs: the line names the forward's parameters and
+    model.inputs, before any batch runs (no resume state, no report)."""
+    if source == "factory":
+        python_path = byo_model_config(tmp_path)["python_path"]
+        good["model"] = {"factory": "test_model:build_renamed", "python_path": python_path}
+    else:
+        good["model"] = {"torchscript": str(_scripted_renamed(tmp_path))}
+    out_dir = tmp_path / "report"
+    rc, _, err = run_cli(["run", str(write_config(good)), "-o", str(out_dir)], capsys)
+    assert_bad_input(rc, err, out_dir, "the model's forward takes (pixels, labs)")
+    assert "called with image, tabular" in err and "model.inputs" in err
+
+
+def test_model_error_on_first_batch_is_one_line(good, write_config, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A model that raises on the data (3 lab inputs, 2 lab columns): one line in `run`,
+    the traceback only with --debug."""
+    from mmaudit.errors import ModelLoadError
+
+    good["model"]["kwargs"]["n_tab"] = 3
+    good["model"].pop("weights")
+    cfg = write_config(good)
+    out_dir = tmp_path / "report"
+    rc, _, err = run_cli(["run", str(cfg), "-o", str(out_dir)], capsys)
+    assert_bad_input(rc, err, out_dir, "the model failed on one batch: RuntimeError")
+    with pytest.raises(ModelLoadError) as info:
+        main(["run", str(cfg), "-o", str(out_dir), "--debug"])
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_model_outputs_that_do_not_fit_the_target_stop_run(
+    good, write_config, tmp_path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    good["model"]["kwargs"]["n_out"] = 3
+    good["model"].pop("weights")
+    out_dir = tmp_path / "report"
+    rc, _, err = run_cli(["run", str(write_config(good)), "-o", str(out_dir)], capsys)
+    assert_bad_input(
+        rc, err, out_dir, "the model returns 3 outputs but a binary target with 2 classes"
+    )
+
+
+def test_unknown_option_is_a_usage_error(capsys) -> None:  # type: ignore[no-untyped-def]
+    rc, _, err = run_cli(["run", "x.yaml", "--no-such-flag"], capsys)
+    assert rc == 2 and "No such option: --no-such-flag" in err and "Traceback" not in err

@@ -123,3 +123,22 @@ def test_full_yaml_documents_every_check_param_and_rule() -> None:
             assert getattr(documented, field_name) == default, f"{name}.{field_name} default"
         for rule in cls.default_thresholds:
             assert rule in checks[name].get("thresholds", {}), f"{name} rule {rule}"
+
+
+def test_split_values_take_yaml_numbers_as_the_column_text(tmp_path: Path) -> None:
+    """`values: [1]` used to be refused ("Input should be a valid string")."""
+    path = tmp_path / "a.yaml"
+    path.write_text(MINIMAL + "  split: {column: fold, values: [1, 2.0, 2.5, test]}\n")
+    assert load_config(path).data.split.values == ["1", "2", "2.5", "test"]
+
+
+def test_image_max_value_is_auto_or_a_positive_number(tmp_path: Path) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text(MINIMAL)
+    assert load_config(path).data.image.max_value == "auto"
+    path.write_text(MINIMAL.replace("size: 32}", "size: 32, max_value: 4095}"))
+    assert load_config(path).data.image.max_value == 4095.0
+    for bad in ("-1", "bits"):
+        path.write_text(MINIMAL.replace("size: 32}", f"size: 32, max_value: {bad}}}"))
+        with pytest.raises(ConfigError, match=r"a.yaml:6: data.image.max_value"):
+            load_config(path)

@@ -133,18 +133,23 @@ def test_rgb_resize_and_16bit(tmp_path: Path) -> None:
 
 
 def test_real_dicom_chest_radiograph(tmp_path: Path) -> None:
-    pytest.importorskip("pydicom")
-    data = pytest.importorskip("pydicom_data", reason="pydicom-data (dicom extra) not installed")
+    """pydicom-data's RG1_UNCR: 15-bit MONOCHROME1 CR with window 15000 / 30000. The input is
+    the windowed, inverted image, the same as pydicom's own display pipeline gives."""
+    pydicom = pytest.importorskip("pydicom")
     from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_windowing
 
-    path = get_testdata_file("RG1_UNCR.dcm")
+    path = get_testdata_file("RG1_UNCR.dcm", download=False)
     if path is None:
-        pytest.skip("RG1_UNCR.dcm not available offline")
-    assert data
+        pytest.skip("RG1_UNCR.dcm not installed (pip install pydicom-data)")
+    ds = pydicom.dcmread(path)
+    assert ds.PhotometricInterpretation == "MONOCHROME1" and ds.BitsStored == 15
+    expected = 1.0 - apply_windowing(ds.pixel_array, ds) / (2**15 - 1)
     arr = load_image_file(Path(path))
-    assert arr.ndim == 3 and arr.shape[2] == 1 and arr.min() >= 0.0 and arr.max() == 1.0
-    shutil.copy(path, tmp_path / "cxr.dcm")
-    pd.DataFrame({"id": ["a", "b"], "image_path": ["cxr.dcm", "cxr.dcm"], "label": [0, 1]}).to_csv(
+    assert arr.shape == (*ds.pixel_array.shape, 1)
+    assert np.allclose(arr[..., 0], expected, atol=1e-6)
+    shutil.copy(path, tmp_path / "IM0001")  # a PACS export: no suffix
+    pd.DataFrame({"id": ["a", "b"], "image_path": ["IM0001", "IM0001"], "label": [0, 1]}).to_csv(
         tmp_path / "m.csv", index=False
     )
     ds = AuditDataset(
@@ -157,6 +162,138 @@ def test_real_dicom_chest_radiograph(tmp_path: Path) -> None:
         )
     )
     assert ds.load_image(0).shape == (1, 32, 32)
+
+
+def _write_dicom(path: Path, pixels: np.ndarray, bits_stored: int, **attrs: object) -> Path:
+    """An uncompressed single-frame greyscale DICOM file (with preamble) holding ``pixels``."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+    )
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, 0
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.tobytes()
+    pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+    return path
+
+
+def test_dicom_scaling_follows_the_display_pipeline(tmp_path: Path) -> None:
+    """Known stored values -> known inputs: BitsStored range, rescale, window, MONOCHROME1;
+    never per-image min-max (the old rule turned 1000 / 2000 into 0 / 1)."""
+    raw = np.array([[1000, 2000], [0, 4095]], np.uint16)
+    plain = load_image_file(_write_dicom(tmp_path / "a.dcm", raw, 12))[..., 0]
+    assert np.allclose(plain, raw / 4095.0)
+    # modality LUT: stored 0..4095 -> -1024..7166, mapped to [0, 1] over that range
+    rescaled = load_image_file(
+        _write_dicom(tmp_path / "b.dcm", raw, 12, RescaleSlope=2, RescaleIntercept=-1024)
+    )[..., 0]
+    assert np.allclose(rescaled, (raw * 2.0) / 8190.0)
+    # window 1000 / 1000 on the rescaled values 976, 2976, -1024, 7166 (DICOM LINEAR)
+    windowed = load_image_file(
+        _write_dicom(
+            tmp_path / "c.dcm",
+            np.array([[1012, 1262], [0, 4095]], np.uint16),
+            12,
+            RescaleSlope=2,
+            RescaleIntercept=-1024,
+            WindowCenter=1000,
+            WindowWidth=1000,
+        )
+    )[..., 0]
+    # 1012 -> 1000 HU (the centre: 0.5), 1262 -> 1500 (top of the window: 1)
+    assert np.allclose(windowed, [[(1000 - 999.5) / 999 + 0.5, 1.0], [0.0, 1.0]], atol=1e-6)
+    inverted = load_image_file(
+        _write_dicom(tmp_path / "d.dcm", raw, 12, PhotometricInterpretation="MONOCHROME1")
+    )[..., 0]
+    assert np.allclose(inverted, 1.0 - raw / 4095.0)
+
+
+def test_dicom_and_png_of_the_same_pixels_agree_and_dicom_is_found_by_content(
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    pixels = np.arange(0, 256, 4, dtype=np.uint8).reshape(8, 8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    _write_dicom(tmp_path / "IM0001", pixels, 8)  # no suffix: found by the DICM marker
+    assert np.array_equal(load_image_file(tmp_path / "IM0001"), load_image_file(tmp_path / "a.png"))
+    shutil.copy(tmp_path / "a.png", tmp_path / "noext")  # a PNG without a suffix still works
+    assert np.array_equal(load_image_file(tmp_path / "noext"), load_image_file(tmp_path / "a.png"))
+
+
+def test_dicom_without_pydicom_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "x.dcm"
+    path.write_bytes(b"\0" * 128 + b"DICM")
+    monkeypatch.setitem(__import__("sys").modules, "pydicom", None)
+    with pytest.raises(DataError, match="DICOM needs the 'dicom' extra"):
+        load_image_file(path)
+
+
+def _png16(path: Path, value: int, sbit: int | None = None) -> Path:
+    """A flat 4x4 16-bit greyscale PNG of ``value``, with an sBIT chunk when ``sbit`` is given."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    if sbit is not None:
+        info.add(b"sBIT", bytes([sbit]))
+    Image.fromarray(np.full((4, 4), value, np.uint16)).save(path, pnginfo=info)
+    return path
+
+
+def test_16bit_png_scale_is_the_bit_depth_not_the_content(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from mmaudit.data import png_significant_bits
+
+    # the old rule read 255 as 1.0 (max <= 255: / 255) but 256 as 0.0039
+    assert np.allclose(load_image_file(_png16(tmp_path / "a.png", 255)), 255 / 65535)
+    assert np.allclose(load_image_file(_png16(tmp_path / "b.png", 256)), 256 / 65535)
+    # a 12-bit X-ray: the sBIT chunk says so, or data.image.max_value does
+    assert png_significant_bits(_png16(tmp_path / "c.png", 4095, sbit=12)) == 12
+    assert png_significant_bits(tmp_path / "a.png") is None
+    assert np.allclose(load_image_file(tmp_path / "c.png"), 1.0)
+    assert np.allclose(load_image_file(tmp_path / "b.png", max_value=4095), 256 / 4095)
+    assert np.allclose(load_image_file(tmp_path / "b.png", max_value=255), 1.0)  # clipped
+    Image.fromarray(np.full((4, 4), 255, np.uint8)).save(tmp_path / "e.png")
+    assert np.allclose(load_image_file(tmp_path / "e.png", max_value=4095), 1.0)  # 8-bit: / 255
+    Image.fromarray(np.full((4, 4), 70000, np.int32)).save(tmp_path / "f.tif")
+    with pytest.raises(DataError, match="32-bit integer image") as err:
+        load_image_file(tmp_path / "f.tif")
+    assert "set data.image.max_value" in err.value.one_line()
+    assert np.allclose(load_image_file(tmp_path / "f.tif", max_value=140000), 0.5)
+
+
+def test_image_max_value_reaches_the_model_input(tmp_path: Path) -> None:
+    _png16(tmp_path / "a.png", 2048)
+    pd.DataFrame({"id": ["a", "b"], "image_path": ["a.png", "a.png"], "label": [0, 1]}).to_csv(
+        tmp_path / "m.csv", index=False
+    )
+
+    def first_pixel(**image: object) -> float:
+        cfg = {"column": "image_path", "size": 8, "mean": [0.0], "std": [1.0], **image}
+        raw = {"manifest": tmp_path / "m.csv", "target": {"column": "label"}, "image": cfg}
+        return float(AuditDataset(DataConfig.model_validate(raw)).load_image(0)[0, 0, 0])
+
+    assert first_pixel() == pytest.approx(2048 / 65535, abs=1e-6)
+    assert first_pixel(max_value=4095) == pytest.approx(2048 / 4095, abs=1e-6)
+    with pytest.raises(ValueError, match="max_value must be auto or a positive number"):
+        first_pixel(max_value=0)
 
 
 def test_data_normalisation_uses_every_row_whatever_the_subset(
@@ -233,3 +370,94 @@ def test_tabular_stand_in_is_in_the_stored_values(tiny_manifest: Path) -> None:
     ds.configure_missing(model_takes_present=True)
     assert np.all(ds.tabular[gone, 1].numpy() == 0.0)
     assert torch.equal(next(iter(ds.batches(len(ds)))).tabular, ds.tabular)
+
+
+def _edited(tiny_manifest: Path, tmp_path: Path, edit: object) -> Path:
+    """A copy of the tiny manifest changed by ``edit(df)``, images still found."""
+    df = pd.read_csv(tiny_manifest)
+    edit(df)  # type: ignore[operator]
+    path = tmp_path / "m.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def _image_at(tiny_manifest: Path) -> dict[str, object]:
+    return {"column": "image_path", "root": str(tiny_manifest.parent), "size": 16}
+
+
+def test_empty_id_is_bad_input_naming_row_and_column(tiny_manifest: Path, tmp_path: Path) -> None:
+    def blank(df: pd.DataFrame) -> None:
+        df.loc[[3, 8], "id"] = np.nan
+
+    cfg = _cfg(_edited(tiny_manifest, tmp_path, blank), image=_image_at(tiny_manifest))
+    with pytest.raises(DataError, match=r"m.csv row 5: empty id in column 'id' \(and 1 more"):
+        AuditDataset(cfg)
+    problems: list[str] = []
+    ds = AuditDataset(cfg, problems=problems)  # validate lists it and reads on
+    assert len(problems) == 1 and "row 5: empty id in column 'id'" in problems[0]
+    assert len(set(ds.ids)) == 48 and "nan" not in set(ds.ids)
+
+
+def test_empty_patient_is_its_own_patient_with_a_note(tiny_manifest: Path, tmp_path: Path) -> None:
+    """Blank patient cells (30 % here) made an array of str and float that crashed subgroups
+    and probing; now each such row is its own patient, named by its id, and a note says so."""
+
+    def blank(df: pd.DataFrame) -> None:
+        df["patient"] = np.arange(len(df)) // 2  # integer patients: a blank turns them float
+        df.loc[df.index % 3 == 0, "patient"] = np.nan
+
+    image = _image_at(tiny_manifest)
+    ds = AuditDataset(_cfg(_edited(tiny_manifest, tmp_path, blank), image=image))
+    patients = ds.patients
+    assert patients is not None and all(isinstance(p, str) for p in patients)
+    assert list(patients[:5]) == ["s0", "0", "1", "s3", "2"]  # 1.0 -> '1', not '1.0'
+    assert np.unique(patients).size == 24 + 16  # sorts (the crash); each blank row its own
+    assert len(ds.notes) == 1 and "'patient' is empty in 16 row(s) (first: row 2)" in ds.notes[0]
+
+    def clash(df: pd.DataFrame) -> None:
+        df.loc[3, "patient"] = np.nan
+        df.loc[1, "patient"] = "s3"  # a real patient named like row 3's id
+
+    ds = AuditDataset(_cfg(_edited(tiny_manifest, tmp_path, clash), image=image))
+    assert ds.patients[1] == "s3" and ds.patients[3] == "id:s3"
+    clean = AuditDataset(_cfg(tiny_manifest, image=image))
+    assert clean.notes == [] and clean.patients[:3].tolist() == ["p0", "p0", "p1"]
+
+
+def test_continuous_attribute_must_hold_numbers(tiny_manifest: Path, tmp_path: Path) -> None:
+    def blank_age(df: pd.DataFrame) -> None:
+        df.loc[4, "age"] = np.nan
+
+    image = _image_at(tiny_manifest)
+    attributes = {"sex": {"kind": "continuous"}, "age": {"kind": "continuous"}}
+    cfg = _cfg(tiny_manifest, image=image, attributes=attributes)
+    with pytest.raises(DataError) as err:
+        AuditDataset(cfg)
+    assert "row 2 (id 's0'): attribute 'sex' (column 'sex') is continuous but holds 'M'" in str(
+        err.value
+    ) and "(and 47 more non-numeric rows)" in str(err.value)
+    assert "kind: categorical" in err.value.one_line()
+    problems: list[str] = []
+    AuditDataset(cfg, problems=problems)
+    assert len(problems) == 1 and "attribute 'sex'" in problems[0]
+    # a blank cell in a numeric column is a missing value, not a problem
+    path = _edited(tiny_manifest, tmp_path, blank_age)
+    ds = AuditDataset(_cfg(path, image=image, attributes={"age": {"kind": "continuous"}}))
+    assert np.isnan(ds.attributes["age"].iloc[4]) and ds.attributes["age"].notna().sum() == 47
+
+
+def test_split_on_a_float_read_fold_column(tiny_manifest: Path, tmp_path: Path) -> None:
+    """Folds 0-2 with one blank cell: pandas reads 1.0, 2.0 ... and [1] / ['1'] still select."""
+
+    def folds(df: pd.DataFrame) -> None:
+        df["fold"] = np.arange(len(df)) % 3
+        df.loc[0, "fold"] = np.nan
+
+    path = _edited(tiny_manifest, tmp_path, folds)
+    assert pd.read_csv(path)["fold"].dtype == float
+    for values in ([1], ["1"], [1.0]):
+        split = {"column": "fold", "values": values}
+        ds = AuditDataset(_cfg(path, image=_image_at(tiny_manifest), split=split))
+        assert list(ds.ids) == [f"s{i}" for i in range(1, 48, 3)], values
+    split = {"column": "fold", "values": [0, 2]}
+    assert len(AuditDataset(_cfg(path, image=_image_at(tiny_manifest), split=split))) == 31

@@ -336,6 +336,10 @@ def test_skipped_to_fail_is_a_regression(audits: dict[str, Path], tmp_path: Path
     base = _copy(audits["shortcut"], tmp_path / "skipped", skip)
     d = diff_reports(base, audits["shortcut"])
     assert "saliency: status skipped -> fail" in d.regressions
+    # and back: a failing check that is skipped next time leaves its finding unchecked
+    back = diff_reports(audits["shortcut"], base)
+    assert [s["worse"] for s in back.status_changes] == [True]
+    assert any(r.startswith("saliency: status fail -> skipped") for r in back.regressions)
 
 
 def test_fail_to_error_is_a_regression_and_resolves_nothing(
@@ -375,8 +379,22 @@ def test_a_check_missing_from_the_new_report_is_a_regression(
     d = diff_reports(audits["shortcut"], without)
     assert d.missing_checks == ["saliency"] and len(d.regressions) == 1
     assert "--ignore-check saliency" in d.regressions[0]
-    rc, _, _ = _cli(["diff", str(audits["shortcut"]), str(without), "--fail-on-regression"], capsys)
-    assert rc == 1
+    rc, out, _ = _cli(
+        ["diff", str(audits["shortcut"]), str(without), "--fail-on-regression"], capsys
+    )
+    assert rc == 1 and "missing saliency" in out
+    rc, _, _ = _cli(
+        [
+            "diff",
+            str(audits["shortcut"]),
+            str(without),
+            "--fail-on-regression",
+            "--ignore-check",
+            "saliency",
+        ],
+        capsys,
+    )
+    assert rc == 0
     # left out on purpose: nothing of saliency is compared, the rest is
     ignored = diff_reports(audits["shortcut"], without, ignore_checks=["saliency"])
     assert not ignored.regressions and not ignored.missing_checks

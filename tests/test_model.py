@@ -316,3 +316,50 @@ def test_cuda_where_there_is_none() -> None:
     with pytest.raises(DeviceError, match="no CUDA device"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+class KwargsFusion(TinyFusion):
+    """Takes anything as keywords: no signature check is possible, none is made."""
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(inputs["image"], inputs["tabular"])
+
+
+class NeedsExtra(TinyFusion):
+    """Requires a keyword that mmaudit never passes."""
+
+    def forward(  # type: ignore[override]
+        self, image: torch.Tensor, tabular: torch.Tensor, scanner: torch.Tensor
+    ) -> torch.Tensor:
+        return super().forward(image, tabular)
+
+
+def build_kwargs() -> KwargsFusion:
+    return KwargsFusion()
+
+
+def build_needs_extra() -> NeedsExtra:
+    return NeedsExtra()
+
+
+def test_forward_keywords_are_checked_at_load(tmp_path: Path) -> None:
+    """forward(pixels, labs) without model.inputs fails at load naming its parameters, for a
+    factory and for TorchScript; with model.inputs, or a **kwargs forward, it loads."""
+    base = {"python_path": byo_model_config(tmp_path)["python_path"]}
+    renamed = {**base, "factory": "test_model:build_renamed"}
+    with pytest.raises(ModelLoadError, match=r"forward takes \(pixels, labs\); it would be") as e:
+        _adapter(renamed)
+    assert "called with image, tabular" in str(e.value) and "model.inputs" in e.value.hint
+    scripted = tmp_path / "renamed.pt"
+    torch.jit.script(build_renamed()).save(str(scripted))
+    with pytest.raises(ModelLoadError, match=r"forward takes \(pixels, labs\)"):
+        _adapter({"torchscript": str(scripted)})
+    mapped = {"image": "pixels", "tabular": "labs"}
+    assert _adapter({**renamed, "inputs": mapped}).keywords == mapped
+    assert _adapter({"torchscript": str(scripted), "inputs": mapped}).keywords == mapped
+    assert _adapter({**base, "factory": "test_model:build_kwargs"}).keywords == {
+        "image": "image",
+        "tabular": "tabular",
+    }
+    with pytest.raises(ModelLoadError, match="nothing is passed for scanner"):
+        _adapter({**base, "factory": "test_model:build_needs_extra"})

@@ -226,3 +226,93 @@ def test_bring_your_own_with_dotted_layer_and_renamed_inputs(
         fused = torch.cat([model.img(batch.image), model.tab(batch.tabular)], dim=1)
         expected = torch.relu(model.head[0](fused)).numpy()
     assert np.allclose(saved["embedding"], expected, atol=2e-2)  # stored as float16
+
+
+def test_checks_entries_configure_not_select(tiny_manifest: Path, tiny_weights: Path) -> None:
+    """Every registered check runs unless disabled; params or thresholds for one check keep
+    the others on; --checks (``only``) narrows; disabling every check is an error."""
+    from mmaudit.check import load_builtin_checks
+    from mmaudit.config import AuditConfig
+    from mmaudit.errors import CheckError
+    from mmaudit.runner import plan_checks
+
+    every = sorted(load_builtin_checks())
+    model = byo_model_config(tiny_weights / "tiny.safetensors")
+
+    def planned(checks: dict, only: list[str] | None = None) -> list[str]:  # type: ignore[type-arg]
+        cfg = AuditConfig.model_validate(tiny_config(tiny_manifest, model, checks=checks))
+        return [p.name for p in plan_checks(cfg, only)]
+
+    assert planned({}) == every
+    tuned = planned({"subgroups": {"thresholds": {"auroc_gap": {"warn_above": 0.9}}}})
+    assert tuned == every
+    assert planned({"saliency": {"enabled": False}}) == [n for n in every if n != "saliency"]
+    assert planned({"saliency": {"enabled": False}}, ["performance"]) == ["performance"]
+    rules = plan_checks(
+        AuditConfig.model_validate(
+            tiny_config(
+                tiny_manifest,
+                model,
+                checks={"subgroups": {"thresholds": {"auroc_gap": {"warn_above": 0.9}}}},
+            )
+        ),
+        ["subgroups"],
+    )[0].rules
+    assert rules["auroc_gap"].warn_above == 0.9  # the override is applied, not only listed
+    with pytest.raises(CheckError, match="no checks to run"):
+        planned({n: {"enabled": False} for n in every})
+
+
+@pytest.mark.parametrize(
+    ("save_predictions", "save_embeddings"), [(False, True), (False, False), (True, False)]
+)
+def test_report_keeps_only_the_samples_asked_for(
+    save_predictions: bool,
+    save_embeddings: bool,
+    tiny_manifest: Path,
+    tiny_weights: Path,
+    tmp_path: Path,
+    write_config,  # type: ignore[no-untyped-def]
+) -> None:
+    import numpy as np
+    import pandas as pd
+
+    cfg = tiny_config(
+        tiny_manifest,
+        byo_model_config(tiny_weights / "tiny.safetensors"),
+        report={"save_predictions": save_predictions, "save_embeddings": save_embeddings},
+    )
+    out = tmp_path / "r"
+    run_audit(write_config(cfg), out, Overrides(checks=["performance"]))
+    saved = json.loads((out / "report.json").read_text())["data"]["saved"]
+    assert saved["predictions"] is save_predictions
+    assert bool(saved["embeddings"]) is save_embeddings
+    preds = out / "samples" / "predictions.parquet"
+    if save_predictions:
+        columns = set(pd.read_parquet(preds).columns)
+        assert {"id", "patient", "target", "logit.0", "prob.0"} <= columns
+    elif save_embeddings:
+        # no predictions file: the embeddings carry the ids they are paired by
+        assert not preds.exists()
+        ids = np.load(out / "samples" / "embeddings.npz")["__ids__"]
+        assert list(ids) == [f"s{i}" for i in range(48)]
+    else:
+        assert not preds.exists() and not (out / "samples" / "embeddings.npz").exists()
+
+
+def test_dataset_notes_reach_the_report(
+    tiny_manifest: Path, tiny_weights: Path, tmp_path: Path, write_config
+) -> None:  # type: ignore[no-untyped-def]
+    """A blank patient cell is not an error (the row is its own patient), but the run says
+    so: the note is in report.json."""
+    import pandas as pd
+
+    frame = pd.read_csv(tiny_manifest)
+    frame.loc[[3, 7], "patient"] = None
+    manifest = tiny_manifest.parent / "blank_patients.csv"
+    frame.to_csv(manifest, index=False)
+    cfg = tiny_config(manifest, byo_model_config(tiny_weights / "tiny.safetensors"))
+    out = tmp_path / "r"
+    run_audit(write_config(cfg), out, Overrides(checks=["performance"]))
+    notes = json.loads((out / "report.json").read_text())["data"]["notes"]
+    assert len(notes) == 1 and "empty in 2 row(s)" in notes[0]
