@@ -145,9 +145,10 @@ def build_analytic(form: str = "additive", a: float = A, b: float = B) -> Analyt
 LAYERS = {"image": "image_enc", "text": "text_enc", "tabular": "tab_enc"}
 
 
-def build_attention() -> nn.Module:
+def build_attention(fusion: str = "attention") -> nn.Module:
     """A small built-in model with attention fusion, whose text queries are masked with the
-    attention mask in the fusion, after the text encoder: a fusion that reads an input."""
+    attention mask in the fusion, after the text encoder: a fusion that reads an input.
+    ``fusion="concat"`` gives the same encoders concatenated into one linear head."""
     from mmaudit.models import ArchitectureSpec, TabularSpec, TextSpec, build_model, tiny_image_spec
 
     text = TextSpec(vocab_size=351, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
@@ -157,7 +158,7 @@ def build_attention() -> nn.Module:
         text=text,
         tabular=TabularSpec(n_features=2, hidden=[8]),
         dim=16,
-        fusion="attention",
+        fusion=fusion,
         num_outputs=1,
     )
     torch.manual_seed(0)
@@ -363,13 +364,18 @@ def test_unused_text_gets_nothing_and_the_others_their_analytic_share(
     per = additive_out.per_sample
     total = per[["shapley.image", "shapley.text", "shapley.tabular"]].sum(axis=1)
     assert np.allclose(total, per["output_full"] - per["output_empty"], atol=1e-5)
-    # interaction: exactly none per sample; the additive projection is the model itself
-    assert value(m, "logit_interaction.image_x_tabular") < 1e-6
+    # interaction: none per sample (float rounding is reported as exactly 0, CI included);
+    # the additive projection is the model itself
+    for pair in ("image_x_text", "image_x_tabular", "text_x_tabular"):
+        est = json_safe(m)[f"logit_interaction.{pair}"]
+        assert (est["value"], est["ci_low"], est["ci_high"]) == (0.0, 0.0, 0.0), pair
     assert value(m, "emap.gap") == pytest.approx(0.0, abs=1e-9)
     assert value(m, "emap.auroc") == pytest.approx(value(m, "full.auroc"))
     findings = judge("ablation", m, AblationCheck.default_thresholds)
     assert [f.metric for f in findings if f.rule == "modality_ignored"] == ["drop.loo.text"]
     assert "no_interaction" in {f.rule for f in findings}
+    (note,) = [f for f in additive_out.findings if f.rule == "no_interaction"]
+    assert note.severity == "note" and note.message.startswith("numerically additive")
     assert additive_ctx.adapter.hook_count() == 0
     assert isinstance(additive_ctx.adapter.module.image_enc, ImageMean)  # substitution undone
 
@@ -552,6 +558,68 @@ def test_late_fusion_gap_is_a_note_not_a_warning(analytic_data: dict[str, Path])
     assert "no_interaction" not in rules_of(out.metrics)
     (note,) = [f for f in out.findings if f.rule == "no_interaction"]
     assert note.severity == "note" and "late fusion" in note.message
+
+
+@pytest.mark.parametrize("fusion", ["concat", "attention"])
+def test_concat_with_a_linear_head_is_called_additive_by_construction(
+    analytic_data: dict[str, Path], fusion: str
+) -> None:
+    """Known answer: a built-in concat fusion feeding one nn.Linear is a sum of one term per
+    encoder, so every per-sample logit interaction is float rounding, reported as exactly 0,
+    and a note finding says why beside the no_interaction warning. The counterpart, the same
+    encoders under attention fusion, interacts and gets no such note."""
+    cfg = analytic_config(analytic_data["additive"])
+    cfg["model"].update(
+        factory="test_ablation:build_attention", kwargs={"fusion": fusion}, layers=BUILTIN_LAYERS
+    )
+    ctx = make_context(cfg)
+    out = run_check(ctx, emap_partners=8, robustness_steps=3)
+    m = json_safe(out.metrics)
+    notes = [f for f in out.findings if f.rule == "no_interaction"]
+    inter = [m[f"logit_interaction.{k}"] for k in ("image_x_text", "image_x_tabular")]
+    if fusion == "concat":
+        assert all((e["value"], e["ci_low"], e["ci_high"]) == (0.0, 0.0, 0.0) for e in inter)
+        assert m["emap.gap"]["value"] == pytest.approx(0.0, abs=1e-9)
+        (note,) = notes
+        assert note.severity == "note" and note.metric == "emap.gap"
+        assert note.message.startswith(
+            "additive by construction: the fusion cannot express interactions"
+        )
+        assert "concat fusion feeding one linear head" in note.message
+        judged = judge("ablation", out.metrics, AblationCheck.default_thresholds)
+        assert [f.severity for f in judged if f.rule == "no_interaction"] == ["warn"]
+    else:
+        assert all(e["ci_low"] > 1e-4 for e in inter), inter
+        assert notes == []
+
+
+def test_keep_one_in_and_leave_one_out_say_how_the_others_were_removed(
+    additive_ctx: AuditContext,
+) -> None:
+    """Under 'permute' the "kept alone" coalition still has the other modalities, another
+    patient's: titles and tables say so, and a note sets drop.loo (permuted) beside the
+    robustness curve at 100 % (here the dataset mean), with the numbers of both."""
+    out = run_check(additive_ctx, emap=False, robustness_steps=3, robustness_strategy="mean")
+    m = out.metrics
+    for name in ("coalitions", "contributions", "metrics"):
+        assert set(out.tables[name]["removal"]) == {
+            "permute: removed modalities shuffled across patients"
+        }, name
+    contributions = out.figures["contributions"]
+    titles = [ax.get_title() for ax in contributions.axes]
+    assert any("only this modality kept" in t and "shuffled across patients" in t for t in titles)
+    assert any("not attribution's shares" in t for t in titles)
+    assert any(
+        n.startswith("share.<m> is each modality's Shapley share of auroc") for n in out.notes
+    )
+    (costs,) = [n for n in out.notes if n.startswith("removing a modality costs auroc")]
+    curves = out.tables["robustness"]
+    for mod in ("image", "tabular"):
+        end = curves[(curves["modality"] == mod) & (curves["drop_rate"] == 1.0)]["auroc"].item()
+        expected = f"{mod} {m[f'drop.loo.{mod}'].value:.3f} (permute) vs"
+        expected += f" {m['full.auroc'].value - end:.3f} (mean)"
+        assert expected in costs
+    assert "text 0.000 (permute) vs 0.000 (mean)" in costs  # the unused report, both ways
 
 
 # ---------------------------------------------------------------- removal strategies
@@ -802,6 +870,10 @@ def test_sample_contributions_match_the_planted_structure(sample_outputs: dict[s
         for mod in ("image", "text", "tabular"):
             assert m[f"shapley.{mod}"]["ci_low"] > 0, mod  # every modality is used
         assert m["emap.gap"]["value"] == pytest.approx(0.0, abs=1e-6)
+        assert m["logit_interaction.image_x_text"]["ci_high"] == 0.0  # not float noise
+    for out in sample_outputs.values():
+        (note,) = [f for f in out.findings if f.rule == "no_interaction"]
+        assert note.message.startswith("additive by construction")
     assert share(short, "text") > share(short, "image") > share(short, "tabular")
     assert share(clean, "text") > share(clean, "image") > share(clean, "tabular")
     assert share(clean, "image") < share(short, "image")  # the marker no longer counts

@@ -667,3 +667,67 @@ def test_highlight_figure_shows_attribution_toward_the_titled_class(
     colours = {t.get_text(): t.get_color() for t in fig.texts}
     assert colours["portable"] == colours["clear"] == "white"  # dark cells
     assert colours["chest"] == "black"
+
+
+# --------------------------------------------------------------------------- signs
+
+
+def test_class_views_are_signed_and_labelled_by_the_score_they_show(
+    manifest: Path, vocab: Any
+) -> None:
+    """Known answer: the positive-class logit rises by exactly 2 per "portable" (IG of a
+    bag-of-words term is its value). Toward class 1 the word scores +2; the class-0 view is
+    the same attribution negated, -2 toward class 0 (it pushes away from class 0), and the
+    direction / logit_attribution columns say so."""
+    ctx = make_context(config_for(manifest), keyed_model(vocab, "portable"))
+    out = quick(tabular=False, shares=False, top_words=1000).run(ctx)
+    assert out.notes[0].startswith(
+        "attributions explain the logit of the positive class (1); every view toward class 0"
+    )
+    ranking = out.tables["word_ranking"].set_index(["class", "word"])
+    up, down = ranking.loc[("1", "portable")], ranking.loc[("0", "portable")]
+    assert up["mean_attribution"] == pytest.approx(2.0, abs=1e-4)
+    assert down["mean_attribution"] == pytest.approx(-2.0, abs=1e-4)
+    assert up["logit_attribution"] == down["logit_attribution"] == pytest.approx(2.0, abs=1e-4)
+    assert up["direction"] == "toward 1: logit(1)"
+    assert down["direction"] == "toward 0: -logit(1)"
+    assert up["rank"] == 1 and down["rank"] == ranking.loc["0"]["rank"].max()  # last toward 0
+    examples = out.tables["text_examples"]
+    assert set(examples.groupby("toward_class")["score"].first().items()) == {
+        ("1", "logit(1)"),
+        ("0", "-logit(1)"),
+    }
+    assert any("toward class 0: -logit(1) = +" in n for n in out.notes if n.startswith("example"))
+
+
+def test_punctuation_share_is_reported_not_hidden(manifest: Path, vocab: Any) -> None:
+    """Known answer: a model keyed on '.' (value 3 per full stop) puts most of the text
+    attribution on punctuation, which the word ranking leaves out; the share and a note
+    report it. The counterpart keyed on a word puts little there."""
+    shares = {}
+    for word in (".", "portable"):
+        ctx = make_context(config_for(manifest), keyed_model(vocab, word, value=3.0))
+        out = quick(tabular=False, shares=False, n_examples=0).run(ctx)
+        shares[word] = out.metrics["text.punctuation_share"]
+        if word == ".":
+            assert "." not in set(out.tables["word_ranking"]["word"])
+            note = next(n for n in out.notes if n.startswith("text: punctuation carries"))
+            assert "'.' " in note and "(mean +" in note
+    assert shares["."].value > 0.8 and shares["."].ci_low > 0.7
+    assert shares["portable"].value < 0.1
+
+
+def test_beeswarm_draws_missing_values_apart_from_the_colour_scale(portable_run: Any) -> None:
+    """lab_b is missing in every 7th row: those points are hollow black rings with a legend
+    entry, not a grey that reads as the middle of the colour scale."""
+    from matplotlib.colors import to_rgba
+
+    ctx, out = portable_run
+    ax = out.figures["tabular_beeswarm"].axes[0]
+    legend = ax.get_legend()
+    assert legend is not None
+    (label,) = [t.get_text() for t in legend.get_texts()]
+    shown = int(ctx.dataset.tabular_missing.numpy()[:, :2].any(1).sum())
+    assert label.startswith("missing value (n=") and shown > 0
+    rings = [c for c in ax.collections if len(c.get_offsets()) and not len(c.get_facecolors())]
+    assert rings and all(tuple(e) == to_rgba("black") for c in rings for e in c.get_edgecolors())

@@ -48,6 +48,16 @@ MAX_MODALITIES = 6
 # a pair whose joint removal costs less than this (metric units) is too unimportant for a
 # redundancy ratio to mean anything
 MIN_JOINT_DROP = 0.01
+# per-sample logit interactions smaller than this fraction of the typical |logit| are float
+# rounding (float32 eps is 1.2e-7; a game value sums a few rounded logits), not interaction
+LOGIT_INTERACTION_RTOL = 1e-5
+#: how each removal strategy leaves a removed modality, in words for titles and notes
+REMOVAL_WORDS: dict[str, str] = {
+    "permute": "shuffled across patients",
+    "zero": "zeroed",
+    "mean": "set to the dataset mean",
+    "missing": "marked missing (the model's own path)",
+}
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -315,7 +325,9 @@ class AblationCheck(Check):
     ``logit_shapley.<m>`` (mean |per-sample value|), ``logit_share.<m>`` (mean MM-SHAP
     share), ``logit_shapley.efficiency_error``; ``interaction.<a>_x_<b>``
     (negative = redundancy, positive = synergy), ``logit_interaction.<a>_x_<b>`` (mean
-    |per-sample interaction| over mean sum |per-sample values|), ``redundancy.<a>_x_<b>``
+    |per-sample interaction| over mean sum |per-sample values|; per-sample interactions
+    below ``LOGIT_INTERACTION_RTOL`` x the mean |logit| are float rounding and count as 0),
+    ``redundancy.<a>_x_<b>``
     (1 - max(LOO drop a, LOO drop b) / drop of removing both, under the neutral removal;
     1 = either alone suffices);
     ``emap.<k>``, ``emap.gap`` (metric of the model minus that of its additive projection,
@@ -330,7 +342,15 @@ class AblationCheck(Check):
     realistic missing rate > 0.05 / 0.10 with adjusted p < 0.05; warn when the EMAP gap's CI
     upper bound < 0.005 (no cross-modal interaction used, which a model built to fuse should
     show; a late-fusion model is additive by design, so its gap is reported as
-    ``emap.late_fusion_gap`` with a note instead).
+    ``emap.late_fusion_gap`` with a note instead; a concat fusion feeding one linear head is
+    additive by construction too, and a note finding says so beside the warning, as it does
+    when every per-sample logit interaction is 0 numerically).
+    Reading: ``share.<m>`` is a share of *performance* (the metric across patients, removed
+    modalities permuted by default), not the attribution check's ``shares.<m>`` (a share of
+    each sample's |logit attribution|); ``koi.*`` keeps one modality with the others
+    removed as ``strategy`` (permuted: present but another patient's), so it is not "the
+    modality alone"; the robustness curve at 100 % uses the missing path / mean instead, so
+    its drop differs from ``drop.loo`` (a note gives both per modality).
     Removal details: 'mean' at the input is the per-column mean of the audited labs over
     the rows that have them (in the model's input space) and the mean image; a report has no
     mean, so text 'mean' at the input is the empty report (noted). At the encoder level
@@ -420,8 +440,9 @@ class AblationCheck(Check):
             metric="emap.gap",
             statistic="ci_high",
             warn_below=0.005,
-            message="the model's additive projection (EMAP) does as well as the model: no"
-            " cross-modal interaction is used",
+            message="the model's additive projection (EMAP) does as well as the model: it adds"
+            " up one contribution per modality and uses no cross-modal interaction (a note says"
+            " when the architecture cannot express one)",
         ),
     }
     requires: ClassVar[Requirements] = Requirements(min_modalities=2)
@@ -529,7 +550,7 @@ class AblationCheck(Check):
 
         # --- per-sample Shapley values of the output (MM-SHAP shares)
         phi = shapley_values(values)  # (M, n)
-        inter = interaction_index(values)  # (M, M, n)
+        inter = _round_interactions(interaction_index(values), values)  # (M, M, n)
         abs_phi = np.abs(phi)
         tot_abs = abs_phi.sum(0)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -561,6 +582,8 @@ class AblationCheck(Check):
         )
         if emap_probs is not None and _late_fusion(ctx):
             self._late_fusion_gap(metrics, out)
+        else:
+            self._additive_note(ctx, metrics, inter, out)
         # the Shapley shares first: the report's one-line summary shows the first metrics
         headline = {f"share.{m}": metrics[f"share.{m}"] for m in players}
         out.metrics = {**headline, **out.metrics, **metrics}
@@ -569,8 +592,11 @@ class AblationCheck(Check):
         out.tables.update(tables)
         out.tables["robustness"] = curves
         out.per_sample = self._per_sample(ctx, values, phi, shares, players)
-        out.figures.update(self._figures(tables, curves, shares, players, p, rob_how))
+        for name in ("coalitions", "contributions", "metrics"):
+            tables[name].insert(1, "removal", _removal_words(strategy))
+        out.figures.update(self._figures(tables, curves, shares, players, p, strategy, rob_how))
         out.notes.extend(self._notes(ctx, players, level, p, rob_how, absent))
+        out.notes.extend(_reading_notes(out.metrics, curves, players, p, strategy, rob_how))
         return out
 
     # ------------------------------------------------------------------ setup
@@ -682,6 +708,56 @@ class AblationCheck(Check):
                 f" CI [{_fmt(gap.ci_low)}, {_fmt(gap.ci_high)}]; reported as"
                 " emap.late_fusion_gap, not judged)",
                 metric="emap.late_fusion_gap",
+                value=None if not np.isfinite(gap.value) else float(gap.value),
+            )
+        )
+
+    @staticmethod
+    def _additive_note(
+        ctx: AuditContext, metrics: dict[str, Any], inter: np.ndarray, out: CheckOutput
+    ) -> None:
+        """Say so when the fused head cannot express interactions: by construction (a
+        built-in concat fusion feeding one linear head) or numerically (every per-sample
+        logit interaction is 0 within float tolerance). The ``no_interaction`` warning
+        stands -- a model presented as fusing that only adds is worth one -- but the reader
+        learns that its EMAP gap of 0 is the architecture, not what training chose."""
+        pairs = inter[~np.eye(inter.shape[0], dtype=bool)]
+        numerically = bool(np.all(np.nan_to_num(pairs) == 0))
+        built = _additive_head(ctx)
+        if built is None and not numerically:
+            return
+        gap = metrics.get("emap.gap")
+        gap_text = (
+            ""
+            if gap is None
+            else f"; EMAP gap {gap.value:.3g}, CI [{_fmt(gap.ci_low)}, {_fmt(gap.ci_high)}]"
+        )
+        if built is not None:
+            message = (
+                f"additive by construction: the fusion cannot express interactions ({built}:"
+                " the logit is a sum of one term per modality encoder), so the EMAP gap and"
+                " every per-sample logit interaction are 0 whatever the model learned"
+                f" (interactions below {LOGIT_INTERACTION_RTOL:g} x the mean |logit| are float"
+                f" rounding, reported as 0{gap_text}). The model cannot fuse its modalities,"
+                " only add them"
+            )
+        else:
+            message = (
+                "numerically additive: every per-sample logit interaction is 0 within float"
+                f" tolerance ({LOGIT_INTERACTION_RTOL:g} x the mean |logit|{gap_text}), so on"
+                " these data the fused head adds one term per modality and expresses no"
+                " interaction"
+            )
+        if gap is None:
+            out.notes.append(message)
+            return
+        out.findings.append(
+            Finding(
+                check="ablation",
+                rule="no_interaction",
+                severity="note",
+                message=message,
+                metric="emap.gap",
                 value=None if not np.isfinite(gap.value) else float(gap.value),
             )
         )
@@ -1093,6 +1169,7 @@ class AblationCheck(Check):
         shares: np.ndarray,
         players: list[str],
         p: AblationCheck.Params,
+        strategy: str,
         how: str,
     ) -> dict[str, Any]:
         from mmaudit.plots import pyplot
@@ -1101,11 +1178,17 @@ class AblationCheck(Check):
         figs: dict[str, Any] = {}
         contrib = tables["contributions"]
         x = np.arange(len(players))
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+        removed = REMOVAL_WORDS.get(strategy, strategy)
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.9))
         for ax, col, title in (
-            (axes[0], "share_pct", f"Shapley share of {p.metric} (%)"),
-            (axes[1], "loo_drop", f"{p.metric} drop, modality removed"),
-            (axes[2], "koi", f"{p.metric}, modality alone"),
+            (
+                axes[0],
+                "share_pct",
+                f"share.*: Shapley share of {p.metric} (%)\n(performance"
+                " share, not attribution's shares.*)",
+            ),
+            (axes[1], "loo_drop", f"{p.metric} drop, this modality\n{removed}"),
+            (axes[2], "koi", f"{p.metric}, only this modality kept\n(the others {removed})"),
         ):
             val = contrib[col].to_numpy(dtype=float)
             lo = contrib[f"{col}_ci_low"].to_numpy(dtype=float)
@@ -1115,7 +1198,10 @@ class AblationCheck(Check):
             ax.axhline(0, color="black", lw=0.6)
             ax.set_xticks(x, players)
             ax.set_title(title, fontsize=10)
-        fig.suptitle("Modality contributions (95% bootstrap CIs)", fontsize=11)
+        fig.suptitle(
+            f"Modality contributions, removed modalities {removed} (95% bootstrap CIs)",
+            fontsize=11,
+        )
         fig.tight_layout()
         figs["contributions"] = fig
 
@@ -1139,7 +1225,10 @@ class AblationCheck(Check):
             )
         ax.set_xticks(range(len(METRICS)), METRICS, rotation=30, ha="right")
         ax.set_yticks(range(len(coal)), coal["coalition"])
-        ax.set_title("Metrics per coalition of kept modalities (green = better)", fontsize=10)
+        ax.set_title(
+            f"Metrics per coalition of kept modalities, the others {removed} (green = better)",
+            fontsize=10,
+        )
         fig.tight_layout()
         figs["coalitions"] = fig
 
@@ -1149,9 +1238,13 @@ class AblationCheck(Check):
             ax.plot(c["drop_rate"] * 100, c[p.metric], marker="o", ms=3, label=mod)
             ax.fill_between(c["drop_rate"] * 100, c["band_low"], c["band_high"], alpha=0.2)
         ax.axvline(p.realistic_missing_rate * 100, color="grey", ls="--", lw=0.8)
-        ax.set_xlabel(f"samples with the modality removed ({how}), %")
+        ax.set_xlabel(f"samples with the modality {REMOVAL_WORDS.get(how, how)}, %")
         ax.set_ylabel(p.metric)
-        ax.set_title("Missing-modality robustness", fontsize=10)
+        ax.set_title(
+            f"Missing-modality robustness (removal '{how}'; 100% is not drop.loo,"
+            f" removal '{strategy}')",
+            fontsize=9,
+        )
         ax.legend()
         fig.tight_layout()
         figs["robustness"] = fig
@@ -1265,6 +1358,76 @@ def _removals(players: list[str], masks: np.ndarray, how: str) -> list[dict[str,
 def _late_fusion(ctx: AuditContext) -> bool:
     """Whether the model declares late fusion (built-in spec), i.e. is additive by design."""
     return getattr(getattr(ctx.adapter.module, "spec", None), "fusion", None) == "late"
+
+
+def _additive_head(ctx: AuditContext) -> str | None:
+    """The architecture, in words, when a built-in model's fused head is additive by
+    construction (concat fusion feeding one ``nn.Linear``); None otherwise or unknown."""
+    module = ctx.adapter.module
+    fusion = getattr(getattr(module, "spec", None), "fusion", None)
+    if fusion == "concat" and isinstance(getattr(module, "head", None), torch.nn.Linear):
+        return "concat fusion feeding one linear head"
+    return None
+
+
+def _round_interactions(inter: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per-sample interactions (M, M, n) with float rounding set to exactly 0: entries below
+    ``LOGIT_INTERACTION_RTOL`` times the mean |game value| (the logit scale). An additive
+    head gives ~1e-7 relative noise, whose bootstrap CI would otherwise "exclude 0"."""
+    scale = float(np.mean(np.abs(values))) if values.size else 0.0
+    tol = LOGIT_INTERACTION_RTOL * scale
+    return np.where(np.abs(inter) < tol, 0.0, inter)
+
+
+def _removal_words(strategy: str) -> str:
+    """The removal strategy with what it does, for table columns (``permute: shuffled ...``)."""
+    return f"{strategy}: removed modalities {REMOVAL_WORDS.get(strategy, strategy)}"
+
+
+def _reading_notes(
+    metrics: dict[str, Any],
+    curves: pd.DataFrame,
+    players: list[str],
+    p: AblationCheck.Params,
+    strategy: str,
+    how: str,
+) -> list[str]:
+    """What the reader needs to tell this check's numbers apart from look-alikes: the
+    Shapley share of performance vs attribution's share of the logit, and leave-one-out
+    under ``strategy`` vs the robustness curve at 100 % missing under ``how``."""
+    removed = REMOVAL_WORDS.get(strategy, strategy)
+    notes = [
+        f"share.<m> is each modality's Shapley share of {p.metric} across patients, the"
+        f" removed modalities {removed}: a share of performance. It is not the attribution"
+        " check's shares.<m> (each sample's share of |Integrated Gradients| on its logit: a"
+        " share of the output) nor logit_share.<m> here (per-sample |logit Shapley| share);"
+        f" koi.* keeps one modality with the others {removed}, not absent"
+    ]
+    full = metrics.get(f"full.{p.metric}")
+    if how == strategy or not isinstance(full, Estimate):
+        return notes
+    parts = []
+    for mod in players:
+        end = curves[(curves["modality"] == mod) & (curves["drop_rate"] == 1.0)]
+        loo = metrics.get(f"drop.loo.{mod}")
+        if end.empty or not isinstance(loo, Estimate):
+            continue
+        gone = float(end[p.metric].iloc[0])
+        drop = Scorer.oriented(full.value, p.metric) - Scorer.oriented(gone, p.metric)
+        # round before printing, so that a drop of -1e-17 does not read "-0.000"
+        loo_drop, how_drop = round(loo.value, 3) + 0.0, round(drop, 3) + 0.0
+        parts.append(f"{mod} {loo_drop:.3f} ({strategy}) vs {how_drop:.3f} ({how})")
+    if parts:
+        notes.append(
+            f"removing a modality costs {p.metric} differently by how it is removed:"
+            f" {'; '.join(parts)}. The first is drop.loo.<m> (the modality {removed}), the"
+            f" second the robustness curve at 100% (the modality {REMOVAL_WORDS.get(how, how)}"
+            " for every sample). A shuffled modality is another patient's real data, a wrong"
+            " signal the model follows; a missing one is a neutral input that leaves the"
+            " decision to the other modalities. drop.loo measures how much the model relies on"
+            " the modality; the robustness curve how it copes when the modality is absent"
+        )
+    return notes
 
 
 def _fmt(x: float | None) -> str:

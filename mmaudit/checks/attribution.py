@@ -113,10 +113,36 @@ class Target:
         if self.sign is not None:
             return "the logit of each sample's predicted class"
         if self.mode == "single":
-            return "the logit of the positive class"
+            return f"the logit of the positive class ({self.classes[0][0]})"
         if self.mode == "diff":
             return "logit[1] - logit[0]"
         return "the logit of each sample's predicted class"
+
+    def score_label(self, name: str, sign: float) -> str:
+        """The score a class view shows, in short: the attributed score, negated (sign -1)
+        for the negative class of a binary model: ``logit(1)``, ``-logit(1)``,
+        ``logit(1) - logit(0)``, ``logit(0) - logit(1)``, or ``logit(c)``."""
+        if self.mode == "column":
+            return f"logit({name})"
+        pos, neg = self.classes[0][0], self.classes[1][0]
+        if self.mode == "single":
+            return f"logit({pos})" if sign > 0 else f"-logit({pos})"
+        return f"logit({pos}) - logit({neg})" if sign > 0 else f"logit({neg}) - logit({pos})"
+
+    def sign_note(self) -> str:
+        """The first note of the check: what is attributed and how class views are signed."""
+        text = f"attributions explain {self.description}"
+        if self.mode == "column" or self.sign is not None:
+            return text
+        (pos, _, _), (neg, _, _) = self.classes
+        return (
+            f"{text}; every view toward class {neg} (the class-{neg} rows of word_ranking,"
+            f" the class-{neg} examples) shows them negated, i.e. the attribution of"
+            f" {self.score_label(neg, -1.0)}: a word at +x toward class {neg} moves"
+            f" {self.score_label(pos, 1.0)} by -x. Both rankings use every report; the"
+            f" direction column of word_ranking and logit_attribution (the attribution of"
+            f" {self.score_label(pos, 1.0)} itself) say which is which"
+        )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -263,10 +289,14 @@ class AttributionCheck(Check):
     the findings. Attribution says what the model *used* for these predictions; whether
     a word or lab merely *encodes* the site is the site test.
     Scores attributed: the positive-class logit (binary), else each sample's predicted
-    class logit. Every CI resamples patients.
+    class logit. A binary model's negative-class views (its word ranking, its examples)
+    show that attribution negated, i.e. of ``-logit(1)``; the ranking's ``direction`` and
+    ``logit_attribution`` columns and each example's title name the score shown. Every CI
+    resamples patients.
     Metrics: ``text.n_samples``, ``text.completeness_error`` (sum |IG - (F(x)-F(ref))| /
     sum |F(x)-F(ref)|), ``text.top_words.<class>``, ``text.stoplist_share`` (share of
-    |attribution| on stop-listed words), ``text.site_word_share.<word>`` (the word's share
+    |attribution| on stop-listed words), ``text.punctuation_share`` (share on punctuation-
+    only tokens, which are not ranked as words), ``text.site_word_share.<word>`` (the word's share
     of |attribution|; ``null_p`` = corrected p-value that it says nothing about the site
     within a label class); ``tabular.n_samples``, ``tabular.importance.<feature>`` (mean |SHAP|),
     ``tabular.additivity_error``, ``tabular.site_feature_share.<feature>``;
@@ -394,7 +424,7 @@ class AttributionCheck(Check):
         p: AttributionCheck.Params = self.params  # type: ignore[assignment]
         out = CheckOutput()
         target = Target.of(ctx)
-        out.notes.append(f"attributions explain {target.description}")
+        out.notes.append(target.sign_note())
         per_sample = pd.DataFrame({"id": ctx.dataset.ids})
         for part, reason, runner in (
             ("text", text_unavailable(ctx, p.text), self._text),
@@ -511,6 +541,7 @@ class AttributionCheck(Check):
         out.metrics["text.stoplist_share"] = bootstrap_ci(
             _ratio, stop_abs.to_numpy(), doc_total.to_numpy(), groups=groups, **boot
         )
+        self._punctuation(occ, doc_total.to_numpy(), groups, boot, target, out)
 
         out.tables["word_site_test"] = self._site_words(
             ctx, p, rows, words, doc_total.to_numpy(), groups, stop, boot, out
@@ -535,9 +566,17 @@ class AttributionCheck(Check):
         boot: dict[str, Any],
         out: CheckOutput,
     ) -> pd.DataFrame:
+        """Words ranked per class by their mean attribution per report toward the class
+        (``mean_attribution``, CI by patient). ``direction`` names the score that is, and
+        ``logit_attribution`` is the attribution of the attributed score itself, the same
+        for a word's rows of both classes of a binary model (there the negative class's
+        ranking is the positive class's, negated and read from the other end)."""
         table = []
         for name, sign, mask in target.classes:
             sub = words if mask is None else words[mask[rows[words["doc"].to_numpy()]]]
+            direction = f"toward {name}: {target.score_label(name, sign)}"
+            if mask is not None:
+                direction += f" (reports predicted {name})"
             if sub.empty:
                 continue
             g = sub.groupby("word")
@@ -562,13 +601,69 @@ class AttributionCheck(Check):
                         "mean_attribution": float(row["mean"]),
                         "ci_low": est.ci_low,
                         "ci_high": est.ci_high,
+                        "direction": direction,
+                        "logit_attribution": sign * float(row["mean"]),
                     }
                 )
             key = metric_key(name)
             out.metrics[f"text.top_words.{key}"] = ", ".join(top.index[:5].tolist())
         return pd.DataFrame(
             table,
-            columns=["class", "rank", "word", "count", "mean_attribution", "ci_low", "ci_high"],
+            columns=[
+                "class",
+                "rank",
+                "word",
+                "count",
+                "mean_attribution",
+                "ci_low",
+                "ci_high",
+                "direction",
+                "logit_attribution",
+            ],
+        )
+
+    @staticmethod
+    def _punctuation(
+        occ: pd.DataFrame,
+        doc_total: np.ndarray,
+        groups: np.ndarray | None,
+        boot: dict[str, Any],
+        target: Target,
+        out: CheckOutput,
+    ) -> None:
+        """``text.punctuation_share``: the share of all text |attribution| on punctuation-only
+        tokens, which the word ranking and the site test leave out (``is_word``); a note names
+        the largest. A model leaning on '.' reads the report's layout (sentence count,
+        length), not its findings, and the ranking alone would hide it."""
+        punct = occ[~occ["word"].map(is_word)]
+        per_doc = punct.groupby("doc")["abs"].sum().reindex(range(len(doc_total)), fill_value=0)
+        share = bootstrap_ci(_ratio, per_doc.to_numpy(), doc_total, groups=groups, **boot)
+        out.metrics["text.punctuation_share"] = share
+        if punct.empty:
+            return
+        total = float(doc_total.sum())
+        by_token = punct.groupby("word").agg(abs=("abs", "sum"), mean=("attribution", "mean"))
+        top = by_token.sort_values("abs", ascending=False).head(3)
+        score = (
+            "the predicted class's logit"
+            if target.mode == "column"
+            else target.score_label(target.classes[0][0], 1.0)
+        )
+        parts = [
+            f"'{w}' {r['abs'] / total:.1%} (mean {r['mean']:+.2f} on {score} per report)"
+            for w, r in top.iterrows()
+        ]
+        ci = (
+            ""
+            if share.ci_low is None or share.ci_high is None
+            else f" [{share.ci_low:.1%}, {share.ci_high:.1%}]"
+        )
+        out.notes.append(
+            f"text: punctuation carries {share.value:.1%}{ci} of all text |attribution|"
+            f" ({', '.join(parts)});"
+            " punctuation is not ranked as a word nor site-tested, so this share is reported"
+            " here (text.punctuation_share): a large one means the model reads the report's"
+            " layout (sentence breaks, length) as well as its words"
         )
 
     def _site_words(
@@ -680,7 +775,12 @@ class AttributionCheck(Check):
                 if np.ndim(ctx.target) == 1
                 else sid
             )
-            examples.append((f"{title}, score {sign * fx[d]:+.2f} toward class {cls_name}", pieces))
+            score = target.score_label(cls_name, sign)
+            view = (
+                f"toward class {cls_name}: {score} = {sign * fx[d]:+.2f}, its words'"
+                f" attributions sum to {sum(a for _, a in pieces):+.2f}"
+            )
+            examples.append((f"{title}; {view}", pieces))
             table.extend(
                 {
                     "id": sid,
@@ -688,14 +788,20 @@ class AttributionCheck(Check):
                     "word": w,
                     "attribution": a,
                     "toward_class": cls_name,
+                    "score": score,
                     "attribution_toward_class": sign * a,
                 }
                 for k, (w, a) in enumerate(raw)
             )
             if not ctx.redact:
-                out.notes.append(
-                    f"example {title} (toward class {cls_name}): {_marked_text(pieces)}"
-                )
+                out.notes.append(f"example {title} ({view}): {_marked_text(pieces)}")
+        out.notes.append(
+            "examples: a title 'toward class c: S = +v, its words' attributions sum to +w'"
+            " shows the score S attributed toward c (the attributed logit, negated toward the"
+            " negative class of a binary model), +v its value for the report as written, and"
+            " +w = S minus S of the same report with every word [PAD] (IG completeness); a"
+            " word at +x pushes toward class c by x"
+        )
         out.tables["text_examples"] = pd.DataFrame(table)
         out.figures["text_examples"] = _highlight_figure(examples)
         out.private |= {"text_examples"}
@@ -1141,7 +1247,8 @@ def _highlight_figure(examples: list[tuple[str, list[tuple[str, float]]]]) -> Fi
     fig.text(
         0.99,
         0.005,
-        "red: pushes toward the class in the title; blue: against (scaled per report)",
+        "red: raises the titled score S, i.e. pushes toward the class in the title; blue:"
+        " against (scaled per report); the words' sum is S minus S of the all-[PAD] report",
         fontsize=7,
         ha="right",
         va="bottom",
@@ -1164,8 +1271,8 @@ def _ranking_figure(ranking: pd.DataFrame, top: int) -> Figure:
         ax.barh(y, sub["mean_attribution"], xerr=[lo, hi], color="#c0504d", alpha=0.85)
         ax.set_yticks(y, [f"{w} (n={c})" for w, c in zip(sub["word"], sub["count"], strict=True)])
         ax.axvline(0, color="#333", lw=0.6)
-        ax.set_title(f"toward {name}", fontsize=10)
-        ax.set_xlabel("mean attribution per report (95% CI)")
+        ax.set_title(str(sub["direction"].iloc[0]) if len(sub) else f"toward {name}", fontsize=10)
+        ax.set_xlabel("mean attribution per report toward the class (95% CI)")
     fig.tight_layout()
     return literal_text(fig)
 
@@ -1174,10 +1281,14 @@ def _beeswarm_figure(
     values: np.ndarray, raw: np.ndarray, names: list[str], order: list[int]
 ) -> Figure:
     """SHAP summary: one row per feature (most important on top), a dot per sample at its
-    SHAP value, coloured by the feature's value (rank within the feature; grey: missing)."""
+    SHAP value, coloured by the feature's value (rank within the feature). Missing values
+    are hollow black rings with their own legend entry: a grey dot would read as the
+    colour scale's midpoint (a median value)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(order) + 1.4))
     rng = np.random.default_rng(0)
+    n_missing = int(np.sum(~np.isfinite(raw[:, order]))) if len(order) else 0
+    labelled = False
     for pos, j in enumerate(reversed(order)):
         v = values[:, j]
         r = raw[:, j]
@@ -1187,14 +1298,25 @@ def _beeswarm_figure(
             ranks = pd.Series(r[ok]).rank(pct=True).to_numpy()
             color[ok] = ranks
         jitter = _swarm_offsets(v, rng) * 0.35
-        ax.scatter(v[~ok], pos + jitter[~ok], s=8, c="#aaaaaa", alpha=0.7)
+        ax.scatter(
+            v[~ok],
+            pos + jitter[~ok],
+            s=14,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=0.7,
+            label=None if labelled or ok.all() else f"missing value (n={n_missing})",
+        )
+        labelled = labelled or not ok.all()
         sc = ax.scatter(v[ok], pos + jitter[ok], s=8, c=color[ok], cmap="coolwarm", vmin=0, vmax=1)
     ax.set_yticks(range(len(order)), [names[j] for j in reversed(order)])
     ax.axvline(0, color="#333", lw=0.6)
     ax.set_xlabel("SHAP value (contribution to the score)")
+    if n_missing:
+        ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
     if len(order):
         cb = fig.colorbar(sc, ax=ax, pad=0.01)
-        cb.set_label("feature value (low -> high; grey: missing)")
+        cb.set_label("feature value, rank within the feature (low -> high)")
     fig.tight_layout()
     return literal_text(fig)
 
