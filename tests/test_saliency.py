@@ -353,6 +353,69 @@ def test_toy_clean_model_passes_and_points_at_the_roi(toy_runs: Any) -> None:
     assert _value(m["deletion_auc.ig"]) < _value(m["deletion_auc.random"])
 
 
+def test_hotspot_enrichment_sees_the_planted_corner_and_nothing_on_the_clean_model(
+    toy_runs: Any,
+) -> None:
+    """The corner model's HiResCAM map is, analytically, all inside the 4x4 read-out box
+    (rows / cols 1-4; share 1, 36x its 2.8 % area), blurred only by the 24 -> 32 -> 24 px
+    thumbnail resampling; the ROI-reading model puts nothing there (share exactly 0). The
+    off-ROI excess of the same corner maps is capped at 0.25 (the outside area is 75 %)."""
+    corner, _ = toy_runs["corner"]
+    m = corner.metrics
+    share, ratio = m["hotspot.share.hirescam"], m["hotspot.enrichment.hirescam"]
+    assert isinstance(share, Estimate) and isinstance(ratio, Estimate)
+    assert share.value > 0.8 and ratio.value > 25 and ratio.ci_low is not None
+    assert ratio.value == pytest.approx(share.value / m["hotspot.box_area"], rel=0.05)
+    assert _value(m["off_roi_excess.hirescam"]) < 0.26
+    # the summary shows the enrichment second, not the off-ROI excess alone
+    assert list(m)[:2] == [
+        "offroi_hotspot.flip_excess",
+        f"hotspot.enrichment.{m['offroi_hotspot.method']}",
+    ]
+    note = next(f.message for f in toy_runs["corner"][1] if f.rule == "offroi_hotspot")
+    assert "box of 4x4 px at rows 1-4, cols 1-4 of the 24x24 px image" in note, note
+    assert "area share" in note
+    centre, _ = toy_runs["centre"]
+    for method in ("hirescam", "layercam", "ig"):
+        assert _value(centre.metrics[f"hotspot.share.{method}"]) == 0.0
+        assert _value(centre.metrics[f"hotspot.enrichment.{method}"]) == 0.0
+
+
+def test_blank_maps_are_counted_and_left_out_of_the_hotspot_shares(toy_runs: Any) -> None:
+    """The corner model's read-out weights are positive, so a map explaining class 0 (the
+    negated logit) has no positive evidence: every class-0 HiResCAM map is blank (all zero
+    after the ReLU), and exactly those maps are left out."""
+    out, _ = toy_runs["corner"]
+    table = out.tables["per_sample"]
+    class0 = table["explained_class"].to_numpy() == 0
+    assert 0 < class0.mean() < 1
+    assert out.metrics["dead_maps.hirescam"] == pytest.approx(class0.mean())
+    assert np.array_equal(table["hirescam.mass"].to_numpy() <= 0, class0)
+    assert np.isnan(table.loc[class0, "hirescam.hotspot_share"]).all()
+    assert out.metrics["hotspot.share.hirescam"].n == (~class0).sum()  # type: ignore[union-attr]
+    note = next(n for n in out.notes if n.startswith(f"{class0.mean():.1%} of hirescam maps"))
+    assert f"{class0.sum()} of {class0.sum()} explaining class 0" in note
+    assert "0 of" in note and "leave them out" in note
+
+
+def test_box_share_known_answers() -> None:
+    from mmaudit.checks.saliency import _box_share
+
+    box, size = (2, 12, 4, 14), (64, 64)  # 10x10 px
+    uniform = np.ones((1, 32, 32))
+    inside = np.zeros((1, 32, 32))
+    inside[0, 1:6, 2:7] = 1.0  # the box on the 2x-pooled grid
+    half = np.zeros((1, 32, 32))
+    half[0, 0, 0] = 1.0  # a thumbnail pixel outside the box
+    share, area = _box_share(np.concatenate([uniform, inside, half, 0 * uniform]), box, size)
+    assert area == pytest.approx(100 / 64**2)
+    assert share[:3] == pytest.approx([area, 1.0, 0.0])
+    assert np.isnan(share[3])  # a blank map has no share
+    # a box edge through the middle of a thumbnail pixel counts half of it
+    odd, _ = _box_share(half, (0, 1, 0, 1), size)
+    assert odd[0] == pytest.approx(0.25)
+
+
 def test_without_masks_the_border_band_stands_in(toy_dir: Path) -> None:
     ctx = toy_context(toy_dir, kwargs={"focus": "corner"}, masks=False)
     # a band of 5 px (0.2 x 24) holds the whole 4x4 marker at rows / cols 1-4
@@ -557,7 +620,7 @@ def test_every_location_statistic_is_broken_down_by_every_attribute(both_run: An
         assert by["B", "border"] > by["A", "border"]
         assert f"by_attr.sex.F.rank_acc.{method}" in m
     table = out.tables["subgroups"]
-    assert set(table["statistic"]) == {"off_roi", "pointing", "rank_acc", "border"}
+    assert set(table["statistic"]) == {"off_roi", "pointing", "rank_acc", "border", "hotspot_share"}
     assert set(table["attribute"]) == {"site", "sex"}
     # one histogram panel per method x attribute; the untrusted Grad-CAM is labelled
     assert m["sanity.trusted.gradcam"] == 0
@@ -577,7 +640,33 @@ def test_spray_finds_the_site_b_cluster(both_run: Any) -> None:
     assert len(site_b) and site_b["candidate_shortcut"].all()
     assert (site_b["site_purity"] >= 0.9).all()
     notes = [f.message for f in findings if f.rule == "cluster_candidate"]
-    assert any("site=B" in n for n in notes)
+    # the base rate is site B's share among the clustered maps (the IG subset), not all rows
+    per_sample = out.tables["per_sample"]
+    clustered = per_sample[per_sample["cluster"] >= 0]
+    base = (clustered["site"] == "B").mean()
+    assert len(clustered) < len(per_sample) and abs(base - 0.5) > 0.02
+    assert any(f"site=B (100% vs {base:.0%} of the clustered maps)" in n for n in notes), notes
+
+
+def test_hotspot_share_by_site_separates_the_marker_sites(both_run: Any) -> None:
+    """Site B's bright marker draws attribution into the corner box, site A's dim corner
+    much less: the per-level share and enrichment differ and the gap survives Holm; the
+    unrelated sex does not. The judged box's note quotes the per-site shares."""
+    out, findings = both_run
+    m = out.metrics
+    for method in ("hirescam", "ig"):
+        a = m[f"by_attr.site.A.hotspot_enrichment.{method}"]
+        b = m[f"by_attr.site.B.hotspot_enrichment.{method}"]
+        assert isinstance(a, Estimate) and isinstance(b, Estimate)
+        assert b.ci_low is not None and a.ci_high is not None and b.ci_low > a.ci_high
+        share_b = _value(m[f"by_attr.site.B.hotspot_share.{method}"])
+        assert b.value * _value(m["hotspot.box_area"]) == pytest.approx(share_b, rel=0.1)
+        gap = m[f"subgroup_gap.site.hotspot_share.{method}"]
+        sex = m[f"subgroup_gap.sex.hotspot_share.{method}"]
+        assert isinstance(gap, Estimate) and gap.null_p is not None and gap.null_p < 0.05
+        assert isinstance(sex, Estimate) and sex.null_p is not None and sex.null_p > 0.05
+    note = next(f.message for f in findings if f.rule == "offroi_hotspot")
+    assert "; site B " in note and " / A " in note and "sex" not in note, note
 
 
 def test_level_gap_null_is_calibrated_when_missingness_follows_the_level() -> None:
@@ -644,6 +733,9 @@ def test_a_tiny_vit_end_to_end_layer_by_layer(toy_dir: Path) -> None:
     )
     m = out.metrics
     assert str(m["cam_layer"]).endswith("blocks.1.norm1")
+    # 4x4 tokens of 6 px: cells coarser than the 4-px hotspot box, which a note says
+    assert m["cam_grid.gradcam"] == "4x4"
+    assert any(n.startswith("gradcam, hirescam") and "4x4 grid" in n for n in out.notes)
     for method in ("gradcam", "hirescam", "layercam", "ig"):
         assert np.isfinite(_value(m[f"off_roi.{method}"]))
     curve = out.tables["sanity_curve"]
@@ -749,11 +841,24 @@ def test_sample_shortcut_fails_on_the_marker(sample_runs: Any) -> None:
     # site B's marker pulls attribution off the lungs: a gap that survives Holm
     gap = m["subgroup_gap.site.off_roi.ig"]
     assert isinstance(gap, Estimate) and gap.null_p is not None and gap.null_p < 0.05
+    # ... which the off-ROI excess cannot show (the outside area is 81 %), but the share of
+    # the attribution in the marker's hotspot box can: many times its area share on site B
+    assert _value(m["off_roi_excess.ig"]) < 0.05
+    site_b = m["by_attr.site.B.hotspot_enrichment.ig"]
+    assert isinstance(site_b, Estimate) and site_b.ci_low is not None and site_b.ci_low > 5
+    assert _value(m["by_attr.site.A.hotspot_enrichment.ig"]) < 1
+    assert list(m)[1] == "hotspot.enrichment.ig"
 
 
 def test_sample_clean_model_does_not_fail(sample_runs: Any) -> None:
-    _, findings = sample_runs["clean"]
+    out, findings = sample_runs["clean"]
     assert "hotspot_used" not in _severities(findings), findings
+    # IG's top off-ROI box holds no more than about its area share on either site
+    m = out.metrics
+    for site in "AB":
+        assert _value(m[f"by_attr.site.{site}.hotspot_enrichment.ig"]) < 2
+    gap = m["subgroup_gap.site.hotspot_share.ig"]
+    assert isinstance(gap, Estimate) and (gap.null_p is None or gap.null_p > 0.05)
 
 
 def test_sample_sex_trace_raises_no_saliency_finding(sample_runs: Any) -> None:

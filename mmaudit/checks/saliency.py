@@ -70,8 +70,9 @@ Method = Literal["gradcam", "hirescam", "layercam", "ig", "occlusion"]
 CAMS = ("gradcam", "hirescam", "layercam")
 #: preference order for the hotspot map: the finest, most faithful trusted map first
 HOTSPOT_ORDER = ("ig", "occlusion", "layercam", "hirescam", "gradcam")
-#: location statistics broken down by attribute (off-ROI, pointing and rank need masks)
-SUBGROUP_STATS = ("off_roi", "pointing", "rank_acc", "border")
+#: location statistics broken down by attribute (off-ROI, pointing and rank need masks;
+#: hotspot_share: the share in the method's top off-ROI hotspot box)
+SUBGROUP_STATS = ("off_roi", "pointing", "rank_acc", "border", "hotspot_share")
 #: a hotspot box counts as off-ROI when at most this share of it lies in the image's ROI
 OFF_ROI_MAX_OVERLAP = 0.05
 
@@ -108,7 +109,9 @@ class SaliencyCheck(Check):
     accuracy; the share in the image border band (usable without masks); all broken down
     by every attribute, with a permutation test of the gap between levels. Recurring
     hotspots: each method's dataset-mean map, its top-1 % concentration against a shifted-
-    map null, and boxes around its sharpest peaks outside the ROI. Each candidate box is
+    map null, and boxes around its sharpest peaks outside the ROI, with each box's share of
+    every map's attribution against its area share (enrichment; per attribute level for
+    each method's top box; blank maps left out). Each candidate box is
     occluded (linear in-painting with noise, or a donor patch) and compared with a same-
     size random box outside the ROI whose fill changes the image as much: decision flip
     rate, change of the explained logit and AUROC change, paired bootstrap CIs by patient,
@@ -130,11 +133,15 @@ class SaliencyCheck(Check):
     ``off_roi_excess.<m>``, ``off_roi_random.<m>``, ``off_roi_vs_random.<m>``,
     ``pointing.<m>``, ``rank_acc.<m>``; ``border.<m>``, ``border_chance``,
     ``border_excess.<m>``, ``border_random.<m>``, ``concentration.<m>``,
-    ``dead_maps.<m>``; ``by_attr.<attr>.<level>.<s>.<m>`` and ``subgroup_gap.<attr>.<s>.<m>``
-    for ``<s>`` in off_roi, pointing, rank_acc, border (p-values Holm-adjusted per ``<s>``
-    over attributes x methods); ``ig.delta_abs``, ``ig.delta_rel``;
-    ``hotspot.concentration.<m>``, ``hotspot.{row,col,box_mass,in_border,roi_overlap}.<c>``,
-    ``hotspot.candidates``; ``occlusion.{flip_rate,flip_rate_control,flip_excess,
+    ``dead_maps.<m>`` (share of blank maps), ``cam_grid.<m>``;
+    ``by_attr.<attr>.<level>.<s>.<m>`` and ``subgroup_gap.<attr>.<s>.<m>`` for ``<s>`` in
+    off_roi, pointing, rank_acc, border, hotspot_share (p-values Holm-adjusted per ``<s>``
+    over attributes x methods), ``by_attr.<attr>.<level>.hotspot_enrichment.<m>``;
+    ``ig.delta_abs``, ``ig.delta_rel``;
+    ``hotspot.concentration.<m>``, ``hotspot.{row,col,box_mass,in_border,roi_overlap}.<c>``
+    (row, col: box centre as a fraction of the side), ``hotspot.share.<c>`` and
+    ``hotspot.enrichment.<c>`` (share / ``hotspot.box_area``; top boxes and tested
+    candidates), ``hotspot.candidates``; ``occlusion.{flip_rate,flip_rate_control,flip_excess,
     delta_logit,delta_logit_excess,delta_auroc,delta_auroc_excess,change_ratio}.<c>``;
     ``offroi_hotspot.flip_excess`` (the worst off-ROI candidate: at most 5 % of the box in
     the ROI) and ``offroi_hotspot.{method,row,col,roi_overlap}``;
@@ -332,6 +339,7 @@ class _Run:
         self.groups_all = ctx.groups
         self.column = p.target_class if self.kind == "multilabel" else 0
         self.trusted: dict[str, bool] = {}
+        self.cam_grid: dict[str, tuple[int, int]] = {}  # CAM method -> its layer's grid
         self.stat_key = "off_roi" if self.has_masks else "border"
         self.bs = _GroupBootstrap(ctx.groups, len(self.ds), p.n_boot, p.alpha, ctx.seed)
 
@@ -411,10 +419,11 @@ class _Run:
         if self.ig_rows is not None:
             self._subset_pass(self.adapter, self.ig_rows, self.main, "IG / occlusion maps")
         self._dead_maps()
+        self._grid_note()
         self._sanity()
         self._location_metrics()
-        self._subgroups()
         self._hotspot()
+        self._subgroups()
         self._occlusion()
         self._clusters()
         self._faithfulness()
@@ -423,13 +432,17 @@ class _Run:
         self._headline_first()
 
     def _headline_first(self) -> None:
-        """Put the metrics a reader needs first (report summaries show the first few)."""
+        """Put the metrics a reader needs first (report summaries show the first few): the
+        occlusion verdict, then how strongly the maps concentrate on the judged (or the lead
+        method's) hotspot box, then the off-ROI / border share against chance. The area-share
+        excess alone misleads: a marker of 1 % of the image cannot move it."""
         lead = self.hot_method or self.methods[0]
         worst = self.out.metrics.get("offroi_hotspot.method")
         first = [
             "offroi_hotspot.flip_excess",
-            f"occlusion.delta_auroc_excess.{worst}",
+            f"hotspot.enrichment.{worst or lead}",
             f"{self.stat_key}_excess.{lead}",
+            f"occlusion.delta_auroc_excess.{worst}",
             f"sanity.similarity.{lead}",
             "n_images",
         ]
@@ -510,6 +523,7 @@ class _Run:
                     adapter, forward, images, cls, layers, self.info, self.column
                 )
                 maps.update({m: upsample(c, self.size) for m, c in cams.items()})
+                self.cam_grid.update({m: (c.shape[-2], c.shape[-1]) for m, c in cams.items()})
             else:
                 with torch.no_grad():
                     logits = forward(images)
@@ -609,6 +623,10 @@ class _Run:
 
     # ---------------------------------------------------------------- dead maps
     def _dead_maps(self) -> None:
+        """``dead_maps.<m>``: the share of blank maps (no positive value: a CAM all zero
+        after its ReLU, no positive evidence for the explained class at that layer). Blank
+        maps have no location, so every location statistic, mean map, hotspot share and
+        cluster leaves them out; a note says how many and for which explained class."""
         out = self.out
         for m in self.methods:
             mass = self.main.stats[m]["mass"]
@@ -617,6 +635,19 @@ class _Run:
                 continue
             dead = float(np.mean(mass[have] <= 0))
             out.metrics[f"dead_maps.{m}"] = dead
+            if 0 < dead < 1:
+                blank = have & (mass <= 0)
+                cls = self.cls_all[self.main.rows]
+                by_cls = ", ".join(
+                    f"{int((blank & (cls == c)).sum())} of {int((have & (cls == c)).sum())}"
+                    f" explaining class {c}"
+                    for c in np.unique(cls[have])
+                )
+                out.notes.append(
+                    f"{dead:.1%} of {m} maps are blank (zero everywhere: no positive evidence"
+                    f" for the explained class; {by_cls}); location statistics, mean maps,"
+                    " hotspot shares and clusters leave them out"
+                )
             if dead == 1.0:
                 out.findings.append(
                     Finding(
@@ -628,11 +659,6 @@ class _Run:
                         metric=f"dead_maps.{m}",
                         value=dead,
                     )
-                )
-            elif dead > 0.5:
-                out.notes.append(
-                    f"{dead:.0%} of {m} maps are zero (no positive evidence for the explained"
-                    " class); statistics use the others"
                 )
         if self.main.ig_delta is not None:
             d, gap = self.main.ig_delta, self.main.ig_gap
@@ -648,6 +674,27 @@ class _Run:
                         f"IG completeness: median |delta| is {np.median(rel):.1%} of"
                         f" |f(x) - f(baseline)|; raise params.ig_steps for tighter maps"
                     )
+
+    def _grid_note(self) -> None:
+        """``cam_grid.<m>`` (rows x cols of the CAM layer) and a note for CAM methods whose
+        grid cell is larger than the hotspot box: their maps are a bilinear blur of a few
+        cells, so their hotspot boxes cannot single out a region smaller than a cell (on a
+        small image they settle on the border next to the ROI)."""
+        h, w = self.size
+        bh = max(1, round(self.p.hotspot_size * h))
+        bw = max(1, round(self.p.hotspot_size * w))
+        coarse: dict[tuple[int, int], list[str]] = {}
+        for m, (gh, gw) in self.cam_grid.items():
+            self.out.metrics[f"cam_grid.{m}"] = f"{gh}x{gw}"
+            if h / gh > bh or w / gw > bw:
+                coarse.setdefault((gh, gw), []).append(m)
+        for (gh, gw), names in coarse.items():
+            self.out.notes.append(
+                f"{', '.join(names)}: maps from a {gh}x{gw} grid (cells of"
+                f" {h / gh:.0f}x{w / gw:.0f} px), coarser than the {bh}x{bw} px hotspot box:"
+                " their hotspot boxes cannot single out a region smaller than a cell; read"
+                " hotspots from the finer methods (ig, occlusion, layercam)"
+            )
 
     # ---------------------------------------------------------------- sanity
     def _sanity(self) -> None:
@@ -901,6 +948,10 @@ class _Run:
                         sel = lab == lev
                         est = self.boot(v[sel], rows[sel])
                         out.metrics[f"by_attr.{_slug(attr)}.{_slug(lev)}.{stat}.{m}"] = est
+                        if stat == "hotspot_share":
+                            out.metrics[
+                                f"by_attr.{_slug(attr)}.{_slug(lev)}.hotspot_enrichment.{m}"
+                            ] = _scaled(est, 1.0 / self.box_chance[m])
                         table.append(
                             {
                                 "attribute": attr,
@@ -963,10 +1014,13 @@ class _Run:
     def _hotspot(self) -> None:
         """Recurring hotspots: each method's dataset-mean normalised map, its concentration
         against a shifted-map null, and the box around its sharpest peak outside the ROI
-        (a candidate for the occlusion test)."""
+        (a candidate for the occlusion test), with the box's enrichment (see
+        :meth:`_box_enrichment`)."""
         out, p = self.out, self.p
         self.mean_maps: dict[str, np.ndarray] = {}
         self.candidates: list[tuple[str, tuple[int, int, int, int]]] = []
+        self.boxes: dict[str, tuple[int, int, int, int]] = {}
+        self.box_chance: dict[str, float] = {}  # box name -> its area share on the thumbnails
         self.hot_method: str | None = None
         gen = torch.Generator().manual_seed(int(self.ctx.rng("saliency.null").integers(2**31)))
         for m in self.methods:
@@ -1024,6 +1078,7 @@ class _Run:
                 box = (r0, r0 + self.bh, c0, c0 + self.bw)
                 cy, cx = r0 + self.bh / 2, c0 + self.bw / 2
                 name = m if rank == 0 else f"{m}_{rank + 1}"
+                self.boxes[name] = box
                 out.metrics[f"hotspot.row.{name}"] = float(cy / h)
                 out.metrics[f"hotspot.col.{name}"] = float(cx / w)
                 out.metrics[f"hotspot.box_mass.{name}"] = mass
@@ -1040,12 +1095,36 @@ class _Run:
                 self.candidates.append((name, box))
         out.metrics["hotspot.box_area"] = float(self.bh * self.bw / (h * w))
         out.metrics["hotspot.candidates"] = len(self.candidates)
+        tested = {name for name, _ in self.candidates}
+        for name in [n for n in self.boxes if "_" not in n or n in tested]:
+            self._box_enrichment(name)
         if not self.candidates:
             out.notes.append(
                 "no region outside the ROI holds more than its area share of the mean"
                 " attribution: there is no hotspot to occlude"
             )
             out.metrics["offroi_hotspot.flip_excess"] = Estimate(float("nan"), n=0)
+
+    def _box_enrichment(self, name: str) -> None:
+        """Share of each live map's positive attribution inside hotspot box ``name`` against
+        the box's area share: ``hotspot.share.<name>`` and ``hotspot.enrichment.<name>``
+        (mean share / area share; patient-bootstrap CI). Blank maps are left out.
+
+        Why: the off-ROI share is judged against the whole outside area (about 80 % of a
+        chest film), so a marker of 1 % of the image moves it by at most that much; the
+        share in the box the maps point at shows such a marker directly. The box is the peak
+        of these same maps, so the pooled enrichment is optimistic (above 1 even for maps
+        with no recurring hotspot); the contrast between attribute levels
+        (``by_attr.<attr>.<level>.hotspot_share.<m>`` and its gap test, for each method's
+        top box) is what says whether a subgroup concentrates on the box."""
+        method = name.split("_")[0]
+        share, area = _box_share(self.main.thumbs[method], self.boxes[name], self.size)
+        self.box_chance[name] = area
+        if name == method:  # the top box: broken down by attribute in _subgroups
+            self.main.stats[method]["hotspot_share"] = share
+        est = self.boot(share, self.main.rows)
+        self.out.metrics[f"hotspot.share.{name}"] = est
+        self.out.metrics[f"hotspot.enrichment.{name}"] = _scaled(est, 1.0 / area)
 
     # ---------------------------------------------------------------- occlusion
     def _occlusion(self) -> None:
@@ -1210,10 +1289,13 @@ class _Run:
         out.findings.append(self._hotspot_note(worst))
 
     def _hotspot_note(self, name: str) -> Finding:
-        """Which box the ``hotspot_used`` rule judges: proposing method, place, ROI overlap,
-        and its flip rates against the control (the rule's own message names neither)."""
+        """Which box the ``hotspot_used`` rule judges: proposing method, place (image pixels,
+        end-inclusive), ROI overlap, its share of the attribution against its area share
+        (per level where the attribute's gap is significant), and its flip rates against
+        the control (the rule's own message names neither)."""
         met = self.out.metrics
-        row, col = _value(met[f"hotspot.row.{name}"]), _value(met[f"hotspot.col.{name}"])
+        r0, r1, c0, c1 = self.boxes[name]
+        h, w = self.size
         method = name.split("_")[0]
         peak = "" if name == method else f" (peak {name.rsplit('_', 1)[-1]})"
         untrusted = "" if self.trusted.get(method, True) else " (untrusted)"
@@ -1226,17 +1308,45 @@ class _Run:
         flips = met[f"occlusion.flip_rate.{name}"]
         ctrl = met[f"occlusion.flip_rate_control.{name}"]
         excess = met[f"occlusion.flip_excess.{name}"]
+        area = self.box_chance.get(name, _value(met["hotspot.box_area"]))
+        share = met.get(f"hotspot.share.{name}")
+        held = ""
+        if share is not None and np.isfinite(_value(share)):
+            ratio = _value(share) / area
+            held = (
+                f"; it holds {_value(share):.1%} of the positive {method} attribution per map"
+                f" ({ratio:.1f}x its {area:.1%} area share{self._level_shares(name)})"
+            )
         return Finding(
             check="saliency",
             rule="offroi_hotspot",
             severity="note",
             message=f"off-ROI hotspot judged (hotspot_used): {method}{untrusted}{peak} box of"
-            f" {self.bh}x{self.bw} px centred at row {row:.2f}, col {col:.2f} of the image"
-            f" ({where}); occluding it flips {_value(flips):.1%} of decisions vs"
-            f" {_value(ctrl):.1%} for a same-size control box (excess {_value(excess):+.3f})",
+            f" {r1 - r0}x{c1 - c0} px at rows {r0}-{r1 - 1}, cols {c0}-{c1 - 1} of the"
+            f" {h}x{w} px image ({where}){held}; occluding it flips {_value(flips):.1%} of"
+            f" decisions vs {_value(ctrl):.1%} for a same-size control box (excess"
+            f" {_value(excess):+.3f})",
             metric="offroi_hotspot.flip_excess",
             value=_value(excess) if np.isfinite(_value(excess)) else None,
         )
+
+    def _level_shares(self, name: str) -> str:
+        """The box's share per level of every attribute whose hotspot-share gap is
+        significant (Holm), as "; site B 31% / A 2%"; empty for secondary peaks or no gap."""
+        met = self.out.metrics
+        parts = []
+        for attr in getattr(self, "levels", {}):
+            gap = met.get(f"subgroup_gap.{_slug(attr)}.hotspot_share.{name}")
+            if not isinstance(gap, Estimate) or gap.null_p is None or gap.null_p >= self.p.alpha:
+                continue
+            shares = []
+            for lev in self.level_order[attr]:
+                est = met.get(f"by_attr.{_slug(attr)}.{_slug(lev)}.hotspot_share.{name}")
+                if est is not None and np.isfinite(_value(est)):
+                    shares.append((_value(est), lev))
+            shares.sort(reverse=True)
+            parts.append(f"{attr} " + " / ".join(f"{lev} {v:.0%}" for v, lev in shares))
+        return "".join(f"; {p}" for p in parts)
 
     def _auroc_diff(
         self, before: np.ndarray, after: np.ndarray, keep: np.ndarray | None
@@ -1312,11 +1422,14 @@ class _Run:
                 levs, cnt = np.unique(np.array(known, dtype=str), return_counts=True)
                 purity = float(cnt.max() / cnt.sum())
                 top = str(levs[cnt.argmax()])
-                base_share = float(np.mean([x == top for x in lab if x is not None]))
+                # the base rate over the same maps the clusters were built on
+                base_share = float(np.mean([x == top for x in lab[live] if x is not None]))
                 row[f"{attr}_purity"] = purity
                 row[f"{attr}_majority"] = top
                 if row["share"] <= 0.5 and purity >= 0.9 and purity - base_share >= 0.2:
-                    flagged.append(f"{attr}={top} ({purity:.0%} vs {base_share:.0%} overall)")
+                    flagged.append(
+                        f"{attr}={top} ({purity:.0%} vs {base_share:.0%} of the clustered maps)"
+                    )
             row["candidate_shortcut"] = bool(flagged)
             table.append(row)
             if flagged:
@@ -1661,6 +1774,31 @@ def _pool(maps: torch.Tensor, s: int) -> torch.Tensor:
 
 def _downsample(t: np.ndarray, s: int) -> np.ndarray:
     return _pool(torch.from_numpy(np.nan_to_num(t)).float(), s).numpy()
+
+
+def _box_share(
+    thumbs: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int]
+) -> tuple[np.ndarray, float]:
+    """Per map ``(n, s, s)``: the share of its (non-negative) mass inside ``box`` (image
+    pixels ``(r0, r1, c0, c1)`` of an image of ``size``), NaN for blank or missing maps;
+    and the box's area share. The box is pooled to the thumbnail grid like the maps were,
+    so a thumbnail pixel half inside the box counts half."""
+    r0, r1, c0, c1 = box
+    inside = torch.zeros(1, *size)
+    inside[0, r0:r1, c0:c1] = 1.0
+    cover = _pool(inside, thumbs.shape[1])[0].numpy().astype(np.float64)
+    t = thumbs.astype(np.float64)
+    total = t.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(total > 0, (t * cover).sum(axis=(1, 2)) / total, np.nan)
+    return share, float(cover.mean())
+
+
+def _scaled(est: Estimate, factor: float) -> Estimate:
+    """``est`` (value and CI) times ``factor``; its p-value does not carry over."""
+    lo = None if est.ci_low is None else est.ci_low * factor
+    hi = None if est.ci_high is None else est.ci_high * factor
+    return Estimate(est.value * factor, lo, hi, est.n)
 
 
 def _collect(rows: np.ndarray, parts: list[dict[str, Any]], methods: list[str]) -> _Maps:
