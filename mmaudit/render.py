@@ -8,10 +8,15 @@ xml.sax.saxutils for JUnit).
 from __future__ import annotations
 
 import base64
+import math
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
+from mmaudit.check import Finding
+from mmaudit.findings import SEVERITY_ORDER
 from mmaudit.report import FAILING_STATUSES, Report
 
 STATUS_ICON = {"pass": "✅", "warn": "⚠️", "fail": "❌", "error": "💥", "skipped": "⏭️"}
@@ -19,6 +24,124 @@ STATUS_ICON = {"pass": "✅", "warn": "⚠️", "fail": "❌", "error": "💥", 
 NO_RESULT = ("error", "skipped")
 # findings listed in summary.md before "… and K more"
 SUMMARY_FINDINGS = 10
+# p-values below this are shown as "< 0.001": a permutation test with B shuffles resolves
+# p only down to 1 / (B + 1), and smaller values (normal-tail extrapolations) stay in
+# report.json
+P_FLOOR = 0.001
+# how a check that did not run is shown (its reason: report.checks_not_run)
+NOT_RUN = "not run"
+
+# (term, words that bring it into summary.md, one-line meaning): the jargon the views use;
+# index.html lists them all
+GLOSSARY: list[tuple[str, tuple[str, ...], str]] = [
+    (
+        "AUROC / AUPRC",
+        ("auroc", "auprc"),
+        "area under the ROC / precision-recall curve; 0.5 AUROC is chance.",
+    ),
+    (
+        "ECE",
+        ("ece",),
+        "expected calibration error: mean |predicted probability - observed rate| over"
+        " probability bins, weighted by bin size; 0 is perfectly calibrated.",
+    ),
+    (
+        "EOD",
+        ("eod",),
+        "equalised-odds difference: the larger of the TPR gap and the FPR gap between the"
+        " best and worst group at one global threshold.",
+    ),
+    (
+        "loo / koi",
+        ("loo", "koi"),
+        "leave-one-out (that modality removed, the others kept) / keep-one-in (that"
+        " modality alone, the others removed); removed means shuffled across patients by"
+        " default (ablation's removal parameter).",
+    ),
+    (
+        "EMAP",
+        ("emap",),
+        "empirical multimodally-additive projection (Hessel & Lee 2020): the best model"
+        " with no cross-modal interaction; emap.gap = full model minus EMAP, 0 means no"
+        " interaction is used.",
+    ),
+    (
+        "MM-SHAP",
+        ("mm-shap", "mmshap"),
+        "per-sample Shapley shares of the logit across modalities (Parcalabescu & Frank"
+        " 2023): how much each modality moves each prediction, right or wrong.",
+    ),
+    (
+        "Shapley share",
+        ("share", "shares", "shapley"),
+        "a modality's Shapley value as a share of the total: averaged over every order of"
+        " adding modalities, what adding it changes.",
+    ),
+    (
+        "IG",
+        ("ig",),
+        "Integrated Gradients: gradients summed along a path from a baseline input to the"
+        " real one; attributions add up to the logit change.",
+    ),
+    (
+        "Grad-CAM / HiResCAM / LayerCAM",
+        ("gradcam", "hirescam", "layercam"),
+        "class activation maps from a convolutional layer: channels weighted by their mean"
+        " gradient (Grad-CAM), gradient x activation per location (HiResCAM), positive"
+        " gradients per location (LayerCAM, finer maps).",
+    ),
+    (
+        "SpRAy",
+        ("spray",),
+        "spectral relevance analysis (Lapuschkin et al. 2019): saliency maps clustered to"
+        " find groups of cases explained by the same pattern, such as a marker.",
+    ),
+    (
+        "off-ROI / hotspot",
+        ("roi", "offroi", "hotspot"),
+        "attribution outside the region of interest (lung mask) against its area share;"
+        " a hotspot is a box off the ROI whose in-painting is tested for changed decisions.",
+    ),
+    (
+        "probe",
+        ("probe",),
+        "a linear model trained on a layer's output to predict an attribute (cross-"
+        "validated); decodable means encoded, not necessarily used.",
+    ),
+    (
+        "LEACE",
+        ("leace", "erasure"),
+        "least-squares concept erasure (Belrose et al. 2023): the smallest linear change"
+        " that makes an attribute linearly undecodable; if the predictions then move more"
+        " than for a random subspace, the model uses it.",
+    ),
+    (
+        "kNN lift",
+        ("knn",),
+        "how often a row's nearest neighbours (other patients) share its label or"
+        " attribute, divided by chance agreement (the sum of squared level shares); 1 is"
+        " chance.",
+    ),
+    (
+        "identity margin",
+        ("identity",),
+        "chance-corrected neighbour agreement on a nuisance attribute (site) minus that on"
+        " the label: above 0, the space is organised by site more than by disease.",
+    ),
+    (
+        "CKA",
+        ("cka",),
+        "centred kernel alignment (linear): similarity of two representations of the same"
+        " samples, 1 = identical up to rotation and scale (mmaudit diff).",
+    ),
+    (
+        "p / CI",
+        (),
+        "p: permutation p-value, corrected for multiple tests (Holm) where a family is"
+        " tested; shown as < 0.001 below that; CI: 95% bootstrap interval, resampled by"
+        " patient.",
+    ),
+]
 
 HTML_TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -31,13 +154,17 @@ table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
 .pass{color:#17803d}.warn{color:#b26b00}.fail{color:#c0262d}.error{color:#7a1fa2}.skipped{color:#777}
 img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:1px 4px}
+dt{font-weight:600}dd{margin:0 0 .4em 1.5em}
 </style></head><body>
 <h1>mmaudit report: <span class="{{ report.status }}">{{ report.status }}</span></h1>
 <p>Model <code>{{ report.model.source }}</code> on {{ report.data.n }} samples of
 <code>{{ report.data.manifest }}</code>.</p>
+{% if narrowed %}<p id="narrowed" class="warn"><strong>{{ narrowed }}</strong></p>{% endif %}
 <table id="summary"><tr><th>check</th><th>status</th><th>worst finding</th><th>key metrics</th></tr>
 {% for c in checks %}<tr><td><a href="#check-{{ c.name }}">{{ c.name }}</a></td>
 <td class="{{ c.status }}">{{ c.status }}</td><td>{{ c.worst }}</td><td>{{ c.key }}</td></tr>
+{% endfor %}{% for name, why in not_run %}<tr class="not-run"><td>{{ name }}</td>
+<td class="skipped">not run</td><td>{{ why }}</td><td></td></tr>
 {% endfor %}</table>
 {% if report.cross_checks %}<section id="across-checks"><h2>Across checks</h2><ul>
 {% for cc in report.cross_checks %}<li>{{ cc.message }}</li>{% endfor %}</ul></section>{% endif %}
@@ -57,6 +184,9 @@ img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:1px 4px
 {% for f in c.figures %}<figure><img alt="{{ f.name }}" src="data:image/png;base64,{{ f.data }}">
 <figcaption>{{ f.name }}</figcaption></figure>{% endfor %}
 </section>{% endfor %}
+<section id="glossary"><h2>Terms</h2><dl>
+{% for term, meaning in glossary %}<dt>{{ term }}</dt><dd>{{ meaning }}</dd>{% endfor %}
+</dl></section>
 <h2>Provenance</h2><table>
 {% for k, v in provenance %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}
 </table></body></html>
@@ -64,12 +194,31 @@ img{max-width:100%;border:1px solid #eee}code{background:#f4f4f4;padding:1px 4px
 
 
 def fmt(value: Any) -> str:
-    """A short human form of a number."""
+    """A short human form of a number; a missing one (None, NaN) is a dash."""
     if value is None:
         return "–"
     if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
         return f"{value:.3f}" if abs(value) < 1000 else f"{value:.4g}"
     return str(value)
+
+
+def fmt_p(value: Any) -> str:
+    """A p-value as shown to readers: three decimals, ``< 0.001`` below that.
+
+    Why: a permutation p is resolved only to 1 / (B + 1); checks extrapolate smaller ones
+    (a normal tail) so that Holm over many tests can reach alpha, and those digits are not
+    evidence (report.json keeps them)."""
+    if isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value < P_FLOOR:
+        return f"< {P_FLOOR:g}"
+    return fmt(value)
+
+
+def is_p_column(name: str) -> bool:
+    """Whether a table column or metric field holds p-values (``p``, ``p_adj``,
+    ``loo_drop_p_adj``, ``null_p``, ``excess_p_holm`` ...)."""
+    return "p" in re.split(r"[_.\s]", name.lower())
 
 
 def metric_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
@@ -84,7 +233,7 @@ def metric_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
                     "value": fmt(m.get("value")),
                     "ci": ci,
                     "n": fmt(m.get("n")) if m.get("n") else "",
-                    "p": fmt(m.get("null_p")) if m.get("null_p") is not None else "",
+                    "p": fmt_p(m.get("null_p")) if m.get("null_p") is not None else "",
                 }
             )
         else:
@@ -92,12 +241,21 @@ def metric_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def key_metrics(metrics: dict[str, Any], limit: int = 3) -> str:
-    """The first few metrics with CIs, as one line."""
+def key_metrics(metrics: dict[str, Any], findings: Sequence[Finding] = (), limit: int = 3) -> str:
+    """A few metrics as one line: first those the check's warn / fail / error findings
+    judged (worst first), so the metric behind the verdict is in view, then the first
+    metrics with CIs."""
+    judged = sorted(
+        (f for f in findings if f.severity in ("warn", "fail", "error") and f.metric),
+        key=lambda f: -SEVERITY_ORDER.get(f.severity, 0),
+    )
+    rows = {row["name"]: row for row in metric_rows(metrics)}
+    names = [f.metric for f in judged if f.metric in rows]
+    names += [name for name, row in rows.items() if row["ci"]]
     parts = []
-    for row in metric_rows(metrics):
-        if row["ci"]:
-            parts.append(f"{row['name']} {row['value']} {row['ci']}")
+    for name in dict.fromkeys(names):
+        row = rows[name]
+        parts.append(" ".join(x for x in (name, row["value"], row["ci"]) if x))
         if len(parts) == limit:
             break
     return "; ".join(parts)
@@ -121,9 +279,7 @@ def render_html(folder: Path, report: Report) -> str:
             for name, rel in c.figures.items()
             if (data := _figure_data(folder, rel)) is not None
         ]
-        worst = c.findings[0].message if c.findings else ""
-        from mmaudit.findings import SEVERITY_ORDER
-
+        worst = ""
         if c.findings:
             worst = max(c.findings, key=lambda f: SEVERITY_ORDER.get(f.severity, 0)).message
         checks.append(
@@ -134,7 +290,7 @@ def render_html(folder: Path, report: Report) -> str:
                 "findings": c.findings,
                 "notes": c.notes,
                 "metrics": metric_rows(c.metrics),
-                "key": key_metrics(c.metrics),
+                "key": key_metrics(c.metrics, c.findings),
                 "worst": worst,
                 "figures": figures,
                 "tables": [t for rel in c.tables.values() if (t := _table_preview(folder, rel))],
@@ -152,6 +308,7 @@ def render_html(folder: Path, report: Report) -> str:
         ("layers", report.model.get("layers")),
         ("detected", report.model.get("detected")),
         ("timings (s)", {k: round(v, 2) for k, v in report.timings.items()}),
+        ("checks requested (--checks)", report.checks_requested or "all not disabled"),
         ("manifest", report.data.get("manifest")),
         ("data columns", _data_columns(report.config.get("data", {}))),
         (
@@ -163,7 +320,25 @@ def render_html(folder: Path, report: Report) -> str:
         ),
     ]
     return env.from_string(HTML_TEMPLATE).render(
-        report=report, checks=checks, provenance=provenance
+        report=report,
+        checks=checks,
+        provenance=provenance,
+        narrowed=narrowed_line(report),
+        not_run=sorted(report.checks_not_run.items()),
+        glossary=[(term, meaning) for term, _, meaning in GLOSSARY],
+    )
+
+
+def narrowed_line(report: Report) -> str:
+    """One sentence saying that registered checks did not run ('' when all ran)."""
+    if not report.checks_not_run:
+        return ""
+    total = len(report.checks) + len(report.checks_not_run)
+    how = f" (--checks {','.join(report.checks_requested)})" if report.checks_requested else ""
+    return (
+        f"Partial audit: {len(report.checks)} of {total} checks ran{how};"
+        f" not run: {', '.join(sorted(report.checks_not_run))}. Their absence from this"
+        " report is not a pass."
     )
 
 
@@ -189,7 +364,11 @@ def _table_preview(folder: Path, rel: str, limit: int = 15) -> dict[str, Any] | 
         frame = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
         return None  # an empty or malformed table is left out of the page, not fatal
-    rows = [[fmt(v) for v in row] for row in frame.head(limit).itertuples(index=False)]
+    shown = [fmt_p if is_p_column(str(c)) else fmt for c in frame.columns]
+    rows = [
+        [f(v) for f, v in zip(shown, row, strict=True)]
+        for row in frame.head(limit).itertuples(index=False)
+    ]
     return {
         "name": Path(rel).stem,
         "n": len(frame),
@@ -201,11 +380,15 @@ def _table_preview(folder: Path, rel: str, limit: int = 15) -> dict[str, Any] | 
 def render_markdown(report: Report) -> str:
     """A short summary fit for a pull-request comment."""
     lines = [f"## mmaudit: {STATUS_ICON.get(report.status, '')} {report.status}", ""]
+    if report.checks_not_run:
+        lines += [f"**{narrowed_line(report)}**", ""]
     lines += ["| check | status | key metrics |", "|---|---|---|"]
     for c in report.checks.values():
-        key = key_metrics(c.metrics) or (c.reason or "")
+        key = key_metrics(c.metrics, c.findings) or (c.reason or "")
         icon = STATUS_ICON.get(c.status, "")
         lines.append(f"| {c.name} | {icon} {c.status} | {markdown_cell(key)} |")
+    for name, why in sorted(report.checks_not_run.items()):
+        lines.append(f"| {name} | {STATUS_ICON['skipped']} {NOT_RUN} | {markdown_cell(why)} |")
     worst = [f for f in report.worst_findings(None) if f.severity in ("fail", "warn", "error")]
     if worst:
         lines += ["", "**Findings**", ""]
@@ -228,6 +411,11 @@ def render_markdown(report: Report) -> str:
             f"- {c.name}: " + ", ".join(f"[{k}]({v})" for k, v in c.figures.items())
             for c in with_figures
         ]
+    terms = summary_terms("\n".join(lines))
+    if terms:  # folded, so the pull-request comment stays short
+        lines += ["", "<details><summary>Terms used above (all: index.html, Terms)</summary>", ""]
+        lines += [f"- **{term}**: {markdown_cell(meaning)}" for term, meaning in terms]
+        lines += ["", "</details>"]
     lines += [
         "",
         f"_model `{markdown_cell(str(report.model.get('source')))}`,"
@@ -236,6 +424,14 @@ def render_markdown(report: Report) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def summary_terms(text: str) -> list[tuple[str, str]]:
+    """The glossary entries whose words occur in ``text`` (words, or the parts of metric
+    names between dots and underscores), so summary.md explains its own jargon and stays
+    short."""
+    words = set(re.findall(r"[a-z0-9\-]+", text.lower()))
+    return [(term, meaning) for term, keys, meaning in GLOSSARY if words & set(keys)]
 
 
 def markdown_cell(text: str) -> str:
@@ -278,10 +474,17 @@ def render_junit(report: Report) -> str:
             fbody = body(f.severity, f.message) if f.severity != "skipped" else ""
             name = quoteattr(f"{c.name}.{f.rule}.{f.metric or k}")
             cases.append(f'<testcase classname="mmaudit.{c.name}" name={name}>{fbody}</testcase>')
+    for name, why in sorted(report.checks_not_run.items()):
+        counts["skipped"] += 1
+        cases.append(
+            f'<testcase classname="mmaudit" name={quoteattr(name)} time="0.000">'
+            f"<skipped message={quoteattr(f'{NOT_RUN}: {why}')}/></testcase>"
+        )
     properties = {
         "fail_on": report.fail_on,
         "status": report.status,
         "mmaudit": report.tool_version,
+        "checks_requested": ",".join(report.checks_requested or []) or "all not disabled",
     }
     props = "".join(
         f"<property name={quoteattr(k)} value={quoteattr(str(v))}/>" for k, v in properties.items()

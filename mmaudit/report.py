@@ -76,6 +76,12 @@ class Report(BaseModel):
     status: str = "pass"
     # the --fail-on level the run was gated with; junit.xml's failures follow it
     fail_on: Literal["fail", "warn", "never"] = "fail"
+    # the checks named with --checks (None: the run was not narrowed on the command line)
+    checks_requested: list[str] | None = None
+    # registered checks that did not run, with why: "not requested (--checks)" or
+    # "disabled in config"; every view lists them, so a narrowed run never reads as a
+    # full audit
+    checks_not_run: dict[str, str] = Field(default_factory=dict)
 
     def worst_findings(self, limit: int | None = 5) -> list[Finding]:
         """Findings, most severe first (stable within a severity); all when ``limit`` is

@@ -85,7 +85,7 @@ def plan_checks(
     for name in cfg.checks:
         get_check(name, locate)  # unknown names in the YAML are errors with a did-you-mean
     if only:
-        names = [get_check(n).name for n in only]
+        names = list(dict.fromkeys(get_check(n).name for n in only))
     else:
         names = [n for n in sorted(registry) if n not in cfg.checks or cfg.checks[n].enabled]
     if not names:
@@ -102,6 +102,48 @@ def plan_checks(
         rules = merged_thresholds(cls, cc.thresholds if cc else {}, f"checks.{name}", locate)
         planned.append(PlannedCheck(name, cls(params), rules, raw))
     return planned
+
+
+NOT_REQUESTED = "not requested (--checks)"
+DISABLED = "disabled in config"
+
+
+def checks_not_run(
+    cfg: AuditConfig, planned: list[PlannedCheck], only: list[str] | None
+) -> dict[str, str]:
+    """Every registered check that is not in ``planned``, with why it does not run.
+
+    Why: a run narrowed by ``--checks`` must say so in its report, or it reads as a full
+    audit in which the left-out checks found nothing.
+    """
+    ran = {pc.name for pc in planned}
+    not_run = {}
+    for name in sorted(load_builtin_checks()):
+        if name in ran:
+            continue
+        disabled = name in cfg.checks and not cfg.checks[name].enabled
+        not_run[name] = DISABLED if disabled or not only else NOT_REQUESTED
+    return not_run
+
+
+def config_as_run(cfg: AuditConfig, planned: list[PlannedCheck]) -> AuditConfig:
+    """A copy of ``cfg`` whose ``checks:`` section selects exactly the checks that ran
+    (``enabled: false`` for the others, ``enabled: true`` for one named by ``--checks``
+    although disabled in the file), so the config.yaml a report holds reruns that audit."""
+    from mmaudit.config import CheckConfig
+
+    out = cfg.model_copy(deep=True)
+    ran = {pc.name for pc in planned}
+    for name in sorted(load_builtin_checks()):
+        entry = out.checks.get(name)
+        if name in ran and entry is not None and not entry.enabled:
+            entry.enabled = True
+        elif name not in ran:
+            if entry is None:
+                out.checks[name] = CheckConfig(enabled=False)
+            else:
+                entry.enabled = False
+    return out
 
 
 def config_locator(path: Path) -> Callable[[str], str]:
@@ -317,10 +359,11 @@ def run_audit(
         for r in results.values():
             if SEVERITY_ORDER.get(r.status, 0) > SEVERITY_ORDER[worst]:
                 worst = r.status
+        ran_cfg = config_as_run(cfg, planned)
         report = Report(
             tool_version=__version__,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
-            config=json_safe(cfg.model_dump(mode="json")),
+            config=json_safe(ran_cfg.model_dump(mode="json")),
             config_path=str(Path(config_path).resolve()),
             model={
                 "source": adapter.source,
@@ -359,9 +402,12 @@ def run_audit(
             cross_checks=cross_check(results, list(cfg.data.attributes)),
             status=worst,
             fail_on=fail_on,
+            checks_requested=[pc.name for pc in planned] if overrides.checks else None,
+            checks_not_run=checks_not_run(cfg, planned, overrides.checks),
         )
         distributed.barrier()
-        writer.finish(report, config_to_yaml(cfg))
+        header = narrowing_comment(report.checks_requested)
+        writer.finish(report, header + config_to_yaml(ran_cfg))
         if cache.work_dir is not None and distributed.is_main():
             shutil.rmtree(cache.work_dir, ignore_errors=True)
         return report
@@ -382,6 +428,16 @@ def run_audit(
         if clean is exc:
             raise
         raise clean from exc
+
+
+def narrowing_comment(only: list[str] | None) -> str:
+    """A YAML comment heading config.yaml when ``--checks`` narrowed the run ('' if not)."""
+    if not only:
+        return ""
+    return (
+        f"# narrowed on the command line: --checks {','.join(only)}\n"
+        "# (the checks it left out are written below as enabled: false)\n"
+    )
 
 
 def unwrap_worker_error(exc: MmauditError) -> MmauditError:

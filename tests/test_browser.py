@@ -77,6 +77,20 @@ def test_summary_table_visible_and_no_script_runs(report: Path, driver, tmp_path
     assert 0 <= rect["x"] < width and 0 <= rect["y"] < height, (rect, width, height)
     cells = [c.text for c in table.find_elements(By.TAG_NAME, "td")]
     assert "performance" in cells and "saliency" in cells
+    # the audit ran with --checks: the other checks are visible rows, and the page says so
+    not_run = table.find_elements(By.CSS_SELECTOR, "tr.not-run")
+    assert [r.find_element(By.TAG_NAME, "td").text for r in not_run] == [
+        "ablation",
+        "attention",
+        "probing",
+        "subgroups",
+    ]
+    assert all(r.is_displayed() and "not run" in r.text for r in not_run)
+    narrowed = driver.find_element(By.ID, "narrowed")
+    assert narrowed.is_displayed() and "4 of 8 checks ran" in narrowed.text
+    assert narrowed.rect["y"] < rect["y"]  # read before the table
+    glossary = driver.find_element(By.ID, "glossary")
+    assert "EMAP" in glossary.text and "LEACE" in glossary.text
     shot = tmp_path / "shot.png"
     assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 0
     # nothing from the data became markup or ran
@@ -87,6 +101,10 @@ def test_summary_table_visible_and_no_script_runs(report: Path, driver, tmp_path
     assert driver.find_elements(By.CSS_SELECTOR, "img[src='x']") == []
     text = driver.execute_script("return document.body.textContent")
     assert EVIL_ID in text and "secret report" in text  # shown as text (in closed <details>)
+    cell_texts = driver.execute_script(
+        "return Array.from(document.querySelectorAll('td')).map(c => c.textContent.trim())"
+    )
+    assert "nan" not in {c.lower() for c in cell_texts}  # missing values are dashes
     # the visibility check can fail: a hidden table is reported as not displayed
     driver.execute_script("document.getElementById('summary').style.display = 'none'")
     assert not table.is_displayed()

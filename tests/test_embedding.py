@@ -4,6 +4,7 @@ embedding agrees on site more than the clean checkpoint's does."""
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -116,6 +117,16 @@ def test_site_as_the_strongest_axis_raises_the_identity_finding() -> None:
     margin = out.metrics["identity_margin.embedding.site"]
     assert margin.ci_low > 0.15 and margin.null_p <= 0.05  # type: ignore[union-attr]
     assert value(out, "clusters.embedding.nuisance_pure_label_mixed.site") > 0.9
+    # the clusters table flags each cluster per attribute, in a column named like the metric
+    # (True / False, never an empty cell that reads back as NaN)
+    clusters = out.tables["clusters"]
+    flag = clusters["nuisance_pure_label_mixed.site"]
+    assert flag.dtype == bool and flag.any()
+    counted = clusters[clusters["counted"]]
+    share = counted.loc[counted["nuisance_pure_label_mixed.site"], "size"].sum()
+    assert share / counted["size"].sum() == value(
+        out, "clusters.embedding.nuisance_pure_label_mixed.site"
+    )
     assert {"dataset_identity", "dataset_identity_head", "nuisance_pure_clusters"} <= rules_hit(out)
     findings = judge("embedding", out.metrics, RULES)
     assert "fail" in {f.severity for f in findings}
@@ -130,6 +141,38 @@ def test_site_as_the_strongest_axis_raises_the_identity_finding() -> None:
         "identity_margin.embedding.sex"
     }
     assert rules_hit(out2) == set()
+
+
+def test_permutations_are_raised_so_holm_over_the_family_can_reach_alpha() -> None:
+    """4 layers x 4 factors = 16 tests: with 100 shuffles Holm could not go below
+    16 / 101 = 0.158, so a planted site axis would never be a significant silhouette."""
+    rng = np.random.default_rng(4)
+    n = 160
+    label = rng.integers(0, 2, n)
+    site = rng.integers(0, 2, n)
+    attrs = {
+        "site": np.where(site == 1, "B", "A"),
+        "sex": rng.choice(["F", "M"], n),
+        "age": rng.choice(["young", "old"], n),
+    }
+    layers = {}
+    for name in ("embedding", "image", "text", "tabular"):
+        x = rng.normal(size=(n, 6))
+        x[:, 0] += 8.0 * site  # site separates every layer; sex and age nothing
+        layers[name] = x
+    light = params(silhouette_permutations=100, n_permutations=100, clustering="none")
+    out = analyse(inputs(layers, label, attrs), light)
+    needed = math.ceil(2 * 16 / light.alpha) - 1
+    assert any(f"silhouette_permutations: {needed} (not 100)" in n for n in out.notes)
+    assert any(f"n_permutations: {needed} (not 100)" in n for n in out.notes)
+    sil = out.metrics["silhouette.embedding.site"]
+    assert sil.value > 0.5 and sil.null_p <= light.alpha / 2 + 1e-12  # type: ignore[union-attr]
+    assert out.metrics["silhouette.embedding.sex"].null_p > 0.05  # type: ignore[union-attr]
+    # 0 silhouette permutations means no p-value, and stays 0
+    none = analyse(inputs(layers, label, attrs), params(silhouette_permutations=0))
+    p0 = none.metrics["silhouette.embedding.site"].null_p  # type: ignore[union-attr]
+    assert p0 is None or math.isnan(p0)
+    assert not any(n.startswith("silhouette_permutations") for n in none.notes)
 
 
 def test_random_embeddings_raise_nothing() -> None:

@@ -9,6 +9,7 @@ thumbnails (performance, attribution, saliency, embedding), once plainly and onc
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import xml.etree.ElementTree as ET
@@ -291,7 +292,8 @@ def test_summary_md_and_junit(hostile: dict[str, Path]) -> None:
     report = load_report(folder)
     md = (folder / "summary.md").read_text()
     assert md.startswith("## mmaudit:") and "| performance |" in md
-    assert len(md.splitlines()) < 40 and "<script" not in md
+    folded = md.split("<details>")[0] + md.split("</details>")[-1]  # the glossary is folded
+    assert len(folded.splitlines()) < 40 and "<script" not in md
     linked = [rel for c in report.checks.values() for rel in c.figures.values()]
     assert linked and all(f"]({rel})" in md for rel in linked)  # every figure, one line per check
 
@@ -300,7 +302,8 @@ def test_summary_md_and_junit(hostile: dict[str, Path]) -> None:
         assert suite is not None
         cases = suite.findall("testcase")
         findings = [f for c in report.checks.values() for f in c.findings]
-        assert int(suite.get("tests", "0")) == len(cases) == len(report.checks) + len(findings)
+        ran = len(report.checks) + len(findings)
+        assert int(suite.get("tests", "0")) == len(cases) == ran + len(report.checks_not_run)
         failed = [c.get("name") for c in cases if c.find("failure") is not None]
         expected = [c.name for c in report.checks.values() if c.status == "fail"]
         expected += [f"{f.check}.{f.rule}.{f.metric}" for f in findings if f.severity == "fail"]
@@ -470,3 +473,145 @@ def test_fail_on_is_saved_and_old_reports_read_as_fail(tmp_path: Path) -> None:
     del data["fail_on"]  # a report written before the field existed
     (out / "report.json").write_text(json.dumps(data))
     assert load_report(out).fail_on == "fail"
+
+
+def test_narrowed_run_lists_the_checks_not_run_in_every_view(hostile: dict[str, Path]) -> None:
+    """The hostile audit ran with --checks (4 of the 8 checks): report.json, summary.md,
+    index.html and junit.xml all name the other 4 as not run, and config.yaml reruns the
+    same 4."""
+    from mmaudit.check import load_builtin_checks
+    from mmaudit.config import load_config
+    from mmaudit.runner import plan_checks
+
+    folder = hostile["plain"]
+    left_out = sorted(set(load_builtin_checks()) - set(CHECKS))
+    assert left_out  # the registry has checks the hostile audit did not ask for
+    data = json.loads((folder / "report.json").read_text())
+    assert data["checks_requested"] == CHECKS
+    assert data["checks_not_run"] == {n: "not requested (--checks)" for n in left_out}
+    md = (folder / "summary.md").read_text()
+    assert f"{len(CHECKS)} of {len(CHECKS) + len(left_out)} checks ran" in md
+    for name in left_out:
+        assert f"| {name} | ⏭️ not run | not requested (--checks) |" in md
+    html = (folder / "index.html").read_text()
+    summary_table = html.split('id="summary"')[1].split("</table>")[0]
+    for name in left_out:
+        assert re.search(rf"<td>{name}</td>\s*<td class=\"skipped\">not run</td>", summary_table)
+    assert 'id="narrowed"' in html
+    suite = ET.parse(folder / "junit.xml").getroot().find("testsuite")
+    assert suite is not None
+    skipped = {
+        c.get("name"): c.find("skipped").get("message")  # type: ignore[union-attr]
+        for c in suite.findall("testcase")
+        if c.find("skipped") is not None
+    }
+    assert {n: skipped.get(n) for n in left_out} == {
+        n: "not run: not requested (--checks)" for n in left_out
+    }
+    assert int(suite.get("skipped", "0")) == len(skipped)
+    written = (folder / "config.yaml").read_text()
+    assert written.startswith("# narrowed on the command line: --checks ")
+    rerun = plan_checks(load_config(folder / "config.yaml"))
+    assert sorted(pc.name for pc in rerun) == sorted(CHECKS)
+    # a report of every check has no such rows (its counterpart)
+    full = _gated_report(1)
+    assert "not run" not in render_markdown_of(full) and full.checks_not_run == {}
+
+
+def render_markdown_of(report: Any) -> str:
+    from mmaudit.render import render_markdown
+
+    return render_markdown(report)
+
+
+def test_key_metrics_lead_with_the_metrics_the_findings_judged() -> None:
+    from mmaudit.check import Finding
+    from mmaudit.render import key_metrics
+
+    def est(v: float) -> dict[str, float]:
+        return {"value": v, "ci_low": v - 0.1, "ci_high": v + 0.1}
+
+    metrics: dict[str, Any] = {
+        "group.site.A.auroc": est(0.85),
+        "group.site.A.tpr": est(0.55),
+        "group.site.A.fpr": est(0.08),
+        "eod.site": est(0.406),
+        "encoded_and_used.site": 1,  # a plain number (no CI) can decide a verdict too
+    }
+
+    def finding(severity: str, metric: str) -> Finding:
+        return Finding(check="c", rule="r", severity=severity, message="m", metric=metric)
+
+    plain = key_metrics(metrics)  # no findings: the first three metrics with CIs
+    assert plain.split("; ")[0].startswith("group.site.A.auroc") and "eod.site" not in plain
+    judged = key_metrics(
+        metrics,
+        [finding("warn", "encoded_and_used.site"), finding("fail", "eod.site")],
+    )
+    parts = judged.split("; ")
+    assert parts[0] == "eod.site 0.406 [0.306, 0.506]"  # the fail first, then the warn
+    assert parts[1] == "encoded_and_used.site 1"
+    assert parts[2].startswith("group.site.A.auroc") and len(parts) == 3
+    # a passing or note finding does not reorder; a metric the report lacks is passed over
+    quiet = [finding("note", "eod.site"), finding("fail", "not.a.metric")]
+    assert key_metrics(metrics, quiet) == plain
+
+
+def test_html_shows_no_nan_and_p_below_resolution_as_a_bound(
+    hostile: dict[str, Path], tmp_path: Path
+) -> None:
+    from mmaudit.render import render_html
+
+    folder = tmp_path / "r"
+    shutil.copytree(hostile["plain"], folder)
+    (folder / "tables" / "x").mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "metric": ["full", "emap"],
+            "value": [0.9, np.nan],
+            "flags": ["site", ""],  # an empty text cell reads back as NaN
+            "p_adj": [8.6e-19, 0.25],
+        }
+    ).to_csv(folder / "tables" / "x" / "t.csv", index=False)
+    report = load_report(folder)
+    perf = report.checks["performance"]
+    perf.tables["t"] = "tables/x/t.csv"
+    perf.metrics["nan_metric"] = {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    perf.metrics["tiny_p"] = {"value": 0.4, "ci_low": 0.3, "ci_high": 0.5, "null_p": 8.6e-19}
+    perf.metrics["plain_nan"] = math.nan
+    html = render_html(folder, report)
+    assert not re.search(r">\s*nan\s*<", html, re.IGNORECASE)
+    assert "8.6e-19" not in html and "0.000" not in html.split("tiny_p")[1].split("</tr>")[0]
+    assert "&lt; 0.001" in html.split("tiny_p")[1].split("</tr>")[0]
+    assert "<td>0.250</td>" in html  # a p above the bound keeps its digits
+    # the real report: numbers and no NaN either
+    assert not re.search(r">\s*nan\s*<", (hostile["plain"] / "index.html").read_text(), re.I)
+
+
+def test_glossary_in_html_and_the_terms_summary_md_uses() -> None:
+    from mmaudit.render import GLOSSARY, render_markdown, summary_terms
+
+    report = _gated_report(1)
+    report.checks["a"].metrics = {"emap.gap": {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}}
+    md = render_markdown(report)
+    terms = md.split("<details>")[1]
+    assert "**EMAP**" in terms and "**CKA**" not in terms  # only the jargon shown above
+    assert summary_terms("knn_lift.embedding.site 1.2; loo_drop.text") == [
+        (t, m) for t, _, m in GLOSSARY if t in ("loo / koi", "kNN lift")
+    ]
+    assert summary_terms("auroc of the class") != [] and summary_terms("nothing here") == []
+    for term in ("EMAP", "MM-SHAP", "loo / koi", "SpRAy", "LEACE", "kNN lift", "ECE", "CKA"):
+        assert any(t == term for t, _, _ in GLOSSARY)
+        assert any(term in t for t, _, _ in GLOSSARY)
+    assert any("HiResCAM" in t and "LayerCAM" in t for t, _, _ in GLOSSARY)
+
+
+def test_old_reports_read_without_the_not_run_fields(tmp_path: Path) -> None:
+    from mmaudit.report import ReportWriter
+
+    out = ReportWriter(tmp_path / "rep").finish(_gated_report(1), "{}\n")
+    data = json.loads((out / "report.json").read_text())
+    del data["checks_requested"], data["checks_not_run"]  # written before the fields
+    (out / "report.json").write_text(json.dumps(data))
+    old = load_report(out)
+    assert old.checks_requested is None and old.checks_not_run == {}

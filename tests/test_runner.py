@@ -263,6 +263,38 @@ def test_checks_entries_configure_not_select(tiny_manifest: Path, tiny_weights: 
         planned({n: {"enabled": False} for n in every})
 
 
+def test_checks_not_run_and_the_config_that_reruns_the_audit(
+    tiny_manifest: Path, tiny_weights: Path
+) -> None:
+    """Each registered check that did not run has its reason (--checks or the config), and
+    the config written into the report selects exactly the checks that ran."""
+    from mmaudit.check import load_builtin_checks
+    from mmaudit.config import AuditConfig
+    from mmaudit.runner import DISABLED, NOT_REQUESTED, checks_not_run, config_as_run, plan_checks
+
+    every = sorted(load_builtin_checks())
+    model = byo_model_config(tiny_weights / "tiny.safetensors")
+    checks = {"saliency": {"enabled": False}, "subgroups": {"params": {"n_boot": 60}}}
+    cfg = AuditConfig.model_validate(tiny_config(tiny_manifest, model, checks=checks))
+
+    full = plan_checks(cfg)
+    assert checks_not_run(cfg, full, None) == {"saliency": DISABLED}
+    # --checks naming a disabled check runs it; the others are not requested
+    only = ["subgroups", "saliency", "subgroups"]  # a repeat runs once
+    narrowed = plan_checks(cfg, only)
+    assert [pc.name for pc in narrowed] == ["subgroups", "saliency"]
+    not_run = checks_not_run(cfg, narrowed, only)
+    assert not_run == {n: NOT_REQUESTED for n in every if n not in ("subgroups", "saliency")}
+    narrower = plan_checks(cfg, ["performance"])
+    assert checks_not_run(cfg, narrower, ["performance"])["saliency"] == DISABLED
+
+    ran = config_as_run(cfg, narrowed)
+    assert sorted(pc.name for pc in plan_checks(ran)) == ["saliency", "subgroups"]
+    assert ran.checks["subgroups"].params == {"n_boot": 60}  # params kept
+    assert cfg.checks["saliency"].enabled is False and "probing" not in cfg.checks  # a copy
+    assert [pc.name for pc in plan_checks(config_as_run(cfg, full))] == [pc.name for pc in full]
+
+
 @pytest.mark.parametrize(
     ("save_predictions", "save_embeddings"), [(False, True), (False, False), (True, False)]
 )

@@ -206,6 +206,36 @@ def test_sample_shortcut_shows_a_site_gap_in_error_rates() -> None:
     assert out.metrics["gap.auroc.site"].ci_low < 0.05
 
 
+def test_p_beyond_the_permutation_resolution_is_shown_as_a_bound() -> None:
+    """A planted gap no shuffle reaches gets an extrapolated p (kept in the metric, so Holm
+    can reach 0.05); the figure and the notes show it as below 1/(B+1), never its digits."""
+    import matplotlib.pyplot as plt
+
+    from mmaudit.checks.subgroups import p_text
+
+    assert p_text(8.6e-19, 1000) == "< 0.001" and p_text(0.003, 1000) == "0.003"
+    assert p_text(0.0009, 2000) == "0.0009"  # resolvable with 2000 shuffles
+
+    def titles(gap: float) -> tuple[str, list[str], float]:
+        check = SubgroupsCheck(
+            build_params(SubgroupsCheck, {"n_boot": 100, "n_permutations": 100}, "subgroups")
+        )
+        out = check.run(synthetic_context(gap=gap))
+        fig = out.figures["group_metrics"]
+        text = " ".join(ax.get_title() for ax in fig.axes)
+        for f in out.figures.values():
+            plt.close(f)
+        return text, out.notes, out.metrics["eod.site"].null_p
+
+    planted, notes, p = titles(0.9)
+    assert p < 1 / 101  # the tail extrapolation, kept for report.json
+    assert "(p < 0.01)" in planted and "e-" not in planted
+    assert any("extrapolated" in n for n in notes)
+    clean, clean_notes, clean_p = titles(0.0)
+    assert clean_p > 1 / 101 and "(p < " not in clean
+    assert not any("extrapolated" in n for n in clean_notes)
+
+
 def test_best_minus_worst_gap_is_tested_against_shuffled_groups() -> None:
     """Six groups with one and the same (label, score) distribution: the best-minus-worst
     TPR gap is positive and its bootstrap CI mostly excludes zero (the pair was picked on

@@ -373,7 +373,9 @@ class EmbeddingCheck(Check):
     representation encodes dataset identity more than disease (a shortcut candidate;
     whether it is *used* is for the ablation / intervention checks to show).
     Metrics: ``knn_lift.<layer>.<factor>`` and ``silhouette.<layer>.<factor>`` (Estimates;
-    ``null_p`` is the permutation p adjusted across layers x factors by ``p_adjust``);
+    ``null_p`` is the permutation p adjusted across layers x factors by ``p_adjust``; both
+    permutation counts are raised, with a note, to at least ``2 m / alpha`` for a family
+    of m tests, so that the smallest adjusted p, m / (B + 1), can reach alpha / 2);
     ``identity_margin.<layer>.<attribute>`` (chance-corrected agreement on a nuisance
     attribute minus that on the label, paired bootstrap CI, adjusted p);
     ``clusters.<layer>.{k,silhouette}``, ``clusters.<layer>.purity.<factor>``,
@@ -405,10 +407,16 @@ class EmbeddingCheck(Check):
         )
         k: int = Field(default=10, ge=1, description="neighbours per row for kNN agreement")
         n_permutations: int = Field(
-            default=1000, ge=20, description="label shuffles per kNN-agreement / ordinal null"
+            default=1000,
+            ge=20,
+            description="label shuffles per kNN-agreement / ordinal null (raised when Holm"
+            " over the layers x factors family needs more)",
         )
         silhouette_permutations: int = Field(
-            default=100, ge=0, description="label shuffles per silhouette null (0: no p-value)"
+            default=100,
+            ge=0,
+            description="label shuffles per silhouette null (0: no p-value; raised when Holm"
+            " over the layers x factors family needs more)",
         )
         n_boot: int = Field(default=1000, ge=50, description="bootstrap resamples (by patient)")
         alpha: float = Field(default=0.05, gt=0, lt=1, description="1 - CI level")
@@ -578,6 +586,7 @@ def analyse(inp: EmbeddingInputs, p: EmbeddingCheck.Params) -> CheckOutput:
     nuisance = _nuisance(factors, p, out.notes)
     pred = predictions(inp)
     strata = _strata(labels, nuisance)
+    p = _enough_permutations(p, len(inp.embeddings) * len(factors), out.notes)
     layers: dict[str, LayerResult] = {}
     agree_rows: list[dict[str, Any]] = []
     for name, raw in inp.embeddings.items():
@@ -624,6 +633,31 @@ def analyse(inp: EmbeddingInputs, p: EmbeddingCheck.Params) -> CheckOutput:
             f" {len(np.unique(groups))} patients"
         )
     return out
+
+
+def _enough_permutations(
+    p: EmbeddingCheck.Params, tests: int, notes: list[str]
+) -> EmbeddingCheck.Params:
+    """``p`` with the kNN and silhouette permutation counts raised to ``ceil(2 m / alpha) -
+    1`` for a family of ``m`` tests (layers x factors).
+
+    Why: a permutation p is at least 1 / (B + 1), so Holm over m tests cannot go below
+    m / (B + 1); with 100 shuffles and 16 tests that is 0.158 and no silhouette, however
+    clear, could ever be significant. The raised count lets the smallest adjusted p reach
+    alpha / 2."""
+    if p.p_adjust == "none" or tests <= 0:
+        return p
+    needed = math.ceil(2 * tests / p.alpha) - 1
+    changes: dict[str, int] = {}
+    for name in ("n_permutations", "silhouette_permutations"):
+        asked = getattr(p, name)
+        if 0 < asked < needed:  # 0 silhouette permutations: no p-value asked for
+            changes[name] = needed
+            notes.append(
+                f"{name}: {needed} (not {asked}) so that {p.p_adjust} over the {tests}"
+                f" layer x factor tests can reach alpha = {p.alpha}"
+            )
+    return p.model_copy(update=changes) if changes else p
 
 
 def _usable_factors(factors: list[Factor], notes: list[str]) -> list[Factor]:
@@ -1256,7 +1290,10 @@ def _clusters(
                 if share >= p.pure_share and enriched and label_share < p.mixed_share:
                     flags.append(f.name)
                     flagged_rows[f.name] += size
-        row["nuisance_pure_label_mixed"] = ",".join(flags)
+        # one boolean column per nuisance attribute, named like the metric it feeds: a
+        # comma-joined list would be an empty cell (NaN to a CSV reader) when none is flagged
+        for f in nuisance:
+            row[f"nuisance_pure_label_mixed.{f.name}"] = f.name in flags
         table.append(row)
     for f in factors:
         if purity_n[f.name]:

@@ -628,11 +628,19 @@ class SubgroupsCheck(Check):
             results.append(res)
             self._group_metrics(res, kind, out)
         self._gap_metrics(results, out)
+        floor = 1 / (p.n_permutations + 1)
+        if any(e.null_p is not None and e.null_p < floor for r in results for e in r.gaps.values()):
+            out.notes.append(
+                f"gap p-values below 1/(B+1) = {floor:.2g} (no shuffled gap reached the"
+                " observed one) are extrapolated from a normal fit to the permutation null so"
+                " that Holm can reach 0.05; read them as"
+                f" 'p < {floor:.1g}', not as their digits"
+            )
         if results:
             out.tables["groups"] = _group_table(results, p.n_boot, p.alpha)
             if any(r.gaps for r in results):  # an empty table is no table
                 out.tables["gaps"] = _gap_table(results)
-            out.figures["group_metrics"] = _bars(results, p.n_boot, p.alpha, kind)
+            out.figures["group_metrics"] = _bars(results, p.n_boot, p.alpha, kind, p.n_permutations)
             if kind == "binary":
                 out.figures["roc"] = _roc_figure(results, y, _score(prob), threshold)
         if ctx.groups is not None:
@@ -759,7 +767,18 @@ def _gap_table(results: list[GroupResult]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- figures
 
 
-def _bars(results: list[GroupResult], n_boot: int, alpha: float, kind: str) -> Figure:
+def p_text(p: float, n_permutations: int) -> str:
+    """A gap's p as shown in a figure: ``< 1/(B+1)`` when it lies below what ``B``
+    permutations resolve (``_range_p`` extrapolated it from a normal tail, and Holm only
+    raises p, so a smaller value is always such an extrapolation; report.json keeps the
+    number), else two significant digits."""
+    floor = 1 / (n_permutations + 1)
+    return f"< {floor:.1g}" if p < floor else f"{p:.2g}"
+
+
+def _bars(
+    results: list[GroupResult], n_boot: int, alpha: float, kind: str, n_permutations: int
+) -> Figure:
     """One row per attribute, one panel per metric: groups as bars with 95% CIs."""
     plt = pyplot()
     metrics = list(GAP_METRICS) if kind == "binary" else ["auroc", "ece"]
@@ -794,11 +813,12 @@ def _bars(results: list[GroupResult], n_boot: int, alpha: float, kind: str) -> F
             )
             title = f"{res.grouping.attribute}: {m}"
             if m in res.gaps and res.gaps[m].null_p is not None:
-                title += f"\ngap {res.gaps[m].value:.3f} (p {res.gaps[m].null_p:.2g})"
+                shown = p_text(res.gaps[m].null_p, n_permutations)
+                title += f"\ngap {res.gaps[m].value:.3f} (p {shown})"
             ax.set_title(title, fontsize=8)
     fig.suptitle(
         "per-group metrics with 95% bootstrap CIs (grey: too small to judge);"
-        " gap p: the larger of the Holm permutation p and the CI's p",
+        f" gap p: Holm-corrected permutation p ({n_permutations} shuffles)",
         fontsize=10,
     )
     fig.tight_layout()
