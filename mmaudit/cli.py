@@ -121,9 +121,11 @@ def print_summary(console, report) -> None:  # type: ignore[no-untyped-def]
         table.add_row(
             escape(c.name),
             f"[{colour}]{escape(c.status)}[/{colour}]",
-            escape(key_metrics(c.metrics) or (c.reason or "")),
+            escape(key_metrics(c.metrics, c.findings) or (c.reason or "")),
             f"{c.seconds:.1f}",
         )
+    for name, why in sorted(report.checks_not_run.items()):
+        table.add_row(escape(name), "[dim]not run[/dim]", escape(why), "")
     console.print(table)
     for c in report.checks.values():
         for f in c.findings:

@@ -605,7 +605,7 @@ def diff_reports(
             result.notes.append(f"check '{name}' is only in the new report")
             continue
         if b is None:
-            _missing_check(name, a, result)
+            _missing_check(name, a, result, new.checks_not_run.get(name))
             continue
         ra, rb = STATUS_RANK.get(a.status), STATUS_RANK.get(b.status)
         if a.status != b.status:
@@ -661,15 +661,17 @@ def _check_ignored(ignored: list[str], base: Report, new: Report) -> None:
         raise ReportError(f"--ignore-check {unknown[0]!r}: neither report ran it", hint=hint)
 
 
-def _missing_check(name: str, a: CheckReport, result: DiffResult) -> None:
+def _missing_check(name: str, a: CheckReport, result: DiffResult, why: str | None) -> None:
     """A check the base report ran and the new one lacks: a regression (its base findings
-    went unchecked), unless it was skipped in the base too (nothing is lost)."""
+    went unchecked), unless it was skipped in the base too (nothing is lost). ``why``: the
+    new report's reason for not running it, when it recorded one."""
     if a.status == "skipped":
         result.notes.append(f"check '{name}' is only in the base report (skipped there)")
         return
     result.missing_checks.append(name)
     result.regressions.append(
-        f"{name}: in the base report ({a.status}) but not in the new one; run it in the new"
+        f"{name}: in the base report ({a.status}) but not in the new one"
+        f"{f' ({why})' if why else ''}; run it in the new"
         f" audit, or pass --ignore-check {name} if it was left out on purpose"
     )
 

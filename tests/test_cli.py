@@ -64,6 +64,7 @@ def test_run_ok_and_gate(good: dict[str, Any], write_config, tmp_path: Path, cap
         capsys,
     )
     assert rc == 0 and "report written" in out
+    assert "not run" in out and "not requested" in out  # the console says it was narrowed
     # an impossible threshold makes the performance check fail, and the gate exit 1
     good["checks"] = {
         "performance": {

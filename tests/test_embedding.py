@@ -20,6 +20,7 @@ from mmaudit.check import CheckOutput
 from mmaudit.checks.embedding import (
     EmbeddingCheck,
     EmbeddingInputs,
+    _snippet,
     analyse,
     inputs_from_context,
     pool,
@@ -692,3 +693,14 @@ def test_builtin_projection_fusion_is_a_shared_space(
     out = analyse(concat, p)
     assert not any(k.startswith("alignment") for k in out.metrics)
     assert any("no shared projection space" in note for note in out.notes)
+
+
+def test_snippets_end_at_a_sentence_or_word() -> None:
+    text = "Lungs clear. Focal opacity in the left lower lobe. No effusion."
+    inp = EmbeddingInputs(
+        embeddings={}, ids=np.array(["a"]), target=np.array([0]), class_names=["0"], texts=[text]
+    )
+    assert _snippet(inp, 0, 200) == text
+    assert _snippet(inp, 0, 30) == "Lungs clear. Focal opacity…"  # a word boundary
+    assert _snippet(inp, 0, 55) == "Lungs clear. Focal opacity in the left lower lobe. …"
+    assert _snippet(inp, 0, 0) == ""

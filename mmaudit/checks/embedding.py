@@ -461,7 +461,7 @@ class EmbeddingCheck(Check):
         exemplar_errors: int = Field(default=4, ge=0, description="most confident errors shown")
         exemplar_random: int = Field(default=2, ge=0, description="random query cases shown")
         exemplar_k: int = Field(default=5, ge=1, description="neighbours shown per query")
-        snippet_chars: int = Field(default=80, ge=0, description="report text shown per case")
+        snippet_chars: int = Field(default=240, ge=0, description="report text shown per case")
         alignment: Literal["auto", "always", "never"] = Field(
             default="auto",
             description="cross-modal retrieval; auto: shared-space models (built-in projection"
@@ -1454,7 +1454,15 @@ def _snippet(inp: EmbeddingInputs, i: int, chars: int) -> str:
     if not inp.texts or chars == 0:
         return ""
     text = " ".join(str(inp.texts[i]).split())
-    return text if len(text) <= chars else text[: max(1, chars - 1)].rstrip() + "…"
+    if len(text) <= chars:
+        return text
+    head = text[: max(1, chars - 1)]
+    # end at a sentence past half the budget, else at a word, never mid-phrase
+    sentence = head.rfind(". ")
+    if sentence >= chars // 2:
+        return head[: sentence + 1] + " …"
+    word = head.rfind(" ")
+    return (head[:word] if word > 0 else head).rstrip() + "…"
 
 
 def _exemplar_figure(
@@ -1467,13 +1475,14 @@ def _exemplar_figure(
     """The query and its neighbours side by side: thumbnail, label, prediction, the
     nuisance attributes (site) and a report snippet under each."""
     cols = len(cases)
-    fig = _figure(2.1 * cols, 3.9)
+    wrapped = [textwrap.wrap(row["snippet"], 26) if row["snippet"] else [] for _, row in cases]
+    fig = _figure(2.1 * cols, 3.4 + 0.11 * max(len(w) for w in wrapped))
     first = cases[0][1]
     fig.suptitle(
         f"{kind} {first['id']} and its nearest cases in '{layer}' (other patients only)",
         fontsize=9,
     )
-    for c, (i, row) in enumerate(cases):
+    for c, ((i, row), snippet) in enumerate(zip(cases, wrapped, strict=True)):
         ax = fig.add_subplot(1, cols, c + 1)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -1488,8 +1497,7 @@ def _exemplar_figure(
         ax.set_title(head, fontsize=8, color="darkred" if row["rank"] == 0 else "black")
         lines = [f"label {row['label']}  pred {row['prediction']}"]
         lines += [f"{f.name} {row[f.name]}" for f in nuisance]
-        if row["snippet"]:
-            lines += textwrap.wrap(row["snippet"], 26)[:4]
+        lines += snippet
         ax.set_xlabel("\n".join(lines), fontsize=6.5, loc="left")
     return fig
 
