@@ -23,6 +23,27 @@ trustworthy yes or no needs more than one cross-validated score, so
   these features and this sample size reach on structureless labels, and
   ``selectivity = score - control``.
 
+Beyond the target (``within``: the target class of each row). An attribute associated
+with the target (a site with a higher prevalence) is decodable from any layer that
+encodes the target, through the target alone. Given ``within``, the probe asks whether
+the layer carries the attribute *beyond* the target -- a conditional-independence test
+of attribute and embedding given the target class:
+
+* features: the layer minus its per-class mean over each outer fold's training rows,
+  plus class indicator columns (so the probe cannot score through the class means and
+  the logistic probe still fits a per-class intercept);
+* score: categorical, the AUROC over pairs of rows *from the same target class*, pooled
+  over classes (``sum_c U_c / sum_c n1_c n0_c``; macro over levels for more than two);
+  continuous, the R^2 of the attribute's deviations from its class mean by the probe's
+  deviations from its class mean (``r2_columns_within``). Per-class offsets of the
+  probe output count for nothing, so the target alone scores chance (0.5 / 0);
+* null: the attribute is shuffled within each (outer fold x target class) block, so every
+  permutation keeps each fold's per-class balance and the attribute's association with
+  the target; only its link to the embedding *within* a class is broken. Folds are
+  stratified by attribute x class where the rarest cell allows the folds, else by
+  attribute. With patients as units, a patient whose studies differ in class moves with
+  the class of its first study (the per-class balance is then kept approximately).
+
 Speed, and the approximation it takes: the null uses the *ridge* form of the
 probe (least squares on the indicator columns for a categorical attribute,
 scored by AUROC). On fixed folds a ridge probe's out-of-fold predictions are a
@@ -54,7 +75,14 @@ from typing import Literal
 
 import numpy as np
 
-from mmaudit.stats import Estimate, auroc, auroc_bootstrap, bootstrap_ci, permutation_pvalue
+from mmaudit.stats import (
+    Estimate,
+    auroc,
+    auroc_bootstrap,
+    bootstrap_ci,
+    bootstrap_groups,
+    permutation_pvalue,
+)
 
 __all__ = [
     "LOGISTIC_GRID",
@@ -62,10 +90,12 @@ __all__ = [
     "ProbeError",
     "ProbeResult",
     "auroc_columns",
+    "auroc_columns_within",
     "fit_logistic",
     "make_folds",
     "pool",
     "r2_columns",
+    "r2_columns_within",
     "run_probe",
     "score_estimate",
 ]
@@ -101,6 +131,8 @@ class ProbeResult:
         n_folds: outer folds actually used.
         lambdas: regularisation chosen per outer fold (logistic, or ridge if continuous).
         permuted: "patients" or "rows" (what the null shuffles).
+        within: target class code per row when the score, null and control are within
+            target classes (beyond the target, see the module docstring); None: marginal.
     """
 
     kind: ProbeKind
@@ -116,6 +148,12 @@ class ProbeResult:
     n_folds: int = 0
     lambdas: list[float] = field(default_factory=list)
     permuted: str = "rows"
+    within: np.ndarray | None = None
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the score is within target classes (beyond the target)."""
+        return self.within is not None
 
     @property
     def selectivity(self) -> float:
@@ -224,6 +262,44 @@ def auroc_columns(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
         out = u / (n1 * n0)
     out[(n1 == 0) | (n0 == 0)] = np.nan
     return out
+
+
+def auroc_columns_within(labels: np.ndarray, scores: np.ndarray, within: np.ndarray) -> np.ndarray:
+    """AUROC of every column over the pairs of rows in the same class of ``within`` only,
+    pooled over classes: ``sum_c U_c / sum_c n1_c n0_c`` (the probability that a random
+    positive-negative pair from one class is ordered right). NaN for a column with no
+    such pair. A score that only shifts by class (the target alone) gets 0.5."""
+    from scipy.stats import rankdata
+
+    lab = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores)
+    u = np.zeros(lab.shape[1])
+    pairs = np.zeros(lab.shape[1])
+    for c in np.unique(within):
+        rows = within == c
+        lab_c = lab[rows]
+        n1 = lab_c.sum(axis=0).astype(float)
+        u += (rankdata(scores[rows], axis=0) * lab_c).sum(axis=0) - n1 * (n1 + 1) / 2.0
+        pairs += n1 * (lab_c.shape[0] - n1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = u / pairs
+    out[pairs == 0] = np.nan
+    return out
+
+
+def _minus_class_means(values: np.ndarray, within: np.ndarray) -> np.ndarray:
+    """``values`` (n, c) minus the mean of each column over the rows of the same class."""
+    classes = _codes(within)
+    onehot = (classes[:, None] == np.arange(int(classes.max()) + 1)[None, :]).astype(np.float64)
+    means = (onehot.T @ values) / onehot.sum(axis=0)[:, None]
+    return values - onehot @ means
+
+
+def r2_columns_within(y: np.ndarray, pred: np.ndarray, within: np.ndarray) -> np.ndarray:
+    """R^2 per column within the classes of ``within``: ``r2_columns`` of the deviations of
+    ``y`` from its class means by the deviations of ``pred`` from its class means (what the
+    probe explains beyond the class; per-class offsets count for nothing)."""
+    return r2_columns(_minus_class_means(y, within), _minus_class_means(pred, within))
 
 
 def r2_columns(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -386,11 +462,15 @@ def _ridge_oof(
     return out
 
 
-def _fold_score(kind: ProbeKind, y: np.ndarray, pred: np.ndarray) -> float:
-    """R^2 (continuous), AUROC (one indicator column) or macro one-vs-rest AUROC."""
+def _fold_score(
+    kind: ProbeKind, y: np.ndarray, pred: np.ndarray, within: np.ndarray | None = None
+) -> float:
+    """R^2 (continuous), AUROC (one indicator column) or macro one-vs-rest AUROC; within the
+    classes of ``within`` when given."""
     if kind == "continuous":
-        return float(r2_columns(y, pred)[0])
-    scores = auroc_columns(y, pred)
+        r2 = r2_columns(y, pred) if within is None else r2_columns_within(y, pred, within)
+        return float(r2[0])
+    scores = auroc_columns(y, pred) if within is None else auroc_columns_within(y, pred, within)
     return float(np.nanmean(scores)) if np.isfinite(scores).any() else math.nan
 
 
@@ -403,8 +483,10 @@ def _select(
     groups: np.ndarray | None,
     inner_folds: int,
     seed: int,
+    within: np.ndarray | None = None,
 ) -> float:
-    """The grid value with the best inner-CV score (ties: the stronger penalty)."""
+    """The grid value with the best inner-CV score (ties: the stronger penalty); the score
+    is within the classes of ``within`` when given, as the probe's own."""
     grid = tuple(sorted(LOGISTIC_GRID if model == "logistic" else RIDGE_GRID, reverse=True))
     default = 1e-2 if model == "logistic" else 1.0
     try:
@@ -418,7 +500,7 @@ def _select(
         preds = [_ridge_oof(x, y, inner, [lam] * k) for lam in grid]
     best, best_score = default, -math.inf
     for lam, pred in zip(grid, preds, strict=True):
-        score = _fold_score(kind, y, pred)
+        score = _fold_score(kind, y, pred, within)
         if np.isfinite(score) and score > best_score + 1e-12:
             best, best_score = lam, score
     return best
@@ -436,28 +518,31 @@ def _constant_within(values: np.ndarray, groups: np.ndarray) -> bool:
 
 
 def _shuffler(
-    values: np.ndarray, folds: np.ndarray, groups: np.ndarray | None, by_patient: bool
+    values: np.ndarray, blocks: np.ndarray, groups: np.ndarray | None, by_patient: bool
 ) -> Callable[[np.random.Generator, int], np.ndarray]:
     """A function (rng, b) -> b shuffled copies (b, n) of ``values``.
 
-    Labels move only *within* an outer fold (between its patients when the attribute is
-    constant within each patient, else between its rows). Each fold therefore keeps its
-    class balance / mean, exactly as the stratified folds gave it to the true labels;
-    shuffling across folds would hand the permutations unbalanced folds, which lowers
-    their pooled cross-validated score and makes the test anti-conservative.
+    Labels move only *within* a block -- an outer fold, or an (outer fold x target class)
+    cell for a probe beyond the target -- between its patients when the attribute is
+    constant within each patient (a patient belongs to the block of its first row), else
+    between its rows. Each fold therefore keeps its class balance / mean, exactly as the
+    stratified folds gave it to the true labels; shuffling across folds would hand the
+    permutations unbalanced folds, which lowers their pooled cross-validated score and
+    makes the test anti-conservative. Blocks by target class also keep the attribute's
+    association with the target in every permutation.
     """
     values = np.asarray(values)
     if by_patient and groups is not None:
         unit = _codes(groups)
         first = np.unique(unit, return_index=True)[1]
-        unit_values, unit_folds = values[first], folds[first]
+        unit_values, unit_blocks = values[first], blocks[first]
     else:
         unit = np.arange(values.shape[0])
-        unit_values, unit_folds = values, folds
-    home = np.argsort(unit_folds, kind="stable")  # units sorted by fold
+        unit_values, unit_blocks = values, blocks
+    home = np.argsort(unit_blocks, kind="stable")  # units sorted by block
 
     def draw(rng: np.random.Generator, b: int) -> np.ndarray:
-        keys = unit_folds[home][None, :] + rng.random((b, home.size))
+        keys = unit_blocks[home][None, :] + rng.random((b, home.size))
         moved = home[np.argsort(keys, axis=1)]  # a random order of each fold's units
         out = np.empty((b, home.size), dtype=unit_values.dtype)
         out[:, home] = unit_values[moved]
@@ -478,15 +563,17 @@ def _null_scores(
     maps: list[_RidgeFold],
     labels_perm: np.ndarray,
     n_levels: int,
+    within: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Ridge statistic for each row of ``labels_perm`` (P, n): one product per fold."""
+    """Ridge statistic for each row of ``labels_perm`` (P, n): one product per fold; within
+    the classes of ``within`` when given."""
     n_perm, n = labels_perm.shape
     if kind == "continuous":
         ys = labels_perm.T  # (n, P)
         pred = np.empty_like(ys)
         for fold in maps:
             pred[fold.test] = fold.predict(ys[~fold.test])
-        return r2_columns(ys, pred)
+        return r2_columns(ys, pred) if within is None else r2_columns_within(ys, pred, within)
     cols = 1 if n_levels == 2 else n_levels
     if n_levels == 2:
         ys = (labels_perm.T == 1).astype(np.float64)  # (n, P)
@@ -496,7 +583,7 @@ def _null_scores(
     pred = np.empty_like(ys)
     for fold in maps:
         pred[fold.test] = fold.predict(ys[~fold.test])
-    scores = auroc_columns(ys, pred)
+    scores = auroc_columns(ys, pred) if within is None else auroc_columns_within(ys, pred, within)
     if n_levels == 2:
         return scores
     return np.nanmean(scores.reshape(n_perm, cols), axis=1)
@@ -526,6 +613,50 @@ def _encode(values: np.ndarray, kind: ProbeKind) -> tuple[np.ndarray, np.ndarray
     return labels, strata, []
 
 
+def _beyond_target_features(x: np.ndarray, classes: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """The features of a probe beyond the target for one outer fold: ``x`` minus its
+    per-class mean over the training rows, with class indicator columns (all but the
+    first) appended."""
+    n_classes = int(classes.max()) + 1
+    onehot = (classes[:, None] == np.arange(n_classes)[None, :]).astype(np.float64)
+    counts = np.maximum(onehot[train].sum(axis=0), 1.0)
+    means = (onehot[train].T @ x[train]) / counts[:, None]
+    return np.hstack([x - onehot @ means, onehot[:, 1:]])
+
+
+def _check_within(kind: ProbeKind, labels: np.ndarray, classes: np.ndarray) -> None:
+    """ProbeError when nothing varies within any target class."""
+    if kind == "categorical":
+        varies = any(np.unique(labels[classes == c]).size > 1 for c in np.unique(classes))
+    else:
+        deviations = _minus_class_means(labels[:, None], classes)
+        varies = float(np.std(deviations)) > 0.0
+    if not varies:
+        raise ProbeError(
+            "the attribute is constant within every target class: nothing to probe beyond"
+            " the target"
+        )
+
+
+def _outer_folds(
+    strata: np.ndarray,
+    classes: np.ndarray | None,
+    groups: np.ndarray | None,
+    n_folds: int,
+    seed: int,
+) -> np.ndarray:
+    """Outer folds stratified by attribute x target class when that allows as many folds as
+    stratifying by the attribute alone, else by the attribute."""
+    folds = make_folds(strata, groups, n_folds, seed)
+    if classes is None:
+        return folds
+    try:
+        joint = make_folds(strata * (int(classes.max()) + 1) + classes, groups, n_folds, seed)
+    except ProbeError:
+        return folds
+    return joint if joint.max() >= folds.max() else folds
+
+
 def run_probe(
     x: np.ndarray,
     values: np.ndarray,
@@ -538,8 +669,13 @@ def run_probe(
     n_control: int = 5,
     seed: int = 0,
     fold_transform: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]] | None = None,
+    within: np.ndarray | None = None,
 ) -> ProbeResult:
     """Probe attribute ``values`` (n,) from embeddings ``x`` (n, ...) with its null and control.
+
+    ``within`` (n,), the target class of each row, makes the probe one *beyond the target*:
+    score, null and control task within target classes (see the module docstring); the
+    default None probes the attribute marginally.
 
     ``fold_transform(train_mask)`` may return a feature map fitted on an outer fold's
     training rows only and applied to all rows before that fold is fitted and scored -- e.g.
@@ -560,13 +696,22 @@ def run_probe(
     labels, strata, levels = _encode(values, kind)
     n_levels = len(levels)
     y = _indicator(labels, n_levels) if kind == "categorical" else labels[:, None]
-    folds = make_folds(strata, groups, n_folds, seed)
+    classes = _codes(within) if within is not None else None
+    if classes is not None:
+        _check_within(kind, labels, classes)
+    folds = _outer_folds(strata, classes, groups, n_folds, seed)
     k = int(folds.max()) + 1
     xs: np.ndarray | list[np.ndarray] = x
-    if fold_transform is not None:
-        xs = [np.asarray(fold_transform(folds != f)(x), dtype=np.float64) for f in range(k)]
+    if fold_transform is not None or classes is not None:
+        xs = []
+        for f in range(k):
+            train = folds != f
+            xf = x if fold_transform is None else fold_transform(train)(x)
+            xf = np.asarray(xf, dtype=np.float64)
+            xs.append(xf if classes is None else _beyond_target_features(xf, classes, train))
+    blocks = folds if classes is None else folds * (int(classes.max()) + 1) + classes
     by_patient = groups is not None and _constant_within(labels, groups)
-    shuffle = _shuffler(labels, folds, groups, by_patient)
+    shuffle = _shuffler(labels, blocks, groups, by_patient)
     # many small matrix products: one BLAS thread is faster for them than several (5-20x
     # on a busy 2-core machine, where threads fight over the cores)
     with threadpool_limits(limits=1, user_api="blas"):
@@ -574,10 +719,11 @@ def run_probe(
         for f in range(k):
             train = folds != f
             g_tr = groups[train] if groups is not None else None
+            c_tr = classes[train] if classes is not None else None
             args = (_per_fold(xs, f)[train], y[train], strata[train], g_tr, inner_folds, seed + 1)
-            lam_ridge.append(_select(kind, "ridge", *args))
+            lam_ridge.append(_select(kind, "ridge", *args, within=c_tr))
             if kind == "categorical":
-                lam_logistic.append(_select(kind, "logistic", *args))
+                lam_logistic.append(_select(kind, "logistic", *args, within=c_tr))
         maps = [_ridge_fold(_per_fold(xs, f), folds == f, lam_ridge[f]) for f in range(k)]
         ridge_oof = np.empty_like(y)
         for fold in maps:
@@ -595,17 +741,17 @@ def run_probe(
                 else:
                     py = pseudo[:, None]
                     pred = _ridge_oof(xs, py, folds, lam_ridge)
-                scores.append(_fold_score(kind, py, pred))
+                scores.append(_fold_score(kind, py, pred, classes))
             control = float(np.nanmean(scores))
-        test_score = _fold_score(kind, y, ridge_oof)
-        score = _fold_score(kind, y, main_oof)
+        test_score = _fold_score(kind, y, ridge_oof, classes)
+        score = _fold_score(kind, y, main_oof, classes)
         null = np.empty(0)
         if n_permutations > 0:
             rng = np.random.default_rng([seed, 11])
             parts = []
             for start in range(0, n_permutations, _CHUNK):
                 perm = shuffle(rng, min(_CHUNK, n_permutations - start))
-                parts.append(_null_scores(kind, maps, perm, n_levels))
+                parts.append(_null_scores(kind, maps, perm, n_levels, classes))
             null = np.concatenate(parts)
     p = permutation_pvalue(test_score, null, "greater") if null.size else math.nan
     return ProbeResult(
@@ -622,6 +768,7 @@ def run_probe(
         n_folds=k,
         lambdas=[float(v) for v in (lam_logistic if kind == "categorical" else lam_ridge)],
         permuted="patients" if by_patient else "rows",
+        within=classes,
     )
 
 
@@ -632,8 +779,11 @@ def score_estimate(
     alpha: float = 0.05,
     seed: int = 0,
 ) -> Estimate:
-    """Bootstrap CI (by patient) of the probe score over its out-of-fold predictions."""
+    """Bootstrap CI (by patient) of the probe score over its out-of-fold predictions (within
+    target classes when the probe was: ``result.within``)."""
     boot = {"groups": groups, "n_boot": n_boot, "alpha": alpha, "seed": seed}
+    if result.within is not None:
+        return _within_estimate(result, groups, n_boot, alpha, seed)
     if result.kind == "continuous":
 
         def r2(y: np.ndarray, pred: np.ndarray) -> float:
@@ -644,3 +794,85 @@ def score_estimate(
         return auroc_bootstrap(result.labels == 1, result.oof, **boot)
     n_levels = len(result.levels)
     return bootstrap_ci(lambda lab, s: _macro(lab, s, n_levels), result.labels, result.oof, **boot)
+
+
+def _within_estimate(
+    result: ProbeResult, groups: np.ndarray | None, n_boot: int, alpha: float, seed: int
+) -> Estimate:
+    """``score_estimate`` of a probe beyond the target, vectorised: the resamples of
+    ``stats.bootstrap_ci`` for the seed (patients drawn whole) as a (b, n) matrix of row
+    multiplicities, each resample's within-class score from weighted sums -- per class and
+    tie block of scores, the Mann-Whitney U of the AUROC; the class means of the R^2 re-taken
+    on the resample. Same Estimate as ``bootstrap_ci`` with the score's function (a test
+    says so), without a Python step per resample."""
+    within = result.within
+    assert within is not None
+    n = len(result.labels)
+    if result.kind == "continuous":
+        value = float(r2_columns_within(result.labels[:, None], result.oof[:, None], within)[0])
+    else:
+        lab = _indicator(result.labels, len(result.levels))
+        value = float(np.nanmean(auroc_columns_within(lab, result.oof.reshape(n, -1), within)))
+    if n < 2 or groups is not None and np.unique(groups).size < 2 or not math.isfinite(value):
+        return Estimate(value, None, None, n)
+    draws = bootstrap_groups(n, groups, n_boot, np.random.default_rng(seed))
+    weights = np.stack([np.bincount(idx, minlength=n) for idx in draws]).astype(np.float64)
+    if result.kind == "continuous":
+        boot = _weighted_r2_within(result.labels, result.oof, within, weights)
+    else:
+        boot = _weighted_auroc_within(lab, result.oof.reshape(n, -1), within, weights)
+    valid = boot[np.isfinite(boot)]
+    if valid.size == 0 or valid.size < n_boot / 2:  # as stats.bootstrap_ci
+        return Estimate(value, None, None, n)
+    lo, hi = np.quantile(valid, [alpha / 2, 1 - alpha / 2])
+    return Estimate(value, float(lo), float(hi), n)
+
+
+def _weighted_auroc_within(
+    labels: np.ndarray, scores: np.ndarray, within: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """``nanmean(auroc_columns_within(labels, scores, within))`` of each resample, given as
+    row multiplicities ``weights`` (b, n): per class and column, the weighted U over blocks
+    of tied scores (positive weight in a block x (negative weight below it + half the
+    negative weight in it))."""
+    b = weights.shape[0]
+    u = np.zeros((b, labels.shape[1]))
+    pairs = np.zeros((b, labels.shape[1]))
+    for c in np.unique(within):
+        rows = np.flatnonzero(within == c)
+        for j in range(labels.shape[1]):
+            order = rows[np.argsort(scores[rows, j], kind="stable")]
+            sorted_scores = scores[order, j]
+            ties = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+            pos = labels[order, j].astype(np.float64)
+            w = weights[:, order]
+            pos_at = np.add.reduceat(w * pos, ties, axis=1)
+            neg_at = np.add.reduceat(w * (1.0 - pos), ties, axis=1)
+            below = np.cumsum(neg_at, axis=1) - neg_at
+            u[:, j] += (pos_at * (below + 0.5 * neg_at)).sum(axis=1)
+            pairs[:, j] += pos_at.sum(axis=1) * neg_at.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_column = np.where(pairs > 0, u / pairs, np.nan)
+    out = np.full(b, np.nan)
+    some = np.isfinite(per_column).any(axis=1)
+    out[some] = np.nanmean(per_column[some], axis=1)
+    return out
+
+
+def _weighted_r2_within(
+    y: np.ndarray, pred: np.ndarray, within: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """``r2_columns_within`` of each resample, given as row multiplicities ``weights``
+    (b, n): weighted class means, weighted sums of squares."""
+    classes = _codes(within)
+    onehot = (classes[:, None] == np.arange(int(classes.max()) + 1)[None, :]).astype(np.float64)
+    size = weights @ onehot  # (b, C)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y_mean = (weights * y) @ onehot / size
+        p_mean = (weights * pred) @ onehot / size
+    y_dev = y[None, :] - np.nan_to_num(y_mean) @ onehot.T
+    p_dev = pred[None, :] - np.nan_to_num(p_mean) @ onehot.T
+    resid = (weights * (y_dev - p_dev) ** 2).sum(axis=1)
+    total = (weights * y_dev**2).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, 1.0 - resid / total, np.nan)

@@ -106,7 +106,9 @@ GLOSSARY: list[tuple[str, tuple[str, ...], str]] = [
         "probe",
         ("probe",),
         "a linear model trained on a layer's output to predict an attribute (cross-"
-        "validated); decodable means encoded, not necessarily used.",
+        "validated); decodable means encoded, not necessarily used. For a binary /"
+        " multiclass target the judged score is within target classes (beyond what the label"
+        " explains); probe_auroc_marginal is the plain score.",
     ),
     (
         "LEACE",

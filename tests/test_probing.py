@@ -29,14 +29,20 @@ from mmaudit.config import AttributeConfig
 from mmaudit.findings import judge
 from mmaudit.probes import (
     ProbeError,
+    _beyond_target_features,
+    _fold_score,
+    _indicator,
     _null_scores,
     _ridge_fold,
     _ridge_oof,
     _shuffler,
     auroc_columns,
+    auroc_columns_within,
     fit_logistic,
     make_folds,
+    r2_columns_within,
     run_probe,
+    score_estimate,
 )
 from mmaudit.runner import Overrides, run_audit
 from mmaudit.stats import auroc, bootstrap_ci, paired_bootstrap_diff
@@ -152,6 +158,134 @@ def test_three_levels_use_macro_one_vs_rest_auroc() -> None:
     assert noise.p_value > 0.05
 
 
+# ----------------------------------------------------------------------------- beyond the target
+
+
+def _tied(
+    delta: float, seed: int, kind: str = "categorical", n: int = 300, d: int = 8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two rows per patient; the label shifts embedding dim 0 by 2 SDs; the attribute z
+    (constant per patient) depends on the label only -- P(z = 1 | y) = 0.2 / 0.8, or
+    z = 1.5 y + N(0, 1) -- unless ``delta`` > 0 plants it on dim 1 as well (beyond the
+    label). Returns x, z, y, patients."""
+    rng = np.random.default_rng(seed)
+    patients = np.repeat(np.arange(n // 2), 2)
+    y_p = rng.integers(0, 2, n // 2)
+    if kind == "categorical":
+        z_p = (rng.random(n // 2) < np.where(y_p == 1, 0.8, 0.2)).astype(float)
+    else:
+        z_p = 1.5 * y_p + rng.normal(size=n // 2)
+    y, z = y_p[patients], z_p[patients]
+    x = rng.normal(size=(n, d))
+    x[:, 0] += 2.0 * y
+    x[:, 1] += delta * z
+    return x, z, y, patients
+
+
+@pytest.mark.parametrize(
+    ("kind", "floor", "planted"),
+    [("categorical", ProbingCheck.Params().min_auroc, 1.0), ("continuous", 0.05, 0.5)],
+)
+def test_an_attribute_tied_to_the_label_only_is_not_encoded_beyond_it(
+    kind: str, floor: float, planted: float
+) -> None:
+    """Known answer: the embedding is label signal + noise and the attribute depends on the
+    label only, so the layer carries nothing about it beyond the label. A plain probe
+    decodes it every time (through the label); the probe beyond the target (``within``)
+    calls it encoded (p < 0.05, score at the check's floor) in at most 1 of 10 seeds --
+    and in every seed once it is planted beyond the label too."""
+    hits = {0.0: 0, planted: 0}
+    for delta in hits:
+        for seed in range(10):
+            x, z, y, patients = _tied(delta, seed, kind)
+            args = {"groups": patients, "n_permutations": 200, "n_control": 0, "seed": seed}
+            beyond = run_probe(x, z, kind, within=y, **args)  # type: ignore[arg-type]
+            assert beyond.conditional and beyond.permuted == "patients"
+            hits[delta] += int(beyond.p_value < 0.05 and beyond.score >= floor)
+            if delta == 0.0 and seed < 3:
+                plain = run_probe(x, z, kind, **args)  # type: ignore[arg-type]
+                assert not plain.conditional
+                assert plain.p_value < 0.01 and plain.score > floor
+                assert abs(beyond.score - beyond.chance) < 0.1
+    assert hits[0.0] <= 1
+    assert hits[planted] == 10
+
+
+def test_scores_within_classes_have_known_values() -> None:
+    """Pooled within-class AUROC = pair-weighted mean of the per-class AUROCs; a score that
+    only tells the classes apart is at chance; R^2 within classes ignores class offsets."""
+    rng = np.random.default_rng(4)
+    c = rng.integers(0, 3, 200)
+    lab = (rng.random(200) < 0.3 + 0.2 * c).astype(int)
+    score = rng.normal(size=200) + lab + 3 * c
+    pairs = [lab[c == k].sum() * (c == k).sum() - lab[c == k].sum() ** 2 for k in range(3)]
+    per = [auroc(lab[c == k], score[c == k]) for k in range(3)]
+    expected = np.dot(pairs, per) / np.sum(pairs)
+    assert auroc_columns_within(lab[:, None], score[:, None], c)[0] == pytest.approx(expected)
+    # the class alone: above chance for the plain AUROC, at chance within classes
+    assert auroc(lab, c) > 0.6
+    assert auroc_columns_within(lab[:, None], c[:, None].astype(float), c)[0] == 0.5
+    y = rng.normal(size=(200, 1)) + c[:, None]
+    assert r2_columns_within(y, y + 5 * c[:, None], c)[0] == pytest.approx(1.0)
+    offsets = np.array([y[c == k].mean() for k in range(3)])[c][:, None]
+    assert r2_columns_within(y, offsets, c)[0] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["categorical", "continuous"])
+def test_vectorised_null_within_classes_equals_refitting(kind: str) -> None:
+    """Beyond the target: labels move only within (fold x class) blocks, and one matrix
+    product per fold gives what refitting the ridge probe on the class-centred features
+    and scoring within classes would give."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(90, 5))
+    c = rng.integers(0, 2, 90)
+    values = rng.integers(0, 3, 90) if kind == "categorical" else rng.normal(size=90) + c
+    folds = make_folds(values if kind == "categorical" else c, None, 3, seed=0)
+    xs = [_beyond_target_features(x, c, folds != f) for f in range(3)]
+    assert all(
+        np.allclose(xf[folds != f, :5].T @ np.eye(2)[c[folds != f]], 0) for f, xf in enumerate(xs)
+    )  # centred within each class on the training rows
+    lams = [0.1, 1.0, 10.0]
+    maps = [_ridge_fold(xs[f], folds == f, lams[f]) for f in range(3)]
+    blocks = folds * 2 + c
+    perm = _shuffler(values, blocks, None, by_patient=False)(np.random.default_rng(0), 3)
+    levels = 3 if kind == "categorical" else 0
+    null = _null_scores(kind, maps, perm, levels, c)  # type: ignore[arg-type]
+    for b in range(3):
+        y = _indicator(perm[b], 3) if kind == "categorical" else perm[b][:, None]
+        expected = _fold_score(kind, y, _ridge_oof(xs, y, folds, lams), c)  # type: ignore[arg-type]
+        assert null[b] == pytest.approx(expected, abs=1e-10)
+        for blk in np.unique(blocks):
+            assert sorted(perm[b][blocks == blk]) == sorted(values[blocks == blk])
+
+
+@pytest.mark.parametrize("kind", ["two", "three", "continuous"])
+def test_within_bootstrap_equals_stats(kind: str) -> None:
+    """The vectorised CI of a probe beyond the target draws the resamples of
+    ``stats.bootstrap_ci`` and gives its Estimate."""
+    x, z, y, patients = _tied(1.0, 0, "continuous" if kind == "continuous" else "categorical")
+    if kind == "three":
+        z = np.random.default_rng(1).integers(0, 3, len(z) // 2)[patients]
+    probe_kind = "continuous" if kind == "continuous" else "categorical"
+    r = run_probe(x, z, probe_kind, groups=patients, n_permutations=0, n_control=0, within=y)  # type: ignore[arg-type]
+    fast = score_estimate(r, patients, n_boot=300, seed=2)
+    if kind == "continuous":
+
+        def stat(lab: np.ndarray, s: np.ndarray, c: np.ndarray) -> float:
+            return float(r2_columns_within(lab[:, None], s[:, None], c)[0])
+
+    else:
+        n_levels = len(r.levels)
+
+        def stat(lab: np.ndarray, s: np.ndarray, c: np.ndarray) -> float:
+            scores = s.reshape(len(lab), -1)
+            return float(np.nanmean(auroc_columns_within(_indicator(lab, n_levels), scores, c)))
+
+    ref = bootstrap_ci(stat, r.labels, r.oof, r.within, groups=patients, n_boot=300, seed=2)
+    assert fast.value == pytest.approx(r.score) and fast.value == pytest.approx(ref.value)
+    assert (fast.ci_low, fast.ci_high) == pytest.approx((ref.ci_low, ref.ci_high), abs=1e-12)
+
+
 def test_probe_bad_inputs_raise_clear_errors() -> None:
     x = np.random.default_rng(0).normal(size=(40, 3))
     with pytest.raises(ProbeError, match="one level only"):
@@ -160,6 +294,8 @@ def test_probe_bad_inputs_raise_clear_errors() -> None:
         run_probe(x, np.ones(40), "continuous")
     with pytest.raises(ProbeError, match="NaN"):
         run_probe(x, np.r_[np.nan, np.ones(39)], "continuous")
+    with pytest.raises(ProbeError, match="constant within every target class"):
+        run_probe(x, np.arange(40) % 2, "categorical", within=np.arange(40) % 2)
     bad = x.copy()
     bad[3, 1] = np.inf
     with pytest.raises(ProbeError, match="infinite"):
@@ -563,6 +699,11 @@ def test_sample_site_used_sex_only_encoded(sample_run: tuple[AuditContext, Any, 
     assert m["verdict.age"] == "not_encoded"
     assert m["probe_auroc.site.embedding"].value > 0.95
     assert m["probe_auroc.sex.image"].value > 0.8 and m["probe_auroc.sex.image"].null_p < 0.05
+    # site is tied to the label (prevalence 0.2 / 0.8): the text and lab encoders decode it
+    # through the label only (plain probe ~0.63), so it is not encoded there beyond it
+    for layer in ("text", "tabular"):
+        assert m[f"probe_auroc_marginal.site.{layer}"].value > 0.6
+        assert m[f"probe_auroc.site.{layer}"].null_p > 0.05
     assert m["positive_control.passed"] == 1
     # the marker and the body width are in the pixels: random weights decode them too
     assert m["probe_random.site.image"].value > 0.9
@@ -660,14 +801,20 @@ def test_bad_input_runs_end_to_end_with_notes(
 # ----------------------------------------------------------------------------- planted, check
 
 
-def planted_context(delta: float, seed: int, n: int = 300, d: int = 64) -> AuditContext:
+def planted_context(
+    delta: float, seed: int, n: int = 300, d: int = 64, tied: bool = False
+) -> AuditContext:
     """An attribute z (two levels, constant per patient, 2 rows each) planted along a random
     unit direction of a d-dimensional fused embedding, shifted by ``delta`` noise SDs; the
-    disease sits on dimension 0, which is all the head reads (so z is never used)."""
+    disease sits on dimension 0, which is all the head reads (so z is never used). ``tied``:
+    z depends on the label (P(z = 1 | y) = 0.2 / 0.8), as a site with a higher prevalence."""
     rng = np.random.default_rng(seed)
     patients = np.repeat(np.arange(n // 2), 2)
-    y = rng.integers(0, 2, n // 2)[patients]
-    z = rng.integers(0, 2, n // 2)[patients]
+    y_p = rng.integers(0, 2, n // 2)
+    z_p = rng.integers(0, 2, n // 2)
+    if tied:
+        z_p = (rng.random(n // 2) < np.where(y_p == 1, 0.8, 0.2)).astype(int)
+    y, z = y_p[patients], z_p[patients]
     u = rng.normal(size=d - 1)
     u /= np.linalg.norm(u)
     x = rng.normal(size=(n, d))
@@ -699,3 +846,42 @@ def test_check_detects_a_planted_direction_and_not_its_absence() -> None:
             assert "encoded_and_used.z" not in warned
             for fig in out.figures.values():
                 plt.close(fig)
+
+
+def test_check_judges_encoded_beyond_the_target() -> None:
+    """Through ProbingCheck: z tied to the label and absent from the embedding otherwise is
+    not encoded (no warn, verdict not_encoded) although the plain probe, reported as
+    probe_auroc_marginal, decodes it through the label; planted beyond the label it is
+    encoded (1.5 SDs: within-class pairs are fewer than all pairs, so conditioning costs
+    power when the attribute is tied to the label; 1 SD is found in 2 of 3 seeds).
+    ``within_target: false`` judges the plain probe again (and calls it encoded)."""
+    import matplotlib.pyplot as plt
+
+    fast = {"random_baseline": False, "n_boot": 50, "n_control": 1, "erasure_draws": 1}
+    floor = ProbingCheck.Params().min_auroc
+    for delta, within_target, verdict in (
+        (0.0, True, "not_encoded"),
+        (1.5, True, "encoded_not_used"),
+        (0.0, False, "encoded_not_used"),
+    ):
+        out = _run(planted_context(delta, 0, tied=True), within_target=within_target, **fast)
+        m = out.metrics
+        assert m["verdict.z"] == verdict, (delta, within_target)
+        warned = [f.metric for f in judge("probing", m, ProbingCheck.default_thresholds)]
+        assert ("probe_auroc.z.embedding" in warned) == (verdict != "not_encoded")
+        table = out.tables["probes"].set_index(["attribute", "layer"])
+        notes = " | ".join(out.notes)
+        assert "z is associated with the target" in notes
+        if within_target:
+            assert m["probe_auroc_marginal.z.embedding"].value > floor
+            assert "probe_auroc_marginal.z.embedding" not in warned  # reported, not judged
+            assert table.loc[("z", "embedding"), "within_target"]
+            assert table.loc[("z", "embedding"), "marginal_score"] > floor
+            assert "probe scores are beyond the target" in notes
+        else:
+            assert not any(k.startswith("probe_auroc_marginal") for k in m)
+            assert not table.loc[("z", "embedding"), "within_target"]
+        if delta == 0.0 and within_target:
+            assert abs(m["probe_auroc.z.embedding"].value - 0.5) < 0.1
+        for fig in out.figures.values():
+            plt.close(fig)

@@ -69,6 +69,7 @@ class ProbeRow:
     p_holm: float = math.nan
     random: Estimate | None = None  # random-weights probe; null_p = its Holm permutation p
     origin: str = ""  # one of ORIGINS once the random-weights probe ran
+    marginal: Estimate | None = None  # the plain probe when ``result`` is beyond the target
 
 
 @dataclass
@@ -116,7 +117,15 @@ class ProbingCheck(Check):
     balance; selectivity = score - control); and a random-weights baseline (the same
     architecture re-initialised, one extra pass, probed on the same folds with the same
     permutations and a bootstrap CI: does the *input* carry the attribute, or did
-    *training* put it there -- ``probe_origin``, see ``probe_origin()``). A positive control
+    *training* put it there -- ``probe_origin``, see ``probe_origin()``). For a binary or
+    multiclass target the judged probe is *beyond the target* (``within_target``, default):
+    features centred within target classes, AUROC over pairs of rows from the same target
+    class (pooled over classes), R² of the attribute's deviations from its class mean, and
+    a null that shuffles the attribute within target classes -- a test of "attribute
+    independent of the layer given the target", so an attribute merely tied to the target
+    (a site with a higher prevalence) is not called encoded in every layer that encodes
+    the target; the plain probe is reported beside it (``probe_*_marginal``). A multilabel
+    target keeps plain probes (noted). A positive control
     probes the target on the penultimate layer: an ``error`` finding when even the upper
     end of its bootstrap CI stays below ``positive_control_min`` (or the model's own AUROC
     minus ``positive_control_margin``).
@@ -132,11 +141,14 @@ class ProbingCheck(Check):
     Why: chest X-ray models encode sex, race and hospital even when nobody asked them to
     (Gichoya 2022, Glocker 2023); a probe alone cannot say whether that matters for the
     predictions. Keeping "encoded" and "used" apart is the point.
-    Metrics: ``probe_auroc.<attr>.<layer>`` / ``probe_r2.<attr>.<layer>`` (null_p =
-    Holm-corrected permutation p), ``probe_control.*``, ``probe_selectivity.*``,
-    ``probe_random.*`` (random-weights baseline; null_p = its Holm-corrected permutation p
-    over the random-weights family), ``probe_origin.<attr>.<layer>`` ("training": the
-    trained CI lies above the random-weights CI; "input": random weights already expose it
+    Metrics: ``probe_auroc.<attr>.<layer>`` / ``probe_r2.<attr>.<layer>`` (beyond the
+    target when ``within_target``; null_p = Holm-corrected permutation p),
+    ``probe_auroc_marginal.*`` / ``probe_r2_marginal.*`` (the plain probe, CI only, not
+    judged; only when the judged one is beyond the target), ``probe_control.*``,
+    ``probe_selectivity.*``, ``probe_random.*`` (random-weights baseline; null_p = its
+    Holm-corrected permutation p over the random-weights family),
+    ``probe_origin.<attr>.<layer>`` ("training": the trained CI lies above the
+    random-weights CI; "input": random weights already expose it
     and the trained model is not clearly above; else "undetermined"; also the probe
     table's ``origin`` column and one note per attribute encoded in the fused embedding);
     ``positive_control.auroc``, ``positive_control.model_auroc``,
@@ -148,12 +160,14 @@ class ProbingCheck(Check):
     ``erasure.residual``, ``erasure.rank``; ``verdict.<attr>`` (not_encoded /
     encoded_not_used / encoded_and_used) and ``encoded_and_used.<attr>`` (0/1);
     ``n_permutations``.
-    Verdict rules (params): encoded = fused-embedding probe with Holm p < alpha and AUROC >=
-    min_auroc (R^2 >= min_r2); used = excess |dp| over the mean random erasure with Holm p
-    < alpha, CI above zero and >= used_min_dp, *and* the attribute's |dp| above the 1 -
-    alpha quantile of the random draws' |dp| (beyond their spread, not only their mean).
+    Verdict rules (params): encoded = fused-embedding probe (beyond the target when
+    ``within_target``) with Holm p < alpha and AUROC >= min_auroc (R^2 >= min_r2); used =
+    excess |dp| over the mean random erasure with Holm p < alpha, CI above zero and >=
+    used_min_dp, *and* the attribute's |dp| above the 1 - alpha quantile of the random
+    draws' |dp| (beyond their spread, not only their mean).
     Default thresholds: warn when an attribute is decodable above the null (probe AUROC >
-    0.55, or R^2 > 0.05, with Holm p < 0.05); fail when an attribute is encoded in the fused
+    0.55, or R^2 > 0.05, with Holm p < 0.05; the ``probe_auroc`` / ``probe_r2`` score, i.e.
+    beyond the target when ``within_target``); fail when an attribute is encoded in the fused
     embedding *and* used by the head. A failed positive control is an ``error`` finding:
     the probing pipeline, not the model, is then in doubt.
     """
@@ -191,6 +205,12 @@ class ProbingCheck(Check):
             description="random subspaces erased per rank (the comparison; each a head-only pass"
             " over cached embeddings; the bootstrap redraws them, so few draws widen the CI)",
         )
+        within_target: bool = Field(
+            default=True,
+            description="binary / multiclass target: probe each attribute beyond the target"
+            " (score, null and control within target classes; 'encoded' judges this score,"
+            " the plain one is reported as probe_*_marginal); false: plain probes",
+        )
         min_auroc: float = Field(
             default=0.55, gt=0.5, lt=1, description="verdict 'encoded' needs this probe AUROC"
         )
@@ -224,13 +244,17 @@ class ProbingCheck(Check):
             metric="probe_auroc.*",
             warn_above=0.55,
             max_p=0.05,
-            message="attribute decodable well above the permutation null (Holm-corrected)",
+            message="attribute decodable well above the permutation null (Holm-corrected),"
+            " within target classes (beyond the target; plain probe: within_target false or"
+            " a multilabel target)",
         ),
         "encoded_r2": ThresholdRule(
             metric="probe_r2.*",
             warn_above=0.05,
             max_p=0.05,
-            message="continuous attribute decodable above the permutation null",
+            message="continuous attribute decodable above the permutation null, within"
+            " target classes (beyond the target; plain probe: within_target false or a"
+            " multilabel target)",
         ),
         "used": ThresholdRule(
             metric="encoded_and_used.*",
@@ -339,7 +363,9 @@ class ProbingCheck(Check):
                 out.notes.append(problem)
             if attr is not None:
                 attrs.append(attr)
-                confound = target_association(attr, ctx.target, ctx.config.data.target.kind)
+                confound = target_association(
+                    attr, ctx.target, ctx.config.data.target.kind, p.within_target
+                )
                 if confound:
                     out.notes.append(confound)
         return attrs
@@ -352,11 +378,14 @@ class ProbingCheck(Check):
         attr: Attribute,
         permutations: int = 0,
         control: bool = True,
+        marginal: bool = False,
     ) -> ProbeResult:
         """One probe; ``permutations`` 0 skips the null and the control task, ``control``
-        False only the control task (the random-weights baseline)."""
+        False only the control task (the random-weights baseline). Beyond the target (within
+        target classes) when ``_classes`` gives classes, unless ``marginal``."""
         p: ProbingCheck.Params = self.params  # type: ignore[assignment]
         groups = ctx.groups[attr.known] if ctx.groups is not None else None
+        classes = None if marginal else self._classes(ctx)
         return run_probe(
             x[attr.known],
             attr.values,
@@ -367,10 +396,20 @@ class ProbingCheck(Check):
             n_permutations=permutations,
             n_control=p.n_control if permutations and control else 0,
             seed=ctx.seed,
+            within=classes[attr.known] if classes is not None else None,
         )
 
+    def _classes(self, ctx: AuditContext) -> np.ndarray | None:
+        """The target class per row when probes go beyond the target (``within_target`` and a
+        binary / multiclass target), else None (plain probes)."""
+        p: ProbingCheck.Params = self.params  # type: ignore[assignment]
+        if not p.within_target or ctx.config.data.target.kind not in ("binary", "multiclass"):
+            return None
+        return np.asarray(ctx.target)
+
     def _encoded(self, row: ProbeRow) -> bool:
-        """Verdict rule "encoded": Holm p < alpha and the probe score at the floor or above."""
+        """Verdict rule "encoded": Holm p < alpha and the probe score at the floor or above --
+        the score beyond the target when the probe is (``row.result.conditional``)."""
         p: ProbingCheck.Params = self.params  # type: ignore[assignment]
         return row.p_holm < p.alpha and row.result.score >= self._floor(row)
 
@@ -409,7 +448,10 @@ class ProbingCheck(Check):
                 except ProbeError as exc:
                     out.notes.append(f"probe {attr.name} on {layer}: {exc}")
                     continue
-                rows.append(ProbeRow(attr.name, layer, result, self._estimate(ctx, result, attr)))
+                row = ProbeRow(attr.name, layer, result, self._estimate(ctx, result, attr))
+                if result.conditional:
+                    row.marginal = self._marginal(ctx, x, attr, out, layer)
+                rows.append(row)
         adjusted = adjust_pvalues([r.result.p_value for r in rows], "holm")
         for row, p_adj in zip(rows, adjusted, strict=True):
             row.p_holm = float(p_adj)
@@ -419,7 +461,38 @@ class ProbingCheck(Check):
             out.metrics[f"probe_{row.result.metric}.{key}"] = row.estimate
             out.metrics[f"probe_control.{key}"] = row.result.control
             out.metrics[f"probe_selectivity.{key}"] = row.result.selectivity
+        for row in rows:  # after the judged scores, which lead the report's key metrics
+            if row.marginal is not None:
+                key = f"{row.attribute}.{layer_key(row.layer)}"
+                out.metrics[f"probe_{row.result.metric}_marginal.{key}"] = row.marginal
+        if any(r.result.conditional for r in rows):
+            out.notes.append(
+                "probe scores are beyond the target: probe_auroc / probe_r2 (and the"
+                " 'encoded' rule, the verdicts, control and random-weights baseline) score"
+                " the attribute within target classes -- AUROC over pairs from the same"
+                " class, R² of deviations from the class mean -- against a null that"
+                " shuffles it within target classes; an attribute tied to the target is not"
+                " called encoded only because a layer encodes the target. The plain probe"
+                " is reported as probe_auroc_marginal / probe_r2_marginal"
+            )
+        elif rows and p.within_target and ctx.config.data.target.kind == "multilabel":
+            out.notes.append(
+                "multilabel target: probes are marginal (not conditioned on the labels), so"
+                " an attribute tied to a label can be decoded through it"
+            )
         return rows
+
+    def _marginal(
+        self, ctx: AuditContext, x: np.ndarray, attr: Attribute, out: CheckOutput, layer: str
+    ) -> Estimate | None:
+        """The plain (marginal) probe score with its bootstrap CI, reported beside the one
+        beyond the target; no null (nothing judges it)."""
+        try:
+            result = self._probe(ctx, x, attr, marginal=True)
+        except ProbeError as exc:
+            out.notes.append(f"marginal probe {attr.name} on {layer}: {exc}")
+            return None
+        return self._estimate(ctx, result, attr)
 
     def _random_baseline(
         self,
@@ -736,10 +809,14 @@ def prepare_attribute(
     return Attribute(name, kind, known, values), _joined(name, notes)
 
 
-def target_association(attr: Attribute, y: np.ndarray, kind: str) -> str | None:
-    """A note when the attribute is associated with the target (p < 0.05): a probe can then
-    decode it through the disease signal alone, so read the probe scores of layers that
-    encode the target with that in mind. (The erasure is done within target classes.)"""
+def target_association(
+    attr: Attribute, y: np.ndarray, kind: str, within_target: bool = True
+) -> str | None:
+    """A note when the attribute is associated with the target (p < 0.05): a plain probe can
+    then decode it through the disease signal alone. With ``within_target`` the judged
+    probes are beyond the target (within target classes) and the note says so; without, it
+    warns that layers encoding the target can decode the attribute through it. (The erasure
+    is done within target classes either way.)"""
     if kind not in ("binary", "multiclass"):
         return None
     from scipy.stats import chi2_contingency, kruskal
@@ -765,10 +842,17 @@ def target_association(attr: Attribute, y: np.ndarray, kind: str) -> str | None:
         )
     if p >= 0.05:
         return None
-    return (
-        f"{attr.name} is associated with the target ({detail}; p = {p:.2g}): layers that"
-        f" encode the target can decode {attr.name} through it; erasure is done within"
-        " target classes so 'used' is not confounded"
+    head = f"{attr.name} is associated with the target ({detail}; p = {p:.2g}): "
+    if within_target:
+        return head + (
+            f"a plain probe decodes {attr.name} from any layer that encodes the target"
+            f" (probe_*_marginal.{attr.name}.*), so 'encoded' is judged within target"
+            f" classes (probe_*.{attr.name}.*); erasure is done within target classes so"
+            " 'used' is not confounded"
+        )
+    return head + (
+        f"layers that encode the target can decode {attr.name} through it; erasure is done"
+        " within target classes so 'used' is not confounded"
     )
 
 
@@ -863,6 +947,10 @@ def layer_key(layer: str) -> str:
 
 def _joined(name: str, notes: list[str]) -> str:
     return f"attribute {name}: " + "; ".join(notes) if notes else ""
+
+
+def _nan(v: float | None) -> float:
+    return math.nan if v is None else float(v)
 
 
 def _p(e: Estimate) -> float:
@@ -1154,9 +1242,13 @@ def _probe_table(rows: list[ProbeRow], alpha: float) -> pd.DataFrame:
                 "attribute": r.attribute,
                 "layer": r.layer,
                 "metric": r.result.metric,
+                "within_target": r.result.conditional,
                 "score": r.estimate.value,
                 "ci_low": r.estimate.ci_low,
                 "ci_high": r.estimate.ci_high,
+                "marginal_score": r.marginal.value if r.marginal else math.nan,
+                "marginal_ci_low": _nan(r.marginal.ci_low) if r.marginal else math.nan,
+                "marginal_ci_high": _nan(r.marginal.ci_high) if r.marginal else math.nan,
                 "ridge_score": r.result.test_score,
                 "p_perm": r.result.p_value,
                 "p_holm": r.p_holm,
@@ -1205,13 +1297,18 @@ def heatmap_label(r: ProbeRow, alpha: float) -> str:
     """A heatmap cell's text: the reported score, and the score the permutation test is
     about beside its null band and Holm mark. For a categorical attribute the reported
     score is the logistic AUROC and the tested one the ridge AUROC on the same folds (see
-    ``mmaudit.probes``); for a continuous one they are the same ridge R²."""
+    ``mmaudit.probes``); for a continuous one they are the same ridge R². A probe beyond
+    the target adds the plain (marginal) score on a third line."""
     lo, hi = r.result.null_band(alpha)
     star = "*" if r.p_holm < alpha else ""
     null = f"null [{lo:.2f}, {hi:.2f}]"
     if r.result.metric == "auroc":
-        return f"AUROC {r.result.score:.2f}\nridge {r.result.test_score:.2f}{star} vs {null}"
-    return f"R² {r.result.score:.2f}{star}\nvs {null}"
+        text = f"AUROC {r.result.score:.2f}\nridge {r.result.test_score:.2f}{star} vs {null}"
+    else:
+        text = f"R² {r.result.score:.2f}{star}\nvs {null}"
+    if r.marginal is not None:
+        text += f"\nmarginal {r.marginal.value:.2f}"
+    return text
 
 
 def _heatmap(rows: list[ProbeRow], layers: list[str], alpha: float) -> Figure:
@@ -1221,7 +1318,7 @@ def _heatmap(rows: list[ProbeRow], layers: list[str], alpha: float) -> Figure:
     attrs = list(dict.fromkeys(r.attribute for r in rows))
     lays = [ly for ly in layers if any(r.layer == ly for r in rows)]
     grid = np.full((len(lays), len(attrs)), np.nan)
-    fig, ax = plt.subplots(figsize=(1.9 * len(attrs) + 2.2, 0.9 * len(lays) + 1.6))
+    fig, ax = plt.subplots(figsize=(1.9 * len(attrs) + 2.2, 1.1 * len(lays) + 1.6))
     for r in rows:
         i, j = lays.index(r.layer), attrs.index(r.attribute)
         score = r.result.score
@@ -1231,9 +1328,12 @@ def _heatmap(rows: list[ProbeRow], layers: list[str], alpha: float) -> Figure:
     image = ax.imshow(np.clip(grid, 0, 1), cmap="Oranges", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(attrs)), attrs)
     ax.set_yticks(range(len(lays)), lays)
+    within = any(r.result.conditional for r in rows)
     ax.set_title(
-        "probe score per layer and attribute\nnull band and * (Holm p <"
-        f" {alpha:g}): the ridge read-out the permutation test scores",
+        "probe score per layer and attribute"
+        + (" -- within target classes (beyond the target)" if within else "")
+        + f"\nnull band and * (Holm p < {alpha:g}): the ridge read-out the permutation test"
+        " scores",
         fontsize=9,
     )
     fig.colorbar(image, ax=ax, label="decodability (2 AUROC - 1, or R²)")
@@ -1265,10 +1365,13 @@ def _null_figure(rows: list[ProbeRow], layers: list[str], alpha: float) -> Figur
             ax.plot(i, r.result.control, "x", color="C3")
             if r.random is not None:
                 ax.plot(i, r.random.value, "s", mfc="none", color="C2")
+            if r.marginal is not None:
+                ax.plot(i - 0.15, r.marginal.value, "+", ms=7, color="0.3")
         ax.set_xticks(range(len(mine)), [r.layer for r in mine], rotation=30)
         ax.set_title(f"{attr} ({mine[0].result.metric})")
         ax.axhline(mine[0].result.chance, color="0.5", lw=0.8, ls=":")
-    axes[0][0].set_ylabel("probe score")
+    within = any(r.result.conditional for r in rows)
+    axes[0][0].set_ylabel("probe score" + (" within target classes" if within else ""))
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -1279,6 +1382,10 @@ def _null_figure(rows: list[ProbeRow], layers: list[str], alpha: float) -> Figur
         Line2D([], [], marker="x", ls="", color="C3", label="control task"),
         Line2D([], [], marker="s", ls="", mfc="none", color="C2", label="random weights"),
     ]
+    if any(r.marginal is not None for r in rows):
+        handles.append(
+            Line2D([], [], marker="+", ms=7, ls="", color="0.3", label="marginal (not judged)")
+        )
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.13, 1, 1))
     return fig
