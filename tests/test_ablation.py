@@ -560,14 +560,16 @@ def test_late_fusion_gap_is_a_note_not_a_warning(analytic_data: dict[str, Path])
     assert note.severity == "note" and "late fusion" in note.message
 
 
-@pytest.mark.parametrize("fusion", ["concat", "attention"])
+@pytest.mark.parametrize("fusion", ["concat", "projection", "attention"])
 def test_concat_with_a_linear_head_is_called_additive_by_construction(
     analytic_data: dict[str, Path], fusion: str
 ) -> None:
     """Known answer: a built-in concat fusion feeding one nn.Linear is a sum of one term per
     encoder, so every per-sample logit interaction is float rounding, reported as exactly 0,
-    and a note finding says why beside the no_interaction warning. The counterpart, the same
-    encoders under attention fusion, interacts and gets no such note."""
+    and a note finding says why beside the no_interaction warning. Projection fusion (the
+    mean of the present modalities) is additive where the same modalities are present, and
+    says so. The counterpart, the same encoders under attention fusion, interacts and gets
+    no such note."""
     cfg = analytic_config(analytic_data["additive"])
     cfg["model"].update(
         factory="test_ablation:build_attention", kwargs={"fusion": fusion}, layers=BUILTIN_LAYERS
@@ -588,6 +590,11 @@ def test_concat_with_a_linear_head_is_called_additive_by_construction(
         assert "concat fusion feeding one linear head" in note.message
         judged = judge("ablation", out.metrics, AblationCheck.default_thresholds)
         assert [f.severity for f in judged if f.rule == "no_interaction"] == ["warn"]
+    elif fusion == "projection":
+        # every modality present in these data: the mean of the embeddings is additive
+        (note,) = notes
+        assert note.message.startswith("additive by construction wherever the same modalities")
+        assert "projection fusion" in note.message
     else:
         assert all(e["ci_low"] > 1e-4 for e in inter), inter
         assert notes == []

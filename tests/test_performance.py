@@ -128,3 +128,15 @@ def test_multilabel_metrics_match_sklearn() -> None:
     assert m["auroc.effusion"].ci_low > 0.8
     assert m["auroc.nodule"].ci_low < 0.5 < m["auroc.nodule"].ci_high
     assert m["ece.nodule"].value > m["ece.effusion"].value + 0.1
+
+
+def test_rows_without_any_input_are_counted_and_noted(multiclass) -> None:  # type: ignore[no-untyped-def]
+    y, logits, _ = multiclass
+    ctx = _context("multiclass", logits, y, ["none", "mild", "severe"])
+    ctx.dataset.present[[3, 9, 27], 0] = False  # the model's only modality, gone
+    out = _run(ctx)
+    assert out.metrics["missing.all"] == 3 == out.metrics["missing.image"]
+    assert any(n.startswith("3 row(s) have none of the model's inputs") for n in out.notes)
+    clean = _run(_context("multiclass", logits, y, ["none", "mild", "severe"]))
+    assert clean.metrics["missing.all"] == 0
+    assert not any("none of the model's inputs" in n for n in clean.notes)

@@ -724,7 +724,8 @@ class AblationCheck(Check):
         pairs = inter[~np.eye(inter.shape[0], dtype=bool)]
         numerically = bool(np.all(np.nan_to_num(pairs) == 0))
         built = _additive_head(ctx)
-        if built is None and not numerically:
+        averaged = _averaging_head(ctx)
+        if built is None and averaged is None and not numerically:
             return
         gap = metrics.get("emap.gap")
         gap_text = (
@@ -732,7 +733,15 @@ class AblationCheck(Check):
             if gap is None
             else f"; EMAP gap {gap.value:.3g}, CI [{_fmt(gap.ci_low)}, {_fmt(gap.ci_high)}]"
         )
-        if built is not None:
+        if averaged is not None and built is None:
+            message = (
+                f"additive by construction wherever the same modalities are present ({averaged}):"
+                " with every modality present the logit is a sum of one term per modality, so"
+                " interactions come only from changing the set of present modalities (the mean"
+                f" is re-weighted when one is absent){gap_text}. The model cannot fuse its"
+                " modalities, only average them"
+            )
+        elif built is not None:
             message = (
                 f"additive by construction: the fusion cannot express interactions ({built}:"
                 " the logit is a sum of one term per modality encoder), so the EMAP gap and"
@@ -1367,6 +1376,20 @@ def _additive_head(ctx: AuditContext) -> str | None:
     fusion = getattr(getattr(module, "spec", None), "fusion", None)
     if fusion == "concat" and isinstance(getattr(module, "head", None), torch.nn.Linear):
         return "concat fusion feeding one linear head"
+    return None
+
+
+def _averaging_head(ctx: AuditContext) -> str | None:
+    """The architecture, in words, when a built-in model averages its present modalities'
+    embeddings into one ``nn.Linear`` (projection fusion): additive as long as the set of
+    present modalities stays the same; None otherwise."""
+    module = ctx.adapter.module
+    fusion = getattr(getattr(module, "spec", None), "fusion", None)
+    if fusion == "projection" and isinstance(getattr(module, "head", None), torch.nn.Linear):
+        return (
+            "projection fusion: the mean of the present modalities' embeddings feeding one"
+            " linear head"
+        )
     return None
 
 

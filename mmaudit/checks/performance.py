@@ -59,7 +59,8 @@ class PerformanceCheck(Check):
     ``auprc_macro``, ``accuracy``, ``ece`` (top-label) and one-vs-rest ``auroc.<class>``
     (multiclass); ``auroc.<label>``, ``auprc.<label>``, ``accuracy.<label>``,
     ``ece.<label>``, ``prevalence.<label>``, ``auroc_macro``, ``auprc_macro`` and a
-    ``confusion_<label>`` table per label (multilabel); ``missing.<modality>``; ``n``,
+    ``confusion_<label>`` table per label (multilabel); ``missing.<modality>``;
+    ``missing.all`` (rows with no input at all, noted when any); ``n``,
     ``prevalence``.
     Default thresholds: warn when AUROC < 0.80, fail when < 0.70 (the usual floor of
     acceptable discrimination; calibrated on benchmarks/detection, where random-weight and
@@ -164,6 +165,14 @@ class PerformanceCheck(Check):
                 "n": len(y),
             }
         )
+        no_input = int((~ctx.dataset.present.any(axis=1)).sum())
+        out.metrics["missing.all"] = no_input
+        if no_input:
+            out.notes.append(
+                f"{no_input} row(s) have none of the model's inputs (every modality missing):"
+                " their predictions come from the missing-data stand-ins alone, the same for"
+                " each such row, and they are scored like the rest"
+            )
         if groups is not None:
             out.notes.append(f"CIs resample {len(np.unique(groups))} patients, not {len(y)} rows")
         return out

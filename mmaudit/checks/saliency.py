@@ -638,9 +638,10 @@ class _Run:
             if 0 < dead < 1:
                 blank = have & (mass <= 0)
                 cls = self.cls_all[self.main.rows]
+                names = list(self.ctx.dataset.class_names)
                 by_cls = ", ".join(
                     f"{int((blank & (cls == c)).sum())} of {int((have & (cls == c)).sum())}"
-                    f" explaining class {c}"
+                    f" explaining class {names[int(c)] if int(c) < len(names) else c}"
                     for c in np.unique(cls[have])
                 )
                 out.notes.append(
