@@ -7,9 +7,14 @@ Heavy libraries are imported inside commands so ``mmaudit --help`` stays fast.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -387,8 +392,40 @@ def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
     return tuple(usage), tuple(abort)
 
 
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler: a ``kill`` or a CI timeout unwinds the run like Ctrl-C,
+    so the report's staging folder (raw data) is removed on the way out. Not a
+    KeyboardInterrupt, which typer turns into a silent exit 130 before ``main`` sees it."""
+
+
+def _sigterm_handler(owner: int) -> Callable[[int, Any], None]:
+    """A SIGTERM handler for process ``owner``: there it raises ``Terminated``; in a forked
+    child (a DataLoader worker) it ends the child as plain SIGTERM would."""
+
+    def handle(signum: int, frame: Any) -> None:
+        # a second SIGTERM kills at once; the next run removes the staging folder then
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if os.getpid() != owner:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated
+
+    return handle
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point with the one error boundary."""
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
+        try:
+            _main(argv)
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+    else:  # signal handlers can only be set from the main thread
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     from mmaudit.errors import MmauditError
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -405,6 +442,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except Terminated:
+        print("terminated (SIGTERM); no report was written", file=sys.stderr)
+        sys.exit(143)
     except KeyboardInterrupt:
         print("interrupted; no report was written", file=sys.stderr)
         sys.exit(130)

@@ -124,9 +124,14 @@ class Redactor:
     secret can be paired by ``mmaudit diff``), otherwise a random one per report (redacted
     reports then cannot be linked to each other, or paired by ``diff``).
 
+    Report text is blanked where a cell holds a whole report, or a piece of one that spans
+    words (has whitespace); a single word is vocabulary, not a quote, so word tables keep
+    their words ("consolidation" stays even though reports contain it). Check params and
+    the config are searched for ids only: they are written by the user, not the patient.
+
     Limits: ids shorter than ``MIN_ID`` characters are hashed where they are a whole cell
-    but not searched for inside other strings (too many false hits), and report texts
-    shorter than ``MIN_TEXT`` characters are not blanked.
+    but not searched for inside other strings (too many false hits); report texts and
+    pieces shorter than ``MIN_TEXT`` characters are not blanked.
     """
 
     MIN_ID = 3
@@ -166,11 +171,15 @@ class Redactor:
                 if text[k : k + n] in self._searchable:
                     yield text[k : k + n]
 
+    def _holds_id(self, value: str) -> bool:
+        """Whether an audited id (at least ``MIN_ID`` characters) is inside ``value``."""
+        return any(True for _ in self._id_windows(value))
+
     def _holds_text(self, value: str) -> bool:
-        """Whether ``value`` quotes a report text, or is a piece of one."""
+        """Whether ``value`` quotes a report text, or is a piece of one spanning words."""
         if len(value) < self.MIN_TEXT:
             return False
-        if value in self._all_texts:
+        if any(c.isspace() for c in value) and value in self._all_texts:
             return True
         n = self.MIN_TEXT
         for k in range(len(value) - n + 1):
@@ -186,18 +195,24 @@ class Redactor:
         if value in self.ids:
             return self.hash(value)
         if value not in self._cells:
-            leaks = self._holds_text(value) or any(True for _ in self._id_windows(value))
+            leaks = self._holds_text(value) or self._holds_id(value)
             self._cells[value] = "[redacted]" if leaks else value
         return self._cells[value]
 
     def tree(self, value: Any) -> Any:
-        """A config-like value (dicts, lists, strings) with every string and key through
-        ``cell``: check params can name studies (e.g. ``embedding.exemplar_ids``)."""
+        """A config-like value (dicts, lists, strings) with ids hashed where a whole string
+        and strings holding one blanked: check params can name studies (e.g.
+        ``embedding.exemplar_ids``). Not searched for report text: params such as
+        ``attention.clinical_words`` are the user's vocabulary and stay readable."""
         if isinstance(value, dict):
-            return {self.cell(k): self.tree(v) for k, v in value.items()}
+            return {self.tree(k): self.tree(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [self.tree(v) for v in value]
-        return self.cell(value)
+        if not isinstance(value, str):
+            return value
+        if value in self.ids:
+            return self.hash(value)
+        return "[redacted]" if self._holds_id(value) else value
 
     def frame(self, frame: Any) -> Any:
         out = frame.copy()
@@ -251,7 +266,12 @@ class Redactor:
 
 
 class ReportWriter:
-    """Stages a report folder in a temporary sibling of ``out`` and renames it at the end."""
+    """Stages a report folder in a temporary sibling of ``out`` and renames it at the end.
+
+    The staging folder (``.{out}.partial-XXXXXXXX``) is locked (``flock``) while its run
+    lives; a new writer removes the unlocked ones, left by runs killed before ``abort``
+    could run (SIGKILL, power loss), since they can hold raw patient data.
+    """
 
     def __init__(self, out: Path, redactor: Redactor | None = None) -> None:
         self.redactor = redactor
@@ -269,9 +289,9 @@ class ReportWriter:
                 hint="choose another -o folder",
             )
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.stage = Path(
-            tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent)
-        )
+        remove_stale_stages(self.out)
+        self.stage = Path(tempfile.mkdtemp(prefix=_stage_prefix(self.out), dir=self.out.parent))
+        self._lock = _lock_folder(self.stage)
 
     def add_check(
         self, name: str, output: CheckOutput, ids: Any
@@ -388,11 +408,61 @@ class ReportWriter:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             self.stage.rename(self.out)
+        self._unlock()  # only now: until the rename a new writer must not sweep the stage
         return self.out
 
     def abort(self) -> None:
         """Remove the staging folder (the previous report, if any, stays untouched)."""
         shutil.rmtree(self.stage, ignore_errors=True)
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the flock
+            self._lock = None
+
+
+def _stage_prefix(out: Path) -> str:
+    return f".{out.name}.partial-"
+
+
+def _lock_folder(folder: Path) -> int | None:
+    """An open descriptor holding an exclusive ``flock`` on ``folder`` (the kernel releases
+    it however the process ends); None where it cannot be taken (no flock on Windows or
+    on some network filesystems, or another process holds it)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def remove_stale_stages(out: Path) -> list[Path]:
+    """Remove the staging folders of ``out`` that no live run holds (the lock can be
+    taken): exactly the names ``ReportWriter`` makes (``.{name}.partial-`` and mkdtemp's 8
+    characters), never the ``.{name}.work`` resume state. Where locks are unsupported
+    nothing is removed. Returns the folders removed."""
+    pattern = re.compile(re.escape(_stage_prefix(out)) + r"[a-z0-9_]{8}")
+    removed = []
+    for folder in out.parent.iterdir():
+        if not pattern.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir():
+            continue
+        fd = _lock_folder(folder)
+        if fd is None:  # a run writing to the same folder right now, or no locks here
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        os.close(fd)
+        removed.append(folder)
+    return removed
 
 
 def _slug(text: str) -> str:

@@ -503,3 +503,58 @@ def test_model_outputs_that_do_not_fit_the_target_stop_run(
 def test_unknown_option_is_a_usage_error(capsys) -> None:  # type: ignore[no-untyped-def]
     rc, _, err = run_cli(["run", "x.yaml", "--no-such-flag"], capsys)
     assert rc == 2 and "No such option: --no-such-flag" in err and "Traceback" not in err
+
+
+def build_hanging(**kwargs: Any) -> Any:
+    """TinyFusion whose forward waits a minute: a run of it is still going when signalled
+    (the factory ``test_cli:build_hanging``)."""
+    import time
+
+    from test_model import build_tiny
+
+    model = build_tiny(**kwargs)
+    model.register_forward_pre_hook(lambda *_: time.sleep(60))
+    return model
+
+
+def test_sigterm_removes_the_staging_folder(
+    tiny_manifest: Path, tiny_weights: Path, write_config, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A plain `kill` (SIGTERM) of `mmaudit run` mid-run: exit 143 with one line, and no
+    `.OUT.partial-*` folder (raw data) left; a stale one from an earlier killed run is
+    removed when the run starts. Without the handler the kill leaves the staging folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model = byo_model_config(tiny_weights / "tiny.safetensors", factory="test_cli:build_hanging")
+    cfg = write_config(tiny_config(tiny_manifest, model))
+    out_dir = tmp_path / "rep"
+    stale = tmp_path / ".rep.partial-zz9_abcd"  # the name mkdtemp would give, no live run
+    (stale / "samples").mkdir(parents=True)
+    (stale / "samples" / "embeddings.npz").write_bytes(b"raw")
+
+    def stages() -> list[str]:
+        return sorted(p.name for p in tmp_path.glob(".rep.partial-*"))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmaudit", "run", str(cfg), "-o", str(out_dir), "--no-progress"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while stages() in ([], [stale.name]) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run never staged its report"
+            time.sleep(0.05)
+        assert stale.name not in stages()  # swept at the start of the run
+        assert len(stages()) == 1  # this run's own staging folder, locked
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert err.strip() == "terminated (SIGTERM); no report was written", err
+    assert stages() == [] and not out_dir.exists()

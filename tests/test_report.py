@@ -257,6 +257,58 @@ def test_redaction_cells_ids_inside_strings_and_text_pieces() -> None:
     assert red.cell(3.5) == 3.5
 
 
+def test_redaction_keeps_vocabulary_words_and_params() -> None:
+    """Single words are vocabulary, not quotes: a word table keeps a 13-letter clinical word
+    that every report contains, and check params keep clinical_words; a multi-word piece of
+    a report is still blanked and an id param still hashed."""
+    from mmaudit.report import CheckReport, Report
+
+    text = "Dense consolidation in the right lower lobe; cardiomediastinal silhouette normal."
+    red = Redactor(["s001"], [text], salt="k")
+    words = ["consolidation", "cardiomediastinal", "silhouette"]
+    table = red.frame(pd.DataFrame({"word": words, "share": [0.5, 0.3, 0.2]}))
+    assert list(table["word"]) == words
+    assert list(red.frame(pd.DataFrame({"x": [1, 2, 3]}, index=words)).index) == words
+    assert red.cell("consolidation in the right") == "[redacted]"  # a piece spanning words
+    assert red.cell("cardiomediastinal silhouette") == "[redacted]"
+    assert red.cell(text) == "[redacted]"
+    params = {"clinical_words": ["consolidation", "right lower lobe"], "exemplar_ids": ["s001"]}
+    report = Report(
+        tool_version="t", created="c", config={"checks": {"attention": {"params": params}}},
+        config_path="", model={}, data={}, environment={}, seed=0, status="pass",
+        checks={"attention": CheckReport(name="attention", status="pass", params=params)},
+    )  # fmt: skip
+    red.report(report)
+    expected = {**params, "exemplar_ids": [hash_id("s001", "k")]}
+    assert report.checks["attention"].params == expected
+    assert report.config["checks"]["attention"]["params"] == expected
+
+
+def test_a_new_writer_removes_stale_staging_folders_only(tmp_path: Path) -> None:
+    """Staging folders left by killed runs (raw data) go when the next writer starts; a
+    live run's staging folder (locked), the --resume state and look-alike names stay."""
+    from mmaudit.report import ReportWriter
+
+    out = tmp_path / "rep"
+    stale = tmp_path / ".rep.partial-ab_12xyz"
+    keep = [
+        tmp_path / ".rep.work",
+        tmp_path / ".rep.partial-notmkdtempname",
+        tmp_path / ".rep2.partial-ab_12xyz",
+        tmp_path / ".rep.partial-AB_12XYZ",
+    ]
+    for folder in [stale, *keep]:
+        (folder / "samples").mkdir(parents=True)
+        (folder / "samples" / "raw.npz").write_bytes(b"raw")
+    live = ReportWriter(out)
+    assert not stale.exists() and all(f.is_dir() for f in keep)
+    second = ReportWriter(out)  # the same -o while the first still runs
+    assert live.stage.is_dir() and second.stage.is_dir()
+    second.finish(_gated_report(1), "{}\n")
+    live.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["rep", *(f.name for f in keep)])
+
+
 def test_private_arrays_are_left_out_under_redact(tmp_path: Path) -> None:
     """Image-like per-sample maps marked private are not written under --redact: one key,
     or every array with the key "arrays"; without --redact all are kept."""
