@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from test_attribution import config_for, write_text_dataset
+from test_attribution import MULTILABEL, config_for, multilabel_manifest, write_text_dataset
 from torch import nn
 
 from mmaudit.attention_capture import Captured
@@ -358,3 +358,58 @@ def test_reports_and_tokenizer_problems_skip_with_the_reason(planted: AuditConte
     unk.dataset.input_ids = ids
     reason = check.missing_requirements(unk)
     assert reason is not None and reason.startswith("the tokenizer maps 100% of report tokens")
+
+
+class TwoLabelGrounded(Grounded):
+    """No planted words (every token attends uniformly); label y0 reads the attention paid
+    to region 5 (inside the ROI), label y1 the attention paid to region 0 (the corner);
+    both predicted positive. Relevancy toward y0 therefore lies on region 5 for every word,
+    toward y1 on region 0."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__(vocab, [], [])
+        self.head = nn.Linear(16, 2)
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.weight[0, 5] = 1.0
+            self.head.weight[1, 0] = 1.0
+            self.head.bias.fill_(5.0)
+
+
+@pytest.mark.parametrize(("target_class", "roi_share"), [(0, 1.0), (1, 0.0)])
+def test_multilabel_relevancy_follows_the_chosen_label(
+    planted: AuditContext, target_class: int, roi_share: float
+) -> None:
+    """Known answer: the same maps land inside the ROI for y0 and on the corner for y1,
+    and a note names the label whose logit the relevancy follows."""
+    manifest = multilabel_manifest(Path(planted.config.data.manifest))
+    cfg = config_for(manifest, target=MULTILABEL)
+    cfg.data.tabular = None
+    ds = AuditDataset(cfg.data, cfg.runtime)
+    adapter = ModelAdapter(
+        TwoLabelGrounded(len(ds.tokenizer)),
+        source="test",
+        modalities=ds.modalities,
+        keywords={"image": "image", "text": "input_ids", "text_mask": "attention_mask"},
+        layers={},
+        detected={},
+        device=torch.device("cpu"),
+    )
+    cache = InferenceCache(adapter, ds, batch_size=32, seed=0)
+    ctx = AuditContext(config=cfg, dataset=ds, adapter=adapter, cache=cache, seed=0)
+    params = AttentionCheck.Params(
+        n_boot=100,
+        min_count=3,
+        n_examples=0,
+        clinical_words=["opacity", "consolidation"],
+        target_class=target_class,
+    )
+    out = AttentionCheck(params).run(ctx)
+    assert out.metrics["attention.relevancy"] == 1
+    assert out.metrics["attention.roi_share.lungs"].value == pytest.approx(roi_share, abs=0.02)
+    name = f"y{target_class}"
+    assert (
+        f"relevancy follows the gradient of the logit of label {name} (label column"
+        f" {target_class}), negated where {name} is predicted negative (logit < 0)"
+    ) in out.notes
+    assert adapter.hook_count() == 0

@@ -123,11 +123,11 @@ def config_for(manifest: Path, **data: Any) -> AuditConfig:
 
 
 class BagOfWords(nn.Module):
-    """Text encoder: the sum of one-dimensional word embeddings (IG is exact for it)."""
+    """Text encoder: the sum of ``dim``-dimensional word embeddings (IG is exact for it)."""
 
-    def __init__(self, vocab: int) -> None:
+    def __init__(self, vocab: int, dim: int = 1) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(vocab, 1, padding_idx=0)
+        self.word_embeddings = nn.Embedding(vocab, dim, padding_idx=0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return (self.word_embeddings(input_ids) * attention_mask[..., None]).sum(1)
@@ -731,3 +731,121 @@ def test_beeswarm_draws_missing_values_apart_from_the_colour_scale(portable_run:
     assert label.startswith("missing value (n=") and shown > 0
     rings = [c for c in ax.collections if len(c.get_offsets()) and not len(c.get_facecolors())]
     assert rings and all(tuple(e) == to_rgba("black") for c in rings for e in c.get_edgecolors())
+
+
+# --------------------------------------------------------------------------- multilabel
+
+MULTILABEL = {"columns": ["y0", "y1"], "kind": "multilabel"}
+
+
+def multilabel_manifest(manifest: Path) -> Path:
+    """The toy manifest with a two-label target: y0 = label, y1 = the report says "clear"."""
+    frame = pd.read_csv(manifest)
+    frame["y0"] = frame["label"]
+    frame["y1"] = frame["report"].fillna("").str.contains("clear").astype(int)
+    path = manifest.with_name("manifest_multilabel.csv")
+    frame.to_csv(path, index=False)
+    return path
+
+
+class TwoLabels(nn.Module):
+    """Two additive label logits: ``logit_j = (2-d bag of words)_j + lab_j - 1.5 + 0.1 *
+    brightness``. Label y0 rises by 2 per "opacity", y1 by 2 per "clear"; y0 reads lab_a,
+    y1 lab_b. IG of a word toward label j is exactly its embedding's column j."""
+
+    def __init__(self, vocab: Any) -> None:
+        super().__init__()
+        self.img_enc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.img_head = nn.Linear(1, 2, bias=False)
+        self.text_enc = BagOfWords(len(vocab), dim=2)
+        self.tab_enc = nn.Identity()
+        self.tab_head = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.img_head.weight.fill_(0.1)
+            emb = self.text_enc.word_embeddings.weight
+            emb.copy_(torch.randn(emb.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
+            emb[:5] = 0.0
+            emb[vocab.convert_tokens_to_ids("opacity")] = torch.tensor([2.0, 0.0])
+            emb[vocab.convert_tokens_to_ids("clear")] = torch.tensor([0.0, 2.0])
+            self.tab_head.weight.copy_(torch.eye(2))
+            self.tab_head.bias.fill_(-1.5)
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        tabular: torch.Tensor,
+    ) -> torch.Tensor:
+        out = self.img_head(self.img_enc(image)) + self.text_enc(input_ids, attention_mask)
+        return out + self.tab_head(self.tab_enc(tabular))
+
+
+@pytest.fixture(scope="module")
+def multilabel_ctx(manifest: Path, vocab: Any) -> AuditContext:
+    cfg = config_for(multilabel_manifest(manifest), target=MULTILABEL)
+    return make_context(cfg, TwoLabels(vocab))
+
+
+def test_multilabel_ranks_every_report_for_every_label(multilabel_ctx: AuditContext) -> None:
+    """Known answer: "opacity" tops y0's ranking at exactly +2 and "clear" tops y1's, each
+    label ranked over every attributed report -- the all-negative ones included (every
+    logit < 0), which an arg-max ranking would file under one label -- so a word's count
+    is the number of reports it occurs in, for both labels and both directions."""
+    import re
+
+    ctx = multilabel_ctx
+    out = quick(tabular=False, shares=False, top_words=1000).run(ctx)
+    assert out.notes[0].startswith("multilabel target: each of the 2 label columns (y0, y1)")
+    assert out.metrics["text.completeness_error"] < 1e-5
+    ranking = out.tables["word_ranking"]
+    assert set(ranking["class"]) == {"y0", "not y0", "y1", "not y1"}
+    by = ranking.set_index(["class", "word"])
+    for label, word in (("y0", "opacity"), ("y1", "clear")):
+        top = ranking[ranking["class"] == label].iloc[0]
+        assert top["word"] == word
+        assert top["mean_attribution"] == pytest.approx(2.0, abs=1e-4)
+        assert top["direction"] == f"toward {label}: logit({label})"
+        down = by.loc[(f"not {label}", word)]
+        assert down["mean_attribution"] == pytest.approx(-2.0, abs=1e-4)
+        assert down["logit_attribution"] == pytest.approx(2.0, abs=1e-4)
+        assert down["direction"] == f"toward not {label}: -logit({label})"
+        assert down["rank"] == ranking[ranking["class"] == f"not {label}"]["rank"].max()
+    # every report counts for every label
+    texts = [t for t in ctx.dataset.texts if re.search(r"[a-z]", t)]
+    logits = ctx.cache.sweep().logits[[bool(re.search(r"[a-z]", t)) for t in ctx.dataset.texts]]
+    assert (logits < 0).all(1).sum() >= 10  # measured 27 of 72 reports: no label predicted
+    assert (logits > 0).all(1).sum() >= 1  # measured 4: both labels predicted
+    for row in ranking.itertuples():
+        docs = sum(row.word in re.findall(r"[a-z]+", t.lower()) for t in texts)
+        assert row.count == docs, (row.word, row.count, docs)
+    tokens = out.tables["text_token_attributions"]
+    assert set(tokens["score"]) == {"logit(y0)", "logit(y1)"}
+    assert {"text_attribution_sum.y0", "text_attribution_sum.y1"} <= set(out.per_sample.columns)
+    assert out.metrics["text.top_words.y1"].startswith("clear")
+    assert out.metrics["text.top_words.y0"].startswith("opacity")
+    assert not ranking["direction"].str.contains("predicted").any()
+    examples = out.tables["text_examples"]
+    assert set(examples["score"]) <= {"logit(y0)", "-logit(y0)", "logit(y1)", "-logit(y1)"}
+    assert ctx.adapter.hook_count() == 0
+
+
+@pytest.mark.parametrize(("target_class", "lab"), [(0, "lab_a"), (1, "lab_b")])
+def test_multilabel_labs_and_shares_explain_the_chosen_label(
+    multilabel_ctx: AuditContext, target_class: int, lab: str
+) -> None:
+    """Known answer: y0 reads lab_a only and y1 lab_b only, so the SHAP ranking follows
+    ``target_class``; the notes name the label explained."""
+    out = quick(text=False, target_class=target_class).run(multilabel_ctx)
+    assert out.metrics["tabular.top_feature"] == lab
+    name = f"y{target_class}"
+    explained = f"the logit of label {name} (label column {target_class})"
+    assert f"tabular: SHAP values explain {explained}" in out.notes
+    assert f"shares: IG and coalition Shapley of {explained}" in out.notes
+    assert out.metrics["shares.completeness_error"] < 1e-5
+    assert out.metrics["shares.max_abs_diff_vs_ablation"] < 1e-4
+
+
+def test_multilabel_target_class_out_of_range_is_an_error(multilabel_ctx: AuditContext) -> None:
+    with pytest.raises(ValueError, match="target_class=2: the model has 2 label columns"):
+        quick(text=False, shares=False, target_class=2).run(multilabel_ctx)

@@ -44,7 +44,9 @@ class AttentionCheck(Check):
     (Chefer et al. 2021: attention weighted by the gradient of the logit of each sample's
     predicted class, positive part, averaged over heads, propagated through the text
     encoder's self-attention and over the cross layers in the order they ran, when it is
-    a Hugging Face model); with ``relevancy: false`` or when no gradient reaches the
+    a Hugging Face model; for a multilabel target the logit of label ``target_class``,
+    negated where that label is predicted negative -- a note names the score); with
+    ``relevancy: false`` or when no gradient reaches the
     weights, raw head-averaged weights (averaged over the cross layers), labelled raw.
     A token with no positive relevancy has no map. Each text
     token's map over image regions is normalised to one and merged into words. For every
@@ -108,6 +110,12 @@ class AttentionCheck(Check):
             description="analyse only this cross-attention module (index in module order,"
             " negative from the end); None: every Hugging Face cross-attention layer together",
         )
+        target_class: int = Field(
+            default=0,
+            ge=0,
+            description="multilabel: the label column whose logit (negated where the label"
+            " is predicted negative) the relevancy follows",
+        )
 
     default_thresholds: ClassVar[dict[str, ThresholdRule]] = {
         "clinical_word_outside_roi": ThresholdRule(
@@ -169,11 +177,16 @@ class AttentionCheck(Check):
         )
         span_of = {int(r): s for r, s in zip(rows, spans, strict=True)}
         self_paths = text_self_attention_paths(adapter) if p.relevancy and p.propagate_text else []
-        target = Target.of(ctx, predicted=True)
+        target = Target.of(ctx, predicted=True, label=p.target_class)
         score_fn = target.score_fn()
         examples = set(self._example_rows(rows, target, ctx, p.n_examples))
         has_roi = bool(ds.mask_paths)
-        state: dict[str, Any] = {"relevancy": p.relevancy, "image_sum": None, "dropped": {}}
+        state: dict[str, Any] = {
+            "relevancy": p.relevancy,
+            "image_sum": None,
+            "dropped": {},
+            "score": target.description,
+        }
 
         cross_paths = src.paths or [src.path]
 
@@ -351,6 +364,7 @@ class AttentionCheck(Check):
             f" {src.grid[0]} x {src.grid[1]} image-region grid"
         )
         if state["relevancy"]:
+            out.notes.append(f"relevancy follows the gradient of {state['score']}")
             layers = state.get("self_layers", 0)
             out.notes.append(
                 f"relevancy carried through {layers} text self-attention layers"

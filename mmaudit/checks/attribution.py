@@ -49,8 +49,11 @@ class Target:
     * one logit (binary): that logit; the ranking for the positive class is the mean
       attribution, for the negative class its negation (the logit of "not positive");
     * two logits, binary: ``logit[1] - logit[0]``, ranked the same way;
-    * multiclass / multilabel: each sample's predicted class (arg-max logit); the ranking
-      for class ``c`` uses the samples predicted ``c``.
+    * one label column of a multilabel target (``label``): that label's logit, as a binary
+      target of its own -- ranked toward the label and, negated, toward "not <label>",
+      both over every sample (a multilabel sample may be positive for none or several);
+    * multiclass: each sample's predicted class (arg-max logit); the ranking for class
+      ``c`` uses the samples predicted ``c``.
     """
 
     mode: Literal["single", "diff", "column"]
@@ -58,35 +61,66 @@ class Target:
     classes: list[tuple[str, float, np.ndarray | None]]  # name, sign, samples (None: all)
 
     sign: np.ndarray | None = None  # (N,) +-1 per sample: explain the predicted class
+    output: int = 0  # the logit mode "single" attributes
+    label: str | None = None  # the multilabel label column attributed (mode "single")
 
     @classmethod
-    def of(cls, ctx: AuditContext, predicted: bool = False) -> Target:
-        """The target for ``ctx``; ``predicted=True`` turns the binary score toward each
-        sample's predicted class (the negated logit where the prediction is negative)."""
+    def of(cls, ctx: AuditContext, predicted: bool = False, label: int = 0) -> Target:
+        """The target for ``ctx``; ``predicted=True`` turns the binary (or label) score
+        toward each sample's predicted class (the negated logit where the prediction is
+        negative). ``label``: the label column a multilabel target is explained for."""
+        if ctx.config.data.target.kind == "multilabel":
+            return cls.for_label(ctx, label, predicted)
         logits = ctx.cache.sweep().logits
         names = ctx.dataset.class_names
-        kind = ctx.config.data.target.kind
         n, k = logits.shape
-        if kind == "binary" and k <= 2:
-            pos, neg = (names[1], names[0]) if len(names) == 2 else ("1", "0")
-            mode: Literal["single", "diff", "column"] = "single" if k == 1 else "diff"
-            target = cls(mode, np.zeros(n, np.int64), [(pos, 1.0, None), (neg, -1.0, None)])
-            if predicted:
-                target.sign = np.where(target.scores(logits) >= 0, 1.0, -1.0)
-            return target
-        pred = logits.argmax(1).astype(np.int64)
-        labels = names if len(names) == k else [str(c) for c in range(k)]
-        return cls("column", pred, [(labels[c], 1.0, pred == c) for c in range(k)])
+        if ctx.config.data.target.kind != "binary" or k > 2:
+            pred = logits.argmax(1).astype(np.int64)
+            labels = names if len(names) == k else [str(c) for c in range(k)]
+            return cls("column", pred, [(labels[c], 1.0, pred == c) for c in range(k)])
+        pos, neg = (names[1], names[0]) if len(names) == 2 else ("1", "0")
+        mode: Literal["single", "diff", "column"] = "single" if k == 1 else "diff"
+        target = cls(mode, np.zeros(n, np.int64), [(pos, 1.0, None), (neg, -1.0, None)])
+        if predicted:
+            target.sign = np.where(target.scores(logits) >= 0, 1.0, -1.0)
+        return target
+
+    @classmethod
+    def for_label(cls, ctx: AuditContext, label: int, predicted: bool = False) -> Target:
+        """Label column ``label`` of a multilabel target as a binary target of its own."""
+        logits = ctx.cache.sweep().logits
+        n, k = logits.shape
+        if not 0 <= label < k:
+            raise ValueError(f"target_class={label}: the model has {k} label columns (0..{k - 1})")
+        names = ctx.dataset.class_names
+        name = names[label] if len(names) == k else str(label)
+        classes: list[tuple[str, float, np.ndarray | None]] = [
+            (name, 1.0, None),
+            (f"not {name}", -1.0, None),
+        ]
+        target = cls("single", np.zeros(n, np.int64), classes, output=label, label=name)
+        if predicted:
+            target.sign = np.where(target.scores(logits) >= 0, 1.0, -1.0)
+        return target
+
+    @classmethod
+    def every_label(cls, ctx: AuditContext) -> list[Target]:
+        """One binary target per label column (multilabel), else ``[Target.of(ctx)]``."""
+        if ctx.config.data.target.kind != "multilabel":
+            return [cls.of(ctx)]
+        k = ctx.cache.sweep().logits.shape[1]
+        return [cls.for_label(ctx, j) for j in range(k)]
 
     def score_fn(self) -> ScoreFn:
         """The attributed score per row of a batch (rows know their dataset index)."""
         column = torch.from_numpy(self.column)
         sign = None if self.sign is None else torch.from_numpy(self.sign).float()
+        output = self.output
 
         def fn(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
             index = batch.index
             if self.mode == "single":
-                score = logits[:, 0]
+                score = logits[:, output]
             elif self.mode == "diff":
                 score = logits[:, 1] - logits[:, 0]
             else:
@@ -101,7 +135,7 @@ class Target:
     def scores(self, logits: np.ndarray) -> np.ndarray:
         """The attributed score of every sample from a sweep's logits (N, K)."""
         if self.mode == "single":
-            score = logits[:, 0].astype(float)
+            score = logits[:, self.output].astype(float)
         elif self.mode == "diff":
             score = (logits[:, 1] - logits[:, 0]).astype(float)
         else:
@@ -110,6 +144,11 @@ class Target:
 
     @property
     def description(self) -> str:
+        if self.label is not None:
+            text = f"the logit of label {self.label} (label column {self.output})"
+            if self.sign is not None:
+                text += f", negated where {self.label} is predicted negative (logit < 0)"
+            return text
         if self.sign is not None:
             return "the logit of each sample's predicted class"
         if self.mode == "single":
@@ -136,8 +175,8 @@ class Target:
             return text
         (pos, _, _), (neg, _, _) = self.classes
         return (
-            f"{text}; every view toward class {neg} (the class-{neg} rows of word_ranking,"
-            f" the class-{neg} examples) shows them negated, i.e. the attribution of"
+            f"{text}; every view toward class {neg} (its rows of word_ranking, its"
+            " examples) shows them negated, i.e. the attribution of"
             f" {self.score_label(neg, -1.0)}: a word at +x toward class {neg} moves"
             f" {self.score_label(pos, 1.0)} by -x. Both rankings use every report; the"
             f" direction column of word_ranking and logit_attribution (the attribution of"
@@ -146,6 +185,34 @@ class Target:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _multilabel_note(labels: list[Target], target: Target, target_class: int) -> str:
+    """What a multilabel run attributes: every label's logit for the report words, one
+    label's for the labs and the modality shares."""
+    names = [t.label for t in labels]
+    return (
+        f"multilabel target: each of the {len(labels)} label columns ({', '.join(map(str, names))})"
+        " is explained as a binary target of its own, never the arg-max label. Report words:"
+        f" one Integrated Gradients pass per label ({len(labels)} passes over the attributed"
+        " reports); word_ranking ranks the words of every report for each label, toward the"
+        " label (its logit) and toward 'not <label>' (the logit negated); its direction and"
+        " logit_attribution columns and the score column of text_token_attributions name the"
+        " logit. text.stoplist_share, text.punctuation_share and text.site_word_share.* pool"
+        " every label's |attribution|. Lab SHAP values (tabular.*) and modality shares"
+        f" (shares.*) explain label {target.label} only (params.target_class={target_class};"
+        " set it for another label)"
+    )
+
+
+def _pooled_score(targets: list[Target]) -> str:
+    """The score whose attribution pooled (summed) over ``targets`` is, in words."""
+    if len(targets) > 1:
+        return "the sum of the label logits"
+    target = targets[0]
+    if target.mode == "column":
+        return "the predicted class's logit"
+    return target.score_label(target.classes[0][0], 1.0)
 
 
 def _cap(rows: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -288,11 +355,15 @@ class AttributionCheck(Check):
     lab only ordered at one site); a model that reads the hospital name is not reading
     the findings. Attribution says what the model *used* for these predictions; whether
     a word or lab merely *encodes* the site is the site test.
-    Scores attributed: the positive-class logit (binary), else each sample's predicted
-    class logit. A binary model's negative-class views (its word ranking, its examples)
-    show that attribution negated, i.e. of ``-logit(1)``; the ranking's ``direction`` and
-    ``logit_attribution`` columns and each example's title name the score shown. Every CI
-    resamples patients.
+    Scores attributed: the positive-class logit (binary); for a multilabel target every
+    label's logit, each label a binary target of its own (report words: one IG pass per
+    label, ranked over every report toward the label and toward "not <label>"; the labs and
+    the shares explain the label ``target_class`` only, as their cost is per label); for a
+    multiclass target each sample's predicted class logit (ranked over the reports
+    predicted that class). A binary model's negative-class views (its word ranking, its
+    examples) show that attribution negated, i.e. of ``-logit(1)``; the ranking's
+    ``direction`` and ``logit_attribution`` columns and each example's title name the score
+    shown. Every CI resamples patients.
     Metrics: ``text.n_samples``, ``text.completeness_error`` (sum |IG - (F(x)-F(ref))| /
     sum |F(x)-F(ref)|), ``text.top_words.<class>``, ``text.stoplist_share`` (share of
     |attribution| on stop-listed words), ``text.punctuation_share`` (share on punctuation-
@@ -323,6 +394,12 @@ class AttributionCheck(Check):
         )
         site_attribute: str = Field(
             default="site", description="data.attributes entry used by the site test"
+        )
+        target_class: int = Field(
+            default=0,
+            ge=0,
+            description="multilabel: the label column whose logit the lab SHAP values and"
+            " modality shares explain (report words are ranked for every label)",
         )
         text: bool = Field(default=True, description="attribute report words")
         ig_steps: int = Field(default=32, ge=2, description="Integrated Gradients path points")
@@ -423,18 +500,25 @@ class AttributionCheck(Check):
     def run(self, ctx: AuditContext) -> CheckOutput:
         p: AttributionCheck.Params = self.params  # type: ignore[assignment]
         out = CheckOutput()
-        target = Target.of(ctx)
+        target = Target.of(ctx, label=p.target_class)
+        labels = Target.every_label(ctx)
+        if target.label is not None:
+            out.notes.append(_multilabel_note(labels, target, p.target_class))
         out.notes.append(target.sign_note())
         per_sample = pd.DataFrame({"id": ctx.dataset.ids})
-        for part, reason, runner in (
-            ("text", text_unavailable(ctx, p.text), self._text),
-            ("tabular", tabular_unavailable(ctx, p.tabular), self._tabular),
-            ("shares", shares_unavailable(ctx, p.shares), self._shares),
+        for part, reason in (
+            ("text", text_unavailable(ctx, p.text)),
+            ("tabular", tabular_unavailable(ctx, p.tabular)),
+            ("shares", shares_unavailable(ctx, p.shares)),
         ):
             if reason is not None:
                 out.notes.append(f"{part}: skipped: {reason}")
-                continue
-            runner(ctx, p, target, out, per_sample)
+            elif part == "text":
+                self._text(ctx, p, labels, out, per_sample)
+            elif part == "tabular":
+                self._tabular(ctx, p, target, out, per_sample)
+            else:
+                self._shares(ctx, p, target, out, per_sample)
         out.per_sample = per_sample
         # the summary shows the first metrics with CIs: modality shares, then lab importance
         first = (
@@ -457,10 +541,14 @@ class AttributionCheck(Check):
         self,
         ctx: AuditContext,
         p: AttributionCheck.Params,
-        target: Target,
+        targets: list[Target],
         out: CheckOutput,
         per_sample: pd.DataFrame,
     ) -> None:
+        """IG of every target's score over the report tokens (one pass per target: one for
+        a binary or multiclass model, one per label column of a multilabel one); the word
+        ranking per target, the |attribution| shares (stop-list, punctuation, site words)
+        pooled over the targets."""
         ds, adapter = ctx.dataset, ctx.adapter
         tok = ds.tokenizer
         assert ds.input_ids is not None and ds.attention_mask is not None
@@ -481,59 +569,93 @@ class AttributionCheck(Check):
             if m != "text" and m in adapter.layers
         }
         token_id = baseline_token_id(tok, p.baseline_token)
-        score_fn = target.score_fn()
+        score_fns = [t.score_fn() for t in targets]
 
-        def attribute(b: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        def attribute(b: Batch) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
             assert b.input_ids is not None and b.attention_mask is not None
             content = content_mask(b.input_ids, b.attention_mask, tok)
             held = {m: t[b.index.cpu()].to(adapter.device) for m, t in fixed.items()}
-            attr, fx, fb = text_integrated_gradients(
-                adapter,
-                b,
-                layer,
-                score_fn,
-                content,
-                token_id,
-                n_steps=p.ig_steps,
-                steps_per_pass=p.ig_steps_per_pass,
-                method=p.ig_method,
-                fixed=held,
-            )
-            return attr.detach().cpu().numpy(), fx.cpu().numpy(), fb.cpu().numpy()
+            result = []
+            for score_fn in score_fns:
+                attr, fx, fb = text_integrated_gradients(
+                    adapter,
+                    b,
+                    layer,
+                    score_fn,
+                    content,
+                    token_id,
+                    n_steps=p.ig_steps,
+                    steps_per_pass=p.ig_steps_per_pass,
+                    method=p.ig_method,
+                    fixed=held,
+                )
+                result.append((attr.detach().cpu().numpy(), fx.cpu().numpy(), fb.cpu().numpy()))
+            return result
 
         parts = ctx.cache.map_batches(attribute, grad=True, desc="text IG", indices=rows)
-        attr = np.concatenate([q[0] for q in parts])
-        fx = np.concatenate([q[1] for q in parts])
-        fb = np.concatenate([q[2] for q in parts])
-        err = attr.sum(1) - (fx - fb)
+        # (targets, reports, tokens) and (targets, reports)
+        attr = np.stack([np.concatenate([q[t][0] for q in parts]) for t in range(len(targets))])
+        fx = np.stack([np.concatenate([q[t][1] for q in parts]) for t in range(len(targets))])
+        fb = np.stack([np.concatenate([q[t][2] for q in parts]) for t in range(len(targets))])
+        err = attr.sum(2) - (fx - fb)
         out.metrics["text.n_samples"] = len(rows)
         out.metrics["text.completeness_error"] = _ratio(np.abs(err), np.abs(fx - fb))
-        per_sample.loc[rows, "text_attribution_sum"] = attr.sum(1)
-        per_sample.loc[rows, "text_score_change"] = fx - fb
+        for t, target in enumerate(targets):
+            suffix = "" if target.label is None else f".{target.label}"
+            per_sample.loc[rows, f"text_attribution_sum{suffix}"] = attr[t].sum(1)
+            per_sample.loc[rows, f"text_score_change{suffix}"] = fx[t] - fb[t]
 
         spans = word_spans(
             tok, [ds.texts[i] for i in rows], ds.input_ids[rows], ds.input_ids.shape[1]
         )
-        records = [
-            (d, word, float(attr[d, pos].sum())) for d, doc in enumerate(spans) for word, pos in doc
-        ]
-        out.tables["text_token_attributions"] = _token_table(ctx, rows, spans, attr)
+        tokens = []
+        for t, target in enumerate(targets):
+            table = _token_table(ctx, rows, spans, attr[t])
+            table["score"] = target.score_label(target.classes[0][0], 1.0)
+            tokens.append(table)
+        out.tables["text_token_attributions"] = pd.concat(tokens, ignore_index=True)
         out.private |= {"text_token_attributions"}
-        occ = pd.DataFrame(records, columns=["doc", "word", "attribution"])
-        occ = occ.groupby(["doc", "word"], as_index=False, sort=False)["attribution"].sum()
+        records = [
+            (t, d, word, float(attr[t, d, pos].sum()))
+            for t in range(len(targets))
+            for d, doc in enumerate(spans)
+            for word, pos in doc
+        ]
+        occ = pd.DataFrame(records, columns=["target", "doc", "word", "attribution"])
+        occ = occ.groupby(["target", "doc", "word"], as_index=False, sort=False)[
+            "attribution"
+        ].sum()
         occ["abs"] = occ["attribution"].abs()
-        n_docs = len(rows)
-        doc_total = occ.groupby("doc")["abs"].sum().reindex(range(n_docs), fill_value=0.0)
         groups = _groups(ctx, rows)
-        words = occ[occ["word"].map(is_word)]
         boot: dict[str, Any] = {"n_boot": p.n_boot, "alpha": p.alpha, "seed": ctx.seed}
 
-        ranking = self._word_ranking(ctx, p, target, rows, words, groups, boot, out)
+        rankings = [
+            self._word_ranking(
+                ctx,
+                p,
+                target,
+                rows,
+                occ[(occ["target"] == t) & occ["word"].map(is_word)],
+                groups,
+                boot,
+                out,
+            )
+            for t, target in enumerate(targets)
+        ]
+        ranking = pd.concat(rankings, ignore_index=True) if len(rankings) > 1 else rankings[0]
         out.tables["word_ranking"] = ranking
 
+        # shares of |attribution| pool the targets: per (report, word) the sum of its
+        # |attribution| toward each target (one target: just its |attribution|)
+        pooled = occ.groupby(["doc", "word"], as_index=False, sort=False)[
+            ["attribution", "abs"]
+        ].sum()
+        n_docs = len(rows)
+        doc_total = pooled.groupby("doc")["abs"].sum().reindex(range(n_docs), fill_value=0.0)
+        words = pooled[pooled["word"].map(is_word)]
         stop = {w.lower() for w in p.stoplist}
         stop_abs = (
-            occ[occ["word"].isin(stop)]
+            pooled[pooled["word"].isin(stop)]
             .groupby("doc")["abs"]
             .sum()
             .reindex(range(n_docs), fill_value=0.0)
@@ -541,14 +663,18 @@ class AttributionCheck(Check):
         out.metrics["text.stoplist_share"] = bootstrap_ci(
             _ratio, stop_abs.to_numpy(), doc_total.to_numpy(), groups=groups, **boot
         )
-        self._punctuation(occ, doc_total.to_numpy(), groups, boot, target, out)
+        self._punctuation(pooled, doc_total.to_numpy(), groups, boot, _pooled_score(targets), out)
 
         out.tables["word_site_test"] = self._site_words(
             ctx, p, rows, words, doc_total.to_numpy(), groups, stop, boot, out
         )
-        self._examples(ctx, p, target, rows, spans, attr, fx, out)
+        self._examples(ctx, p, targets, rows, spans, attr, fx, out)
         if not ranking.empty:
-            out.figures["text_word_ranking"] = _ranking_figure(ranking, p.top_words)
+            # a panel per class; with more than two labels, the toward-label panels only
+            panels = [name for t in targets for name, _, _ in t.classes]
+            if len(targets) > 2:
+                panels = [t.classes[0][0] for t in targets]
+            out.figures["text_word_ranking"] = _ranking_figure(ranking, p.top_words, panels[:4])
         else:
             out.notes.append(
                 f"text: no word occurs in min_count={p.min_count} reports: nothing is ranked"
@@ -628,13 +754,14 @@ class AttributionCheck(Check):
         doc_total: np.ndarray,
         groups: np.ndarray | None,
         boot: dict[str, Any],
-        target: Target,
+        score: str,
         out: CheckOutput,
     ) -> None:
         """``text.punctuation_share``: the share of all text |attribution| on punctuation-only
         tokens, which the word ranking and the site test leave out (``is_word``); a note names
-        the largest. A model leaning on '.' reads the report's layout (sentence count,
-        length), not its findings, and the ranking alone would hide it."""
+        the largest with its mean attribution on ``score``. A model leaning on '.' reads the
+        report's layout (sentence count, length), not its findings, and the ranking alone
+        would hide it."""
         punct = occ[~occ["word"].map(is_word)]
         per_doc = punct.groupby("doc")["abs"].sum().reindex(range(len(doc_total)), fill_value=0)
         share = bootstrap_ci(_ratio, per_doc.to_numpy(), doc_total, groups=groups, **boot)
@@ -644,11 +771,6 @@ class AttributionCheck(Check):
         total = float(doc_total.sum())
         by_token = punct.groupby("word").agg(abs=("abs", "sum"), mean=("attribution", "mean"))
         top = by_token.sort_values("abs", ascending=False).head(3)
-        score = (
-            "the predicted class's logit"
-            if target.mode == "column"
-            else target.score_label(target.classes[0][0], 1.0)
-        )
         parts = [
             f"'{w}' {r['abs'] / total:.1%} (mean {r['mean']:+.2f} on {score} per report)"
             for w, r in top.iterrows()
@@ -745,39 +867,46 @@ class AttributionCheck(Check):
         self,
         ctx: AuditContext,
         p: AttributionCheck.Params,
-        target: Target,
+        targets: list[Target],
         rows: np.ndarray,
         spans: list[list[tuple[str, list[int]]]],
         attr: np.ndarray,
         fx: np.ndarray,
         out: CheckOutput,
     ) -> None:
+        """The reports scored most strongly toward each class of each target (``attr`` and
+        ``fx`` hold one slice per target), each shown toward its class."""
         if p.n_examples == 0 or len(rows) == 0:
             return
-        per_class = max(1, math.ceil(p.n_examples / len(target.classes)))
-        chosen: list[tuple[int, str, float]] = []
-        for name, sign, mask in target.classes:
+        views = [(t, c) for t, target in enumerate(targets) for c in target.classes]
+        per_class = max(1, math.ceil(p.n_examples / len(views)))
+        chosen: list[tuple[int, int, str, float]] = []
+        for t, (name, sign, mask) in views:
             docs = np.arange(len(rows)) if mask is None else np.flatnonzero(mask[rows])
-            order = docs[np.argsort(-sign * fx[docs], kind="stable")]
+            order = docs[np.argsort(-sign * fx[t, docs], kind="stable")]
             for d in order[:per_class]:
-                if int(d) not in [c for c, _, _ in chosen] and len(chosen) < p.n_examples:
-                    chosen.append((int(d), name, sign))
+                if int(d) not in [c for _, c, _, _ in chosen] and len(chosen) < p.n_examples:
+                    chosen.append((t, int(d), name, sign))
         examples = []
         table = []
-        for d, cls_name, sign in chosen:
+        names = ctx.dataset.class_names
+        for t, d, cls_name, sign in chosen:
             sid = ctx.dataset.ids[rows[d]]
-            raw = [(w, float(attr[d, pos].sum())) for w, pos in spans[d]]
+            raw = [(w, float(attr[t, d, pos].sum())) for w, pos in spans[d]]
             # shown toward the example's class: for the negative class of a binary model
-            # the attribution of the positive logit, negated (red = pushes toward the title)
+            # (or "not <label>" of a multilabel one) the attributed logit, negated (red =
+            # pushes toward the title)
             pieces = [(w, sign * a) for w, a in raw]
-            title = (
-                f"{sid}: label {ctx.dataset.class_names[int(np.asarray(ctx.target)[rows[d]])]}"
-                if np.ndim(ctx.target) == 1
-                else sid
-            )
-            score = target.score_label(cls_name, sign)
+            y = np.asarray(ctx.target)[rows[d]]
+            if np.ndim(y) == 0:
+                title = f"{sid}: label {names[int(y)]}"
+            else:
+                title = f"{sid}: labels " + ", ".join(
+                    f"{n}={int(v)}" for n, v in zip(names, y, strict=True)
+                )
+            score = targets[t].score_label(cls_name, sign)
             view = (
-                f"toward class {cls_name}: {score} = {sign * fx[d]:+.2f}, its words'"
+                f"toward class {cls_name}: {score} = {sign * fx[t, d]:+.2f}, its words'"
                 f" attributions sum to {sum(a for _, a in pieces):+.2f}"
             )
             examples.append((f"{title}; {view}", pieces))
@@ -798,7 +927,8 @@ class AttributionCheck(Check):
         out.notes.append(
             "examples: a title 'toward class c: S = +v, its words' attributions sum to +w'"
             " shows the score S attributed toward c (the attributed logit, negated toward the"
-            " negative class of a binary model), +v its value for the report as written, and"
+            " negative class of a binary model or toward 'not <label>' of a multilabel one),"
+            " +v its value for the report as written, and"
             " +w = S minus S of the same report with every word [PAD] (IG completeness); a"
             " word at +x pushes toward class c by x"
         )
@@ -847,6 +977,8 @@ class AttributionCheck(Check):
             f"tabular: SHAP ({p.tabular_method}) on {len(rows)} of {len(eligible)} samples with"
             f" labs (max_shap_samples={p.max_shap_samples}), background {len(bg_rows)} rows"
         )
+        if target.label is not None:
+            out.notes.append(f"tabular: SHAP values explain {target.description}")
         score_fn = target.score_fn()
         if p.tabular_method == "permutation":
             res = permutation_shap(
@@ -882,6 +1014,8 @@ class AttributionCheck(Check):
         if site is None:
             out.notes.append(f"tabular: site test not run: {why}")
         label = np.asarray(ctx.target)[rows]
+        # the dependence plots colour by the explained label (a multilabel target's column)
+        shown_label = label if label.ndim == 1 else label[:, target.output]
         rows_table, tests = [], []
         taken: set[str] = set()
         ok = site[rows] != "" if site is not None else np.zeros(len(rows), dtype=bool)
@@ -941,7 +1075,7 @@ class AttributionCheck(Check):
         out.figures["tabular_beeswarm"] = _beeswarm_figure(values, raw, names, order)
         for j in order[: p.dependence_plots]:
             out.figures[f"tabular_dependence_{metric_key(names[j])}"] = _dependence_figure(
-                raw[:, j], values[:, j], label, names[j]
+                raw[:, j], values[:, j], shown_label, names[j], target.label or "label"
             )
         sub = _subgroup_importance(ctx, rows, absval, names, empty)
         if not sub.empty:
@@ -1068,6 +1202,8 @@ class AttributionCheck(Check):
             out.notes.append(
                 f"shares: computed on the {len(rows)} samples with every modality present"
             )
+        if target.label is not None:
+            out.notes.append(f"shares: IG and coalition Shapley of {target.description}")
 
 
 # --------------------------------------------------------------------------- data helpers
@@ -1257,9 +1393,9 @@ def _highlight_figure(examples: list[tuple[str, list[tuple[str, float]]]]) -> Fi
     return literal_text(fig)
 
 
-def _ranking_figure(ranking: pd.DataFrame, top: int) -> Figure:
+def _ranking_figure(ranking: pd.DataFrame, top: int, classes: list[str]) -> Figure:
+    """One panel per class in ``classes`` (its top words, titled by the score shown)."""
     plt = pyplot()
-    classes = list(dict.fromkeys(ranking["class"]))[:4]
     fig, axes = plt.subplots(
         1, len(classes), figsize=(4.5 * len(classes), 0.3 * min(top, 15) + 1.2), squeeze=False
     )
@@ -1332,15 +1468,16 @@ def _swarm_offsets(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _dependence_figure(
-    raw: np.ndarray, shap_values: np.ndarray, label: np.ndarray, name: str
+    raw: np.ndarray, shap_values: np.ndarray, label: np.ndarray, name: str, label_name: str
 ) -> Figure:
+    """SHAP value of one lab against its value, coloured by ``label_name`` (the label)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     ok = np.isfinite(raw)
     lab = label if np.ndim(label) == 1 else np.zeros(len(raw))
     for c in np.unique(lab):
         sel = ok & (lab == c)
-        ax.scatter(raw[sel], shap_values[sel], s=10, alpha=0.7, label=f"label {c}")
+        ax.scatter(raw[sel], shap_values[sel], s=10, alpha=0.7, label=f"{label_name} {c:g}")
     ax.axhline(0, color="#333", lw=0.6)
     ax.set_xlabel(f"{name} (missing: {int((~ok).sum())} not shown)")
     ax.set_ylabel(f"SHAP value of {name}")
