@@ -68,6 +68,23 @@ class Grounded(nn.Module):
         return self.head(pooled) + regions.mean(1, keepdim=True)
 
 
+def text_image_context(
+    model: torch.nn.Module, cfg: Any, ds: AuditDataset, layers: dict[str, str] | None = None
+) -> AuditContext:
+    """An audit context for a model reading image and report (input_ids / attention_mask)."""
+    adapter = ModelAdapter(
+        model.eval(),
+        source="test",
+        modalities=ds.modalities,
+        keywords={"image": "image", "text": "input_ids", "text_mask": "attention_mask"},
+        layers=layers or {},
+        detected={},
+        device=torch.device("cpu"),
+    )
+    cache = InferenceCache(adapter, ds, batch_size=32, seed=0)
+    return AuditContext(config=cfg, dataset=ds, adapter=adapter, cache=cache, seed=0)
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory) -> AuditContext:
     from transformers import AutoTokenizer
@@ -78,17 +95,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> AuditContext:
     ds = AuditDataset(cfg.data, cfg.runtime)
     tok = AutoTokenizer.from_pretrained(str(ROOT / "sample_data" / "tokenizer"))
     ids = tok.convert_tokens_to_ids
-    adapter = ModelAdapter(
-        Grounded(len(tok), [ids("consolidation")], [ids("opacity")]),
-        source="test",
-        modalities=ds.modalities,
-        keywords={"image": "image", "text": "input_ids", "text_mask": "attention_mask"},
-        layers={},
-        detected={},
-        device=torch.device("cpu"),
-    )
-    cache = InferenceCache(adapter, ds, batch_size=32, seed=0)
-    return AuditContext(config=cfg, dataset=ds, adapter=adapter, cache=cache, seed=0)
+    return text_image_context(Grounded(len(tok), [ids("consolidation")], [ids("opacity")]), cfg, ds)
 
 
 @pytest.mark.parametrize("relevancy", [True, False])
@@ -228,7 +235,7 @@ def test_model_without_attention_is_skipped_with_the_reason() -> None:
     )
     reason = AttentionCheck(AttentionCheck.Params()).missing_requirements(ctx)
     assert reason is not None and reason.startswith("the model has no attention to capture")
-    assert adapter.hook_count() == 0
+    assert ctx.adapter.hook_count() == 0
 
 
 def test_hf_cross_attention_inside_the_text_encoder_through_the_check(
@@ -241,17 +248,12 @@ def test_hf_cross_attention_inside_the_text_encoder_through_the_check(
 
     torch.manual_seed(0)
     model = CrossInsideText(vocab=len(planted.dataset.tokenizer))
-    adapter = ModelAdapter(
-        model.eval(),
-        source="test",
-        modalities=planted.dataset.modalities,
-        keywords={"image": "image", "text": "input_ids", "text_mask": "attention_mask"},
+    ctx = text_image_context(
+        model,
+        planted.config,
+        planted.dataset,
         layers={"image": "image_encoder", "text": "text_encoder"},
-        detected={},
-        device=torch.device("cpu"),
     )
-    cache = InferenceCache(adapter, planted.dataset, batch_size=32, seed=0)
-    ctx = AuditContext(config=planted.config, dataset=planted.dataset, adapter=adapter, cache=cache)
     check = AttentionCheck(AttentionCheck.Params(n_boot=100, min_count=3, n_examples=1))
     assert check.missing_requirements(ctx) is None
     out = check.run(ctx)
@@ -261,7 +263,7 @@ def test_hf_cross_attention_inside_the_text_encoder_through_the_check(
     assert "relevancy carried through 2 text self-attention layers" in out.notes
     assert any("2 cross-attention layers aggregated" in n for n in out.notes)
     assert any("2 layers (text_encoder.encoder.layer.0" in n for n in out.notes)
-    assert adapter.hook_count() == 0
+    assert ctx.adapter.hook_count() == 0
     assert model.text_encoder.config._attn_implementation != "eager"
     one = AttentionCheck(AttentionCheck.Params(n_boot=100, min_count=3, layer=0)).run(ctx)
     assert any("cross-attention layer 0 of 2 analysed" in n for n in one.notes)
@@ -295,24 +297,14 @@ class GroundedBesideUnusedCross(nn.Module):
 def test_unused_cross_layers_in_the_text_encoder_do_not_displace_the_fusion(
     planted: AuditContext,
 ) -> None:
-    import copy
 
     tok = planted.dataset.tokenizer
     ids = tok.convert_tokens_to_ids
     torch.manual_seed(0)
     model = GroundedBesideUnusedCross(len(tok), [ids("consolidation")], [ids("opacity")])
-    adapter = ModelAdapter(
-        model.eval(),
-        source="test",
-        modalities=planted.dataset.modalities,
-        keywords={"image": "image", "text": "input_ids", "text_mask": "attention_mask"},
-        layers={"text": "text_encoder"},
-        detected={},
-        device=torch.device("cpu"),
+    ctx = text_image_context(
+        model, planted.config, planted.dataset, layers={"text": "text_encoder"}
     )
-    ctx = copy.copy(planted)
-    ctx.adapter = adapter
-    ctx.cache = InferenceCache(adapter, planted.dataset, batch_size=32, seed=0)
     check = AttentionCheck(
         AttentionCheck.Params(n_boot=100, min_count=3, n_examples=0, relevancy=False)
     )
@@ -321,7 +313,7 @@ def test_unused_cross_layers_in_the_text_encoder_do_not_displace_the_fusion(
     assert any("maps are raw attention weights of fusion.attn over" in n for n in out.notes)
     assert out.metrics["attention.clinical_roi_share.consolidation"].value > 0.95
     assert out.metrics["attention.clinical_roi_share.opacity"].value < 0.05
-    assert adapter.hook_count() == 0
+    assert ctx.adapter.hook_count() == 0
 
 
 def test_layers_that_did_not_run_as_text_to_image_are_named() -> None:
@@ -386,17 +378,7 @@ def test_multilabel_relevancy_follows_the_chosen_label(
     cfg = config_for(manifest, target=MULTILABEL)
     cfg.data.tabular = None
     ds = AuditDataset(cfg.data, cfg.runtime)
-    adapter = ModelAdapter(
-        TwoLabelGrounded(len(ds.tokenizer)),
-        source="test",
-        modalities=ds.modalities,
-        keywords={"image": "image", "text": "input_ids", "text_mask": "attention_mask"},
-        layers={},
-        detected={},
-        device=torch.device("cpu"),
-    )
-    cache = InferenceCache(adapter, ds, batch_size=32, seed=0)
-    ctx = AuditContext(config=cfg, dataset=ds, adapter=adapter, cache=cache, seed=0)
+    ctx = text_image_context(TwoLabelGrounded(len(ds.tokenizer)), cfg, ds)
     params = AttentionCheck.Params(
         n_boot=100,
         min_count=3,
@@ -412,4 +394,4 @@ def test_multilabel_relevancy_follows_the_chosen_label(
         f"relevancy follows the gradient of the logit of label {name} (label column"
         f" {target_class}), negated where {name} is predicted negative (logit < 0)"
     ) in out.notes
-    assert adapter.hook_count() == 0
+    assert ctx.adapter.hook_count() == 0
