@@ -17,9 +17,11 @@ from mmaudit.cache import SweepResult
 from mmaudit.check import AuditContext, build_params
 from mmaudit.checks import probing
 from mmaudit.checks.probing import (
+    Attribute,
     ErasureRow,
     ProbingCheck,
     _erasure_effects,
+    collinear_with_target,
     excess_significant,
     prepare_attribute,
     reinitialise,
@@ -802,18 +804,19 @@ def test_bad_input_runs_end_to_end_with_notes(
 
 
 def planted_context(
-    delta: float, seed: int, n: int = 300, d: int = 64, tied: bool = False
+    delta: float, seed: int, n: int = 300, d: int = 64, tied: bool = False, tie: float = 0.8
 ) -> AuditContext:
     """An attribute z (two levels, constant per patient, 2 rows each) planted along a random
     unit direction of a d-dimensional fused embedding, shifted by ``delta`` noise SDs; the
     disease sits on dimension 0, which is all the head reads (so z is never used). ``tied``:
-    z depends on the label (P(z = 1 | y) = 0.2 / 0.8), as a site with a higher prevalence."""
+    z depends on the label (P(z = 1 | y) = 1 - tie / tie), as a site with a higher
+    prevalence."""
     rng = np.random.default_rng(seed)
     patients = np.repeat(np.arange(n // 2), 2)
     y_p = rng.integers(0, 2, n // 2)
     z_p = rng.integers(0, 2, n // 2)
     if tied:
-        z_p = (rng.random(n // 2) < np.where(y_p == 1, 0.8, 0.2)).astype(int)
+        z_p = (rng.random(n // 2) < np.where(y_p == 1, tie, 1 - tie)).astype(int)
     y, z = y_p[patients], z_p[patients]
     u = rng.normal(size=d - 1)
     u /= np.linalg.norm(u)
@@ -885,3 +888,43 @@ def test_check_judges_encoded_beyond_the_target() -> None:
             assert abs(m["probe_auroc.z.embedding"].value - 0.5) < 0.1
         for fig in out.figures.values():
             plt.close(fig)
+
+
+def test_an_attribute_collinear_with_the_target_is_judged_on_the_plain_probe() -> None:
+    """A site that is 99.5 % one class (the detection benchmark's marker at rho 0.99) leaves
+    almost no rows within a class to condition on: 'beyond the target' cannot be measured,
+    so the plain probe is judged, use is not tested (within-class erasure would rest on a
+    row or two) and notes say why; z at 0.8 / 0.2 is conditioned."""
+    import matplotlib.pyplot as plt
+
+    fast = {"random_baseline": False, "n_boot": 50, "n_control": 1, "erasure_draws": 1}
+    out = _run(planted_context(0.0, 0, tied=True, tie=0.995), **fast)
+    notes = " | ".join(out.notes)
+    assert "z is nearly collinear with the target" in notes
+    table = out.tables["probes"].set_index(["attribute", "layer"])
+    assert not table.loc[("z", "embedding"), "within_target"]
+    # the label carries it; whether the head uses z apart from the label cannot be tested
+    assert out.metrics["verdict.z"] == "encoded_use_untested"
+    assert "erasure of z skipped: nearly collinear" in notes
+    conditioned = _run(planted_context(0.0, 0, tied=True), **fast)
+    assert "nearly collinear" not in " | ".join(conditioned.notes)
+    for o in (out, conditioned):
+        for fig in o.figures.values():
+            plt.close(fig)
+
+
+def test_collinearity_needs_rows_off_the_majority_within_classes() -> None:
+    y = np.repeat([0, 1], 50)
+    site = np.where(y == 1, "B", "A")
+    site[:5] = "B"  # five rows off their class's majority
+    known = np.ones(100, dtype=bool)
+    attr = Attribute("site", "categorical", known, site)
+    assert "only 5 row(s)" in (collinear_with_target(attr, y, 10) or "")
+    site[5:20] = "B"
+    assert collinear_with_target(Attribute("site", "categorical", known, site), y, 10) is None
+    age = y * 10.0 + np.random.default_rng(0).normal(0, 0.1, 100)
+    assert "variance lies within" in (
+        collinear_with_target(Attribute("age", "continuous", known, age), y, 10) or ""
+    )
+    spread = y + np.random.default_rng(0).normal(0, 1.0, 100)
+    assert collinear_with_target(Attribute("age", "continuous", known, spread), y, 10) is None

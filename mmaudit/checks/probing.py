@@ -56,6 +56,7 @@ class Attribute:
     kind: str  # categorical | continuous
     known: np.ndarray  # bool (n,)
     values: np.ndarray  # (n_known,) strings or floats
+    beyond_target: bool = True  # False: too collinear with the target to condition on it
 
 
 @dataclass
@@ -363,8 +364,14 @@ class ProbingCheck(Check):
                 out.notes.append(problem)
             if attr is not None:
                 attrs.append(attr)
+                target_kind = ctx.config.data.target.kind
+                if p.within_target and target_kind in ("binary", "multiclass"):
+                    collinear = collinear_with_target(attr, ctx.target, p.min_level_size)
+                    if collinear:
+                        attr.beyond_target = False
+                        out.notes.append(collinear)
                 confound = target_association(
-                    attr, ctx.target, ctx.config.data.target.kind, p.within_target
+                    attr, ctx.target, target_kind, p.within_target and attr.beyond_target
                 )
                 if confound:
                     out.notes.append(confound)
@@ -385,7 +392,7 @@ class ProbingCheck(Check):
         target classes) when ``_classes`` gives classes, unless ``marginal``."""
         p: ProbingCheck.Params = self.params  # type: ignore[assignment]
         groups = ctx.groups[attr.known] if ctx.groups is not None else None
-        classes = None if marginal else self._classes(ctx)
+        classes = None if marginal or not attr.beyond_target else self._classes(ctx)
         return run_probe(
             x[attr.known],
             attr.values,
@@ -626,6 +633,14 @@ class ProbingCheck(Check):
         random_probs: dict[int, list[np.ndarray]] = {}
         rows: list[ErasureRow] = []
         for attr in attributes:
+            if strata is not None and not attr.beyond_target:
+                out.notes.append(
+                    f"erasure of {attr.name} skipped: nearly collinear with the target, it"
+                    " leaves too few rows within target classes to find its direction apart"
+                    " from the label (erasing it across classes would erase the label), so"
+                    " whether the head uses it is not tested"
+                )
+                continue
             z = (
                 indicator_matrix(attr.values)
                 if attr.kind == "categorical"
@@ -807,6 +822,39 @@ def prepare_attribute(
         only = ", ".join(np.unique(values)) or "none"
         return None, _joined(name, [*notes, f"one level only ({only}): not probed"])
     return Attribute(name, kind, known, values), _joined(name, notes)
+
+
+def collinear_with_target(attr: Attribute, y: np.ndarray, min_level_size: int) -> str | None:
+    """Why the attribute cannot be probed beyond the target, or None when it can.
+
+    Within target classes a categorical attribute needs rows off its majority level (fewer
+    than ``2 * min_level_size`` over all classes and the within-class AUROC rests on a
+    handful of rows); a continuous one needs variance left within classes (under 5 % of its
+    total). Such an attribute is nearly the label itself -- a site that is 99 % one class
+    -- so whatever encodes the label encodes it: it is judged on the plain probe, its
+    erasure (use) is not tested, and the notes say so."""
+    target = np.asarray(y)[attr.known]
+    if attr.kind == "categorical":
+        table = pd.crosstab(attr.values, target)
+        off_majority = int((table.sum(axis=0) - table.max(axis=0)).sum())
+        if off_majority >= 2 * min_level_size:
+            return None
+        detail = f"only {off_majority} row(s) lie off their class's most common {attr.name}"
+    else:
+        values = attr.values.astype(np.float64)
+        total = float(np.var(values))
+        within = float(
+            sum(np.var(values[target == c]) * np.mean(target == c) for c in np.unique(target))
+        )
+        if total == 0 or within >= 0.05 * total:
+            return None
+        detail = f"{within / total:.1%} of its variance lies within target classes"
+    return (
+        f"{attr.name} is nearly collinear with the target ({detail}): it cannot be told"
+        f" apart from the label, so 'encoded' is judged on the plain probe"
+        f" (probe_*.{attr.name}.* = probe_*_marginal.{attr.name}.*) -- a layer that encodes"
+        " the label encodes it too; erasure is still done within target classes"
+    )
 
 
 def target_association(
