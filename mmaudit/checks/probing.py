@@ -827,17 +827,18 @@ def prepare_attribute(
 def collinear_with_target(attr: Attribute, y: np.ndarray, min_level_size: int) -> str | None:
     """Why the attribute cannot be probed beyond the target, or None when it can.
 
-    Within target classes a categorical attribute needs rows off its majority level (fewer
-    than ``2 * min_level_size`` over all classes and the within-class AUROC rests on a
-    handful of rows); a continuous one needs variance left within classes (under 5 % of its
-    total). Such an attribute is nearly the label itself -- a site that is 99 % one class
-    -- so whatever encodes the label encodes it: it is judged on the plain probe, its
-    erasure (use) is not tested, and the notes say so."""
+    Within target classes a categorical attribute needs rows off its majority level: fewer
+    than ``min_level_size`` over all classes (the size below which a level is not probed
+    at all) and the within-class AUROC rests on a handful of rows. A continuous one needs
+    variance left within classes (at least 5 % of its total). Such an attribute is nearly
+    the label itself -- a site that is 99 % one class -- so whatever encodes the label
+    encodes it: it is judged on the plain probe, its erasure (use) is not tested, and the
+    notes say so."""
     target = np.asarray(y)[attr.known]
     if attr.kind == "categorical":
         table = pd.crosstab(attr.values, target)
         off_majority = int((table.sum(axis=0) - table.max(axis=0)).sum())
-        if off_majority >= 2 * min_level_size:
+        if off_majority >= min_level_size:
             return None
         detail = f"only {off_majority} row(s) lie off their class's most common {attr.name}"
     else:
