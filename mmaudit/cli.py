@@ -398,6 +398,11 @@ class Terminated(BaseException):
     KeyboardInterrupt, which typer turns into a silent exit 130 before ``main`` sees it."""
 
 
+# set by the SIGTERM handler: a DataLoader worker that dies of the same signal can make
+# torch raise its own RuntimeError before ``Terminated`` arrives; the exit is still 143
+TERMINATED = threading.Event()
+
+
 def _sigterm_handler(owner: int) -> Callable[[int, Any], None]:
     """A SIGTERM handler for process ``owner``: there it raises ``Terminated``; in a forked
     child (a DataLoader worker) it ends the child as plain SIGTERM would."""
@@ -408,6 +413,7 @@ def _sigterm_handler(owner: int) -> Callable[[int, Any], None]:
         if os.getpid() != owner:
             os.kill(os.getpid(), signal.SIGTERM)
             return
+        TERMINATED.set()
         raise Terminated
 
     return handle
@@ -449,6 +455,9 @@ def _main(argv: list[str] | None) -> None:
         print("interrupted; no report was written", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
+        if TERMINATED.is_set():
+            print("terminated (SIGTERM); no report was written", file=sys.stderr)
+            sys.exit(143)
         usage, abort = _click_exceptions()
         if isinstance(exc, usage):
             exc.show()  # type: ignore[attr-defined]

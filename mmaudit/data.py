@@ -147,7 +147,8 @@ def load_image_file(path: Path, max_value: float | None = None) -> np.ndarray:
 
     with Image.open(path) as im:
         im.load()
-        if im.mode.startswith("I;16"):
+        # older Pillow opens 16-bit greyscale PNG as "I"; PNG holds at most 16 bits
+        if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
             arr = np.asarray(im, dtype=np.float32)
             if max_value is None:
                 bits = png_significant_bits(path) if im.format == "PNG" else None
@@ -205,7 +206,12 @@ def dicom_to_unit(path: Path) -> np.ndarray:
     arr = ds.pixel_array
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         arr = arr[arr.shape[0] // 2]
-    bits = int(ds.BitsStored)
+    bits = int(ds.get("BitsStored", 0) or 0)
+    if bits <= 0:
+        raise DataError(
+            f"{path}: DICOM without BitsStored: its pixel range is unknown",
+            hint="convert it to PNG or fix the DICOM header",
+        )
     if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
         return np.clip(arr.astype(np.float32) / (2.0**bits - 1), 0.0, 1.0)
     # the range of stored values, then of the modality LUT's output (as pydicom's windowing)
@@ -221,7 +227,7 @@ def dicom_to_unit(path: Path) -> np.ndarray:
         lo, hi = 0.0, 2.0 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1
     elif "RescaleSlope" in ds and "RescaleIntercept" in ds:
         slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
-        lo, hi = lo * slope + intercept, hi * slope + intercept
+        lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
     values = apply_modality_lut(arr, ds)
     voi = ds.get("VOILUTSequence")
     if voi and voi[0].get("LUTDescriptor") is not None and voi[0].get("LUTData") is not None:

@@ -191,7 +191,8 @@ def probe_model(adapter: Any, dataset: Any, target_kind: str) -> None:
         raise ModelLoadError(
             f"the model returns {outputs} outputs but a {target_kind} target with"
             f" {len(dataset.class_names)} classes needs {' or '.join(map(str, expected))}",
-            hint="check the model's head (model.kwargs) and data.target",
+            hint="check the model's head (model.kwargs) and data.target; if the audited rows"
+            " lack some of the model's classes, list them all in data.target.classes",
         )
 
 

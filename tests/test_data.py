@@ -220,6 +220,11 @@ def test_dicom_scaling_follows_the_display_pipeline(tmp_path: Path) -> None:
         _write_dicom(tmp_path / "d.dcm", raw, 12, PhotometricInterpretation="MONOCHROME1")
     )[..., 0]
     assert np.allclose(inverted, 1.0 - raw / 4095.0)
+    # a negative slope maps the stored range onto [-4095, 0]: still over [0, 1], reversed
+    negative = load_image_file(
+        _write_dicom(tmp_path / "e.dcm", raw, 12, RescaleSlope=-1, RescaleIntercept=0)
+    )[..., 0]
+    assert np.allclose(negative, 1.0 - raw / 4095.0)
 
 
 def test_dicom_and_png_of_the_same_pixels_agree_and_dicom_is_found_by_content(
