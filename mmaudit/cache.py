@@ -5,6 +5,10 @@ output; ablated sweeps (a modality removed at the input, or replaced at its
 encoder output) are memoised by key; ``map_batches`` runs a check's heavy
 per-batch work (attribution) on the device with OOM back-off. Checks never loop
 over the data or call the model themselves.
+
+Every output the cache stores (logits and captured layers of every sweep, ablated and
+coalition sweeps included) is checked finite batch by batch: a NaN or inf stops the run
+with ``NonFiniteOutputError`` naming the ids, on every rank alike.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 from numpy.lib.format import open_memmap
 
 from mmaudit.data import AuditDataset, Batch
-from mmaudit.errors import CheckError
+from mmaudit.errors import CheckError, NonFiniteOutputError
 from mmaudit.model import ModelAdapter
 
 RemovalHow = Literal["zero", "mean", "permute", "missing"]
@@ -141,35 +145,56 @@ class InferenceCache:
         work folder, each finished batch goes straight into memory-mapped arrays on disk (see
         ``ShardFiles``), which a resumed run reuses; in one process the result *is* those
         read-only memory maps, so RAM never holds the whole sweep. With several processes
-        every rank then holds the gathered arrays in RAM."""
+        every rank then holds the gathered arrays in RAM.
+
+        Raises NonFiniteOutputError on the first batch with a NaN or inf output (batches
+        finished before it stay on disk for ``--resume``); under torchrun the failing rank
+        still joins the gather, so every rank raises the lowest failing rank's error."""
         from mmaudit import distributed
 
         start = time.perf_counter()
         mine = distributed.shard(np.arange(len(self.dataset)))
         chunks = [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
-        if persist and self.work_dir is not None and len(mine):
-            files = ShardFiles(self.work_dir, key, layers, mine, len(self.dataset), self.batch_size)
-            todo = files.unfinished()
-            self._compute(key, transform, layers, ctx, chunks, todo, files.write, skip_image)
-            local = files.read_only()
-        else:
-            done: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+        failure: NonFiniteOutputError | None = None
+        local: tuple[np.ndarray, dict[str, np.ndarray]]
+        try:
+            if persist and self.work_dir is not None and len(mine):
+                files = ShardFiles(
+                    self.work_dir, key, layers, mine, len(self.dataset), self.batch_size
+                )
+                todo = files.unfinished()
+                self._compute(key, transform, layers, ctx, chunks, todo, files.write, skip_image)
+                local = files.read_only()
+            else:
+                done: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
 
-            def keep(k: int, out: np.ndarray, grabbed: dict[str, np.ndarray]) -> None:
-                done[k] = (out, grabbed)
+                def keep(k: int, out: np.ndarray, grabbed: dict[str, np.ndarray]) -> None:
+                    done[k] = (out, grabbed)
 
-            everything = list(range(len(chunks)))
-            self._compute(key, transform, layers, ctx, chunks, everything, keep, skip_image)
-            local = (
-                _concat([done[k][0] for k in range(len(chunks))]),
-                {n: _concat([done[k][1][n] for k in range(len(chunks))]) for n in layers},
-            )
+                everything = list(range(len(chunks)))
+                self._compute(key, transform, layers, ctx, chunks, everything, keep, skip_image)
+                local = (
+                    _concat([done[k][0] for k in range(len(chunks))]),
+                    {n: _concat([done[k][1][n] for k in range(len(chunks))]) for n in layers},
+                )
+        except NonFiniteOutputError as exc:
+            if not distributed.active():
+                raise
+            # the other ranks are on their way to the gather below: join it, so every rank
+            # learns of the failure and stops with the same error instead of waiting forever
+            failure = exc
+            local = (np.zeros((0,), np.float32), {n: np.zeros((0,), np.float32) for n in layers})
         if not distributed.active():
             return SweepResult(local[0], local[1], time.perf_counter() - start)
         # pickled for the gather as plain arrays (copies), not as memory maps
         parts = distributed.gather(
-            (np.asarray(local[0]), {n: np.asarray(v) for n, v in local[1].items()})
+            (
+                np.asarray(local[0]),
+                {n: np.asarray(v) for n, v in local[1].items()},
+                _failure_args(failure),
+            )
         )
+        _raise_first_failure([p[2] for p in parts])
         logits = np.concatenate([p[0] for p in parts if len(p[0])])
         emb = {n: np.concatenate([p[1][n] for p in parts if len(p[1][n])]) for n in layers}
         return SweepResult(logits, emb, time.perf_counter() - start)
@@ -203,13 +228,78 @@ class InferenceCache:
                     self._current = batch
                     if transform is not None:
                         batch = transform(batch)
-                    out = self.adapter.logits(batch).float().cpu().numpy()
+                    logits = self.adapter.logits(batch)
                     self.model_calls += 1
+                    rows = batch.index.cpu().numpy()
+                    self._require_finite(
+                        {LOGITS: logits, **{n: store[n] for n in layers}}, rows, key
+                    )
+                    out = logits.float().cpu().numpy()
                     grabbed = {n: store[n].float().cpu().numpy() for n in layers}
                     sink(k, out, grabbed)
             finally:
                 if ctx is not None:
                     ctx.__exit__(None, None, None)
+
+    def _require_finite(
+        self,
+        outputs: dict[str, torch.Tensor],
+        rows: np.ndarray,
+        key: str,
+        coalitions: int = 1,
+    ) -> None:
+        """Stop the run when one of a batch's ``outputs`` (the logits, keyed LOGITS, and
+        captured layer outputs, for the dataset ``rows``) holds a NaN or inf: every check
+        would build on it. One reduction on the device per output and batch; the rows are
+        located only on failure. The message details the first bad output, encoders before
+        the layers after them and the logits last, as the first is nearest the cause.
+        ``coalitions`` > 1: the outputs stack that many coalitions of ``rows`` (see
+        :meth:`_run_encoder_coalitions`); ``key`` is then their keys joined by '|'.
+
+        Raises NonFiniteOutputError naming the output, the first ids and the sweep."""
+        bad = [n for n, t in outputs.items() if not bool(torch.isfinite(t).all())]
+        if not bad:
+            return
+        order = {m: k for k, m in enumerate(("image", "text", "tabular"))}
+        bad.sort(key=lambda n: (n == LOGITS, order.get(n, len(order))))
+        values = outputs[bad[0]]
+        n = values.shape[0] if values.dim() else 1
+        per_row = (~torch.isfinite(values.reshape(n, -1))).any(1).cpu().numpy()
+        kinds = [
+            k
+            for k, hit in (("NaN", torch.isnan(values)), ("inf", torch.isinf(values)))
+            if bool(hit.any())
+        ]
+        keys = key.split("|")
+        if n == len(rows) * coalitions:
+            where = np.flatnonzero(per_row)
+            bad_rows = np.unique(rows[where % len(rows)])
+            first = keys[int(where[0]) // len(rows)] if coalitions > 1 else key
+            whose = _some_ids(self.dataset.ids[bad_rows])
+            count = f"{len(bad_rows)} of {len(rows)} rows"
+        else:  # a layer whose first axis is not the batch: the rows cannot be told apart
+            first = keys[0]
+            whose = f"one of {_some_ids(self.dataset.ids[rows])}"
+            count = f"{len(rows)} rows"
+        also = f"; also not finite: {', '.join(self._output_words(b) for b in bad[1:])}"
+        hint = (
+            "check the checkpoint (weights, dtype) and these rows' inputs; rerun with --debug"
+            " for the traceback"
+        )
+        if self.adapter.effective_precision == "fp16":
+            hint += "; fp16 overflows to inf: try runtime.precision bf16 or fp32"
+        raise NonFiniteOutputError(
+            f"{self._output_words(bad[0])} is {'/'.join(kinds)} for {whose} ({count} of a"
+            f" batch in {_sweep_words(first)}){also if len(bad) > 1 else ''}",
+            hint=hint,
+        )
+
+    def _output_words(self, name: str) -> str:
+        """A sweep output in words: the logits, or a layer with its module path."""
+        if name == LOGITS:
+            return "model output 'logits'"
+        path = self.adapter.layers.get(name, name)
+        return f"layer '{name}'" + (f" ({path})" if path != name else "")
 
     # ---------------------------------------------------------------- sweeps
     def sweep(self) -> SweepResult:
@@ -297,7 +387,8 @@ class InferenceCache:
 
         Raises CheckError when a modality without an encoder layer (``model.layers``) is to
         be removed other than as 'missing': there is no encoder output to replace, and the
-        model would silently run on the real input."""
+        model would silently run on the real input; NonFiniteOutputError when a coalition's
+        logits hold a NaN or inf."""
         import contextlib
 
         from mmaudit import distributed
@@ -327,47 +418,67 @@ class InferenceCache:
         parts: list[list[np.ndarray]] = [[] for _ in removals]
         current: dict[str, torch.Tensor] = {}
         per_forward = max(1, (4 * self.batch_size) // max(1, min(self.batch_size, len(mine))))
-        with contextlib.ExitStack() as stack, torch.inference_mode():
-            for m in mods:
-                stack.enter_context(
-                    self.adapter.substitute(m, lambda m=m: current[m])  # type: ignore[misc]
-                )
-            for lo in range(0, len(mine), self.batch_size):
-                rows = mine[lo : lo + self.batch_size]
-                batch = self._head_batch(rows, skip_image)
-                donor = self._head_batch(perm[rows], True) if moves_inputs else None
-                pos = 0
-                while pos < len(removals):
-                    group = removals[pos : pos + per_forward]
-                    try:
-                        for m in mods:
-                            current[m] = torch.cat(
-                                [
-                                    _encoder_rows(cached[m], means.get(m), r.get(m), rows, perm)
-                                    for r in group
-                                ]
-                            ).to(self.adapter.device)
-                        stacked = _tile(batch, len(group)).replace(
-                            present=torch.cat(
-                                [self._coalition_present(batch, r, mods, perm) for r in group]
-                            ),
-                            **_donor_inputs(batch, donor, group),
+        keys = list(todo)
+        failure: NonFiniteOutputError | None = None
+        try:
+            with contextlib.ExitStack() as stack, torch.inference_mode():
+                for m in mods:
+                    stack.enter_context(
+                        self.adapter.substitute(m, lambda m=m: current[m])  # type: ignore[misc]
+                    )
+                for lo in range(0, len(mine), self.batch_size):
+                    rows = mine[lo : lo + self.batch_size]
+                    batch = self._head_batch(rows, skip_image)
+                    donor = self._head_batch(perm[rows], True) if moves_inputs else None
+                    pos = 0
+                    while pos < len(removals):
+                        group = removals[pos : pos + per_forward]
+                        try:
+                            for m in mods:
+                                current[m] = torch.cat(
+                                    [
+                                        _encoder_rows(cached[m], means.get(m), r.get(m), rows, perm)
+                                        for r in group
+                                    ]
+                                ).to(self.adapter.device)
+                            stacked = _tile(batch, len(group)).replace(
+                                present=torch.cat(
+                                    [self._coalition_present(batch, r, mods, perm) for r in group]
+                                ),
+                                **_donor_inputs(batch, donor, group),
+                            )
+                            if skip_image:
+                                stacked.image = self._image_placeholder(len(stacked))
+                            logits = self.adapter.logits(stacked)
+                        except torch.cuda.OutOfMemoryError:
+                            if per_forward == 1:
+                                raise
+                            torch.cuda.empty_cache()
+                            per_forward = max(1, per_forward // 2)
+                            continue
+                        self.model_calls += 1
+                        self._require_finite(
+                            {LOGITS: logits},
+                            rows,
+                            "|".join(keys[pos : pos + len(group)]),
+                            len(group),
                         )
-                        if skip_image:
-                            stacked.image = self._image_placeholder(len(stacked))
-                        out = self.adapter.logits(stacked).float().cpu().numpy()
-                    except torch.cuda.OutOfMemoryError:
-                        if per_forward == 1:
-                            raise
-                        torch.cuda.empty_cache()
-                        per_forward = max(1, per_forward // 2)
-                        continue
-                    self.model_calls += 1
-                    for j, chunk in enumerate(np.split(out, len(group))):
-                        parts[pos + j].append(chunk)
-                    pos += len(group)
+                        out = logits.float().cpu().numpy()
+                        for j, chunk in enumerate(np.split(out, len(group))):
+                            parts[pos + j].append(chunk)
+                        pos += len(group)
+        except NonFiniteOutputError as exc:
+            if not distributed.active():
+                raise
+            failure = exc  # join the gather below with the others (see _run)
+            parts = [[] for _ in removals]
         local = [_concat(p) for p in parts]
-        gathered = distributed.gather(local) if distributed.active() else [local]
+        if distributed.active():
+            shared = distributed.gather((local, _failure_args(failure)))
+            _raise_first_failure([f for _, f in shared])
+            gathered = [g for g, _ in shared]
+        else:
+            gathered = [local]
         took = (time.perf_counter() - start) / len(removals)
         return {
             key: SweepResult(np.concatenate([g[j] for g in gathered if len(g[j])]), {}, took)
@@ -565,6 +676,37 @@ class InferenceCache:
                 torch.cuda.empty_cache()
                 bs = max(1, bs // 2)
         return [r for part in distributed.gather(results) for r in part]
+
+
+def _some_ids(ids: np.ndarray, shown: int = 5) -> str:
+    """The first ``shown`` ids, then how many more."""
+    head = ", ".join(str(i) for i in ids[:shown])
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return f"id{'s' if len(ids) > 1 else ''} {head}{more}"
+
+
+def _sweep_words(key: str) -> str:
+    """A sweep's memo key in words, for error messages."""
+    if key == "base":
+        return "the base sweep"
+    if key.startswith("layer "):
+        return f"the capture of {key}"
+    if key.startswith("layer:"):
+        return f"the sweep with {key.split(':')[1]} replaced"
+    return f"the ablated sweep '{key}'"
+
+
+def _failure_args(exc: NonFiniteOutputError | None) -> tuple[str, str] | None:
+    """What travels to the other ranks of a failure (message and hint; exceptions with a
+    hint do not survive pickling whole)."""
+    return None if exc is None else (str(exc), exc.hint)
+
+
+def _raise_first_failure(failures: list[tuple[str, str] | None]) -> None:
+    """Raise, on every rank alike, the failure of the lowest rank that had one."""
+    for f in failures:
+        if f is not None:
+            raise NonFiniteOutputError(f[0], hint=f[1])
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:

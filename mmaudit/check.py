@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from mmaudit.config import describe_error
 from mmaudit.errors import CheckError
 from mmaudit.stats import Estimate
 
@@ -83,7 +84,20 @@ class Requirements(BaseModel):
 
 @dataclass
 class CheckOutput:
-    """What a check computed: flat dotted metrics, tables, figures, own findings, notes."""
+    """What a check computed: flat dotted metrics, tables, figures, own findings, notes, and
+    what its verdict rests on.
+
+    ``judged`` counts the statistical tests / comparisons the check's thresholds judge (a
+    probe with its permutation p, a subgroup gap, an off-ROI excess ...). 0 means nothing
+    could be tested on this data: the runner then reports the check ``skipped`` with
+    ``skip_reason`` (which should name the counts that fell short), never ``pass``, because
+    a gate that goes green on an audit that tested nothing is worse than no gate. None
+    means the check does not say (third-party checks); every built-in check sets it.
+    ``rows_used`` is how many audited rows those tests rest on. ``coverage`` holds the
+    partial-coverage notes with counts ("20 of 40 image rows have a non-empty ROI mask"):
+    every view shows them, unlike the other notes, so a verdict on part of the data never
+    reads as a verdict on all of it.
+    """
 
     metrics: dict[str, MetricValue] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
@@ -97,6 +111,10 @@ class CheckOutput:
     # names of figures / tables / arrays that show raw patient data (thumbnails, report text,
     # ids; "arrays" for every array): left out of the report folder under --redact
     private: set[str] = field(default_factory=set)
+    judged: int | None = None
+    rows_used: int | None = None
+    skip_reason: str | None = None
+    coverage: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -215,23 +233,53 @@ def _did_you_mean(key: str, allowed: list[str]) -> str:
     return f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
 
 
+def _key_text(loc: tuple[Any, ...]) -> str:
+    """A pydantic error location as written in messages: ``methods[0]``, ``a.b``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f"{'.' if text else ''}{part}"
+    return text
+
+
+def _param_hint(model: type[BaseModel], loc: tuple[Any, ...], what: str) -> str:
+    """What the parameter at ``loc`` is and its default, from the model's field, so the
+    fix can be read off the message; ``what`` where the field is not found."""
+    field_info = model.model_fields.get(str(loc[0])) if loc else None
+    if field_info is None:
+        return what
+    parts = [field_info.description] if field_info.description else []
+    default = (
+        None if field_info.is_required() else field_info.get_default(call_default_factory=True)
+    )
+    if default is not None:  # None: the description says what leaving it out does
+        parts.append(f"the default is {default!r}")
+    return f"{loc[0]}: {'; '.join(parts)}; {what}" if parts else what
+
+
 def build_params(
     cls: type[Check],
     raw: dict[str, Any],
     where: str,
     locate: Callable[[str], str] | None = None,
 ) -> BaseModel:
-    """Validate a check's YAML params; CheckError naming the file, line and key otherwise."""
+    """Validate a check's YAML params; CheckError naming the file, line and key otherwise,
+    worded as config errors are (``must be >= 1 (got 0)``, not pydantic's sentence)."""
     try:
         return cls.Params.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        at = _at(locate, f"{where}.params.{key}")
+        errors = exc.errors()
+        err = errors[0]
+        loc = tuple(err["loc"])
+        key = _key_text(loc)
+        at = _at(locate, f"{where}.params.{'.'.join(str(p) for p in loc)}")
+        more = f" [+{len(errors) - 1} more]" if len(errors) > 1 else ""
         if err["type"] == "extra_forbidden":
             hint = _did_you_mean(key, list(cls.Params.model_fields))
-            raise CheckError(f"{at}{where}.params: unknown key '{key}'", hint=hint) from exc
-        raise CheckError(f"{at}{where}.params.{key}: {err['msg']}") from exc
+            raise CheckError(f"{at}{where}.params: unknown key '{key}'{more}", hint=hint) from exc
+        hint = _param_hint(cls.Params, loc, "`mmaudit checks` lists every parameter")
+        raise CheckError(
+            f"{at}{where}.params.{key}: {describe_error(err)}{more}", hint=hint
+        ) from exc
 
 
 def merged_thresholds(
@@ -261,7 +309,10 @@ def merged_thresholds(
                 raise CheckError(
                     f"{at}{where}.thresholds.{name}: unknown key '{key}'", hint=hint
                 ) from exc
-            raise CheckError(f"{at}{where}.thresholds.{name}.{key}: {err['msg']}") from exc
+            raise CheckError(
+                f"{at}{where}.thresholds.{name}.{key}: {describe_error(err)}",
+                hint="`mmaudit checks` lists each check's default thresholds",
+            ) from exc
     return rules
 
 

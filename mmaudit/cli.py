@@ -54,6 +54,13 @@ def run(
     fail_on: FailOn = typer.Option(
         FailOn.fail, "--fail-on", help="exit 1 when the audit reaches this status"
     ),
+    fail_on_skipped: bool | None = typer.Option(
+        None,
+        "--fail-on-skipped/--no-fail-on-skipped",
+        help="exit 1 when a planned check was skipped (it could test nothing, or a need was"
+        " unmet); default: runtime.fail_on_skipped",
+        show_default=False,
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
     redact: bool = typer.Option(
         False, "--redact", help="no report text, thumbnails or raw ids in the report folder"
@@ -77,7 +84,13 @@ def run(
         redact=True if redact else None,
     )
     report = run_audit(
-        config, out, overrides, console=_console(stderr=True), resume=resume, fail_on=fail_on.value
+        config,
+        out,
+        overrides,
+        console=_console(stderr=True),
+        resume=resume,
+        fail_on=fail_on.value,
+        fail_on_skipped=fail_on_skipped,
     )
     distributed.shutdown()
     if not distributed.is_main():
@@ -89,10 +102,21 @@ def run(
         f"report written to [bold]{escape(str(out.resolve()))}[/bold]"
         f" (open {escape(str(out / 'index.html'))})"
     )
+    failed = False
     if gate_failed(report.status, fail_on.value):
         console.print(
             f"[red]audit status '{report.status}' fails the gate --fail-on {fail_on.value}[/red]"
         )
+        failed = True
+    skipped = report.skipped_checks()
+    if report.fail_on_skipped and skipped:
+        console.print(
+            f"[red]{len(skipped)} planned check(s) skipped ({escape(', '.join(skipped))}):"
+            " fails the gate --fail-on-skipped[/red] (a check that cannot apply to this model"
+            " or data: checks.NAME.enabled: false in the config)"
+        )
+        failed = True
+    if failed:
         raise typer.Exit(1)
 
 
@@ -104,15 +128,17 @@ def gate_failed(status: str, fail_on: str) -> bool:
 
 
 def print_summary(console, report) -> None:  # type: ignore[no-untyped-def]
+    """The report in the terminal: one row per check (status, what it tested, key metrics or
+    the reason it has none), then its coverage notes, findings and cross-check lines."""
     from rich.markup import escape
     from rich.table import Table
 
-    from mmaudit.render import key_metrics
+    from mmaudit.render import NO_RESULT, judged_cell, key_metrics
 
     # every string from the report goes through escape(): a subgroup level such as "[/x]"
     # in a metric name is data, not rich markup
     table = Table(title=f"mmaudit: {escape(report.status)}")
-    for col in ("check", "status", "key metrics / reason", "s"):
+    for col in ("check", "status", "tested", "key metrics / reason", "s"):
         table.add_column(col, overflow="fold")
     colours = {
         "pass": "green",
@@ -123,15 +149,23 @@ def print_summary(console, report) -> None:  # type: ignore[no-untyped-def]
     }
     for c in report.checks.values():
         colour = colours.get(c.status, "white")
+        key = key_metrics(c.metrics, c.findings)
         table.add_row(
             escape(c.name),
             f"[{colour}]{escape(c.status)}[/{colour}]",
-            escape(key_metrics(c.metrics, c.findings) or (c.reason or "")),
+            escape(judged_cell(c)),
+            escape((c.reason or key) if c.status in NO_RESULT else (key or c.reason or "")),
             f"{c.seconds:.1f}",
         )
     for name, why in sorted(report.checks_not_run.items()):
-        table.add_row(escape(name), "[dim]not run[/dim]", escape(why), "")
+        table.add_row(escape(name), "[dim]not run[/dim]", "", escape(why), "")
     console.print(table)
+    for c in report.checks.values():
+        for line in c.coverage:
+            console.print(f"  [yellow]coverage[/yellow] {escape(c.name)}: {escape(line)}")
+    others = sum(len(c.notes) for c in report.checks.values())
+    if others:
+        console.print(f"  [dim]{others} more note(s) in index.html, under each check[/dim]")
     for c in report.checks.values():
         for f in c.findings:
             if f.severity in ("warn", "fail", "error"):
@@ -182,6 +216,7 @@ def validate(
             problems.append(exc.one_line())
         except Exception as exc:  # a factory or checkpoint that breaks while loading
             problems.append(f"loading the model raised {type(exc).__name__}: {exc}")
+    problems = list(dict.fromkeys(problems))  # the model probe can meet a row's problem again
     if problems:
         # one unwrapped line per problem: greppable in CI logs, whatever the terminal width
         console.print(f"[red]{len(problems)} problem(s)[/red] in {config}:")
@@ -199,7 +234,8 @@ def validate(
 
 @app.command()
 def show(report: Path = typer.Argument(..., help="report folder")) -> None:
-    """Print a report's summary in the terminal (from report.json alone)."""
+    """Print a report's summary in the terminal (from report.json alone; a folder whose files
+    no longer match the digests report.json recorded is refused)."""
     from rich.markup import escape
 
     from mmaudit.report import load_report
@@ -213,6 +249,11 @@ def show(report: Path = typer.Argument(..., help="report folder")) -> None:
             f" mmaudit {loaded.tool_version} · {loaded.created}"
         )
     )
+    if loaded.integrity is None:
+        console.print(
+            "[yellow]note: this report records no digests (written by an earlier mmaudit),"
+            " so its files could not be checked for edits[/yellow]"
+        )
 
 
 @app.command()
@@ -398,37 +439,72 @@ class Terminated(BaseException):
     KeyboardInterrupt, which typer turns into a silent exit 130 before ``main`` sees it."""
 
 
-# set by the SIGTERM handler: a DataLoader worker that dies of the same signal can make
-# torch raise its own RuntimeError before ``Terminated`` arrives; the exit is still 143
+class Interrupted(BaseException):
+    """Raised by the SIGINT handler (Ctrl-C): unwinds the run as ``Terminated`` does. Not a
+    KeyboardInterrupt, for the same reason."""
+
+
+# set by the signal handlers: a DataLoader worker that dies of the same signal can make
+# torch raise its own RuntimeError before ``Terminated`` / ``Interrupted`` arrives; the exit
+# still says which signal stopped the run
 TERMINATED = threading.Event()
+INTERRUPTED = threading.Event()
+# per signal: what its handler raises, the event it sets, the exit code, the words
+_STOPS: dict[int, tuple[type[BaseException], threading.Event, int, str]] = {
+    signal.SIGTERM: (Terminated, TERMINATED, 143, "terminated (SIGTERM)"),
+    signal.SIGINT: (Interrupted, INTERRUPTED, 130, "interrupted (SIGINT)"),
+}
 
 
-def _sigterm_handler(owner: int) -> Callable[[int, Any], None]:
-    """A SIGTERM handler for process ``owner``: there it raises ``Terminated``; in a forked
-    child (a DataLoader worker) it ends the child as plain SIGTERM would."""
+def _stop_handler(owner: int) -> Callable[[int, Any], None]:
+    """A SIGTERM / SIGINT handler for process ``owner``: there it raises ``Terminated`` /
+    ``Interrupted``; in a forked child (a DataLoader worker) it ends the child as the plain
+    signal would (SIGINT: a KeyboardInterrupt, which torch's worker loop exits on quietly)."""
 
     def handle(signum: int, frame: Any) -> None:
-        # a second SIGTERM kills at once; the next run removes the staging folder then
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # a second signal kills at once; the next run removes the staging folder then
+        signal.signal(signum, signal.SIG_DFL)
         if os.getpid() != owner:
-            os.kill(os.getpid(), signal.SIGTERM)
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
             return
-        TERMINATED.set()
-        raise Terminated
+        raised, event, _, _ = _STOPS[signum]
+        event.set()
+        raise raised
 
     return handle
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point with the one error boundary."""
+    # state of an earlier command in this process (tests call main repeatedly)
+    TERMINATED.clear()
+    INTERRUPTED.clear()
+    if "mmaudit.report" in sys.modules:
+        sys.modules["mmaudit.report"].FINISHED.clear()
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
+        handler = _stop_handler(os.getpid())
+        previous = {sig: signal.signal(sig, handler) for sig in _STOPS}
         try:
             _main(argv)
         finally:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+            for sig, before in previous.items():
+                signal.signal(sig, signal.SIG_DFL if before is None else before)
     else:  # signal handlers can only be set from the main thread
         _main(argv)
+
+
+def _stopped(signum: int) -> None:
+    """One line on stderr and the signal's exit code (143 SIGTERM, 130 SIGINT)."""
+    _, _, code, words = _STOPS[signum]
+    written = sys.modules.get("mmaudit.report")
+    finished = getattr(written, "FINISHED", None)
+    if finished:  # the signal came after the report was moved into place
+        print(f"{words} after the report was written to {finished[-1]}", file=sys.stderr)
+    else:
+        print(f"{words}; no report was written", file=sys.stderr)
+    sys.exit(code)
 
 
 def _main(argv: list[str] | None) -> None:
@@ -449,15 +525,14 @@ def _main(argv: list[str] | None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Terminated:
-        print("terminated (SIGTERM); no report was written", file=sys.stderr)
-        sys.exit(143)
-    except KeyboardInterrupt:
-        print("interrupted; no report was written", file=sys.stderr)
-        sys.exit(130)
+        _stopped(signal.SIGTERM)
+    except (Interrupted, KeyboardInterrupt):
+        _stopped(signal.SIGINT)
     except Exception as exc:
         if TERMINATED.is_set():
-            print("terminated (SIGTERM); no report was written", file=sys.stderr)
-            sys.exit(143)
+            _stopped(signal.SIGTERM)
+        if INTERRUPTED.is_set():
+            _stopped(signal.SIGINT)
         usage, abort = _click_exceptions()
         if isinstance(exc, usage):
             exc.show()  # type: ignore[attr-defined]
@@ -465,4 +540,6 @@ def _main(argv: list[str] | None) -> None:
         if isinstance(exc, abort):
             sys.exit(1)
         raise
+    if rc == 130:  # typer's silent answer to a KeyboardInterrupt; no command exits 130 itself
+        _stopped(signal.SIGINT)
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -1,19 +1,32 @@
 """The YAML audit config: pydantic models with ``extra="forbid"`` and ``load_config()``.
 
-Unknown keys are errors that name the file, the key path, the line and a close
-match; relative paths resolve against the config file's folder, so a config can
-be run from anywhere.
+Every problem with a config is one ``ConfigError`` line that names the file, the line and
+the key path, with a hint: unknown keys (with a close match, the missing required key first),
+keys given twice, values out of range, empty entries, text that is not UTF-8. Relative paths
+resolve against the config file's folder, so a config can be run from anywhere.
 """
 
 from __future__ import annotations
 
+import codecs
 import difflib
+import types
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from mmaudit.errors import ConfigError
 
@@ -28,10 +41,34 @@ def cell_text(value: Any) -> str:
     return str(value)
 
 
-class Strict(BaseModel):
-    """Base model: unknown keys are errors."""
+def _defaults_for_none(model: type[BaseModel], name: str) -> bool:
+    """Whether ``name: null`` in ``model`` stands for the field's default: a section or
+    mapping with a default (``runtime``, ``model.kwargs``), where null is not a value."""
+    field = model.model_fields[name]
+    annotation = field.annotation
+    allows_none = annotation is None or type(None) in typing.get_args(annotation)
+    return field.default_factory is not None and not allows_none
 
-    model_config = ConfigDict(extra="forbid")
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class Strict(BaseModel):
+    """Base model: unknown keys and NaN / infinite numbers are errors; an empty section
+    (``runtime:`` with every line commented out) means its defaults."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_section_is_default(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {
+            k: v
+            for k, v in data.items()
+            if not (v is None and k in cls.model_fields and _defaults_for_none(cls, k))
+        }
 
 
 class ModelConfig(Strict):
@@ -98,20 +135,14 @@ class ImageConfig(Strict):
     column: str
     roi_mask: str | None = None
     root: Path | None = None
-    size: int = 224
+    # below 8 pixels no CNN stem leaves a feature map to explain
+    size: int = Field(default=224, ge=8)
     channels: Literal[1, 3] = 1
     mean: list[float] = Field(default_factory=lambda: [0.5])
-    std: list[float] = Field(default_factory=lambda: [0.25])
+    std: list[PositiveFloat] = Field(default_factory=lambda: [0.25])
     # white level of greyscale PNG / TIFF images with more than 8 bits: the stored value read
     # as 1.0; auto = the file's bit depth (a PNG sBIT chunk's significant bits when present)
     max_value: Literal["auto"] | float = "auto"
-
-    @field_validator("size")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 8:
-            raise ValueError("image.size must be at least 8 pixels")
-        return v
 
     @field_validator("max_value", mode="before")
     @classmethod
@@ -126,13 +157,24 @@ class ImageConfig(Strict):
             raise ValueError(f"image.max_value must be auto or a positive number, got {v!r}")
         return number
 
+    @field_validator("mean", "std")
+    @classmethod
+    def _per_channel(cls, v: list[float], info: ValidationInfo) -> list[float]:
+        channels = info.data.get("channels", 1)
+        if len(v) not in (1, channels):
+            wanted = "1 value" if channels == 1 else f"1 value (every channel) or {channels}"
+            raise ValueError(f"{len(v)} values; give {wanted} (image.channels is {channels})")
+        return v
+
 
 class TextConfig(Strict):
     """Report text column and the local tokenizer folder."""
 
     column: str
     tokenizer: Path
-    max_length: int = 128
+    # 2: room for the [CLS] and [SEP] a tokenizer adds; with 1 it pads nothing and
+    # truncates nothing, so reports come out longer than max_length
+    max_length: int = Field(default=128, ge=2)
 
 
 class TabularConfig(Strict):
@@ -141,7 +183,7 @@ class TabularConfig(Strict):
     columns: list[str]
     normalization: Literal["data", "given", "none"] = "data"
     mean: dict[str, float] = Field(default_factory=dict)
-    std: dict[str, float] = Field(default_factory=dict)
+    std: dict[str, PositiveFloat] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _given(self) -> TabularConfig:
@@ -158,6 +200,30 @@ class AttributeConfig(Strict):
     column: str | None = None
     kind: Literal["categorical", "continuous"] = "categorical"
     bins: list[float] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, data: Any) -> Any:
+        # `site:` (null) or `site: continuous` would otherwise get pydantic's "valid
+        # dictionary" message; which kind is meant is not for us to guess
+        if not isinstance(data, dict):
+            raise PydanticCustomError("attribute_entry", "{message}", {"message": "not a mapping"})
+        return data
+
+    @field_validator("bins")
+    @classmethod
+    def _edges(cls, v: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        # a typo such as [40, 60, 6] would otherwise be sorted into other groups silently
+        if v is None:
+            return v
+        if info.data.get("kind") != "continuous":
+            raise ValueError("only a kind: continuous attribute has bins; set kind or drop bins")
+        if not v:
+            raise ValueError("give the bin edges, e.g. [40, 60, 75], or leave bins out")
+        if any(lo >= hi for lo, hi in zip(v, v[1:], strict=False)):
+            edges = ", ".join(cell_text(b) for b in v)
+            raise ValueError(f"must be increasing edges, got [{edges}]")
+        return v
 
 
 class SplitConfig(Strict):
@@ -195,6 +261,8 @@ class DataConfig(Strict):
     """The manifest and how to read each modality from it."""
 
     manifest: Path
+    # the CSV field separator (Parquet ignores it); 'tab' or '\\t' for a tab
+    separator: str = ","
     id: str = "id"
     patient: str | None = None
     target: TargetConfig
@@ -204,6 +272,16 @@ class DataConfig(Strict):
     attributes: dict[str, AttributeConfig] = Field(default_factory=dict)
     split: SplitConfig | None = None
     missing: MissingConfig = Field(default_factory=MissingConfig)
+
+    @field_validator("separator")
+    @classmethod
+    def _one_character(cls, v: str) -> str:
+        v = {"tab": "\t", "\\t": "\t"}.get(v, v)
+        if len(v) != 1 or v in '"\r\n':
+            raise ValueError(
+                f"data.separator must be one character such as ',' ';' or tab, got {v!r}"
+            )
+        return v
 
     @property
     def modalities(self) -> list[str]:
@@ -225,9 +303,12 @@ class RuntimeConfig(Strict):
     batch_size: int = Field(default=64, ge=1)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     num_workers: int = Field(default=0, ge=0)
-    seed: int = 0
+    # numpy's legacy seeding and scikit-learn's random_state take 0 .. 2**32 - 1
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     max_samples: int | None = Field(default=None, ge=1)
     progress: bool = True
+    # exit 1 when a check is skipped (its requirements unmet), as for a failed gate
+    fail_on_skipped: bool = False
 
     @field_validator("device")
     @classmethod
@@ -284,72 +365,251 @@ def _resolve_paths(cfg: AuditConfig, base: Path) -> AuditConfig:
     return cfg
 
 
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names allowed at ``loc`` (for did-you-mean on unknown keys)."""
-    current: Any = model
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping (plain YAML loading keeps the last silently)."""
+
+    def __init__(self, key: str, first: int, second: int) -> None:
+        lines = f"on line {first}" if first == second else f"(lines {first} and {second})"
+        super().__init__(f"key '{key}' appears twice {lines}")
+        self.key, self.second = key, second
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping, at any depth.
+
+    Why: PyYAML keeps the last value, so a second ``batch_size:`` further down silently
+    overrides the one the user is looking at. Keys merged in with ``<<: *anchor`` may be
+    overridden, as YAML means them to be.
+    """
+
+    def compose_document(self) -> yaml.Node | None:  # type: ignore[override]
+        node = super().compose_document()
+        _refuse_duplicate_keys(node, (), set())
+        return node
+
+
+def _refuse_duplicate_keys(node: yaml.Node | None, loc: tuple[Any, ...], seen: set[int]) -> None:
+    """Raise DuplicateKeyError for the first mapping under ``node`` that repeats a key."""
+    if node is None or id(node) in seen:  # an alias shares its anchor's node
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            if key.tag == _MERGE_TAG:
+                continue
+            part = key.value if isinstance(key, yaml.ScalarNode) else "?"
+            if isinstance(key, yaml.ScalarNode):
+                line = key.start_mark.line + 1
+                if (key.tag, part) in first:
+                    raise DuplicateKeyError(_dotted((*loc, part)), first[key.tag, part], line)
+                first[key.tag, part] = line
+            _refuse_duplicate_keys(value, (*loc, part), seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, (*loc, i), seen)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    """A key path as written in messages: ``data.image.std[1]``."""
+    text = ""
     for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        field = current.model_fields.get(str(part))
-        if field is None:
-            return []
-        current = _model_in(field.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
+        text += f"[{part}]" if isinstance(part, int) else f"{'.' if text else ''}{part}"
+    return text
+
+
+def _annotation_at(loc: tuple[Any, ...]) -> Any:
+    """The type of the value at ``loc`` in AuditConfig (None when it cannot be followed):
+    through model fields, ``X | None``, ``dict[str, X]`` values and ``list[X]`` items."""
+    current: Any = AuditConfig
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+        elif typing.get_origin(current) is dict:
+            current = typing.get_args(current)[1]
+        elif typing.get_origin(current) is list:
+            current = typing.get_args(current)[0]
+        else:
+            return None
+    return _unwrap(current)
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``X`` from ``X | None`` and ``Annotated[X, ...]``; other unions stay as they are."""
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            return _unwrap(members[0])
+    return annotation
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Keys allowed at ``loc`` (for did-you-mean on unknown keys)."""
+    model = _annotation_at(loc)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
     return []
 
 
-def _model_in(annotation: Any) -> Any:
-    """The BaseModel class inside ``X | None`` or ``dict[str, X]`` annotations, if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
+def _default_at(loc: tuple[Any, ...]) -> Any:
+    """The default of the field at ``loc``; None when it has none (or is not a field)."""
+    model = _annotation_at(loc[:-1]) if loc else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    field = model.model_fields.get(str(loc[-1]))
+    if field is None or field.is_required():
+        return None
+    return field.get_default(call_default_factory=True)
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the key at ``loc`` in the composed YAML tree."""
+    """1-based line of the key (or list item) at ``loc`` in the composed YAML tree; the
+    deepest one found when the path leaves the tree."""
     line = None
     for part in loc:
-        if not isinstance(node, yaml.MappingNode):
-            break
-        for key, value in node.value:
-            if key.value == str(part):
-                line = key.start_mark.line + 1
-                node = value
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == str(part):
+                    line = key.start_mark.line + 1
+                    node = value
+                    break
+            else:
                 break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if not 0 <= part < len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line + 1
         else:
             break
     return line
 
 
-def format_validation_error(exc: ValidationError, path: Path, tree: yaml.Node | None) -> str:
-    """One line: file, line, key path, what is wrong, and a close match for typos."""
-    err = exc.errors()[0]
+_BOUNDS = {
+    "greater_than_equal": (">=", "ge"),
+    "greater_than": (">", "gt"),
+    "less_than_equal": ("<=", "le"),
+    "less_than": ("<", "lt"),
+}
+
+
+def _shown(value: Any) -> str:
+    """A YAML value as quoted in a message, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def describe_error(err: ErrorDetails) -> str:
+    """What is wrong with one value, as a short phrase: ``must be >= 0 (got -1)``.
+
+    Public so that check parameters, validated elsewhere, can read the same way.
+    """
+    kind = err["type"]
+    got = err.get("input")
+    if kind in _BOUNDS:
+        sign, name = _BOUNDS[kind]
+        return f"must be {sign} {cell_text((err.get('ctx') or {})[name])} (got {_shown(got)})"
+    if kind == "finite_number":
+        return f"must be a finite number (got {_shown(got)})"
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind == "value_error" or isinstance(got, dict):
+        return msg
+    return f"{msg} (got {_shown(got)})"
+
+
+def _primary(errors: list[ErrorDetails]) -> tuple[ErrorDetails, str | None, int]:
+    """The error to show, the missing required key it stands for, and how many remain.
+
+    A misspelt required key (``modle:``) is two errors to pydantic, "missing model" and
+    "unknown modle"; the user made one mistake, so they read as one line about the typo.
+    """
+    missing = [tuple(e["loc"]) for e in errors if e["type"] == "missing"]
+    for err in errors:
+        if err["type"] != "extra_forbidden":
+            continue
+        loc = tuple(err["loc"])
+        required = [str(m[-1]) for m in missing if m[:-1] == loc[:-1]]
+        close = difflib.get_close_matches(str(loc[-1]), required, n=1)
+        if close:
+            return err, close[0], len(errors) - 2
+    return errors[0], None, len(errors) - 1
+
+
+def validation_error(exc: ValidationError, path: Path, tree: yaml.Node | None) -> ConfigError:
+    """One ConfigError line for a failed validation: file, line, key path, what is wrong,
+    and a hint (a close match for typos, what to write, the default)."""
+    err, required, rest = _primary(exc.errors())
     loc = tuple(err["loc"])
-    key = ".".join(str(p) for p in loc) or "(top level)"
+    key = _dotted(loc) or "(top level)"
     line = _line_of(tree, loc)
     where = f"{path}:{line}" if line else str(path)
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        allowed = _fields_at(AuditConfig, loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; allowed keys: {', '.join(allowed)}"
-        return f"{where}: unknown key '{key}'{hint}"
-    if err["type"] == "missing":
-        return f"{where}: missing required key '{key}'"
-    msg = msg.removeprefix("Value error, ")
-    got = err.get("input")
-    shown = (
-        f" (got {got!r})"
-        if err["type"] not in ("value_error",) and not isinstance(got, dict)
-        else ""
-    )
-    more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
-    return f"{where}: {key}: {msg}{shown}{more}"
+    more = f" [+{rest} more]" if rest > 0 else ""
+    kind = err["type"]
+    reference = "configs/full.yaml documents every option"
+    if kind == "extra_forbidden":
+        if required is not None:
+            hint = f"did you mean '{required}'? It is required and not given"
+        else:
+            allowed = _fields_at(loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
+        return ConfigError(f"{where}: unknown key '{key}'{more}", hint=hint)
+    if kind == "missing":
+        return ConfigError(
+            f"{where}: missing required key '{key}'{more}", hint=f"add it; {reference}"
+        )
+    if kind == "attribute_entry":
+        got = err.get("input")
+        what = "is empty" if got is None else f"must be a mapping, not {_shown(got)}"
+        return ConfigError(
+            f"{where}: {key} {what}{more}",
+            hint=f"write `{loc[-1]}: {{kind: categorical}}` (or continuous), or remove the line",
+        )
+    default = _default_at(loc)
+    if err.get("input", "") is None and kind.endswith("_type"):
+        what = "its keys" if _fields_at(loc) else "a value"
+        drop = " or remove the line for the default" if default is not None else ""
+        return ConfigError(f"{where}: {key} is empty{more}", hint=f"give {what}{drop}; {reference}")
+    hint = f"the default is {_shown(default)}; {reference}" if default is not None else reference
+    return ConfigError(f"{where}: {key}: {describe_error(err)}{more}", hint=hint)
+
+
+def format_validation_error(exc: ValidationError, path: Path, tree: yaml.Node | None) -> str:
+    """The one line (hint included) that ``validation_error`` gives, as text."""
+    return validation_error(exc, path, tree).one_line()
+
+
+def _read_text(path: Path) -> str:
+    """The config file's text; ConfigError naming the line and byte offset when it is not
+    UTF-8 (a comment typed in Latin-1, a file saved as UTF-16)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read the config: {exc.strerror or exc}", hint="check its permissions"
+        ) from exc
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ConfigError(f"{path}: the config is UTF-16 text, not UTF-8", hint="save it as UTF-8")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        start = data.rfind(b"\n", 0, exc.start) + 1
+        column = len(data[start : exc.start].decode("utf-8")) + 1  # valid up to the bad byte
+        raise ConfigError(
+            f"{path}:{line}:{column}: not UTF-8 text (byte 0x{data[exc.start]:02x} at byte"
+            f" offset {exc.start})",
+            hint="save it as UTF-8",
+        ) from exc
 
 
 def load_config(path: str | Path) -> AuditConfig:
@@ -359,23 +619,31 @@ def load_config(path: str | Path) -> AuditConfig:
         raise ConfigError(
             f"config file not found: {path}", hint="check the path, or copy configs/sample.yaml"
         )
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     try:
-        raw = yaml.safe_load(text)
-        tree = yaml.compose(text)
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+        tree = yaml.compose(text, Loader=yaml.SafeLoader)
+    except DuplicateKeyError as exc:
+        raise ConfigError(
+            f"{path}:{exc.second}: {exc}", hint="keep one; YAML would silently use the last"
+        ) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{where}: YAML syntax error: {problem}") from exc
+        raise ConfigError(
+            f"{where}: YAML syntax error: {problem}",
+            hint="check the indentation, colons and quotes on that line and the one above",
+        ) from exc
     if not isinstance(raw, dict):
         raise ConfigError(
-            f"{path}: the config must be a YAML mapping with model, data, checks, runtime"
+            f"{path}: the config must be a YAML mapping with model, data, checks, runtime",
+            hint="start from configs/sample.yaml",
         )
     try:
         cfg = AuditConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, path, tree)) from exc
+        raise validation_error(exc, path, tree) from exc
     cfg = _resolve_paths(cfg, path.resolve().parent)
     return cfg
 

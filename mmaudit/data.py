@@ -8,8 +8,10 @@ that sample; ``Batch.present`` carries that per sample.
 
 from __future__ import annotations
 
+import csv
+import math
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,14 @@ from mmaudit.config import AuditConfig, DataConfig, RuntimeConfig, cell_text
 from mmaudit.errors import ConfigError, DataError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+# pandas' default missing-value markers: a CSV cell holding one of these is read as missing, so a
+# Parquet string cell holding one is too (the same manifest means the same in both formats)
+NA_MARKERS = frozenset(
+    {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN"}
+    | {"<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+)
+SEPARATORS = (",", ";", "\t", "|")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -64,20 +74,134 @@ class Batch:
         return replace(self, **changes)
 
 
-def read_manifest(path: Path) -> pd.DataFrame:
-    """Read a CSV or Parquet manifest; DataError naming the file otherwise."""
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".pq")
+
+
+def read_manifest(
+    path: Path, text_columns: Iterable[str] = (), separator: str = ","
+) -> pd.DataFrame:
+    """Read a CSV or Parquet manifest; DataError naming the file otherwise.
+
+    ``text_columns`` (ids, patients, category levels, split and file-path columns) are read
+    as the text in the file, never as numbers: id ``000123`` stays ``'000123'`` and patients
+    ``007``, ``7`` and ``00007`` stay three patients. A Parquet number column among them
+    becomes text without ``.0`` (``123``). A missing cell is NaN / None in every column: a
+    blank cell or a pandas missing-value marker (``NA``, ``nan``, ...) in either format.
+
+    Refused, because pandas would read them silently wrong: a header that names a column
+    twice (pandas renames the second ``col.1``), and a CSV that reads as one column whose
+    header holds another separator (``data.separator`` does not match the file).
+    """
     if not path.is_file():
         raise DataError(f"manifest not found: {path}", hint="check data.manifest in the config")
-    try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            df = pd.read_parquet(path)
-        else:
-            df = pd.read_csv(path, keep_default_na=True, na_values=[""], low_memory=False)
-    except Exception as exc:  # pandas raises many types for unreadable files
-        raise DataError(f"{path}: cannot read manifest: {exc}") from exc
+    text = list(dict.fromkeys(text_columns))
+    df = _read_parquet(path, text) if _is_parquet(path) else _read_csv(path, text, separator)
     if len(df) == 0:
         raise DataError(f"{path}: the manifest has no rows")
     return df
+
+
+def _read_csv(path: Path, text: list[str], separator: str) -> pd.DataFrame:
+    header = _csv_header(path, separator)
+    _refuse_repeated_columns(path, header)
+    guess = separator_guess(path, separator)
+    try:
+        df = pd.read_csv(
+            path,
+            sep=separator,
+            dtype={c: str for c in text if c in header},
+            keep_default_na=True,
+            na_values=[""],
+            low_memory=False,
+        )
+    except pd.errors.ParserError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"{path}: cannot read manifest with separator {separator!r}: {first}",
+            hint=guess or "check the quoting of that line",
+        ) from exc
+    except Exception as exc:  # pandas raises many types for unreadable files
+        raise DataError(f"{path}: cannot read manifest: {exc}") from exc
+    if len(df.columns) == 1 and guess:
+        raise DataError(
+            f"{path}: the header reads as one column {str(df.columns[0])[:60]!r} with"
+            f" separator {separator!r}",
+            hint=guess,
+        )
+    return df
+
+
+def _csv_header(path: Path, separator: str) -> list[str]:
+    """The column names of a CSV's first line as written (before pandas renames repeats)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return next(csv.reader(f, delimiter=separator), [])
+    except (UnicodeDecodeError, csv.Error):
+        return []  # pandas reads it next and says what is wrong
+
+
+def separator_guess(path: Path, separator: str) -> str | None:
+    """``this looks like ';'-separated: set data.separator: ';'`` when the CSV's first line
+    holds another common separator more often than ``separator``; None otherwise (or for
+    Parquet)."""
+    if _is_parquet(path):
+        return None
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            line = f.readline()
+    except OSError:
+        return None
+    counts = {s: line.count(s) for s in SEPARATORS if s != separator}
+    best = max(counts, key=lambda s: counts[s])
+    if counts[best] <= line.count(separator):
+        return None
+    return f"this looks like {best!r}-separated: set data.separator: {best!r}"
+
+
+def _refuse_repeated_columns(path: Path, names: list[str]) -> None:
+    """DataError when a (non-blank) column name appears twice: which one is meant is unknown."""
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names, start=1):
+        if not str(name).strip():
+            continue
+        if name in seen:
+            raise DataError(
+                f"{path}: column '{name}' appears twice in the header (columns {seen[name]}"
+                f" and {position})",
+                hint="rename or drop one of them",
+            )
+        seen[name] = position
+
+
+def _read_parquet(path: Path, text: list[str]) -> pd.DataFrame:
+    try:
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(path).names
+        _refuse_repeated_columns(path, names)
+        df = pd.read_parquet(path)
+        wanted = [c for c in text if c in names]
+        table = pq.read_table(path, columns=wanted) if wanted else None
+    except DataError:
+        raise
+    except Exception as exc:  # pyarrow raises many types for unreadable files
+        raise DataError(f"{path}: cannot read manifest: {exc}") from exc
+    for c in wanted:
+        cells = table.column(c).to_pylist()  # type: ignore[union-attr]
+        df[c] = pd.Series([_parquet_text(v) for v in cells], index=df.index, dtype=object)
+    return df
+
+
+def _parquet_text(value: Any) -> str | None:
+    """A Parquet cell as the text a CSV would hold: None when missing, ints without ``.0``."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return None if value.strip() in NA_MARKERS else value
+    return cell_text(value)
 
 
 def _is_missing(value: Any) -> bool:
@@ -86,6 +210,39 @@ def _is_missing(value: Any) -> bool:
     if isinstance(missing, bool | np.bool_) and missing:
         return True
     return str(value).strip() == ""
+
+
+def numbers(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A column's cells as float64 (NaN where missing or not a number) and a mask of the cells
+    that hold something other than a number.
+
+    Missing, in CSV and Parquet alike: a blank or whitespace-only cell, null, or a missing-value
+    marker (``NA``, ``nan``, ...; see ``NA_MARKERS``). Number text counts as its number, so
+    ``'inf'`` and ``'1e400'`` come back as inf: finiteness is the caller's check.
+    """
+    if pd.api.types.is_numeric_dtype(col.dtype):
+        values = col.to_numpy(dtype=float, na_value=np.nan, copy=True)
+        return values, np.zeros(len(col), dtype=bool)
+    cells = col.tolist()
+    blank = np.array(
+        [_is_missing(v) or (isinstance(v, str) and v.strip() in NA_MARKERS) for v in cells],
+        dtype=bool,
+    )
+    kept = pd.Series([None if b else v for v, b in zip(cells, blank, strict=True)], dtype=object)
+    values = pd.to_numeric(kept, errors="coerce").to_numpy(dtype=float, na_value=np.nan, copy=True)
+    return values, np.isnan(values) & ~blank
+
+
+def _shown(cell: Any) -> str:
+    """A numeric cell as a message shows it: floats as Python writes them (``1e+39``)."""
+    return repr(float(cell)) if isinstance(cell, float | np.floating) else str(cell)
+
+
+def _number_hint(cell: Any) -> str:
+    """What to do about a cell that is not a number (a decimal comma is the usual cause)."""
+    if isinstance(cell, str) and "," in cell:
+        return "write numbers with a decimal point: 1.5, not 1,5"
+    return "write a number, or leave the cell blank when the value is missing"
 
 
 def cell_texts(col: pd.Series) -> pd.Series:
@@ -275,7 +432,7 @@ class AuditDataset(torch.utils.data.Dataset):
         self.cfg = cfg
         self.problems = problems
         self.manifest_path = Path(cfg.manifest)
-        df = read_manifest(self.manifest_path)
+        df = read_manifest(self.manifest_path, text_columns(cfg), cfg.separator)
         self._check_columns(df)
         df = df.reset_index(drop=True)
         df["_row"] = np.arange(len(df)) + 2  # 1-based line in a CSV with a header
@@ -283,7 +440,7 @@ class AuditDataset(torch.utils.data.Dataset):
         # filter never change what a row's inputs are
         every_row = df
         if cfg.split is not None:
-            keep = cell_texts(df[cfg.split.column]).isin(cfg.split.values)
+            keep = in_split(df[cfg.split.column], cfg.split.values)
             df = df[keep].reset_index(drop=True)
             if len(df) == 0:
                 raise DataError(
@@ -354,6 +511,12 @@ class AuditDataset(torch.utils.data.Dataset):
         import difflib
 
         absent = [col for col in wanted if col not in df.columns]
+        guess = separator_guess(self.manifest_path, cfg.separator) if absent else None
+        if guess:  # the header was split at the wrong character: every name is off
+            raise DataError(
+                f"{self.manifest_path}: column(s) {', '.join(map(repr, absent[:3]))} not found",
+                hint=guess,
+            )
         for col in absent:
             close = difflib.get_close_matches(col, [str(c) for c in df.columns], n=1)
             hint = f"did you mean '{close[0]}'?" if close else "fix the config or the manifest"
@@ -416,6 +579,12 @@ class AuditDataset(torch.utils.data.Dataset):
     def _row(self, i: int) -> str:
         return f"{self.manifest_path} row {self.frame['_row'][i]} (id {self.ids[i]!r})"
 
+    def _where(self, frame: pd.DataFrame, k: int) -> str:
+        """``file row N (id 'x')`` for position ``k`` of ``frame`` (audited or not)."""
+        cell = frame[self.cfg.id].iloc[k]
+        name = "<no id>" if _is_missing(cell) else cell_text(cell)
+        return f"{self.manifest_path} row {frame['_row'].iloc[k]} (id {name!r})"
+
     def _parse_target(self, df: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
         t = self.cfg.target
         cols = t.all_columns
@@ -438,6 +607,7 @@ class AuditDataset(torch.utils.data.Dataset):
                 y = (y == 1).astype(np.float32)
             return y, list(cols)
         raw = df[cols[0]]
+        unreadable = False  # labels already refused: a class count of stand-ins would mislead
         if t.kind == "binary":
             values = sorted(raw.astype(str).unique().tolist())
             if t.positive is not None:
@@ -446,6 +616,7 @@ class AuditDataset(torch.utils.data.Dataset):
             else:
                 num = pd.to_numeric(raw, errors="coerce")
                 if num.isna().any() or not num.isin((0, 1)).all():
+                    unreadable = True
                     self._problem(
                         f"{self.manifest_path}: binary target '{cols[0]}' must be 0/1 (found"
                         f" {values[:5]})",
@@ -459,6 +630,7 @@ class AuditDataset(torch.utils.data.Dataset):
             as_str = raw.astype(str)
             unknown = ~as_str.isin(classes)
             if unknown.any():
+                unreadable = True
                 i = int(np.flatnonzero(unknown.to_numpy())[0])
                 self._problem(
                     f"{self.manifest_path} row {df['_row'][i]}: target {as_str[i]!r} is not in"
@@ -467,7 +639,7 @@ class AuditDataset(torch.utils.data.Dataset):
                 )
             y = as_str.map(lookup).fillna(0).to_numpy().astype(np.int64)
             names = list(classes)
-        if len(np.unique(y)) < 2:
+        if len(np.unique(y)) < 2 and not unreadable:
             self._problem(
                 f"{self.manifest_path}: target '{cols[0]}' has one class only ({names[int(y[0])]})"
                 " in the audited rows",
@@ -481,8 +653,7 @@ class AuditDataset(torch.utils.data.Dataset):
             column = a.column or name
             col = df[column]
             if a.kind == "continuous":
-                values = pd.to_numeric(col, errors="coerce")
-                bad = (values.isna() & ~cell_texts(col).isna()).to_numpy()
+                values, bad = numbers(col)
                 if bad.any():
                     i = int(np.flatnonzero(bad)[0])
                     self._problem(
@@ -490,9 +661,19 @@ class AuditDataset(torch.utils.data.Dataset):
                         f" but holds {col[i]!r}{_more(int(bad.sum()) - 1, 'non-numeric')}",
                         hint=f"use kind: categorical for data.attributes.{name}",
                     )
-                out[name] = values.to_numpy(dtype=float)
+                infinite = np.isinf(values)
+                if infinite.any():
+                    i = int(np.flatnonzero(infinite)[0])
+                    self._problem(
+                        f"{self._row(i)}: attribute '{name}' (column '{column}') holds"
+                        f" {_shown(col[i])!r}, not a finite number"
+                        f"{_more(int(infinite.sum()) - 1, 'non-finite')}",
+                        hint="write the value, or leave the cell blank when it is unknown",
+                    )
+                    values[infinite] = np.nan
+                out[name] = values
             else:
-                out[name] = col.astype("string").to_numpy(dtype=object)
+                out[name] = cell_texts(col).astype("string").to_numpy(dtype=object)
         return pd.DataFrame(out, index=self.ids)
 
     def _resolve(self, value: Any) -> Path:
@@ -509,8 +690,6 @@ class AuditDataset(torch.utils.data.Dataset):
     def _setup_images(self, df: pd.DataFrame) -> None:
         img = self.cfg.image
         assert img is not None
-        if len(img.mean) not in (1, img.channels) or len(img.std) not in (1, img.channels):
-            raise ConfigError(f"data.image.mean/std need 1 or {img.channels} values")
         m = self.modalities.index("image")
         hint = "paths are relative to the manifest folder or data.image.root"
         for i, value in enumerate(df[img.column].tolist()):
@@ -562,21 +741,42 @@ class AuditDataset(torch.utils.data.Dataset):
         """Numeric labs, normalised; ``data`` statistics come from ``every_row`` (all rows)."""
         tab = self.cfg.tabular
         assert tab is not None
-        values = np.empty((len(df), len(tab.columns)), dtype=np.float32)
+        rows = df["_row"].to_numpy() - 2  # positions in every_row
+        audited = np.zeros(len(every_row), dtype=bool)
+        audited[rows] = True
+        raw = np.empty((len(every_row), len(tab.columns)), dtype=float)
         for j, c in enumerate(tab.columns):
-            col = pd.to_numeric(df[c], errors="coerce")
-            bad = (col.isna() & df[c].notna()).to_numpy()
+            col, bad = numbers(every_row[c])
+            bad &= audited  # text elsewhere is left out of the statistics, as a blank is
             if bad.any():
-                i = int(np.flatnonzero(bad)[0])
+                k = int(np.flatnonzero(bad)[0])
+                cell = every_row[c].iloc[k]
                 self._problem(
-                    f"{self._row(i)}: tabular column '{c}' is not a number: {df[c][i]!r}"
-                    f"{_more(int(bad.sum()) - 1, 'non-numeric')}"
+                    f"{self._where(every_row, k)}: tabular column '{c}' is not a number:"
+                    f" {cell!r}{_more(int(bad.sum()) - 1, 'non-numeric')}",
+                    hint=_number_hint(cell),
                 )
-            values[:, j] = col.to_numpy(dtype=np.float32)
+            # the model takes float32: 1e39 is as unusable as inf
+            huge = np.isinf(col) | (np.abs(np.nan_to_num(col)) > FLOAT32_MAX)
+            if huge.any():
+                k = int(np.flatnonzero(huge)[0])
+                elsewhere = (
+                    "" if audited[k] else " (not audited, but every row feeds the lab statistics)"
+                )
+                what = "not a finite number" if np.isinf(col[k]) else "too large for float32"
+                self._problem(
+                    f"{self._where(every_row, k)}: tabular column '{c}' holds"
+                    f" {_shown(every_row[c].iloc[k])!r}, {what}{elsewhere}"
+                    f"{_more(int(huge.sum()) - 1, 'non-finite')}",
+                    hint="write the measured value, or leave the cell blank when it is missing",
+                )
+                col[huge] = np.nan  # collecting: read on with the cell missing
+            raw[:, j] = col
+        values = raw[rows].astype(np.float32)
         missing = np.isnan(values)
         fill = np.zeros(len(tab.columns), dtype=np.float32)
         for j, c in enumerate(tab.columns):
-            everywhere = pd.to_numeric(every_row[c], errors="coerce").dropna().to_numpy(float)
+            everywhere = raw[:, j][~np.isnan(raw[:, j])]
             if tab.normalization == "given":
                 mu, sd = tab.mean[c], tab.std[c]
             elif tab.normalization == "none":
@@ -775,6 +975,36 @@ class AuditDataset(torch.utils.data.Dataset):
                         " [UNK]; is this the tokenizer the model was trained with?"
                     )
         return problems
+
+
+def text_columns(cfg: DataConfig) -> list[str]:
+    """The columns read as the text in the file: names and codes (ids, patients, category
+    levels, split values, class names, file paths), where ``007`` and ``7`` differ."""
+    cols = [cfg.id]
+    if cfg.patient:
+        cols.append(cfg.patient)
+    if cfg.target.kind == "multiclass" or cfg.target.positive is not None:
+        cols += cfg.target.all_columns
+    if cfg.image is not None:
+        cols += [cfg.image.column] + ([cfg.image.roi_mask] if cfg.image.roi_mask else [])
+    cols += [a.column or n for n, a in cfg.attributes.items() if a.kind == "categorical"]
+    if cfg.split is not None:
+        cols.append(cfg.split.column)
+    return cols
+
+
+def in_split(col: pd.Series, values: list[str]) -> np.ndarray:
+    """Rows whose cell is one of ``values`` as text; a cell ``1.0`` also counts as ``1``,
+    because pandas writes an integer column with a blank cell that way (fold ``07`` stays
+    apart from fold ``7``)."""
+    wanted = set(values)
+    return np.array(
+        [
+            t is not None and (t in wanted or t.removesuffix(".0") in wanted)
+            for t in cell_texts(col)
+        ],
+        dtype=bool,
+    )
 
 
 def _more(n: int, what: str) -> str:

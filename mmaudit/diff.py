@@ -13,14 +13,20 @@ one, or the metric falls back to CI overlap.
 The *direction* of a metric (higher / lower is better, or neutral) comes from, in
 order: the check class's ``metric_directions``, the table ``METRIC_DIRECTIONS`` here,
 and the check's threshold rules (``*_below`` limits mean higher is better, ``*_above``
-lower). A *regression* is a worse check status (``error`` ranks worst), a check that the
-base report ran but the new one lacks (unless ignored with ``ignore_checks``, the CLI's
-``--ignore-check``), a new (or more severe) warn / fail finding, or a significant move
-in the bad direction beyond the tolerance (an unpaired one only when the new value
-crosses its rule; see ``_diff_metric``). Findings of a check that errored or was skipped
-in the new audit are not counted as resolved: nothing re-checked them. Representation
-comparison (linear CKA per layer, prediction churn, rank correlation of per-sample
-maps) uses the compact arrays saved in ``samples/``.
+lower). A *regression* is a worse check status (``error`` ranks worst; a check that
+judged something in the base audit, pass included, and was skipped, having tested
+nothing, in the new one), a check that the base report ran but the new one lacks (unless
+ignored with ``ignore_checks``, the CLI's ``--ignore-check``), a new (or more severe)
+warn / fail finding, or a significant move in the bad direction beyond the tolerance (an
+unpaired one only when the new value crosses its rule; see ``_diff_metric``). Findings of
+a check that errored or was skipped in the new audit are not counted as resolved:
+nothing re-checked them. Representation comparison (linear CKA per layer, prediction
+churn, rank correlation of per-sample maps) uses the compact arrays saved in ``samples/``.
+
+Both folders are read through ``load_report``, which refuses one whose report.json or
+per-sample files no longer match the digests recorded when it was written (a hand-edited
+AUROC would otherwise be compared as if measured); a report from before digests is
+compared with a note that it could not be verified.
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ from mmaudit.errors import ReportError
 from mmaudit.render import markdown_cell
 from mmaudit.report import CheckReport, Report, load_report
 
-# skipped ranks with pass: it holds no evidence either way, but skipped -> fail is worse.
+# skipped ranks with pass: it holds no evidence either way, but skipped -> fail is worse
+# (and pass / warn / fail -> skipped is a regression of its own: see ``_diff_status``).
 # error ranks above fail: a check that crashed shows nothing, so fail -> error is not
 # "no worse" (the failure it had found may still be there, and the check is now broken).
 STATUS_RANK = {"pass": 0, "skipped": 0, "warn": 1, "fail": 2, "error": 3}
@@ -590,6 +597,12 @@ def diff_reports(
     )
     if ignored:
         result.notes.append("left out of the comparison (--ignore-check): " + ", ".join(ignored))
+    for side, folder, report in (("base", base_dir, base), ("new", new_dir, new)):
+        if report.integrity is None:
+            result.notes.append(
+                f"the {side} report ({folder}) records no digests (written by an earlier"
+                " mmaudit): its files could not be checked for edits"
+            )
     if reasons:
         result.notes.append("compared with --force although " + "; ".join(reasons))
     changed_rules = threshold_differences(base, new)
@@ -607,22 +620,7 @@ def diff_reports(
         if b is None:
             _missing_check(name, a, result, new.checks_not_run.get(name))
             continue
-        ra, rb = STATUS_RANK.get(a.status), STATUS_RANK.get(b.status)
-        if a.status != b.status:
-            known = ra is not None and rb is not None
-            worse, better = known and rb > ra, known and rb < ra  # type: ignore[operator]
-            result.status_changes.append(
-                {"check": name, "base": a.status, "new": b.status, "worse": worse, "better": better}
-            )
-            if worse:
-                result.regressions.append(f"{name}: status {a.status} -> {b.status}{_why(b)}")
-            elif b.status == "skipped" and a.status in ("warn", "fail"):
-                # not "better": the base's findings went unchecked, as for a missing check
-                result.status_changes[-1]["worse"] = True
-                result.regressions.append(
-                    f"{name}: status {a.status} -> skipped{_why(b)}; its base findings were"
-                    f" not re-checked: give it what it needs, or pass --ignore-check {name}"
-                )
+        _diff_status(name, a, b, result)
         _diff_findings(name, a, b, result)
         for metric in a.metrics:
             if metric in b.metrics:
@@ -644,6 +642,35 @@ def diff_reports(
                 f" {', '.join(sorted(set(samples.missing)))}"
             )
     return result
+
+
+def _diff_status(name: str, a: CheckReport, b: CheckReport, result: DiffResult) -> None:
+    """Record a change of check status, and a regression when it is worse: a higher
+    ``STATUS_RANK``, or a check that judged something in the base audit (pass, warn, fail)
+    and was skipped in the new one. Skipped means it tested nothing, so even pass ->
+    skipped loses what the base audit covered, as a missing check does; warn / fail ->
+    skipped also leaves the base findings unchecked."""
+    if a.status == b.status:
+        return
+    ra, rb = STATUS_RANK.get(a.status), STATUS_RANK.get(b.status)
+    known = ra is not None and rb is not None
+    worse, better = known and rb > ra, known and rb < ra  # type: ignore[operator]
+    change = {"check": name, "base": a.status, "new": b.status, "worse": worse, "better": better}
+    result.status_changes.append(change)
+    if worse:
+        result.regressions.append(f"{name}: status {a.status} -> {b.status}{_why(b)}")
+    elif b.status == "skipped" and a.status in ("pass", "warn", "fail"):
+        # neither better nor the same: the new audit tested nothing the base one did
+        change.update(worse=True, better=False)
+        lost = (
+            "it tested nothing this time, so what the base audit covered went unchecked"
+            if a.status == "pass"
+            else "its base findings were not re-checked"
+        )
+        result.regressions.append(
+            f"{name}: status {a.status} -> skipped{_why(b)}; {lost}: give it what it needs,"
+            f" or pass --ignore-check {name}"
+        )
 
 
 def _check_ignored(ignored: list[str], base: Report, new: Report) -> None:

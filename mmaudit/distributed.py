@@ -6,12 +6,19 @@ the rank's own device; results are all-gathered in rank order, so every rank hol
 the same full arrays in dataset order and runs the same (cheap) analysis; only rank
 0 writes the report. NCCL on GPUs, gloo on CPU. Without ``torchrun`` (WORLD_SIZE
 unset or 1) everything here is a no-op.
+
+The same report at any world size: which rank, batch or position a sample lands in
+differs with the world size, so any random draw made inside per-batch work is keyed by
+the sample (``sample_seeds``: run seed, what is drawn, dataset index), never by the rank,
+the batch or the order in which samples are met.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import zlib
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -101,3 +108,14 @@ def shutdown() -> None:
         import torch.distributed as dist
 
         dist.destroy_process_group()
+
+
+def sample_seeds(seed: int, salt: str, indices: Iterable[int]) -> list[int]:
+    """One seed per sample (0 .. 2**32 - 1, what numpy's legacy seeding and torch take) from
+    the run seed, a name for what is drawn (``salt``) and the sample's dataset index. A
+    sample's draws then come out the same whichever rank and batch it is in, and whatever
+    was drawn before it; different salts give independent streams."""
+    tag = zlib.crc32(salt.encode())
+    return [
+        int(np.random.SeedSequence([int(seed), tag, int(i)]).generate_state(1)[0]) for i in indices
+    ]

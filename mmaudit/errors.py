@@ -44,3 +44,9 @@ class CheckError(MmauditError):
 
 class ReportError(MmauditError):
     """A report folder is missing, truncated or of an unreadable schema."""
+
+
+class NonFiniteOutputError(MmauditError):
+    """The model returned NaN or inf (logits or a captured layer) for some rows. The run
+    stops: every check would build on those numbers. Raised from inside checks too (an
+    ablated sweep), so the runner must let it through rather than mark that check 'error'."""

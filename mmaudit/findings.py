@@ -30,6 +30,33 @@ def _number(metric: MetricValue, statistic: str) -> float | None:
     return float(v)
 
 
+def judgeable(metric: MetricValue, rule: ThresholdRule) -> float | None:
+    """The number ``rule`` compares for ``metric``, or None when the rule cannot judge it:
+    the statistic is missing, or a gate needs a p-value / CI bound the metric lacks. A
+    metric that a gate lets pass (p above ``max_p``) was judged; one without the p-value
+    was not."""
+    value = _number(metric, rule.statistic)
+    if value is None:
+        return None
+    if rule.max_p is not None and (not isinstance(metric, Estimate) or metric.null_p is None):
+        return None
+    if rule.ci_low_above is not None and _number(metric, "ci_low") is None:
+        return None
+    return value
+
+
+def count_judged(metrics: dict[str, MetricValue], rules: dict[str, ThresholdRule]) -> int:
+    """How many metrics at least one of ``rules`` can judge (``judgeable``): the tests a
+    check's verdict rests on, when its rules are the judgement (``CheckOutput.judged``)."""
+    names = {
+        name
+        for rule in rules.values()
+        for name in metrics
+        if fnmatch.fnmatchcase(name, rule.metric) and judgeable(metrics[name], rule) is not None
+    }
+    return len(names)
+
+
 def judge(
     check: str, metrics: dict[str, MetricValue], rules: dict[str, ThresholdRule]
 ) -> list[Finding]:
@@ -38,15 +65,15 @@ def judge(
     for rule_name, rule in rules.items():
         names = [n for n in metrics if fnmatch.fnmatchcase(n, rule.metric)]
         for name in names:
-            value = _number(metrics[name], rule.statistic)
+            value = judgeable(metrics[name], rule)
             if value is None:
                 continue
             p = metrics[name].null_p if isinstance(metrics[name], Estimate) else None
-            if rule.max_p is not None and (p is None or p > rule.max_p):
+            if rule.max_p is not None and p is not None and p > rule.max_p:
                 continue
             if rule.ci_low_above is not None:
                 low = _number(metrics[name], "ci_low")
-                if low is None or low <= rule.ci_low_above:
+                if low is not None and low <= rule.ci_low_above:
                     continue
             severity, limit, word = "pass", None, ""
             for sev, lim, above in (

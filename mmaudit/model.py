@@ -15,7 +15,7 @@ import importlib
 import inspect
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +213,55 @@ class ModelAdapter:
         finally:
             self.module.set_submodule(path, original)
 
+    def detect_on_batch(self, batch: Batch) -> None:
+        """Find the token-embedding layer by watching one forward of ``batch``, when neither
+        the config nor :func:`detect_text_embedding_layer` named it: the first
+        ``nn.Embedding`` / ``nn.EmbeddingBag`` (under ``model.layers.text`` when set) whose
+        input is the report's token ids. Recorded in ``layers`` and ``detected``.
+
+        Quiet on failure: a model that cannot run the batch is reported by the caller's
+        own probe, in one line.
+        """
+        if (
+            "text_embeddings" in self.layers
+            or "text" not in self.keywords
+            or batch.input_ids is None
+            or not self.supports_hooks
+        ):
+            return
+        ids = batch.input_ids.to(self.device)
+        # the ids as the model may hand them over: as they are, or flattened for an
+        # nn.EmbeddingBag with offsets (every token, or the attended ones)
+        views = [ids, ids.reshape(-1)]
+        if batch.attention_mask is not None:
+            views.append(ids[batch.attention_mask.to(self.device).bool()])
+        root = self.layers.get("text")
+        seen: list[str] = []
+
+        def pre_hook(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            x = args[0] if args else kwargs.get("input")
+            if isinstance(x, torch.Tensor) and any(
+                x.shape == v.shape and torch.equal(x, v) for v in views
+            ):
+                seen.append(names[m])
+
+        names = {
+            m: n
+            for n, m in self.module.named_modules()
+            if isinstance(m, TOKEN_EMBEDDINGS) and _under(n, root)
+        }
+        handles = [m.register_forward_pre_hook(pre_hook, with_kwargs=True) for m in names]
+        try:
+            with torch.no_grad():
+                self.logits(batch.to(self.device))
+        except Exception:
+            return
+        finally:
+            for h in handles:
+                h.remove()
+        if seen:
+            self.layers["text_embeddings"] = self.detected["text_embeddings"] = seen[0]
+
     def hook_count(self) -> int:
         """Forward hooks currently registered anywhere in the model (0 outside any context)."""
         return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in self.module.modules())
@@ -255,6 +304,58 @@ def detect_gradcam_layer(module: nn.Module, prefer: str | None = None) -> str | 
     if last is None and prefer is not None:
         return detect_gradcam_layer(module, None)
     return last
+
+
+#: Module types that look token ids up; the token-embedding layer of text IG is one of them
+#: (or the Hugging Face ``embeddings`` block around one).
+TOKEN_EMBEDDINGS: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
+
+
+def _under(name: str, root: str | None) -> bool:
+    return not root or name == root or name.startswith(root + ".")
+
+
+def _embedding_block(name: str, root: str | None) -> str:
+    """``name``, or its parent when that is a Hugging Face ``embeddings`` block (word +
+    position embeddings and LayerNorm): IG then moves the whole token vector the encoder
+    reads, as captum's BERT examples do, and the positions, the same at both ends of the
+    path, cancel. Never above the text encoder named in ``model.layers.text``."""
+    parent = name.rpartition(".")[0]
+    if parent and parent.split(".")[-1] == "embeddings" and _under(parent, root):
+        return parent
+    return name
+
+
+def detect_text_embedding_layer(module: nn.Module, text_root: str | None = None) -> str | None:
+    """Dotted path of the token-embedding layer report-word IG interpolates, or None.
+
+    Looked for under the text encoder (``text_root``, ``model.layers.text``) when it is
+    named, else in the whole model, in this order: the input embeddings of the shallowest
+    Hugging Face model there (``get_input_embeddings()``); an ``nn.Embedding`` /
+    ``nn.EmbeddingBag`` named ``*word_embeddings``; under a named text encoder, its only
+    one. A Hugging Face ``embeddings`` block around the match is taken whole (see
+    :func:`_embedding_block`). A model with several embeddings and no text encoder named
+    is left to :meth:`ModelAdapter.detect_on_batch`, which sees which one reads the ids.
+    """
+    named = [(n, m) for n, m in module.named_modules() if _under(n, text_root)]
+    names = {id(m): n for n, m in module.named_modules()}
+    for _name, m in sorted(named, key=lambda nm: nm[0].count(".") if nm[0] else -1):
+        get = getattr(m, "get_input_embeddings", None)
+        if not callable(get):
+            continue
+        try:
+            emb = get()
+        except (NotImplementedError, AttributeError):
+            continue
+        if isinstance(emb, TOKEN_EMBEDDINGS) and id(emb) in names:
+            return _embedding_block(names[id(emb)], text_root)
+    embeds = [n for n, m in named if isinstance(m, TOKEN_EMBEDDINGS)]
+    words = [n for n in embeds if n.split(".")[-1] == "word_embeddings"]
+    if words:
+        return _embedding_block(words[0], text_root)
+    if text_root and len(embeds) == 1:
+        return _embedding_block(embeds[0], text_root)
+    return None
 
 
 def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -410,6 +511,10 @@ def load_model(
     for k, v in cfg.layers.items():
         layers[k] = v
         detected.pop(k, None)
+    if "text_embeddings" not in layers and "text" in modalities and hooks_ok:
+        found = detect_text_embedding_layer(module, layers.get("text"))
+        if found:
+            layers["text_embeddings"] = detected["text_embeddings"] = found
     if hooks_ok:
         for k, v in layers.items():
             try:
@@ -419,7 +524,10 @@ def load_model(
                     f"model.layers.{k}: no module '{v}' in the model", hint=_suggest(v, module)
                 ) from exc
     layers = {
-        k: v for k, v in layers.items() if k not in ("image", "text", "tabular") or k in modalities
+        k: v
+        for k, v in layers.items()
+        if k not in ("image", "text", "tabular", "text_embeddings")
+        or k.removesuffix("_embeddings") in modalities
     }
     return ModelAdapter(
         module,
@@ -495,3 +603,186 @@ def check_keywords(module: nn.Module, keywords: dict[str, str]) -> None:
         hint="map each modality to a forward parameter with model.inputs,"
         " e.g. inputs: {image: pixel_values, tabular: labs}",
     )
+
+
+# ----------------------------------------------------------------------------- start-up note
+
+_ENCODER_WORDS = {"image": "image", "text": "report", "tabular": "lab"}
+
+
+def _list(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _declared_effects(layer: str, checks: Sequence[Any], available: set[str]) -> list[str]:
+    """What the checks' own declarations say a missing ``layer`` costs: ``requires.layers``
+    -> skipped; ``layers_wanted`` -> left out (skipped when none of them is left and the
+    check needs hooks, i.e. it only reads layers)."""
+    effects = []
+    for c in checks:
+        if layer in c.requires.layers:
+            effects.append(f"{c.name} is skipped")
+        elif layer in c.layers_wanted:
+            if c.requires.hooks and not set(c.layers_wanted) & available:
+                effects.append(f"{c.name} is skipped (no layer left to read)")
+            else:
+                effects.append(f"{c.name} leaves it out")
+    return effects
+
+
+def _ablation_passes(check: Any, adapter: ModelAdapter, players: Sequence[str]) -> int:
+    """Full-model passes over the data that ablation makes at the input level, where at the
+    encoder level it runs only the fusion head on cached encoder outputs: the 2^M - 1
+    coalitions besides the base sweep, the neutral removals of redundancy, the robustness
+    drops and EMAP's R x M mixes (mirrors ``checks/ablation.py``; an estimate)."""
+    p = check.params
+    m = len(players)
+    native = "present" in adapter.keywords
+    strategy = getattr(p, "strategy", "permute")
+    if strategy == "missing" and not native:
+        strategy = "permute"
+    neutral = "missing" if native else "mean"
+    passes = 2**m - 1
+    if neutral != strategy:
+        passes += m + m * (m - 1) // 2  # every modality and every pair removed, neutrally
+    robustness = getattr(p, "robustness_strategy", "auto")
+    if (neutral if robustness == "auto" else robustness) not in (strategy, neutral):
+        passes += m  # each modality dropped once more, for the robustness curves
+    if getattr(p, "emap", True):
+        passes += int(getattr(p, "emap_partners_input", 8)) * m
+    return passes
+
+
+def missing_layer_notes(adapter: ModelAdapter, checks: Sequence[Any], n_rows: int) -> list[str]:
+    """One line per ``model.layers`` entry a planned check would use that is neither set nor
+    detected: which checks are skipped, which run without it, and which run slower and by
+    how many extra passes.
+
+    Who is affected comes from the checks' declarations (``requires.layers``: skipped;
+    ``layers_wanted``: left out); how comes from the uses a declaration cannot carry: the
+    Grad-CAM target, the token embeddings of report-word IG, and the cached encoder outputs
+    that ablation, attribution and saliency run on instead of the encoders. ``checks`` are
+    the planned check instances (``name``, ``requires``, ``layers_wanted``, ``params``).
+    A TorchScript model gets no note: every check that needs a layer says it is skipped.
+    """
+    if not adapter.supports_hooks:
+        return []
+    have = set(adapter.layers)
+    by_name = {c.name: c for c in checks}
+    mods = [m for m in adapter.modalities if m in adapter.keywords]
+    notes: list[str] = []
+
+    skipped: set[str] = set()
+
+    def add(layer: str, what: str, effects: list[str]) -> None:
+        # a check skipped for want of one layer is said once, under the first
+        fresh = []
+        for e in effects:
+            name, _, rest = e.partition(" ")
+            if rest.startswith("is skipped"):
+                if name in skipped:
+                    continue
+                skipped.add(name)
+            fresh.append(e)
+        if fresh:
+            notes.append(f"{layer} {what} not set and not detected: {'; '.join(fresh)}")
+
+    if "embedding" not in have:
+        add(
+            "model.layers.embedding (the fused vector fed to the head)",
+            "is",
+            _declared_effects("embedding", checks, have),
+        )
+
+    lacking = [m for m in mods if m not in have]
+    if lacking:
+        effects = []
+        words = _list([_ENCODER_WORDS[m] for m in lacking])
+        abl = by_name.get("ablation")
+        if abl is not None and len(mods) >= 2 and getattr(abl.params, "level", "auto") != "input":
+            k = _ablation_passes(abl, adapter, mods)
+            effects.append(
+                f"ablation runs at the input instead of the encoder output: about {k} full-model"
+                f" passes over the {n_rows} studies, where it would run only the fusion head on"
+                " cached encoder outputs"
+            )
+        att = by_name.get("attribution")
+        if att is not None:
+            p = att.params
+            text_ig = (
+                getattr(p, "text", True)
+                and "text" in mods
+                and "text_embeddings" in have
+                and [m for m in lacking if m != "text"]
+            )
+            if text_ig:
+                steps = int(getattr(p, "ig_steps", 32))
+                others = _list([_ENCODER_WORDS[m] for m in lacking if m != "text"])
+                plural = "s" if len([m for m in lacking if m != "text"]) > 1 else ""
+                effects.append(
+                    f"attribution's report-word IG runs the {others} encoder{plural}"
+                    f" {steps + 2} times per report ({steps} path points + 2 ends) instead of"
+                    " reading the cached output"
+                )
+            if getattr(p, "shares", True) and len([m for m in mods if m in have]) < 2 <= len(mods):
+                effects.append("attribution's modality shares are skipped (need two encoders)")
+        sal = by_name.get("saliency")
+        if sal is not None and "image" in mods and [m for m in lacking if m != "image"]:
+            others = _list([_ENCODER_WORDS[m] for m in lacking if m != "image"])
+            plural = "s" if len([m for m in lacking if m != "image"]) > 1 else ""
+            effects.append(
+                f"saliency runs the {others} encoder{plural} again in every Grad-CAM and IG"
+                " pass instead of reading the cached output"
+            )
+        declared = dict.fromkeys(
+            e
+            for m in lacking
+            for e in _declared_effects(m, [c for c in checks if c.name != "ablation"], have)
+        )
+        leave = [e.split(" ")[0] for e in declared if e.endswith("leaves it out")]
+        effects += [e for e in declared if not e.endswith("leaves it out")]
+        if leave:
+            verb = "leaves" if len(leave) == 1 else "leave"
+            plural = "s" if len(lacking) > 1 else ""
+            effects.append(f"{_list(leave)} {verb} the {words} encoder{plural} out")
+        names = ", ".join(f"model.layers.{m}" for m in lacking)
+        add(
+            f"{names} ({words} encoder{'s' if len(lacking) > 1 else ''})",
+            "are" if len(lacking) > 1 else "is",
+            effects,
+        )
+
+    sal = by_name.get("saliency")
+    if (
+        sal is not None
+        and "image" in mods
+        and "gradcam" not in have
+        and getattr(sal.params, "layer", None) is None
+    ):
+        methods = list(getattr(sal.params, "methods", []))
+        cams = [m for m in methods if m.endswith("cam")]
+        rest = [m for m in methods if m not in cams]
+        if cams and rest:
+            verb = "runs" if len(rest) == 1 else "run"
+            effect = f"saliency's {'/'.join(cams)} maps are skipped ({'/'.join(rest)} still {verb})"
+        else:
+            effect = "saliency is skipped (its methods are all CAMs)" if cams else ""
+        add("model.layers.gradcam (no nn.Conv2d found)", "is", [effect] if effect else [])
+
+    att = by_name.get("attribution")
+    if (
+        att is not None
+        and getattr(att.params, "text", True)
+        and "text" in mods
+        and "text_embeddings" not in have
+    ):
+        add(
+            "model.layers.text_embeddings (the token embeddings report-word IG interpolates)",
+            "is",
+            [
+                "attribution's report-word IG is not run (the rest of attribution runs); name"
+                " the nn.Embedding that reads the token ids, e.g."
+                " text_encoder.embeddings.word_embeddings"
+            ],
+        )
+    return notes

@@ -17,7 +17,7 @@ from xml.sax.saxutils import quoteattr
 
 from mmaudit.check import Finding
 from mmaudit.findings import SEVERITY_ORDER
-from mmaudit.report import FAILING_STATUSES, Report
+from mmaudit.report import FAILING_STATUSES, CheckReport, Report
 
 STATUS_ICON = {"pass": "✅", "warn": "⚠️", "fail": "❌", "error": "💥", "skipped": "⏭️"}
 # check statuses whose reason says what happened (the others are judged by findings)
@@ -162,17 +162,22 @@ dt{font-weight:600}dd{margin:0 0 .4em 1.5em}
 <p>Model <code>{{ report.model.source }}</code> on {{ report.data.n }} samples of
 <code>{{ report.data.manifest }}</code>.</p>
 {% if narrowed %}<p id="narrowed" class="warn"><strong>{{ narrowed }}</strong></p>{% endif %}
-<table id="summary"><tr><th>check</th><th>status</th><th>worst finding</th><th>key metrics</th></tr>
+<table id="summary"><tr><th>check</th><th>status</th><th>tested</th><th>worst finding</th>
+<th>key metrics</th></tr>
 {% for c in checks %}<tr><td><a href="#check-{{ c.name }}">{{ c.name }}</a></td>
-<td class="{{ c.status }}">{{ c.status }}</td><td>{{ c.worst }}</td><td>{{ c.key }}</td></tr>
+<td class="{{ c.status }}">{{ c.status }}</td><td>{{ c.tested }}</td><td>{{ c.worst }}</td>
+<td>{{ c.key }}</td></tr>
 {% endfor %}{% for name, why in not_run %}<tr class="not-run"><td>{{ name }}</td>
-<td class="skipped">not run</td><td>{{ why }}</td><td></td></tr>
+<td class="skipped">not run</td><td></td><td>{{ why }}</td><td></td></tr>
 {% endfor %}</table>
 {% if report.cross_checks %}<section id="across-checks"><h2>Across checks</h2><ul>
 {% for cc in report.cross_checks %}<li>{{ cc.message }}</li>{% endfor %}</ul></section>{% endif %}
 {% for c in checks %}<section id="check-{{ c.name }}"><h2>{{ c.name }}:
 <span class="{{ c.status }}">{{ c.status }}</span></h2>
 {% if c.reason %}<p>{{ c.reason }}</p>{% endif %}
+{% if c.tested %}<p class="tested">Tested: {{ c.tested }}</p>{% endif %}
+{% if c.coverage %}<ul class="coverage">{% for n in c.coverage %}<li class="warn">coverage:
+{{ n }}</li>{% endfor %}</ul>{% endif %}
 {% if c.findings %}<ul>{% for f in c.findings %}<li class="{{ f.severity }}">{{ f.severity }}:
 {{ f.message }}</li>{% endfor %}</ul>{% endif %}
 {% for n in c.notes %}<p><em>{{ n }}</em></p>{% endfor %}
@@ -282,13 +287,17 @@ def render_html(folder: Path, report: Report) -> str:
             if (data := _figure_data(folder, rel)) is not None
         ]
         worst = ""
-        if c.findings:
+        if c.status in NO_RESULT and c.reason:
+            worst = c.reason
+        elif c.findings:
             worst = max(c.findings, key=lambda f: SEVERITY_ORDER.get(f.severity, 0)).message
         checks.append(
             {
                 "name": c.name,
                 "status": c.status,
                 "reason": c.reason,
+                "tested": judged_cell(c),
+                "coverage": c.coverage,
                 "findings": c.findings,
                 "notes": c.notes,
                 "metrics": metric_rows(c.metrics),
@@ -331,6 +340,28 @@ def render_html(folder: Path, report: Report) -> str:
     )
 
 
+def judged_cell(check: CheckReport) -> str:
+    """What a check's verdict rests on, in a few words: "12 tests on 40/48 rows", "none";
+    '' when the check did not say (or crashed)."""
+    if check.judged is None:
+        return ""
+    if check.judged == 0:
+        return "none"
+    text = f"{check.judged} test{'s' if check.judged != 1 else ''}"
+    if check.rows_used is not None and check.rows_total is not None:
+        text += f" on {check.rows_used}/{check.rows_total} rows"
+    return text
+
+
+def summary_cell(check: CheckReport) -> str:
+    """The summary tables' last cell: the reason of a check that has no result (skipped,
+    crashed), else its key metrics (the reason when it has none)."""
+    key = key_metrics(check.metrics, check.findings)
+    if check.status in NO_RESULT:
+        return check.reason or key
+    return key or check.reason or ""
+
+
 def narrowed_line(report: Report) -> str:
     """One sentence saying that registered checks did not run ('' when all ran)."""
     if not report.checks_not_run:
@@ -355,22 +386,44 @@ def _data_columns(data: dict[str, Any]) -> dict[str, Any]:
     return cols
 
 
+#: a number as pandas writes one to CSV (no sign but minus, no leading zeros, no blanks):
+#: a column of only such cells is shown as numbers; any other cell keeps the column text
+_CSV_NUMBER = re.compile(r"-?(?:(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?|inf)")
+_CSV_INT = re.compile(r"-?(?:0|[1-9]\d*)")
+
+
+def _preview_column(cells: Any, limit: int) -> list[Any]:
+    """The first ``limit`` cells of a CSV column read as text (a pandas string Series, NA:
+    blank) as shown: numbers when every cell of the column is one as pandas writes numbers
+    (ints when all are whole, else floats, so they format alike), else the text as written
+    (an id ``000123`` or a level ``NA`` stays itself)."""
+    present = cells.dropna()
+    head = cells.head(limit).to_numpy(dtype=object, na_value=None).tolist()
+    # vectorised (pyarrow's regex kernel): a per-sample table has millions of cells
+    if present.empty or not present.str.fullmatch(_CSV_NUMBER.pattern).all():
+        return head
+    kind = int if present.str.fullmatch(_CSV_INT.pattern).all() else float
+    return [None if c is None else kind(c) for c in head]
+
+
 def _table_preview(folder: Path, rel: str, limit: int = 15) -> dict[str, Any] | None:
-    """The first rows of a CSV table for the HTML page (values escaped by the template)."""
+    """The first rows of a CSV table for the HTML page (values escaped by the template).
+
+    Cells are read as text (only a blank cell is missing) and a column becomes numbers
+    only when all its cells are numbers as pandas writes them: type inference would show
+    the id ``000123`` as ``123`` and a level ``NA`` or ``None`` as missing."""
     import pandas as pd
 
     path = (folder / rel).resolve()
     if not rel.endswith(".csv") or folder.resolve() not in path.parents or not path.is_file():
         return None
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype="string[pyarrow]", keep_default_na=False, na_values=[""])
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
         return None  # an empty or malformed table is left out of the page, not fatal
+    columns = [_preview_column(frame.iloc[:, j], limit) for j in range(frame.shape[1])]
     shown = [fmt_p if is_p_column(str(c)) else fmt for c in frame.columns]
-    rows = [
-        [f(v) for f, v in zip(shown, row, strict=True)]
-        for row in frame.head(limit).itertuples(index=False)
-    ]
+    rows = [[f(v) for f, v in zip(shown, row, strict=True)] for row in zip(*columns, strict=True)]
     return {
         "name": Path(rel).stem,
         "n": len(frame),
@@ -384,13 +437,19 @@ def render_markdown(report: Report) -> str:
     lines = [f"## mmaudit: {STATUS_ICON.get(report.status, '')} {report.status}", ""]
     if report.checks_not_run:
         lines += [f"**{narrowed_line(report)}**", ""]
-    lines += ["| check | status | key metrics |", "|---|---|---|"]
+    lines += ["| check | status | key metrics | tested |", "|---|---|---|---|"]
     for c in report.checks.values():
-        key = key_metrics(c.metrics, c.findings) or (c.reason or "")
         icon = STATUS_ICON.get(c.status, "")
-        lines.append(f"| {c.name} | {icon} {c.status} | {markdown_cell(key)} |")
+        lines.append(
+            f"| {c.name} | {icon} {c.status} | {markdown_cell(summary_cell(c))} |"
+            f" {judged_cell(c)} |"
+        )
     for name, why in sorted(report.checks_not_run.items()):
-        lines.append(f"| {name} | {STATUS_ICON['skipped']} {NOT_RUN} | {markdown_cell(why)} |")
+        lines.append(f"| {name} | {STATUS_ICON['skipped']} {NOT_RUN} | {markdown_cell(why)} | |")
+    coverage = [(c.name, n) for c in report.checks.values() for n in c.coverage]
+    if coverage:
+        lines += ["", "**Coverage** (what part of the data a verdict rests on)", ""]
+        lines += [f"- `{name}`: {markdown_cell(n)}" for name, n in coverage]
     worst = [f for f in report.worst_findings(None) if f.severity in ("fail", "warn", "error")]
     if worst:
         lines += ["", "**Findings**", ""]
@@ -448,11 +507,18 @@ def render_junit(report: Report) -> str:
     level (``report.fail_on``, recorded as a testsuite property), so CI reads the same
     verdict as the exit code: at 'fail' (the default) fail checks and findings are failures
     and errored ones errors; at 'warn' warnings are failures too; at 'never' nothing fails.
-    A verdict that does not fail the gate is kept as the testcase's system-out."""
+    A verdict that does not fail the gate is kept as the testcase's system-out. With
+    ``report.fail_on_skipped`` a skipped check (planned, but it tested nothing) is a failure
+    too; checks not run (``--checks``, ``enabled: false``) stay skipped: they were not
+    planned."""
     failing = FAILING_STATUSES[report.fail_on]
     counts = {"failure": 0, "error": 0, "skipped": 0}
 
     def body(status: str, message: str) -> str:
+        if status == "skipped" and report.fail_on_skipped:
+            counts["failure"] += 1
+            text = f"skipped (fails --fail-on-skipped): {message}"
+            return f"<failure message={quoteattr(text)}/>"
         if status == "skipped":
             counts["skipped"] += 1
             return f"<skipped message={quoteattr(message)}/>"
@@ -484,6 +550,7 @@ def render_junit(report: Report) -> str:
         )
     properties = {
         "fail_on": report.fail_on,
+        "fail_on_skipped": str(report.fail_on_skipped).lower(),
         "status": report.status,
         "mmaudit": report.tool_version,
         "checks_requested": ",".join(report.checks_requested or []) or "all not disabled",

@@ -25,6 +25,24 @@ from pydantic import BaseModel, Field
 from mmaudit.agreement import CrossCheck
 from mmaudit.check import CheckOutput, Finding
 from mmaudit.errors import MmauditError, ReportError
+from mmaudit.output_folder import (
+    MARKER,
+    check_output_folder,
+    lock_folder,
+    make_parent,
+    not_writable,
+    remove_stale_stages,
+    resolve_output,
+    signals_held,
+    stage_prefix,
+)
+from mmaudit.report_seal import (
+    file_sha256,
+    files_under,
+    seal_payload,
+    verify_files,
+    verify_report_json,
+)
 from mmaudit.stats import Estimate
 
 SCHEMA_VERSION = 1
@@ -38,10 +56,19 @@ FAILING_STATUSES: dict[str, frozenset[str]] = {
 # A secret shared by audits that are meant to be diffed under --redact. Read from the
 # environment, never the config, because the config is copied into the report folder.
 REDACT_SALT_ENV = "MMAUDIT_REDACT_SALT"
+# Report folders this process finished (moved into place): an interrupt that lands after
+# the move must not claim that no report was written.
+FINISHED: list[Path] = []
 
 
 class CheckReport(BaseModel):
-    """One check's result in the report."""
+    """One check's result in the report.
+
+    ``judged`` is how many tests / comparisons the verdict rests on (0: nothing could be
+    tested, so the check is ``skipped`` with the reason; None: the check did not say, or
+    it crashed), ``rows_used`` of ``rows_total`` audited rows the rows they rest on, and
+    ``coverage`` the notes saying which part of the data the verdict covers, with counts.
+    """
 
     name: str
     status: str
@@ -55,6 +82,10 @@ class CheckReport(BaseModel):
     thresholds: dict[str, Any] = Field(default_factory=dict)
     seconds: float = 0.0
     traceback: str | None = None
+    judged: int | None = None
+    rows_used: int | None = None
+    rows_total: int | None = None
+    coverage: list[str] = Field(default_factory=list)
 
 
 class Report(BaseModel):
@@ -76,12 +107,24 @@ class Report(BaseModel):
     status: str = "pass"
     # the --fail-on level the run was gated with; junit.xml's failures follow it
     fail_on: Literal["fail", "warn", "never"] = "fail"
+    # --fail-on-skipped / runtime.fail_on_skipped: a planned check that was skipped fails the
+    # gate (exit 1) and is a failure in junit.xml
+    fail_on_skipped: bool = False
     # the checks named with --checks (None: the run was not narrowed on the command line)
     checks_requested: list[str] | None = None
     # registered checks that did not run, with why: "not requested (--checks)" or
     # "disabled in config"; every view lists them, so a narrowed run never reads as a
     # full audit
     checks_not_run: dict[str, str] = Field(default_factory=dict)
+    # sha256 of report.json's own content and of every other file the run wrote (see
+    # ``seal_payload``); None in reports written before mmaudit recorded them (unverified)
+    integrity: dict[str, Any] | None = None
+
+    def skipped_checks(self) -> list[str]:
+        """The planned checks that were skipped (nothing they could test, or a requirement
+        unmet); checks left out by ``--checks`` or ``enabled: false`` were not planned and
+        are ``checks_not_run`` instead."""
+        return [c.name for c in self.checks.values() if c.status == "skipped"]
 
     def worst_findings(self, limit: int | None = 5) -> list[Finding]:
         """Findings, most severe first (stable within a severity); all when ``limit`` is
@@ -259,6 +302,7 @@ class Redactor:
             check.reason = self.prose(check.reason)
             check.traceback = self.prose(check.traceback)
             check.notes = [self.prose(n) or "" for n in check.notes]
+            check.coverage = [self.prose(n) or "" for n in check.coverage]
             for finding in check.findings:
                 finding.message = self.prose(finding.message) or ""
         for cross in report.cross_checks:
@@ -271,27 +315,23 @@ class ReportWriter:
     The staging folder (``.{out}.partial-XXXXXXXX``) is locked (``flock``) while its run
     lives; a new writer removes the unlocked ones, left by runs killed before ``abort``
     could run (SIGKILL, power loss), since they can hold raw patient data.
+
+    ``out`` is replaced only when it is an mmaudit report holding nothing else (see
+    ``check_output_folder``), and whether it can be is checked here, before any model runs,
+    and again just before the swap: mmaudit never deletes a file it did not write.
     """
 
     def __init__(self, out: Path, redactor: Redactor | None = None) -> None:
         self.redactor = redactor
-        self.out = Path(out).resolve()
-        if self.out.exists() and not self.out.is_dir():
-            raise MmauditError(f"output path exists and is not a folder: {self.out}")
-        if (
-            self.out.is_dir()
-            and any(self.out.iterdir())
-            and not (self.out / "report.json").is_file()
-        ):
-            raise MmauditError(
-                f"output folder {self.out} exists and is not an mmaudit report;"
-                " refusing to replace it",
-                hint="choose another -o folder",
-            )
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out = resolve_output(out)
+        check_output_folder(self.out)
+        make_parent(self.out)
         remove_stale_stages(self.out)
-        self.stage = Path(tempfile.mkdtemp(prefix=_stage_prefix(self.out), dir=self.out.parent))
-        self._lock = _lock_folder(self.stage)
+        try:
+            self.stage = Path(tempfile.mkdtemp(prefix=stage_prefix(self.out), dir=self.out.parent))
+        except OSError as exc:
+            raise not_writable(self.out.parent, exc) from exc
+        self._lock = lock_folder(self.stage)
 
     def add_check(
         self, name: str, output: CheckOutput, ids: Any
@@ -382,7 +422,11 @@ class ReportWriter:
         return left_out
 
     def finish(self, report: Report, config_yaml: str) -> Path:
-        """Write report.json, config.yaml and the rendered views, then move into place."""
+        """Write config.yaml, the rendered views and report.json (sealed with the digests of
+        every file, see ``seal_payload``) and the ownership marker, then move into place.
+
+        The swap of an earlier report for the new one runs with SIGINT / SIGTERM held back,
+        so a Ctrl-C cannot leave the folder with neither report."""
         from mmaudit.render import write_views
 
         if self.redactor is not None:
@@ -395,19 +439,39 @@ class ReportWriter:
                 self.redactor.tree(yaml.safe_load(config_yaml)), sort_keys=False
             )
         (self.stage / "config.yaml").write_text(config_yaml, encoding="utf-8")
-        payload = json_safe(report.model_dump(mode="python"))
-        (self.stage / "report.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
         write_views(self.stage, report)
+        seal_folder(self.stage, report)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(self.stage, 0o777 & ~umask)  # mkdtemp made it private; a report is not
-        if self.out.exists():
-            trash = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
-            self.out.rename(trash)
-            self.stage.rename(self.out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            self.stage.rename(self.out)
+        # out may have changed since the run started (hours ago): check again
+        check_output_folder(self.out)
+        trash: Path | None = None
+        with signals_held():
+            try:
+                if self.out.exists():
+                    trash = Path(
+                        tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent)
+                    )
+                    os.replace(self.out, trash)  # onto the empty folder mkdtemp made
+                    try:
+                        os.rename(self.stage, self.out)
+                    except OSError:
+                        os.replace(trash, self.out)  # put the earlier report back
+                        raise
+                else:
+                    os.rename(self.stage, self.out)
+            except OSError as exc:
+                if trash is not None and trash.is_dir() and not any(trash.iterdir()):
+                    trash.rmdir()
+                raise MmauditError(
+                    f"cannot move the finished report into {self.out}:"
+                    f" {exc.strerror or type(exc).__name__}",
+                    hint="choose another -o, or make the folder and its parent writable",
+                ) from exc
+            FINISHED.append(self.out)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)  # checked above: only files mmaudit wrote
         self._unlock()  # only now: until the rename a new writer must not sweep the stage
         return self.out
 
@@ -422,47 +486,25 @@ class ReportWriter:
             self._lock = None
 
 
-def _stage_prefix(out: Path) -> str:
-    return f".{out.name}.partial-"
+def seal_folder(folder: Path, report: Report) -> None:
+    """Write ``folder``'s report.json sealed with the sha256 of every other file in it (see
+    ``seal_payload``; ``report.integrity`` is set to the record) and the ownership marker
+    naming every file, so a later run knows what it may replace. Call it last, after every
+    other file of the folder is written: by the writer, and by tools that update a report
+    in place (the detection benchmark's ``--recheck``)."""
+    from mmaudit import __version__
 
-
-def _lock_folder(folder: Path) -> int | None:
-    """An open descriptor holding an exclusive ``flock`` on ``folder`` (the kernel releases
-    it however the process ends); None where it cannot be taken (no flock on Windows or
-    on some network filesystems, or another process holds it)."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def remove_stale_stages(out: Path) -> list[Path]:
-    """Remove the staging folders of ``out`` that no live run holds (the lock can be
-    taken): exactly the names ``ReportWriter`` makes (``.{name}.partial-`` and mkdtemp's 8
-    characters), never the ``.{name}.work`` resume state. Where locks are unsupported
-    nothing is removed. Returns the folders removed."""
-    pattern = re.compile(re.escape(_stage_prefix(out)) + r"[a-z0-9_]{8}")
-    removed = []
-    for folder in out.parent.iterdir():
-        if not pattern.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir():
-            continue
-        fd = _lock_folder(folder)
-        if fd is None:  # a run writing to the same folder right now, or no locks here
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        os.close(fd)
-        removed.append(folder)
-    return removed
+    written = [rel for rel in files_under(folder) if rel not in ("report.json", MARKER)]
+    files = {rel: file_sha256(folder / rel) for rel in written}
+    payload = seal_payload(json_safe(report.model_dump(mode="python")), files)
+    report.integrity = payload["integrity"]
+    (folder / "report.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    marker = {
+        "written_by": "mmaudit",
+        "version": __version__,
+        "files": sorted([*written, "report.json"]),
+    }
+    (folder / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
 
 
 def _slug(text: str) -> str:
@@ -476,7 +518,14 @@ def _is_range(frame: Any) -> bool:
 
 
 def load_report(folder: str | Path) -> Report:
-    """Read a report folder's report.json; ReportError with one clear line otherwise."""
+    """Read a report folder's report.json; ReportError with one clear line otherwise.
+
+    A report that records digests (``integrity``) must match them: report.json's own
+    content, and every file it lists that is still there (a missing per-sample file is
+    left to the reader, which notes it); a file under samples/ that it does not list is
+    refused too, since ``diff`` would read it. A report without digests (written before
+    mmaudit recorded them) is read unverified: its ``integrity`` is None.
+    """
     folder = Path(folder)
     path = folder / "report.json"
     if not folder.is_dir():
@@ -485,7 +534,7 @@ def load_report(folder: str | Path) -> Report:
         raise ReportError(f"{folder} is not an mmaudit report (no report.json)")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
         raise ReportError(f"{path}: not valid JSON (truncated or edited?): {exc}") from exc
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version != SCHEMA_VERSION:
@@ -493,6 +542,7 @@ def load_report(folder: str | Path) -> Report:
             f"{path}: schema_version {version!r}; this mmaudit reads version {SCHEMA_VERSION}",
             hint="re-run the audit with this version of mmaudit",
         )
+    verify_report_json(folder, path, raw)
     try:
         report = Report.model_validate(raw)
     except Exception as exc:
@@ -508,4 +558,6 @@ def load_report(folder: str | Path) -> Report:
                     f"{path}: check '{check.name}' points outside the report folder: {rel}",
                     hint="the report was edited or is not from mmaudit; refusing to read it",
                 )
+    if report.integrity is not None:
+        verify_files(folder, path, report.integrity["files"])
     return report

@@ -25,8 +25,15 @@ from mmaudit.check import (
     merged_thresholds,
 )
 from mmaudit.config import AuditConfig, config_to_yaml, load_config
-from mmaudit.errors import CheckError, ConfigError, MmauditError, ModelLoadError
-from mmaudit.findings import SEVERITY_ORDER, judge, status_of
+from mmaudit.errors import (
+    CheckError,
+    ConfigError,
+    MmauditError,
+    ModelLoadError,
+    NonFiniteOutputError,
+)
+from mmaudit.findings import SEVERITY_ORDER, count_judged, judge, status_of
+from mmaudit.output_folder import WORK_OWNER, WorkLock, work_folder
 from mmaudit.report import CheckReport, Redactor, Report, ReportWriter, json_safe
 
 
@@ -267,12 +274,15 @@ def run_audit(
     console: Any = None,
     resume: bool = False,
     fail_on: str = "fail",
+    fail_on_skipped: bool | None = None,
 ) -> Report:
     """Run every planned check on the config's model and data; write the report folder.
 
     Under ``torchrun`` every rank runs this: the model-bound work is sharded across
     ranks by the cache, and only rank 0 writes the report. With ``resume``, base-sweep
     batches finished by an interrupted run of the same config and checkpoint are reused.
+    ``fail_on`` and ``fail_on_skipped`` (None: ``runtime.fail_on_skipped``) are recorded in
+    the report: the gate and junit.xml follow them.
     """
     import numpy as np
     import torch
@@ -280,7 +290,7 @@ def run_audit(
     from mmaudit import distributed
     from mmaudit.cache import InferenceCache
     from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
+    from mmaudit.model import load_model, missing_layer_notes
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -291,9 +301,17 @@ def run_audit(
     distributed.agree(config_fingerprint(cfg), "config")
     if not distributed.is_main():
         cfg.runtime.progress = False
-    writer: ReportWriter | NullWriter = (
-        ReportWriter(Path(out)) if distributed.is_main() else NullWriter()
-    )
+    # before any data is read or model loaded: one writer per output folder (the lock), and
+    # an output that cannot take a report (someone else's files, read-only) stops the run now
+    lock = WorkLock(out).acquire() if distributed.is_main() else None
+    try:
+        writer: ReportWriter | NullWriter = (
+            ReportWriter(Path(out)) if distributed.is_main() else NullWriter()
+        )
+    except BaseException:
+        if lock is not None:
+            lock.release(keep=not lock.created)
+        raise
     work_dir: Path | None = None
     try:
         torch.manual_seed(cfg.runtime.seed)
@@ -314,6 +332,11 @@ def run_audit(
         t = time.perf_counter()
         adapter = load_model(cfg.model, dataset.modalities, cfg.runtime)
         timings["load_model"] = time.perf_counter() - t
+        # the token embeddings that only a forward can find; then what missing layers cost
+        adapter.detect_on_batch(next(iter(dataset.batches(min(4, len(dataset))))))
+        if console is not None:
+            for note in missing_layer_notes(adapter, [pc.check for pc in planned], len(dataset)):
+                console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
         missing = dataset.configure_missing("present" in adapter.keywords)
         probe_model(adapter, dataset, cfg.data.target.kind)
         precision = precision_record(cfg.runtime.precision, adapter.effective_precision)
@@ -403,29 +426,39 @@ def run_audit(
             cross_checks=cross_check(results, list(cfg.data.attributes)),
             status=worst,
             fail_on=fail_on,
+            fail_on_skipped=cfg.runtime.fail_on_skipped
+            if fail_on_skipped is None
+            else fail_on_skipped,
             checks_requested=[pc.name for pc in planned] if overrides.checks else None,
             checks_not_run=checks_not_run(cfg, planned, overrides.checks),
         )
         distributed.barrier()
         header = narrowing_comment(report.checks_requested)
         writer.finish(report, header + config_to_yaml(ran_cfg))
-        if cache.work_dir is not None and distributed.is_main():
-            shutil.rmtree(cache.work_dir, ignore_errors=True)
+        if lock is not None:
+            lock.release(keep=False)  # a finished audit leaves no resume state
         return report
     except BaseException as exc:
         writer.abort()
+        # finished sweep batches are kept for --resume (meta.json refuses them if the
+        # config, checkpoint or manifest changes), and so is the resume state of an earlier
+        # run that this one stopped before touching; a run that got nothing done leaves
+        # nothing behind
+        # nothing either, after NaN / inf outputs: the checkpoint must change, and --resume
+        # refuses the batches of another checkpoint
+        resumable = not isinstance(exc, NonFiniteOutputError)
+        if work_dir is not None:
+            keep = resumable and (resume or (lock is not None and any_batch_done(work_dir)))
+        else:
+            keep = lock is not None and not lock.created
+        if lock is not None:
+            lock.release(keep=keep)
         if not isinstance(exc, MmauditError):
             raise
         clean = unwrap_worker_error(exc)
-        # bad input found mid-sweep: finished batches are kept for --resume (meta.json
-        # refuses them if the config, checkpoint or manifest changes); a run that got
-        # nothing done leaves nothing behind
-        if work_dir is not None and distributed.is_main():
-            if resume or any_batch_done(work_dir):
-                hint = "fix the file and rerun with --resume"
-                clean.hint = f"{clean.hint}; {hint}" if clean.hint else hint
-            else:
-                shutil.rmtree(work_dir, ignore_errors=True)
+        if work_dir is not None and keep and lock is not None:
+            hint = "fix the file and rerun with --resume"
+            clean.hint = f"{clean.hint}; {hint}" if clean.hint else hint
         if clean is exc:
             raise
         raise clean from exc
@@ -496,10 +529,14 @@ def config_fingerprint(cfg: AuditConfig) -> str:
 def prepare_work_dir(
     out: Path, cfg: AuditConfig, model_sha: str, manifest_sha: str, resume: bool
 ) -> Path:
-    """The folder where finished sweep batches wait for a --resume (hidden sibling of OUT)."""
+    """The folder where finished sweep batches wait for a --resume (hidden sibling of OUT).
+
+    Without ``resume`` (or with nothing to resume) the folder is emptied, but not removed:
+    rank 0 holds its lock (``WorkLock``), taken on the folder itself, since the run began.
+    """
     from mmaudit import distributed
 
-    work = out.resolve().parent / f".{out.name}.work"
+    work = work_folder(out)
     meta = {
         "config": config_fingerprint(cfg),
         "checkpoint": model_sha,
@@ -508,7 +545,15 @@ def prepare_work_dir(
     }
     meta_file = work / "meta.json"
     if resume and meta_file.is_file():
-        previous = json.loads(meta_file.read_text())
+        try:
+            previous = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if not isinstance(previous, dict):
+            raise MmauditError(
+                f"--resume: {meta_file} is unreadable (cut short?)",
+                hint="run without --resume to start over",
+            )
         changed = [k for k in meta if previous.get(k) != meta[k]]
         if changed:
             raise MmauditError(
@@ -518,8 +563,14 @@ def prepare_work_dir(
         return work
     distributed.barrier()
     if distributed.is_main():
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
+        work.mkdir(parents=True, exist_ok=True)
+        for entry in work.iterdir():
+            if entry.name == WORK_OWNER:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
         meta_file.write_text(json.dumps(meta))
     distributed.barrier()
     return work
@@ -582,17 +633,34 @@ def add_predictions(frame: Any, cfg: AuditConfig, dataset: Any, sweep: Any) -> N
 def run_one(
     pc: PlannedCheck, ctx: AuditContext, writer: ReportWriter, console: Any = None
 ) -> CheckReport:
-    """Run one check; skipped when its needs are unmet, error (not a crash) when it raises."""
+    """Run one check; skipped when its needs are unmet or it could test nothing on this data,
+    error (not a crash) when it raises.
+
+    Nothing tested is not ``pass``: a check that reports ``judged == 0`` (and raised no
+    warn / fail / error finding of its own) is ``skipped`` with the check's reason, so a
+    gate cannot go green on an audit that tested nothing. Rules added in the config (not
+    the check's defaults) count the metrics they can judge on top of the check's own count.
+    """
     start = time.perf_counter()
     params = pc.check.params.model_dump(mode="json")
     thresholds = {k: v.model_dump(exclude_none=True) for k, v in pc.rules.items()}
+    rows_total = len(ctx.dataset)
     reason = pc.check.missing_requirements(ctx)
     if reason is not None:
         return CheckReport(
-            name=pc.name, status="skipped", reason=reason, params=params, thresholds=thresholds
+            name=pc.name,
+            status="skipped",
+            reason=reason,
+            params=params,
+            thresholds=thresholds,
+            judged=0,
+            rows_used=0,
+            rows_total=rows_total,
         )
     try:
         output = pc.check.run(ctx)
+    except NonFiniteOutputError:
+        raise  # the model's numbers are unusable for every check: the run stops, exit 2
     except Exception as exc:
         if console is not None:
             console.print(f"[red]check {pc.name} raised {type(exc).__name__}: {exc}[/red]")
@@ -610,9 +678,21 @@ def run_one(
     status = status_of(findings)
     if status == "note":
         status = "pass"
+    judged = output.judged
+    if judged is not None:
+        defaults = type(pc.check).default_thresholds
+        added = {k: r for k, r in pc.rules.items() if k not in defaults}
+        judged += count_judged(output.metrics, added)
+    skip_reason = None
+    if judged == 0 and status == "pass":
+        status = "skipped"
+        skip_reason = output.skip_reason or (
+            "nothing could be tested on this data (no test ran; see the notes)"
+        )
     return CheckReport(
         name=pc.name,
         status=status,
+        reason=skip_reason,
         metrics=json_safe(output.metrics),
         findings=findings,
         figures=figures,
@@ -621,4 +701,8 @@ def run_one(
         params=params,
         thresholds=thresholds,
         seconds=time.perf_counter() - start,
+        judged=judged,
+        rows_used=output.rows_used,
+        rows_total=rows_total,
+        coverage=list(output.coverage),
     )

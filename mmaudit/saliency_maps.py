@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -525,6 +525,7 @@ def linear_fill(
     bw: int,
     noise: float = 1.0,
     generator: torch.Generator | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Replace a box per image by linear in-painting from its surroundings, plus noise.
 
@@ -534,6 +535,11 @@ def linear_fill(
     ``noise`` times the ring's standard deviation is added, so the patch carries texture
     rather than a smooth, out-of-distribution surface (in the spirit of ROAD's noisy
     linear imputation, Rong et al. 2022).
+
+    ``seeds`` (one per image) draws each image's noise from its own generator, so an
+    image's fill does not depend on the images batched with it (the same report at any
+    batch size or world size); otherwise the noise of the whole batch comes from
+    ``generator`` (or torch's global one).
     """
     b, c, h, w = images.shape
     dev = images.device
@@ -605,7 +611,21 @@ def linear_fill(
     )
     patch = vert + horiz - corners
     if noise > 0:
-        eps = torch.randn(patch.shape, generator=generator, dtype=torch.float32).to(dev)
+        if seeds is not None:
+            if len(seeds) != b:
+                raise ValueError(f"linear_fill: {len(seeds)} seeds for {b} images")
+            eps = torch.stack(
+                [
+                    torch.randn(
+                        patch.shape[1:],
+                        generator=torch.Generator().manual_seed(int(s)),
+                        dtype=torch.float32,
+                    )
+                    for s in seeds
+                ]
+            ).to(dev)
+        else:
+            eps = torch.randn(patch.shape, generator=generator, dtype=torch.float32).to(dev)
         patch = patch + noise * ring_sd[..., None] * eps.to(patch.dtype)
     out = images.clone()
     mask = box_mask((h, w), r0, c0, bh, bw)[:, None].expand(-1, c, -1, -1)

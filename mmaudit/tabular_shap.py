@@ -15,10 +15,15 @@ Two estimators, one default:
   sample, which is cheap here because the image and text encoders never run: their
   cached outputs are substituted, so only the tabular encoder, fusion and head see the
   perturbed rows. Cost grows with the number of samples explained, hence a cap.
-* ``gradient``: captum ``GradientShap`` (expected gradients with random background
-  rows and path points). One forward + backward per batch for all samples, so faster
-  with many features on a GPU, but a Monte-Carlo estimate (noisy for few samples) that
-  needs a model differentiable in the features.
+* ``gradient``: GradientShap (expected gradients with random background rows and path
+  points, as captum's ``GradientShap``). One forward + backward per batch for all
+  samples, so faster with many features on a GPU, but a Monte-Carlo estimate (noisy for
+  few samples) that needs a model differentiable in the features.
+
+Every random draw (the permutations, the background rows, path points and noise) is
+seeded per sample from the run seed and the sample's dataset index, so a sample's values
+do not depend on which samples are explained with it, on the batch size or on the number
+of processes (``distributed.sample_seeds``).
 
 Both hold the other modalities at their cached encoder outputs when the adapter names
 those encoder layers; otherwise the whole model runs on repeated inputs (slower, same
@@ -36,6 +41,7 @@ import torch
 
 from mmaudit.cache import InferenceCache
 from mmaudit.data import Batch
+from mmaudit.distributed import sample_seeds
 from mmaudit.integrated_gradients import ScoreFn, substituted
 
 __all__ = ["TabularShap", "gradient_shap", "permutation_shap"]
@@ -101,8 +107,9 @@ def permutation_shap(
     ``background`` is (n_bg, F) in the model's (standardised) feature space;
     ``fixed`` maps encoder layer names to cached (N, ...) outputs held constant;
     ``max_evals`` defaults to 10 antithetic permutations (``20 F + 1`` evaluations).
-    numpy's global random state, which the explainer seeds and draws from, is restored
-    afterwards so nothing else in the run is perturbed.
+    The explainer draws its permutations from numpy's global random state; it is seeded
+    per sample (``seed`` and the dataset index) before each sample, and restored afterwards
+    so nothing else in the run is perturbed.
     """
     import shap
 
@@ -136,10 +143,12 @@ def permutation_shap(
         def explain(batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             assert batch.tabular is not None
             values, base, score = [], [], []
+            seeds = sample_seeds(seed, "tabular_shap.permutation", batch.index.tolist())
             with substituted(adapter, supplies):
                 for j in range(len(batch)):
                     state["one"] = batch.select(torch.tensor([j], device=batch.index.device))
                     x = batch.tabular[j : j + 1].float().cpu().numpy()
+                    np.random.seed(seeds[j])
                     ex = explainer(x, max_evals=evals, batch_size=evals, silent=True)
                     values.append(np.asarray(ex.values, dtype=float).reshape(n_features))
                     base.append(float(np.asarray(ex.base_values).reshape(-1)[0]))
@@ -166,55 +175,64 @@ def gradient_shap(
     stdev: float = 0.0,
     seed: int = 0,
 ) -> TabularShap:
-    """captum ``GradientShap`` over the tabular features of ``rows`` (one pass per batch).
+    """GradientShap over the tabular features of ``rows`` (one pass per batch).
 
-    captum draws baselines and path points from numpy's and torch's global generators;
-    both are seeded per batch and restored afterwards, so the result is deterministic for
-    ``seed`` and the run's other random draws are unaffected.
+    Per sample ``x``, ``n_samples`` draws of a background row ``b``, a path point
+    ``a ~ U(0, 1)`` and input noise ``e ~ N(0, stdev^2)``; the value is the mean of
+    ``grad f(b + a (x + e - b)) * (x + e - b)``: captum's ``GradientShap`` (expected
+    gradients, a Monte-Carlo estimate of the SHAP values), computed here directly because
+    captum draws from the global generators in the order rows are met, which makes a
+    sample's value depend on the samples batched with it. Here each sample's draws come from
+    its own generator (``seed`` and its dataset index); no global random state is touched.
     """
-    from captum.attr import GradientShap
-
     adapter = cache.adapter
     column = cache.dataset.modalities.index("tabular")
     state: dict[str, Any] = {}
     supplies = _fixed_supplies(fixed or {}, state, adapter.device)
-    bg = torch.from_numpy(np.asarray(background, dtype=np.float32)).to(adapter.device)
+    bg = np.asarray(background, dtype=np.float32)
+    n_bg, n_features = bg.shape
+    draws = max(1, int(n_samples))
 
     def explain(batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         assert batch.tabular is not None
+        b = len(batch)
+        dev = batch.tabular.device
 
         def forward(tab: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
             big = _with_tabular(batch, local, tab, column)
             state["index"] = big.index
             return score_fn(adapter.logits(big), big).float()
 
-        local = torch.arange(len(batch), device=batch.index.device)
+        picks = np.empty((b, draws), dtype=np.int64)
+        alphas = np.empty((b, draws), dtype=np.float32)
+        noise = np.zeros((b, draws, n_features), dtype=np.float32)
+        for j, s in enumerate(sample_seeds(seed, "tabular_shap.gradient", batch.index.tolist())):
+            rng = np.random.default_rng(s)
+            picks[j] = rng.integers(0, n_bg, draws)
+            alphas[j] = rng.uniform(0.0, 1.0, draws)
+            if stdev > 0:
+                noise[j] = rng.normal(0.0, stdev, (draws, n_features))
         x = batch.tabular.float()
-        saved = np.random.get_state()
-        try:
-            with torch.random.fork_rng(devices=[]), substituted(adapter, supplies):
-                batch_seed = seed + int(batch.index[0])
-                torch.manual_seed(batch_seed)
-                np.random.seed(batch_seed)
-                attr = GradientShap(forward).attribute(
-                    x,
-                    baselines=bg,
-                    n_samples=n_samples,
-                    stdevs=stdev,
-                    additional_forward_args=(local,),
-                )
-                with torch.no_grad():
-                    score = forward(x, local)
-        finally:
-            np.random.set_state(saved)
-        values = attr.detach().float().cpu().numpy()
+        # row j * draws + d is draw d of sample j
+        eps = torch.from_numpy(noise.reshape(-1, n_features)).to(dev)
+        noisy = x.repeat_interleave(draws, 0) + eps
+        base = torch.from_numpy(bg[picks.reshape(-1)]).to(dev)
+        alpha = torch.from_numpy(alphas.reshape(-1, 1)).to(dev)
+        point = (base + alpha * (noisy - base)).detach().requires_grad_(True)
+        local = torch.arange(b, device=batch.index.device).repeat_interleave(draws)
+        with substituted(adapter, supplies), torch.enable_grad():
+            (grad,) = torch.autograd.grad(forward(point, local).sum(), [point])
+        attr = (grad.float() * (noisy - base)).view(b, draws, n_features).mean(1)
+        with torch.no_grad(), substituted(adapter, supplies):
+            score = forward(x, torch.arange(b, device=batch.index.device))
+        values = attr.detach().cpu().numpy()
         score_np = score.cpu().numpy()
         return values, score_np - values.sum(1), score_np
 
     parts = cache.map_batches(
         explain, grad=True, desc=f"SHAP (gradient) on {len(rows)} samples", indices=rows
     )
-    return _collect(rows, parts, background.shape[1], "gradient")
+    return _collect(rows, parts, n_features, "gradient")
 
 
 def _collect(

@@ -25,9 +25,10 @@ are summed, which keeps IG's completeness.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -35,17 +36,20 @@ import torch
 from torch import nn
 
 from mmaudit.data import Batch
+from mmaudit.errors import MmauditError
 from mmaudit.integrated_gradients import (
     Quadrature,
     ScoreFn,
     layer_integrated_gradients,
     substituted,
 )
-from mmaudit.model import ModelAdapter
+from mmaudit.model import ModelAdapter, detect_text_embedding_layer
 from mmaudit.stats import Estimate, auroc
 
 __all__ = [
+    "BagInputError",
     "CLINICAL_WORDS",
+    "PerTokenBag",
     "DEFAULT_STOPLIST",
     "association",
     "baseline_ids",
@@ -54,9 +58,11 @@ __all__ = [
     "find_text_embedding_layer",
     "is_word",
     "metric_key",
+    "per_token_view",
     "SiteGivenLabel",
     "special_ids",
     "text_integrated_gradients",
+    "text_layer_problem",
     "word_spans",
 ]
 
@@ -154,38 +160,127 @@ def metric_key(word: str) -> str:
 def find_text_embedding_layer(adapter: ModelAdapter) -> str | None:
     """Dotted path of the token-embedding layer IG interpolates, or None.
 
-    In order: ``model.layers.text_embeddings`` when configured; the Hugging Face
-    ``embeddings`` block (word + position embeddings and LayerNorm) that holds a
-    ``word_embeddings`` ``nn.Embedding``, preferring one under the text encoder (the
-    built-in family's ``text_encoder.backbone.embeddings``); a bare ``*word_embeddings``
-    ``nn.Embedding``; the only ``nn.Embedding`` under the text encoder.
+    ``model.layers.text_embeddings`` when configured or detected at load
+    (:func:`mmaudit.model.detect_text_embedding_layer`, or on the first batch by
+    :meth:`~mmaudit.model.ModelAdapter.detect_on_batch`); else the same static detection
+    on this adapter (one built without ``load_model``). The built-in family gives
+    ``text_encoder.backbone.embeddings``.
     """
     if "text_embeddings" in adapter.layers:
         return adapter.layers["text_embeddings"]
     if not adapter.supports_hooks:
         return None
-    module = adapter.module
-    text_root = adapter.layers.get("text")
-    found = [
-        name
-        for name, m in module.named_modules()
-        if isinstance(m, nn.Embedding) and name.split(".")[-1] == "word_embeddings"
-    ]
-    if text_root:
-        under = [n for n in found if n == text_root or n.startswith(text_root + ".")]
-        found = under or found
-    if found:
-        name = found[0]
-        parent = name.rpartition(".")[0]
-        return parent if parent.split(".")[-1] == "embeddings" else name
-    if text_root:
-        embeds = [
-            name
-            for name, m in module.named_modules()
-            if isinstance(m, nn.Embedding) and name.startswith(text_root + ".")
-        ]
-        if len(embeds) == 1:
-            return embeds[0]
+    return detect_text_embedding_layer(adapter.module, adapter.layers.get("text"))
+
+
+class BagInputError(MmauditError):
+    """An ``nn.EmbeddingBag`` fed flat token ids with offsets: its tokens cannot be put back
+    at their report positions, so they cannot be attributed one by one."""
+
+
+class _Lookup(nn.Module):
+    """The per-token half of an ``nn.EmbeddingBag``: ``(B, L)`` ids -> ``(B, L, D)`` rows of
+    its weight. Its output is what report-word IG interpolates."""
+
+    def __init__(self, bag: nn.EmbeddingBag) -> None:
+        super().__init__()
+        self.bag = [bag]  # a list: not a child, the PerTokenBag around it holds the bag
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        bag = self.bag[0]
+        return nn.functional.embedding(
+            ids, bag.weight, None, bag.max_norm, bag.norm_type, bag.scale_grad_by_freq
+        )
+
+
+class PerTokenBag(nn.Module):
+    """Stands in for an ``nn.EmbeddingBag`` during text IG: looks each token up (the child
+    ``tokens``, whose per-token output IG substitutes) and pools the rows as the bag does
+    (sum with ``per_sample_weights``, mean or max; ``padding_idx`` left out; an empty bag
+    gives zeros). Why: the bag sums its tokens inside one kernel, so no layer output holds
+    one vector per token; with the pooling spelled out, every token gets its own IG path
+    from ``[PAD]`` and completeness still holds. Only ``(B, L)`` input (one bag per report)
+    maps tokens back to report positions; flat ids with offsets raise
+    :class:`BagInputError`.
+    """
+
+    def __init__(self, bag: nn.EmbeddingBag, where: str) -> None:
+        super().__init__()
+        self.mode = bag.mode
+        self.padding_idx = bag.padding_idx
+        self.where = where
+        self.bag = bag  # keeps the model's parameters whole while this stands in
+        self.tokens = _Lookup(bag)
+
+    def forward(
+        self,
+        input: torch.Tensor,  # noqa: A002 - nn.EmbeddingBag's own keyword
+        offsets: torch.Tensor | None = None,
+        per_sample_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if input.dim() != 2 or offsets is not None:
+            raise BagInputError(
+                f"model.layers.text_embeddings ('{self.where}') is an nn.EmbeddingBag fed"
+                " flat token ids with offsets,"
+                " which sums tokens before any layer IG can hook and loses their places in"
+                " the report",
+                hint="feed the bag (batch, length) ids, or name a per-token nn.Embedding in"
+                " model.layers.text_embeddings",
+            )
+        rows = self.tokens(input)  # (B, L, D)
+        keep = torch.ones_like(input, dtype=rows.dtype)
+        if self.padding_idx is not None:
+            keep = keep * (input != self.padding_idx).to(rows.dtype)
+        if self.mode == "max":
+            filled = rows.masked_fill(keep[..., None] == 0, float("-inf")).amax(1)
+            return torch.where(torch.isinf(filled), torch.zeros_like(filled), filled)
+        weight = keep if per_sample_weights is None else keep * per_sample_weights.to(rows.dtype)
+        total = (rows * weight[..., None]).sum(1)
+        if self.mode == "mean":
+            return total / keep.sum(1, keepdim=True).clamp(min=1)
+        return total
+
+
+@contextlib.contextmanager
+def per_token_view(adapter: ModelAdapter, layer: str) -> Iterator[str]:
+    """The layer whose output holds one vector per token: ``layer`` itself, or, for an
+    ``nn.EmbeddingBag``, ``<layer>.tokens`` of a :class:`PerTokenBag` put in its place
+    until the context closes."""
+    path = adapter.layers.get(layer, layer)
+    module = adapter.module.get_submodule(path)
+    if not isinstance(module, nn.EmbeddingBag):
+        yield layer
+        return
+    adapter.module.set_submodule(path, PerTokenBag(module, path))
+    try:
+        yield f"{path}.tokens"
+    finally:
+        adapter.module.set_submodule(path, module)
+
+
+def text_layer_problem(adapter: ModelAdapter, layer: str, batch: Batch) -> str | None:
+    """Why IG cannot attribute tokens at ``layer`` on this model, or None: one no-grad
+    forward of ``batch`` checks that the layer runs and gives one vector per token of the
+    report, ``(B, L, ...)`` (a pooled or misnamed layer would be summed over the wrong
+    axis); an ``nn.EmbeddingBag`` is looked at through :func:`per_token_view`."""
+    assert batch.input_ids is not None
+    batch = batch.to(adapter.device)
+    where = f"model.layers.text_embeddings ('{adapter.layers.get(layer, layer)}')"
+    with per_token_view(adapter, layer) as name:
+        try:
+            with torch.no_grad(), adapter.capture([name]) as store:
+                adapter.logits(batch)
+        except BagInputError as exc:
+            return f"{exc}; {exc.hint}"
+        out = store.get(name)
+    if out is None:
+        return f"{where} did not run when the model read a batch of reports"
+    if tuple(out.shape[:2]) != tuple(batch.input_ids.shape):
+        return (
+            f"{where} gives shape {tuple(out.shape)}, not one vector per report token"
+            f" {tuple(batch.input_ids.shape)}: name the token-embedding module (the"
+            " nn.Embedding that reads input_ids) in model.layers.text_embeddings"
+        )
     return None
 
 
@@ -250,21 +345,26 @@ def text_integrated_gradients(
     ref = batch.replace(input_ids=baseline_ids(batch.input_ids, content, token_id))
     supplies = {name: (lambda t=t: t) for name, t in (fixed or {}).items()}
     ends: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for b in (batch, ref):
-        with torch.no_grad(), adapter.capture([layer]) as store, substituted(adapter, supplies):
-            score = score_fn(adapter.logits(b), b).float()
-            ends.append((store[layer].float(), score))
-    (x, fx), (base, fb) = ends
-    attr = layer_integrated_gradients(
-        adapter,
-        batch,
-        {layer: (x, base)},
-        score_fn,
-        n_steps=n_steps,
-        steps_per_pass=steps_per_pass,
-        method=method,
-        fixed=fixed,
-    )[layer]
+    with per_token_view(adapter, layer) as layer:
+        for b in (batch, ref):
+            with (
+                torch.no_grad(),
+                adapter.capture([layer]) as store,
+                substituted(adapter, supplies),
+            ):
+                score = score_fn(adapter.logits(b), b).float()
+                ends.append((store[layer].float(), score))
+        (x, fx), (base, fb) = ends
+        attr = layer_integrated_gradients(
+            adapter,
+            batch,
+            {layer: (x, base)},
+            score_fn,
+            n_steps=n_steps,
+            steps_per_pass=steps_per_pass,
+            method=method,
+            fixed=fixed,
+        )[layer]
     per_token = attr.reshape(attr.shape[0], attr.shape[1], -1).sum(-1)
     return per_token * content.to(per_token.dtype), fx, fb
 

@@ -849,3 +849,141 @@ def test_multilabel_labs_and_shares_explain_the_chosen_label(
 def test_multilabel_target_class_out_of_range_is_an_error(multilabel_ctx: AuditContext) -> None:
     with pytest.raises(ValueError, match="target_class=2: the model has 2 label columns"):
         quick(text=False, shares=False, target_class=2).run(multilabel_ctx)
+
+
+# --------------------------------------------------------------------------- bring your own
+
+
+class OwnText(nn.Module):
+    """A user's report model, loaded through ``model.factory``: its own token embedding and
+    a second ``nn.Embedding`` (a per-report bucket of the text length) that does not read
+    the ids, so only watching a forward tells which one is the token embedding."""
+
+    def __init__(self, vocab: int, words: dict[int, float] | None = None) -> None:
+        super().__init__()
+        self.length = nn.Embedding(32, 1)
+        self.tokens = nn.Embedding(vocab, 1, padding_idx=0)
+        with torch.no_grad():
+            self.length.weight.zero_()
+            self.tokens.weight.mul_(0.05)
+            for t, v in (words or {}).items():
+                self.tokens.weight[t] = v
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask[..., None].float()
+        n = attention_mask.sum(1).clamp(max=31).long()
+        return (self.tokens(input_ids) * mask).sum(1) + self.length(n)
+
+
+class BagText(nn.Module):
+    """A report model whose token embedding is an ``nn.EmbeddingBag``: (B, L) ids with the
+    attention mask as per-sample weights, or flat ids with offsets (``flat=True``)."""
+
+    def __init__(self, vocab: int, words: dict[int, float], flat: bool = False) -> None:
+        super().__init__()
+        self.flat = flat
+        self.bag = nn.EmbeddingBag(vocab, 1, mode="sum", padding_idx=0)
+        with torch.no_grad():
+            self.bag.weight.mul_(0.05)
+            for t, v in words.items():
+                self.bag.weight[t] = v
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if not self.flat:
+            return self.bag(input_ids, per_sample_weights=attention_mask.float())
+        lengths = attention_mask.sum(1)
+        offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
+        return self.bag(input_ids[attention_mask.bool()], offsets)
+
+
+def build_own_text(vocab: int, word: int) -> OwnText:
+    torch.manual_seed(0)
+    return OwnText(vocab, {word: 2.0})
+
+
+def build_bag_text(vocab: int, word: int, flat: bool = False) -> BagText:
+    torch.manual_seed(0)
+    return BagText(vocab, {word: 2.0}, flat)
+
+
+def build_hf_bert(vocab: int) -> nn.Module:
+    """A Hugging Face model as the whole model (a tiny BERT classifier, no download)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=vocab,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        num_labels=1,
+    )
+    return BertForSequenceClassification(cfg)
+
+
+def byo_context(manifest: Path, factory: str, layers: dict[str, str] | None = None, **kw: Any):  # type: ignore[no-untyped-def]
+    """Report-only data and a factory model, loaded as ``mmaudit run`` loads it: detection
+    at load, then on the first batch."""
+    from mmaudit.config import ModelConfig
+    from mmaudit.model import load_model
+
+    cfg = config_for(manifest, image=None, tabular=None)
+    cfg.model = ModelConfig.model_validate(
+        {
+            "factory": f"test_attribution:{factory}",
+            "kwargs": kw,
+            "python_path": [str(Path(__file__).parent)],
+            "layers": layers or {},
+        }
+    )
+    ds = AuditDataset(cfg.data, cfg.runtime)
+    adapter = load_model(cfg.model, ds.modalities, cfg.runtime)
+    adapter.detect_on_batch(next(iter(ds.batches(4))))
+    cache = InferenceCache(adapter, ds, batch_size=32, seed=0)
+    return AuditContext(config=cfg, dataset=ds, adapter=adapter, cache=cache, seed=0)
+
+
+def test_byo_models_get_report_words_attributed(manifest: Path, vocab: Any) -> None:
+    """No model.layers at all: the token embeddings are found (the one reading the ids of a
+    hand-written model with two embeddings; a Hugging Face model's input embeddings; an
+    EmbeddingBag over (B, L) ids) and the planted word is attributed, exactly where the
+    model is additive."""
+    word = vocab.convert_tokens_to_ids("portable")
+    own = byo_context(manifest, "build_own_text", vocab=len(vocab), word=word)
+    assert own.adapter.detected["text_embeddings"] == "tokens"
+    bag = byo_context(manifest, "build_bag_text", vocab=len(vocab), word=word)
+    assert bag.adapter.detected["text_embeddings"] == "bag"
+    for ctx in (own, bag):
+        out = quick().run(ctx)
+        assert not any(n.startswith("text: skipped") for n in out.notes)
+        top = out.tables["word_ranking"].iloc[0]
+        assert (top["word"], top["mean_attribution"]) == ("portable", pytest.approx(2.0, abs=1e-4))
+        assert out.metrics["text.completeness_error"] < 1e-5
+        assert ctx.adapter.hook_count() == 0
+        assert isinstance(ctx.adapter.get("text_embeddings"), (nn.Embedding, nn.EmbeddingBag))
+
+    hf = byo_context(manifest, "build_hf_bert", vocab=len(vocab))
+    assert hf.adapter.detected["text_embeddings"] == "bert.embeddings"
+    out = quick(ig_steps=16).run(hf)
+    assert not any(n.startswith("text: skipped") for n in out.notes)
+    assert out.metrics["text.n_samples"] > 0 and len(out.tables["word_ranking"]) > 0
+    assert out.metrics["text.completeness_error"] < 0.05
+
+
+def test_embedding_bag_over_flat_ids_is_a_noted_skip(manifest: Path, vocab: Any) -> None:
+    """Flat ids with offsets: the bag sums tokens it cannot place in the report, so the word
+    part is not run, with that reason in the notes, and the check does not raise."""
+    word = vocab.convert_tokens_to_ids("portable")
+    ctx = byo_context(manifest, "build_bag_text", vocab=len(vocab), word=word, flat=True)
+    assert ctx.adapter.detected["text_embeddings"] == "bag"
+    check = quick()
+    reason = check.missing_requirements(ctx)
+    assert reason is not None and "nn.EmbeddingBag fed flat token ids with offsets" in reason
+    assert reason.startswith("nothing to attribute: text: model.layers.text_embeddings")
+    # run on its own (as when labs remain to attribute): a note with the reason, no raise
+    out = check.run(ctx)
+    notes = [n for n in out.notes if n.startswith("text: skipped: ")]
+    assert notes and "sums tokens before any layer IG can hook" in notes[0]
+    assert "word_ranking" not in out.tables and ctx.adapter.hook_count() == 0

@@ -243,3 +243,129 @@ def test_new_layer_or_damaged_file_means_recompute(make_cache, tmp_path: Path) -
     damaged = make_cache(work_dir=tmp_path)
     _assert_same(damaged.sweep(), result)
     assert damaged.model_calls == 3
+
+
+# ------------------------------------------------------------ NaN / inf outputs are refused
+
+
+def _poison(cache: InferenceCache, module: str, rows: list[int], value: float) -> None:
+    """Make ``module``'s output ``value`` on the given dataset rows, told apart by their lab
+    values (unique per row), in every sweep the cache runs."""
+    import torch
+
+    tab = cache.dataset.tabular
+    assert tab is not None
+    marked = tab[rows]
+    seen: dict[str, torch.Tensor] = {}
+    model = cache.adapter.module
+
+    def remember(_m, _args, kwargs):  # type: ignore[no-untyped-def]
+        seen["tab"] = kwargs["tabular"]
+
+    def spoil(_m, _i, out):  # type: ignore[no-untyped-def]
+        hit = (seen["tab"][:, None, :] == marked[None]).all(-1).any(1)
+        return torch.where(hit[:, None], torch.full_like(out, value), out)
+
+    model.register_forward_pre_hook(remember, with_kwargs=True)
+    model.get_submodule(module).register_forward_hook(spoil)
+
+
+def test_nan_logits_stop_the_sweep_naming_the_ids(make_cache, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from mmaudit.errors import MmauditError, NonFiniteOutputError
+
+    cache = make_cache(batch_size=16, work_dir=tmp_path)
+    _poison(cache, "out", [20, 22], float("nan"))
+    with pytest.raises(NonFiniteOutputError) as info:
+        cache.sweep()
+    assert isinstance(info.value, MmauditError) and info.value.exit_code == 2
+    assert str(info.value) == (
+        "model output 'logits' is NaN for ids s20, s22 (2 of 16 rows of a batch in the base sweep)"
+    )
+    assert "checkpoint" in info.value.hint and "--debug" in info.value.hint
+    # the batch before it is kept for --resume, the bad one is not marked done
+    (done,) = tmp_path.glob("base.*.done.npy")
+    assert np.load(done).tolist() == [1, 0, 0]
+
+
+def test_inf_in_a_captured_layer_is_named(make_cache) -> None:  # type: ignore[no-untyped-def]
+    """-inf in the fused vector: the ReLU after it hides it from the logits, not from the
+    embedding every embedding check would read."""
+    from mmaudit.errors import NonFiniteOutputError
+
+    cache = make_cache()
+    _poison(cache, "fuse", [40], float("-inf"))
+    expected = r"^layer 'embedding' \(fuse\) is inf for id s40 \(1 of 16 rows"
+    with pytest.raises(NonFiniteOutputError, match=expected):
+        cache.sweep()
+
+
+def test_the_first_bad_output_is_detailed_and_the_others_listed(make_cache) -> None:  # type: ignore[no-untyped-def]
+    from mmaudit.errors import NonFiniteOutputError
+
+    cache = make_cache()
+    _poison(cache, "tab", [1], float("inf"))
+    with pytest.raises(NonFiniteOutputError) as info:
+        cache.sweep()
+    message = str(info.value)
+    assert message.startswith("layer 'tabular' (tab) is inf for id s1 (1 of 16 rows")
+    assert message.endswith("also not finite: layer 'embedding' (fuse), model output 'logits'")
+
+
+def test_non_finite_ablated_and_coalition_sweeps_are_refused(make_cache) -> None:  # type: ignore[no-untyped-def]
+    """NaN only when the labs are removed: the base sweep passes, the ablations stop."""
+    import torch
+
+    from mmaudit.errors import NonFiniteOutputError
+
+    cache = make_cache()
+    cache.sweep()
+    # input level: NaN where the lab input is all zeros
+    cache.adapter.module.tab.register_forward_hook(
+        lambda _m, args, out: torch.where((args[0] == 0).all(1)[:, None], torch.nan, out)
+    )
+    expected = (
+        r"ids s0, s1, s2, s3, s4 and 11 more \(16 of 16 rows of a batch in the ablated sweep"
+        r" 'input:tabular=zero'\)$"
+    )
+    with pytest.raises(NonFiniteOutputError, match=expected):
+        cache.ablated({"tabular": "zero"}, level="input")
+    # encoder level (the lab encoder's output zeroed, so the hook above never runs): NaN where
+    # the fusion's lab features are all zero; the second of the two coalitions stacked in one
+    # forward is the bad one, and the message names it
+    cache.adapter.module.fuse.register_forward_hook(
+        lambda _m, args, out: torch.where((args[0][:, 4:] == 0).all(1)[:, None], torch.nan, out)
+    )
+    with pytest.raises(NonFiniteOutputError, match=r"the ablated sweep 'encoder:tabular=zero'\)$"):
+        cache.ablated_many([{"image": "zero"}, {"tabular": "zero"}], level="encoder")
+    assert cache.ablated({"image": "zero"}, level="encoder").logits.shape == (48, 1)
+
+
+def test_a_rank_meeting_nan_joins_the_gather_and_every_rank_stops(
+    make_cache, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Under torchrun the failing rank must not leave the others waiting in the gather:
+    it joins it with its error, and every rank raises the same one."""
+    from mmaudit import distributed
+    from mmaudit.errors import NonFiniteOutputError
+
+    sent: list[object] = []
+
+    def gather(obj):  # type: ignore[no-untyped-def]
+        sent.append(obj)
+        healthy = (np.zeros((24, 1), np.float32), {n: np.zeros((24, 8)) for n in LAYERS}, None)
+        return [healthy, obj]  # this process plays rank 1
+
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(distributed, "gather", gather)
+    sick = make_cache()
+    _poison(sick, "out", [3], float("nan"))
+    with pytest.raises(NonFiniteOutputError, match="for id s3 ") as info:
+        sick.sweep()
+    assert sent and sent[0][2] == (str(info.value), info.value.hint)  # type: ignore[index]
+    # a healthy rank raises the failing rank's error after the gather
+    monkeypatch.setattr(
+        distributed, "gather", lambda obj: [obj, (np.zeros((0,)), {}, ("rank 1's line", "hint"))]
+    )
+    with pytest.raises(NonFiniteOutputError, match="rank 1's line") as info:
+        make_cache().sweep()
+    assert info.value.hint == "hint"

@@ -558,3 +558,169 @@ def test_sigterm_removes_the_staging_folder(
     assert proc.returncode == 143, err
     assert err.strip() == "terminated (SIGTERM); no report was written", err
     assert stages() == [] and not out_dir.exists()
+
+
+def test_sigint_removes_the_staging_folder_and_says_so(
+    tiny_manifest: Path, tiny_weights: Path, write_config, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C (SIGINT) mid-run behaves as SIGTERM does: exit 130 with one line, and no
+    staging folder (raw data), report or empty resume folder left. Without the handler
+    typer turned it into a silent exit 130 and no one removed anything."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model = byo_model_config(tiny_weights / "tiny.safetensors", factory="test_cli:build_hanging")
+    cfg = write_config(tiny_config(tiny_manifest, model))
+    out_dir = tmp_path / "rep"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmaudit", "run", str(cfg), "-o", str(out_dir), "--no-progress"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".rep.partial-*")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run never staged its report"
+            time.sleep(0.05)
+        time.sleep(1)  # into the model's forward
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip() == "interrupted (SIGINT); no report was written", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.yaml"]
+
+
+def test_keyboard_interrupt_inside_a_command_is_one_line(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A KeyboardInterrupt that typer would turn into a silent exit 130 gets the line too."""
+    import mmaudit.runner
+
+    def interrupted(*_: Any, **__: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mmaudit.runner, "run_audit", interrupted)
+    rc, _, err = run_cli(["run", "x.yaml"], capsys)
+    assert rc == 130 and err == "interrupted (SIGINT); no report was written\n"
+
+
+def test_output_problems_stop_the_run_before_the_model_loads(
+    good, write_config, tmp_path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """A project folder as -o, or an -o that cannot be written: one line, exit 2, before the
+    model is loaded (this factory does not exist, so loading it would be another error),
+    and nothing deleted or left behind."""
+    good["model"]["factory"] = "test_cli:no_such_factory"
+    cfg = write_config(good)
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "report.json").write_text("{}")
+    (proj / "src" / "main.py").write_text("print(1)")
+    rc, _, err = run_cli(["run", str(cfg), "-o", str(proj)], capsys)
+    assert rc == 2 and err.count("\n") == 1, err
+    assert f"output folder {proj} exists and is not an mmaudit report" in err
+    assert "(choose another -o, or empty that folder)" in err
+    assert (proj / "src" / "main.py").read_text() == "print(1)"
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    rc, _, err = run_cli(["run", str(cfg), "-o", str(not_a_folder / "rep")], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "cannot write the report" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.yaml", "file", "proj"]
+
+
+def test_show_refuses_an_edited_report(good, write_config, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`show` reads only what the audit wrote: a value edited by hand is exit 2 naming
+    report.json; the untouched report shows, without the note old reports get."""
+    import json
+
+    out_dir = tmp_path / "rep"
+    rc, _, err = run_cli(["run", str(write_config(good)), "-o", str(out_dir), "--checks",
+                          "performance", "--fail-on", "never"], capsys)  # fmt: skip
+    assert rc == 0, err
+    rc, out, _ = run_cli(["show", str(out_dir)], capsys)
+    assert rc == 0 and "records no digests" not in out
+    data = json.loads((out_dir / "report.json").read_text())
+    data["checks"]["performance"]["metrics"]["auroc"]["value"] = 0.5
+    (out_dir / "report.json").write_text(json.dumps(data, indent=2))
+    rc, _, err = run_cli(["show", str(out_dir)], capsys)
+    assert rc == 2 and err.count("\n") == 1, err
+    assert f"{out_dir / 'report.json'}: its content does not match the digest" in err
+
+
+def test_fail_on_skipped_gates_on_a_planned_check_that_was_skipped(
+    good, write_config, tmp_path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """attention is planned but cannot run (no report text): skipped. --fail-on-skipped (or
+    runtime.fail_on_skipped) makes that exit 1 with a line naming it, and junit.xml a
+    failure; without it the same run exits 0. A check left out by --checks was not
+    planned and never trips it."""
+    cfg = write_config(good)
+    both = ["--checks", "performance,attention", "--fail-on", "never"]
+    rc, out, _ = run_cli(["run", str(cfg), "-o", str(tmp_path / "a"), *both], capsys)
+    assert rc == 0, out
+    suite = ET.parse(tmp_path / "a" / "junit.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "0" and suite.get("skipped") != "0"
+
+    argv = ["run", str(cfg), "-o", str(tmp_path / "b"), *both, "--fail-on-skipped"]
+    rc, out, _ = run_cli(argv, capsys)
+    assert rc == 1, out
+    assert "1 planned check(s) skipped (attention): fails the gate --fail-on-skipped" in (
+        " ".join(out.split())
+    )
+    suite = ET.parse(tmp_path / "b" / "junit.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "1"
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert props["fail_on_skipped"] == "true"
+    case = next(c for c in suite.iter("testcase") if c.get("name") == "attention")
+    failure = case.find("failure")
+    assert failure is not None and "needs the modalities ['text']" in failure.get("message", "")
+    assert load_report(tmp_path / "b").fail_on_skipped is True
+
+    good["runtime"] = {**good["runtime"], "fail_on_skipped": True}
+    strict = write_config(good, "strict.yaml")
+    rc, _, _ = run_cli(["run", str(strict), "-o", str(tmp_path / "c"), *both], capsys)
+    assert rc == 1
+    argv = ["run", str(strict), "-o", str(tmp_path / "d"), *both, "--no-fail-on-skipped"]
+    rc, _, _ = run_cli(argv, capsys)
+    assert rc == 0
+    # attention not planned (--checks performance): "not run", not skipped
+    argv = ["run", str(strict), "-o", str(tmp_path / "e"), "--checks", "performance"]
+    rc, out, _ = run_cli([*argv, "--fail-on", "never"], capsys)
+    assert rc == 0 and "not run" in out
+
+
+def test_console_summary_shows_what_each_check_tested_and_its_coverage(capsys) -> None:  # type: ignore[no-untyped-def]
+    """The terminal table has a 'tested' column; coverage notes are printed under it; a
+    skipped check shows its reason even when it has metrics."""
+    from rich.console import Console
+
+    from mmaudit.cli import print_summary
+    from mmaudit.report import CheckReport, Report
+
+    checks = {
+        "probing": CheckReport(
+            name="probing", status="skipped", reason="no attribute could be probed: site (A 3)",
+            metrics={"positive_control.auroc": {"value": 0.9, "ci_low": 0.8, "ci_high": 1.0}},
+            judged=0, rows_used=0, rows_total=12,
+        ),
+        "saliency": CheckReport(
+            name="saliency", status="pass", judged=13, rows_used=40, rows_total=48,
+            coverage=["20 of 40 image rows have a usable (non-empty) ROI mask"],
+            notes=["n1", "n2"],
+        ),
+    }  # fmt: skip
+    report = Report(
+        tool_version="t", created="c", config={}, config_path="", model={}, data={},
+        environment={}, seed=0, checks=checks,
+    )  # fmt: skip
+    print_summary(Console(width=300, highlight=False), report)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "tested" in out and "13 tests on 40/48 rows" in out and "none" in out
+    assert "no attribute could be probed" in out
+    assert "coverage saliency: 20 of 40 image rows have a usable (non-empty) ROI mask" in out
+    assert "2 more note(s) in index.html, under each check" in out

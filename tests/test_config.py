@@ -1,4 +1,5 @@
-"""Config loading: strict keys, did-you-mean, line numbers, path resolution, shipped configs."""
+"""Config loading: strict keys, did-you-mean, line numbers, path resolution, shipped configs,
+and one clear line for every bad config (duplicate keys, ranges, empty entries, encodings)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def test_unknown_key_names_file_line_path_and_close_match(tmp_path: Path) -> Non
     path.write_text(MINIMAL.replace("size: 32", "sise: 32"))
     with pytest.raises(ConfigError) as err:
         load_config(path)
-    assert str(err.value) == f"{path}:6: unknown key 'data.image.sise'; did you mean 'size'?"
+    assert str(err.value) == f"{path}:6: unknown key 'data.image.sise'"
+    assert err.value.hint == "did you mean 'size'?"
 
 
 def test_wrong_type_and_missing_key(tmp_path: Path) -> None:
@@ -142,3 +144,234 @@ def test_image_max_value_is_auto_or_a_positive_number(tmp_path: Path) -> None:
         path.write_text(MINIMAL.replace("size: 32}", f"size: 32, max_value: {bad}}}"))
         with pytest.raises(ConfigError, match=r"a.yaml:6: data.image.max_value"):
             load_config(path)
+
+
+def _error(path: Path, text: str | bytes) -> ConfigError:
+    """The ConfigError that loading ``text`` from ``path`` raises."""
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "\n" not in err.value.one_line()
+    return err.value
+
+
+@pytest.mark.parametrize(
+    ("typo", "line", "message", "hint"),
+    [
+        ("modle:", 1, "unknown key 'modle'", "did you mean 'model'?"),
+        ("  targte:", 5, "unknown key 'data.targte'", "did you mean 'target'?"),
+    ],
+)
+def test_misspelt_required_key_is_one_error_with_did_you_mean(
+    tmp_path: Path, typo: str, line: int, message: str, hint: str
+) -> None:
+    """Pydantic sees "missing model" and "unknown modle"; the user made one typo."""
+    right = typo.replace("modle", "model").replace("targte", "target")
+    err = _error(tmp_path / "a.yaml", MINIMAL.replace(right, typo))
+    assert str(err) == f"{tmp_path / 'a.yaml'}:{line}: {message}"
+    assert err.hint.startswith(hint) and "required" in err.hint
+    assert "more" not in str(err)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "runtime:\n  batch_size: 9\n  seed: 1\n  batch_size: 12\n",
+            ":10: key 'runtime.batch_size' appears twice (lines 8 and 10)",
+        ),
+        (
+            "  attributes:\n    site: {}\n    sex: {}\n    site: {kind: categorical}\n",
+            ":10: key 'data.attributes.site' appears twice (lines 8 and 10)",
+        ),
+        (
+            "checks:\n  performance: {params: {n_boot: 10, n_boot: 20}}\n",
+            ":8: key 'checks.performance.params.n_boot' appears twice on line 8",
+        ),
+        ("runtime: {}\nruntime: {seed: 1}\n", ":8: key 'runtime' appears twice (lines 7 and 8)"),
+    ],
+    ids=["top", "attribute", "flow", "section"],
+)
+def test_duplicate_key_names_both_lines(tmp_path: Path, extra: str, message: str) -> None:
+    """PyYAML keeps the last value silently; every nesting level is checked."""
+    err = _error(tmp_path / "a.yaml", MINIMAL + extra)
+    assert str(err) == f"{tmp_path / 'a.yaml'}{message}"
+    assert err.hint.startswith("keep one")
+
+
+def test_merge_keys_may_be_overridden(tmp_path: Path) -> None:
+    """`<<: *anchor` then an explicit key is YAML's way to override, not a duplicate."""
+    path = tmp_path / "a.yaml"
+    path.write_text(
+        MINIMAL
+        + "checks:\n  performance: &p {params: {n_boot: 10}}\n"
+        + "  subgroups: {<<: *p, enabled: false}\n"
+    )
+    cfg = load_config(path)
+    assert cfg.checks["subgroups"].params == {"n_boot": 10}
+    assert not cfg.checks["subgroups"].enabled
+
+
+def test_non_utf8_config_names_line_and_byte_offset(tmp_path: Path) -> None:
+    path = tmp_path / "a.yaml"
+    text = MINIMAL.replace("{column: label}", "{column: label}  # café").encode("latin-1")
+    err = _error(path, text)
+    offset = text.index(b"\xe9")
+    assert str(err) == f"{path}:5:33: not UTF-8 text (byte 0xe9 at byte offset {offset})"
+    assert err.hint == "save it as UTF-8"
+    # the column counts characters: the UTF-8 "é" before the bad byte is one
+    err = _error(path, "é: 1  # ".encode() + b"caf\xe9\n")
+    assert str(err).startswith(f"{path}:1:12: not UTF-8 text (byte 0xe9 at byte offset 12)")
+    err = _error(path, MINIMAL.encode("utf-16"))
+    assert str(err) == f"{path}: the config is UTF-16 text, not UTF-8"
+    assert err.hint == "save it as UTF-8"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (None, "runtime:\n  seed: -1\n", ":8: runtime.seed: must be >= 0 (got -1)"),
+        (None, "runtime:\n  seed: 4294967296\n", ":8: runtime.seed: must be <= 4294967295"),
+        (None, "runtime:\n  batch_size: 0\n", ":8: runtime.batch_size: must be >= 1 (got 0)"),
+        (None, "runtime:\n  num_workers: -2\n", ":8: runtime.num_workers: must be >= 0"),
+        (None, "runtime:\n  max_samples: 0\n", ":8: runtime.max_samples: must be >= 1"),
+        (None, "report:\n  embeddings_max_mb: -1\n", ":8: report.embeddings_max_mb: must be >= 0"),
+        (
+            None,
+            "  text: {column: report, tokenizer: tok, max_length: 0}\n",
+            ":7: data.text.max_length: must be >= 2 (got 0)",
+        ),
+        ("size: 32", "size: 0", ":6: data.image.size: must be >= 8 (got 0)"),
+        ("size: 32", "size: 32, std: [0.2, 0]", ":6: data.image.std[1]: must be > 0 (got 0)"),
+        ("size: 32", "size: 32, mean: [.nan]", ":6: data.image.mean[0]: must be a finite number"),
+        (
+            None,
+            "  tabular: {columns: [wbc], normalization: given, mean: {wbc: 8}, std: {wbc: 0}}\n",
+            ":7: data.tabular.std.wbc: must be > 0 (got 0)",
+        ),
+    ],
+)
+def test_numeric_ranges_are_one_readable_line(
+    tmp_path: Path, old: str | None, new: str, message: str
+) -> None:
+    path = tmp_path / "a.yaml"
+    err = _error(path, MINIMAL + new if old is None else MINIMAL.replace(old, new))
+    assert str(err).startswith(f"{path}{message}"), str(err)
+    assert "Input should" not in str(err) and err.hint
+
+
+def test_every_numeric_option_has_a_range() -> None:
+    """A new int / float option must declare its range (``Field(ge=...)``), so that a bad
+    value is refused with one line instead of failing deep inside a check."""
+    import typing
+
+    from pydantic.fields import FieldInfo
+
+    import mmaudit.config as config
+
+    # free-valued numbers: normalisation means, bins (checked as increasing edges) and
+    # max_value ("auto" or a positive number, checked by its own validator)
+    free = {
+        "ImageConfig.mean",
+        "TabularConfig.mean",
+        "AttributeConfig.bins",
+        "ImageConfig.max_value",
+    }
+
+    def numeric(annotation: object) -> bool:
+        if typing.get_origin(annotation) is typing.Literal:
+            return False
+        return annotation in (int, float) or any(numeric(a) for a in typing.get_args(annotation))
+
+    def bounded(annotation: object, metadata: list[object]) -> bool:
+        for m in metadata:
+            if isinstance(m, FieldInfo) and bounded(None, m.metadata):
+                return True
+            if any(hasattr(m, bound) for bound in ("ge", "gt")):
+                return True
+        if typing.get_origin(annotation) is typing.Annotated:
+            inner, *meta = typing.get_args(annotation)
+            return bounded(inner, meta)
+        return any(bounded(a, []) for a in typing.get_args(annotation))
+
+    unbounded = [
+        f"{model.__name__}.{name}"
+        for model in vars(config).values()
+        if isinstance(model, type) and issubclass(model, config.Strict)
+        for name, field in model.model_fields.items()
+        if f"{model.__name__}.{name}" not in free
+        and numeric(field.annotation)
+        and not bounded(field.annotation, field.metadata)
+    ]
+    assert unbounded == []
+
+
+@pytest.mark.parametrize(
+    ("entry", "what"), [("site:", "is empty"), ("site: continuous", "must be")]
+)
+def test_attribute_entry_that_is_not_a_mapping(tmp_path: Path, entry: str, what: str) -> None:
+    path = tmp_path / "a.yaml"
+    err = _error(path, MINIMAL + f"  attributes:\n    sex: {{}}\n    {entry}\n")
+    assert str(err).startswith(f"{path}:9: data.attributes.site {what}")
+    assert err.hint.startswith("write `site: {kind: categorical}`")
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("{kind: continuous, bins: [40, 60, 6]}", "must be increasing edges, got [40, 60, 6]"),
+        ("{kind: continuous, bins: []}", "give the bin edges"),
+        ("{bins: [40]}", "only a kind: continuous attribute has bins"),
+    ],
+)
+def test_attribute_bins_are_increasing_edges_of_a_continuous_attribute(
+    tmp_path: Path, entry: str, message: str
+) -> None:
+    path = tmp_path / "a.yaml"
+    err = _error(path, MINIMAL + f"  attributes:\n    age: {entry}\n")
+    assert str(err).startswith(f"{path}:8: data.attributes.age.bins: {message}"), str(err)
+
+
+def test_empty_section_means_defaults_but_an_empty_value_is_named(tmp_path: Path) -> None:
+    """`runtime:` with every line commented out is the defaults; `batch_size:` with no value
+    and an empty required section are one line each."""
+    path = tmp_path / "a.yaml"
+    path.write_text(MINIMAL + "  attributes:\nruntime:\nreport: null\n")
+    cfg = load_config(path)
+    assert cfg.runtime.batch_size == 64 and cfg.data.attributes == {}
+    err = _error(path, MINIMAL + "runtime:\n  batch_size:\n")
+    assert str(err) == f"{path}:8: runtime.batch_size is empty"
+    assert "remove the line for the default" in err.hint
+    err = _error(path, MINIMAL.replace("{column: label}", ""))
+    assert str(err) == f"{path}:5: data.target is empty"
+
+
+def test_fail_on_skipped_is_a_runtime_option(tmp_path: Path) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text(MINIMAL)
+    assert load_config(path).runtime.fail_on_skipped is False
+    path.write_text(MINIMAL + "runtime:\n  fail_on_skipped: true\n")
+    assert load_config(path).runtime.fail_on_skipped is True
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_cli_bad_config_is_one_line_exit_2(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mmaudit.cli import main
+
+    path = tmp_path / "a.yaml"
+    path.write_text(MINIMAL + "runtime:\n  seed: -1\n")
+    out = tmp_path / "report"
+    with pytest.raises(SystemExit) as exc:
+        main([command, str(path), *(["-o", str(out)] if command == "run" else [])])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert (
+        err == f"error: {path}:8: runtime.seed: must be >= 0 (got -1) (the default is 0;"
+        " configs/full.yaml documents every option)\n"
+    )
+    assert not out.exists()

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import byo_model_config, tiny_config
 
 from mmaudit.config import DataConfig, RuntimeConfig
 from mmaudit.data import AuditDataset, load_image_file
 from mmaudit.errors import DataError
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the CLI in-process: exit code, stdout, stderr."""
+    from mmaudit.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    captured = capsys.readouterr()
+    return int(exc.value.code or 0), captured.out, captured.err
 
 
 def _cfg(manifest: Path, **extra: object) -> DataConfig:
@@ -408,8 +420,9 @@ def test_empty_patient_is_its_own_patient_with_a_note(tiny_manifest: Path, tmp_p
     and probing; now each such row is its own patient, named by its id, and a note says so."""
 
     def blank(df: pd.DataFrame) -> None:
-        df["patient"] = np.arange(len(df)) // 2  # integer patients: a blank turns them float
-        df.loc[df.index % 3 == 0, "patient"] = np.nan
+        # integer patients with blanks, written 0, 1, 2 (inferred, they would read as 1.0)
+        df["patient"] = pd.array(np.arange(len(df)) // 2, dtype="Int64")
+        df.loc[df.index % 3 == 0, "patient"] = pd.NA
 
     image = _image_at(tiny_manifest)
     ds = AuditDataset(_cfg(_edited(tiny_manifest, tmp_path, blank), image=image))
@@ -466,3 +479,223 @@ def test_split_on_a_float_read_fold_column(tiny_manifest: Path, tmp_path: Path) 
         assert list(ds.ids) == [f"s{i}" for i in range(1, 48, 3)], values
     split = {"column": "fold", "values": [0, 2]}
     assert len(AuditDataset(_cfg(path, image=_image_at(tiny_manifest), split=split))) == 31
+
+
+def _problems(cfg: DataConfig) -> list[str]:
+    problems: list[str] = []
+    AuditDataset(cfg, problems=problems)
+    return problems
+
+
+def test_ids_patients_and_levels_are_read_as_written(tiny_manifest: Path, tmp_path: Path) -> None:
+    """Type inference made id 000123 '123' and merged patients 007, 7 and 00007 into one (so
+    every patient-grouped CI changed); CSV and Parquet now both give the text in the file."""
+
+    def as_written(df: pd.DataFrame) -> None:
+        df["id"] = df["id"].astype(object)
+        df.loc[0, "id"] = "000123"
+        df.loc[[0, 1, 2], "patient"] = ["007", "7", "00007"]
+        df["sex"] = np.where(df.index % 2, "01", "1")  # codes, not numbers
+        df["fold"] = np.where(df.index < 4, "07", "7")
+
+    image = _image_at(tiny_manifest)
+    path = _edited(tiny_manifest, tmp_path, as_written)
+    frame = pd.read_csv(path, dtype=str)
+    frame.to_parquet(tmp_path / "m.parquet")
+    for manifest in (path, tmp_path / "m.parquet"):
+        split = {"column": "fold", "values": ["07"]}
+        ds = AuditDataset(_cfg(manifest, image=image))
+        assert ds.ids[0] == "000123" and list(ds.patients[:3]) == ["007", "7", "00007"]
+        assert set(ds.attributes["sex"]) == {"01", "1"}
+        assert list(AuditDataset(_cfg(manifest, image=image, split=split)).ids[1:]) == [
+            "s1",
+            "s2",
+            "s3",
+        ]
+
+
+def test_parquet_number_ids_are_text_without_a_trailing_zero(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    df = pd.read_csv(tiny_manifest)
+    df["id"] = np.arange(len(df)) + 1000
+    df["patient"] = (np.arange(len(df)) // 2).astype(float)  # float, as after a blank cell
+    df.loc[3, "patient"] = np.nan
+    df.to_parquet(tmp_path / "m.parquet")
+    ds = AuditDataset(_cfg(tmp_path / "m.parquet", image=_image_at(tiny_manifest)))
+    assert list(ds.ids[:2]) == ["1000", "1001"]
+    assert list(ds.patients[:5]) == ["0", "0", "1", "1003", "2"]
+
+
+def test_blank_lab_text_in_parquet_is_missing_like_a_blank_csv_cell(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    """A Parquet string lab column holding '' was an error while a blank CSV cell is missing."""
+    df = pd.read_csv(tiny_manifest)
+    df["lab_a"] = df["lab_a"].map(repr)
+    df.loc[[4, 6, 8], "lab_a"] = ["", "  ", "NA"]
+    df.to_parquet(tmp_path / "m.parquet")
+    df.loc[[4, 6, 8], "lab_a"] = np.nan
+    df.to_csv(tmp_path / "m.csv", index=False)
+    image = _image_at(tiny_manifest)
+    parquet = AuditDataset(_cfg(tmp_path / "m.parquet", image=image))
+    csv_read = AuditDataset(_cfg(tmp_path / "m.csv", image=image))
+    assert parquet.tabular_missing[:, 0].nonzero().flatten().tolist() == [4, 6, 8]
+    assert torch.equal(parquet.tabular, csv_read.tabular)
+    assert parquet.tabular_stats == csv_read.tabular_stats
+
+
+def test_non_finite_lab_or_attribute_is_bad_input_naming_id_and_column(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    """One inf lab cell made the statistics inf and every check 'error'; now it is bad input,
+    also in a row outside the split (every row feeds the lab statistics)."""
+
+    def infinite(df: pd.DataFrame) -> None:
+        df["lab_a"] = df["lab_a"].astype(object)
+        df.loc[[3, 9], "lab_a"] = ["inf", "1e400"]
+        df.loc[5, "lab_b"] = -np.inf
+        df.loc[6, "lab_b"] = 1e39  # finite, but not as the model's float32 input
+        df["age"] = df["age"].astype(object)
+        df.loc[7, "age"] = "-Infinity"
+        df["split"] = np.where(df.index == 5, "train", "test")
+
+    path = _edited(tiny_manifest, tmp_path, infinite)
+    image = _image_at(tiny_manifest)
+    cfg = _cfg(path, image=image, split={"column": "split", "values": ["test"]})
+    with pytest.raises(DataError) as err:
+        AuditDataset(cfg)
+    assert "m.csv row 5 (id 's3'): tabular column 'lab_a' holds 'inf', not a finite number" in (
+        str(err.value)
+    )
+    assert "(and 1 more non-finite row)" in str(err.value) and err.value.hint
+    problems = _problems(cfg)
+    assert len(problems) == 3, problems
+    assert "row 7 (id 's5'): tabular column 'lab_b' holds '-inf'" in problems[1]
+    assert "not audited, but every row feeds the lab statistics" in problems[1]
+    assert "row 9 (id 's7'): attribute 'age' (column 'age') holds '-inf'" in problems[2]
+
+    def too_large(df: pd.DataFrame) -> None:
+        df.loc[6, "lab_b"] = 1e39
+
+    big = _cfg(_edited(tiny_manifest, tmp_path, too_large), image=image)
+    with pytest.raises(
+        DataError, match=r"row 8 \(id 's6'\): tabular column 'lab_b' holds '1e\+39'"
+    ):
+        AuditDataset(big)
+
+
+def test_non_finite_lab_stops_run_and_is_listed_by_validate(
+    tiny_manifest: Path,
+    tiny_weights: Path,
+    write_config: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def infinite(df: pd.DataFrame) -> None:
+        df.loc[3, "lab_a"] = np.inf
+        df.loc[4, "age"] = np.inf
+
+    cfg = tiny_config(
+        _edited(tiny_manifest, tmp_path, infinite), byo_model_config(tiny_weights / "tiny.pt")
+    )
+    cfg["data"]["image"]["root"] = str(tiny_manifest.parent)
+    path = write_config(cfg)
+    out = tmp_path / "report"
+    rc, _, err = _cli(["run", str(path), "-o", str(out)], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "(id 's3'): tabular column 'lab_a' holds 'inf', not a finite number" in err
+    assert not out.exists() and not list(tmp_path.glob(".report*"))
+    rc, stdout, _ = _cli(["validate", str(path)], capsys)
+    assert rc == 2 and "2 problem(s)" in stdout
+    assert "(id 's4'): attribute 'age' (column 'age') holds 'inf'" in stdout
+
+
+def test_report_keeps_ids_as_written(
+    tiny_manifest: Path,
+    tiny_weights: Path,
+    write_config: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def zero_padded(df: pd.DataFrame) -> None:
+        df["id"] = [f"{i:06d}" for i in range(len(df))]
+        df["patient"] = [f"{i // 2:03d}" for i in range(len(df))]
+
+    cfg = tiny_config(
+        _edited(tiny_manifest, tmp_path, zero_padded), byo_model_config(tiny_weights / "tiny.pt")
+    )
+    cfg["data"]["image"]["root"] = str(tiny_manifest.parent)
+    out = tmp_path / "report"
+    args = ["run", str(write_config(cfg)), "-o", str(out), "--checks", "performance"]
+    rc, _, err = _cli([*args, "--fail-on", "never"], capsys)
+    assert rc == 0, err
+    ids = pd.read_parquet(out / "samples" / "predictions.parquet")["id"].tolist()
+    assert ids[:3] == ["000000", "000001", "000002"]
+    tables = list((out / "tables" / "performance").glob("*.csv"))
+    assert any("000001" in t.read_text() for t in tables), tables
+
+
+def test_repeated_column_name_is_refused(tiny_manifest: Path, tmp_path: Path) -> None:
+    """pandas renamed a second 'lab_a' to 'lab_a.1' and read on with the first one."""
+    header, rest = tiny_manifest.read_text().split("\n", 1)
+    assert header.split(",")[6] == "label"
+    path = tmp_path / "m.csv"
+    path.write_text(header.replace("label", "lab_a", 1) + "\n" + rest)
+    with pytest.raises(DataError) as err:
+        AuditDataset(_cfg(path, image=_image_at(tiny_manifest)))
+    assert "column 'lab_a' appears twice in the header (columns 5 and 7)" in str(err.value)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_arrays([pa.array(["a"]), pa.array([1]), pa.array([2])], ["id", "x", "x"])
+    pq.write_table(table, tmp_path / "m.parquet")
+    with pytest.raises(DataError, match=r"column 'x' appears twice in the header \(columns 2 and"):
+        AuditDataset(_cfg(tmp_path / "m.parquet", image=_image_at(tiny_manifest)))
+
+
+@pytest.mark.parametrize(("sep", "shown"), [(";", "';'"), ("\t", "'\\t'"), ("|", "'|'")])
+def test_other_separator_says_how_to_set_it_and_then_reads(
+    tiny_manifest: Path, tmp_path: Path, sep: str, shown: str
+) -> None:
+    df = pd.read_csv(tiny_manifest)
+    path = tmp_path / "m.csv"
+    df.to_csv(path, sep=sep, index=False)
+    image = _image_at(tiny_manifest)
+    hint = f"this looks like {shown}-separated: set data.separator: {shown}"
+    with pytest.raises(DataError) as err:
+        AuditDataset(_cfg(path, image=image))
+    assert "the header reads as one column" in str(err.value) and err.value.hint == hint
+    given = "tab" if sep == "\t" else sep
+    ds = AuditDataset(_cfg(path, image=image, separator=given))
+    assert len(ds) == 48 and ds.ids[0] == "s0"
+    assert torch.equal(ds.tabular, AuditDataset(_cfg(tiny_manifest, image=image)).tabular)
+
+
+def test_semicolon_csv_with_decimal_commas_and_tokenizing_error(
+    tiny_manifest: Path, tmp_path: Path
+) -> None:
+    """European exports: ';' between fields, ',' in numbers, so pandas fails to tokenize."""
+    df = pd.read_csv(tiny_manifest)
+    path = tmp_path / "m.csv"
+    df.to_csv(path, sep=";", decimal=",", index=False)
+    image = _image_at(tiny_manifest)
+    with pytest.raises(DataError) as err:
+        AuditDataset(_cfg(path, image=image))
+    assert "cannot read manifest with separator ','" in str(err.value)
+    assert err.value.hint == "this looks like ';'-separated: set data.separator: ';'"
+    with pytest.raises(DataError) as err:
+        AuditDataset(_cfg(path, image=image, separator=";"))
+    assert "tabular column 'lab_a' is not a number: '0,56" in str(err.value)
+    assert "decimal point" in err.value.hint
+    # a header split at the wrong character names no configured column: say why
+    path.write_text("id;patient, first seen;label\ns0;p0;1\n")
+    with pytest.raises(DataError) as err:
+        AuditDataset(_cfg(path, image=image))
+    assert "not found" in str(err.value) and "set data.separator: ';'" in err.value.hint
+
+
+def test_separator_must_be_one_character(tiny_manifest: Path) -> None:
+    assert _cfg(tiny_manifest, separator="\\t").separator == "\t"
+    with pytest.raises(ValueError, match="data.separator must be one character"):
+        _cfg(tiny_manifest, separator=";;")

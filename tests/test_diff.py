@@ -68,12 +68,11 @@ def audits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _copy(src: Path, dst: Path, edit: Callable[[dict[str, Any]], None] | None = None) -> Path:
-    """A copy of a report folder, with report.json edited by ``edit``."""
+    """A copy of a report folder, with report.json edited by ``edit`` (and resealed: these
+    copies stand for audits that came out this way, not for tampering)."""
     shutil.copytree(src, dst)
     if edit is not None:
-        data = json.loads((dst / "report.json").read_text())
-        edit(data)
-        (dst / "report.json").write_text(json.dumps(data))
+        _edit_json(dst, edit)
     return dst
 
 
@@ -270,10 +269,27 @@ def _truncate(path: Path) -> None:
             ),
             "not a number",
         ),
-        (lambda f: _truncate(f / "samples" / "predictions.parquet"), "unreadable parquet"),
-        (lambda f: _truncate(f / "samples" / "embeddings.npz"), "unreadable npz"),
-        (lambda f: _truncate(f / "samples" / "saliency.npz"), "unreadable npz"),
-        (lambda f: _truncate(f / "samples" / "saliency.parquet"), "unreadable parquet"),
+        # a hand-edited value or a changed per-sample file: named, whatever it did
+        (lambda f: _edit_auroc(f), "report.json: its content does not match the digest"),
+        (
+            lambda f: _truncate(f / "samples" / "predictions.parquet"),
+            "samples/predictions.parquet: does not match the sha256",
+        ),
+        (lambda f: _flip_byte(f / "samples" / "saliency.npz"), "saliency.npz: does not match"),
+        (lambda f: _truncate(f / "samples" / "embeddings.npz"), "embeddings.npz: does not match"),
+        (
+            lambda f: shutil.copy(f / "samples" / "saliency.npz", f / "samples" / "ablation.npz"),
+            "samples/ablation.npz: not written by this audit",
+        ),
+        (
+            lambda f: _edit_json(f, lambda d: d.pop("integrity"), reseal=False),
+            "report.json: its digests were removed",
+        ),
+        # a report from before digests: the readers still catch what they can
+        (lambda f: _truncate(_old(f) / "samples" / "predictions.parquet"), "unreadable parquet"),
+        (lambda f: _truncate(_old(f) / "samples" / "embeddings.npz"), "unreadable npz"),
+        (lambda f: _truncate(_old(f) / "samples" / "saliency.npz"), "unreadable npz"),
+        (lambda f: _truncate(_old(f) / "samples" / "saliency.parquet"), "unreadable parquet"),
         (lambda f: _edit_json(f, lambda d: d.update(schema_version=2)), "schema_version 2"),
         (
             lambda f: _edit_json(
@@ -295,10 +311,54 @@ def test_bad_input_exits_2_with_one_line(
     assert not out.exists()  # nothing written
 
 
-def _edit_json(folder: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+def _edit_json(folder: Path, edit: Callable[[dict[str, Any]], None], reseal: bool = True) -> None:
+    """Edit report.json; with ``reseal`` its digest is recomputed (as only a deliberate
+    forgery would), so the readers behind the digest check are reached."""
+    from mmaudit.report_seal import report_digest
+
     data = json.loads((folder / "report.json").read_text())
     edit(data)
+    if reseal and data.get("integrity"):
+        data["integrity"]["report_sha256"] = report_digest(data)
     (folder / "report.json").write_text(json.dumps(data))
+
+
+def _edit_auroc(folder: Path) -> None:
+    """The issue's hand edit: AUROC set to 0.5, digest left as it was."""
+    _edit_json(
+        folder,
+        lambda d: d["checks"]["performance"]["metrics"]["auroc"].update(value=0.5),
+        reseal=False,
+    )
+
+
+def _flip_byte(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _old(folder: Path) -> Path:
+    """``folder`` made a report from before digests: no integrity record, no marker."""
+    _edit_json(folder, lambda d: d.pop("integrity"), reseal=False)
+    (folder / ".mmaudit-report").unlink()
+    return folder
+
+
+def test_edited_reports_are_refused_and_old_ones_noted(
+    audits: dict[str, Path], tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """The issue: AUROC hand-edited to 0.5 passed as "not significant". Now exit 2 naming
+    report.json, in either position; a report from before digests diffs with a note."""
+    edited = _copy(audits["shortcut"], tmp_path / "edited")
+    _edit_auroc(edited)
+    for pair in ([audits["shortcut"], edited], [edited, audits["shortcut"]]):
+        rc, _, err = _cli(["diff", *map(str, pair)], capsys)
+        assert rc == 2 and f"{edited / 'report.json'}: its content does not match" in err, err
+    old = _old(_copy(audits["shortcut"], tmp_path / "old"))
+    result = diff_reports(audits["shortcut"], old)
+    assert not result.regressions
+    assert any(f"new report ({old}) records no digests" in n for n in result.notes)
 
 
 def test_refuses_to_overwrite_foreign_folder(audits: dict[str, Path], tmp_path: Path) -> None:
@@ -327,6 +387,33 @@ def test_status_ranks_and_finding_downgrades() -> None:
     result = DiffResult(base="a", new="b", comparable=True)
     _diff_findings("c", check("warn", "warn"), check("fail", "fail"), result)
     assert [f.was for f in result.new_findings] == ["warn"] and result.regressions
+
+
+def test_pass_to_skipped_loses_coverage_and_is_a_regression() -> None:
+    """Skipped means the check tested nothing: a check that passed in the base audit and is
+    skipped in the new one leaves what it covered unchecked (a green gate on nothing), as
+    warn / fail -> skipped does. skipped -> pass and error -> skipped are not regressions."""
+    from mmaudit.diff import DiffResult, _diff_status
+
+    def check(status: str, reason: str | None = None) -> CheckReport:
+        return CheckReport(name="probing", status=status, reason=reason)
+
+    for base in ("pass", "warn", "fail"):
+        result = DiffResult(base="a", new="b", comparable=True)
+        _diff_status("probing", check(base), check("skipped", "no attribute probed"), result)
+        assert result.status_changes == [
+            {"check": "probing", "base": base, "new": "skipped", "worse": True, "better": False}
+        ]
+        assert len(result.regressions) == 1, result.regressions
+        regression = result.regressions[0]
+        assert regression.startswith(f"probing: status {base} -> skipped (skipped: no attribute")
+        assert "--ignore-check probing" in regression
+        why = "tested nothing this time" if base == "pass" else "findings were not re-checked"
+        assert why in regression, regression
+    for base, new in (("skipped", "pass"), ("error", "skipped"), ("pass", "pass")):
+        result = DiffResult(base="a", new="b", comparable=True)
+        _diff_status("probing", check(base), check(new), result)
+        assert not result.regressions, (base, new)
 
 
 def test_skipped_to_fail_is_a_regression(audits: dict[str, Path], tmp_path: Path) -> None:

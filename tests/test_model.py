@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import byo_model_config
+from conftest import TESTS, byo_model_config
 from torch import nn
 
 from mmaudit.config import ModelConfig, RuntimeConfig
@@ -363,3 +363,115 @@ def test_forward_keywords_are_checked_at_load(tmp_path: Path) -> None:
     }
     with pytest.raises(ModelLoadError, match="nothing is passed for scanner"):
         _adapter({**base, "factory": "test_model:build_needs_extra"})
+
+
+class TextTabFusion(nn.Module):
+    """A user's report + labs model: a text encoder with its own token embedding (not named
+    ``word_embeddings``) beside a second ``nn.Embedding`` outside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.txt = nn.ModuleDict({"tok": nn.Embedding(50, 4), "proj": nn.Linear(4, 4)})
+        self.visit = nn.Embedding(3, 4)
+        self.tab = nn.Linear(2, 4)
+        self.out = nn.Linear(8, 1)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tabular: torch.Tensor
+    ) -> torch.Tensor:
+        text = self.txt["proj"](self.txt["tok"](input_ids).mean(1))
+        return self.out(torch.cat([text, self.tab(tabular) + self.visit.weight[0]], dim=1))
+
+
+def build_text_tab() -> TextTabFusion:
+    torch.manual_seed(0)
+    return TextTabFusion()
+
+
+def test_text_embeddings_detected_and_recorded() -> None:
+    """The token embedding under model.layers.text is detected at load and recorded like the
+    Grad-CAM layer; without layers.text, one forward tells it from the other embedding; a
+    configured one wins; a model audited without reports gets none."""
+    from mmaudit.data import Batch
+
+    base = {"factory": "test_model:build_text_tab", "python_path": [str(TESTS)]}
+    mods = ("text", "tabular")
+    run = RuntimeConfig(device="cpu")
+    named = load_model(ModelConfig.model_validate({**base, "layers": {"text": "txt"}}), mods, run)
+    assert named.layers["text_embeddings"] == named.detected["text_embeddings"] == "txt.tok"
+
+    bare = load_model(ModelConfig.model_validate(base), mods, run)
+    assert "text_embeddings" not in bare.layers  # two embeddings, no text encoder named
+    batch = Batch(
+        index=torch.arange(3),
+        present=torch.ones(3, 2, dtype=torch.bool),
+        target=torch.zeros(3),
+        input_ids=torch.randint(0, 50, (3, 5)),
+        attention_mask=torch.ones(3, 5, dtype=torch.long),
+        tabular=torch.randn(3, 2),
+    )
+    bare.detect_on_batch(batch)
+    assert bare.detected["text_embeddings"] == "txt.tok" and bare.hook_count() == 0
+
+    given = {**base, "layers": {"text": "txt", "text_embeddings": "txt.tok"}}
+    configured = load_model(ModelConfig.model_validate(given), mods, run)
+    assert configured.layers["text_embeddings"] == "txt.tok"
+    assert "text_embeddings" not in configured.detected
+    with pytest.raises(ModelLoadError, match="model.layers.text_embeddings"):
+        load_model(
+            ModelConfig.model_validate({**base, "layers": {"text_embeddings": "txt.tk"}}), mods, run
+        )
+
+
+def test_missing_layer_notes_say_what_is_skipped_and_what_is_slower(tiny_weights: Path) -> None:
+    """A bring-your-own model with no model.layers: the notes come from the planned checks'
+    declarations, name what is skipped and count the extra full-model passes of ablation
+    (22 for two modalities: 3 coalitions, 3 neutral removals, 2 x 8 EMAP mixes; counted
+    against the model's forward calls when this was written)."""
+    from conftest import tiny_config
+
+    from mmaudit.config import AuditConfig
+    from mmaudit.model import missing_layer_notes
+    from mmaudit.runner import plan_checks
+
+    adapter = _adapter(byo_model_config(tiny_weights / "tiny.pt", layers={}))
+    assert adapter.detected == {"gradcam": "img.2"}
+    cfg = AuditConfig.model_validate(tiny_config(Path("unused.csv"), {"factory": "x:y"}))
+    checks = [pc.check for pc in plan_checks(cfg)]
+    notes = missing_layer_notes(adapter, checks, 48)
+    embedding, encoders = notes
+    assert embedding.startswith("model.layers.embedding (the fused vector fed to the head)")
+    assert "embedding is skipped (no layer left to read); probing is skipped" in embedding
+    assert encoders.startswith("model.layers.image, model.layers.tabular (image and lab enc")
+    assert "ablation runs at the input instead of the encoder output: about 22 full-model" in (
+        encoders
+    )
+    assert "attribution's modality shares are skipped" in encoders
+    # every layer named: nothing to say
+    full = _adapter(byo_model_config(tiny_weights / "tiny.pt"))
+    assert missing_layer_notes(full, checks, 48) == []
+
+
+def test_run_with_no_layers_prints_the_note(
+    tiny_manifest: Path, tiny_weights: Path, write_config, tmp_path: Path
+) -> None:
+    """`mmaudit run` on a bring-your-own model with no model.layers starts with the note."""
+    import io
+
+    from conftest import tiny_config
+    from rich.console import Console
+
+    from mmaudit.runner import Overrides, run_audit
+
+    model = byo_model_config(tiny_weights / "tiny.safetensors", layers={})
+    path = write_config(tiny_config(tiny_manifest, model))
+    buf = io.StringIO()
+    report = run_audit(
+        path, tmp_path / "r", Overrides(checks=["probing"]), console=Console(file=buf, width=400)
+    )
+    printed = buf.getvalue()
+    assert "note: model.layers.embedding (the fused vector fed to the head) is not set and" in (
+        printed
+    )
+    assert "probing is skipped" in printed
+    assert report.checks["probing"].status == "skipped"

@@ -765,11 +765,27 @@ def scanner_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("changes", "probing_note", "subgroups_note"),
+    ("changes", "probing_note", "subgroups_note", "statuses"),
     [
-        ({"data": {"attributes": {"scanner": {}}}}, "one level only", "scanner: one group only"),
-        ({"data": {"attributes": {}}}, "no data.attributes", "no data.attributes"),
-        ({"runtime": {"max_samples": 8}}, "one level only", "fewer than two groups"),
+        (
+            {"data": {"attributes": {"scanner": {}}}},
+            "one level only",
+            "scanner: one group only",
+            {"probing": "skipped", "subgroups": "skipped"},
+        ),
+        (
+            {"data": {"attributes": {}}},
+            "no data.attributes",
+            "no data.attributes",
+            {"probing": "skipped", "subgroups": "skipped"},
+        ),
+        (
+            # age (continuous) is still probed on 8 rows; no group reaches 20 rows
+            {"runtime": {"max_samples": 8}},
+            "one level only",
+            "fewer than two groups",
+            {"probing": "pass", "subgroups": "skipped"},
+        ),
     ],
     ids=["one_level", "no_attributes", "eight_samples"],
 )
@@ -777,13 +793,16 @@ def test_bad_input_runs_end_to_end_with_notes(
     changes: dict[str, Any],
     probing_note: str,
     subgroups_note: str,
+    statuses: dict[str, str],
     scanner_manifest: Path,
     tiny_weights: Path,
     write_config: Any,
     tmp_path: Path,
 ) -> None:
     """Through the runner and the report writer (where an empty table once crashed the
-    run): the report folder is complete, neither check errs, and the notes say why."""
+    run): the report folder is complete, neither check errs, and the notes say why. Where
+    nothing could be probed or compared, the checks are skipped with the reason, not
+    passed."""
     cfg = tiny_config(scanner_manifest, byo_model_config(tiny_weights / "tiny.safetensors"))
     for section, value in changes.items():
         cfg[section] = {**cfg[section], **value}
@@ -794,7 +813,10 @@ def test_bad_input_runs_end_to_end_with_notes(
     assert (out / "index.html").exists() and (out / "summary.md").exists()
     for name, note in (("probing", probing_note), ("subgroups", subgroups_note)):
         check = report["checks"][name]
-        assert check["status"] in ("pass", "warn"), (name, check.get("reason"))
+        assert check["status"] == statuses[name], (name, check.get("reason"))
+        assert (check["judged"] == 0) == (statuses[name] == "skipped"), check["judged"]
+        if statuses[name] == "skipped":
+            assert check["reason"], name
         assert note in " | ".join(check["notes"]), (name, check["notes"])
         for table in check["tables"].values():
             assert (out / table).read_text().strip(), f"{name} wrote an empty table {table}"
@@ -928,3 +950,120 @@ def test_collinearity_needs_rows_off_the_majority_within_classes() -> None:
     )
     spread = y + np.random.default_rng(0).normal(0, 1.0, 100)
     assert collinear_with_target(Attribute("age", "continuous", known, spread), y, 10) is None
+
+
+@pytest.fixture(scope="module")
+def twelve_rows(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny dataset cut to 12 rows: sex F 8 / M 4, site A 6 / B 6."""
+    return write_tiny_dataset(tmp_path_factory.mktemp("twelve_rows"), n=12)
+
+
+def _probing_and_subgroups(
+    manifest: Path, weights: Path, write_config: Any, out: Path
+) -> dict[str, Any]:
+    cfg = tiny_config(
+        manifest,
+        byo_model_config(weights / "tiny.safetensors"),
+        data={"attributes": {"sex": {}, "site": {}}},
+        checks={
+            "probing": {"params": {"n_boot": 50}},
+            "subgroups": {"params": {"n_boot": 50, "n_permutations": 50}},
+        },
+    )
+    run_audit(write_config(cfg), out, Overrides(checks=["probing", "subgroups"]))
+    return json.loads((out / "report.json").read_text())["checks"]
+
+
+def test_nothing_probed_is_skipped_with_the_counts_not_pass(
+    twelve_rows: Path, tiny_manifest: Path, tiny_weights: Path, write_config: Any, tmp_path: Path
+) -> None:
+    """12 rows: no attribute level reaches min_level_size (10) and no group min_group_size
+    (20), so neither check tested anything: skipped, with every attribute's counts -- a
+    gate must not go green on it. The 48-row counterpart is judged and passes."""
+    checks = _probing_and_subgroups(twelve_rows, tiny_weights, write_config, tmp_path / "r12")
+    probing, subgroups = checks["probing"], checks["subgroups"]
+    assert probing["status"] == "skipped" and probing["judged"] == 0
+    assert probing["reason"] == (
+        "no attribute could be probed:"
+        " sex (F 8 / M 4 rows, each level needs min_level_size = 10);"
+        " site (A 6 / B 6 rows, each level needs min_level_size = 10)"
+    )
+    assert subgroups["status"] == "skipped" and subgroups["judged"] == 0
+    assert "min_group_size = 20" in subgroups["reason"]
+    assert "(sex: F 8 / M 4 rows; site: A 6 / B 6 rows)" in subgroups["reason"]
+    assert probing["rows_used"] == subgroups["rows_used"] == 0
+    assert probing["rows_total"] == 12
+
+    clean = _probing_and_subgroups(tiny_manifest, tiny_weights, write_config, tmp_path / "r48")
+    probing, subgroups = clean["probing"], clean["subgroups"]
+    # two attributes x three layers (embedding, image, tabular), plus two use verdicts
+    assert probing["status"] == "pass" and probing["judged"] == 8, probing
+    assert probing["rows_used"] == probing["rows_total"] == 48
+    assert probing["coverage"] == []
+    # site A 24 / B 24 is compared (AUROC, EOD, ECE gaps); sex M has 16 rows < 20
+    assert subgroups["status"] == "pass" and subgroups["judged"] == 3, subgroups
+    assert subgroups["rows_used"] == 48
+    assert any("gaps judged for 1 of 2 attributes" in c for c in subgroups["coverage"])
+
+
+def test_an_attribute_left_out_is_a_coverage_note_with_counts(
+    scanner_manifest: Path, tiny_weights: Path
+) -> None:
+    """One attribute probed, one with a single level: the verdict covers one of two, and a
+    coverage note says so with the counts (what every view shows)."""
+    from mmaudit.cache import InferenceCache
+    from mmaudit.config import AuditConfig
+    from mmaudit.data import build_dataset
+    from mmaudit.model import load_model
+
+    raw = tiny_config(
+        scanner_manifest,
+        byo_model_config(tiny_weights / "tiny.safetensors"),
+        data={"attributes": {"site": {}, "scanner": {}}},
+    )
+    cfg = AuditConfig.model_validate(raw)
+    ds = build_dataset(cfg)
+    adapter = load_model(cfg.model, ds.modalities, cfg.runtime)
+    cache = InferenceCache(adapter, ds, batch_size=16)
+    cache.request_layers(["embedding"])
+    ctx = AuditContext(config=cfg, dataset=ds, adapter=adapter, cache=cache, seed=0)
+    check = ProbingCheck(
+        build_params(
+            ProbingCheck,
+            {"n_boot": 50, "random_baseline": False, "layers": ["embedding"]},
+            "probing",
+        )
+    )
+    out = check.run(ctx)
+    assert out.judged == 2  # site on the fused embedding, and its use verdict
+    assert out.coverage == [
+        "1 of 2 attributes probed; not probed: scanner (one level only, X 48 rows)"
+    ]
+
+
+def test_a_non_finite_random_model_loses_only_the_random_weights_probe(
+    tiny_manifest: Path, tiny_weights: Path, write_config: Any, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Re-drawn weights that give NaN are the baseline's problem, not the checkpoint's: the
+    run goes on (no exit 2 blaming the checkpoint), probing keeps its probes and notes why
+    the random-weights probe did not run. The audited model's own NaN still stops the run
+    (tests/test_runner.py)."""
+    import torch
+
+    def nan_weights(module: torch.nn.Module, seed: int) -> None:
+        with torch.no_grad():
+            for q in module.parameters():
+                q.fill_(float("nan"))
+
+    monkeypatch.setattr(probing, "reinitialise", nan_weights)
+    cfg = tiny_config(tiny_manifest, byo_model_config(tiny_weights / "tiny.safetensors"))
+    cfg["checks"] = {"probing": {"params": {"n_boot": 50, "random_baseline": True}}}
+    out = tmp_path / "report"
+    run_audit(write_config(cfg), out, Overrides(checks=["probing"]))
+    check = json.loads((out / "report.json").read_text())["checks"]["probing"]
+    assert check["status"] != "error", check.get("reason")
+    notes = " | ".join(check["notes"])
+    assert "random-weights probe not run: the randomised model produced non-finite" in notes
+    assert "is NaN for ids" in notes
+    assert any(k.startswith("probe_auroc.") for k in check["metrics"])
+    assert not any(k.startswith(("probe_random.", "probe_origin.")) for k in check["metrics"])

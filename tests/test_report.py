@@ -389,7 +389,7 @@ def test_show_prints_summary_and_escapes_markup(
         {"check": "performance", "rule": "r", "severity": "warn", "message": "group [bold] [/x]"}
     )
     perf["reason"] = "[/red]"
-    (folder / "report.json").write_text(json.dumps(data))
+    (folder / "report.json").write_text(json.dumps(_resealed(data)))
     with pytest.raises(SystemExit) as exc:
         main(["show", str(folder)])
     out = capsys.readouterr().out
@@ -424,6 +424,40 @@ def test_table_preview_tolerates_empty_and_broken_csv(
     assert 'id="summary"' in render_html(folder, report)
 
 
+def test_table_preview_keeps_ids_and_text_as_written(tmp_path: Path) -> None:
+    """Type inference would show the id 000123 as 123, a level NA / None as missing and the
+    code 1e5 as 100000.0; the preview keeps text as written and formats only columns of
+    numbers as pandas writes them (p-values as p-values, blanks as a dash)."""
+    import pandas as pd
+
+    from mmaudit.render import _table_preview
+
+    (tmp_path / "tables").mkdir()
+    pd.DataFrame(
+        {
+            "id": ["000123", "7", None],
+            "level": ["NA", "None", "A"],
+            "code": ["1e5", "+1", "x"],
+            "n": [3, 12, None],
+            "auroc": [0.8123, 2.0, float("inf")],
+            "p_adj": [0.00001, None, 0.5],
+        }
+    ).to_csv(tmp_path / "tables" / "t.csv", index=False)
+    preview = _table_preview(tmp_path, "tables/t.csv")
+    assert preview is not None and preview["n"] == 3
+    assert preview["header"] == ["id", "level", "code", "n", "auroc", "p_adj"]
+    assert preview["rows"] == [
+        ["000123", "NA", "1e5", "3.000", "0.812", "< 0.001"],
+        ["7", "None", "+1", "12.000", "2.000", "–"],
+        ["–", "A", "x", "–", "inf", "0.500"],
+    ]
+    pd.DataFrame({"id": ["0007", "12"], "count": [4, 5]}).to_csv(
+        tmp_path / "tables" / "ints.csv", index=False
+    )
+    preview = _table_preview(tmp_path, "tables/ints.csv")
+    assert preview is not None and preview["rows"] == [["0007", "4"], ["12", "5"]]
+
+
 def test_bad_report_folders(tmp_path: Path, hostile: dict[str, Path]) -> None:
     with pytest.raises(ReportError, match="not an mmaudit report"):
         load_report(tmp_path)
@@ -440,14 +474,30 @@ def test_bad_report_folders(tmp_path: Path, hostile: dict[str, Path]) -> None:
         load_report(broken)
     data["schema_version"] = 1
     data["checks"]["performance"]["figures"] = {"evil": "../../etc/passwd"}
-    (broken / "report.json").write_text(json.dumps(data))
+    (broken / "report.json").write_text(json.dumps(_resealed(data)))
     with pytest.raises(ReportError, match="outside the report folder"):
         load_report(broken)
     data["checks"]["performance"]["figures"] = {}
     del data["model"]
-    (broken / "report.json").write_text(json.dumps(data))
+    (broken / "report.json").write_text(json.dumps(_resealed(data)))
     with pytest.raises(ReportError, match="malformed"):
         load_report(broken)
+
+
+def _resealed(data: dict[str, Any]) -> dict[str, Any]:
+    """report.json content edited on purpose, with its digest recomputed: what a test needs
+    to reach the checks behind the digest (as only a deliberate forgery would)."""
+    from mmaudit.report_seal import report_digest
+
+    data["integrity"]["report_sha256"] = report_digest(data)
+    return data
+
+
+def _as_old_report(folder: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as report.json of a report from before digests and the marker."""
+    data.pop("integrity", None)
+    (folder / ".mmaudit-report").unlink(missing_ok=True)
+    (folder / "report.json").write_text(json.dumps(data))
 
 
 def _gated_report(n_warn: int, fail_on: str = "fail") -> Any:
@@ -523,7 +573,7 @@ def test_fail_on_is_saved_and_old_reports_read_as_fail(tmp_path: Path) -> None:
     assert suite is not None and suite.get("failures") == "4"  # a, a.r.m0, b, b.r.m
     data = json.loads((out / "report.json").read_text())
     del data["fail_on"]  # a report written before the field existed
-    (out / "report.json").write_text(json.dumps(data))
+    _as_old_report(out, data)
     assert load_report(out).fail_on == "fail"
 
 
@@ -664,6 +714,307 @@ def test_old_reports_read_without_the_not_run_fields(tmp_path: Path) -> None:
     out = ReportWriter(tmp_path / "rep").finish(_gated_report(1), "{}\n")
     data = json.loads((out / "report.json").read_text())
     del data["checks_requested"], data["checks_not_run"]  # written before the fields
-    (out / "report.json").write_text(json.dumps(data))
+    _as_old_report(out, data)
     old = load_report(out)
     assert old.checks_requested is None and old.checks_not_run == {}
+
+
+def _written_report(out: Path, extra_samples: bool = True) -> Path:
+    """A report folder written by ReportWriter: the gated report, with per-sample files."""
+    from mmaudit.report import ReportWriter
+
+    writer = ReportWriter(out)
+    if extra_samples:
+        frame = pd.DataFrame({"id": ["s1", "s2", "s3"], "logit.0": [0.1, -0.2, 0.3]})
+        writer.add_samples(frame, {"embedding": np.ones((3, 4))}, max_mb=10)
+    return writer.finish(_gated_report(1), "{}\n")
+
+
+def test_report_records_digests_and_refuses_edits(tmp_path: Path) -> None:
+    """report.json seals its own content and every other file it wrote: a hand-edited value,
+    a changed per-sample file, a per-sample file it did not write or digests removed from a
+    sealed report are refused by name; re-indenting report.json changes nothing."""
+    out = _written_report(tmp_path / "rep")
+    data = json.loads((out / "report.json").read_text())
+    files = data["integrity"]["files"]
+    assert {"samples/predictions.parquet", "samples/embeddings.npz", "index.html"} <= set(files)
+    assert "report.json" not in files and ".mmaudit-report" not in files
+    marker = json.loads((out / ".mmaudit-report").read_text())
+    assert set(marker["files"]) == {*files, "report.json"}
+    assert load_report(out).integrity == data["integrity"]
+    (out / "report.json").write_text(json.dumps(data, indent=7))  # same content, new layout
+    load_report(out)
+
+    def refused(folder: Path, edit: Any, match: str) -> None:
+        copy = tmp_path / f"copy{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(folder, copy)
+        edit(copy)
+        with pytest.raises(ReportError, match=match):
+            load_report(copy)
+
+    def edit_json(change: Any) -> Any:
+        def edit(folder: Path) -> None:
+            raw = json.loads((folder / "report.json").read_text())
+            change(raw)
+            (folder / "report.json").write_text(json.dumps(raw))
+
+        return edit
+
+    def flip_byte(rel: str) -> Any:
+        def edit(folder: Path) -> None:
+            raw = bytearray((folder / rel).read_bytes())
+            raw[len(raw) // 2] ^= 0xFF
+            (folder / rel).write_bytes(bytes(raw))
+
+        return edit
+
+    edited = "report.json: its content does not match the digest"
+    refused(out, edit_json(lambda d: d["checks"]["a"].update(status="pass")), edited)
+    refused(out, edit_json(lambda d: d["integrity"]["files"].pop("index.html")), edited)
+    refused(out, edit_json(lambda d: d.pop("integrity")), "report.json: its digests were removed")
+    refused(
+        out,
+        flip_byte("samples/predictions.parquet"),
+        r"samples/predictions.parquet: does not match the sha256",
+    )
+    refused(out, flip_byte("samples/embeddings.npz"), r"samples/embeddings.npz: does not match")
+    refused(
+        out,
+        lambda f: shutil.copy(f / "samples" / "embeddings.npz", f / "samples" / "other.npz"),
+        r"samples/other.npz: not written by this audit",
+    )
+    # a sealed report with a per-sample file removed still reads (diff notes what is missing)
+    (out / "samples" / "embeddings.npz").unlink()
+    load_report(out)
+
+
+def test_redacted_report_is_sealed(tmp_path: Path) -> None:
+    from mmaudit.report import ReportWriter
+
+    ids = ["s001", "s002", "s003"]
+    writer = ReportWriter(tmp_path / "rep", Redactor(ids, [], salt="k"))
+    writer.add_samples(pd.DataFrame({"id": ids, "logit.0": [0.1, 0.2, 0.3]}), {}, max_mb=1)
+    out = writer.finish(_gated_report(1), "{}\n")
+    report = load_report(out)
+    assert report.data["id_hash"] == "shared salt" or report.data["id_hash"] == "random salt"
+    assert "samples/predictions.parquet" in (report.integrity or {})["files"]
+
+
+def test_writer_replaces_only_a_folder_of_its_own_files(tmp_path: Path) -> None:
+    """-o is replaced only when it is an mmaudit report holding nothing else: a project with
+    a report.json of its own, a user's notes in a report folder or a folder of theirs in
+    it are refused by name and left alone; a report from before the marker is recognised
+    by the files its report.json names."""
+    from mmaudit.errors import MmauditError
+    from mmaudit.report import ReportWriter
+
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "report.json").write_text("{}")
+    (proj / "src" / "main.py").write_text("print(1)")
+    with pytest.raises(MmauditError, match=r"not an mmaudit report \(it holds report.json, src\)"):
+        ReportWriter(proj)
+    assert (proj / "src" / "main.py").read_text() == "print(1)"
+
+    out = _written_report(tmp_path / "rep")
+    _written_report(out)  # a report over a report: replaced
+    (out / "notes.txt").write_text("mine")
+    (out / "samples" / "mine").mkdir()
+    with pytest.raises(MmauditError, match=r"did not write: notes.txt, samples/mine/;"):
+        ReportWriter(out)
+    (out / "samples" / "mine").rmdir()
+
+    # from before the marker: only the files its report.json names (and the fixed ones)
+    (out / ".mmaudit-report").unlink()
+    with pytest.raises(MmauditError, match=r"did not write: notes.txt;") as exc:
+        ReportWriter(out)
+    assert exc.value.hint == "choose another -o or remove them"
+    (out / "notes.txt").unlink()
+    assert _written_report(out, extra_samples=False) == out
+    assert not (out / "samples").exists()  # the earlier report's files went with it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["proj", "rep"]
+
+
+def test_files_that_appear_during_the_run_stop_the_swap(tmp_path: Path) -> None:
+    """A file put into -o while the audit ran: the earlier report and the file stay."""
+    from mmaudit.errors import MmauditError
+    from mmaudit.report import ReportWriter
+
+    out = _written_report(tmp_path / "rep")
+    before = (out / "report.json").read_text()
+    writer = ReportWriter(out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(MmauditError, match="did not write: notes.txt"):
+        writer.finish(_gated_report(2), "{}\n")
+    writer.abort()
+    assert (out / "report.json").read_text() == before and (out / "notes.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]
+
+
+def _chattr(flag: str, path: Path) -> bool:
+    """Set or clear an inode flag (``+i``); False where chattr or the filesystem cannot."""
+    import subprocess
+
+    try:
+        return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def test_output_that_cannot_be_written_is_one_line_at_once(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Checked when the writer starts, before any model runs: a parent where nothing can be
+    created (read-only, immutable, a read-only filesystem) or an -o that could not be
+    replaced at the end (immutable, not writable) is one line, and nothing is left."""
+    import errno
+    import os
+
+    from mmaudit import output_folder
+    from mmaudit import report as report_module
+    from mmaudit.errors import MmauditError
+    from mmaudit.report import ReportWriter
+
+    parent = tmp_path / "locked"
+    parent.mkdir()
+
+    def no_mkdtemp(**_: Any) -> str:
+        raise PermissionError(errno.EACCES, "Permission denied", str(parent))
+
+    with monkeypatch.context() as m:  # what a read-only parent does to a non-root user
+        m.setattr(report_module.tempfile, "mkdtemp", no_mkdtemp)
+        with pytest.raises(MmauditError, match=r"cannot write the report: .*locked: Permiss"):
+            ReportWriter(parent / "rep")
+
+    out = _written_report(tmp_path / "rep")
+    real_access = os.access
+    with monkeypatch.context() as m:  # a report folder without write permission
+        m.setattr(os, "access", lambda p, mode: Path(p) != out and real_access(p, mode))
+        with pytest.raises(MmauditError, match=r"cannot replace the report in .*not writable"):
+            ReportWriter(out)
+    with monkeypatch.context() as m:  # an immutable file inside it (as chattr +i sets)
+        flags = output_folder._inode_flags
+        target = out / "summary.md"
+        m.setattr(output_folder, "_inode_flags", lambda p: 0x10 if p == target else flags(p))
+        with pytest.raises(MmauditError, match=r"summary.md is immutable or append-only"):
+            ReportWriter(out)
+
+    if not _chattr("+i", parent):
+        pytest.skip("chattr +i is not available here (the checks above still ran)")
+    try:
+        with pytest.raises(MmauditError, match=r"cannot write the report: .*locked is immutable"):
+            ReportWriter(parent / "rep")
+        assert _chattr("-i", parent) and _chattr("+a", parent)  # entries can't be renamed
+        with pytest.raises(MmauditError, match=r"locked is immutable or append-only"):
+            ReportWriter(parent / "rep")
+        assert _chattr("-a", parent) and _chattr("+i", out)
+        with pytest.raises(MmauditError, match=r"rep is immutable or append-only"):
+            ReportWriter(out)
+    finally:
+        _chattr("-i", parent)
+        _chattr("-a", parent)
+        _chattr("-i", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked", "rep"]
+    assert list(parent.iterdir()) == []
+
+
+def test_one_writer_per_output_folder(tmp_path: Path) -> None:
+    """The work folder's lock: a second holder is told which process writes; the folder
+    goes on release unless kept; a folder of that name that is not mmaudit's is refused."""
+    import os
+
+    from mmaudit.errors import MmauditError
+    from mmaudit.output_folder import WorkLock
+
+    first = WorkLock(tmp_path / "rep").acquire()
+    assert first.created and (tmp_path / ".rep.work" / "owner.json").is_file()
+    with pytest.raises(
+        MmauditError, match=rf"^another mmaudit run, pid {os.getpid()}, is writing /.*/rep$"
+    ):
+        WorkLock(tmp_path / "rep").acquire()
+    (tmp_path / ".rep.work" / "meta.json").write_text("{}")
+    first.release(keep=True)
+    assert [p.name for p in (tmp_path / ".rep.work").iterdir()] == ["meta.json"]
+    again = WorkLock(tmp_path / "rep").acquire()
+    assert not again.created
+    again.release(keep=False)
+    assert not (tmp_path / ".rep.work").exists()
+    (tmp_path / ".rep.work").mkdir()
+    (tmp_path / ".rep.work" / "thesis.tex").write_text("mine")
+    with pytest.raises(MmauditError, match=r"not mmaudit's resume folder \(it holds thesis.tex"):
+        WorkLock(tmp_path / "rep").acquire()
+    assert (tmp_path / ".rep.work" / "thesis.tex").read_text() == "mine"
+
+
+def _judged_report(fail_on_skipped: bool) -> Any:
+    from mmaudit.report import CheckReport, Report
+
+    checks = {
+        "probing": CheckReport(
+            name="probing", status="skipped", judged=0, rows_used=0, rows_total=12,
+            reason="no attribute could be probed: sex (F 8 / M 4 rows)",
+            metrics={"positive_control.auroc": {"value": 0.9, "ci_low": 0.8, "ci_high": 1.0}},
+        ),
+        "saliency": CheckReport(
+            name="saliency", status="pass", judged=13, rows_used=40, rows_total=40,
+            coverage=["20 of 40 image rows have a usable (non-empty) ROI mask (the others:"
+                      " 20 empty); off-ROI statistics, pointing and rank accuracy use those 20"],
+            notes=["a note"],
+        ),
+    }  # fmt: skip
+    return Report(
+        tool_version="t", created="c", config={}, config_path="", model={}, data={},
+        environment={}, seed=0, checks=checks, fail_on_skipped=fail_on_skipped,
+        checks_not_run={"attention": "not requested (--checks)"},
+    )  # fmt: skip
+
+
+def test_views_show_what_was_tested_coverage_and_skip_reasons(tmp_path: Path) -> None:
+    """summary.md and index.html show per check what it tested, the coverage notes with
+    their counts, and a skipped check's reason (not its metrics)."""
+    from mmaudit.render import render_html, render_markdown
+
+    report = _judged_report(False)
+    md = render_markdown(report)
+    assert "| check | status | key metrics | tested |" in md
+    reason = "no attribute could be probed: sex (F 8 / M 4 rows)"
+    assert f"| probing | ⏭️ skipped | {reason} | none |" in md
+    saliency = md.split("| saliency | ✅ pass |")[1].split("\n")[0]
+    assert saliency.endswith(" 13 tests on 40/40 rows |")
+    assert "| attention | ⏭️ not run | not requested (--checks) | |" in md
+    assert "**Coverage**" in md
+    assert "- `saliency`: 20 of 40 image rows have a usable (non-empty) ROI mask" in md
+    html = render_html(tmp_path, report)
+    assert "13 tests on 40/40 rows" in html
+    assert "coverage:\n20 of 40 image rows have a usable (non-empty) ROI mask" in html
+    assert "<td>no attribute could be probed: sex (F 8 / M 4 rows)</td>" in html
+    assert "<em>a note</em>" in html  # the other notes stay in the check's section
+
+
+def test_junit_marks_skipped_checks_failures_under_fail_on_skipped() -> None:
+    """With fail_on_skipped a skipped (planned) check is a failure naming why; a check not
+    run (--checks) stays skipped: it was not planned. Without it both are skipped."""
+    from mmaudit.render import render_junit
+
+    for flag, failures, skipped in ((True, "1", "1"), (False, "0", "2")):
+        suite = ET.fromstring(render_junit(_judged_report(flag))).find("testsuite")
+        assert suite is not None
+        assert (suite.get("failures"), suite.get("skipped")) == (failures, skipped), flag
+        props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+        assert props["fail_on_skipped"] == str(flag).lower()
+        cases = {c.get("name"): c for c in suite.iter("testcase")}
+        probing = cases["probing"].find("failure" if flag else "skipped")
+        assert probing is not None and "no attribute could be probed" in probing.get("message")
+        assert cases["attention"].find("skipped") is not None
+
+
+def test_redaction_reaches_coverage_notes() -> None:
+    """Coverage notes can name rows; --redact hashes ids in them like in any note."""
+    from mmaudit.report import CheckReport, Report
+
+    red = Redactor(["s0012"], [], salt="k")
+    check = CheckReport(name="x", status="pass", coverage=["left out: s0012 (no mask)"])
+    report = Report(
+        tool_version="t", created="c", config={}, config_path="", model={}, data={},
+        environment={}, seed=0, checks={"x": check},
+    )  # fmt: skip
+    red.report(report)
+    assert report.checks["x"].coverage == [f"left out: {hash_id('s0012', 'k')} (no mask)"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import ClassVar
 
@@ -348,3 +349,250 @@ def test_dataset_notes_reach_the_report(
     run_audit(write_config(cfg), out, Overrides(checks=["performance"]))
     notes = json.loads((out / "report.json").read_text())["data"]["notes"]
     assert len(notes) == 1 and "empty in 2 row(s)" in notes[0]
+
+
+def build_gated(gate: str, started: str, **kwargs: object) -> object:
+    """TinyFusion whose forward waits while the file ``gate`` exists (two minutes at most)
+    and touches ``started`` first: a run of it holds its output folder until the test lets
+    it go (the factory ``test_runner:build_gated``)."""
+    import time
+
+    from test_model import build_tiny
+
+    def wait(*_: object) -> None:
+        Path(started).touch()
+        deadline = time.monotonic() + 120
+        while Path(gate).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    model = build_tiny(**kwargs)  # type: ignore[arg-type]
+    model.register_forward_pre_hook(wait)
+    return model
+
+
+def test_two_runs_on_one_output_folder(
+    tiny_manifest: Path, tiny_weights: Path, tmp_path: Path, write_config
+) -> None:  # type: ignore[no-untyped-def]
+    """While one run writes -o, a second run (and a --resume) to the same -o stops at once
+    with one line naming the first run's pid; the first run's report is exactly that of a
+    run alone (before the lock, both shared the sweep files and one got zero logits)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    gate.touch()
+    weights = tiny_weights / "tiny.safetensors"
+    gated = byo_model_config(
+        weights,
+        factory="test_runner:build_gated",
+        kwargs={"width": 8, "gate": str(gate), "started": str(started)},
+    )
+    cfg = write_config(tiny_config(tiny_manifest, gated), "gated.yaml")
+    out = tmp_path / "rep"
+    args = [sys.executable, "-m", "mmaudit", "run", str(cfg), "-o", str(out), "--no-progress"]
+    args += ["--checks", "performance", "--fail-on", "never"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def start(*extra: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*args, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+        )
+
+    first = start()
+    try:
+        deadline = time.monotonic() + 180
+        while not started.exists():
+            assert first.poll() is None, first.communicate()[1]
+            assert time.monotonic() < deadline, "the first run never reached the model"
+            time.sleep(0.05)
+        second, resumed = start(), start("--resume")
+        errors = [p.communicate(timeout=180)[1] for p in (second, resumed)]
+        assert first.poll() is None  # the others did not wait for it
+        expect = (
+            f"error: another mmaudit run, pid {first.pid}, is writing {out.resolve()}"
+            " (wait for it to end, or choose another -o)\n"
+        )
+        assert [second.returncode, resumed.returncode] == [2, 2], errors
+        assert errors == [expect, expect]
+        gate.unlink()
+        _, err = first.communicate(timeout=300)
+    finally:
+        gate.unlink(missing_ok=True)
+        first.kill()
+    assert first.returncode == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".rep")) == []
+
+    alone = tmp_path / "alone"
+    plain = write_config(tiny_config(tiny_manifest, byo_model_config(weights)), "plain.yaml")
+    run_audit(plain, alone, Overrides(checks=["performance"]))
+    ours, ref = (
+        pd.read_parquet(out / "samples" / "predictions.parquet"),
+        pd.read_parquet(alone / "samples" / "predictions.parquet"),
+    )
+    pd.testing.assert_frame_equal(ours, ref)
+    assert (ours["logit.0"] != 0).all()
+    metrics = [json.loads((f / "report.json").read_text())["checks"] for f in (out, alone)]
+    assert metrics[0]["performance"]["metrics"] == metrics[1]["performance"]["metrics"]
+
+
+def test_a_failed_run_keeps_the_resume_state_it_found(
+    byo_config: Path, tmp_path: Path, write_config
+) -> None:  # type: ignore[no-untyped-def]
+    """A run that stops before its sweep (bad data) leaves the earlier run's resume state as
+    it was (its lock taken and given back); one that made the folder removes it."""
+    import yaml
+
+    from mmaudit.errors import MmauditError
+
+    work = tmp_path / ".r.work"
+    work.mkdir()
+    (work / "meta.json").write_text("{}")
+    (work / "base.rank0of1.done.npy").write_bytes(b"x")
+    cfg = yaml.safe_load(byo_config.read_text())
+    cfg["data"]["target"]["column"] = "no_such_column"
+    bad = write_config(cfg, "bad.yaml")
+    with pytest.raises(MmauditError, match="no_such_column"):
+        run_audit(bad, tmp_path / "r", Overrides(checks=["performance"]))
+    assert sorted(p.name for p in work.iterdir()) == ["base.rank0of1.done.npy", "meta.json"]
+    with pytest.raises(MmauditError, match="no_such_column"):
+        run_audit(bad, tmp_path / "other", Overrides(checks=["performance"]))
+    assert not (tmp_path / ".other.work").exists() and not (tmp_path / "other").exists()
+
+
+class JudgesNothing(Check):
+    """Computes a metric but could test nothing (as probing with no attribute to probe)."""
+
+    name = "judges_nothing_test_check"
+    requires: ClassVar[Requirements] = Requirements()
+    judged: ClassVar[int | None] = 0
+    finding: ClassVar[str | None] = None
+
+    def run(self, ctx: AuditContext) -> CheckOutput:
+        from mmaudit.check import Finding
+
+        out = CheckOutput(metrics={"descriptive": 0.5}, notes=["a note"])
+        out.judged, out.rows_used = type(self).judged, 0
+        out.skip_reason = "no attribute had 10 rows per level: site A 3 / B 2"
+        out.coverage = ["0 of 48 rows usable"]
+        if self.finding:
+            out.findings.append(
+                Finding(check=self.name, rule="own", severity="warn", message=self.finding)  # type: ignore[arg-type]
+            )
+        return out
+
+
+@pytest.fixture()
+def judges_nothing():  # type: ignore[no-untyped-def]
+    register(JudgesNothing)
+    yield JudgesNothing
+    REGISTRY.pop(JudgesNothing.name, None)
+    JudgesNothing.judged, JudgesNothing.finding = 0, None
+
+
+def test_a_check_that_judged_nothing_is_skipped_with_its_reason(
+    byo_config: Path, tmp_path: Path, judges_nothing, write_config
+) -> None:  # type: ignore[no-untyped-def]
+    """judged == 0: skipped with the check's reason, its metrics, notes and coverage kept;
+    judged None (a check that does not say): judged by its findings as before; an own warn
+    finding is never hidden; a rule added in the config that judges a metric counts."""
+    name = judges_nothing.name
+    report = run_audit(byo_config, tmp_path / "a", Overrides(checks=[name, "performance"]))
+    c = report.checks[name]
+    assert c.status == "skipped" and c.judged == 0
+    assert c.reason == "no attribute had 10 rows per level: site A 3 / B 2"
+    assert c.metrics == {"descriptive": 0.5} and c.notes == ["a note"]
+    assert c.coverage == ["0 of 48 rows usable"] and c.rows_total == 48
+    assert report.skipped_checks() == [name]
+    assert report.checks["performance"].judged == 2  # AUROC and ECE
+    saved = json.loads((tmp_path / "a" / "report.json").read_text())["checks"][name]
+    assert saved["status"] == "skipped" and saved["judged"] == 0 and saved["rows_used"] == 0
+
+    judges_nothing.judged = None
+    c = run_audit(byo_config, tmp_path / "b", Overrides(checks=[name])).checks[name]
+    assert c.status == "pass" and c.judged is None and c.reason is None
+
+    judges_nothing.judged, judges_nothing.finding = 0, "the pipeline is in doubt"
+    c = run_audit(byo_config, tmp_path / "c", Overrides(checks=[name])).checks[name]
+    assert c.status == "warn" and c.reason is None
+
+    judges_nothing.finding = None
+    cfg = yaml.safe_load(byo_config.read_text())
+    cfg["checks"] = {name: {"thresholds": {"mine": {"metric": "descriptive", "warn_above": 0.9}}}}
+    c = run_audit(write_config(cfg, "ruled.yaml"), tmp_path / "d", Overrides(checks=[name]))
+    assert c.checks[name].status == "pass" and c.checks[name].judged == 1
+
+
+def test_fail_on_skipped_comes_from_the_config_unless_given(
+    byo_config: Path, tmp_path: Path, write_config
+) -> None:  # type: ignore[no-untyped-def]
+    """report.json records fail_on_skipped: runtime.fail_on_skipped, or the argument."""
+    cfg = yaml.safe_load(byo_config.read_text())
+    cfg["runtime"]["fail_on_skipped"] = True
+    strict = write_config(cfg, "strict.yaml")
+    only = Overrides(checks=["performance"])
+    assert run_audit(strict, tmp_path / "a", only).fail_on_skipped is True
+    assert run_audit(strict, tmp_path / "b", only, fail_on_skipped=False).fail_on_skipped is False
+    assert run_audit(byo_config, tmp_path / "c", only).fail_on_skipped is False
+    saved = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert saved["fail_on_skipped"] is True
+
+
+def build_nan_without_labs(width: int = 8) -> object:
+    """TinyFusion whose output is NaN for a row whose lab input is all zeros, as a model
+    dividing by a lab norm would be (the factory ``test_runner:build_nan_without_labs``):
+    fine on the data, NaN only once a sweep removes the labs."""
+    import torch
+    from test_model import build_tiny
+
+    model = build_tiny(width=width)
+
+    def spoil(
+        _m: object, args: tuple[object, ...], kwargs: dict[str, object], out: object
+    ) -> object:
+        tabular = kwargs["tabular"] if "tabular" in kwargs else args[1]
+        no_labs = (tabular == 0).all(1)  # type: ignore[union-attr]
+        return torch.where(no_labs[:, None], torch.nan, out)  # type: ignore[arg-type]
+
+    model.register_forward_hook(spoil, with_kwargs=True)
+    return model
+
+
+def test_nan_only_in_an_ablated_sweep_stops_the_run(
+    tiny_manifest: Path,
+    tiny_weights: Path,
+    tmp_path: Path,
+    write_config,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # type: ignore[no-untyped-def]
+    """The base sweep is finite (performance alone passes); ablation zeroes the labs at the
+    input and the model answers NaN. That is the checkpoint's fault, not the check's: the
+    run stops with exit 2 and one line naming the output, the ids and the sweep, and writes
+    no report folder (not a report whose ablation is `error`)."""
+    from mmaudit.cli import main
+
+    model = byo_model_config(
+        tiny_weights / "tiny.safetensors", factory="test_runner:build_nan_without_labs"
+    )
+    cfg = tiny_config(tiny_manifest, model)
+    cfg["checks"]["ablation"] = {"params": {"level": "input", "strategy": "zero", "n_boot": 50}}
+    path = write_config(cfg)
+    fine = run_audit(path, tmp_path / "fine", Overrides(checks=["performance"]))
+    assert fine.checks["performance"].status in ("pass", "warn", "fail")
+    out = tmp_path / "rep"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(path), "-o", str(out), "--checks", "performance,ablation"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("error: model output 'logits' is NaN for ids "), err
+    # the first coalition without the labs (the empty one, as it happens) is named
+    assert re.search(r"of a batch in the ablated sweep 'input:[a-z=,]*tabular=zero'\)", err), err
+    assert not out.exists()
+    assert not list(tmp_path.glob(".rep.partial-*"))
+    assert not (tmp_path / ".rep.work").exists()  # --resume would refuse another checkpoint
+    assert "--resume" not in err

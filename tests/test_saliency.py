@@ -4,6 +4,7 @@ and bad input (no conv layer, no masks, one class, dead gradients) never crashes
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -669,6 +670,39 @@ def test_hotspot_share_by_site_separates_the_marker_sites(both_run: Any) -> None
     assert "; site B " in note and " / A " in note and "sex" not in note, note
 
 
+def test_judged_hotspot_box_is_not_chosen_by_noise() -> None:
+    """No excess flagged: one control flip more or less (0 vs -1/96) must not pick the box
+    the report names; the most enriched box is judged. A flagged box wins over any
+    unflagged one, however enriched, and the larger flagged excess wins among flagged."""
+    from types import SimpleNamespace
+
+    from mmaudit.checks.saliency import SaliencyCheck, _Run
+
+    def fake(excess: dict[str, Estimate], enrichment: dict[str, float]) -> Any:
+        metrics: dict[str, Any] = {f"occlusion.flip_excess.{m}": e for m, e in excess.items()}
+        metrics.update({f"hotspot.enrichment.{m}": Estimate(v) for m, v in enrichment.items()})
+        rule = SaliencyCheck.default_thresholds["hotspot_used"]
+        return SimpleNamespace(out=SimpleNamespace(metrics=metrics), hotspot_rule=lambda: rule)
+
+    noise = {
+        "ig": Estimate(-1 / 96, -0.03, 0.0, n=96, null_p=1.0),
+        "layercam": Estimate(-1 / 96, -0.03, 0.0, n=96, null_p=1.0),
+        "ig_2": Estimate(0.0, 0.0, 0.0, n=96, null_p=1.0),
+    }
+    enriched = {"ig": 5.2, "layercam": 6.1, "ig_2": 1.4}
+    names = list(noise)
+    assert _Run._judged_box(fake(noise, enriched), names) == "layercam"
+    used = {
+        **noise,
+        "ig_2": Estimate(0.12, 0.06, 0.2, n=96, null_p=0.001),
+        "ig": Estimate(0.08, 0.03, 0.12, n=96, null_p=0.01),
+    }
+    assert _Run._judged_box(fake(used, enriched), names) == "ig_2"
+    # a larger excess that the rule lets pass (p above max_p) is not the worst case
+    loud = {**used, "layercam": Estimate(0.3, -0.1, 0.6, n=96, null_p=0.4)}
+    assert _Run._judged_box(fake(loud, enriched), names) == "ig_2"
+
+
 def test_level_gap_null_is_calibrated_when_missingness_follows_the_level() -> None:
     """Noise statistics, 60 rows of each level, only 4 level-B rows finite (dead maps or
     missing ROI masks concentrated at one site). The null must shuffle the levels among
@@ -903,3 +937,34 @@ def test_grouped_bootstrap_matches_the_stats_module() -> None:
     kept_blocks.block = 7
     kept_blocks._kept = list(kept_blocks._draw())
     assert small.mean(v, rows) == kept_blocks.mean(v, rows)
+
+
+def test_half_the_roi_masks_empty_is_a_coverage_note_with_counts(
+    toy_dir: Path, tmp_path: Path
+) -> None:
+    """Every other row's ROI mask is empty: off-ROI statistics can use only the other half,
+    and the check says so with the counts instead of quietly averaging over 48 of 96."""
+    frame = pd.read_csv(toy_dir / "manifest.csv")
+    frame["image_path"] = [str(toy_dir / p) for p in frame["image_path"]]
+    frame["mask_path"] = [str(toy_dir / p) for p in frame["mask_path"]]
+    Image.fromarray(np.zeros((S, S), np.uint8)).save(tmp_path / "empty.png")
+    frame.loc[frame.index % 2 == 0, "mask_path"] = str(tmp_path / "empty.png")
+    frame.to_csv(tmp_path / "half_masks.csv", index=False)
+    ctx = toy_context(toy_dir, manifest=str(tmp_path / "half_masks.csv"))
+    out, _ = run_check(ctx, methods=["gradcam"], sanity=False, faithfulness_samples=0)
+    half = N // 2
+    assert out.coverage == [
+        f"{half} of {N} image rows have a usable (non-empty) ROI mask (the others:"
+        f" {half} empty); off-ROI statistics, pointing and rank accuracy use those {half}"
+    ]
+    assert out.metrics["off_roi_chance"].n == half
+    assert out.judged > 0 and out.rows_used == N
+    full, _ = run_check(
+        toy_context(toy_dir), methods=["gradcam"], sanity=False, faithfulness_samples=0
+    )
+    assert full.coverage == [] and full.metrics["off_roi_chance"].n == N
+    # IG alone maps a seeded subset: the counts are of that subset, not of every image row
+    ig, _ = run_check(ctx, methods=["ig"], sanity=False, faithfulness_samples=0)
+    (line,) = ig.coverage
+    usable, of, empty = (int(x) for x in re.findall(r"\d+", line)[:3])
+    assert of == FAST["subset_samples"] and usable + empty == of and 0 < usable < of, line

@@ -386,3 +386,36 @@ def test_equal_prevalence_removes_a_prevalence_driven_gap() -> None:
         assert fair.metrics[f"group.site.{g}.prevalence"] == pytest.approx(overall, abs=0.01)
     assert fair.metrics["gap.ece.site"].value < 0.05
     assert not [f for f in fair_findings if f.severity in ("warn", "fail")]
+
+
+def test_no_gap_judged_is_a_skip_reason_with_the_group_sizes() -> None:
+    """24 rows: no site has min_group_size (20) rows, so no gap is judged; the check says
+    so with every attribute's group sizes (the runner then reports it skipped, not pass)."""
+    ctx = synthetic_context(gap=0.0, n=24)
+    out, findings = _run(ctx, attributes=["site", "scanner"], n_permutations=50)
+    assert out.judged == 0 and out.rows_used == 0 and not findings
+    a, b = (int((ctx.dataset.attributes["site"] == s).sum()) for s in ("A", "B"))
+    assert a + b == 24
+    assert out.skip_reason == (
+        "no gap could be judged: no attribute has two groups of at least min_group_size = 20"
+        " rows with at least min_class_size = 5 positives and negatives each"
+        f" (scanner: one group only (X); site: A {a} / B {b} rows)"
+    )
+
+
+def test_partly_judged_attributes_are_coverage_notes_with_counts() -> None:
+    """800 rows: site, ward, sex and age are compared (AUROC, EOD, ECE gap each: 12 tests);
+    the notes with counts say what the gaps leave out (the 6 ICU rows, 9 rows without sex)
+    and that scanner has one group only."""
+    out, _ = _run(synthetic_context(gap=0.0), n_permutations=50)
+    assert out.judged == 12
+    assert out.rows_used == 800  # every row is in some compared group
+    assert "ward: 2 of 3 groups compared, on 794 of 800 rows; too small to judge: icu" in (
+        " | ".join(out.coverage)
+    )
+    assert "sex: 2 of 2 groups compared, on 791 of 800 rows" in out.coverage
+    assert any(
+        c.startswith("gaps judged for 4 of 5 attributes; not for scanner: one group only (X)")
+        for c in out.coverage
+    )
+    assert not any(c.startswith("site:") for c in out.coverage), "site is covered whole"

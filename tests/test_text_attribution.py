@@ -133,3 +133,67 @@ def test_site_within_label_flags_a_site_coded_lab_not_a_clinical_one() -> None:
     both = tester.test(np.column_stack([clinical_lab, site_lab]))
     assert both is not None and both.value == pytest.approx(coded.value)
     assert SiteGivenLabel(np.repeat(["A"], 10), np.arange(10) % 2).test(np.arange(10.0)) is None
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_per_token_bag_pools_as_the_embedding_bag_does(mode: str) -> None:
+    """The per-token stand-in reproduces nn.EmbeddingBag exactly (padding left out, empty
+    bags zero, per-sample weights in sum mode), so IG through it attributes the real model."""
+    from mmaudit.text_attribution import PerTokenBag
+
+    torch.manual_seed(0)
+    for pad in (None, 0):
+        bag = nn.EmbeddingBag(20, 5, mode=mode, padding_idx=pad)
+        ids = torch.randint(1, 20, (4, 7))
+        ids[0, :] = 0
+        ids[1, 3:] = 0
+        weights = torch.rand(4, 7) if mode == "sum" else None
+        expected = bag(ids, per_sample_weights=weights)
+        got = PerTokenBag(bag, "bag")(ids, per_sample_weights=weights)
+        assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_hf_input_embeddings_and_per_token_layer_problems(tok) -> None:  # type: ignore[no-untyped-def]
+    """A Hugging Face model inside a user's model: its embeddings block is found through
+    get_input_embeddings (also with a second nn.Embedding beside it); a layer that does not
+    give one vector per token is refused with the reason, not attributed over wrong axes."""
+    from transformers import BertConfig, BertModel
+
+    from mmaudit.data import Batch
+    from mmaudit.text_attribution import text_layer_problem
+
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            cfg = BertConfig(
+                vocab_size=60,
+                hidden_size=8,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=16,
+                max_position_embeddings=16,
+            )
+            self.site = nn.Embedding(3, 8)
+            self.encoder = BertModel(cfg)
+            self.head = nn.Linear(8, 1)
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.encoder(input_ids=input_ids).last_hidden_state[:, 0])
+
+    model = Wrapped()
+    ad = _adapter(model, {})
+    assert find_text_embedding_layer(ad) == "encoder.embeddings"
+    ids = torch.randint(5, 60, (3, 6))
+    batch = Batch(
+        index=torch.arange(3),
+        present=torch.ones(3, 1, dtype=torch.bool),
+        target=torch.zeros(3),
+        input_ids=ids,
+        modalities=("text",),
+    )
+    assert text_layer_problem(ad, "encoder.embeddings", batch) is None
+    pooled = text_layer_problem(ad, "head", batch)
+    assert pooled is not None and "not one vector per report token (3, 6)" in pooled
+    unused = text_layer_problem(ad, "site", batch)
+    assert unused is not None and "did not run" in unused
+    assert ad.hook_count() == 0

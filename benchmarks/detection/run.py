@@ -352,7 +352,7 @@ def recheck(folder: Path, config: Path, checks: list[str]) -> None:
     from mmaudit.agreement import cross_check
     from mmaudit.findings import SEVERITY_ORDER
     from mmaudit.render import write_views
-    from mmaudit.report import load_report
+    from mmaudit.report import load_report, seal_folder
 
     report = load_report(folder)
     with tempfile.TemporaryDirectory() as tmp:
@@ -372,8 +372,8 @@ def recheck(folder: Path, config: Path, checks: list[str]) -> None:
     )
     attributes = list((report.config.get("data") or {}).get("attributes") or {})
     report.cross_checks = cross_check(report.checks, attributes)
-    (folder / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
     write_views(folder, report)
+    seal_folder(folder, report)  # report.json last: it records the digests of the files above
 
 
 def _audits(variant: Variant, run_dir: Path) -> list[tuple[Path, Path]]:

@@ -24,6 +24,7 @@ from mmaudit.check import (
     register,
 )
 from mmaudit.data import Batch
+from mmaudit.findings import count_judged
 from mmaudit.shapley import (
     coalition_members,
     emap_projection,
@@ -468,12 +469,19 @@ class AblationCheck(Check):
         out.metrics["strategy"] = strategy
         out.metrics["n_modalities"] = len(players)
         patterns = self._patterns(ctx, scorer, predicted_probs(base, kind), p, out)
+        out.rows_used = n
         if len(players) < 2:
             out.notes.append(
                 f"nothing to ablate: {len(players)} modality with data"
                 f" ({', '.join(players) or 'none'}); absent for every sample: {', '.join(absent)}"
             )
             out.metrics.update(self._full_only(scorer, base, kind, ctx, p))
+            out.judged = 0
+            out.skip_reason = (
+                f"nothing to ablate: only {len(players)} modality has data"
+                f" ({', '.join(players) or 'none'}); absent for every audited row:"
+                f" {', '.join(absent)}"
+            )
             return out
 
         # --- every coalition, from the cache (memoised; at the encoder level all coalitions
@@ -597,6 +605,11 @@ class AblationCheck(Check):
         out.figures.update(self._figures(tables, curves, shares, players, p, strategy, rob_how))
         out.notes.extend(self._notes(ctx, players, level, p, rob_how, absent))
         out.notes.extend(_reading_notes(out.metrics, curves, players, p, strategy, rob_how))
+        out.judged = count_judged(out.metrics, self.default_thresholds)
+        out.skip_reason = (
+            "no contribution could be judged: every drop, share, redundancy and EMAP gap is"
+            " undefined on the audited rows (see the notes)"
+        )
         return out
 
     # ------------------------------------------------------------------ setup

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,7 @@ from mmaudit.attention_capture import (
 )
 from mmaudit.check import AuditContext, Check, CheckOutput, Requirements, ThresholdRule, register
 from mmaudit.checks.attribution import Target, unknown_tokens
+from mmaudit.findings import count_judged
 from mmaudit.plots import literal_text, pyplot
 from mmaudit.stats import bootstrap_ci
 from mmaudit.text_attribution import CLINICAL_WORDS, content_mask, is_word, metric_key, word_spans
@@ -99,7 +100,7 @@ class AttentionCheck(Check):
         max_samples: int | None = Field(
             default=None, ge=1, description="cap on samples analysed (None: all)"
         )
-        grid: tuple[int, int] | None = Field(
+        grid: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = Field(
             default=None, description="image-region grid [rows, cols] when not detectable"
         )
         image_key_offset: int | None = Field(
@@ -492,6 +493,54 @@ class AttentionCheck(Check):
                 examples, src.grid, label, ctx.dataset.ids, inside, clinical
             )
             out.private |= {"attention_examples"}
+        self._coverage(ctx, p, rows, records, inside, chosen, clinical, out)
+
+    def _coverage(
+        self,
+        ctx: AuditContext,
+        p: AttentionCheck.Params,
+        rows: np.ndarray,
+        records: list[dict[str, Any]],
+        inside: dict[int, np.ndarray],
+        chosen: list[str],
+        clinical: set[str],
+        out: CheckOutput,
+    ) -> None:
+        """What the verdict rests on: ``judged`` (clinical words whose ROI share the rule can
+        judge; the row-sum rule checks the capture, not the model), ``rows_used`` (analysed
+        rows with an ROI), coverage notes with counts, and the skip reason."""
+        rules = {k: r for k, r in self.default_thresholds.items() if k != "capture_invalid"}
+        out.judged = count_judged(out.metrics, rules)
+        out.rows_used = len(inside)
+        n = len(ctx.dataset.present)
+        if len(rows) < n:
+            capped = p.max_samples is not None and len(rows) == p.max_samples
+            out.coverage.append(
+                f"attention analysed on {len(rows)} of {n} rows"
+                + (
+                    f" (a seeded sample of max_samples = {p.max_samples})"
+                    if capped
+                    else " (the others lack an image or a non-empty report)"
+                )
+            )
+        if inside and len(inside) < len(records):
+            out.coverage.append(
+                f"ROI shares use {len(inside)} of {len(records)} analysed rows (the others have"
+                " no ROI mask)"
+            )
+        if not inside:
+            out.skip_reason = (
+                f"none of the {len(records)} analysed rows has an ROI mask"
+                " (data.image.roi_mask), so no word's ROI share could be judged"
+            )
+        elif not any(w in clinical for w in chosen):
+            out.skip_reason = (
+                f"no clinical word (params.clinical_words) occurs in min_count ="
+                f" {p.min_count} or more of the {len(records)} analysed reports, so no word's"
+                " grounding could be judged"
+            )
+        else:
+            out.skip_reason = "no clinical word's ROI share has a CI to judge (see the notes)"
 
 
 def _describe(paths: list[str]) -> str:

@@ -12,6 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmaudit.check import AuditContext, Check, CheckOutput, Requirements, ThresholdRule, register
+from mmaudit.findings import count_judged
 from mmaudit.integrated_gradients import ScoreFn, layer_integrated_gradients, scores_with_layers
 from mmaudit.plots import literal_text, pyplot
 from mmaudit.shapley import shapley_values
@@ -26,6 +27,7 @@ from mmaudit.text_attribution import (
     is_word,
     metric_key,
     text_integrated_gradients,
+    text_layer_problem,
     word_spans,
 )
 
@@ -265,15 +267,25 @@ def text_unavailable(ctx: AuditContext, enabled: bool = True) -> str | None:
         return "the model takes no report text"
     if not adapter.supports_hooks:
         return "needs layer hooks, which a TorchScript model does not allow"
-    if find_text_embedding_layer(adapter) is None:
-        return "no token-embedding layer found (name it in model.layers.text_embeddings)"
+    layer = find_text_embedding_layer(adapter)
+    if layer is None:
+        return (
+            "no token-embedding layer found (name the nn.Embedding that reads the token ids in"
+            " model.layers.text_embeddings, e.g. text_encoder.embeddings.word_embeddings)"
+        )
     tok = ds.tokenizer
     content = content_mask(ds.input_ids, ds.attention_mask, tok)  # type: ignore[arg-type]
     present = torch.from_numpy(ds.present[:, ds.modalities.index("text")])
     content &= present[:, None]
     if not bool(content.any()):
         return "every report is empty or missing"
-    return unknown_tokens(tok, ds.input_ids, content)
+    unknown = unknown_tokens(tok, ds.input_ids, content)
+    if unknown is not None:
+        return unknown
+    # one small forward: the layer must give one vector per token (an EmbeddingBag fed
+    # flat ids, or a pooled layer named by mistake, cannot be attributed word by word)
+    rows = np.flatnonzero(content.any(1).numpy())[:4]
+    return text_layer_problem(adapter, layer, next(iter(ds.batches(len(rows), indices=rows))))
 
 
 def unknown_tokens(tokenizer: Any, input_ids: torch.Tensor, content: torch.Tensor) -> str | None:
@@ -534,7 +546,39 @@ class AttributionCheck(Check):
             for k in out.metrics
         }
         out.metrics = dict(sorted(out.metrics.items(), key=lambda kv: rank[kv[0]]))
+        self._judged(ctx, out)
         return out
+
+    def _judged(self, ctx: AuditContext, out: CheckOutput) -> None:
+        """What the verdict rests on: ``judged`` counts the site-word, stop-list and
+        site-feature tests the rules can judge (modality shares are descriptive; the IG
+        convergence rule checks the method), ``rows_used`` the rows attributed, and the
+        skip reason quotes why each judged part did not run."""
+        rules = {k: r for k, r in self.default_thresholds.items() if k != "ig_not_converged"}
+        out.judged = count_judged(out.metrics, rules)
+        used = [out.metrics.get(f"{part}.n_samples") for part in ("text", "tabular")]
+        out.rows_used = max((int(u) for u in used if isinstance(u, int)), default=0)
+        why = [n for n in out.notes if ": skipped: " in n or "site test not run" in n]
+        out.skip_reason = (
+            "no site-word, stop-list or site-feature test could run"
+            + (f" ({'; '.join(why)})" if why else "")
+            + "; modality shares are reported, not judged"
+        )
+        for part in ("text", "tabular"):
+            n_used = out.metrics.get(f"{part}.n_samples")
+            col = ctx.dataset.modalities.index(part) if part in ctx.dataset.modalities else None
+            if not isinstance(n_used, int) or col is None:
+                continue
+            eligible = int(ctx.dataset.present[:, col].sum())
+            if n_used < eligible:
+                why = (
+                    "empty reports left out, or a seeded sample of max_text_samples"
+                    if part == "text"
+                    else "a seeded sample of max_shap_samples"
+                )
+                out.coverage.append(
+                    f"{part} attribution on {n_used} of {eligible} rows that have {part} ({why})"
+                )
 
     # ------------------------------------------------------------------- text
     def _text(

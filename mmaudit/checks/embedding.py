@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mmaudit import neighbours as nb
 from mmaudit.check import AuditContext, Check, CheckOutput, Requirements, ThresholdRule, register
+from mmaudit.findings import count_judged
 from mmaudit.stats import (
     Estimate,
     adjust_pvalues,
@@ -602,6 +603,8 @@ def analyse(inp: EmbeddingInputs, p: EmbeddingCheck.Params) -> CheckOutput:
     if not layers:
         out.notes.append("no layer could be analysed (see the notes above)")
         out.metrics["layers_analysed"] = 0
+        out.judged, out.rows_used = 0, 0
+        out.skip_reason = "no layer could be analysed (too few usable rows, or constant; see notes)"
         return out
     out.metrics["layers_analysed"] = len(layers)
     _adjust(agree_rows, out, p)
@@ -626,6 +629,7 @@ def analyse(inp: EmbeddingInputs, p: EmbeddingCheck.Params) -> CheckOutput:
                 col[res.rows] = res.pca[:, j]
                 frame[f"pc{j + 1}.{name}"] = col
     out.per_sample = frame
+    _coverage(layers, nuisance, n, out)
     out.notes = list(dict.fromkeys(out.notes))  # e.g. "UMAP unavailable" once, not per layer
     if inp.groups is not None:
         out.notes.append(
@@ -633,6 +637,37 @@ def analyse(inp: EmbeddingInputs, p: EmbeddingCheck.Params) -> CheckOutput:
             f" {len(np.unique(groups))} patients"
         )
     return out
+
+
+def _coverage(
+    layers: dict[str, LayerResult], nuisance: list[Factor], n: int, out: CheckOutput
+) -> None:
+    """What the verdict rests on: ``judged`` (the identity margins and nuisance-pure
+    cluster shares the rules judge), ``rows_used`` (rows of the analysed layers), a coverage
+    note per layer analysed on part of the rows, and the skip reason when nothing could be
+    judged (no nuisance attribute: kNN lifts and silhouettes alone are descriptive)."""
+    out.judged = count_judged(out.metrics, EmbeddingCheck.default_thresholds)
+    used = np.zeros(n, dtype=bool)
+    for name, res in layers.items():
+        used[res.rows] = True
+        if len(res.rows) < n:
+            out.coverage.append(
+                f"layer {name}: analysed on {len(res.rows)} of {n} rows (the others lack that"
+                " modality or have a non-finite embedding; the excluded_rows table names them)"
+            )
+    out.rows_used = int(used.sum())
+    if not nuisance:
+        out.skip_reason = (
+            "no nuisance attribute to test for a dataset-identity axis: none is named like a"
+            f" site / scanner ({', '.join(NUISANCE_HINTS)}) or has two levels here; set"
+            " params.nuisance_attributes (kNN lifts and silhouettes are reported, not judged)"
+        )
+    else:
+        out.skip_reason = (
+            f"no identity margin or cluster purity could be computed for"
+            f" {', '.join(f.name for f in nuisance)} (no label agreement to compare with;"
+            " see the notes)"
+        )
 
 
 def _enough_permutations(

@@ -9,6 +9,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmaudit.check import AuditContext, Check, CheckOutput, Requirements, ThresholdRule, register
+from mmaudit.findings import count_judged
 from mmaudit.stats import (
     auroc,
     auroc_bootstrap,
@@ -175,6 +176,12 @@ class PerformanceCheck(Check):
             )
         if groups is not None:
             out.notes.append(f"CIs resample {len(np.unique(groups))} patients, not {len(y)} rows")
+        out.judged = count_judged(out.metrics, self.default_thresholds)
+        out.rows_used = len(y)
+        out.skip_reason = (
+            "AUROC and ECE are undefined on the audited rows (a class without rows?), so"
+            " discrimination and calibration could not be judged"
+        )
         return out
 
 

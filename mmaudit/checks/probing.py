@@ -28,6 +28,8 @@ from mmaudit.check import (
     register,
 )
 from mmaudit.erasure import LinearEraser, indicator_matrix, leace_fit, random_subspace_eraser
+from mmaudit.errors import NonFiniteOutputError
+from mmaudit.findings import count_judged
 from mmaudit.plots import pyplot
 from mmaudit.probes import ProbeError, ProbeResult, pool, run_probe, score_estimate
 from mmaudit.stats import (
@@ -283,7 +285,8 @@ class ProbingCheck(Check):
         groups = ctx.groups
         layers = self._layers(ctx, out)
         embeddings = {name: pool(ctx.cache.embeddings(name)) for name in layers}
-        attributes = self._attributes(ctx, out)
+        unprobed: dict[str, str] = {}
+        attributes = self._attributes(ctx, out, unprobed)
         penultimate = "penultimate" if "penultimate" in embeddings else "embedding"
         out.metrics["positive_control.layer"] = penultimate
         self._positive_control(ctx, embeddings[penultimate], out)
@@ -294,6 +297,8 @@ class ProbingCheck(Check):
             self._origins(rows, out)
         erasures = self._erasures(ctx, attributes, out) if attributes else []
         verdicts = self._verdicts(attributes, rows, erasures, out)
+
+        self._coverage(ctx, attributes, unprobed, rows, erasures, len(embeddings), out)
 
         if rows:  # an empty table is no table
             out.tables["probes"] = _probe_table(rows, p.alpha)
@@ -344,7 +349,11 @@ class ProbingCheck(Check):
                 )
         return chosen
 
-    def _attributes(self, ctx: AuditContext, out: CheckOutput) -> list[Attribute]:
+    def _attributes(
+        self, ctx: AuditContext, out: CheckOutput, unprobed: dict[str, str]
+    ) -> list[Attribute]:
+        """The attributes to probe; ``unprobed`` receives, per attribute left out, why in a
+        few words with its counts (the skip reason and coverage note quote them)."""
         p: ProbingCheck.Params = self.params  # type: ignore[assignment]
         frame = ctx.dataset.attributes
         config = ctx.config.data.attributes
@@ -355,6 +364,7 @@ class ProbingCheck(Check):
         for name in names:
             if name not in frame.columns:
                 out.notes.append(f"attribute '{name}' is not in data.attributes; left out")
+                unprobed[name] = "not in data.attributes"
                 continue
             kind = config[name].kind if name in config else "categorical"
             attr, problem = prepare_attribute(
@@ -362,20 +372,81 @@ class ProbingCheck(Check):
             )
             if problem:
                 out.notes.append(problem)
-            if attr is not None:
-                attrs.append(attr)
-                target_kind = ctx.config.data.target.kind
-                if p.within_target and target_kind in ("binary", "multiclass"):
-                    collinear = collinear_with_target(attr, ctx.target, p.min_level_size)
-                    if collinear:
-                        attr.beyond_target = False
-                        out.notes.append(collinear)
-                confound = target_association(
-                    attr, ctx.target, target_kind, p.within_target and attr.beyond_target
+            if attr is None:
+                unprobed[name] = unprobed_reason(
+                    name, frame[name].to_numpy(), kind, p.max_levels, p.min_level_size
                 )
-                if confound:
-                    out.notes.append(confound)
+                continue
+            attrs.append(attr)
+            target_kind = ctx.config.data.target.kind
+            if p.within_target and target_kind in ("binary", "multiclass"):
+                collinear = collinear_with_target(attr, ctx.target, p.min_level_size)
+                if collinear:
+                    attr.beyond_target = False
+                    out.notes.append(collinear)
+            confound = target_association(
+                attr, ctx.target, target_kind, p.within_target and attr.beyond_target
+            )
+            if confound:
+                out.notes.append(confound)
         return attrs
+
+    def _coverage(
+        self,
+        ctx: AuditContext,
+        attributes: list[Attribute],
+        unprobed: dict[str, str],
+        rows: list[ProbeRow],
+        erasures: list[ErasureRow],
+        n_layers: int,
+        out: CheckOutput,
+    ) -> None:
+        """What the verdict rests on: ``judged`` (probes with a permutation p, and use
+        verdicts), ``rows_used``, partial-coverage notes with counts and, when nothing
+        could be probed, the skip reason naming each attribute's counts."""
+        n = len(ctx.target)
+        out.judged = count_judged(out.metrics, self.default_thresholds)
+        probed = {r.attribute for r in rows}
+        used = np.zeros(n, dtype=bool)
+        for attr in attributes:
+            if attr.name in probed:
+                used |= attr.known
+        out.rows_used = int(used.sum())
+        failed = {a.name: "its probes failed (see the notes)" for a in attributes}
+        left_out = {**unprobed, **{k: v for k, v in failed.items() if k not in probed}}
+        if not probed:
+            if left_out:
+                out.skip_reason = "no attribute could be probed: " + "; ".join(
+                    f"{name} ({why})" for name, why in left_out.items()
+                )
+            else:
+                out.skip_reason = "no data.attributes to probe (only the positive control ran)"
+            return
+        total = len(probed) + len(left_out)
+        if left_out:
+            out.coverage.append(
+                f"{len(probed)} of {total} attributes probed; not probed: "
+                + "; ".join(f"{name} ({why})" for name, why in left_out.items())
+            )
+        for attr in attributes:
+            k = int(attr.known.sum())
+            if attr.name in probed and k < n:
+                out.coverage.append(
+                    f"{attr.name} probed on {k} of {n} rows"
+                    f" ({_left_out_rows(ctx.dataset.attributes[attr.name].to_numpy(), attr)})"
+                )
+        if len(rows) < len(attributes) * n_layers:
+            out.coverage.append(
+                f"{len(rows)} of {len(attributes) * n_layers} attribute x layer probes ran"
+                " (the others failed; see the notes)"
+            )
+        erased = {e.attribute for e in erasures}
+        untested = [a.name for a in attributes if a.name in probed and a.name not in erased]
+        if untested:
+            out.coverage.append(
+                f"use (erasure) tested for {len(probed) - len(untested)} of {len(probed)}"
+                f" probed attributes; not for {', '.join(untested)} (see the notes)"
+            )
 
     # ------------------------------------------------------------------ probes
     def _probe(
@@ -511,6 +582,15 @@ class ProbingCheck(Check):
     ) -> None:
         try:
             random_embeddings = randomised_embeddings(ctx, layers)
+        except NonFiniteOutputError as exc:
+            # the re-drawn weights' fault, not the checkpoint's (whose sweep was finite):
+            # only the baseline is lost, so the run must not stop blaming the checkpoint
+            out.notes.append(
+                "random-weights probe not run: the randomised model produced non-finite"
+                f" outputs ({exc}); the audited model's outputs are finite, so the probes"
+                " and erasure stand, without the input-vs-training origin"
+            )
+            return
         except Exception as exc:  # an optional baseline must not sink the check
             out.notes.append(f"random-weights baseline not computed ({type(exc).__name__}: {exc})")
             return
@@ -822,6 +902,46 @@ def prepare_attribute(
         only = ", ".join(np.unique(values)) or "none"
         return None, _joined(name, [*notes, f"one level only ({only}): not probed"])
     return Attribute(name, kind, known, values), _joined(name, notes)
+
+
+def unprobed_reason(
+    name: str, raw: np.ndarray, kind: str, max_levels: int, min_level_size: int
+) -> str:
+    """Why ``prepare_attribute`` left an attribute out, in a few words with its counts
+    ("A 3 / B 2 rows, each level needs min_level_size = 10"), for the skip reason."""
+    series = pd.Series(raw)
+    known = series[~series.isna()]
+    if known.empty:
+        return "no row has a value"
+    if kind == "continuous":
+        values = pd.to_numeric(known, errors="coerce").to_numpy(dtype=np.float64)
+        values = values[np.isfinite(values)]
+        distinct = np.unique(values).size
+        return f"{values.size} finite value(s), {distinct} distinct (needs 4, not constant)"
+    counts = known.astype(str).value_counts(sort=False).sort_index()
+    if len(counts) > max_levels:
+        return f"{len(counts)} levels (more than max_levels = {max_levels})"
+    shown = " / ".join(f"{level} {c}" for level, c in counts.items())
+    if len(counts) == 1:
+        return f"one level only, {shown} rows"
+    return f"{shown} rows, each level needs min_level_size = {min_level_size}"
+
+
+def _left_out_rows(raw: np.ndarray, attr: Attribute) -> str:
+    """Which rows an attribute's probes leave out, with counts: no value, rare levels."""
+    series = pd.Series(raw)
+    missing = int(series.isna().sum())
+    parts = [f"{missing} with no value"] if missing else []
+    rare = int((~attr.known).sum()) - missing
+    if rare and attr.kind == "continuous":
+        parts.append(f"{rare} non-finite")
+    elif rare:
+        kept = set(np.unique(attr.values).tolist())
+        levels = series[~series.isna()].astype(str)
+        dropped = levels[~levels.isin(kept)].value_counts().sort_index()
+        what = ", ".join(f"{lv} (n={c})" for lv, c in dropped.items())
+        parts.append(f"{rare} in levels too rare to probe: {what}")
+    return "; ".join(parts) or "rows left out"
 
 
 def collinear_with_target(attr: Attribute, y: np.ndarray, min_level_size: int) -> str | None:

@@ -8,11 +8,11 @@ import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat
 
 from mmaudit.check import (
     AuditContext,
@@ -23,6 +23,7 @@ from mmaudit.check import (
     ThresholdRule,
     register,
 )
+from mmaudit.findings import count_judged
 from mmaudit.plots import pyplot
 from mmaudit.stats import (
     Estimate,
@@ -457,6 +458,17 @@ def analyse_groups(
 # ----------------------------------------------------------------------------- the check
 
 
+def _increasing_edges(edges: list[float]) -> list[float]:
+    """``params.bins`` edges as ``data.attributes.*.bins`` takes them: at least one, strictly
+    increasing (a typo such as [40, 60, 6] would otherwise sort rows into other groups)."""
+    if not edges:
+        raise ValueError("give the bin edges, e.g. [40, 60, 75], or leave the attribute out")
+    if any(lo >= hi for lo, hi in zip(edges, edges[1:], strict=False)):
+        shown = ", ".join(f"{e:g}" for e in edges)
+        raise ValueError(f"must be increasing edges, got [{shown}]")
+    return edges
+
+
 @register
 class SubgroupsCheck(Check):
     """Performance per attribute group and the gaps between groups, with bootstrap CIs.
@@ -502,7 +514,7 @@ class SubgroupsCheck(Check):
         threshold: float = Field(
             default=0.5, gt=0, lt=1, description="probability of the fixed operating point"
         )
-        bins: dict[str, list[float]] = Field(
+        bins: dict[str, Annotated[list[FiniteFloat], AfterValidator(_increasing_edges)]] = Field(
             default={},  # pydantic copies mutable defaults per instance
             description="bin edges per continuous attribute (overrides data.attributes.*.bins)",
         )
@@ -580,9 +592,11 @@ class SubgroupsCheck(Check):
         if not names:
             out.notes.append("no data.attributes configured: no groups to compare")
         results: list[GroupResult] = []
+        unjudged: dict[str, str] = {}  # attribute -> why no gap, with its counts
         for name in names:
             if name not in frame.columns:
                 out.notes.append(f"attribute '{name}' is not in data.attributes; left out")
+                unjudged[name] = "not in data.attributes"
                 continue
             kind_a = config[name].kind if name in config else "categorical"
             bins = p.bins.get(name, config[name].bins if name in config else None)
@@ -592,12 +606,14 @@ class SubgroupsCheck(Check):
             if len(grouping.labels) < 2:
                 only = grouping.labels[0] if grouping.labels else "none"
                 out.notes.append(f"{name}: one group only ({only}); nothing to compare")
+                unjudged[name] = f"one group only ({only})"
                 continue
             if len(grouping.labels) > p.max_groups:
                 out.notes.append(
                     f"{name}: {len(grouping.labels)} groups (more than max_groups="
                     f"{p.max_groups}); skipped"
                 )
+                unjudged[name] = f"{len(grouping.labels)} groups (max_groups = {p.max_groups})"
                 continue
             rows = None
             if p.equal_prevalence:
@@ -628,6 +644,7 @@ class SubgroupsCheck(Check):
             results.append(res)
             self._group_metrics(res, kind, out)
         self._gap_metrics(results, out)
+        self._coverage(results, unjudged, len(y), kind, out)
         floor = 1 / (p.n_permutations + 1)
         if any(e.null_p is not None and e.null_p < floor for r in results for e in r.gaps.values()):
             out.notes.append(
@@ -648,6 +665,66 @@ class SubgroupsCheck(Check):
                 f"CIs resample {len(np.unique(ctx.groups))} patients, not {len(y)} rows"
             )
         return out
+
+    def _coverage(
+        self,
+        results: list[GroupResult],
+        unjudged: dict[str, str],
+        n: int,
+        kind: str,
+        out: CheckOutput,
+    ) -> None:
+        """What the verdict rests on: ``judged`` (the gaps the rules can judge: a permutation
+        p and a CI), ``rows_used`` (rows of the groups compared), partial-coverage notes
+        with counts, and the skip reason, with every attribute's group sizes, when no gap
+        could be judged."""
+        p: SubgroupsCheck.Params = self.params  # type: ignore[assignment]
+        out.judged = count_judged(out.metrics, self.default_thresholds)
+        used = np.zeros(n, dtype=bool)
+        judged_attrs: list[str] = []
+        for res in results:
+            sizes = " / ".join(
+                f"{label} {size}" for label, size in zip(res.grouping.labels, res.n, strict=True)
+            )
+            if not res.gaps:
+                unjudged[res.grouping.attribute] = f"{sizes} rows"
+                continue
+            judged_attrs.append(res.grouping.attribute)
+            ok = np.flatnonzero(res.judged)
+            rows = res.rows[np.isin(res.grouping.codes[res.rows], ok)]
+            used[rows] = True
+            if len(ok) < len(res.judged) or len(rows) < n:
+                small = [
+                    f"{res.grouping.labels[g]} ({res.reasons[g]})"
+                    for g in range(len(res.judged))
+                    if not res.judged[g]
+                ]
+                out.coverage.append(
+                    f"{res.grouping.attribute}: {len(ok)} of {len(res.judged)} groups compared,"
+                    f" on {len(rows)} of {n} rows"
+                    + (f"; too small to judge: {', '.join(small)}" if small else "")
+                )
+        out.rows_used = int(used.sum())
+        need = f"two groups of at least min_group_size = {p.min_group_size} rows" + (
+            f" with at least min_class_size = {p.min_class_size} positives and negatives each"
+            if kind == "binary"
+            else ""
+        )
+        listed = "; ".join(f"{name}: {why}" for name, why in unjudged.items())
+        if not judged_attrs:
+            out.skip_reason = f"no gap could be judged: no attribute has {need}" + (
+                f" ({listed})" if listed else " (no data.attributes)"
+            )
+        elif out.judged == 0:
+            out.skip_reason = (
+                f"gaps were computed for {', '.join(judged_attrs)} but none has both a"
+                " bootstrap CI and a permutation p to judge (too few usable resamples)"
+            )
+        if judged_attrs and unjudged:
+            out.coverage.append(
+                f"gaps judged for {len(judged_attrs)} of {len(judged_attrs) + len(unjudged)}"
+                f" attributes; not for {listed} (each needs {need})"
+            )
 
     def _group_metrics(self, res: GroupResult, kind: str, out: CheckOutput) -> None:
         p: SubgroupsCheck.Params = self.params  # type: ignore[assignment]
