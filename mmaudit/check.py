@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from mmaudit.config import describe_error
+from mmaudit.config import cell_text, describe_error
 from mmaudit.errors import CheckError
 from mmaudit.stats import Estimate
 
@@ -57,6 +57,23 @@ class ThresholdRule(BaseModel):
     max_p: float | None = None
     ci_low_above: float | None = None
     message: str = ""
+
+    @model_validator(mode="after")
+    def _fail_stricter_than_warn(self) -> ThresholdRule:
+        # inverted limits would raise fail for values that do not even warn, silently
+        warn, fail = self.warn_below, self.fail_below
+        if warn is not None and fail is not None and fail > warn:
+            raise ValueError(
+                f"fail_below {cell_text(fail)} is above warn_below {cell_text(warn)};"
+                " fail must be the stricter limit"
+            )
+        warn, fail = self.warn_above, self.fail_above
+        if warn is not None and fail is not None and fail < warn:
+            raise ValueError(
+                f"fail_above {cell_text(fail)} is below warn_above {cell_text(warn)};"
+                " fail must be the stricter limit"
+            )
+        return self
 
 
 class Finding(BaseModel):
@@ -302,18 +319,31 @@ def merged_thresholds(
             rules[name] = ThresholdRule.model_validate({**base, **change})
         except ValidationError as exc:
             err = exc.errors()[0]
-            key = ".".join(str(p) for p in err["loc"])
+            key = ".".join(str(p) for p in err["loc"]) or _inverted_key(change, err["msg"])
             at = _at(locate, f"{where}.thresholds.{name}.{key}")
             if err["type"] == "extra_forbidden":
                 hint = _did_you_mean(key, list(ThresholdRule.model_fields))
                 raise CheckError(
                     f"{at}{where}.thresholds.{name}: unknown key '{key}'", hint=hint
                 ) from exc
+            hint = "`mmaudit checks` lists each check's default thresholds"
+            if not err["loc"]:  # the rule as a whole: warn / fail limits the wrong way round
+                hint = f"set fail_below <= warn_below, fail_above >= warn_above; {hint}"
             raise CheckError(
-                f"{at}{where}.thresholds.{name}.{key}: {describe_error(err)}",
-                hint="`mmaudit checks` lists each check's default thresholds",
+                f"{at}{where}.thresholds.{name}.{key}: {describe_error(err)}", hint=hint
             ) from exc
     return rules
+
+
+def _inverted_key(change: dict[str, Any], message: str) -> str:
+    """The limit key the user wrote in a rule whose warn / fail limits are inverted (the
+    error is the rule's, not one key's): the pair's fail key when given, else its warn key."""
+    side = "above" if "fail_above" in message else "below"
+    return (
+        f"fail_{side}"
+        if f"fail_{side}" in change or f"warn_{side}" not in change
+        else f"warn_{side}"
+    )
 
 
 def figure_dir(out: Path, check: str) -> Path:

@@ -127,6 +127,21 @@ def gate_failed(status: str, fail_on: str) -> bool:
     return status in FAILING_STATUSES[fail_on]
 
 
+def summary_title(report) -> str:  # type: ignore[no-untyped-def]
+    """The terminal table's header: the audit status, and the gates the run recorded
+    (``report.fail_on``, ``report.fail_on_skipped``) that it fails, so the header never
+    reads "pass" above an exit code of 1."""
+    title = f"mmaudit: {report.status}"
+    failed = gate_failed(report.status, report.fail_on)
+    if failed and report.fail_on != "fail":  # a failing status under the default gate says so
+        title += f" (fails --fail-on {report.fail_on})"
+    skipped = report.skipped_checks()
+    if report.fail_on_skipped and skipped:
+        joint = "and" if failed else "but"
+        title += f", {joint} {len(skipped)} check(s) skipped (fails --fail-on-skipped)"
+    return title
+
+
 def print_summary(console, report) -> None:  # type: ignore[no-untyped-def]
     """The report in the terminal: one row per check (status, what it tested, key metrics or
     the reason it has none), then its coverage notes, findings and cross-check lines."""
@@ -137,7 +152,7 @@ def print_summary(console, report) -> None:  # type: ignore[no-untyped-def]
 
     # every string from the report goes through escape(): a subgroup level such as "[/x]"
     # in a metric name is data, not rich markup
-    table = Table(title=f"mmaudit: {escape(report.status)}")
+    table = Table(title=escape(summary_title(report)))
     for col in ("check", "status", "tested", "key metrics / reason", "s"):
         table.add_column(col, overflow="fold")
     colours = {

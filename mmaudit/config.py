@@ -53,6 +53,15 @@ def _defaults_for_none(model: type[BaseModel], name: str) -> bool:
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
+def rule_error(message: str, hint: str, at: tuple[str | int, ...] = ()) -> PydanticCustomError:
+    """A validation error that carries its own hint, for rules across keys (a column listed
+    twice, the target used as an attribute); ``at`` continues the key path below the model
+    that raises it, so the message names the offending entry and its line."""
+    return PydanticCustomError(
+        "config_rule", "{message}", {"message": message, "hint": hint, "at": at}
+    )
+
+
 class Strict(BaseModel):
     """Base model: unknown keys and NaN / infinite numbers are errors; an empty section
     (``runtime:`` with every line commented out) means its defaults."""
@@ -186,6 +195,20 @@ class TabularConfig(Strict):
     std: dict[str, PositiveFloat] = Field(default_factory=dict)
 
     @model_validator(mode="after")
+    def _each_once(self) -> TabularConfig:
+        # a repeated lab would be fed to the model twice and ranked twice in attribution
+        first: dict[str, int] = {}
+        for i, c in enumerate(self.columns):
+            if c in first:
+                raise rule_error(
+                    f"'{c}' is listed twice (items {first[c]} and {i})",
+                    hint="list each column once",
+                    at=("columns", i),
+                )
+            first[c] = i
+        return self
+
+    @model_validator(mode="after")
     def _given(self) -> TabularConfig:
         if self.normalization == "given":
             missing = [c for c in self.columns if c not in self.mean or c not in self.std]
@@ -241,7 +264,11 @@ class SplitConfig(Strict):
     @classmethod
     def _numbers_as_text(cls, v: Any) -> Any:
         if isinstance(v, list):
-            return [cell_text(x) if isinstance(x, int | float) else x for x in v]
+            # not bools (an int to Python): `values: [yes]` must be refused, not read 'True'
+            return [
+                cell_text(x) if isinstance(x, int | float) and not isinstance(x, bool) else x
+                for x in v
+            ]
         return v
 
 
@@ -282,6 +309,32 @@ class DataConfig(Strict):
                 f"data.separator must be one character such as ',' ';' or tab, got {v!r}"
             )
         return v
+
+    @model_validator(mode="after")
+    def _target_is_not_an_input(self) -> DataConfig:
+        # a lab that is the label hands the model the answer; an attribute that is the label
+        # splits the rows into groups of one class, where no metric can be computed
+        target = set(self.target.all_columns)
+        where = "data.target.column" if self.target.kind != "multilabel" else "data.target.columns"
+        if self.tabular is not None:
+            for i, c in enumerate(self.tabular.columns):
+                if c in target:
+                    raise rule_error(
+                        f"column '{c}' is the target ({where}); a lab column holding the label"
+                        " gives the model the answer",
+                        hint="remove it from data.tabular.columns",
+                        at=("tabular", "columns", i),
+                    )
+        for name, a in self.attributes.items():
+            column = a.column or name
+            if column in target:
+                raise rule_error(
+                    f"column '{column}' is the target ({where}); subgroups of the target hold"
+                    " one class each, so no per-group metric can be computed",
+                    hint=f"remove data.attributes.{name}",
+                    at=("attributes", name),
+                )
+        return self
 
     @property
     def modalities(self) -> list[str]:
@@ -494,6 +547,18 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
+def _scalar_at(node: yaml.Node | None, loc: tuple[Any, ...]) -> str | None:
+    """The text of the scalar at ``loc`` as written in the YAML (``yes``), or None."""
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            node = node.value[part] if 0 <= part < len(node.value) else None
+        else:
+            return None
+    return node.value if isinstance(node, yaml.ScalarNode) else None
+
+
 _BOUNDS = {
     "greater_than_equal": (">=", "ge"),
     "greater_than": (">", "gt"),
@@ -549,12 +614,25 @@ def validation_error(exc: ValidationError, path: Path, tree: yaml.Node | None) -
     and a hint (a close match for typos, what to write, the default)."""
     err, required, rest = _primary(exc.errors())
     loc = tuple(err["loc"])
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "config_rule":
+        loc = (*loc, *ctx.get("at", ()))
     key = _dotted(loc) or "(top level)"
     line = _line_of(tree, loc)
     where = f"{path}:{line}" if line else str(path)
     more = f" [+{rest} more]" if rest > 0 else ""
-    kind = err["type"]
     reference = "configs/full.yaml documents every option"
+    if kind == "config_rule":
+        return ConfigError(f"{where}: {key}: {ctx['message']}{more}", hint=ctx["hint"])
+    if kind == "string_type" and isinstance(err.get("input"), bool):
+        # YAML 1.1 reads yes / no / on / off / true / false unquoted as a boolean
+        written = _scalar_at(tree, loc) or str(err["input"]).lower()
+        name = f"{loc[-1]}: " if isinstance(loc[-1], str) else "- "
+        return ConfigError(
+            f"{where}: {key}: YAML reads {written} as a boolean, not text{more}",
+            hint=f"quote it: {name}'{written}'",
+        )
     if kind == "extra_forbidden":
         if required is not None:
             hint = f"did you mean '{required}'? It is required and not given"

@@ -8,6 +8,7 @@ that sample; ``Batch.present`` carries that per sample.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import math
 import struct
@@ -121,6 +122,8 @@ def _read_csv(path: Path, text: list[str], separator: str) -> pd.DataFrame:
             f"{path}: cannot read manifest with separator {separator!r}: {first}",
             hint=guess or "check the quoting of that line",
         ) from exc
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path) or DataError(f"{path}: cannot read manifest: {exc}") from exc
     except Exception as exc:  # pandas raises many types for unreadable files
         raise DataError(f"{path}: cannot read manifest: {exc}") from exc
     if len(df.columns) == 1 and guess:
@@ -130,6 +133,27 @@ def _read_csv(path: Path, text: list[str], separator: str) -> pd.DataFrame:
             hint=guess,
         )
     return df
+
+
+def _not_utf8(path: Path) -> DataError | None:
+    """DataError naming the line and byte of the first byte that is not UTF-8 (pandas' own
+    message gives an offset into a read buffer, not into the file); None if it decodes."""
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return DataError(f"{path}: the manifest is UTF-16 text, not UTF-8", hint=_SAVE_UTF8)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at byte offset"
+            f" {exc.start}; Latin-1 or Windows-1252?)",
+            hint=_SAVE_UTF8,
+        )
+    return None
+
+
+_SAVE_UTF8 = "save it as UTF-8; in Excel: Save As, CSV UTF-8"
 
 
 def _csv_header(path: Path, separator: str) -> list[str]:
@@ -620,7 +644,7 @@ class AuditDataset(torch.utils.data.Dataset):
                     self._problem(
                         f"{self.manifest_path}: binary target '{cols[0]}' must be 0/1 (found"
                         f" {values[:5]})",
-                        hint="set data.target.positive to the positive class name",
+                        hint=_binary_hint(num),
                     )
                 y = (num == 1).to_numpy().astype(np.int64)
                 names = ["0", "1"]
@@ -699,14 +723,14 @@ class AuditDataset(torch.utils.data.Dataset):
                 continue
             path = self._resolve(value)
             if not path.is_file():
-                self._problem(f"{self._row(i)}: image file not found: {path}", hint=hint)
+                self._problem(f"{self._row(i)}: {_not_a_file('image', path)}", hint=hint)
                 path = None
             self.image_paths.append(path)
         if img.roi_mask:
             for i, value in enumerate(df[img.roi_mask].tolist()):
                 path = None if _is_missing(value) else self._resolve(value)
                 if path is not None and not path.is_file():
-                    self._problem(f"{self._row(i)}: ROI mask file not found: {path}", hint=hint)
+                    self._problem(f"{self._row(i)}: {_not_a_file('ROI mask', path)}", hint=hint)
                     path = None
                 self.mask_paths.append(path)
 
@@ -747,6 +771,7 @@ class AuditDataset(torch.utils.data.Dataset):
         raw = np.empty((len(every_row), len(tab.columns)), dtype=float)
         for j, c in enumerate(tab.columns):
             col, bad = numbers(every_row[c])
+            blank_everywhere = bool((np.isnan(col) & ~bad).all())
             bad &= audited  # text elsewhere is left out of the statistics, as a blank is
             if bad.any():
                 k = int(np.flatnonzero(bad)[0])
@@ -771,6 +796,14 @@ class AuditDataset(torch.utils.data.Dataset):
                     hint="write the measured value, or leave the cell blank when it is missing",
                 )
                 col[huge] = np.nan  # collecting: read on with the cell missing
+            if blank_everywhere:
+                # mean 0 / sd 1 and an all-zero input would look like a measured column
+                self._problem(
+                    f"{self.manifest_path}: tabular column '{c}' is blank in every row"
+                    f" ({len(every_row)} rows)",
+                    hint="remove it from data.tabular.columns; a lab with no values tells the"
+                    " audit nothing",
+                )
             raw[:, j] = col
         values = raw[rows].astype(np.float32)
         missing = np.isnan(values)
@@ -1005,6 +1038,30 @@ def in_split(col: pd.Series, values: list[str]) -> np.ndarray:
         ],
         dtype=bool,
     )
+
+
+def _binary_hint(num: pd.Series) -> str:
+    """What to set for a binary target that is not 0/1: integer class codes (0/1/2) mean a
+    multiclass target; names (``pneumonia``) or two codes other than 0/1 need the positive
+    class named."""
+    labels = num.dropna().unique()
+    codes = num.notna().all() and bool(np.all(np.equal(np.mod(labels, 1), 0)))
+    if codes and len(labels) > 2:
+        return f"these are {len(labels)} class codes: set data.target.kind: multiclass"
+    if codes:
+        high = cell_text(float(max(labels)))
+        return (
+            f"set data.target.positive: '{high}' to name the positive class, or"
+            " data.target.kind: multiclass"
+        )
+    return "set data.target.positive to the positive class name"
+
+
+def _not_a_file(what: str, path: Path) -> str:
+    """Why ``path`` cannot be read as a ``what`` file: a folder, or nothing there."""
+    if path.is_dir():
+        return f"{what} path is a folder, not an {what} file: {path}".replace("an ROI", "a ROI")
+    return f"{what} file not found: {path}"
 
 
 def _more(n: int, what: str) -> str:

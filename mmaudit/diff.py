@@ -336,7 +336,8 @@ class Samples:
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     patients: dict[str, str] = field(default_factory=dict)  # id -> patient
     _tables: dict[str, Any] = field(default_factory=dict)
-    # report-relative paths of per-sample files the report names but the folder lacks
+    # report-relative paths of per-sample files the report names but the folder lacks (only
+    # in a report from before digests: load_report refuses a sealed one missing a file)
     missing: list[str] = field(default_factory=list)
 
     def table(self, check: str) -> Any:

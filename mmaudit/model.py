@@ -435,6 +435,26 @@ def _import_factory(spec: str, python_path: list[Path]) -> Callable[..., nn.Modu
     return fn
 
 
+def factory_source_files(spec: str, python_path: list[Path]) -> list[Path]:
+    """The source files that define ``model.factory``: the file of the factory callable
+    itself, then the module named in ``spec`` when that is another file (a package
+    re-exporting it). Part of the checkpoint's identity: without weights, the factory's
+    code is the whole model, and two edits of it must not pass for one checkpoint (--resume,
+    diff). A callable whose file cannot be found (a C extension) falls back to the module's.
+    """
+    fn = inspect.unwrap(_import_factory(spec, python_path))
+    mod = sys.modules.get(spec.partition(":")[0])
+    candidates: list[str | None] = []
+    with contextlib.suppress(TypeError):  # a builtin, or neither function nor class
+        candidates.append(inspect.getsourcefile(fn) or inspect.getfile(fn))
+    candidates.append(getattr(mod, "__file__", None))
+    files: list[Path] = []
+    for name in candidates:
+        if name and Path(name).is_file() and Path(name).resolve() not in files:
+            files.append(Path(name).resolve())
+    return files
+
+
 def load_model(
     cfg: ModelConfig, modalities: tuple[str, ...], runtime: RuntimeConfig | None = None
 ) -> ModelAdapter:

@@ -83,8 +83,18 @@ def make_parent(out: Path) -> None:
         )
 
 
-def not_writable(where: Path, exc: OSError) -> MmauditError:
+def not_writable(where: Path, exc: OSError, out: Path | None = None) -> MmauditError:
+    """The one line for a folder that refused a write. With ``out`` (the report being
+    created) the message names it: a filesystem such as /proc answers mkdir with "No such
+    file or directory" about a folder that exists, which read about ``where`` is untrue."""
     why = exc.strerror or type(exc).__name__
+    if out is not None:
+        return MmauditError(
+            f"cannot create {out}: {why} (while creating {exc.filename or where})",
+            hint=f"choose another -o, or make {where} writable"
+            if isinstance(exc, PermissionError)
+            else f"choose another -o; {where} does not take new folders",
+        )
     return MmauditError(
         f"cannot write the report: {where}: {why}",
         hint="choose another -o, or make that folder writable",
@@ -311,7 +321,7 @@ class WorkLock:
             except FileExistsError:
                 created = False
             except OSError as exc:
-                raise not_writable(folder.parent, exc) from exc
+                raise not_writable(folder.parent, exc, out=self.out) from exc
             try:
                 fd = os.open(folder, os.O_RDONLY)
             except FileNotFoundError:

@@ -521,10 +521,11 @@ def load_report(folder: str | Path) -> Report:
     """Read a report folder's report.json; ReportError with one clear line otherwise.
 
     A report that records digests (``integrity``) must match them: report.json's own
-    content, and every file it lists that is still there (a missing per-sample file is
-    left to the reader, which notes it); a file under samples/ that it does not list is
-    refused too, since ``diff`` would read it. A report without digests (written before
-    mmaudit recorded them) is read unverified: its ``integrity`` is None.
+    content, and every file it lists, which must all still be there (a deleted file is
+    refused, naming it); a file under samples/ that it does not list is refused too, since
+    ``diff`` would read it. A report without digests (written before mmaudit recorded them)
+    is read unverified: its ``integrity`` is None, and a per-sample file missing from it is
+    left to the reader, which notes it.
     """
     folder = Path(folder)
     path = folder / "report.json"

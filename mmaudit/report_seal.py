@@ -87,7 +87,9 @@ def verify_report_json(folder: Path, path: Path, raw: dict[str, Any]) -> None:
 
 def verify_files(folder: Path, path: Path, files: dict[str, str]) -> None:
     """ReportError naming the first file whose bytes differ from the digest report.json
-    records, or a per-sample file report.json does not know."""
+    records, a recorded file that is gone (a deleted predictions.parquet would silently drop
+    ``diff``'s paired test and churn, so a missing file does not match either), or a
+    per-sample file report.json does not know."""
     root = folder.resolve()
     for rel, digest in files.items():
         target = (root / rel).resolve()
@@ -96,7 +98,13 @@ def verify_files(folder: Path, path: Path, files: dict[str, str]) -> None:
                 f"{path}: a recorded file points outside the report folder: {rel}",
                 hint="the report was edited or is not from mmaudit; refusing to read it",
             )
-        if target.is_file() and not hmac.compare_digest(file_sha256(target), digest):
+        if not target.is_file():
+            raise ReportError(
+                f"{folder / rel}: recorded in report.json but missing (deleted after the audit?)",
+                hint="re-run the audit, or restore the report folder from where it was"
+                " archived; a report folder is read whole",
+            )
+        if not hmac.compare_digest(file_sha256(target), digest):
             raise ReportError(
                 f"{folder / rel}: does not match the sha256 that report.json recorded for it"
                 " (changed or corrupted after the audit)",

@@ -174,7 +174,8 @@ def config_locator(path: Path) -> Callable[[str], str]:
 
 def probe_model(adapter: Any, dataset: Any, target_kind: str) -> None:
     """Run the model on the first few rows before anything else does; ModelLoadError (one
-    line, exit 2) when it raises or its number of outputs does not fit the target.
+    line, exit 2) when it raises or its number of outputs does not fit the target, and
+    NonFiniteOutputError (naming the ids) when it answers NaN or inf for any of them.
 
     Why: a model that cannot take the data would otherwise fail inside the sweep with a
     traceback, or later inside every check, after a report folder was started.
@@ -200,6 +201,21 @@ def probe_model(adapter: Any, dataset: Any, target_kind: str) -> None:
             f" {len(dataset.class_names)} classes needs {' or '.join(map(str, expected))}",
             hint="check the model's head (model.kwargs) and data.target; if the audited rows"
             " lack some of the model's classes, list them all in data.target.classes",
+        )
+    bad = ~torch.isfinite(logits.float()).reshape(len(logits), -1).all(1)
+    if bool(bad.any()):
+        from mmaudit.cache import _some_ids
+
+        values = logits[bad]
+        kinds = [k for k, hit in (("NaN", values.isnan()), ("inf", values.isinf())) if hit.any()]
+        ids = dataset.ids[batch.index.cpu().numpy()[bad.cpu().numpy()]]
+        hint = "check the checkpoint (weights, dtype) and these rows' inputs"
+        if adapter.effective_precision == "fp16":
+            hint += "; fp16 overflows to inf: try runtime.precision bf16 or fp32"
+        raise NonFiniteOutputError(
+            f"model output 'logits' is {'/'.join(kinds)} for {_some_ids(ids)} ({len(ids)} of"
+            f" {len(batch)} rows of the first batch, probed before the run)",
+            hint=hint,
         )
 
 
@@ -240,14 +256,21 @@ def any_batch_done(work_dir: Path) -> bool:
 
 
 def checkpoint_files(cfg: AuditConfig) -> list[Path]:
+    """The files whose bytes make the checkpoint's identity (``model.sha256``, the --resume
+    key): a built-in checkpoint's folder, a TorchScript file, or a factory's weights and
+    the factory's source (its code builds the model, so editing it is another checkpoint).
+    Imports the factory, as loading the model does: call it after ``load_model``."""
     m = cfg.model
     if m.checkpoint is not None:
         return sorted(p for p in Path(m.checkpoint).iterdir() if p.is_file())
-    if m.weights is not None:
-        return [Path(m.weights)]
     if m.torchscript is not None:
         return [Path(m.torchscript)]
-    return []
+    files = [Path(m.weights)] if m.weights is not None else []
+    if m.factory is not None:
+        from mmaudit.model import factory_source_files
+
+        files += factory_source_files(m.factory, m.python_path)
+    return files
 
 
 def environment(device: str) -> dict[str, Any]:

@@ -316,9 +316,24 @@ def test_shap_ranks_and_tracks_known_additive_contributions(manifest: Path, voca
     assert set(out.tables["tabular_importance_by_subgroup"]["attribute"]) == {"site", "sex"}
 
 
-def test_all_missing_column_is_noted_not_ranked(manifest: Path, vocab: Any) -> None:
+def test_all_missing_column_is_noted_not_ranked(manifest: Path, vocab: Any, tmp_path: Path) -> None:
+    """A lab blank in every audited row (it has a value only outside the split: a column
+    blank in the whole manifest is bad input) is noted, not ranked."""
+    frame = pd.read_csv(manifest, dtype=str)
+    extra = frame.iloc[[0]].assign(id="outside", lab_empty="1.0")
+    both = pd.concat([frame.assign(split="test"), extra.assign(split="train")])
+    split_manifest = tmp_path / "manifest.csv"
+    both.to_csv(split_manifest, index=False)
     cfg = config_for(
-        manifest, tabular={"columns": ["lab_a", "lab_b", "lab_empty"], "normalization": "none"}
+        split_manifest,
+        tabular={"columns": ["lab_a", "lab_b", "lab_empty"], "normalization": "none"},
+        split={"column": "split", "values": ["test"]},
+        image={
+            "column": "image_path",
+            "roi_mask": "mask_path",
+            "size": SIZE,
+            "root": str(manifest.parent),
+        },
     )
     model = Additive(len(vocab), {}, [1.0, -0.5, 3.0], [0.3, 0.0, 0.0])
     ctx = make_context(cfg, model)

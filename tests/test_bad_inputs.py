@@ -344,6 +344,31 @@ def outlier_lab(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
     return df
 
 
+def blank_lab(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    df["lab_b"] = float("nan")
+    return df
+
+
+def class_code_2(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    df.loc[4, "label"] = 2  # 0/1/2: class codes, a multiclass target
+    return df
+
+
+def latin1_manifest(df: pd.DataFrame, folder: Path) -> Path:
+    path = folder / "manifest.csv"
+    df["sex"] = df["sex"].astype(object)
+    df.loc[2, "sex"] = "fémale"  # row 3, line 4 of the file
+    path.write_bytes(df.to_csv(index=False).encode("latin-1"))
+    return path
+
+
+def out_in_proc(env: Env) -> Invocation:
+    """/proc answers mkdir with "No such file or directory" about a folder that exists."""
+    if not Path("/proc/self").is_dir():
+        pytest.skip("no /proc on this system")
+    return env.invoke(out=Path("/proc/mmaudit-report"))
+
+
 def text_config(env: Env, **text: Any) -> dict[str, Any]:
     cfg = copy.deepcopy(env.cfg)
     cfg["data"]["text"] = {"column": "sex", "tokenizer": str(SAMPLE_TOKENIZER), **text}
@@ -932,6 +957,76 @@ CASES: list[Case] = [
     case("-o under a read-only folder", out_read_only_parent, r"locked", commands=RUN),
     case("-o under an immutable folder", out_immutable_parent, r"frozen", commands=RUN),
     case("-o is an immutable earlier report", out_immutable_report, r"frozen_rep", commands=RUN),
+    case(
+        "-o under /proc",
+        out_in_proc,
+        r"cannot create /proc/mmaudit-report",
+        r"/proc does not take new folders",
+        commands=RUN,
+    ),
+    # --- accepted silently before; unclear before
+    case(
+        "lab column listed twice",
+        mutate("data.tabular.columns", ["lab_a", "lab_a", "lab_b"]),
+        YAML,
+        r"data\.tabular\.columns\[1\]: 'lab_a' is listed twice",
+        r"list each column once",
+    ),
+    case(
+        "target also a lab column",
+        mutate("data.tabular.columns", ["lab_a", "label"]),
+        YAML,
+        r"data\.tabular\.columns\[1\]: column 'label' is the target",
+        r"remove it from data\.tabular\.columns",
+    ),
+    case(
+        "target also an attribute",
+        mutate("data.attributes.label", {}),
+        YAML,
+        r"data\.attributes\.label: column 'label' is the target",
+        r"remove data\.attributes\.label",
+    ),
+    case(
+        "inverted threshold limits",
+        mutate(
+            "checks.performance.thresholds", {"auroc_low": {"warn_below": 0.5, "fail_below": 0.9}}
+        ),
+        YAML,
+        r"checks\.performance\.thresholds\.auroc_low\.fail_below: fail_below 0\.9 is above"
+        r" warn_below 0\.5",
+        r"fail_below <= warn_below",
+    ),
+    case(
+        "YAML boolean for a text key",
+        config_text(lambda text: text.replace("  id: id\n", "  id: yes\n", 1)),
+        YAML,
+        r"data\.id: YAML reads yes as a boolean",
+        r"quote it: id: 'yes'",
+    ),
+    case(
+        "lab column blank in every row",
+        edit_rows(blank_lab),
+        r"manifest\.csv: tabular column 'lab_b' is blank in every row",
+        r"remove it from data\.tabular\.columns",
+    ),
+    case(
+        "binary target holding class code 2",
+        edit_rows(class_code_2),
+        r"manifest\.csv",
+        r"'label' must be 0/1",
+        r"data\.target\.kind: multiclass",
+    ),
+    case(
+        "image path is a folder",
+        edit_rows(set_cell("image_path", 2, "images")),
+        r"manifest\.csv row 4 \(id 's2'\): image path is a folder, not an image file",
+    ),
+    case(
+        "manifest not UTF-8",
+        raw_manifest(latin1_manifest),
+        r"manifest\.csv:4: not UTF-8 text \(byte 0xe9",
+        r"save it as UTF-8",
+    ),
 ]
 
 PARAMS = [

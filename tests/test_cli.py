@@ -672,6 +672,8 @@ def test_fail_on_skipped_gates_on_a_planned_check_that_was_skipped(
     assert "1 planned check(s) skipped (attention): fails the gate --fail-on-skipped" in (
         " ".join(out.split())
     )
+    # the table's header says so too, not a bare "mmaudit: pass" above exit code 1
+    assert "1 check(s) skipped (fails --fail-on-skipped)" in " ".join(out.split())
     suite = ET.parse(tmp_path / "b" / "junit.xml").getroot().find("testsuite")
     assert suite is not None and suite.get("failures") == "1"
     props = {p.get("name"): p.get("value") for p in suite.iter("property")}
@@ -724,3 +726,33 @@ def test_console_summary_shows_what_each_check_tested_and_its_coverage(capsys) -
     assert "no attribute could be probed" in out
     assert "coverage saliency: 20 of 40 image rows have a usable (non-empty) ROI mask" in out
     assert "2 more note(s) in index.html, under each check" in out
+
+
+def test_console_header_reflects_the_gates(capsys) -> None:  # type: ignore[no-untyped-def]
+    """The stranger's test: under --fail-on-skipped the table said "mmaudit: pass" above an
+    exit code of 1. The header now names the gate that fails, and stays plain otherwise."""
+    from rich.console import Console
+
+    from mmaudit.cli import print_summary, summary_title
+    from mmaudit.report import CheckReport, Report
+
+    def report(status: str, **gates) -> Report:  # type: ignore[no-untyped-def]
+        checks = {
+            "probing": CheckReport(name="probing", status="skipped", reason="nothing to probe"),
+            "performance": CheckReport(name="performance", status="pass"),
+        }
+        return Report(
+            tool_version="t", created="c", config={}, config_path="", model={}, data={},
+            environment={}, seed=0, checks=checks, status=status, **gates,
+        )  # fmt: skip
+
+    print_summary(Console(width=300, highlight=False), report("pass", fail_on_skipped=True))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "mmaudit: pass, but 1 check(s) skipped (fails --fail-on-skipped)" in out
+    assert summary_title(report("pass")) == "mmaudit: pass"
+    assert summary_title(report("fail", fail_on_skipped=True)) == (
+        "mmaudit: fail, and 1 check(s) skipped (fails --fail-on-skipped)"
+    )
+    assert summary_title(report("warn", fail_on="warn")) == "mmaudit: warn (fails --fail-on warn)"
+    assert summary_title(report("warn")) == "mmaudit: warn"
+    assert summary_title(report("fail", fail_on="never")) == "mmaudit: fail"

@@ -375,3 +375,63 @@ def test_cli_bad_config_is_one_line_exit_2(
         " configs/full.yaml documents every option)\n"
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "line", "message", "hint"),
+    [
+        (
+            "  tabular: {columns: [wbc, wbc, crp]}\n",
+            7,
+            "data.tabular.columns[1]: 'wbc' is listed twice (items 0 and 1)",
+            "list each column once",
+        ),
+        (
+            "  tabular:\n    columns:\n      - wbc\n      - label\n",
+            10,
+            "data.tabular.columns[1]: column 'label' is the target (data.target.column)",
+            "remove it from data.tabular.columns",
+        ),
+        (
+            "  attributes:\n    site: {}\n    label: {}\n",
+            9,
+            "data.attributes.label: column 'label' is the target (data.target.column)",
+            "remove data.attributes.label",
+        ),
+        (
+            "  attributes:\n    outcome: {column: label}\n",
+            8,
+            "data.attributes.outcome: column 'label' is the target",
+            "remove data.attributes.outcome",
+        ),
+    ],
+)
+def test_column_listed_twice_or_target_reused_is_refused(
+    tmp_path: Path, data: str, line: int, message: str, hint: str
+) -> None:
+    """Accepted silently before: a lab listed twice (fed and ranked twice), the label among
+    the labs (the model is handed the answer) or as an attribute (one class per group)."""
+    path = tmp_path / "a.yaml"
+    err = _error(path, MINIMAL + data)
+    assert str(err).startswith(f"{path}:{line}: {message}"), str(err)
+    assert err.hint == hint
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "written", "hint"),
+    [
+        ("  id: yes\n", 7, "yes", "quote it: id: 'yes'"),
+        ("  patient: off\n", 7, "off", "quote it: patient: 'off'"),
+        ("  split: {column: fold, values: [a, no]}\n", 7, "no", "quote it: - 'no'"),
+    ],
+)
+def test_yaml_boolean_where_text_is_wanted_says_to_quote_it(
+    tmp_path: Path, text: str, line: int, written: str, hint: str
+) -> None:
+    """``id: yes`` is a boolean to YAML 1.1: pydantic's "valid string (got True)" did not
+    say why; the line now says what YAML read and how to write it."""
+    path = tmp_path / "a.yaml"
+    err = _error(path, MINIMAL + text)
+    assert f"{path}:{line}: data." in str(err)
+    assert f"YAML reads {written} as a boolean, not text" in str(err)
+    assert err.hint == hint

@@ -699,3 +699,74 @@ def test_separator_must_be_one_character(tiny_manifest: Path) -> None:
     assert _cfg(tiny_manifest, separator="\\t").separator == "\t"
     with pytest.raises(ValueError, match="data.separator must be one character"):
         _cfg(tiny_manifest, separator=";;")
+
+
+def test_lab_column_blank_in_every_row_is_bad_input(tiny_manifest: Path, tmp_path: Path) -> None:
+    """An all-blank lab used to get mean 0 / sd 1 and zeros for every row, then drop out of
+    attribution unseen: it tells the audit nothing, so it is named with what to do."""
+
+    def blank(df: pd.DataFrame) -> None:
+        df["lab_b"] = np.nan
+
+    cfg = _cfg(_edited(tiny_manifest, tmp_path, blank), image=_image_at(tiny_manifest))
+    with pytest.raises(DataError) as err:
+        AuditDataset(cfg)
+    assert (
+        str(err.value)
+        == f"{tmp_path / 'm.csv'}: tabular column 'lab_b' is blank in every row (48 rows)"
+    )
+    assert err.value.hint.startswith("remove it from data.tabular.columns")
+    assert len(_problems(cfg)) == 1  # validate lists it once and reads on
+
+
+@pytest.mark.parametrize(
+    ("labels", "hint"),
+    [
+        ([0, 1, 2], "these are 3 class codes: set data.target.kind: multiclass"),
+        ([1, 2], "set data.target.positive: '2' to name the positive class, or"),
+        (["no", "yes"], "set data.target.positive to the positive class name"),
+    ],
+)
+def test_binary_target_that_is_not_0_1_gets_the_fitting_hint(
+    tiny_manifest: Path, tmp_path: Path, labels: list[object], hint: str
+) -> None:
+    def relabel(df: pd.DataFrame) -> None:
+        df["label"] = [labels[i % len(labels)] for i in range(len(df))]
+
+    cfg = _cfg(_edited(tiny_manifest, tmp_path, relabel), image=_image_at(tiny_manifest))
+    with pytest.raises(DataError, match="binary target 'label' must be 0/1") as err:
+        AuditDataset(cfg)
+    assert err.value.hint.startswith(hint), err.value.hint
+
+
+def test_image_path_that_is_a_folder_says_so(tiny_manifest: Path, tmp_path: Path) -> None:
+    def folder(df: pd.DataFrame) -> None:
+        df.loc[2, "image_path"] = "images"
+        df.loc[4, "mask_path"] = "masks/"
+
+    cfg = _cfg(_edited(tiny_manifest, tmp_path, folder))
+    cfg.image.root = tiny_manifest.parent  # type: ignore[union-attr]
+    problems = _problems(cfg)
+    assert len(problems) == 2, problems
+    assert "row 4 (id 's2'): image path is a folder, not an image file:" in problems[0]
+    assert "row 6 (id 's4'): ROI mask path is a folder, not a ROI mask file:" in problems[1]
+
+
+def test_manifest_that_is_not_utf8_names_the_line(tiny_manifest: Path, tmp_path: Path) -> None:
+    """pandas said "'utf-8' codec can't decode byte 0xe9 in position 50" (a buffer offset);
+    the line in the file and how to fix it are what a user can act on."""
+    text = tiny_manifest.read_text().splitlines()
+    header = text[0].split(",")
+    cells = text[3].split(",")
+    cells[header.index("sex")] = "fémale"
+    text[3] = ",".join(cells)
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(("\n".join(text) + "\n").encode("latin-1"))
+    cfg = _cfg(path, image=_image_at(tiny_manifest))
+    with pytest.raises(DataError) as err:
+        AuditDataset(cfg)
+    assert str(err.value).startswith(f"{path}:4: not UTF-8 text (byte 0xe9 at byte offset")
+    assert err.value.hint.startswith("save it as UTF-8")
+    path.write_bytes(("\n".join(text) + "\n").encode("utf-16"))
+    with pytest.raises(DataError, match="UTF-16 text, not UTF-8"):
+        AuditDataset(cfg)

@@ -242,9 +242,10 @@ def test_moved_files_and_new_thresholds_stay_comparable(
 def test_missing_per_sample_files_are_noted_not_fatal(
     audits: dict[str, Path], tmp_path: Path
 ) -> None:
-    """An artifact whose samples/saliency.* was trimmed still diffs: saliency metrics fall
-    back to CI overlap, no rank correlation is computed, and the notes say why."""
-    other = _copy(audits["clean"], tmp_path / "other")
+    """A report from before digests whose samples/saliency.* was trimmed still diffs:
+    saliency metrics fall back to CI overlap, no rank correlation is computed, and the notes
+    say why (a sealed report missing a file is refused: see the next test)."""
+    other = _old(_copy(audits["clean"], tmp_path / "other"))
     (other / "samples" / "saliency.parquet").unlink()
     (other / "samples" / "saliency.npz").unlink()
     result = diff_reports(audits["shortcut"], other)
@@ -254,6 +255,29 @@ def test_missing_per_sample_files_are_noted_not_fatal(
     assert result.prediction_churn is not None  # predictions.parquet is still paired
     full = diff_reports(audits["shortcut"], audits["clean"])
     assert full.array_rank_correlation and "missing" not in " ".join(full.notes)
+
+
+def test_deleted_report_files_are_refused(audits: dict[str, Path], tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The stranger's test: a deleted predictions.parquet made ``diff`` exit 0 "no
+    regressions" without its paired test and churn, a deleted summary.md passed ``show``.
+    A file report.json recorded and that is gone no longer matches: exit 2 naming it."""
+    gone = _copy(audits["clean"], tmp_path / "gone")
+    (gone / "samples" / "predictions.parquet").unlink()
+    for pair in ([audits["shortcut"], gone], [gone, audits["shortcut"]]):
+        rc, out, err = _cli(["diff", *map(str, pair)], capsys)
+        assert rc == 2 and "no regressions" not in out, out
+        assert (
+            f"{gone / 'samples' / 'predictions.parquet'}: recorded in report.json but missing"
+            in err
+        ), err
+        assert "re-run the audit" in err and "Traceback" not in err
+    summary = _copy(audits["clean"], tmp_path / "summary")
+    (summary / "summary.md").unlink()
+    rc, out, err = _cli(["show", str(summary)], capsys)
+    assert rc == 2 and f"{summary / 'summary.md'}: recorded in report.json but missing" in err
+    assert "mmaudit:" not in out  # nothing printed from a report that no longer matches
+    rc, _, err = _cli(["show", str(audits["clean"])], capsys)
+    assert rc == 0, err
 
 
 def _truncate(path: Path) -> None:
@@ -276,6 +300,10 @@ def _truncate(path: Path) -> None:
             "samples/predictions.parquet: does not match the sha256",
         ),
         (lambda f: _flip_byte(f / "samples" / "saliency.npz"), "saliency.npz: does not match"),
+        (
+            lambda f: (f / "samples" / "saliency.npz").unlink(),
+            "samples/saliency.npz: recorded in report.json but missing",
+        ),
         (lambda f: _truncate(f / "samples" / "embeddings.npz"), "embeddings.npz: does not match"),
         (
             lambda f: shutil.copy(f / "samples" / "saliency.npz", f / "samples" / "ablation.npz"),

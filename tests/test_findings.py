@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from mmaudit.check import ThresholdRule
+import pytest
+
+from mmaudit.check import ThresholdRule, load_builtin_checks, merged_thresholds
+from mmaudit.errors import CheckError
 from mmaudit.findings import judge, status_of
 from mmaudit.stats import Estimate
 
@@ -37,3 +40,42 @@ def test_statistic_compares_a_ci_bound() -> None:
     findings = judge("c", {"sim.x": Estimate(0.9, 0.6, 0.95, 50)}, {"r": rule})
     assert status_of(findings) == "warn"
     assert "sim.x (ci_low) = 0.6" in findings[0].message
+
+
+def test_inverted_limits_are_a_check_error_naming_the_key_and_line() -> None:
+    """fail must be the stricter limit: a fail_below above warn_below (or a fail_above below
+    warn_above) would fail values that do not even warn. Refused with the config's line,
+    the key the user wrote, and what to set."""
+    perf = load_builtin_checks()["performance"]
+    where = "checks.performance"
+    with pytest.raises(CheckError) as err:
+        merged_thresholds(
+            perf,
+            {"auroc_low": {"warn_below": 0.5, "fail_below": 0.9}},
+            where,
+            locate=lambda key: f"audit.yaml:7 ({key})",
+        )
+    line = err.value.one_line()
+    assert line.startswith(
+        "audit.yaml:7 (checks.performance.thresholds.auroc_low.fail_below):"
+        " checks.performance.thresholds.auroc_low.fail_below: fail_below 0.9 is above"
+        " warn_below 0.5"
+    ), line
+    assert "fail_below <= warn_below" in err.value.hint
+    # an override of the warn limit alone, against the default fail limit, names warn_below
+    fail = perf.default_thresholds["auroc_low"].fail_below
+    assert fail is not None
+    with pytest.raises(CheckError, match=r"auroc_low\.warn_below: fail_below"):
+        merged_thresholds(perf, {"auroc_low": {"warn_below": fail - 0.01}}, where)
+    with pytest.raises(CheckError, match=r"new\.fail_above: fail_above 0.1 is below warn_above"):
+        merged_thresholds(
+            perf, {"new": {"metric": "x", "warn_above": 0.2, "fail_above": 0.1}}, where
+        )
+    equal = {"auroc_low": {"warn_below": 0.7, "fail_below": 0.7}}  # equal: fail wins, allowed
+    assert merged_thresholds(perf, equal, where)["auroc_low"].fail_below == 0.7
+
+
+def test_every_default_rule_has_fail_at_least_as_strict_as_warn() -> None:
+    for cls in load_builtin_checks().values():
+        for rule in cls.default_thresholds.values():
+            ThresholdRule.model_validate(rule.model_dump())  # raises when inverted

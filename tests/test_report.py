@@ -783,8 +783,14 @@ def test_report_records_digests_and_refuses_edits(tmp_path: Path) -> None:
         lambda f: shutil.copy(f / "samples" / "embeddings.npz", f / "samples" / "other.npz"),
         r"samples/other.npz: not written by this audit",
     )
-    # a sealed report with a per-sample file removed still reads (diff notes what is missing)
-    (out / "samples" / "embeddings.npz").unlink()
+    # a recorded file that is gone no longer matches: a deleted predictions.parquet would
+    # silently drop diff's paired test and churn (an unsealed report is only noted, test_diff)
+    for rel in ("samples/predictions.parquet", "samples/embeddings.npz", "index.html"):
+        refused(
+            out,
+            lambda f, rel=rel: (f / rel).unlink(),
+            rf"{rel}: recorded in report.json but missing \(deleted after the audit\?\)",
+        )
     load_report(out)
 
 

@@ -596,3 +596,132 @@ def test_nan_only_in_an_ablated_sweep_stops_the_run(
     assert not list(tmp_path.glob(".rep.partial-*"))
     assert not (tmp_path / ".rep.work").exists()  # --resume would refuse another checkpoint
     assert "--resume" not in err
+
+
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+FACTORY_SOURCE = """from test_model import build_tiny
+
+
+def build(width: int = 8):
+    model = build_tiny(width=width)
+    model.register_forward_hook(lambda _m, _i, out: {scale})
+    return model
+"""
+
+
+def test_the_factory_source_is_part_of_the_checkpoint(
+    tiny_manifest: Path, tmp_path: Path, write_config, test_checks
+) -> None:  # type: ignore[no-untyped-def]
+    """A factory without weights is its code: editing one line of it is another checkpoint
+    (model.sha256 differs, so diff tells them apart), and --resume refuses the batches that
+    the code before the edit computed (else predictions mix two models)."""
+    import uuid
+
+    from conftest import TESTS
+
+    from mmaudit.errors import MmauditError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    name = f"edited_factory_{uuid.uuid4().hex}"  # a fresh module: sys.modules keeps imports
+    factory = src / f"{name}.py"
+    model = {
+        "factory": f"{name}:build",
+        "kwargs": {"width": 8},
+        "python_path": [str(TESTS), str(src)],
+        "layers": {"embedding": "fuse", "image": "img", "tabular": "tab"},
+    }
+    cfg = write_config(tiny_config(tiny_manifest, model))
+    out = tmp_path / "r"
+    factory.write_text(FACTORY_SOURCE.format(scale="out"))
+    with pytest.raises(KeyboardInterrupt):
+        run_audit(cfg, out, Overrides(checks=["performance", "interrupting_test_check"]))
+    assert (tmp_path / ".r.work" / "meta.json").is_file()
+    factory.write_text(FACTORY_SOURCE.format(scale="out * 100"))
+    with pytest.raises(MmauditError, match=r"--resume: .* another checkpoint$"):
+        run_audit(cfg, out, Overrides(checks=["performance"]), resume=True)
+    edited = run_audit(cfg, tmp_path / "b", Overrides(checks=["performance"])).model["sha256"]
+    factory.write_text(FACTORY_SOURCE.format(scale="out"))
+    resumed = run_audit(cfg, out, Overrides(checks=["performance"]), resume=True)
+    assert len({resumed.model["sha256"], edited, EMPTY_SHA256}) == 3
+
+
+def test_checkpoint_files_name_the_factory_function_and_its_package(tmp_path: Path) -> None:
+    """A package re-exporting its factory: the file defining the function and the package's
+    own module both count; TorchScript and weights-only paths are unchanged."""
+    import uuid
+
+    from mmaudit.config import AuditConfig
+    from mmaudit.runner import checkpoint_files
+
+    pkg = f"factory_pkg_{uuid.uuid4().hex}"
+    (tmp_path / pkg).mkdir()
+    (tmp_path / pkg / "__init__.py").write_text("from .impl import build\n")
+    (tmp_path / pkg / "impl.py").write_text("def build():\n    raise AssertionError\n")
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"w")
+    cfg = AuditConfig.model_validate(
+        {
+            "model": {"factory": f"{pkg}:build", "weights": str(weights)},
+            "data": {"manifest": str(tmp_path / "m.csv"), "target": {"column": "y"}},
+        }
+    )
+    cfg.model.python_path = [tmp_path]
+    assert checkpoint_files(cfg) == [
+        weights,
+        (tmp_path / pkg / "impl.py").resolve(),
+        (tmp_path / pkg / "__init__.py").resolve(),
+    ]
+
+
+def build_nan_second_row(width: int = 8) -> object:
+    """TinyFusion answering NaN for the second row of every batch (the factory
+    ``test_runner:build_nan_second_row``)."""
+    import torch
+    from test_model import build_tiny
+
+    model = build_tiny(width=width)
+
+    def spoil(_m: object, _i: object, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[1] = torch.nan
+        return out
+
+    model.register_forward_hook(spoil)
+    return model
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_validate_and_run_refuse_a_model_answering_nan(
+    command: str,
+    tiny_manifest: Path,
+    tiny_weights: Path,
+    tmp_path: Path,
+    write_config,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # type: ignore[no-untyped-def]
+    """The model probe sees the NaN on the first rows: validate lists it as a problem (it
+    said ok, then run stopped), and run stops before any sweep or report folder."""
+    from mmaudit.cli import main
+
+    model = byo_model_config(
+        tiny_weights / "tiny.safetensors", factory="test_runner:build_nan_second_row"
+    )
+    path = write_config(tiny_config(tiny_manifest, model))
+    out = tmp_path / "rep"
+    args = [command, str(path)] + (["-o", str(out), "--checks", "performance"] * (command == "run"))
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert exc.value.code == 2, text
+    expected = (
+        "model output 'logits' is NaN for id s1 (1 of 4 rows of the first batch, probed"
+        " before the run) (check the checkpoint (weights, dtype) and these rows' inputs)"
+    )
+    assert expected in text and "Traceback" not in text, text
+    if command == "validate":
+        assert "1 problem(s)" in text and "ok:" not in text, text
+    else:
+        assert not out.exists() and not (tmp_path / ".rep.work").exists()
