@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mmaudit.config import cell_text, describe_error
 from mmaudit.errors import CheckError
@@ -57,23 +57,6 @@ class ThresholdRule(BaseModel):
     max_p: float | None = None
     ci_low_above: float | None = None
     message: str = ""
-
-    @model_validator(mode="after")
-    def _fail_stricter_than_warn(self) -> ThresholdRule:
-        # inverted limits would raise fail for values that do not even warn, silently
-        warn, fail = self.warn_below, self.fail_below
-        if warn is not None and fail is not None and fail > warn:
-            raise ValueError(
-                f"fail_below {cell_text(fail)} is above warn_below {cell_text(warn)};"
-                " fail must be the stricter limit"
-            )
-        warn, fail = self.warn_above, self.fail_above
-        if warn is not None and fail is not None and fail < warn:
-            raise ValueError(
-                f"fail_above {cell_text(fail)} is below warn_above {cell_text(warn)};"
-                " fail must be the stricter limit"
-            )
-        return self
 
 
 class Finding(BaseModel):
@@ -299,6 +282,25 @@ def build_params(
         ) from exc
 
 
+def inverted_limits(limits: dict[str, Any]) -> str | None:
+    """Why a rule's warn / fail limits are the wrong way round (a fail_below above
+    warn_below, a fail_above below warn_above: fail would fire on values that do not even
+    warn), or None."""
+    warn, fail = limits.get("warn_below"), limits.get("fail_below")
+    if warn is not None and fail is not None and fail > warn:
+        return (
+            f"fail_below {cell_text(fail)} is above warn_below {cell_text(warn)};"
+            " fail must be the stricter limit"
+        )
+    warn, fail = limits.get("warn_above"), limits.get("fail_above")
+    if warn is not None and fail is not None and fail < warn:
+        return (
+            f"fail_above {cell_text(fail)} is below warn_above {cell_text(warn)};"
+            " fail must be the stricter limit"
+        )
+    return None
+
+
 def merged_thresholds(
     cls: type[Check],
     overrides: dict[str, dict[str, Any]],
@@ -319,7 +321,7 @@ def merged_thresholds(
             rules[name] = ThresholdRule.model_validate({**base, **change})
         except ValidationError as exc:
             err = exc.errors()[0]
-            key = ".".join(str(p) for p in err["loc"]) or _inverted_key(change, err["msg"])
+            key = ".".join(str(p) for p in err["loc"])
             at = _at(locate, f"{where}.thresholds.{name}.{key}")
             if err["type"] == "extra_forbidden":
                 hint = _did_you_mean(key, list(ThresholdRule.model_fields))
@@ -327,11 +329,19 @@ def merged_thresholds(
                     f"{at}{where}.thresholds.{name}: unknown key '{key}'", hint=hint
                 ) from exc
             hint = "`mmaudit checks` lists each check's default thresholds"
-            if not err["loc"]:  # the rule as a whole: warn / fail limits the wrong way round
-                hint = f"set fail_below <= warn_below, fail_above >= warn_above; {hint}"
             raise CheckError(
                 f"{at}{where}.thresholds.{name}.{key}: {describe_error(err)}", hint=hint
             ) from exc
+        # only the limits written together: raising a default's fail floor alone is fine
+        # (fail wins over warn), writing both the wrong way round is a mistake
+        problem = inverted_limits(change)
+        if problem is not None:
+            key = _inverted_key(change, problem)
+            at = _at(locate, f"{where}.thresholds.{name}.{key}")
+            raise CheckError(
+                f"{at}{where}.thresholds.{name}.{key}: {problem}",
+                hint="set fail_below <= warn_below, fail_above >= warn_above",
+            )
     return rules
 
 

@@ -501,6 +501,10 @@ def main(argv: list[str] | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         handler = _stop_handler(os.getpid())
         previous = {sig: signal.signal(sig, handler) for sig in _STOPS}
+        # a blocked mask is inherited across exec (from a CI runner, a test harness): the
+        # handlers above would then never run and `kill` would not stop the run
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, set(_STOPS))
         try:
             _main(argv)
         finally:

@@ -127,3 +127,15 @@ def byo_model_config(weights: Path, **extra: object) -> dict[str, object]:
         "layers": {"embedding": "fuse", "image": "img", "tabular": "tab"},
         **extra,
     }
+
+
+def wait_interruptibly(seconds: float) -> None:
+    """Wait ``seconds`` in short steps, for models that must still be running when a test
+    signals them. A signal sent to the process may be delivered to one of torch's threads;
+    that does not interrupt a single long ``time.sleep`` of the main thread, so its Python
+    handler would run only when the sleep ends. Between steps it runs at once."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)

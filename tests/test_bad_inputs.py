@@ -36,7 +36,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import TESTS, byo_model_config, tiny_config
+from conftest import TESTS, byo_model_config, tiny_config, wait_interruptibly
 from test_model import TinyFusion
 
 from mmaudit.check import load_builtin_checks
@@ -73,7 +73,7 @@ def build_slow(width: int = 8) -> TinyFusion:
     """TinyFusion whose forward waits a minute, so a run of it is still going when signalled."""
     torch.manual_seed(0)
     model = TinyFusion(width)
-    model.register_forward_pre_hook(lambda *_: time.sleep(60))
+    model.register_forward_pre_hook(lambda *_: wait_interruptibly(60))
     return model
 
 

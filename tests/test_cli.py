@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import byo_model_config, tiny_config
+from conftest import byo_model_config, tiny_config, wait_interruptibly
 
 from mmaudit.check import load_builtin_checks
 from mmaudit.cli import main
@@ -508,12 +508,10 @@ def test_unknown_option_is_a_usage_error(capsys) -> None:  # type: ignore[no-unt
 def build_hanging(**kwargs: Any) -> Any:
     """TinyFusion whose forward waits a minute: a run of it is still going when signalled
     (the factory ``test_cli:build_hanging``)."""
-    import time
-
     from test_model import build_tiny
 
     model = build_tiny(**kwargs)
-    model.register_forward_pre_hook(lambda *_: time.sleep(60))
+    model.register_forward_pre_hook(lambda *_: wait_interruptibly(60))
     return model
 
 
