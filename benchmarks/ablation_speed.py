@@ -33,11 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _context(config: Path, device: str) -> Any:
-    from mmaudit.cache import InferenceCache
-    from mmaudit.check import AuditContext
-    from mmaudit.config import load_config
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
+    from mmaudit.checks.contract import AuditContext
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.cache import InferenceCache
+    from mmaudit.engine.config import load_config
+    from mmaudit.engine.data import build_dataset
 
     cfg = load_config(config)
     cfg.runtime.device = device
@@ -72,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from mmaudit.checks.ablation import AblationCheck, emap_logits, predicted_probs
-    from mmaudit.stats import auroc
+    from mmaudit.methods.stats import auroc
 
     fresh = _context(args.config, args.device)
     warm = fresh()

@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def context(samples: int, device: str, batch: int):  # type: ignore[no-untyped-def]
-    from mmaudit.cache import InferenceCache
-    from mmaudit.check import AuditContext
-    from mmaudit.config import load_config
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
+    from mmaudit.checks.contract import AuditContext
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.cache import InferenceCache
+    from mmaudit.engine.config import load_config
+    from mmaudit.engine.data import build_dataset
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.runtime.max_samples = samples
@@ -52,7 +52,7 @@ def sync(device: torch.device) -> None:
 
 def ours_text_ig(ctx, rows: np.ndarray, steps: int, per_pass: int):  # type: ignore[no-untyped-def]
     from mmaudit.checks.attribution import Target
-    from mmaudit.text_attribution import (
+    from mmaudit.methods.text_attribution import (
         content_mask,
         find_text_embedding_layer,
         text_integrated_gradients,
@@ -78,7 +78,11 @@ def ours_text_ig(ctx, rows: np.ndarray, steps: int, per_pass: int):  # type: ign
 def captum_text_ig(ctx, rows: np.ndarray, steps: int, per_pass: int):  # type: ignore[no-untyped-def]
     from captum.attr import LayerIntegratedGradients
 
-    from mmaudit.text_attribution import baseline_ids, content_mask, find_text_embedding_layer
+    from mmaudit.methods.text_attribution import (
+        baseline_ids,
+        content_mask,
+        find_text_embedding_layer,
+    )
 
     ds, adapter = ctx.dataset, ctx.adapter
     model = adapter.module
@@ -128,7 +132,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from mmaudit.checks.attribution import Target
-    from mmaudit.tabular_shap import gradient_shap, permutation_shap
+    from mmaudit.methods.tabular_shap import gradient_shap, permutation_shap
 
     ctx = context(args.samples, args.device, args.batch_size)
     device = ctx.adapter.device

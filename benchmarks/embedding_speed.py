@@ -40,12 +40,12 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_sample(device: torch.device) -> None:
-    from mmaudit.cache import InferenceCache
-    from mmaudit.check import AuditContext
+    from mmaudit.checks.contract import AuditContext
     from mmaudit.checks.embedding import EmbeddingCheck
-    from mmaudit.config import load_config
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.cache import InferenceCache
+    from mmaudit.engine.config import load_config
+    from mmaudit.engine.data import build_dataset
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.runtime.device = device.type
@@ -74,8 +74,8 @@ def bench_random(n: int, dim: int, device: torch.device, whole_check: bool) -> N
     from sklearn.metrics import silhouette_samples
     from sklearn.neighbors import NearestNeighbors
 
-    from mmaudit import neighbours as nb
     from mmaudit.checks.embedding import EmbeddingCheck, EmbeddingInputs, analyse
+    from mmaudit.methods import neighbours as nb
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, dim)).astype(np.float32)

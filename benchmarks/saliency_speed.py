@@ -47,10 +47,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    from mmaudit.config import load_config
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
-    from mmaudit.saliency_maps import ImageForward, compute_cams, grid_info, upsample
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.config import load_config
+    from mmaudit.engine.data import build_dataset
+    from mmaudit.methods.saliency_maps import ImageForward, compute_cams, grid_info, upsample
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.runtime.device = args.device

@@ -26,7 +26,7 @@ BIN = Path(sys.executable).parent
 
 
 def make_data(folder: Path, n: int) -> Path:
-    from mmaudit.sample_data_gen import generate_sample
+    from mmaudit.sample.generate import generate_sample
 
     generate_sample(folder, n=n, seed=1)
     shutil.copytree(ROOT / "sample_data" / "tokenizer", folder / "tokenizer", dirs_exist_ok=True)

@@ -71,7 +71,7 @@ def run(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Audit one checkpoint and write a report folder (under torchrun: one report, rank 0)."""
-    from mmaudit import distributed
+    from mmaudit.engine import distributed
     from mmaudit.runner import Overrides, run_audit
 
     console = _console()
@@ -122,7 +122,7 @@ def run(
 
 def gate_failed(status: str, fail_on: str) -> bool:
     """Whether an audit status fails ``--fail-on`` (an errored check fails a 'fail' gate too)."""
-    from mmaudit.report import FAILING_STATUSES
+    from mmaudit.report.writer import FAILING_STATUSES
 
     return status in FAILING_STATUSES[fail_on]
 
@@ -148,7 +148,7 @@ def print_summary(console, report) -> None:  # type: ignore[no-untyped-def]
     from rich.markup import escape
     from rich.table import Table
 
-    from mmaudit.render import NO_RESULT, judged_cell, key_metrics
+    from mmaudit.report.render import NO_RESULT, judged_cell, key_metrics
 
     # every string from the report goes through escape(): a subgroup level such as "[/x]"
     # in a metric name is data, not rich markup
@@ -203,10 +203,10 @@ def validate(
 
     Lists every problem found (one line each), not only the first; exit 2 when any.
     """
-    from mmaudit.config import load_config
-    from mmaudit.data import build_dataset
-    from mmaudit.errors import MmauditError
-    from mmaudit.model import load_model
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.config import load_config
+    from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.errors import MmauditError
     from mmaudit.runner import Overrides, apply_overrides, plan_checks, probe_model
 
     console = _console()
@@ -253,7 +253,7 @@ def show(report: Path = typer.Argument(..., help="report folder")) -> None:
     no longer match the digests report.json recorded is refused)."""
     from rich.markup import escape
 
-    from mmaudit.report import load_report
+    from mmaudit.report.writer import load_report
 
     loaded = load_report(report)
     console = _console()
@@ -298,8 +298,8 @@ def diff(
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Compare two audits: status, findings, metric moves with significance, CKA, churn."""
-    from mmaudit.diff import diff_markdown, diff_reports, parse_tolerances, write_diff
-    from mmaudit.errors import MmauditError
+    from mmaudit.engine.errors import MmauditError
+    from mmaudit.report.diff import diff_markdown, diff_reports, parse_tolerances, write_diff
 
     if as_json and as_markdown:
         raise MmauditError(
@@ -326,7 +326,7 @@ def print_diff(console, result, limit: int | None = 10) -> None:  # type: ignore
     from rich.markup import escape
     from rich.table import Table
 
-    from mmaudit.diff import moved_metrics, representation_lines
+    from mmaudit.report.diff import moved_metrics, representation_lines
 
     if result.not_comparable_reasons:
         console.print(
@@ -389,7 +389,7 @@ def list_checks() -> None:
     """List the checks with their parameters and default thresholds."""
     from rich.table import Table
 
-    from mmaudit.check import load_builtin_checks
+    from mmaudit.checks.registry import load_builtin_checks
 
     table = Table(title="mmaudit checks")
     for col in ("check", "what", "params (default)", "thresholds"):
@@ -496,8 +496,8 @@ def main(argv: list[str] | None = None) -> None:
     # state of an earlier command in this process (tests call main repeatedly)
     TERMINATED.clear()
     INTERRUPTED.clear()
-    if "mmaudit.report" in sys.modules:
-        sys.modules["mmaudit.report"].FINISHED.clear()
+    if "mmaudit.report.writer" in sys.modules:
+        sys.modules["mmaudit.report.writer"].FINISHED.clear()
     if threading.current_thread() is threading.main_thread():
         handler = _stop_handler(os.getpid())
         previous = {sig: signal.signal(sig, handler) for sig in _STOPS}
@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> None:
 def _stopped(signum: int) -> None:
     """One line on stderr and the signal's exit code (143 SIGTERM, 130 SIGINT)."""
     _, _, code, words = _STOPS[signum]
-    written = sys.modules.get("mmaudit.report")
+    written = sys.modules.get("mmaudit.report.writer")
     finished = getattr(written, "FINISHED", None)
     if finished:  # the signal came after the report was moved into place
         print(f"{words} after the report was written to {finished[-1]}", file=sys.stderr)
@@ -527,7 +527,7 @@ def _stopped(signum: int) -> None:
 
 
 def _main(argv: list[str] | None) -> None:
-    from mmaudit.errors import MmauditError
+    from mmaudit.engine.errors import MmauditError
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
@@ -536,7 +536,7 @@ def _main(argv: list[str] | None) -> None:
     except MmauditError as exc:
         if debug:
             raise
-        from mmaudit import distributed
+        from mmaudit.engine import distributed
 
         who = f"rank {distributed.rank()}: " if distributed.world_size() > 1 else ""
         print(f"error: {who}{exc.one_line()}", file=sys.stderr)

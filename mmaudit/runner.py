@@ -15,26 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from mmaudit import __version__
-from mmaudit.agreement import cross_check
-from mmaudit.check import (
+from mmaudit.checks.contract import (
     AuditContext,
     Check,
     build_params,
-    get_check,
-    load_builtin_checks,
     merged_thresholds,
 )
-from mmaudit.config import AuditConfig, config_to_yaml, load_config
-from mmaudit.errors import (
+from mmaudit.checks.findings import SEVERITY_ORDER, count_judged, judge, status_of
+from mmaudit.checks.registry import get_check, load_builtin_checks
+from mmaudit.engine.config import AuditConfig, config_to_yaml, load_config
+from mmaudit.engine.errors import (
     CheckError,
     ConfigError,
     MmauditError,
     ModelLoadError,
     NonFiniteOutputError,
 )
-from mmaudit.findings import SEVERITY_ORDER, count_judged, judge, status_of
-from mmaudit.output_folder import WORK_OWNER, WorkLock, work_folder
-from mmaudit.report import CheckReport, Redactor, Report, ReportWriter, json_safe
+from mmaudit.report.agreement import cross_check
+from mmaudit.report.folder import WORK_OWNER, WorkLock, work_folder
+from mmaudit.report.writer import CheckReport, Redactor, Report, ReportWriter, json_safe
 
 
 @dataclass
@@ -137,7 +136,7 @@ def config_as_run(cfg: AuditConfig, planned: list[PlannedCheck]) -> AuditConfig:
     """A copy of ``cfg`` whose ``checks:`` section selects exactly the checks that ran
     (``enabled: false`` for the others, ``enabled: true`` for one named by ``--checks``
     although disabled in the file), so the config.yaml a report holds reruns that audit."""
-    from mmaudit.config import CheckConfig
+    from mmaudit.engine.config import CheckConfig
 
     out = cfg.model_copy(deep=True)
     ran = {pc.name for pc in planned}
@@ -158,7 +157,7 @@ def config_locator(path: Path) -> Callable[[str], str]:
     key is not found), so check-level errors point where top-level ones do."""
     import yaml
 
-    from mmaudit.config import _line_of
+    from mmaudit.engine.config import _line_of
 
     try:
         tree = yaml.compose(path.read_text(encoding="utf-8"))
@@ -204,7 +203,7 @@ def probe_model(adapter: Any, dataset: Any, target_kind: str) -> None:
         )
     bad = ~torch.isfinite(logits.float()).reshape(len(logits), -1).all(1)
     if bool(bad.any()):
-        from mmaudit.cache import _some_ids
+        from mmaudit.engine.cache import _some_ids
 
         values = logits[bad]
         kinds = [k for k, hit in (("NaN", values.isnan()), ("inf", values.isinf())) if hit.any()]
@@ -267,7 +266,7 @@ def checkpoint_files(cfg: AuditConfig) -> list[Path]:
         return [Path(m.torchscript)]
     files = [Path(m.weights)] if m.weights is not None else []
     if m.factory is not None:
-        from mmaudit.model import factory_source_files
+        from mmaudit.engine.adapter import factory_source_files
 
         files += factory_source_files(m.factory, m.python_path)
     return files
@@ -310,10 +309,10 @@ def run_audit(
     import numpy as np
     import torch
 
-    from mmaudit import distributed
-    from mmaudit.cache import InferenceCache
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model, missing_layer_notes
+    from mmaudit.engine import distributed
+    from mmaudit.engine.adapter import load_model, missing_layer_notes
+    from mmaudit.engine.cache import InferenceCache
+    from mmaudit.engine.data import build_dataset
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -557,7 +556,7 @@ def prepare_work_dir(
     Without ``resume`` (or with nothing to resume) the folder is emptied, but not removed:
     rank 0 holds its lock (``WorkLock``), taken on the folder itself, since the run began.
     """
-    from mmaudit import distributed
+    from mmaudit.engine import distributed
 
     work = work_folder(out)
     meta = {

@@ -20,11 +20,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mmaudit.check import AuditContext
 from mmaudit.checks.ablation import METRICS, AblationCheck, Scorer, predicted_probs
-from mmaudit.findings import judge
-from mmaudit.report import json_safe
-from mmaudit.stats import auroc, paired_bootstrap_diff
+from mmaudit.checks.contract import AuditContext
+from mmaudit.checks.findings import judge
+from mmaudit.methods.stats import auroc, paired_bootstrap_diff
+from mmaudit.report.writer import json_safe
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -149,7 +149,13 @@ def build_attention(fusion: str = "attention") -> nn.Module:
     """A small built-in model with attention fusion, whose text queries are masked with the
     attention mask in the fusion, after the text encoder: a fusion that reads an input.
     ``fusion="concat"`` gives the same encoders concatenated into one linear head."""
-    from mmaudit.models import ArchitectureSpec, TabularSpec, TextSpec, build_model, tiny_image_spec
+    from mmaudit.engine.models import (
+        ArchitectureSpec,
+        TabularSpec,
+        TextSpec,
+        build_model,
+        tiny_image_spec,
+    )
 
     text = TextSpec(vocab_size=351, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
     spec = ArchitectureSpec(
@@ -264,10 +270,10 @@ def analytic_config(
 
 
 def make_context(cfg_dict: dict[str, Any]) -> AuditContext:
-    from mmaudit.cache import InferenceCache
-    from mmaudit.config import AuditConfig
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.cache import InferenceCache
+    from mmaudit.engine.config import AuditConfig
+    from mmaudit.engine.data import build_dataset
 
     cfg = AuditConfig.model_validate(cfg_dict)
     ds = build_dataset(cfg)
@@ -315,7 +321,7 @@ def test_scorer_matches_sklearn_on_ties_and_every_target_kind() -> None:
         roc_auc_score,
     )
 
-    from mmaudit.stats import expected_calibration_error, multiclass_ece
+    from mmaudit.methods.stats import expected_calibration_error, multiclass_ece
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 50)
@@ -714,7 +720,7 @@ def test_encoder_level_removal_without_an_encoder_layer_is_an_error(
 ) -> None:
     """No encoder output to replace: the model would run on the real report and return
     near-base logits. Only 'missing' (a presence flag) needs no encoder layer."""
-    from mmaudit.errors import CheckError
+    from mmaudit.engine.errors import CheckError
 
     cfg = analytic_config(analytic_data["additive"], layers={"image": "image_enc"})
     ctx = make_context(cfg)
@@ -840,10 +846,10 @@ def test_one_modality_is_skipped_and_three_write_a_report(
 @pytest.fixture(scope="session")
 def sample_outputs() -> dict[str, Any]:
     """The check on the sample's test split (293 studies) for both bundled checkpoints."""
-    from mmaudit.cache import InferenceCache
-    from mmaudit.config import load_config
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.cache import InferenceCache
+    from mmaudit.engine.config import load_config
+    from mmaudit.engine.data import build_dataset
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.runtime.device = "cpu"

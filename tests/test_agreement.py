@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from mmaudit.agreement import cross_check
-from mmaudit.check import Finding
-from mmaudit.render import render_markdown
-from mmaudit.report import CheckReport, Report
+from mmaudit.checks.contract import Finding
+from mmaudit.report.agreement import cross_check
+from mmaudit.report.render import render_markdown
+from mmaudit.report.writer import CheckReport, Report
 
 ATTRS = ["site", "sex", "site_b"]
 

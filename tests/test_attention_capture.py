@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from mmaudit.attention_capture import (
+from mmaudit.engine.adapter import ModelAdapter
+from mmaudit.methods.attention_capture import (
     capture_attention,
     chefer_relevancy,
     chefer_relevancy_layers,
@@ -18,7 +19,6 @@ from mmaudit.attention_capture import (
     text_self_attention_paths,
     weight_gradients,
 )
-from mmaudit.model import ModelAdapter
 
 
 class Caller(nn.Module):
@@ -82,7 +82,7 @@ def test_weight_gradient_equals_explicit_recomputation() -> None:
 
 @pytest.fixture(scope="module")
 def builtin_models() -> dict[str, Any]:
-    from mmaudit.models import ArchitectureSpec, build_model, tiny_image_spec, tiny_text_spec
+    from mmaudit.engine.models import ArchitectureSpec, build_model, tiny_image_spec, tiny_text_spec
 
     torch.manual_seed(0)
     out = {}

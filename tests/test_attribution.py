@@ -23,13 +23,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mmaudit.cache import InferenceCache
-from mmaudit.check import AuditContext
 from mmaudit.checks.attribution import AttributionCheck
-from mmaudit.config import AuditConfig
-from mmaudit.data import AuditDataset
-from mmaudit.findings import judge
-from mmaudit.model import ModelAdapter
+from mmaudit.checks.contract import AuditContext
+from mmaudit.checks.findings import judge
+from mmaudit.engine.adapter import ModelAdapter
+from mmaudit.engine.cache import InferenceCache
+from mmaudit.engine.config import AuditConfig
+from mmaudit.engine.data import AuditDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "sample_data" / "tokenizer"
@@ -516,9 +516,9 @@ def test_text_part_notes_its_skip_and_the_rest_runs(manifest: Path, vocab: Any) 
 
 @pytest.fixture(scope="module")
 def sample_run() -> tuple[AuditContext, Any]:
-    from mmaudit.config import load_config
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.config import load_config
+    from mmaudit.engine.data import build_dataset
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.runtime.max_samples = 160
@@ -536,7 +536,7 @@ def sample_run() -> tuple[AuditContext, Any]:
 def _pooled_word_mean(ctx: AuditContext, out: Any, words: set[str]) -> Any:
     """Mean attribution (positive-class logit) of every occurrence of ``words``, CI by
     patient, from the per-token table."""
-    from mmaudit.stats import bootstrap_ci
+    from mmaudit.methods.stats import bootstrap_ci
 
     tokens = out.tables["text_token_attributions"]
     occ = tokens.groupby(["id", "word_index", "word"], as_index=False)["attribution"].sum()
@@ -941,8 +941,8 @@ def build_hf_bert(vocab: int) -> nn.Module:
 def byo_context(manifest: Path, factory: str, layers: dict[str, str] | None = None, **kw: Any):  # type: ignore[no-untyped-def]
     """Report-only data and a factory model, loaded as ``mmaudit run`` loads it: detection
     at load, then on the first batch."""
-    from mmaudit.config import ModelConfig
-    from mmaudit.model import load_model
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.config import ModelConfig
 
     cfg = config_for(manifest, image=None, tabular=None)
     cfg.model = ModelConfig.model_validate(

@@ -39,7 +39,7 @@ import yaml
 from conftest import TESTS, byo_model_config, tiny_config, wait_interruptibly
 from test_model import TinyFusion
 
-from mmaudit.check import load_builtin_checks
+from mmaudit.checks.registry import load_builtin_checks
 from mmaudit.cli import main
 
 SAMPLE_TOKENIZER = TESTS.parent / "sample_data" / "tokenizer"
@@ -1154,7 +1154,7 @@ def test_ids_and_patients_are_kept_as_written(env: Env, capsys: pytest.CaptureFi
         ["run", str(inv.config), "-o", str(inv.out), *QUICK, "--fail-on", "never"], capsys
     )
     assert rc == 0, err
-    from mmaudit.report import load_report
+    from mmaudit.report.writer import load_report
 
     report = load_report(inv.out)
     written = pd.read_parquet(inv.out / "samples" / "predictions.parquet")
@@ -1168,8 +1168,8 @@ def test_parquet_blank_lab_is_missing_like_a_blank_csv_cell(
 ) -> None:
     """A Parquet text lab column with ``''`` (and whitespace) cells reads like CSV blanks:
     validate passes, and the rows' lab is missing, not an error."""
-    from mmaudit.config import load_config
-    from mmaudit.data import build_dataset
+    from mmaudit.engine.config import load_config
+    from mmaudit.engine.data import build_dataset
 
     manifest = env.data_copy()
     df = pd.read_csv(manifest)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import byo_model_config, tiny_config
 
-from mmaudit.cache import InferenceCache, SweepResult
+from mmaudit.engine.cache import InferenceCache, SweepResult
 
 LAYERS = ("embedding", "image", "tabular")
 
@@ -17,9 +17,9 @@ LAYERS = ("embedding", "image", "tabular")
 @pytest.fixture()
 def make_cache(tiny_manifest: Path, tiny_weights: Path, write_config):  # type: ignore[no-untyped-def]
     """A fresh cache over the tiny dataset (new model, nothing memoised) at a batch size."""
-    from mmaudit.config import load_config
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.config import load_config
+    from mmaudit.engine.data import build_dataset
 
     path = write_config(tiny_config(tiny_manifest, byo_model_config(tiny_weights / "tiny.pt")))
     cfg = load_config(path)
@@ -215,7 +215,7 @@ def test_other_batch_size_does_not_reuse_the_done_flags(
 
 def test_other_shard_is_not_reused(make_cache, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Rank 1 of 2 wrote rows 24-47; one process must not read them as its own rows."""
-    from mmaudit import distributed
+    from mmaudit.engine import distributed
 
     with monkeypatch.context() as m:
         m.setattr(distributed, "active", lambda: True)
@@ -271,7 +271,7 @@ def _poison(cache: InferenceCache, module: str, rows: list[int], value: float) -
 
 
 def test_nan_logits_stop_the_sweep_naming_the_ids(make_cache, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from mmaudit.errors import MmauditError, NonFiniteOutputError
+    from mmaudit.engine.errors import MmauditError, NonFiniteOutputError
 
     cache = make_cache(batch_size=16, work_dir=tmp_path)
     _poison(cache, "out", [20, 22], float("nan"))
@@ -290,7 +290,7 @@ def test_nan_logits_stop_the_sweep_naming_the_ids(make_cache, tmp_path: Path) ->
 def test_inf_in_a_captured_layer_is_named(make_cache) -> None:  # type: ignore[no-untyped-def]
     """-inf in the fused vector: the ReLU after it hides it from the logits, not from the
     embedding every embedding check would read."""
-    from mmaudit.errors import NonFiniteOutputError
+    from mmaudit.engine.errors import NonFiniteOutputError
 
     cache = make_cache()
     _poison(cache, "fuse", [40], float("-inf"))
@@ -300,7 +300,7 @@ def test_inf_in_a_captured_layer_is_named(make_cache) -> None:  # type: ignore[n
 
 
 def test_the_first_bad_output_is_detailed_and_the_others_listed(make_cache) -> None:  # type: ignore[no-untyped-def]
-    from mmaudit.errors import NonFiniteOutputError
+    from mmaudit.engine.errors import NonFiniteOutputError
 
     cache = make_cache()
     _poison(cache, "tab", [1], float("inf"))
@@ -315,7 +315,7 @@ def test_non_finite_ablated_and_coalition_sweeps_are_refused(make_cache) -> None
     """NaN only when the labs are removed: the base sweep passes, the ablations stop."""
     import torch
 
-    from mmaudit.errors import NonFiniteOutputError
+    from mmaudit.engine.errors import NonFiniteOutputError
 
     cache = make_cache()
     cache.sweep()
@@ -345,8 +345,8 @@ def test_a_rank_meeting_nan_joins_the_gather_and_every_rank_stops(
 ) -> None:  # type: ignore[no-untyped-def]
     """Under torchrun the failing rank must not leave the others waiting in the gather:
     it joins it with its error, and every rank raises the same one."""
-    from mmaudit import distributed
-    from mmaudit.errors import NonFiniteOutputError
+    from mmaudit.engine import distributed
+    from mmaudit.engine.errors import NonFiniteOutputError
 
     sent: list[object] = []
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from mmaudit.check import AuditContext, load_builtin_checks
-from mmaudit.findings import judge
-from mmaudit.report import json_safe
+from mmaudit.checks.contract import AuditContext
+from mmaudit.checks.findings import judge
+from mmaudit.checks.registry import load_builtin_checks
+from mmaudit.report.writer import json_safe
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = sorted(load_builtin_checks())
@@ -26,10 +27,10 @@ CHECKS = sorted(load_builtin_checks())
 
 @pytest.fixture(scope="session")
 def sample_context() -> AuditContext:
-    from mmaudit.cache import InferenceCache
-    from mmaudit.config import load_config
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.cache import InferenceCache
+    from mmaudit.engine.config import load_config
+    from mmaudit.engine.data import build_dataset
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.runtime.max_samples = 96
@@ -95,9 +96,9 @@ def test_check_contract(name: str, sample_context: AuditContext) -> None:
 def test_count_judged_counts_what_a_rule_can_judge() -> None:
     """A metric counts when a rule can compare it: its statistic exists and the p-value or
     CI bound a gate needs is there; a gate that lets it pass still judged it."""
-    from mmaudit.check import ThresholdRule
-    from mmaudit.findings import count_judged
-    from mmaudit.stats import Estimate
+    from mmaudit.checks.contract import ThresholdRule
+    from mmaudit.checks.findings import count_judged
+    from mmaudit.methods.stats import Estimate
 
     rules = {
         "gap": ThresholdRule(metric="gap.*", warn_above=0.1, max_p=0.05, ci_low_above=0.0),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmaudit.cka import linear_cka
+from mmaudit.methods.cka import linear_cka
 
 
 def gram_cka(x: np.ndarray, y: np.ndarray) -> float:

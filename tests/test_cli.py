@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from conftest import byo_model_config, tiny_config, wait_interruptibly
 
-from mmaudit.check import load_builtin_checks
+from mmaudit.checks.registry import load_builtin_checks
 from mmaudit.cli import main
-from mmaudit.report import load_report
+from mmaudit.report.writer import load_report
 from mmaudit.runner import any_batch_done
 
 
@@ -373,7 +373,7 @@ def test_validate_lists_table_problems_and_model_outputs(
 
 
 def test_debug_shows_traceback(tmp_path: Path) -> None:
-    from mmaudit.errors import ConfigError
+    from mmaudit.engine.errors import ConfigError
 
     with pytest.raises(ConfigError):
         main(["run", str(tmp_path / "nope.yaml"), "--debug"])
@@ -475,7 +475,7 @@ def test_forward_keywords_that_do_not_fit_are_one_line(
 def test_model_error_on_first_batch_is_one_line(good, write_config, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     """A model that raises on the data (3 lab inputs, 2 lab columns): one line in `run`,
     the traceback only with --debug."""
-    from mmaudit.errors import ModelLoadError
+    from mmaudit.engine.errors import ModelLoadError
 
     good["model"]["kwargs"]["n_tab"] = 3
     good["model"].pop("weights")
@@ -700,7 +700,7 @@ def test_console_summary_shows_what_each_check_tested_and_its_coverage(capsys) -
     from rich.console import Console
 
     from mmaudit.cli import print_summary
-    from mmaudit.report import CheckReport, Report
+    from mmaudit.report.writer import CheckReport, Report
 
     checks = {
         "probing": CheckReport(
@@ -732,7 +732,7 @@ def test_console_header_reflects_the_gates(capsys) -> None:  # type: ignore[no-u
     from rich.console import Console
 
     from mmaudit.cli import print_summary, summary_title
-    from mmaudit.report import CheckReport, Report
+    from mmaudit.report.writer import CheckReport, Report
 
     def report(status: str, **gates) -> Report:  # type: ignore[no-untyped-def]
         checks = {

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mmaudit.config import load_config
-from mmaudit.errors import ConfigError
+from mmaudit.engine.config import load_config
+from mmaudit.engine.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def test_full_yaml_documents_every_option() -> None:
     """configs/full.yaml is the reference: every field of every section appears in it."""
     import yaml
 
-    from mmaudit.config import AuditConfig
+    from mmaudit.engine.config import AuditConfig
 
     raw = yaml.safe_load((ROOT / "configs" / "full.yaml").read_text())
 
@@ -110,7 +110,7 @@ def test_full_yaml_documents_every_check_param_and_rule() -> None:
     and every default threshold rule is listed (so the file stays the reference)."""
     import yaml
 
-    from mmaudit.check import load_builtin_checks
+    from mmaudit.checks.registry import load_builtin_checks
 
     checks = yaml.safe_load((ROOT / "configs" / "full.yaml").read_text())["checks"]
     for name, cls in load_builtin_checks().items():
@@ -270,7 +270,7 @@ def test_every_numeric_option_has_a_range() -> None:
 
     from pydantic.fields import FieldInfo
 
-    import mmaudit.config as config
+    import mmaudit.engine.config as config
 
     # free-valued numbers: normalisation means, bins (checked as increasing edges) and
     # max_value ("auto" or a positive number, checked by its own validator)

@@ -19,7 +19,7 @@ import pytest
 
 from benchmarks.detection.run import main, score_report, summarise
 from benchmarks.detection.variants import VARIANTS, Expectation, Variant
-from mmaudit.sample_data_gen import generate_sample
+from mmaudit.sample.generate import generate_sample
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,8 @@ def test_quick_smoke_writes_tables(quick_run: Path) -> None:
 def test_rescore_rejudges_stored_metrics(
     quick_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mmaudit.check import ThresholdRule, get_check
+    from mmaudit.checks.contract import ThresholdRule
+    from mmaudit.checks.registry import get_check
 
     copy = tmp_path / "copy"
     shutil.copytree(quick_run, copy)
@@ -85,7 +86,7 @@ def test_rescore_rejudges_stored_metrics(
 
 
 def _report(findings: list[tuple[str, str, str, str]], checks: list[str]) -> SimpleNamespace:
-    """A stand-in for mmaudit.report.Report with the fields the scorer reads."""
+    """A stand-in for mmaudit.report.writer.Report with the fields the scorer reads."""
     per = {c: [] for c in checks}
     for check, rule, metric, sev in findings:
         per[check].append(SimpleNamespace(check=check, rule=rule, metric=metric, severity=sev))
@@ -219,7 +220,7 @@ def test_refuses_existing_out_without_force(
 
 
 def test_signature_scored_on_the_across_checks_summary() -> None:
-    from mmaudit.agreement import CrossCheck
+    from mmaudit.report.agreement import CrossCheck
 
     sig = VARIANTS["site_signature"]
     checks = ["probing", "saliency", "embedding"]

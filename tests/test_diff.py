@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 
 from mmaudit.cli import main
-from mmaudit.diff import (
+from mmaudit.engine.errors import ReportError
+from mmaudit.report.diff import (
     STATUS_RANK,
     diff_reports,
     metric_direction,
     parse_tolerances,
     tolerance_for,
 )
-from mmaudit.errors import ReportError
-from mmaudit.report import CheckReport, load_report
+from mmaudit.report.writer import CheckReport, load_report
 from mmaudit.runner import Overrides, run_audit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def _audit(tmp: Path, checkpoint: Path, name: str, checks: list[str]) -> Path:
 
 @pytest.fixture(scope="session")
 def audits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from mmaudit.models import build_model, read_spec, save_checkpoint
+    from mmaudit.engine.models import build_model, read_spec, save_checkpoint
 
     tmp = tmp_path_factory.mktemp("audits")
     shortcut = ROOT / "sample_data" / "checkpoints" / "shortcut"
@@ -342,7 +342,7 @@ def test_bad_input_exits_2_with_one_line(
 def _edit_json(folder: Path, edit: Callable[[dict[str, Any]], None], reseal: bool = True) -> None:
     """Edit report.json; with ``reseal`` its digest is recomputed (as only a deliberate
     forgery would), so the readers behind the digest check are reached."""
-    from mmaudit.report_seal import report_digest
+    from mmaudit.report.seal import report_digest
 
     data = json.loads((folder / "report.json").read_text())
     edit(data)
@@ -399,8 +399,8 @@ def test_refuses_to_overwrite_foreign_folder(audits: dict[str, Path], tmp_path: 
 
 
 def test_status_ranks_and_finding_downgrades() -> None:
-    from mmaudit.check import Finding
-    from mmaudit.diff import DiffResult, _diff_findings
+    from mmaudit.checks.contract import Finding
+    from mmaudit.report.diff import DiffResult, _diff_findings
 
     def check(status: str, severity: str | None) -> CheckReport:
         findings = (
@@ -421,7 +421,7 @@ def test_pass_to_skipped_loses_coverage_and_is_a_regression() -> None:
     """Skipped means the check tested nothing: a check that passed in the base audit and is
     skipped in the new one leaves what it covered unchecked (a green gate on nothing), as
     warn / fail -> skipped does. skipped -> pass and error -> skipped are not regressions."""
-    from mmaudit.diff import DiffResult, _diff_status
+    from mmaudit.report.diff import DiffResult, _diff_status
 
     def check(status: str, reason: str | None = None) -> CheckReport:
         return CheckReport(name="probing", status=status, reason=reason)
@@ -569,7 +569,7 @@ def test_paired_bootstrap_resamples_patients(audits: dict[str, Path]) -> None:
     patients are (which is what the audit's own CIs do)."""
     import pandas as pd
 
-    from mmaudit.diff import Samples, _paired
+    from mmaudit.report.diff import Samples, _paired
 
     rng = np.random.default_rng(0)
     patients = np.repeat([f"p{i}" for i in range(30)], 10)
@@ -616,7 +616,7 @@ def test_paired_bootstrap_resamples_patients(audits: dict[str, Path]) -> None:
 
 
 def test_redacted_reports_explain_why_they_do_not_pair(audits: dict[str, Path]) -> None:
-    from mmaudit.diff import Samples, _no_shared_ids_note
+    from mmaudit.report.diff import Samples, _no_shared_ids_note
 
     report = load_report(audits["shortcut"])
     salted = report.model_copy(
@@ -631,7 +631,7 @@ def test_redacted_reports_explain_why_they_do_not_pair(audits: dict[str, Path]) 
 def test_worse_move_inside_the_limits_is_not_a_regression() -> None:
     """Two CIs that do not overlap, both well under the warn limit: a retrained model moved,
     it did not regress. Past the limit it did."""
-    from mmaudit.diff import _diff_metric
+    from mmaudit.report.diff import _diff_metric
 
     rules = {"r": {"metric": "off_roi_excess.*", "warn_above": 0.05, "fail_above": 0.15}}
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import byo_model_config, tiny_config
 
-from mmaudit.errors import MmauditError
+from mmaudit.engine.errors import MmauditError
 from mmaudit.runner import Overrides, run_audit
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -182,7 +182,7 @@ def test_resume_from_another_config_is_refused(config: Path, tmp_path: Path, mon
 
 
 def test_world_larger_than_dataset(config: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from mmaudit import distributed
+    from mmaudit.engine import distributed
 
     monkeypatch.setattr(distributed, "world_size", lambda: 100)
     monkeypatch.setattr(distributed, "init", lambda device: device)
@@ -192,7 +192,7 @@ def test_world_larger_than_dataset(config: Path, tmp_path: Path, monkeypatch) ->
 
 
 def test_shards_cover_every_index_once(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from mmaudit import distributed
+    from mmaudit.engine import distributed
 
     monkeypatch.setattr(distributed, "active", lambda: True)
     for n in (7, 48, 100):
@@ -210,8 +210,8 @@ def test_per_sample_seeds_make_draws_independent_of_the_batch() -> None:
     in-fill is the same alone as in any batch (what hotspot occlusion's controls rely on)."""
     import torch
 
-    from mmaudit.distributed import sample_seeds
-    from mmaudit.saliency_maps import linear_fill
+    from mmaudit.engine.distributed import sample_seeds
+    from mmaudit.methods.saliency_maps import linear_fill
 
     assert sample_seeds(0, "x", [3, 7]) == [
         sample_seeds(0, "x", [3])[0],

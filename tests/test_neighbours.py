@@ -9,8 +9,8 @@ from scipy.spatial.distance import cdist
 from scipy.stats import kstest
 from sklearn.metrics import silhouette_samples
 
-from mmaudit import neighbours as nb
-from mmaudit.stats import permutation_pvalue
+from mmaudit.methods import neighbours as nb
+from mmaudit.methods.stats import permutation_pvalue
 
 
 @pytest.fixture(scope="module")

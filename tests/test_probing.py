@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from conftest import byo_model_config, tiny_config, write_tiny_dataset
 
-from mmaudit.cache import SweepResult
-from mmaudit.check import AuditContext, build_params
 from mmaudit.checks import probing
+from mmaudit.checks.contract import AuditContext, build_params
+from mmaudit.checks.findings import judge
 from mmaudit.checks.probing import (
     Attribute,
     ErasureRow,
@@ -27,9 +27,9 @@ from mmaudit.checks.probing import (
     reinitialise,
     used_by_head,
 )
-from mmaudit.config import AttributeConfig
-from mmaudit.findings import judge
-from mmaudit.probes import (
+from mmaudit.engine.cache import SweepResult
+from mmaudit.engine.config import AttributeConfig
+from mmaudit.methods.probes import (
     ProbeError,
     _beyond_target_features,
     _fold_score,
@@ -46,8 +46,8 @@ from mmaudit.probes import (
     run_probe,
     score_estimate,
 )
+from mmaudit.methods.stats import auroc, bootstrap_ci, paired_bootstrap_diff
 from mmaudit.runner import Overrides, run_audit
-from mmaudit.stats import auroc, bootstrap_ci, paired_bootstrap_diff
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -443,7 +443,7 @@ def test_heatmap_shows_the_tested_score_beside_its_null() -> None:
     """The permutation null belongs to the ridge read-out; the heatmap prints that score next
     to the band (and the reported logistic AUROC above it), and the two agree closely."""
     from mmaudit.checks.probing import ProbeRow, _heatmap, heatmap_label
-    from mmaudit.stats import Estimate
+    from mmaudit.methods.stats import Estimate
 
     x, z, patients = _planted(0.5, 0, n=600)
     r = run_probe(x, z, "categorical", groups=patients, n_permutations=200, n_control=0)
@@ -675,10 +675,10 @@ def test_positive_control_failure_is_an_error_finding() -> None:
 @pytest.fixture(scope="module")
 def sample_run() -> tuple[AuditContext, Any, dict[str, Any]]:
     """The shortcut checkpoint on the full test split (293 studies, 260 patients)."""
-    from mmaudit.cache import InferenceCache
-    from mmaudit.config import load_config
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.cache import InferenceCache
+    from mmaudit.engine.config import load_config
+    from mmaudit.engine.data import build_dataset
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.runtime.device = "cpu"
@@ -1011,10 +1011,10 @@ def test_an_attribute_left_out_is_a_coverage_note_with_counts(
 ) -> None:
     """One attribute probed, one with a single level: the verdict covers one of two, and a
     coverage note says so with the counts (what every view shows)."""
-    from mmaudit.cache import InferenceCache
-    from mmaudit.config import AuditConfig
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.cache import InferenceCache
+    from mmaudit.engine.config import AuditConfig
+    from mmaudit.engine.data import build_dataset
 
     raw = tiny_config(
         scanner_manifest,

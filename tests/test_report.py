@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 
 from mmaudit.cli import main
-from mmaudit.errors import ReportError
-from mmaudit.report import Redactor, hash_id, load_report
+from mmaudit.engine.errors import ReportError
+from mmaudit.report.writer import Redactor, hash_id, load_report
 from mmaudit.runner import Overrides, run_audit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,8 +185,8 @@ def test_redaction_salt_is_random_per_report_unless_shared(monkeypatch) -> None:
 
 
 def test_redaction_reaches_notes_findings_reasons_and_tracebacks() -> None:
-    from mmaudit.check import Finding
-    from mmaudit.report import CheckReport, Report
+    from mmaudit.checks.contract import Finding
+    from mmaudit.report.writer import CheckReport, Report
 
     text = "Patchy opacity in the right lower lobe."
     red = Redactor(["s001", "s0010"], [text], patients=["p042"], salt="k")
@@ -217,7 +217,7 @@ def test_redaction_reaches_config_and_params(tmp_path: Path) -> None:
     hashed in config.yaml, report.json's config and the check's params alike."""
     import yaml
 
-    from mmaudit.report import CheckReport, Report, ReportWriter
+    from mmaudit.report.writer import CheckReport, Report, ReportWriter
 
     ids = ["s0012", "s0877"]
     red = Redactor(ids, [], patients=["p042"], salt="k")
@@ -261,7 +261,7 @@ def test_redaction_keeps_vocabulary_words_and_params() -> None:
     """Single words are vocabulary, not quotes: a word table keeps a 13-letter clinical word
     that every report contains, and check params keep clinical_words; a multi-word piece of
     a report is still blanked and an id param still hashed."""
-    from mmaudit.report import CheckReport, Report
+    from mmaudit.report.writer import CheckReport, Report
 
     text = "Dense consolidation in the right lower lobe; cardiomediastinal silhouette normal."
     red = Redactor(["s001"], [text], salt="k")
@@ -287,7 +287,7 @@ def test_redaction_keeps_vocabulary_words_and_params() -> None:
 def test_a_new_writer_removes_stale_staging_folders_only(tmp_path: Path) -> None:
     """Staging folders left by killed runs (raw data) go when the next writer starts; a
     live run's staging folder (locked), the --resume state and look-alike names stay."""
-    from mmaudit.report import ReportWriter
+    from mmaudit.report.writer import ReportWriter
 
     out = tmp_path / "rep"
     stale = tmp_path / ".rep.partial-ab_12xyz"
@@ -312,8 +312,8 @@ def test_a_new_writer_removes_stale_staging_folders_only(tmp_path: Path) -> None
 def test_private_arrays_are_left_out_under_redact(tmp_path: Path) -> None:
     """Image-like per-sample maps marked private are not written under --redact: one key,
     or every array with the key "arrays"; without --redact all are kept."""
-    from mmaudit.check import CheckOutput
-    from mmaudit.report import ReportWriter
+    from mmaudit.checks.contract import CheckOutput
+    from mmaudit.report.writer import ReportWriter
 
     maps = {"map.ig": np.ones((3, 4, 4)), "score": np.arange(3.0)}
     ids = ["s001", "s002", "s003"]
@@ -337,8 +337,8 @@ def test_private_arrays_are_left_out_under_redact(tmp_path: Path) -> None:
 
 
 def test_summary_md_and_junit(hostile: dict[str, Path]) -> None:
-    from mmaudit.check import Finding
-    from mmaudit.render import render_junit
+    from mmaudit.checks.contract import Finding
+    from mmaudit.report.render import render_junit
 
     folder = hostile["plain"]
     report = load_report(folder)
@@ -398,7 +398,7 @@ def test_show_prints_summary_and_escapes_markup(
 
 
 def test_markdown_cells_keep_data_literal() -> None:
-    from mmaudit.render import markdown_cell
+    from mmaudit.report.render import markdown_cell
 
     cell = markdown_cell("a|b [x](http://e.test) ![](http://e.test/i.png) <b>\nz")
     assert "](" not in cell.replace("\\](", "") and "<b>" not in cell and "\n" not in cell
@@ -408,7 +408,7 @@ def test_markdown_cells_keep_data_literal() -> None:
 def test_table_preview_tolerates_empty_and_broken_csv(
     hostile: dict[str, Path], tmp_path: Path
 ) -> None:
-    from mmaudit.render import _table_preview, render_html
+    from mmaudit.report.render import _table_preview, render_html
 
     folder = tmp_path / "r"
     shutil.copytree(hostile["plain"], folder)
@@ -430,7 +430,7 @@ def test_table_preview_keeps_ids_and_text_as_written(tmp_path: Path) -> None:
     numbers as pandas writes them (p-values as p-values, blanks as a dash)."""
     import pandas as pd
 
-    from mmaudit.render import _table_preview
+    from mmaudit.report.render import _table_preview
 
     (tmp_path / "tables").mkdir()
     pd.DataFrame(
@@ -487,7 +487,7 @@ def test_bad_report_folders(tmp_path: Path, hostile: dict[str, Path]) -> None:
 def _resealed(data: dict[str, Any]) -> dict[str, Any]:
     """report.json content edited on purpose, with its digest recomputed: what a test needs
     to reach the checks behind the digest (as only a deliberate forgery would)."""
-    from mmaudit.report_seal import report_digest
+    from mmaudit.report.seal import report_digest
 
     data["integrity"]["report_sha256"] = report_digest(data)
     return data
@@ -503,8 +503,8 @@ def _as_old_report(folder: Path, data: dict[str, Any]) -> None:
 def _gated_report(n_warn: int, fail_on: str = "fail") -> Any:
     """A report with known verdicts: check a warns (``n_warn`` warn findings), b fails (one
     fail finding), c errored, d was skipped, e passed."""
-    from mmaudit.check import Finding
-    from mmaudit.report import CheckReport, Report
+    from mmaudit.checks.contract import Finding
+    from mmaudit.report.writer import CheckReport, Report
 
     warns = [
         Finding(check="a", rule="r", severity="warn", message=f"w{k}", metric=f"m{k}")
@@ -525,7 +525,7 @@ def _gated_report(n_warn: int, fail_on: str = "fail") -> Any:
 
 
 def test_summary_md_lists_every_finding_or_says_how_many_more() -> None:
-    from mmaudit.render import SUMMARY_FINDINGS, render_markdown
+    from mmaudit.report.render import SUMMARY_FINDINGS, render_markdown
 
     def findings(md: str) -> list[str]:
         return [ln for ln in md.splitlines() if re.match(r"- (warn|fail|…)", ln)]
@@ -548,7 +548,7 @@ def test_summary_md_lists_every_finding_or_says_how_many_more() -> None:
 def test_junit_failures_follow_the_fail_on_level(
     fail_on: str, failures: list[str], errors: list[str]
 ) -> None:
-    from mmaudit.render import render_junit
+    from mmaudit.report.render import render_junit
 
     suite = ET.fromstring(render_junit(_gated_report(3, fail_on))).find("testsuite")
     assert suite is not None
@@ -565,7 +565,7 @@ def test_junit_failures_follow_the_fail_on_level(
 
 
 def test_fail_on_is_saved_and_old_reports_read_as_fail(tmp_path: Path) -> None:
-    from mmaudit.report import ReportWriter
+    from mmaudit.report.writer import ReportWriter
 
     out = ReportWriter(tmp_path / "rep").finish(_gated_report(1, "warn"), "{}\n")
     assert load_report(out).fail_on == "warn"
@@ -581,8 +581,8 @@ def test_narrowed_run_lists_the_checks_not_run_in_every_view(hostile: dict[str, 
     """The hostile audit ran with --checks (4 of the 8 checks): report.json, summary.md,
     index.html and junit.xml all name the other 4 as not run, and config.yaml reruns the
     same 4."""
-    from mmaudit.check import load_builtin_checks
-    from mmaudit.config import load_config
+    from mmaudit.checks.registry import load_builtin_checks
+    from mmaudit.engine.config import load_config
     from mmaudit.runner import plan_checks
 
     folder = hostile["plain"]
@@ -621,14 +621,14 @@ def test_narrowed_run_lists_the_checks_not_run_in_every_view(hostile: dict[str, 
 
 
 def render_markdown_of(report: Any) -> str:
-    from mmaudit.render import render_markdown
+    from mmaudit.report.render import render_markdown
 
     return render_markdown(report)
 
 
 def test_key_metrics_lead_with_the_metrics_the_findings_judged() -> None:
-    from mmaudit.check import Finding
-    from mmaudit.render import key_metrics
+    from mmaudit.checks.contract import Finding
+    from mmaudit.report.render import key_metrics
 
     def est(v: float) -> dict[str, float]:
         return {"value": v, "ci_low": v - 0.1, "ci_high": v + 0.1}
@@ -662,7 +662,7 @@ def test_key_metrics_lead_with_the_metrics_the_findings_judged() -> None:
 def test_html_shows_no_nan_and_p_below_resolution_as_a_bound(
     hostile: dict[str, Path], tmp_path: Path
 ) -> None:
-    from mmaudit.render import render_html
+    from mmaudit.report.render import render_html
 
     folder = tmp_path / "r"
     shutil.copytree(hostile["plain"], folder)
@@ -691,7 +691,7 @@ def test_html_shows_no_nan_and_p_below_resolution_as_a_bound(
 
 
 def test_glossary_in_html_and_the_terms_summary_md_uses() -> None:
-    from mmaudit.render import GLOSSARY, render_markdown, summary_terms
+    from mmaudit.report.render import GLOSSARY, render_markdown, summary_terms
 
     report = _gated_report(1)
     report.checks["a"].metrics = {"emap.gap": {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}}
@@ -709,7 +709,7 @@ def test_glossary_in_html_and_the_terms_summary_md_uses() -> None:
 
 
 def test_old_reports_read_without_the_not_run_fields(tmp_path: Path) -> None:
-    from mmaudit.report import ReportWriter
+    from mmaudit.report.writer import ReportWriter
 
     out = ReportWriter(tmp_path / "rep").finish(_gated_report(1), "{}\n")
     data = json.loads((out / "report.json").read_text())
@@ -721,7 +721,7 @@ def test_old_reports_read_without_the_not_run_fields(tmp_path: Path) -> None:
 
 def _written_report(out: Path, extra_samples: bool = True) -> Path:
     """A report folder written by ReportWriter: the gated report, with per-sample files."""
-    from mmaudit.report import ReportWriter
+    from mmaudit.report.writer import ReportWriter
 
     writer = ReportWriter(out)
     if extra_samples:
@@ -795,7 +795,7 @@ def test_report_records_digests_and_refuses_edits(tmp_path: Path) -> None:
 
 
 def test_redacted_report_is_sealed(tmp_path: Path) -> None:
-    from mmaudit.report import ReportWriter
+    from mmaudit.report.writer import ReportWriter
 
     ids = ["s001", "s002", "s003"]
     writer = ReportWriter(tmp_path / "rep", Redactor(ids, [], salt="k"))
@@ -811,8 +811,8 @@ def test_writer_replaces_only_a_folder_of_its_own_files(tmp_path: Path) -> None:
     a report.json of its own, a user's notes in a report folder or a folder of theirs in
     it are refused by name and left alone; a report from before the marker is recognised
     by the files its report.json names."""
-    from mmaudit.errors import MmauditError
-    from mmaudit.report import ReportWriter
+    from mmaudit.engine.errors import MmauditError
+    from mmaudit.report.writer import ReportWriter
 
     proj = tmp_path / "proj"
     (proj / "src").mkdir(parents=True)
@@ -843,8 +843,8 @@ def test_writer_replaces_only_a_folder_of_its_own_files(tmp_path: Path) -> None:
 
 def test_files_that_appear_during_the_run_stop_the_swap(tmp_path: Path) -> None:
     """A file put into -o while the audit ran: the earlier report and the file stay."""
-    from mmaudit.errors import MmauditError
-    from mmaudit.report import ReportWriter
+    from mmaudit.engine.errors import MmauditError
+    from mmaudit.report.writer import ReportWriter
 
     out = _written_report(tmp_path / "rep")
     before = (out / "report.json").read_text()
@@ -874,10 +874,10 @@ def test_output_that_cannot_be_written_is_one_line_at_once(tmp_path: Path, monke
     import errno
     import os
 
-    from mmaudit import output_folder
-    from mmaudit import report as report_module
-    from mmaudit.errors import MmauditError
-    from mmaudit.report import ReportWriter
+    from mmaudit.engine.errors import MmauditError
+    from mmaudit.report.writer import ReportWriter
+    from mmaudit.report.writer import folder as output_folder
+    from mmaudit.report.writer import writer as report_module
 
     parent = tmp_path / "locked"
     parent.mkdir()
@@ -927,8 +927,8 @@ def test_one_writer_per_output_folder(tmp_path: Path) -> None:
     goes on release unless kept; a folder of that name that is not mmaudit's is refused."""
     import os
 
-    from mmaudit.errors import MmauditError
-    from mmaudit.output_folder import WorkLock
+    from mmaudit.engine.errors import MmauditError
+    from mmaudit.report.folder import WorkLock
 
     first = WorkLock(tmp_path / "rep").acquire()
     assert first.created and (tmp_path / ".rep.work" / "owner.json").is_file()
@@ -951,7 +951,7 @@ def test_one_writer_per_output_folder(tmp_path: Path) -> None:
 
 
 def _judged_report(fail_on_skipped: bool) -> Any:
-    from mmaudit.report import CheckReport, Report
+    from mmaudit.report.writer import CheckReport, Report
 
     checks = {
         "probing": CheckReport(
@@ -976,7 +976,7 @@ def _judged_report(fail_on_skipped: bool) -> Any:
 def test_views_show_what_was_tested_coverage_and_skip_reasons(tmp_path: Path) -> None:
     """summary.md and index.html show per check what it tested, the coverage notes with
     their counts, and a skipped check's reason (not its metrics)."""
-    from mmaudit.render import render_html, render_markdown
+    from mmaudit.report.render import render_html, render_markdown
 
     report = _judged_report(False)
     md = render_markdown(report)
@@ -998,7 +998,7 @@ def test_views_show_what_was_tested_coverage_and_skip_reasons(tmp_path: Path) ->
 def test_junit_marks_skipped_checks_failures_under_fail_on_skipped() -> None:
     """With fail_on_skipped a skipped (planned) check is a failure naming why; a check not
     run (--checks) stays skipped: it was not planned. Without it both are skipped."""
-    from mmaudit.render import render_junit
+    from mmaudit.report.render import render_junit
 
     for flag, failures, skipped in ((True, "1", "1"), (False, "0", "2")):
         suite = ET.fromstring(render_junit(_judged_report(flag))).find("testsuite")
@@ -1014,7 +1014,7 @@ def test_junit_marks_skipped_checks_failures_under_fail_on_skipped() -> None:
 
 def test_redaction_reaches_coverage_notes() -> None:
     """Coverage notes can name rows; --redact hashes ids in them like in any note."""
-    from mmaudit.report import CheckReport, Report
+    from mmaudit.report.writer import CheckReport, Report
 
     red = Redactor(["s0012"], [], salt="k")
     check = CheckReport(name="x", status="pass", coverage=["left out: s0012 (no mask)"])

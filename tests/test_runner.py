@@ -11,7 +11,14 @@ import pytest
 import yaml
 from conftest import byo_model_config, tiny_config
 
-from mmaudit.check import REGISTRY, AuditContext, Check, CheckOutput, Requirements, register
+from mmaudit.checks.contract import (
+    REGISTRY,
+    AuditContext,
+    Check,
+    CheckOutput,
+    Requirements,
+    register,
+)
 from mmaudit.runner import Overrides, run_audit
 
 
@@ -55,10 +62,10 @@ def test_run_writes_complete_report(byo_config: Path, tmp_path: Path) -> None:
 
 
 def test_embeddings_captured_once_in_the_sweep(byo_config: Path, tmp_path: Path) -> None:
-    from mmaudit.cache import InferenceCache
-    from mmaudit.config import load_config
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.cache import InferenceCache
+    from mmaudit.engine.config import load_config
+    from mmaudit.engine.data import build_dataset
 
     cfg = load_config(byo_config)
     ds = build_dataset(cfg)
@@ -137,7 +144,7 @@ def test_interrupted_run_leaves_no_report(byo_config: Path, tmp_path: Path, test
 def test_rerun_replaces_previous_report_but_refuses_foreign_folder(
     byo_config: Path, tmp_path: Path
 ) -> None:
-    from mmaudit.errors import MmauditError
+    from mmaudit.engine.errors import MmauditError
 
     out = tmp_path / "r"
     run_audit(byo_config, out, Overrides(checks=["performance"]))
@@ -217,8 +224,8 @@ def test_bring_your_own_with_dotted_layer_and_renamed_inputs(
     saved = np.load(out / "samples" / "embeddings.npz")
     assert saved["embedding"].shape == (48, 6)
     # the captured head.1 output is the ReLU'd fused vector, recomputed here by hand
-    from mmaudit.config import load_config
-    from mmaudit.data import build_dataset
+    from mmaudit.engine.config import load_config
+    from mmaudit.engine.data import build_dataset
 
     ds = build_dataset(load_config(write_config(cfg, "again.yaml")))
     batch = ds.collate([ds[i] for i in range(len(ds))])
@@ -232,9 +239,9 @@ def test_bring_your_own_with_dotted_layer_and_renamed_inputs(
 def test_checks_entries_configure_not_select(tiny_manifest: Path, tiny_weights: Path) -> None:
     """Every registered check runs unless disabled; params or thresholds for one check keep
     the others on; --checks (``only``) narrows; disabling every check is an error."""
-    from mmaudit.check import load_builtin_checks
-    from mmaudit.config import AuditConfig
-    from mmaudit.errors import CheckError
+    from mmaudit.checks.registry import load_builtin_checks
+    from mmaudit.engine.config import AuditConfig
+    from mmaudit.engine.errors import CheckError
     from mmaudit.runner import plan_checks
 
     every = sorted(load_builtin_checks())
@@ -269,8 +276,8 @@ def test_checks_not_run_and_the_config_that_reruns_the_audit(
 ) -> None:
     """Each registered check that did not run has its reason (--checks or the config), and
     the config written into the report selects exactly the checks that ran."""
-    from mmaudit.check import load_builtin_checks
-    from mmaudit.config import AuditConfig
+    from mmaudit.checks.registry import load_builtin_checks
+    from mmaudit.engine.config import AuditConfig
     from mmaudit.runner import DISABLED, NOT_REQUESTED, checks_not_run, config_as_run, plan_checks
 
     every = sorted(load_builtin_checks())
@@ -446,7 +453,7 @@ def test_a_failed_run_keeps_the_resume_state_it_found(
     it was (its lock taken and given back); one that made the folder removes it."""
     import yaml
 
-    from mmaudit.errors import MmauditError
+    from mmaudit.engine.errors import MmauditError
 
     work = tmp_path / ".r.work"
     work.mkdir()
@@ -472,7 +479,7 @@ class JudgesNothing(Check):
     finding: ClassVar[str | None] = None
 
     def run(self, ctx: AuditContext) -> CheckOutput:
-        from mmaudit.check import Finding
+        from mmaudit.checks.contract import Finding
 
         out = CheckOutput(metrics={"descriptive": 0.5}, notes=["a note"])
         out.judged, out.rows_used = type(self).judged, 0
@@ -620,7 +627,7 @@ def test_the_factory_source_is_part_of_the_checkpoint(
 
     from conftest import TESTS
 
-    from mmaudit.errors import MmauditError
+    from mmaudit.engine.errors import MmauditError
 
     src = tmp_path / "src"
     src.mkdir()
@@ -652,7 +659,7 @@ def test_checkpoint_files_name_the_factory_function_and_its_package(tmp_path: Pa
     own module both count; TorchScript and weights-only paths are unchanged."""
     import uuid
 
-    from mmaudit.config import AuditConfig
+    from mmaudit.engine.config import AuditConfig
     from mmaudit.runner import checkpoint_files
 
     pkg = f"factory_pkg_{uuid.uuid4().hex}"

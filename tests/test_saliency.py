@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mmaudit.check import AuditContext, CheckOutput, Finding, load_builtin_checks
-from mmaudit.findings import judge
-from mmaudit.stats import Estimate
+from mmaudit.checks.contract import AuditContext, CheckOutput, Finding
+from mmaudit.checks.findings import judge
+from mmaudit.checks.registry import load_builtin_checks
+from mmaudit.methods.stats import Estimate
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -123,7 +124,7 @@ def build_toy(
 def build_vit() -> nn.Module:
     """A tiny ViT (timm, randomly initialised, nothing downloaded): 4x4 tokens of 6x6 px,
     two blocks of width 16."""
-    from mmaudit.models import ArchitectureSpec, ImageSpec, build_model
+    from mmaudit.engine.models import ArchitectureSpec, ImageSpec, build_model
 
     spec = ArchitectureSpec(
         modalities=["image"],
@@ -240,10 +241,10 @@ def toy_config(
 
 def toy_context(toy_dir: Path, **options: Any) -> AuditContext:
     """A context on the toy data (``options``: those of ``toy_config``)."""
-    from mmaudit.cache import InferenceCache
-    from mmaudit.config import AuditConfig
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.cache import InferenceCache
+    from mmaudit.engine.config import AuditConfig
+    from mmaudit.engine.data import build_dataset
 
     cfg = AuditConfig.model_validate(toy_config(toy_dir, **options))
     ds = build_dataset(cfg)
@@ -265,7 +266,7 @@ FIGURES = (
 def run_check(ctx: AuditContext, **params: Any) -> tuple[CheckOutput, list[Finding]]:
     """Run the check with ``FAST`` params updated by ``params``; judge it with the rules the
     runner would use (the defaults updated by the config's thresholds)."""
-    from mmaudit.check import merged_thresholds
+    from mmaudit.checks.contract import merged_thresholds
 
     cls = load_builtin_checks()["saliency"]
     check = cls(cls.Params.model_validate({**FAST, **params}))
@@ -808,8 +809,8 @@ def test_the_report_folder_holds_every_figure_and_the_per_sample_table(
 
 
 def test_params_are_validated() -> None:
-    from mmaudit.check import build_params
-    from mmaudit.errors import CheckError
+    from mmaudit.checks.contract import build_params
+    from mmaudit.engine.errors import CheckError
 
     cls = load_builtin_checks()["saliency"]
     with pytest.raises(CheckError, match="unknown key 'ig_step'") as info:
@@ -831,10 +832,10 @@ SAMPLE_FAST = {
 
 
 def sample_context(checkpoint: str) -> AuditContext:
-    from mmaudit.cache import InferenceCache
-    from mmaudit.config import load_config
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.cache import InferenceCache
+    from mmaudit.engine.config import load_config
+    from mmaudit.engine.data import build_dataset
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.model.checkpoint = ROOT / "sample_data" / "checkpoints" / checkpoint
@@ -908,7 +909,7 @@ def test_sample_sex_trace_raises_no_saliency_finding(sample_runs: Any) -> None:
 
 def test_grouped_bootstrap_matches_the_stats_module() -> None:
     from mmaudit.checks.saliency import _GroupBootstrap
-    from mmaudit.stats import auroc, bootstrap_ci
+    from mmaudit.methods.stats import auroc, bootstrap_ci
 
     rng = np.random.default_rng(0)
     n = 300

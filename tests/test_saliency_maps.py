@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmaudit.saliency_maps import (
+from mmaudit.methods.saliency_maps import (
     GridInfo,
     ImageForward,
     border_band,
@@ -72,7 +72,7 @@ class _Adapter:
     """The slice of ModelAdapter that compute_cams uses (capture by dotted path)."""
 
     def __init__(self, module: nn.Module) -> None:
-        from mmaudit.model import ModelAdapter
+        from mmaudit.engine.adapter import ModelAdapter
 
         self.inner = ModelAdapter(
             module,
@@ -130,9 +130,9 @@ def test_cams_match_pytorch_grad_cam_on_a_cnn(method: str) -> None:
 @pytest.fixture(scope="module")
 def sample_model() -> tuple[Any, Any]:
     """The bundled shortcut checkpoint and 16 test rows of the sample."""
-    from mmaudit.config import load_config
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.config import load_config
+    from mmaudit.engine.data import build_dataset
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.runtime.device = "cpu"
@@ -186,7 +186,7 @@ def test_gradcam_agrees_with_the_package_on_the_sample_model(sample_model: Any) 
 
 
 def test_vit_token_maps_match_the_package_with_its_reshape_transform() -> None:
-    from mmaudit.models import ArchitectureSpec, ImageSpec, build_model
+    from mmaudit.engine.models import ArchitectureSpec, ImageSpec, build_model
 
     spec = ArchitectureSpec(
         modalities=["image"],
@@ -200,7 +200,7 @@ def test_vit_token_maps_match_the_package_with_its_reshape_transform() -> None:
     )
     torch.manual_seed(0)
     model = build_model(spec).eval()
-    from mmaudit.model import ModelAdapter
+    from mmaudit.engine.adapter import ModelAdapter
 
     adapter = ModelAdapter(
         model,
@@ -286,7 +286,7 @@ def test_ig_completeness_and_captum_agreement(sample_model: Any) -> None:
     base = gaussian_blur(b.image, 4.0)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        from mmaudit.saliency_maps import repeat_batch
+        from mmaudit.methods.saliency_maps import repeat_batch
 
         return adapter.logits(repeat_batch(b, x.shape[0] // len(b), x))
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mmaudit.sample_data_gen import (
+from mmaudit.sample.generate import (
     IMAGE_SIZE,
     LAB_COLUMNS,
     MANIFEST_COLUMNS,

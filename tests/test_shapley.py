@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmaudit.shapley import (
+from mmaudit.methods.shapley import (
     coalition_members,
     emap_projection,
     interaction_index,

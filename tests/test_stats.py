@@ -1,4 +1,4 @@
-"""Tests for mmaudit.stats: correctness against reference implementations, and
+"""Tests for mmaudit.methods.stats: correctness against reference implementations, and
 statistical sanity (coverage, null uniformity) on small fast simulations."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 from statsmodels.stats.multitest import multipletests
 
-from mmaudit import stats
-from mmaudit.stats import (
+from mmaudit.methods import stats
+from mmaudit.methods.stats import (
     Estimate,
     adjust_pvalues,
     auroc,
@@ -395,7 +395,7 @@ def test_multiclass_ece() -> None:
 
 
 def test_estimate_round_trips_through_its_dict() -> None:
-    from mmaudit.stats import Estimate
+    from mmaudit.methods.stats import Estimate
 
     e = Estimate(0.25, 0.1, 0.4, 12, 0.03)
     assert Estimate.from_dict(e.to_dict()) == e

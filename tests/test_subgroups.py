@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmaudit.cache import SweepResult
-from mmaudit.check import AuditContext, CheckOutput, build_params
+from mmaudit.checks.contract import AuditContext, CheckOutput, build_params
+from mmaudit.checks.findings import judge
 from mmaudit.checks.subgroups import (
     SubgroupsCheck,
     analyse_groups,
@@ -21,9 +21,9 @@ from mmaudit.checks.subgroups import (
     equal_prevalence_rows,
     operating_threshold,
 )
-from mmaudit.config import AttributeConfig
-from mmaudit.findings import judge
-from mmaudit.stats import Estimate
+from mmaudit.engine.cache import SweepResult
+from mmaudit.engine.config import AttributeConfig
+from mmaudit.methods.stats import Estimate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,10 +188,10 @@ def test_sample_shortcut_shows_a_site_gap_in_error_rates() -> None:
     """The shortcut model calls site B positive far more often: at one global threshold the
     false-positive rates of the two sites differ (equalised odds fails), while AUROC within
     each site stays similar."""
-    from mmaudit.cache import InferenceCache
-    from mmaudit.config import load_config
-    from mmaudit.data import build_dataset
-    from mmaudit.model import load_model
+    from mmaudit.engine.adapter import load_model
+    from mmaudit.engine.cache import InferenceCache
+    from mmaudit.engine.config import load_config
+    from mmaudit.engine.data import build_dataset
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.runtime.device = "cpu"

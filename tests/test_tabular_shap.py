@@ -18,7 +18,7 @@ from test_attribution import Additive, config_for, make_context, write_text_data
 from torch import nn
 
 from mmaudit.checks.attribution import Target
-from mmaudit.tabular_shap import gradient_shap, permutation_shap
+from mmaudit.methods.tabular_shap import gradient_shap, permutation_shap
 
 A = [1.0, -0.5]
 B = [0.3, 0.2]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from mmaudit.model import ModelAdapter
-from mmaudit.text_attribution import (
+from mmaudit.engine.adapter import ModelAdapter
+from mmaudit.methods.text_attribution import (
     SiteGivenLabel,
     association,
     baseline_ids,
@@ -43,7 +43,7 @@ def _adapter(module: nn.Module, layers: dict[str, str]) -> ModelAdapter:
 
 
 def test_embedding_layer_detection() -> None:
-    from mmaudit.models import ArchitectureSpec, build_model, tiny_text_spec
+    from mmaudit.engine.models import ArchitectureSpec, build_model, tiny_text_spec
 
     builtin = build_model(ArchitectureSpec(modalities=["text"], text=tiny_text_spec(60), dim=8))
     ad = _adapter(builtin, builtin.default_layers())
@@ -139,7 +139,7 @@ def test_site_within_label_flags_a_site_coded_lab_not_a_clinical_one() -> None:
 def test_per_token_bag_pools_as_the_embedding_bag_does(mode: str) -> None:
     """The per-token stand-in reproduces nn.EmbeddingBag exactly (padding left out, empty
     bags zero, per-sample weights in sum mode), so IG through it attributes the real model."""
-    from mmaudit.text_attribution import PerTokenBag
+    from mmaudit.methods.text_attribution import PerTokenBag
 
     torch.manual_seed(0)
     for pad in (None, 0):
@@ -159,8 +159,8 @@ def test_hf_input_embeddings_and_per_token_layer_problems(tok) -> None:  # type:
     give one vector per token is refused with the reason, not attributed over wrong axes."""
     from transformers import BertConfig, BertModel
 
-    from mmaudit.data import Batch
-    from mmaudit.text_attribution import text_layer_problem
+    from mmaudit.engine.data import Batch
+    from mmaudit.methods.text_attribution import text_layer_problem
 
     class Wrapped(nn.Module):
         def __init__(self) -> None:

@@ -1,8 +1,8 @@
 """Run the planted-shortcut detection benchmark: train, audit, score, tabulate.
 
 For every (variant, seed) this generates the variant's data with
-``mmaudit.sample_data_gen.generate_sample``, trains a small built-in checkpoint on CPU
-with ``mmaudit.sample.train_checkpoint`` (or keeps random weights / shuffles labels for
+``mmaudit.sample.generate.generate_sample``, trains a small built-in checkpoint on CPU
+with ``mmaudit.sample.build.train_checkpoint`` (or keeps random weights / shuffles labels for
 the controls), audits it through the normal ``mmaudit.runner.run_audit`` path with a
 config like ``configs/sample.yaml``, and scores each check's findings against the
 variant's known verdicts (``variants.py``). It writes ``results.json``, ``results.md``
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.detection.variants import MARKER_RHOS, NEGATIVE_KINDS, VARIANTS, Variant
-from mmaudit.agreement import check_ran
+from mmaudit.report.agreement import check_ran
 
 __all__ = ["Settings", "main", "run_benchmark", "score_report"]
 
@@ -69,8 +69,8 @@ def _random_init_checkpoint(ds: Any, out: Path, seed: int) -> None:
     """Save the architecture ``train_checkpoint`` builds, with its untrained weights."""
     import torch
 
-    from mmaudit.models import build_model, save_checkpoint
-    from mmaudit.sample import sample_architecture
+    from mmaudit.engine.models import build_model, save_checkpoint
+    from mmaudit.sample.build import sample_architecture
 
     torch.manual_seed(seed)
     spec = sample_architecture(len(ds.tokenizer))
@@ -81,7 +81,7 @@ def _random_init_checkpoint(ds: Any, out: Path, seed: int) -> None:
 
 def _prepare_data(variant: Variant, seed: int, folder: Path, n: int) -> dict[str, Any]:
     """Generate the variant's studies and tokenizer; return the train split's lab stats."""
-    from mmaudit.sample import prepare_data
+    from mmaudit.sample.build import prepare_data
 
     return prepare_data(folder, n, seed, **variant.generator_kwargs(seed))
 
@@ -92,9 +92,9 @@ def _train(
     """Train (or initialise) the variant's checkpoint on its train split."""
     import pandas as pd
 
-    from mmaudit.config import RuntimeConfig
-    from mmaudit.data import AuditDataset
-    from mmaudit.sample import sample_data_config, train_checkpoint
+    from mmaudit.engine.config import RuntimeConfig
+    from mmaudit.engine.data import AuditDataset
+    from mmaudit.sample.build import sample_data_config, train_checkpoint
 
     data_cfg = sample_data_config(folder, ["train"], stats)
     if variant.training == "shuffled_labels":
@@ -119,7 +119,7 @@ def _write_config(folder: Path, stats: dict[str, Any], ckpt: Path, seed: int, bs
     """An audit config like configs/sample.yaml for this run's data and checkpoint."""
     import yaml
 
-    from mmaudit.sample import sample_data_config
+    from mmaudit.sample.build import sample_data_config
 
     data = sample_data_config(folder, ["test"], stats).model_dump(mode="json")
     cfg = {
@@ -247,7 +247,7 @@ def _cross_check_outcome(e: Any, report: Any, ran: set[str]) -> dict[str, Any]:
 
 def _seed_pair_verdict(first: Path, second: Path, seed: int) -> dict[str, Any]:
     """What ``mmaudit diff`` says about two seeds of one recipe: no change is the hit."""
-    from mmaudit.diff import diff_reports
+    from mmaudit.report.diff import diff_reports
 
     d = diff_reports(first, second, seed=seed)
     new_fail = [f.rule for f in d.new_findings if f.severity == "fail"]
@@ -315,10 +315,10 @@ def rejudge(report: Any) -> Any:
     check raised itself (rules not among the thresholds it ran with) are kept as they are;
     the status is recomputed from the new findings. The report is not written back.
     """
-    from mmaudit.agreement import cross_check
-    from mmaudit.check import get_check
-    from mmaudit.findings import judge, status_of
-    from mmaudit.stats import Estimate
+    from mmaudit.checks.findings import judge, status_of
+    from mmaudit.checks.registry import get_check
+    from mmaudit.methods.stats import Estimate
+    from mmaudit.report.agreement import cross_check
 
     def metric(v: Any) -> Any:
         return Estimate.from_dict(v) if isinstance(v, dict) and "value" in v else v
@@ -349,10 +349,10 @@ def recheck(folder: Path, config: Path, checks: list[str]) -> None:
     """
     import tempfile
 
-    from mmaudit.agreement import cross_check
-    from mmaudit.findings import SEVERITY_ORDER
-    from mmaudit.render import write_views
-    from mmaudit.report import load_report, seal_folder
+    from mmaudit.checks.findings import SEVERITY_ORDER
+    from mmaudit.report.agreement import cross_check
+    from mmaudit.report.render import write_views
+    from mmaudit.report.writer import load_report, seal_folder
 
     report = load_report(folder)
     with tempfile.TemporaryDirectory() as tmp:
@@ -405,7 +405,7 @@ def rescore(out: Path, recheck_checks: list[str] | None = None) -> dict[str, Any
     (``runs/<variant>/seed<k>/``), and results.json, when present, only adds the settings
     and timings of the original run.
     """
-    from mmaudit.report import load_report
+    from mmaudit.report.writer import load_report
 
     stored = _stored_runs(out)
     if not stored:
@@ -651,7 +651,7 @@ def _write_results(out: Path, result: dict[str, Any]) -> None:
 
 
 def _known_checks(text: str) -> list[str]:
-    from mmaudit.check import load_builtin_checks
+    from mmaudit.checks.registry import load_builtin_checks
 
     known = load_builtin_checks()
     checks = [c.strip() for c in text.split(",") if c.strip()]

@@ -1,7 +1,7 @@
 """Named planted variants of the synthetic sample, each with the verdict an audit should give.
 
 Why: a check is only trustworthy if it flags planted shortcuts and stays quiet on clean
-models. Every variant here is a recipe for :func:`mmaudit.sample_data_gen.generate_sample`
+models. Every variant here is a recipe for :func:`mmaudit.sample.generate.generate_sample`
 (the one generator of the project, driven only by its keyword parameters), a training
 recipe, and a list of :class:`Expectation` s: which check's rule should (or should not)
 raise a finding on a model trained that way. The runner (``run.py``) scores the audit's
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mmaudit.sample_data_gen import MARKER_POSITIONS
+from mmaudit.sample.generate import MARKER_POSITIONS
 
 __all__ = ["Expectation", "Variant", "VARIANTS", "NEGATIVE_KINDS", "MARKER_RHOS"]
 

@@ -13,8 +13,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmaudit.cache import logits_to_probs
-from mmaudit.check import (
+from mmaudit.checks.contract import (
     AuditContext,
     Check,
     CheckOutput,
@@ -23,16 +22,17 @@ from mmaudit.check import (
     ThresholdRule,
     register,
 )
-from mmaudit.data import Batch
-from mmaudit.findings import count_judged
-from mmaudit.shapley import (
+from mmaudit.checks.findings import count_judged
+from mmaudit.engine.cache import logits_to_probs
+from mmaudit.engine.data import Batch
+from mmaudit.methods.shapley import (
     coalition_members,
     emap_projection,
     interaction_index,
     pair_names,
     shapley_values,
 )
-from mmaudit.stats import Estimate, adjust_pvalues, bootstrap_groups
+from mmaudit.methods.stats import Estimate, adjust_pvalues, bootstrap_groups
 
 MetricName = Literal["auroc", "auprc", "accuracy", "balanced_accuracy", "f1", "log_loss", "ece"]
 METRICS: tuple[str, ...] = (
@@ -1194,7 +1194,7 @@ class AblationCheck(Check):
         strategy: str,
         how: str,
     ) -> dict[str, Any]:
-        from mmaudit.plots import pyplot
+        from mmaudit.checks.plotting import pyplot
 
         plt = pyplot()
         figs: dict[str, Any] = {}

@@ -9,7 +9,18 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmaudit.attention_capture import (
+from mmaudit.checks.attribution import Target, unknown_tokens
+from mmaudit.checks.contract import (
+    AuditContext,
+    Check,
+    CheckOutput,
+    Requirements,
+    ThresholdRule,
+    register,
+)
+from mmaudit.checks.findings import count_judged
+from mmaudit.checks.plotting import literal_text, pyplot
+from mmaudit.methods.attention_capture import (
     AttentionSource,
     Captured,
     capture_attention,
@@ -20,17 +31,19 @@ from mmaudit.attention_capture import (
     text_self_attention_paths,
     weight_gradients,
 )
-from mmaudit.check import AuditContext, Check, CheckOutput, Requirements, ThresholdRule, register
-from mmaudit.checks.attribution import Target, unknown_tokens
-from mmaudit.findings import count_judged
-from mmaudit.plots import literal_text, pyplot
-from mmaudit.stats import bootstrap_ci
-from mmaudit.text_attribution import CLINICAL_WORDS, content_mask, is_word, metric_key, word_spans
+from mmaudit.methods.stats import bootstrap_ci
+from mmaudit.methods.text_attribution import (
+    CLINICAL_WORDS,
+    content_mask,
+    is_word,
+    metric_key,
+    word_spans,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from mmaudit.data import Batch
+    from mmaudit.engine.data import Batch
 
 
 @register

@@ -11,13 +11,24 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmaudit.check import AuditContext, Check, CheckOutput, Requirements, ThresholdRule, register
-from mmaudit.findings import count_judged
-from mmaudit.integrated_gradients import ScoreFn, layer_integrated_gradients, scores_with_layers
-from mmaudit.plots import literal_text, pyplot
-from mmaudit.shapley import shapley_values
-from mmaudit.stats import Estimate, adjust_pvalues, bootstrap_ci
-from mmaudit.text_attribution import (
+from mmaudit.checks.contract import (
+    AuditContext,
+    Check,
+    CheckOutput,
+    Requirements,
+    ThresholdRule,
+    register,
+)
+from mmaudit.checks.findings import count_judged
+from mmaudit.checks.plotting import literal_text, pyplot
+from mmaudit.methods.integrated_gradients import (
+    ScoreFn,
+    layer_integrated_gradients,
+    scores_with_layers,
+)
+from mmaudit.methods.shapley import shapley_values
+from mmaudit.methods.stats import Estimate, adjust_pvalues, bootstrap_ci
+from mmaudit.methods.text_attribution import (
     DEFAULT_STOPLIST,
     SiteGivenLabel,
     association,
@@ -34,8 +45,8 @@ from mmaudit.text_attribution import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from mmaudit.cache import RemovalHow
-    from mmaudit.data import Batch
+    from mmaudit.engine.cache import RemovalHow
+    from mmaudit.engine.data import Batch
 
 #: a tokenizer that maps at least this share of report tokens to [UNK] cannot be attributed
 UNK_LIMIT = 0.9
@@ -991,7 +1002,7 @@ class AttributionCheck(Check):
         out: CheckOutput,
         per_sample: pd.DataFrame,
     ) -> None:
-        from mmaudit.tabular_shap import gradient_shap, permutation_shap
+        from mmaudit.methods.tabular_shap import gradient_shap, permutation_shap
 
         ds, adapter = ctx.dataset, ctx.adapter
         assert ds.tabular is not None and ds.tabular_missing is not None

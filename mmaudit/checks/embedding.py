@@ -21,10 +21,17 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmaudit import neighbours as nb
-from mmaudit.check import AuditContext, Check, CheckOutput, Requirements, ThresholdRule, register
-from mmaudit.findings import count_judged
-from mmaudit.stats import (
+from mmaudit.checks.contract import (
+    AuditContext,
+    Check,
+    CheckOutput,
+    Requirements,
+    ThresholdRule,
+    register,
+)
+from mmaudit.checks.findings import count_judged
+from mmaudit.methods import neighbours as nb
+from mmaudit.methods.stats import (
     Estimate,
     adjust_pvalues,
     bootstrap_ci,
@@ -526,7 +533,7 @@ class EmbeddingCheck(Check):
 
 def inputs_from_context(ctx: AuditContext, p: EmbeddingCheck.Params) -> EmbeddingInputs:
     """Gather the cached embeddings, predictions and dataset fields the analysis reads."""
-    from mmaudit.cache import logits_to_probs
+    from mmaudit.engine.cache import logits_to_probs
 
     ds = ctx.dataset
     wanted = [ly for ly in (p.layers or list(LAYERS)) if ly in ctx.adapter.layers]

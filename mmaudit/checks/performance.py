@@ -8,9 +8,16 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmaudit.check import AuditContext, Check, CheckOutput, Requirements, ThresholdRule, register
-from mmaudit.findings import count_judged
-from mmaudit.stats import (
+from mmaudit.checks.contract import (
+    AuditContext,
+    Check,
+    CheckOutput,
+    Requirements,
+    ThresholdRule,
+    register,
+)
+from mmaudit.checks.findings import count_judged
+from mmaudit.methods.stats import (
     auroc,
     auroc_bootstrap,
     bootstrap_ci,
@@ -187,7 +194,7 @@ class PerformanceCheck(Check):
 
 def sweep_probs(logits: np.ndarray, kind: str) -> np.ndarray:
     """Probabilities from logits for the target kind (sigmoid or softmax)."""
-    from mmaudit.cache import logits_to_probs
+    from mmaudit.engine.cache import logits_to_probs
 
     if kind == "multiclass" and logits.shape[1] == 1:
         return logits_to_probs(logits, "multilabel")

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmaudit.check import (
+from mmaudit.checks.contract import (
     AuditContext,
     Check,
     CheckOutput,
@@ -27,12 +27,17 @@ from mmaudit.check import (
     ThresholdRule,
     register,
 )
-from mmaudit.erasure import LinearEraser, indicator_matrix, leace_fit, random_subspace_eraser
-from mmaudit.errors import NonFiniteOutputError
-from mmaudit.findings import count_judged
-from mmaudit.plots import pyplot
-from mmaudit.probes import ProbeError, ProbeResult, pool, run_probe, score_estimate
-from mmaudit.stats import (
+from mmaudit.checks.findings import count_judged
+from mmaudit.checks.plotting import pyplot
+from mmaudit.engine.errors import NonFiniteOutputError
+from mmaudit.methods.erasure import (
+    LinearEraser,
+    indicator_matrix,
+    leace_fit,
+    random_subspace_eraser,
+)
+from mmaudit.methods.probes import ProbeError, ProbeResult, pool, run_probe, score_estimate
+from mmaudit.methods.stats import (
     Estimate,
     adjust_pvalues,
     auroc,
@@ -42,7 +47,7 @@ from mmaudit.stats import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from mmaudit.cache import InferenceCache
+    from mmaudit.engine.cache import InferenceCache
 
 PROBE_LAYERS: tuple[str, ...] = ("embedding", "penultimate", "image", "text", "tabular")
 VERDICTS: tuple[str, ...] = ("not_encoded", "encoded_not_used", "encoded_and_used")
@@ -114,7 +119,7 @@ class ProbingCheck(Check):
     more than two levels; ridge R^2 for continuous attributes) on standardised features,
     folds stratified and grouped by patient, the penalty chosen by inner CV, with a
     bootstrap CI (by patient); a permutation p-value (>= 1000 permutations on fixed folds,
-    vectorised through the ridge form of the probe, see ``mmaudit.probes``; raised
+    vectorised through the ridge form of the probe, see ``mmaudit.methods.probes``; raised
     automatically when Holm over many tests needs more), Holm-corrected across the
     attribute x layer family; a control task (a random pseudo-attribute of the same
     balance; selectivity = score - control); and a random-weights baseline (the same
@@ -1129,7 +1134,7 @@ def _p(e: Estimate) -> float:
 def _probs(logits: np.ndarray, kind: str) -> np.ndarray:
     """Probabilities: softmax over several columns (multiclass, two-logit binary), else
     sigmoid (one-logit binary, multilabel)."""
-    from mmaudit.cache import logits_to_probs
+    from mmaudit.engine.cache import logits_to_probs
 
     if logits.shape[1] > 1 and kind in ("multiclass", "binary"):
         return logits_to_probs(logits, "multiclass")  # a two-logit binary head is a softmax
@@ -1367,8 +1372,8 @@ def randomised_embeddings(ctx: AuditContext, layers: list[str]) -> dict[str, np.
     """
     import copy
 
-    from mmaudit.cache import InferenceCache
-    from mmaudit.model import ModelAdapter
+    from mmaudit.engine.adapter import ModelAdapter
+    from mmaudit.engine.cache import InferenceCache
 
     ad = ctx.adapter
     clone = copy.deepcopy(ad.module).cpu()
@@ -1466,7 +1471,7 @@ def heatmap_label(r: ProbeRow, alpha: float) -> str:
     """A heatmap cell's text: the reported score, and the score the permutation test is
     about beside its null band and Holm mark. For a categorical attribute the reported
     score is the logistic AUROC and the tested one the ridge AUROC on the same folds (see
-    ``mmaudit.probes``); for a continuous one they are the same ridge R². A probe beyond
+    ``mmaudit.methods.probes``); for a continuous one they are the same ridge R². A probe beyond
     the target adds the plain (marginal) score on a third line."""
     lo, hi = r.result.null_band(alpha)
     star = "*" if r.p_holm < alpha else ""

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmaudit.check import (
+from mmaudit.checks.contract import (
     AuditContext,
     Check,
     CheckOutput,
@@ -27,9 +27,9 @@ from mmaudit.check import (
     merged_thresholds,
     register,
 )
-from mmaudit.distributed import sample_seeds
-from mmaudit.findings import count_judged, judge
-from mmaudit.saliency_maps import (
+from mmaudit.checks.findings import count_judged, judge
+from mmaudit.engine.distributed import sample_seeds
+from mmaudit.methods.saliency_maps import (
     ImageForward,
     border_band,
     cascade_stages,
@@ -55,7 +55,7 @@ from mmaudit.saliency_maps import (
     to_grid,
     upsample,
 )
-from mmaudit.stats import (
+from mmaudit.methods.stats import (
     Estimate,
     adjust_pvalues,
     permutation_pvalue,
@@ -64,8 +64,8 @@ from mmaudit.stats import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from mmaudit.data import Batch
-    from mmaudit.model import ModelAdapter
+    from mmaudit.engine.adapter import ModelAdapter
+    from mmaudit.engine.data import Batch
 
 Method = Literal["gradcam", "hirescam", "layercam", "ig", "occlusion"]
 CAMS = ("gradcam", "hirescam", "layercam")

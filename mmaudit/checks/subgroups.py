@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, FiniteFloat
 
-from mmaudit.check import (
+from mmaudit.checks.contract import (
     AuditContext,
     Check,
     CheckOutput,
@@ -23,9 +23,9 @@ from mmaudit.check import (
     ThresholdRule,
     register,
 )
-from mmaudit.findings import count_judged
-from mmaudit.plots import pyplot
-from mmaudit.stats import (
+from mmaudit.checks.findings import count_judged
+from mmaudit.checks.plotting import pyplot
+from mmaudit.methods.stats import (
     Estimate,
     adjust_pvalues,
     auroc,
@@ -791,7 +791,7 @@ class SubgroupsCheck(Check):
 def _probs(logits: np.ndarray, kind: str) -> np.ndarray:
     """Probabilities: softmax over several columns (multiclass, two-logit binary), else
     sigmoid (one-logit binary, multilabel)."""
-    from mmaudit.cache import logits_to_probs
+    from mmaudit.engine.cache import logits_to_probs
 
     if logits.shape[1] > 1 and kind in ("multiclass", "binary"):
         return logits_to_probs(logits, "multiclass")  # a two-logit binary head is a softmax

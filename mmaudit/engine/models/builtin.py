@@ -18,9 +18,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from mmaudit.models.encoders import ImageEncoder, TabularEncoder, TextEncoder
-from mmaudit.models.fusion import LateHead, attention_heads, build_fusion
-from mmaudit.models.spec import ArchitectureSpec
+from mmaudit.engine.models.encoders import ImageEncoder, TabularEncoder, TextEncoder
+from mmaudit.engine.models.fusion import LateHead, attention_heads, build_fusion
+from mmaudit.engine.models.spec import ArchitectureSpec
 
 ENCODER_NAMES: dict[str, str] = {
     "image": "image_encoder",

@@ -1,6 +1,7 @@
 """The Check contract: base class, registry, ``AuditContext`` and ``CheckOutput``.
 
-A check is one file in ``mmaudit/checks/`` with one ``@register`` class. It
+A check is one module or package in ``mmaudit/checks/`` with one ``@register`` class
+(``registry.py`` finds them). It
 declares what it needs (modalities, layers, ROI masks); when those are missing
 it is ``skipped`` with the reason. It computes flat dotted metrics, tables and
 figures; it does not judge them: ``findings.py`` applies thresholds (defaults
@@ -10,8 +11,6 @@ plus YAML) afterwards.
 from __future__ import annotations
 
 import difflib
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,18 +19,18 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from mmaudit.config import cell_text, describe_error
-from mmaudit.errors import CheckError
-from mmaudit.stats import Estimate
+from mmaudit.engine.config import cell_text, describe_error
+from mmaudit.engine.errors import CheckError
+from mmaudit.methods.stats import Estimate
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from mmaudit.cache import InferenceCache
-    from mmaudit.config import AuditConfig
-    from mmaudit.data import AuditDataset
-    from mmaudit.model import ModelAdapter
+    from mmaudit.engine.adapter import ModelAdapter
+    from mmaudit.engine.cache import InferenceCache
+    from mmaudit.engine.config import AuditConfig
+    from mmaudit.engine.data import AuditDataset
 
 Severity = Literal["pass", "warn", "fail", "error", "note"]
 MetricValue = Estimate | float | int | str | None
@@ -197,32 +196,7 @@ def register(cls: type[Check]) -> type[Check]:
     return cls
 
 
-def load_builtin_checks() -> dict[str, type[Check]]:
-    """Import every module in ``mmaudit.checks`` (each registers itself); return the registry."""
-    import mmaudit.checks as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"mmaudit.checks.{info.name}")
-    return REGISTRY
-
-
-def get_check(name: str, locate: Callable[[str], str] | None = None) -> type[Check]:
-    """The registered check ``name``; CheckError with a did-you-mean otherwise (and, for a
-    name from the config file, its file and line)."""
-    registry = load_builtin_checks()
-    if name not in registry:
-        close = difflib.get_close_matches(name, list(registry), n=1)
-        hint = (
-            f"did you mean '{close[0]}'?"
-            if close
-            else f"known checks: {', '.join(sorted(registry))}"
-        )
-        at = _at(locate, f"checks.{name}")
-        raise CheckError(f"{at}unknown check '{name}'", hint=hint + " (see `mmaudit checks`)")
-    return registry[name]
-
-
-def _at(locate: Callable[[str], str] | None, key: str) -> str:
+def config_place(locate: Callable[[str], str] | None, key: str) -> str:
     """``FILE:LINE: `` before a message about the dotted config ``key``, when the config's
     file is known (``locate`` gives its place), else nothing."""
     return f"{locate(key)}: " if locate is not None else ""
@@ -271,7 +245,7 @@ def build_params(
         err = errors[0]
         loc = tuple(err["loc"])
         key = _key_text(loc)
-        at = _at(locate, f"{where}.params.{'.'.join(str(p) for p in loc)}")
+        at = config_place(locate, f"{where}.params.{'.'.join(str(p) for p in loc)}")
         more = f" [+{len(errors) - 1} more]" if len(errors) > 1 else ""
         if err["type"] == "extra_forbidden":
             hint = _did_you_mean(key, list(cls.Params.model_fields))
@@ -314,7 +288,7 @@ def merged_thresholds(
         if name not in rules and "metric" not in change:
             close = difflib.get_close_matches(name, list(rules), n=1)
             hint = f"did you mean '{close[0]}'?" if close else "a new rule needs a 'metric' key"
-            at = _at(locate, f"{where}.thresholds.{name}")
+            at = config_place(locate, f"{where}.thresholds.{name}")
             raise CheckError(f"{at}{where}.thresholds: unknown rule '{name}'", hint=hint)
         base = rules[name].model_dump() if name in rules else {}
         try:
@@ -322,7 +296,7 @@ def merged_thresholds(
         except ValidationError as exc:
             err = exc.errors()[0]
             key = ".".join(str(p) for p in err["loc"])
-            at = _at(locate, f"{where}.thresholds.{name}.{key}")
+            at = config_place(locate, f"{where}.thresholds.{name}.{key}")
             if err["type"] == "extra_forbidden":
                 hint = _did_you_mean(key, list(ThresholdRule.model_fields))
                 raise CheckError(
@@ -337,7 +311,7 @@ def merged_thresholds(
         problem = inverted_limits(change)
         if problem is not None:
             key = _inverted_key(change, problem)
-            at = _at(locate, f"{where}.thresholds.{name}.{key}")
+            at = config_place(locate, f"{where}.thresholds.{name}.{key}")
             raise CheckError(
                 f"{at}{where}.thresholds.{name}.{key}: {problem}",
                 hint="set fail_below <= warn_below, fail_above >= warn_above",

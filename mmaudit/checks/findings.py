@@ -12,8 +12,8 @@ from __future__ import annotations
 import fnmatch
 import math
 
-from mmaudit.check import Finding, MetricValue, ThresholdRule
-from mmaudit.stats import Estimate
+from mmaudit.checks.contract import Finding, MetricValue, ThresholdRule
+from mmaudit.methods.stats import Estimate
 
 SEVERITY_ORDER = {"pass": 0, "note": 0, "skipped": 0, "warn": 1, "error": 2, "fail": 3}
 

@@ -46,9 +46,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from mmaudit.errors import ReportError
-from mmaudit.render import markdown_cell
-from mmaudit.report import CheckReport, Report, load_report
+from mmaudit.engine.errors import ReportError
+from mmaudit.report.render import markdown_cell
+from mmaudit.report.writer import CheckReport, Report, load_report
 
 # skipped ranks with pass: it holds no evidence either way, but skipped -> fail is worse
 # (and pass / warn / fail -> skipped is a regression of its own: see ``_diff_status``).
@@ -159,7 +159,7 @@ class DiffResult(BaseModel):
 
     def to_json(self) -> str:
         """Strict JSON (NaN / inf as null)."""
-        from mmaudit.report import json_safe
+        from mmaudit.report.writer import json_safe
 
         return json.dumps(json_safe(self.model_dump(mode="python")), indent=2, allow_nan=False)
 
@@ -194,7 +194,7 @@ def _declared(check: str, attribute: str) -> dict[str, Any]:
 def _declared_tables(check: str, attribute: str) -> tuple[tuple[str, Any], ...]:
     """``_declared`` looked up once per check and attribute: finding the check classes
     imports every check module (and torch), seconds that a diff should pay only once."""
-    from mmaudit.check import load_builtin_checks
+    from mmaudit.checks.registry import load_builtin_checks
 
     try:
         cls = load_builtin_checks().get(check)
@@ -225,9 +225,9 @@ def metric_direction(metric: str, check: CheckReport) -> Direction:
 
 def _flagged(name: str, metric: str, check: CheckReport) -> bool:
     """Whether ``metric``'s value in ``check`` crosses one of its rules (limit and p)."""
-    from mmaudit.check import ThresholdRule
-    from mmaudit.findings import judge
-    from mmaudit.stats import Estimate
+    from mmaudit.checks.contract import ThresholdRule
+    from mmaudit.checks.findings import judge
+    from mmaudit.methods.stats import Estimate
 
     raw = check.metrics[metric]
     value = Estimate.from_dict(raw) if isinstance(raw, dict) else raw
@@ -422,7 +422,7 @@ def _performance_stat(
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
     from mmaudit.checks.performance import _accuracy, _auprc, _macro_auroc
-    from mmaudit.stats import auroc, expected_calibration_error, multiclass_ece
+    from mmaudit.methods.stats import auroc, expected_calibration_error, multiclass_ece
 
     threshold = float(b.params.get("threshold", 0.5))
     bins = int(b.params.get("ece_bins", 15))
@@ -497,7 +497,7 @@ def _paired(
     """Paired bootstrap (by patient) of ``new - base`` for ``metric`` on the shared ids:
     (delta, significant, p, source), or None when the saved per-sample values cannot
     reproduce both stored values."""
-    from mmaudit.stats import paired_bootstrap_diff
+    from mmaudit.methods.stats import paired_bootstrap_diff
 
     plan = _pairing_plan(name, metric, a, b, base, new)
     if plan is None:
@@ -797,7 +797,7 @@ def _diff_metric(
 
 
 def _representation(base: Samples, new: Samples, result: DiffResult) -> None:
-    from mmaudit.cka import linear_cka
+    from mmaudit.methods.cka import linear_cka
 
     unsaved = [
         side

@@ -75,7 +75,7 @@ from typing import Literal
 
 import numpy as np
 
-from mmaudit.stats import (
+from mmaudit.methods.stats import (
     Estimate,
     auroc,
     auroc_bootstrap,

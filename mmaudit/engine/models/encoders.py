@@ -9,7 +9,7 @@ hook on the encoder module can read or replace the whole modality embedding:
   region / patch tokens, text token states, or one tabular token.
 
 timm and transformers are imported inside the constructors because importing them
-costs seconds and ``import mmaudit.models`` must stay fast.
+costs seconds and ``import mmaudit.engine.models`` must stay fast.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmaudit.errors import ModelLoadError
-from mmaudit.models.spec import ImageSpec, TabularSpec, TextSpec
+from mmaudit.engine.errors import ModelLoadError
+from mmaudit.engine.models.spec import ImageSpec, TabularSpec, TextSpec
 
 FeatureLayout = Literal["NCHW", "NHWC", "NLC"]
 

@@ -40,11 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmaudit.integrated_gradients import quadrature
+from mmaudit.methods.integrated_gradients import quadrature
 
 if TYPE_CHECKING:
-    from mmaudit.data import Batch
-    from mmaudit.model import ModelAdapter
+    from mmaudit.engine.adapter import ModelAdapter
+    from mmaudit.engine.data import Batch
 
 CamMethod = Literal["gradcam", "hirescam", "layercam"]
 CAM_METHODS: tuple[str, ...] = ("gradcam", "hirescam", "layercam")

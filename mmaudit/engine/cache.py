@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 
-from mmaudit.data import AuditDataset, Batch
-from mmaudit.errors import CheckError, NonFiniteOutputError
-from mmaudit.model import ModelAdapter
+from mmaudit.engine.adapter import ModelAdapter
+from mmaudit.engine.data import AuditDataset, Batch
+from mmaudit.engine.errors import CheckError, NonFiniteOutputError
 
 RemovalHow = Literal["zero", "mean", "permute", "missing"]
 
@@ -150,7 +150,7 @@ class InferenceCache:
         Raises NonFiniteOutputError on the first batch with a NaN or inf output (batches
         finished before it stay on disk for ``--resume``); under torchrun the failing rank
         still joins the gather, so every rank raises the lowest failing rank's error."""
-        from mmaudit import distributed
+        from mmaudit.engine import distributed
 
         start = time.perf_counter()
         mine = distributed.shard(np.arange(len(self.dataset)))
@@ -391,7 +391,7 @@ class InferenceCache:
         logits hold a NaN or inf."""
         import contextlib
 
-        from mmaudit import distributed
+        from mmaudit.engine import distributed
 
         start = time.perf_counter()
         ds = self.dataset
@@ -655,7 +655,7 @@ class InferenceCache:
         the per-batch results of all ranks come back in dataset order, so ``fn`` should
         return CPU values (numpy arrays, floats) that can be gathered.
         """
-        from mmaudit import distributed
+        from mmaudit.engine import distributed
 
         bs = batch_size or self.batch_size
         results: list[Any] = []
@@ -738,7 +738,7 @@ class ShardFiles:
         total: int,
         batch_size: int,
     ) -> None:
-        from mmaudit import distributed
+        from mmaudit.engine import distributed
 
         world = distributed.world_size() if distributed.active() else 1
         rank = distributed.rank() if distributed.active() else 0

@@ -3,7 +3,7 @@ image-region maps per text token.
 
 Sources, in the order they are looked for:
 
-* the built-in ``attention`` fusion (``mmaudit.models.fusion.AttentionFusion``): text
+* the built-in ``attention`` fusion (``mmaudit.engine.models.fusion.AttentionFusion``): text
   tokens query image region tokens (+ the tabular token) through one
   ``nn.MultiheadAttention``; the key layout is known from the module;
 * any other ``torch.nn.MultiheadAttention`` outside the modality encoders: a forward
@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmaudit.model import ModelAdapter
+from mmaudit.engine.adapter import ModelAdapter
 
 __all__ = [
     "AttentionSource",

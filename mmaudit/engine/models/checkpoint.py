@@ -16,15 +16,15 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from mmaudit.errors import ModelLoadError
-from mmaudit.models.builtin import MultimodalModel, build_model
-from mmaudit.models.spec import ArchitectureSpec
+from mmaudit.engine.errors import ModelLoadError
+from mmaudit.engine.models.builtin import MultimodalModel, build_model
+from mmaudit.engine.models.spec import ArchitectureSpec
 
 FORMAT = "mmaudit-builtin"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 ARCH_FILE = "architecture.json"
-_WRITE_HINT = "write it with mmaudit.models.save_checkpoint(model, spec, folder)"
+_WRITE_HINT = "write it with mmaudit.engine.models.save_checkpoint(model, spec, folder)"
 
 
 def _plain_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmaudit.config import ModelConfig, RuntimeConfig
-from mmaudit.data import Batch
-from mmaudit.errors import DeviceError, ModelLoadError
+from mmaudit.engine.config import ModelConfig, RuntimeConfig
+from mmaudit.engine.data import Batch
+from mmaudit.engine.errors import DeviceError, ModelLoadError
 
 DEFAULT_KEYWORDS: dict[str, str] = {
     "image": "image",
@@ -403,7 +403,7 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _fit_state_dict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    from mmaudit.models.checkpoint import fit_state_dict
+    from mmaudit.engine.models.checkpoint import fit_state_dict
 
     fit_state_dict(
         module,
@@ -464,7 +464,7 @@ def load_model(
     detected: dict[str, str] = {}
     hooks_ok = True
     if cfg.checkpoint is not None:
-        from mmaudit.models import load_checkpoint
+        from mmaudit.engine.models import load_checkpoint
 
         module, spec = load_checkpoint(cfg.checkpoint)
         source = f"builtin:{cfg.checkpoint}"

@@ -35,16 +35,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmaudit.data import Batch
-from mmaudit.errors import MmauditError
-from mmaudit.integrated_gradients import (
+from mmaudit.engine.adapter import ModelAdapter, detect_text_embedding_layer
+from mmaudit.engine.data import Batch
+from mmaudit.engine.errors import MmauditError
+from mmaudit.methods.integrated_gradients import (
     Quadrature,
     ScoreFn,
     layer_integrated_gradients,
     substituted,
 )
-from mmaudit.model import ModelAdapter, detect_text_embedding_layer
-from mmaudit.stats import Estimate, auroc
+from mmaudit.methods.stats import Estimate, auroc
 
 __all__ = [
     "BagInputError",
@@ -161,8 +161,8 @@ def find_text_embedding_layer(adapter: ModelAdapter) -> str | None:
     """Dotted path of the token-embedding layer IG interpolates, or None.
 
     ``model.layers.text_embeddings`` when configured or detected at load
-    (:func:`mmaudit.model.detect_text_embedding_layer`, or on the first batch by
-    :meth:`~mmaudit.model.ModelAdapter.detect_on_batch`); else the same static detection
+    (:func:`mmaudit.engine.adapter.detect_text_embedding_layer`, or on the first batch by
+    :meth:`~mmaudit.engine.adapter.ModelAdapter.detect_on_batch`); else the same static detection
     on this adapter (one built without ``load_model``). The built-in family gives
     ``text_encoder.backbone.embeddings``.
     """

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from mmaudit.check import Finding
-from mmaudit.findings import SEVERITY_ORDER
-from mmaudit.report import FAILING_STATUSES, CheckReport, Report
+from mmaudit.checks.contract import Finding
+from mmaudit.checks.findings import SEVERITY_ORDER
+from mmaudit.report.writer import FAILING_STATUSES, CheckReport, Report
 
 STATUS_ICON = {"pass": "✅", "warn": "⚠️", "fail": "❌", "error": "💥", "skipped": "⏭️"}
 # check statuses whose reason says what happened (the others are judged by findings)

@@ -15,7 +15,6 @@ are always rebuilt together (``make sample``).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmaudit.config import DataConfig, RuntimeConfig
-from mmaudit.data import AuditDataset, Batch
+from mmaudit.engine.config import DataConfig, RuntimeConfig
+from mmaudit.engine.data import AuditDataset, Batch
 
 LAB_COLUMNS = ["wbc", "crp", "temp", "spo2", "lactate"]
 IMAGE_SIZE = 64
@@ -81,7 +80,7 @@ def _all_batches(ds: AuditDataset, rows: np.ndarray) -> Batch:
 def sample_architecture(vocab_size: int) -> Any:
     """The built-in architecture of the sample checkpoints: tiny ResNet + 2-layer BERT + lab MLP,
     concat fusion, learned missing-modality tokens."""
-    from mmaudit.models import ArchitectureSpec, tiny_image_spec, tiny_text_spec
+    from mmaudit.engine.models import ArchitectureSpec, tiny_image_spec, tiny_text_spec
 
     spec = ArchitectureSpec(
         modalities=["image", "text", "tabular"],
@@ -103,7 +102,7 @@ def prepare_data(
 ) -> dict[str, tuple[float, float]]:
     """Generate studies and the tokenizer into ``folder``; return the train split's lab
     statistics (mean, std), which the audit config gives as ``normalization: given``."""
-    from mmaudit.sample_data_gen import generate_sample, train_tokenizer
+    from mmaudit.sample.generate import generate_sample, train_tokenizer
 
     frame = generate_sample(folder, n=n, seed=seed, **generator_kwargs)
     texts = [str(t) for t in frame.loc[frame["split"] == "train", "report"].dropna()]
@@ -140,7 +139,7 @@ def train_checkpoint(
     modality_dropout: float = 0.15,
 ) -> dict[str, float]:
     """Train a built-in image + text + labs model on ``rows`` of ``ds`` and save it to ``out``."""
-    from mmaudit.models import build_model, save_checkpoint
+    from mmaudit.engine.models import build_model, save_checkpoint
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -196,8 +195,3 @@ def build_sample(folder: Path, n: int = 1000, seed: int = 0, steps: int = 600) -
         summary[name]["train_rows"] = len(rows)  # type: ignore[index]
     (folder / "build_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-if __name__ == "__main__":
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "sample_data")
-    print(json.dumps(build_sample(target), indent=2))

@@ -14,7 +14,7 @@ import itertools
 import torch
 from torch import nn
 
-from mmaudit.models.encoders import masked_mean
+from mmaudit.engine.models.encoders import masked_mean
 
 
 def _present_weights(present: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

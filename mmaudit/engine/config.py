@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from mmaudit.errors import ConfigError
+from mmaudit.engine.errors import ConfigError
 
 MODALITIES: tuple[str, ...] = ("image", "text", "tabular")
 

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmaudit.config import AuditConfig, DataConfig, RuntimeConfig, cell_text
-from mmaudit.errors import ConfigError, DataError
+from mmaudit.engine.config import AuditConfig, DataConfig, RuntimeConfig, cell_text
+from mmaudit.engine.errors import ConfigError, DataError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 # pandas' default missing-value markers: a CSV cell holding one of these is read as missing, so a

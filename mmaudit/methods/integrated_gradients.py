@@ -26,8 +26,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from mmaudit.data import Batch
-from mmaudit.model import ModelAdapter
+from mmaudit.engine.adapter import ModelAdapter
+from mmaudit.engine.data import Batch
 
 __all__ = [
     "ScoreFn",

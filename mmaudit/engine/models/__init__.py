@@ -1,15 +1,15 @@
 """The built-in multimodal model family: spec, module, checkpoint folder I/O.
 
-``import mmaudit.models`` imports torch and pydantic only; timm and transformers are
+``import mmaudit.engine.models`` imports torch and pydantic only; timm and transformers are
 imported when an encoder is built.
 """
 
 from __future__ import annotations
 
-from mmaudit.models.builtin import MultimodalModel, build_model
-from mmaudit.models.checkpoint import load_checkpoint, read_spec, save_checkpoint
-from mmaudit.models.fusion import LateHead
-from mmaudit.models.spec import (
+from mmaudit.engine.models.builtin import MultimodalModel, build_model
+from mmaudit.engine.models.checkpoint import load_checkpoint, read_spec, save_checkpoint
+from mmaudit.engine.models.fusion import LateHead
+from mmaudit.engine.models.spec import (
     ArchitectureSpec,
     ImageSpec,
     TabularSpec,

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from mmaudit.errors import MmauditError
+from mmaudit.engine.errors import MmauditError
 
 # Written into every report folder: the files the run wrote, so a later run replaces the
 # folder only when it holds nothing else (the user's notes, a project that was given as -o).

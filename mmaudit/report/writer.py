@@ -22,10 +22,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from mmaudit.agreement import CrossCheck
-from mmaudit.check import CheckOutput, Finding
-from mmaudit.errors import MmauditError, ReportError
-from mmaudit.output_folder import (
+from mmaudit.checks.contract import CheckOutput, Finding
+from mmaudit.engine.errors import MmauditError, ReportError
+from mmaudit.methods.stats import Estimate
+from mmaudit.report.agreement import CrossCheck
+from mmaudit.report.folder import (
     MARKER,
     check_output_folder,
     lock_folder,
@@ -36,14 +37,13 @@ from mmaudit.output_folder import (
     signals_held,
     stage_prefix,
 )
-from mmaudit.report_seal import (
+from mmaudit.report.seal import (
     file_sha256,
     files_under,
     seal_payload,
     verify_files,
     verify_report_json,
 )
-from mmaudit.stats import Estimate
 
 SCHEMA_VERSION = 1
 # The check / finding statuses that fail each ``--fail-on`` level of ``mmaudit run`` (an
@@ -102,7 +102,7 @@ class Report(BaseModel):
     seed: int
     timings: dict[str, float] = Field(default_factory=dict)
     checks: dict[str, CheckReport] = Field(default_factory=dict)
-    # per attribute: which checks flag it and which do not, in words (mmaudit.agreement)
+    # per attribute: which checks flag it and which do not, in words (mmaudit.report.agreement)
     cross_checks: list[CrossCheck] = Field(default_factory=list)
     status: str = "pass"
     # the --fail-on level the run was gated with; junit.xml's failures follow it
@@ -129,7 +129,7 @@ class Report(BaseModel):
     def worst_findings(self, limit: int | None = 5) -> list[Finding]:
         """Findings, most severe first (stable within a severity); all when ``limit`` is
         None."""
-        from mmaudit.findings import SEVERITY_ORDER
+        from mmaudit.checks.findings import SEVERITY_ORDER
 
         all_findings = [f for c in self.checks.values() for f in c.findings]
         all_findings.sort(key=lambda f: -SEVERITY_ORDER.get(f.severity, 0))
@@ -427,7 +427,7 @@ class ReportWriter:
 
         The swap of an earlier report for the new one runs with SIGINT / SIGTERM held back,
         so a Ctrl-C cannot leave the folder with neither report."""
-        from mmaudit.render import write_views
+        from mmaudit.report.render import write_views
 
         if self.redactor is not None:
             import yaml

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mmaudit.errors import ReportError
-from mmaudit.output_folder import MARKER
+from mmaudit.engine.errors import ReportError
+from mmaudit.report.folder import MARKER
 
 
 def file_sha256(path: Path) -> str:

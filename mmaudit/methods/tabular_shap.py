@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmaudit.cache import InferenceCache
-from mmaudit.data import Batch
-from mmaudit.distributed import sample_seeds
-from mmaudit.integrated_gradients import ScoreFn, substituted
+from mmaudit.engine.cache import InferenceCache
+from mmaudit.engine.data import Batch
+from mmaudit.engine.distributed import sample_seeds
+from mmaudit.methods.integrated_gradients import ScoreFn, substituted
 
 __all__ = ["TabularShap", "gradient_shap", "permutation_shap"]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mmaudit.errors import MmauditError
+from mmaudit.engine.errors import MmauditError
 
 
 def world_size() -> int:
