@@ -17,6 +17,7 @@ from mmaudit.checks.contract import (
     register,
 )
 from mmaudit.checks.findings import count_judged
+from mmaudit.methods.classification import accuracy, auprc, macro_auprc, macro_auroc
 from mmaudit.methods.stats import (
     auroc,
     auroc_bootstrap,
@@ -24,34 +25,6 @@ from mmaudit.methods.stats import (
     expected_calibration_error,
     multiclass_ece,
 )
-
-
-def _auprc(y: np.ndarray, score: np.ndarray) -> float:
-    from sklearn.metrics import average_precision_score
-
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    return float(average_precision_score(y, score))
-
-
-def _accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    return float(np.mean(y == pred)) if len(y) else float("nan")
-
-
-def _macro_auroc(y: np.ndarray, prob: np.ndarray) -> float:
-    """Mean one-vs-rest AUROC over the classes present (sklearn's ovr macro average)."""
-    scores = [auroc((y == k).astype(int), prob[:, k]) for k in range(prob.shape[1])]
-    scores = [s for s in scores if not np.isnan(s)]
-    return float(np.mean(scores)) if scores else float("nan")
-
-
-def _macro_auprc(y: np.ndarray, prob: np.ndarray) -> float:
-    """Mean one-vs-rest average precision over the classes present (``y``: labels, or a
-    0/1 indicator matrix for multilabel)."""
-    onehot = y if y.ndim == 2 else (y[:, None] == np.arange(prob.shape[1])[None, :])
-    scores = [_auprc(onehot[:, k].astype(int), prob[:, k]) for k in range(prob.shape[1])]
-    scores = [s for s in scores if not np.isnan(s)]
-    return float(np.mean(scores)) if scores else float("nan")
 
 
 @register
@@ -115,8 +88,8 @@ class PerformanceCheck(Check):
             pred = (score >= p.threshold).astype(int)
             out.metrics["prevalence"] = float(np.mean(y))
             out.metrics["auroc"] = auroc_bootstrap(y, score, **boot)
-            out.metrics["auprc"] = bootstrap_ci(_auprc, y, score, **boot)
-            out.metrics["accuracy"] = bootstrap_ci(_accuracy, y, pred, **boot)
+            out.metrics["auprc"] = bootstrap_ci(auprc, y, score, **boot)
+            out.metrics["accuracy"] = bootstrap_ci(accuracy, y, pred, **boot)
             out.metrics["ece"] = bootstrap_ci(
                 lambda a, b: expected_calibration_error(a, b, p.ece_bins), y, score, **boot
             )
@@ -131,14 +104,14 @@ class PerformanceCheck(Check):
             )
         elif kind == "multiclass":
             pred = prob.argmax(1)
-            out.metrics["auroc_macro"] = bootstrap_ci(_macro_auroc, y, prob, **boot)
-            out.metrics["auprc_macro"] = bootstrap_ci(_macro_auprc, y, prob, **boot)
+            out.metrics["auroc_macro"] = bootstrap_ci(macro_auroc, y, prob, **boot)
+            out.metrics["auprc_macro"] = bootstrap_ci(macro_auprc, y, prob, **boot)
             for k, label in enumerate(ctx.dataset.class_names):
                 out.metrics[f"auroc.{label}"] = auroc_bootstrap(
                     (y == k).astype(int), prob[:, k], **boot
                 )
                 out.metrics[f"prevalence.{label}"] = float(np.mean(y == k))
-            out.metrics["accuracy"] = bootstrap_ci(_accuracy, y, pred, **boot)
+            out.metrics["accuracy"] = bootstrap_ci(accuracy, y, pred, **boot)
             out.metrics["ece"] = bootstrap_ci(
                 lambda a, b: multiclass_ece(a, b, p.ece_bins), y, prob, **boot
             )
@@ -149,8 +122,8 @@ class PerformanceCheck(Check):
             for k, label in enumerate(ctx.dataset.class_names):
                 yk, pk = y[:, k].astype(int), prob[:, k]
                 out.metrics[f"auroc.{label}"] = auroc_bootstrap(yk, pk, **boot)
-                out.metrics[f"auprc.{label}"] = bootstrap_ci(_auprc, yk, pk, **boot)
-                out.metrics[f"accuracy.{label}"] = bootstrap_ci(_accuracy, yk, pred[:, k], **boot)
+                out.metrics[f"auprc.{label}"] = bootstrap_ci(auprc, yk, pk, **boot)
+                out.metrics[f"accuracy.{label}"] = bootstrap_ci(accuracy, yk, pred[:, k], **boot)
                 out.metrics[f"ece.{label}"] = bootstrap_ci(
                     lambda a, b: expected_calibration_error(a, b, p.ece_bins), yk, pk, **boot
                 )
@@ -160,7 +133,7 @@ class PerformanceCheck(Check):
                 )
             per_label = [auroc(y[:, k], prob[:, k]) for k in range(y.shape[1])]
             out.metrics["auroc_macro"] = float(np.nanmean(per_label))
-            out.metrics["auprc_macro"] = _macro_auprc(y, prob)
+            out.metrics["auprc_macro"] = macro_auprc(y, prob)
         for col, m in enumerate(ctx.dataset.modalities):
             out.metrics[f"missing.{m}"] = int((~ctx.dataset.present[:, col]).sum())
         out.tables["missingness"] = pd.DataFrame(

@@ -421,7 +421,7 @@ def _performance_stat(
     its inputs from a merged predictions frame (suffix ``_a`` / ``_b``); None if unknown."""
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
-    from mmaudit.checks.performance import _accuracy, _auprc, _macro_auroc
+    from mmaudit.methods.classification import accuracy, auprc, macro_auroc
     from mmaudit.methods.stats import auroc, expected_calibration_error, multiclass_ece
 
     threshold = float(b.params.get("threshold", 0.5))
@@ -443,8 +443,8 @@ def _performance_stat(
 
         stats: dict[str, Callable[..., float]] = {
             "auroc": auroc,
-            "auprc": _auprc,
-            "accuracy": hard(_accuracy),
+            "auprc": auprc,
+            "accuracy": hard(accuracy),
             "balanced_accuracy": hard(balanced_accuracy_score),
             "f1": hard(lambda y, p: f1_score(y, p, zero_division=0)),
             "ece": lambda y, s: expected_calibration_error(y, s, bins),
@@ -457,9 +457,9 @@ def _performance_stat(
             return frame["target_a"].to_numpy().astype(int), p
 
         stats = {
-            "accuracy": lambda y, p: _accuracy(y, p.argmax(1)),
+            "accuracy": lambda y, p: accuracy(y, p.argmax(1)),
             "balanced_accuracy": lambda y, p: float(balanced_accuracy_score(y, p.argmax(1))),
-            "auroc_macro": _macro_auroc,
+            "auroc_macro": macro_auroc,
             "ece": lambda y, p: multiclass_ece(y, p, bins),
         }
         return (stats[metric], pick) if metric in stats else None
