@@ -20,15 +20,15 @@ test: install
 # Installs Debian's Chromium (needs root and the package mirror), then runs the browser test.
 test-browser: install
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
-	$(BIN)/python -m pytest tests/test_browser.py
+	$(BIN)/python -m pytest tests/report/test_browser.py
 
 demo: install
 	$(BIN)/mmaudit run configs/sample.yaml -o report --fail-on never --no-progress
 	@echo "open report/index.html (summary: report/summary.md)"
 
 lint: install
-	$(BIN)/ruff check mmaudit tests benchmarks
-	$(BIN)/ruff format --check mmaudit tests benchmarks
+	$(BIN)/ruff check mmaudit tests benchmarks scripts
+	$(BIN)/ruff format --check mmaudit tests benchmarks scripts
 
 # Rebuild sample_data/ (images, tokenizer, both checkpoints) together from scratch: about a minute
 # on 2 CPU cores (65 s wall, training 27 s + 28 s; build_summary.json records each build).

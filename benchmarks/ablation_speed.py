@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _context(config: Path, device: str) -> Any:
     from mmaudit.checks.contract import AuditContext
-    from mmaudit.engine.adapter import load_model
     from mmaudit.engine.cache import InferenceCache
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
 
     cfg = load_config(config)
     cfg.runtime.device = device
@@ -71,7 +71,9 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="also time the whole check")
     args = parser.parse_args()
 
-    from mmaudit.checks.ablation import AblationCheck, emap_logits, predicted_probs
+    from mmaudit.checks.ablation.check import AblationCheck
+    from mmaudit.checks.ablation.emap import emap_logits
+    from mmaudit.checks.ablation.scoring import predicted_probs
     from mmaudit.methods.stats import auroc
 
     fresh = _context(args.config, args.device)

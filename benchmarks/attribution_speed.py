@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def context(samples: int, device: str, batch: int):  # type: ignore[no-untyped-def]
     from mmaudit.checks.contract import AuditContext
-    from mmaudit.engine.adapter import load_model
     from mmaudit.engine.cache import InferenceCache
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.runtime.max_samples = samples
@@ -51,7 +51,7 @@ def sync(device: torch.device) -> None:
 
 
 def ours_text_ig(ctx, rows: np.ndarray, steps: int, per_pass: int):  # type: ignore[no-untyped-def]
-    from mmaudit.checks.attribution import Target
+    from mmaudit.methods.attribution_target import Target
     from mmaudit.methods.text_attribution import (
         content_mask,
         find_text_embedding_layer,
@@ -131,7 +131,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args()
 
-    from mmaudit.checks.attribution import Target
+    from mmaudit.methods.attribution_target import Target
     from mmaudit.methods.tabular_shap import gradient_shap, permutation_shap
 
     ctx = context(args.samples, args.device, args.batch_size)

@@ -41,11 +41,11 @@ def _sync(device: torch.device) -> None:
 
 def bench_sample(device: torch.device) -> None:
     from mmaudit.checks.contract import AuditContext
-    from mmaudit.checks.embedding import EmbeddingCheck
-    from mmaudit.engine.adapter import load_model
+    from mmaudit.checks.embedding.check import EmbeddingCheck
     from mmaudit.engine.cache import InferenceCache
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.runtime.device = device.type
@@ -74,7 +74,8 @@ def bench_random(n: int, dim: int, device: torch.device, whole_check: bool) -> N
     from sklearn.metrics import silhouette_samples
     from sklearn.neighbors import NearestNeighbors
 
-    from mmaudit.checks.embedding import EmbeddingCheck, EmbeddingInputs, analyse
+    from mmaudit.checks.embedding.check import EmbeddingCheck, analyse
+    from mmaudit.checks.embedding.inputs import EmbeddingInputs
     from mmaudit.methods import neighbours as nb
 
     rng = np.random.default_rng(0)

@@ -5,7 +5,7 @@ detected Grad-CAM layer, the batch 64 test rows of the sample, the device the on
 Every contender produces one Grad-CAM map per image at the image resolution, for the
 class each sample is predicted as:
 
-* ``mmaudit``: ``saliency_maps.compute_cams`` as the check runs it -- one forward and one
+* ``mmaudit``: ``cams.compute_cams`` as the check runs it -- one forward and one
   ``autograd.grad`` with respect to the layer output per batch, the report and lab
   encoders swapped for their cached outputs (``ImageForward``), bilinear upsampling;
 * ``mmaudit (no encoder cache)``: the same with the whole model running (for reference);
@@ -47,10 +47,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    from mmaudit.engine.adapter import load_model
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
-    from mmaudit.methods.saliency_maps import ImageForward, compute_cams, grid_info, upsample
+    from mmaudit.engine.loading import load_model
+    from mmaudit.methods.cams import compute_cams, grid_info, upsample
+    from mmaudit.methods.image_forward import ImageForward
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.runtime.device = args.device

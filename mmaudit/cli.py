@@ -122,7 +122,7 @@ def run(
 
 def gate_failed(status: str, fail_on: str) -> bool:
     """Whether an audit status fails ``--fail-on`` (an errored check fails a 'fail' gate too)."""
-    from mmaudit.report.writer import FAILING_STATUSES
+    from mmaudit.report.document import FAILING_STATUSES
 
     return status in FAILING_STATUSES[fail_on]
 
@@ -148,7 +148,7 @@ def print_summary(console, report) -> None:  # type: ignore[no-untyped-def]
     from rich.markup import escape
     from rich.table import Table
 
-    from mmaudit.report.render import NO_RESULT, judged_cell, key_metrics
+    from mmaudit.report.cells import NO_RESULT, judged_cell, key_metrics
 
     # every string from the report goes through escape(): a subgroup level such as "[/x]"
     # in a metric name is data, not rich markup
@@ -203,10 +203,10 @@ def validate(
 
     Lists every problem found (one line each), not only the first; exit 2 when any.
     """
-    from mmaudit.engine.adapter import load_model
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
     from mmaudit.engine.errors import MmauditError
+    from mmaudit.engine.loading import load_model
     from mmaudit.runner import Overrides, apply_overrides, plan_checks, probe_model
 
     console = _console()
@@ -253,7 +253,7 @@ def show(report: Path = typer.Argument(..., help="report folder")) -> None:
     no longer match the digests report.json recorded is refused)."""
     from rich.markup import escape
 
-    from mmaudit.report.writer import load_report
+    from mmaudit.report.document import load_report
 
     loaded = load_report(report)
     console = _console()

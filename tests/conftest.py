@@ -105,7 +105,7 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from safetensors.torch import save_file
 
     folder = tmp_path_factory.mktemp("weights")
-    from test_model import build_tiny
+    from tiny_models import build_tiny
 
     model = build_tiny()
     torch.manual_seed(1)
@@ -120,7 +120,7 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def byo_model_config(weights: Path, **extra: object) -> dict[str, object]:
     """The ``model:`` section that loads TinyFusion through the factory path."""
     return {
-        "factory": "test_model:build_tiny",
+        "factory": "tiny_models:build_tiny",
         "kwargs": {"width": 8},
         "weights": str(weights),
         "python_path": [str(TESTS)],

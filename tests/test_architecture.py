@@ -45,11 +45,14 @@ def _imports(tree: ast.AST, modules: set[str]) -> set[str]:
             return
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("mmaudit"))
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module.startswith("mmaudit"):
-                for alias in node.names:
-                    sub = f"{node.module}.{alias.name}"
-                    found.add(sub if sub in modules else node.module)
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").startswith("mmaudit")
+        ):
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                found.add(sub if sub in modules else str(node.module))
         for child in ast.iter_child_nodes(node):
             visit(child)
 
@@ -163,3 +166,18 @@ def test_the_rules_can_fail() -> None:
 @pytest.mark.parametrize("layer", ["engine", "methods", "checks", "report", "sample"])
 def test_every_layer_is_a_package(layer: str) -> None:
     assert (PACKAGE / layer / "__init__.py").is_file()
+
+
+CHECK_MODULE_LINES = 300
+
+
+def test_a_check_package_keeps_its_orchestration_short() -> None:
+    """A check that is a package keeps the class, its parameters and the order of its stages
+    in ``check.py`` (at most 300 lines); the work is in the stage modules."""
+    long = {
+        str(path.relative_to(PACKAGE)): n
+        for path in (PACKAGE / "checks").glob("*/check.py")
+        if (n := len(path.read_text().splitlines())) > CHECK_MODULE_LINES
+    }
+    assert long == {}
+    assert len(list((PACKAGE / "checks").glob("*/check.py"))) >= 6

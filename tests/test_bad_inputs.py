@@ -37,7 +37,15 @@ import pytest
 import torch
 import yaml
 from conftest import TESTS, byo_model_config, tiny_config, wait_interruptibly
-from test_model import TinyFusion
+from manifest_edits import (
+    corrupt_image,
+    drop_image,
+    drop_mask,
+    nan_target,
+    no_rows,
+    one_class,
+)
+from tiny_models import TinyFusion
 
 from mmaudit.checks.registry import load_builtin_checks
 from mmaudit.cli import main
@@ -272,19 +280,6 @@ def misspelt_target(text: str) -> str:
 
 
 # --------------------------------------------------------------- data set-ups
-def drop_image(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
-    (folder / "images" / "s3.png").unlink()
-    return df
-
-
-def corrupt_image(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
-    (folder / "images" / "s5.png").write_bytes(b"not a png")
-    return df
-
-
-def drop_mask(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
-    (folder / "masks" / "s7.png").unlink()
-    return df
 
 
 def corrupt_mask(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
@@ -292,24 +287,9 @@ def corrupt_mask(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
     return df
 
 
-def nan_target(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
-    df["label"] = df["label"].astype(float)
-    df.loc[4, "label"] = float("nan")
-    return df
-
-
-def one_class(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
-    df["label"] = 1
-    return df
-
-
 def words_as_target(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
     df["label"] = df["label"].map({0: "no", 1: "yes"})
     return df
-
-
-def no_rows(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
-    return df.iloc[:0]
 
 
 def duplicate_id(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
@@ -414,7 +394,7 @@ def weights_missing(env: Env) -> Invocation:
 
 def weights_renamed(env: Env) -> Invocation:
     from safetensors.torch import save_file
-    from test_model import build_tiny
+    from tiny_models import build_tiny
 
     state = {k.replace("fuse", "fusion"): v for k, v in build_tiny().state_dict().items()}
     save_file(state, env.tmp / "renamed.safetensors")
@@ -422,7 +402,7 @@ def weights_renamed(env: Env) -> Invocation:
 
 
 def weights_pickle_with_code(env: Env) -> Invocation:
-    from test_model import build_tiny
+    from tiny_models import build_tiny
 
     path = env.tmp / "legacy.pt"
     torch.save({"model": build_tiny()}, path, _use_new_zipfile_serialization=False)
@@ -448,7 +428,7 @@ def torchscript_missing(env: Env) -> Invocation:
 
 def renamed_forward(env: Env) -> Invocation:
     cfg = copy.deepcopy(env.cfg)
-    cfg["model"] = {"factory": "test_model:build_renamed", "python_path": [str(TESTS)]}
+    cfg["model"] = {"factory": "tiny_models:build_renamed", "python_path": [str(TESTS)]}
     return env.invoke(cfg)
 
 
@@ -844,7 +824,7 @@ CASES: list[Case] = [
         r"fuse\.weight",
         r"fusion\.weight",
     ),
-    case("pickle needing code", weights_pickle_with_code, r"refused", r"test_model\.TinyFusion"),
+    case("pickle needing code", weights_pickle_with_code, r"refused", r"tiny_models\.TinyFusion"),
     case("weights not a torch file", weights_text_file, r"not a PyTorch file", r"weights\.pt"),
     case(
         "factory module missing",
@@ -853,7 +833,7 @@ CASES: list[Case] = [
     ),
     case(
         "factory function missing",
-        mutate("model.factory", "test_model:no_such_build"),
+        mutate("model.factory", "tiny_models:no_such_build"),
         r"no_such_build",
     ),
     case("layer path missing", mutate("model.layers", {"embedding": "fusion"}), r"'fuse'"),
@@ -1154,7 +1134,7 @@ def test_ids_and_patients_are_kept_as_written(env: Env, capsys: pytest.CaptureFi
         ["run", str(inv.config), "-o", str(inv.out), *QUICK, "--fail-on", "never"], capsys
     )
     assert rc == 0, err
-    from mmaudit.report.writer import load_report
+    from mmaudit.report.document import load_report
 
     report = load_report(inv.out)
     written = pd.read_parquet(inv.out / "samples" / "predictions.parquet")
@@ -1168,7 +1148,7 @@ def test_parquet_blank_lab_is_missing_like_a_blank_csv_cell(
 ) -> None:
     """A Parquet text lab column with ``''`` (and whitespace) cells reads like CSV blanks:
     validate passes, and the rows' lab is missing, not an error."""
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
 
     manifest = env.data_copy()

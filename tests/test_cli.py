@@ -11,10 +11,19 @@ from typing import Any
 import pandas as pd
 import pytest
 from conftest import byo_model_config, tiny_config, wait_interruptibly
+from manifest_edits import (
+    corrupt_image,
+    drop_image,
+    drop_mask,
+    manifest_variant,
+    nan_target,
+    no_rows,
+    one_class,
+)
 
 from mmaudit.checks.registry import load_builtin_checks
 from mmaudit.cli import main
-from mmaudit.report.writer import load_report
+from mmaudit.report.document import load_report
 from mmaudit.runner import any_batch_done
 
 
@@ -197,7 +206,7 @@ def test_missing_config_and_yaml_syntax(tmp_path: Path, capsys) -> None:  # type
 
 def _weights_with_renamed_keys(folder: Path) -> Path:
     from safetensors.torch import save_file
-    from test_model import build_tiny
+    from tiny_models import build_tiny
 
     state = {k.replace("fuse", "fusion"): v for k, v in build_tiny().state_dict().items()}
     save_file(state, folder / "renamed.safetensors")
@@ -206,7 +215,7 @@ def _weights_with_renamed_keys(folder: Path) -> Path:
 
 def _legacy_pickle_with_code(folder: Path) -> Path:
     import torch
-    from test_model import build_tiny
+    from tiny_models import build_tiny
 
     path = folder / "legacy.pt"  # old (non-zip) format: torch.load also warns about it
     torch.save({"model": build_tiny()}, path, _use_new_zipfile_serialization=False)
@@ -224,7 +233,7 @@ WEIGHT_CASES = [
         _weights_with_renamed_keys,
         ["weights do not fit", "fuse.weight", "fusion.weight"],
     ),
-    ("pickle needing code", _legacy_pickle_with_code, ["refused", "test_model.TinyFusion"]),
+    ("pickle needing code", _legacy_pickle_with_code, ["refused", "tiny_models.TinyFusion"]),
     ("not a torch file", _text_file, ["not a PyTorch file"]),
 ]
 
@@ -253,58 +262,19 @@ def test_broken_tokenizer_folder_one_line(good, write_config, tmp_path, capsys) 
     assert "tokenizer.json" in err and "save_pretrained" in err
 
 
-def _manifest_variant(tiny_manifest: Path, tmp_path: Path, edit) -> Path:  # type: ignore[no-untyped-def]
-    folder = tmp_path / "data"
-    shutil.copytree(tiny_manifest.parent, folder)
-    df = pd.read_csv(folder / "manifest.csv")
-    df = edit(df, folder)
-    df.to_csv(folder / "manifest.csv", index=False)
-    return folder / "manifest.csv"
-
-
-def _drop_image(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
-    (folder / "images" / "s3.png").unlink()
-    return df
-
-
-def _corrupt_image(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
-    (folder / "images" / "s5.png").write_bytes(b"not a png")
-    return df
-
-
-def _nan_target(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
-    df["label"] = df["label"].astype(float)
-    df.loc[4, "label"] = float("nan")
-    return df
-
-
-def _one_class(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
-    df["label"] = 1
-    return df
-
-
-def _empty(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
-    return df.iloc[:0]
-
-
 def _corrupt_mask(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
     (folder / "masks" / "s40.png").write_bytes(b"not a png")  # third batch: found mid-sweep
     return df
 
 
-def _drop_mask(df: pd.DataFrame, folder: Path) -> pd.DataFrame:
-    (folder / "masks" / "s7.png").unlink()
-    return df
-
-
 DATA_CASES = [
-    ("image missing", _drop_image, "row 5 (id 's3'): image file not found"),
-    ("image undecodable", _corrupt_image, "cannot decode image"),
-    ("NaN target", _nan_target, "row 6: target column 'label' is empty"),
-    ("one class", _one_class, "has one class only"),
-    ("empty manifest", _empty, "has no rows"),
+    ("image missing", drop_image, "row 5 (id 's3'): image file not found"),
+    ("image undecodable", corrupt_image, "cannot decode image"),
+    ("NaN target", nan_target, "row 6: target column 'label' is empty"),
+    ("one class", one_class, "has one class only"),
+    ("empty manifest", no_rows, "has no rows"),
     ("ROI mask undecodable", _corrupt_mask, "(id 's40'): cannot decode ROI mask"),
-    ("ROI mask missing", _drop_mask, "row 9 (id 's7'): ROI mask file not found"),
+    ("ROI mask missing", drop_mask, "row 9 (id 's7'): ROI mask file not found"),
 ]
 
 
@@ -312,7 +282,7 @@ DATA_CASES = [
 def test_bad_data_one_line_exit_2(
     what, edit, expect, good, tiny_manifest, write_config, tmp_path, capsys
 ) -> None:  # type: ignore[no-untyped-def]
-    good["data"]["manifest"] = str(_manifest_variant(tiny_manifest, tmp_path, edit))
+    good["data"]["manifest"] = str(manifest_variant(tiny_manifest, tmp_path, edit))
     cfg = write_config(good)
     out_dir = tmp_path / "report"
     rc, _, err = run_cli(["run", str(cfg), "-o", str(out_dir)], capsys)
@@ -334,7 +304,7 @@ def _problem_lines(out: str) -> list[str]:
 def test_validate_lists_every_broken_file(
     good, tiny_manifest, write_config, tmp_path, capsys
 ) -> None:  # type: ignore[no-untyped-def]
-    good["data"]["manifest"] = str(_manifest_variant(tiny_manifest, tmp_path, _four_broken_files))
+    good["data"]["manifest"] = str(manifest_variant(tiny_manifest, tmp_path, _four_broken_files))
     rc, out, _ = run_cli(["validate", str(write_config(good))], capsys)
     assert rc == 2 and "4 problem(s)" in out
     lines = _problem_lines(out)
@@ -359,7 +329,7 @@ def test_validate_lists_table_problems_and_model_outputs(
 ) -> None:  # type: ignore[no-untyped-def]
     """Duplicate id, NaN target, non-numeric lab and a 3-output model for a binary target."""
     good["data"]["manifest"] = str(
-        _manifest_variant(tiny_manifest, tmp_path, _label_and_lab_problems)
+        manifest_variant(tiny_manifest, tmp_path, _label_and_lab_problems)
     )
     good["model"]["kwargs"]["n_out"] = 3
     good["model"].pop("weights")
@@ -384,7 +354,7 @@ def test_bad_file_mid_sweep_keeps_resume_state(
 ) -> None:  # type: ignore[no-untyped-def]
     """A corrupt mask in the third batch: the two finished batches survive the error, and
     once the file is replaced in place, --resume finishes the audit from them."""
-    manifest = _manifest_variant(tiny_manifest, tmp_path, _corrupt_mask)
+    manifest = manifest_variant(tiny_manifest, tmp_path, _corrupt_mask)
     good["data"]["manifest"] = str(manifest)
     cfg = write_config(good)
     out_dir = tmp_path / "report"
@@ -407,7 +377,7 @@ def test_bad_file_found_in_a_dataloader_worker_is_one_line(
     good, tiny_manifest, write_config, tmp_path, capsys
 ) -> None:  # type: ignore[no-untyped-def]
     """A worker re-raises with its whole traceback as the message; the CLI still prints one line."""
-    good["data"]["manifest"] = str(_manifest_variant(tiny_manifest, tmp_path, _corrupt_mask))
+    good["data"]["manifest"] = str(manifest_variant(tiny_manifest, tmp_path, _corrupt_mask))
     good["runtime"]["num_workers"] = 2
     out_dir = tmp_path / "report"
     rc, _, err = run_cli(["run", str(write_config(good)), "-o", str(out_dir)], capsys)
@@ -448,7 +418,7 @@ def test_invalid_device_flag_is_one_line(command, good, write_config, tmp_path, 
 
 def _scripted_renamed(folder: Path) -> Path:
     import torch
-    from test_model import build_renamed
+    from tiny_models import build_renamed
 
     path = folder / "renamed_script.pt"
     torch.jit.script(build_renamed()).save(str(path))
@@ -463,7 +433,7 @@ def test_forward_keywords_that_do_not_fit_are_one_line(
     model.inputs, before any batch runs (no resume state, no report)."""
     if source == "factory":
         python_path = byo_model_config(tmp_path)["python_path"]
-        good["model"] = {"factory": "test_model:build_renamed", "python_path": python_path}
+        good["model"] = {"factory": "tiny_models:build_renamed", "python_path": python_path}
     else:
         good["model"] = {"torchscript": str(_scripted_renamed(tmp_path))}
     out_dir = tmp_path / "report"
@@ -508,7 +478,7 @@ def test_unknown_option_is_a_usage_error(capsys) -> None:  # type: ignore[no-unt
 def build_hanging(**kwargs: Any) -> Any:
     """TinyFusion whose forward waits a minute: a run of it is still going when signalled
     (the factory ``test_cli:build_hanging``)."""
-    from test_model import build_tiny
+    from tiny_models import build_tiny
 
     model = build_tiny(**kwargs)
     model.register_forward_pre_hook(lambda *_: wait_interruptibly(60))
@@ -700,7 +670,7 @@ def test_console_summary_shows_what_each_check_tested_and_its_coverage(capsys) -
     from rich.console import Console
 
     from mmaudit.cli import print_summary
-    from mmaudit.report.writer import CheckReport, Report
+    from mmaudit.report.document import CheckReport, Report
 
     checks = {
         "probing": CheckReport(
@@ -732,7 +702,7 @@ def test_console_header_reflects_the_gates(capsys) -> None:  # type: ignore[no-u
     from rich.console import Console
 
     from mmaudit.cli import print_summary, summary_title
-    from mmaudit.report.writer import CheckReport, Report
+    from mmaudit.report.document import CheckReport, Report
 
     def report(status: str, **gates) -> Report:  # type: ignore[no-untyped-def]
         checks = {

@@ -37,7 +37,7 @@ def test_run_writes_complete_report(byo_config: Path, tmp_path: Path) -> None:
     data = json.loads((out / "report.json").read_text())
     assert data["schema_version"] == 1
     assert len(data["model"]["sha256"]) == 64 and len(data["data"]["sha256"]) == 64
-    assert data["model"]["source"] == "factory:test_model:build_tiny"
+    assert data["model"]["source"] == "factory:tiny_models:build_tiny"
     assert data["model"]["detected"]["gradcam"] == "img.2"
     perf = data["checks"]["performance"]
     auroc = perf["metrics"]["auroc"]
@@ -62,10 +62,10 @@ def test_run_writes_complete_report(byo_config: Path, tmp_path: Path) -> None:
 
 
 def test_embeddings_captured_once_in_the_sweep(byo_config: Path, tmp_path: Path) -> None:
-    from mmaudit.engine.adapter import load_model
     from mmaudit.engine.cache import InferenceCache
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
 
     cfg = load_config(byo_config)
     ds = build_dataset(cfg)
@@ -170,7 +170,7 @@ def test_multiclass_end_to_end_and_precision_that_ran(
     manifest = tmp_path / "m.csv"
     df.to_csv(manifest, index=False)
     model = {
-        "factory": "test_model:build_tiny",
+        "factory": "tiny_models:build_tiny",
         "kwargs": {"n_out": 3},
         "python_path": byo_model_config(tmp_path)["python_path"],
     }
@@ -200,7 +200,7 @@ def test_bring_your_own_with_dotted_layer_and_renamed_inputs(
     import numpy as np
     import torch
     from safetensors.torch import save_file
-    from test_model import build_renamed
+    from tiny_models import build_renamed
 
     model = build_renamed()
     for p in model.parameters():
@@ -209,7 +209,7 @@ def test_bring_your_own_with_dotted_layer_and_renamed_inputs(
     cfg = tiny_config(
         tiny_manifest,
         {
-            "factory": "test_model:build_renamed",
+            "factory": "tiny_models:build_renamed",
             "weights": str(tmp_path / "renamed.safetensors"),
             "python_path": byo_model_config(tmp_path)["python_path"],
             "inputs": {"image": "pixels", "tabular": "labs"},
@@ -224,7 +224,7 @@ def test_bring_your_own_with_dotted_layer_and_renamed_inputs(
     saved = np.load(out / "samples" / "embeddings.npz")
     assert saved["embedding"].shape == (48, 6)
     # the captured head.1 output is the ReLU'd fused vector, recomputed here by hand
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
 
     ds = build_dataset(load_config(write_config(cfg, "again.yaml")))
@@ -364,7 +364,7 @@ def build_gated(gate: str, started: str, **kwargs: object) -> object:
     it go (the factory ``test_runner:build_gated``)."""
     import time
 
-    from test_model import build_tiny
+    from tiny_models import build_tiny
 
     def wait(*_: object) -> None:
         Path(started).touch()
@@ -553,7 +553,7 @@ def build_nan_without_labs(width: int = 8) -> object:
     dividing by a lab norm would be (the factory ``test_runner:build_nan_without_labs``):
     fine on the data, NaN only once a sweep removes the labs."""
     import torch
-    from test_model import build_tiny
+    from tiny_models import build_tiny
 
     model = build_tiny(width=width)
 
@@ -607,7 +607,7 @@ def test_nan_only_in_an_ablated_sweep_stops_the_run(
 
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
-FACTORY_SOURCE = """from test_model import build_tiny
+FACTORY_SOURCE = """from tiny_models import build_tiny
 
 
 def build(width: int = 8):
@@ -686,7 +686,7 @@ def build_nan_second_row(width: int = 8) -> object:
     """TinyFusion answering NaN for the second row of every batch (the factory
     ``test_runner:build_nan_second_row``)."""
     import torch
-    from test_model import build_tiny
+    from tiny_models import build_tiny
 
     model = build_tiny(width=width)
 

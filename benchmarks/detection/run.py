@@ -351,8 +351,9 @@ def recheck(folder: Path, config: Path, checks: list[str]) -> None:
 
     from mmaudit.checks.findings import SEVERITY_ORDER
     from mmaudit.report.agreement import cross_check
-    from mmaudit.report.render import write_views
-    from mmaudit.report.writer import load_report, seal_folder
+    from mmaudit.report.document import load_report
+    from mmaudit.report.views import write_views
+    from mmaudit.report.writer import seal_folder
 
     report = load_report(folder)
     with tempfile.TemporaryDirectory() as tmp:
@@ -405,7 +406,7 @@ def rescore(out: Path, recheck_checks: list[str] | None = None) -> dict[str, Any
     (``runs/<variant>/seed<k>/``), and results.json, when present, only adds the settings
     and timings of the original run.
     """
-    from mmaudit.report.writer import load_report
+    from mmaudit.report.document import load_report
 
     stored = _stored_runs(out)
     if not stored:

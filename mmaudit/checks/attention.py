@@ -9,7 +9,6 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmaudit.checks.attribution import Target, unknown_tokens
 from mmaudit.checks.contract import (
     AuditContext,
     Check,
@@ -31,6 +30,7 @@ from mmaudit.methods.attention_capture import (
     text_self_attention_paths,
     weight_gradients,
 )
+from mmaudit.methods.attribution_target import Target, unknown_tokens
 from mmaudit.methods.stats import bootstrap_ci
 from mmaudit.methods.text_attribution import (
     CLINICAL_WORDS,

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from mmaudit.engine.config import cell_text, describe_error
+from mmaudit.engine.config import cell_text
+from mmaudit.engine.config_errors import describe_error
 from mmaudit.engine.errors import CheckError
 from mmaudit.methods.stats import Estimate
 

@@ -167,7 +167,7 @@ class PerformanceCheck(Check):
 
 def sweep_probs(logits: np.ndarray, kind: str) -> np.ndarray:
     """Probabilities from logits for the target kind (sigmoid or softmax)."""
-    from mmaudit.engine.cache import logits_to_probs
+    from mmaudit.engine.sweep_outputs import logits_to_probs
 
     if kind == "multiclass" and logits.shape[1] == 1:
         return logits_to_probs(logits, "multilabel")

@@ -13,45 +13,29 @@ with ``NonFiniteOutputError`` naming the ids, on every rank alike.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from numpy.lib.format import open_memmap
 
 from mmaudit.engine.adapter import ModelAdapter
 from mmaudit.engine.data import AuditDataset, Batch
 from mmaudit.engine.errors import CheckError, NonFiniteOutputError
-
-RemovalHow = Literal["zero", "mean", "permute", "missing"]
-
-
-@dataclass
-class SweepResult:
-    """What one pass over the dataset produced, in dataset order."""
-
-    logits: np.ndarray
-    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def probs(self) -> np.ndarray:
-        return logits_to_probs(self.logits)
-
-
-def logits_to_probs(logits: np.ndarray, kind: str = "auto") -> np.ndarray:
-    """Sigmoid for one column (binary) or multilabel, softmax for several classes."""
-    if kind == "multilabel" or (kind == "auto" and logits.shape[1] == 1):
-        return 1.0 / (1.0 + np.exp(-logits))
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+from mmaudit.engine.nonfinite_outputs import failure_args, raise_first_failure, require_finite
+from mmaudit.engine.removal import (
+    RemovalHow,
+    ablation_key,
+    donor_inputs,
+    empty_text,
+    encoder_rows,
+    tile_batch,
+)
+from mmaudit.engine.shards import ShardFiles
+from mmaudit.engine.sweep_outputs import LOGITS, SweepResult
 
 
 class InferenceCache:
@@ -191,10 +175,10 @@ class InferenceCache:
             (
                 np.asarray(local[0]),
                 {n: np.asarray(v) for n, v in local[1].items()},
-                _failure_args(failure),
+                failure_args(failure),
             )
         )
-        _raise_first_failure([p[2] for p in parts])
+        raise_first_failure([p[2] for p in parts])
         logits = np.concatenate([p[0] for p in parts if len(p[0])])
         emb = {n: np.concatenate([p[1][n] for p in parts if len(p[1][n])]) for n in layers}
         return SweepResult(logits, emb, time.perf_counter() - start)
@@ -231,8 +215,12 @@ class InferenceCache:
                     logits = self.adapter.logits(batch)
                     self.model_calls += 1
                     rows = batch.index.cpu().numpy()
-                    self._require_finite(
-                        {LOGITS: logits, **{n: store[n] for n in layers}}, rows, key
+                    require_finite(
+                        {LOGITS: logits, **{n: store[n] for n in layers}},
+                        rows,
+                        key,
+                        self.dataset.ids,
+                        self.adapter,
                     )
                     out = logits.float().cpu().numpy()
                     grabbed = {n: store[n].float().cpu().numpy() for n in layers}
@@ -240,66 +228,6 @@ class InferenceCache:
             finally:
                 if ctx is not None:
                     ctx.__exit__(None, None, None)
-
-    def _require_finite(
-        self,
-        outputs: dict[str, torch.Tensor],
-        rows: np.ndarray,
-        key: str,
-        coalitions: int = 1,
-    ) -> None:
-        """Stop the run when one of a batch's ``outputs`` (the logits, keyed LOGITS, and
-        captured layer outputs, for the dataset ``rows``) holds a NaN or inf: every check
-        would build on it. One reduction on the device per output and batch; the rows are
-        located only on failure. The message details the first bad output, encoders before
-        the layers after them and the logits last, as the first is nearest the cause.
-        ``coalitions`` > 1: the outputs stack that many coalitions of ``rows`` (see
-        :meth:`_run_encoder_coalitions`); ``key`` is then their keys joined by '|'.
-
-        Raises NonFiniteOutputError naming the output, the first ids and the sweep."""
-        bad = [n for n, t in outputs.items() if not bool(torch.isfinite(t).all())]
-        if not bad:
-            return
-        order = {m: k for k, m in enumerate(("image", "text", "tabular"))}
-        bad.sort(key=lambda n: (n == LOGITS, order.get(n, len(order))))
-        values = outputs[bad[0]]
-        n = values.shape[0] if values.dim() else 1
-        per_row = (~torch.isfinite(values.reshape(n, -1))).any(1).cpu().numpy()
-        kinds = [
-            k
-            for k, hit in (("NaN", torch.isnan(values)), ("inf", torch.isinf(values)))
-            if bool(hit.any())
-        ]
-        keys = key.split("|")
-        if n == len(rows) * coalitions:
-            where = np.flatnonzero(per_row)
-            bad_rows = np.unique(rows[where % len(rows)])
-            first = keys[int(where[0]) // len(rows)] if coalitions > 1 else key
-            whose = _some_ids(self.dataset.ids[bad_rows])
-            count = f"{len(bad_rows)} of {len(rows)} rows"
-        else:  # a layer whose first axis is not the batch: the rows cannot be told apart
-            first = keys[0]
-            whose = f"one of {_some_ids(self.dataset.ids[rows])}"
-            count = f"{len(rows)} rows"
-        also = f"; also not finite: {', '.join(self._output_words(b) for b in bad[1:])}"
-        hint = (
-            "check the checkpoint (weights, dtype) and these rows' inputs; rerun with --debug"
-            " for the traceback"
-        )
-        if self.adapter.effective_precision == "fp16":
-            hint += "; fp16 overflows to inf: try runtime.precision bf16 or fp32"
-        raise NonFiniteOutputError(
-            f"{self._output_words(bad[0])} is {'/'.join(kinds)} for {whose} ({count} of a"
-            f" batch in {_sweep_words(first)}){also if len(bad) > 1 else ''}",
-            hint=hint,
-        )
-
-    def _output_words(self, name: str) -> str:
-        """A sweep output in words: the logits, or a layer with its module path."""
-        if name == LOGITS:
-            return "model output 'logits'"
-        path = self.adapter.layers.get(name, name)
-        return f"layer '{name}'" + (f" ({path})" if path != name else "")
 
     # ---------------------------------------------------------------- sweeps
     def sweep(self) -> SweepResult:
@@ -351,7 +279,7 @@ class InferenceCache:
         not yet memoised is evaluated in one pass over the data: per batch, the cached
         encoder outputs of all those coalitions are stacked along the batch axis and fusion
         and head run on them together."""
-        keys = [_ablation_key(r, level, draw) for r in removes]
+        keys = [ablation_key(r, level, draw) for r in removes]
         todo = {k: r for k, r in zip(keys, removes, strict=True) if r and k not in self._sweeps}
         if level == "input":
             for key, remove in todo.items():
@@ -437,15 +365,15 @@ class InferenceCache:
                             for m in mods:
                                 current[m] = torch.cat(
                                     [
-                                        _encoder_rows(cached[m], means.get(m), r.get(m), rows, perm)
+                                        encoder_rows(cached[m], means.get(m), r.get(m), rows, perm)
                                         for r in group
                                     ]
                                 ).to(self.adapter.device)
-                            stacked = _tile(batch, len(group)).replace(
+                            stacked = tile_batch(batch, len(group)).replace(
                                 present=torch.cat(
                                     [self._coalition_present(batch, r, mods, perm) for r in group]
                                 ),
-                                **_donor_inputs(batch, donor, group),
+                                **donor_inputs(batch, donor, group),
                             )
                             if skip_image:
                                 stacked.image = self._image_placeholder(len(stacked))
@@ -457,10 +385,12 @@ class InferenceCache:
                             per_forward = max(1, per_forward // 2)
                             continue
                         self.model_calls += 1
-                        self._require_finite(
+                        require_finite(
                             {LOGITS: logits},
                             rows,
                             "|".join(keys[pos : pos + len(group)]),
+                            self.dataset.ids,
+                            self.adapter,
                             len(group),
                         )
                         out = logits.float().cpu().numpy()
@@ -474,8 +404,8 @@ class InferenceCache:
             parts = [[] for _ in removals]
         local = [_concat(p) for p in parts]
         if distributed.active():
-            shared = distributed.gather((local, _failure_args(failure)))
-            _raise_first_failure([f for _, f in shared])
+            shared = distributed.gather((local, failure_args(failure)))
+            raise_first_failure([f for _, f in shared])
             gathered = [g for g, _ in shared]
         else:
             gathered = [local]
@@ -678,130 +608,8 @@ class InferenceCache:
         return [r for part in distributed.gather(results) for r in part]
 
 
-def _some_ids(ids: np.ndarray, shown: int = 5) -> str:
-    """The first ``shown`` ids, then how many more."""
-    head = ", ".join(str(i) for i in ids[:shown])
-    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
-    return f"id{'s' if len(ids) > 1 else ''} {head}{more}"
-
-
-def _sweep_words(key: str) -> str:
-    """A sweep's memo key in words, for error messages."""
-    if key == "base":
-        return "the base sweep"
-    if key.startswith("layer "):
-        return f"the capture of {key}"
-    if key.startswith("layer:"):
-        return f"the sweep with {key.split(':')[1]} replaced"
-    return f"the ablated sweep '{key}'"
-
-
-def _failure_args(exc: NonFiniteOutputError | None) -> tuple[str, str] | None:
-    """What travels to the other ranks of a failure (message and hint; exceptions with a
-    hint do not survive pickling whole)."""
-    return None if exc is None else (str(exc), exc.hint)
-
-
-def _raise_first_failure(failures: list[tuple[str, str] | None]) -> None:
-    """Raise, on every rank alike, the failure of the lowest rank that had one."""
-    for f in failures:
-        if f is not None:
-            raise NonFiniteOutputError(f[0], hint=f[1])
-
-
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0,), dtype=np.float32)
-
-
-# the key of the logits among a sweep's outputs (layer outputs are keyed by layer name)
-LOGITS = "__logits__"
-
-
-class ShardFiles:
-    """One rank's share of a persisted sweep, as ``.npy`` files in the work folder that are
-    filled chunk by chunk while the sweep runs, so memory stays flat as the dataset grows.
-
-    ``<stem>.logits.npy`` and ``<stem>.layer.<name>.npy`` hold float32 rows, one per row of the
-    shard; ``<stem>.done.npy`` holds one uint8 flag per chunk of ``batch_size`` rows. The stem
-    names the sweep key, rank, world size, the shard's rows out of the dataset length and the
-    batch size, so a resume with another world size, dataset length or batch size finds no file
-    of its own and recomputes. A chunk's flag is set only after its rows are flushed, so a set
-    flag always means the rows are on disk, however the earlier run ended.
-    """
-
-    def __init__(
-        self,
-        folder: Path,
-        key: str,
-        layers: list[str],
-        rows: np.ndarray,
-        total: int,
-        batch_size: int,
-    ) -> None:
-        from mmaudit.engine import distributed
-
-        world = distributed.world_size() if distributed.active() else 1
-        rank = distributed.rank() if distributed.active() else 0
-        stem = (
-            f"{_slug(key)}.rank{rank}of{world}"
-            f".rows{int(rows[0])}-{int(rows[-1]) + 1}of{total}"
-            f".batch{batch_size}"
-        )
-        self.rows = len(rows)
-        self.batch_size = batch_size
-        self.layers = list(layers)
-        self.paths = {LOGITS: folder / f"{stem}.logits.npy"}
-        self.paths |= {n: folder / f"{stem}.layer.{_slug(n)}.npy" for n in layers}
-        self.done_path = folder / f"{stem}.done.npy"
-        self.arrays: dict[str, np.memmap] = {}
-        self.done = self._open((len(rows) + batch_size - 1) // batch_size)
-
-    def _open(self, chunks: int) -> np.memmap:
-        """The done flags left by an earlier run when every file it needs is intact; otherwise
-        fresh all-zero flags (stale output files are then replaced by the first chunk)."""
-        try:
-            done = np.load(self.done_path, mmap_mode="r+")
-            arrays = {n: np.load(p, mmap_mode="r+") for n, p in self.paths.items()}
-        except (OSError, ValueError):
-            done, arrays = None, {}
-        intact = (
-            done is not None
-            and done.dtype == np.uint8
-            and done.shape == (chunks,)
-            and all(a.dtype == np.float32 and a.shape[:1] == (self.rows,) for a in arrays.values())
-        )
-        if intact:
-            self.arrays = arrays
-            return done  # type: ignore[return-value]
-        done = open_memmap(self.done_path, mode="w+", dtype=np.uint8, shape=(chunks,))
-        done.flush()
-        return done
-
-    def unfinished(self) -> list[int]:
-        """Chunks (numbered from 0 within the shard) that still need the model."""
-        return [int(k) for k in np.flatnonzero(self.done == 0)]
-
-    def write(self, k: int, logits: np.ndarray, layers: dict[str, np.ndarray]) -> None:
-        """Put chunk ``k``'s rows on disk, then mark it done."""
-        lo = k * self.batch_size
-        for name, values in {LOGITS: logits, **layers}.items():
-            if name not in self.arrays:
-                shape = (self.rows, *values.shape[1:])
-                self.arrays[name] = open_memmap(
-                    self.paths[name], mode="w+", dtype=np.float32, shape=shape
-                )
-            self.arrays[name][lo : lo + len(values)] = values
-            self.arrays[name].flush()
-        self.done[k] = 1
-        self.done.flush()
-
-    def read_only(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Logits and layer outputs of the whole shard as read-only memory maps."""
-        for a in self.arrays.values():
-            a.flush()
-        self.arrays = {}  # closes the writable maps
-        logits = np.load(self.paths[LOGITS], mmap_mode="r")
-        return logits, {n: np.load(self.paths[n], mmap_mode="r") for n in self.layers}
 
 
 def _tensor_view(array: np.ndarray) -> torch.Tensor:
@@ -814,87 +622,9 @@ def _tensor_view(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
-def _slug(text: str) -> str:
-    """``text`` as part of a file name: kept when already safe, else sanitised and suffixed
-    with a short hash so two different names never share a file."""
-    if text and all(c.isalnum() or c in "._-" for c in text):
-        return text
-    safe = "".join(c if c.isalnum() else "_" for c in text)
-    return f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-
-
-def empty_text(
-    dataset: AuditDataset, n: int, device: torch.device | str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids of an empty report ([CLS] [SEP] + padding) for ``n`` samples."""
-    tok = dataset.tokenizer
-    length = dataset.input_ids.shape[1]  # type: ignore[union-attr]
-    enc = tok([""], padding="max_length", truncation=True, max_length=length, return_tensors="pt")
-    ids = enc["input_ids"].long().expand(n, -1).to(device)
-    mask = enc["attention_mask"].long().expand(n, -1).to(device)
-    return ids, mask
-
-
 class _null_capture:
     def __enter__(self) -> dict[str, torch.Tensor]:
         return {}
 
     def __exit__(self, *exc: Any) -> None:
         return None
-
-
-def _ablation_key(remove: dict[str, RemovalHow], level: str, draw: int) -> str:
-    """The memo key of a removal; the draw counts only where something is permuted."""
-    key = f"{level}:" + ",".join(f"{m}={h}" for m, h in sorted(remove.items()))
-    return f"{key}#{draw}" if draw and "permute" in remove.values() else key
-
-
-def _encoder_rows(
-    full: torch.Tensor,
-    mean: torch.Tensor | None,
-    how: RemovalHow | None,
-    rows: np.ndarray,
-    perm: np.ndarray,
-) -> torch.Tensor:
-    """One modality's encoder outputs for ``rows`` under a removal: the cached rows (kept,
-    or 'missing', where the model's own presence handling replaces them), the donors' rows
-    (permute), the mean over present samples (mean), or zeros."""
-    if how == "permute":
-        return full[torch.from_numpy(perm[rows])]
-    if how == "mean":
-        assert mean is not None
-        return mean.expand(len(rows), *full.shape[1:])
-    if how == "zero":
-        return torch.zeros((len(rows), *full.shape[1:]), dtype=full.dtype)
-    return full[torch.from_numpy(rows)]
-
-
-def _donor_inputs(
-    batch: Batch, donor: Batch | None, group: list[dict[str, RemovalHow]]
-) -> dict[str, torch.Tensor]:
-    """The text and lab inputs of the coalitions in ``group``, stacked in order: the donor
-    rows' (ids and attention mask; lab values and missing flags) where the coalition permutes
-    that modality, ``batch``'s own otherwise. Empty when nothing moves (``donor`` None)."""
-    if donor is None:
-        return {}
-    fields = {"text": ("input_ids", "attention_mask"), "tabular": ("tabular", "tabular_missing")}
-    out: dict[str, torch.Tensor] = {}
-    for m, names in fields.items():
-        for name in names:
-            own, theirs = getattr(batch, name), getattr(donor, name)
-            if own is None or theirs is None:
-                continue
-            out[name] = torch.cat([theirs if r.get(m) == "permute" else own for r in group])
-    return out
-
-
-def _tile(batch: Batch, times: int) -> Batch:
-    """``batch`` repeated ``times`` along the batch axis (one copy per coalition)."""
-    if times == 1:
-        return batch
-    changes = {
-        name: value.repeat(times, *([1] * (value.dim() - 1)))
-        for name, value in vars(batch).items()
-        if isinstance(value, torch.Tensor)
-    }
-    return batch.replace(**changes)

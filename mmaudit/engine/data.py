@@ -1,4 +1,4 @@
-"""Manifest (CSV / Parquet) -> ``AuditDataset`` -> ``Batch``.
+"""Manifest rows -> ``AuditDataset`` -> ``Batch``.
 
 The dataset reads the manifest once, validates it row by row with messages that
 name the file, the row and the column, and turns each modality into tensors the
@@ -8,11 +8,7 @@ that sample; ``Batch.present`` carries that per sample.
 
 from __future__ import annotations
 
-import codecs
-import csv
-import math
-import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -23,15 +19,19 @@ import torch
 
 from mmaudit.engine.config import AuditConfig, DataConfig, RuntimeConfig, cell_text
 from mmaudit.engine.errors import ConfigError, DataError
-
-DICOM_SUFFIXES = (".dcm", ".dicom")
-# pandas' default missing-value markers: a CSV cell holding one of these is read as missing, so a
-# Parquet string cell holding one is too (the same manifest means the same in both formats)
-NA_MARKERS = frozenset(
-    {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN"}
-    | {"<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+from mmaudit.engine.images import image_to_tensor, load_image_file
+from mmaudit.engine.manifest import (
+    cell_texts,
+    in_split,
+    is_missing,
+    number_hint,
+    numbers,
+    read_manifest,
+    separator_guess,
+    shown_cell,
+    text_columns,
 )
-SEPARATORS = (",", ";", "\t", "|")
+
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -73,365 +73,6 @@ class Batch:
 
     def replace(self, **changes: Any) -> Batch:
         return replace(self, **changes)
-
-
-def _is_parquet(path: Path) -> bool:
-    return path.suffix.lower() in (".parquet", ".pq")
-
-
-def read_manifest(
-    path: Path, text_columns: Iterable[str] = (), separator: str = ","
-) -> pd.DataFrame:
-    """Read a CSV or Parquet manifest; DataError naming the file otherwise.
-
-    ``text_columns`` (ids, patients, category levels, split and file-path columns) are read
-    as the text in the file, never as numbers: id ``000123`` stays ``'000123'`` and patients
-    ``007``, ``7`` and ``00007`` stay three patients. A Parquet number column among them
-    becomes text without ``.0`` (``123``). A missing cell is NaN / None in every column: a
-    blank cell or a pandas missing-value marker (``NA``, ``nan``, ...) in either format.
-
-    Refused, because pandas would read them silently wrong: a header that names a column
-    twice (pandas renames the second ``col.1``), and a CSV that reads as one column whose
-    header holds another separator (``data.separator`` does not match the file).
-    """
-    if not path.is_file():
-        raise DataError(f"manifest not found: {path}", hint="check data.manifest in the config")
-    text = list(dict.fromkeys(text_columns))
-    df = _read_parquet(path, text) if _is_parquet(path) else _read_csv(path, text, separator)
-    if len(df) == 0:
-        raise DataError(f"{path}: the manifest has no rows")
-    return df
-
-
-def _read_csv(path: Path, text: list[str], separator: str) -> pd.DataFrame:
-    header = _csv_header(path, separator)
-    _refuse_repeated_columns(path, header)
-    guess = separator_guess(path, separator)
-    try:
-        df = pd.read_csv(
-            path,
-            sep=separator,
-            dtype={c: str for c in text if c in header},
-            keep_default_na=True,
-            na_values=[""],
-            low_memory=False,
-        )
-    except pd.errors.ParserError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(
-            f"{path}: cannot read manifest with separator {separator!r}: {first}",
-            hint=guess or "check the quoting of that line",
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise _not_utf8(path) or DataError(f"{path}: cannot read manifest: {exc}") from exc
-    except Exception as exc:  # pandas raises many types for unreadable files
-        raise DataError(f"{path}: cannot read manifest: {exc}") from exc
-    if len(df.columns) == 1 and guess:
-        raise DataError(
-            f"{path}: the header reads as one column {str(df.columns[0])[:60]!r} with"
-            f" separator {separator!r}",
-            hint=guess,
-        )
-    return df
-
-
-def _not_utf8(path: Path) -> DataError | None:
-    """DataError naming the line and byte of the first byte that is not UTF-8 (pandas' own
-    message gives an offset into a read buffer, not into the file); None if it decodes."""
-    data = path.read_bytes()
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return DataError(f"{path}: the manifest is UTF-16 text, not UTF-8", hint=_SAVE_UTF8)
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        return DataError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at byte offset"
-            f" {exc.start}; Latin-1 or Windows-1252?)",
-            hint=_SAVE_UTF8,
-        )
-    return None
-
-
-_SAVE_UTF8 = "save it as UTF-8; in Excel: Save As, CSV UTF-8"
-
-
-def _csv_header(path: Path, separator: str) -> list[str]:
-    """The column names of a CSV's first line as written (before pandas renames repeats)."""
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            return next(csv.reader(f, delimiter=separator), [])
-    except (UnicodeDecodeError, csv.Error):
-        return []  # pandas reads it next and says what is wrong
-
-
-def separator_guess(path: Path, separator: str) -> str | None:
-    """``this looks like ';'-separated: set data.separator: ';'`` when the CSV's first line
-    holds another common separator more often than ``separator``; None otherwise (or for
-    Parquet)."""
-    if _is_parquet(path):
-        return None
-    try:
-        with open(path, encoding="utf-8-sig", errors="replace") as f:
-            line = f.readline()
-    except OSError:
-        return None
-    counts = {s: line.count(s) for s in SEPARATORS if s != separator}
-    best = max(counts, key=lambda s: counts[s])
-    if counts[best] <= line.count(separator):
-        return None
-    return f"this looks like {best!r}-separated: set data.separator: {best!r}"
-
-
-def _refuse_repeated_columns(path: Path, names: list[str]) -> None:
-    """DataError when a (non-blank) column name appears twice: which one is meant is unknown."""
-    seen: dict[str, int] = {}
-    for position, name in enumerate(names, start=1):
-        if not str(name).strip():
-            continue
-        if name in seen:
-            raise DataError(
-                f"{path}: column '{name}' appears twice in the header (columns {seen[name]}"
-                f" and {position})",
-                hint="rename or drop one of them",
-            )
-        seen[name] = position
-
-
-def _read_parquet(path: Path, text: list[str]) -> pd.DataFrame:
-    try:
-        import pyarrow.parquet as pq
-
-        names = pq.read_schema(path).names
-        _refuse_repeated_columns(path, names)
-        df = pd.read_parquet(path)
-        wanted = [c for c in text if c in names]
-        table = pq.read_table(path, columns=wanted) if wanted else None
-    except DataError:
-        raise
-    except Exception as exc:  # pyarrow raises many types for unreadable files
-        raise DataError(f"{path}: cannot read manifest: {exc}") from exc
-    for c in wanted:
-        cells = table.column(c).to_pylist()  # type: ignore[union-attr]
-        df[c] = pd.Series([_parquet_text(v) for v in cells], index=df.index, dtype=object)
-    return df
-
-
-def _parquet_text(value: Any) -> str | None:
-    """A Parquet cell as the text a CSV would hold: None when missing, ints without ``.0``."""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, str):
-        return None if value.strip() in NA_MARKERS else value
-    return cell_text(value)
-
-
-def _is_missing(value: Any) -> bool:
-    """An empty cell: None, NaN, pd.NA (nullable Parquet columns) or only whitespace."""
-    missing = pd.isna(value)
-    if isinstance(missing, bool | np.bool_) and missing:
-        return True
-    return str(value).strip() == ""
-
-
-def numbers(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """A column's cells as float64 (NaN where missing or not a number) and a mask of the cells
-    that hold something other than a number.
-
-    Missing, in CSV and Parquet alike: a blank or whitespace-only cell, null, or a missing-value
-    marker (``NA``, ``nan``, ...; see ``NA_MARKERS``). Number text counts as its number, so
-    ``'inf'`` and ``'1e400'`` come back as inf: finiteness is the caller's check.
-    """
-    if pd.api.types.is_numeric_dtype(col.dtype):
-        values = col.to_numpy(dtype=float, na_value=np.nan, copy=True)
-        return values, np.zeros(len(col), dtype=bool)
-    cells = col.tolist()
-    blank = np.array(
-        [_is_missing(v) or (isinstance(v, str) and v.strip() in NA_MARKERS) for v in cells],
-        dtype=bool,
-    )
-    kept = pd.Series([None if b else v for v, b in zip(cells, blank, strict=True)], dtype=object)
-    values = pd.to_numeric(kept, errors="coerce").to_numpy(dtype=float, na_value=np.nan, copy=True)
-    return values, np.isnan(values) & ~blank
-
-
-def _shown(cell: Any) -> str:
-    """A numeric cell as a message shows it: floats as Python writes them (``1e+39``)."""
-    return repr(float(cell)) if isinstance(cell, float | np.floating) else str(cell)
-
-
-def _number_hint(cell: Any) -> str:
-    """What to do about a cell that is not a number (a decimal comma is the usual cause)."""
-    if isinstance(cell, str) and "," in cell:
-        return "write numbers with a decimal point: 1.5, not 1,5"
-    return "write a number, or leave the cell blank when the value is missing"
-
-
-def cell_texts(col: pd.Series) -> pd.Series:
-    """A column as text (object dtype), blank cells as None.
-
-    ``astype(str)`` is not enough: pandas 3 keeps NaN there, and an integer column with
-    one blank cell is read as float, so ``1`` would become ``'1.0'`` (see ``cell_text``).
-    """
-    return pd.Series(
-        [None if _is_missing(v) else cell_text(v) for v in col.tolist()],
-        index=col.index,
-        dtype=object,
-    )
-
-
-def is_dicom(path: Path) -> bool:
-    """A DICOM file: a .dcm / .dicom suffix, or the 'DICM' marker after the 128-byte preamble
-    (PACS exports often have no suffix at all)."""
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    with open(path, "rb") as f:
-        head = f.read(132)
-    return head[128:132] == b"DICM"
-
-
-def png_significant_bits(path: Path) -> int | None:
-    """The first value of a PNG's sBIT chunk (significant bits, e.g. 12), None without one.
-
-    Pillow reads the chunk but does not expose it, so the chunks before the image data are
-    walked here: 8-byte signature, then (length, type, data, CRC) records.
-    """
-    with open(path, "rb") as f:
-        if f.read(8) != b"\x89PNG\r\n\x1a\n":
-            return None
-        while len(header := f.read(8)) == 8:
-            length, kind = struct.unpack(">I4s", header)
-            if kind == b"sBIT":
-                data = f.read(length)
-                return data[0] if data else None
-            if kind in (b"IDAT", b"IEND"):
-                return None
-            f.seek(length + 4, 1)  # the chunk's data and CRC
-    return None
-
-
-def load_image_file(path: Path, max_value: float | None = None) -> np.ndarray:
-    """Read a PNG / JPEG / TIFF / DICOM file into a float32 (H, W, C) array in [0, 1].
-
-    The scale never depends on the pixels, so the same stored value always gives the
-    same input. 8-bit images: value / 255. Greyscale images with more than 8 bits (16-bit
-    PNG / TIFF): value / ``max_value`` when given (``data.image.max_value``), else by the
-    file's bit depth: 2**sBIT - 1 when a PNG records its significant bits, else 65535.
-    32-bit integer and float images have no bit depth to go by and need ``max_value``.
-    Values above the white level are clipped to 1. DICOM: see ``dicom_to_unit``.
-    """
-    if is_dicom(path):
-        return _channels_last(dicom_to_unit(path))
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()
-        # older Pillow opens 16-bit greyscale PNG as "I"; PNG holds at most 16 bits
-        if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
-            arr = np.asarray(im, dtype=np.float32)
-            if max_value is None:
-                bits = png_significant_bits(path) if im.format == "PNG" else None
-                max_value = 2.0**bits - 1 if bits and bits < 16 else 65535.0
-            arr = np.clip(arr / max_value, 0.0, 1.0)
-        elif im.mode in ("I", "F"):
-            if max_value is None:
-                raise DataError(
-                    f"{path}: a {'32-bit integer' if im.mode == 'I' else 'floating-point'}"
-                    " image has no bit depth to scale it by",
-                    hint="set data.image.max_value to the value that is white",
-                )
-            arr = np.clip(np.asarray(im, dtype=np.float32) / max_value, 0.0, 1.0)
-        else:
-            arr = np.asarray(im.convert("RGB" if im.mode in ("RGB", "RGBA", "P") else "L"))
-            arr = arr.astype(np.float32) / 255.0
-    return _channels_last(arr)
-
-
-def _channels_last(arr: np.ndarray) -> np.ndarray:
-    """(H, W) or (H, W, C) -> (H, W, C) with at most 3 channels (alpha dropped)."""
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return arr[:, :, :3]
-
-
-def dicom_to_unit(path: Path) -> np.ndarray:
-    """A DICOM image as float32 in [0, 1], (H, W) grey or (H, W, 3) colour; multi-frame:
-    the middle frame.
-
-    Grey images follow the DICOM display pipeline: the modality LUT (RescaleSlope /
-    Intercept or a Modality LUT Sequence), then the first VOI LUT (a VOI LUT Sequence,
-    else the first WindowCenter / WindowWidth). The result is mapped to [0, 1] over the
-    range that step can produce: the window when there is one, else the BitsStored range
-    passed through the modality LUT (CT: every Hounsfield value the file can hold). Never a
-    per-image min-max, so the same tissue gives the same input in every file. MONOCHROME1
-    (white = low) is inverted. Colour images: value / (2**BitsStored - 1).
-    """
-    try:
-        import pydicom
-    except ImportError as exc:
-        raise DataError(
-            f"{path}: DICOM needs the 'dicom' extra", hint="pip install 'mmaudit[dicom]'"
-        ) from exc
-    try:  # pydicom >= 3
-        from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
-    except ImportError:  # pydicom 2
-        from pydicom.pixel_data_handlers.util import (  # type: ignore[no-redef]
-            apply_modality_lut,
-            apply_voi,
-            apply_windowing,
-        )
-
-    ds = pydicom.dcmread(str(path), force=True)
-    arr = ds.pixel_array
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        arr = arr[arr.shape[0] // 2]
-    bits = int(ds.get("BitsStored", 0) or 0)
-    if bits <= 0:
-        raise DataError(
-            f"{path}: DICOM without BitsStored: its pixel range is unknown",
-            hint="convert it to PNG or fix the DICOM header",
-        )
-    if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
-        return np.clip(arr.astype(np.float32) / (2.0**bits - 1), 0.0, 1.0)
-    # the range of stored values, then of the modality LUT's output (as pydicom's windowing)
-    lo, hi = (
-        (0.0, 2.0**bits - 1)
-        if ds.get("PixelRepresentation", 0) == 0
-        else (
-            -(2.0 ** (bits - 1)),
-            2.0 ** (bits - 1) - 1,
-        )
-    )
-    if ds.get("ModalityLUTSequence"):
-        lo, hi = 0.0, 2.0 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1
-    elif "RescaleSlope" in ds and "RescaleIntercept" in ds:
-        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
-        lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
-    values = apply_modality_lut(arr, ds)
-    voi = ds.get("VOILUTSequence")
-    if voi and voi[0].get("LUTDescriptor") is not None and voi[0].get("LUTData") is not None:
-        values = apply_voi(np.rint(values).astype(np.int64), ds)
-        lo, hi = 0.0, 2.0 ** int(voi[0].LUTDescriptor[2]) - 1
-    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        values = apply_windowing(values, ds)  # the window stretched over [lo, hi]
-    unit = np.clip((np.asarray(values, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
-    if ds.get("PhotometricInterpretation", "") == "MONOCHROME1":
-        unit = 1.0 - unit
-    return unit.astype(np.float32)
-
-
-def image_to_tensor(arr: np.ndarray, size: int, channels: int) -> torch.Tensor:
-    """(H, W, C) in [0, 1] -> (channels, size, size), bilinear resize, gray <-> RGB as needed."""
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float()
-    if t.shape[0] != channels:
-        t = t.mean(0, keepdim=True) if channels == 1 else t[:1].expand(3, -1, -1)
-    if t.shape[1:] != (size, size):
-        t = torch.nn.functional.interpolate(
-            t[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
-        )[0]
-    return t.contiguous()
 
 
 class AuditDataset(torch.utils.data.Dataset):
@@ -606,7 +247,7 @@ class AuditDataset(torch.utils.data.Dataset):
     def _where(self, frame: pd.DataFrame, k: int) -> str:
         """``file row N (id 'x')`` for position ``k`` of ``frame`` (audited or not)."""
         cell = frame[self.cfg.id].iloc[k]
-        name = "<no id>" if _is_missing(cell) else cell_text(cell)
+        name = "<no id>" if is_missing(cell) else cell_text(cell)
         return f"{self.manifest_path} row {frame['_row'].iloc[k]} (id {name!r})"
 
     def _parse_target(self, df: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
@@ -690,7 +331,7 @@ class AuditDataset(torch.utils.data.Dataset):
                     i = int(np.flatnonzero(infinite)[0])
                     self._problem(
                         f"{self._row(i)}: attribute '{name}' (column '{column}') holds"
-                        f" {_shown(col[i])!r}, not a finite number"
+                        f" {shown_cell(col[i])!r}, not a finite number"
                         f"{_more(int(infinite.sum()) - 1, 'non-finite')}",
                         hint="write the value, or leave the cell blank when it is unknown",
                     )
@@ -717,7 +358,7 @@ class AuditDataset(torch.utils.data.Dataset):
         m = self.modalities.index("image")
         hint = "paths are relative to the manifest folder or data.image.root"
         for i, value in enumerate(df[img.column].tolist()):
-            if _is_missing(value):
+            if is_missing(value):
                 self.image_paths.append(None)
                 self.present[i, m] = False
                 continue
@@ -728,7 +369,7 @@ class AuditDataset(torch.utils.data.Dataset):
             self.image_paths.append(path)
         if img.roi_mask:
             for i, value in enumerate(df[img.roi_mask].tolist()):
-                path = None if _is_missing(value) else self._resolve(value)
+                path = None if is_missing(value) else self._resolve(value)
                 if path is not None and not path.is_file():
                     self._problem(f"{self._row(i)}: {_not_a_file('ROI mask', path)}", hint=hint)
                     path = None
@@ -741,7 +382,7 @@ class AuditDataset(torch.utils.data.Dataset):
         m = self.modalities.index("text")
         texts = []
         for i, value in enumerate(df[txt.column].tolist()):
-            if _is_missing(value):
+            if is_missing(value):
                 texts.append("")
                 self.present[i, m] = False
             else:
@@ -779,7 +420,7 @@ class AuditDataset(torch.utils.data.Dataset):
                 self._problem(
                     f"{self._where(every_row, k)}: tabular column '{c}' is not a number:"
                     f" {cell!r}{_more(int(bad.sum()) - 1, 'non-numeric')}",
-                    hint=_number_hint(cell),
+                    hint=number_hint(cell),
                 )
             # the model takes float32: 1e39 is as unusable as inf
             huge = np.isinf(col) | (np.abs(np.nan_to_num(col)) > FLOAT32_MAX)
@@ -791,7 +432,7 @@ class AuditDataset(torch.utils.data.Dataset):
                 what = "not a finite number" if np.isinf(col[k]) else "too large for float32"
                 self._problem(
                     f"{self._where(every_row, k)}: tabular column '{c}' holds"
-                    f" {_shown(every_row[c].iloc[k])!r}, {what}{elsewhere}"
+                    f" {shown_cell(every_row[c].iloc[k])!r}, {what}{elsewhere}"
                     f"{_more(int(huge.sum()) - 1, 'non-finite')}",
                     hint="write the measured value, or leave the cell blank when it is missing",
                 )
@@ -1008,36 +649,6 @@ class AuditDataset(torch.utils.data.Dataset):
                         " [UNK]; is this the tokenizer the model was trained with?"
                     )
         return problems
-
-
-def text_columns(cfg: DataConfig) -> list[str]:
-    """The columns read as the text in the file: names and codes (ids, patients, category
-    levels, split values, class names, file paths), where ``007`` and ``7`` differ."""
-    cols = [cfg.id]
-    if cfg.patient:
-        cols.append(cfg.patient)
-    if cfg.target.kind == "multiclass" or cfg.target.positive is not None:
-        cols += cfg.target.all_columns
-    if cfg.image is not None:
-        cols += [cfg.image.column] + ([cfg.image.roi_mask] if cfg.image.roi_mask else [])
-    cols += [a.column or n for n, a in cfg.attributes.items() if a.kind == "categorical"]
-    if cfg.split is not None:
-        cols.append(cfg.split.column)
-    return cols
-
-
-def in_split(col: pd.Series, values: list[str]) -> np.ndarray:
-    """Rows whose cell is one of ``values`` as text; a cell ``1.0`` also counts as ``1``,
-    because pandas writes an integer column with a blank cell that way (fold ``07`` stays
-    apart from fold ``7``)."""
-    wanted = set(values)
-    return np.array(
-        [
-            t is not None and (t in wanted or t.removesuffix(".0") in wanted)
-            for t in cell_texts(col)
-        ],
-        dtype=bool,
-    )
 
 
 def _binary_hint(num: pd.Series) -> str:

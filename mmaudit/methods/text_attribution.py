@@ -35,9 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmaudit.engine.adapter import ModelAdapter, detect_text_embedding_layer
+from mmaudit.engine.adapter import ModelAdapter
 from mmaudit.engine.data import Batch
 from mmaudit.engine.errors import MmauditError
+from mmaudit.engine.layer_detection import detect_text_embedding_layer
 from mmaudit.methods.integrated_gradients import (
     Quadrature,
     ScoreFn,
@@ -161,7 +162,7 @@ def find_text_embedding_layer(adapter: ModelAdapter) -> str | None:
     """Dotted path of the token-embedding layer IG interpolates, or None.
 
     ``model.layers.text_embeddings`` when configured or detected at load
-    (:func:`mmaudit.engine.adapter.detect_text_embedding_layer`, or on the first batch by
+    (:func:`mmaudit.engine.layer_detection.detect_text_embedding_layer`, or on the first batch by
     :meth:`~mmaudit.engine.adapter.ModelAdapter.detect_on_batch`); else the same static detection
     on this adapter (one built without ``load_model``). The built-in family gives
     ``text_encoder.backbone.embeddings``.

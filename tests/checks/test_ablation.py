@@ -20,14 +20,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mmaudit.checks.ablation import METRICS, AblationCheck, Scorer, predicted_probs
+from mmaudit.checks.ablation.check import AblationCheck
+from mmaudit.checks.ablation.scoring import METRICS, Scorer, predicted_probs
 from mmaudit.checks.contract import AuditContext
 from mmaudit.checks.findings import judge
 from mmaudit.methods.stats import auroc, paired_bootstrap_diff
-from mmaudit.report.writer import json_safe
+from mmaudit.report.document import json_safe
 
-TESTS = Path(__file__).parent
-ROOT = TESTS.parent
+TESTS = Path(__file__).parent  # the factories below are imported from here
+ROOT = TESTS.parents[1]
 N = 120
 A, B = 2.0, 1.0
 N_BOOT = 200
@@ -270,10 +271,10 @@ def analytic_config(
 
 
 def make_context(cfg_dict: dict[str, Any]) -> AuditContext:
-    from mmaudit.engine.adapter import load_model
     from mmaudit.engine.cache import InferenceCache
     from mmaudit.engine.config import AuditConfig
     from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
 
     cfg = AuditConfig.model_validate(cfg_dict)
     ds = build_dataset(cfg)
@@ -678,7 +679,7 @@ def test_encoder_level_coalitions_decode_no_image(
     fusion masks its text queries with the attention mask, so a permuted text encoder
     output must bring its donor's mask along; only 'permute' is comparable there (a zeroed
     encoder output is not the encoder's output on a zeroed input)."""
-    from mmaudit.checks.ablation import _removals
+    from mmaudit.checks.ablation.coalitions import coalition_removals
 
     cfg = analytic_config(analytic_data["additive"])
     hows: tuple[str, ...] = ("permute", "mean", "zero")
@@ -701,7 +702,7 @@ def test_encoder_level_coalitions_decode_no_image(
     monkeypatch.setattr(ctx.dataset, "load_image", counted)
     players = list(ctx.dataset.modalities)
     for how in hows:
-        removals = _removals(players, masks, how)
+        removals = coalition_removals(players, masks, how)
         loads["n"] = 0
         enc = ctx.cache.ablated_many(removals, "encoder")
         assert loads["n"] == 0, how
@@ -751,7 +752,7 @@ def test_per_sample_values_average_several_permutations(additive_ctx: AuditConte
 def test_emap_with_64_references_is_close_to_all_n_on_xor(
     analytic_data: dict[str, Path],
 ) -> None:
-    from mmaudit.checks.ablation import emap_logits
+    from mmaudit.checks.ablation.emap import emap_logits
 
     ctx = make_context(analytic_config(analytic_data["xor"], form="xor"))
     y = ctx.target
@@ -846,10 +847,10 @@ def test_one_modality_is_skipped_and_three_write_a_report(
 @pytest.fixture(scope="session")
 def sample_outputs() -> dict[str, Any]:
     """The check on the sample's test split (293 studies) for both bundled checkpoints."""
-    from mmaudit.engine.adapter import load_model
     from mmaudit.engine.cache import InferenceCache
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.runtime.device = "cpu"

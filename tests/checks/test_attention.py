@@ -25,7 +25,7 @@ from mmaudit.engine.cache import InferenceCache
 from mmaudit.engine.data import AuditDataset
 from mmaudit.methods.attention_capture import Captured
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -133,9 +133,9 @@ def test_planted_grounding_is_recovered(planted: AuditContext, relevancy: bool) 
 def sample_attention_ctx(tmp_path_factory: pytest.TempPathFactory) -> AuditContext:
     """The sample (96 test rows) and a built-in attention-fusion model trained on them for a
     few steps (mechanics, not a good model: the grounding is not expected to be right)."""
-    from mmaudit.engine.adapter import load_model
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
     from mmaudit.engine.models import (
         ArchitectureSpec,
         build_model,
@@ -209,7 +209,7 @@ def test_builtin_attention_fusion_on_the_sample(sample_attention_ctx: AuditConte
     raw = AttentionCheck(AttentionCheck.Params(n_boot=100, relevancy=False)).run(ctx)
     assert raw.metrics["attention.relevancy"] == 0
     again = check.run(ctx)
-    from mmaudit.report.writer import json_safe
+    from mmaudit.report.document import json_safe
 
     assert json_safe(again.metrics) == json_safe(first.metrics)
     for out in (first, raw, again):
@@ -220,9 +220,9 @@ def test_builtin_attention_fusion_on_the_sample(sample_attention_ctx: AuditConte
 
 
 def test_model_without_attention_is_skipped_with_the_reason() -> None:
-    from mmaudit.engine.adapter import load_model
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.runtime.max_samples = 16

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mmaudit.checks.attribution import AttributionCheck
+from mmaudit.checks.attribution.check import AttributionCheck
 from mmaudit.checks.contract import AuditContext
 from mmaudit.checks.findings import judge
 from mmaudit.engine.adapter import ModelAdapter
@@ -31,7 +31,7 @@ from mmaudit.engine.cache import InferenceCache
 from mmaudit.engine.config import AuditConfig
 from mmaudit.engine.data import AuditDataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOKENIZER = ROOT / "sample_data" / "tokenizer"
 SIZE = 16
 POSITIVE = (
@@ -408,7 +408,7 @@ def test_token_table_lists_every_attributed_token_in_order() -> None:
     """Known answer: two reports, their word spans, token texts and attributions."""
     from types import SimpleNamespace
 
-    from mmaudit.checks.attribution import _token_table
+    from mmaudit.checks.attribution.text_ig import token_table
 
     class Tok:
         calls = 0
@@ -421,7 +421,7 @@ def test_token_table_lists_every_attributed_token_in_order() -> None:
     ds = SimpleNamespace(input_ids=ids, ids=np.array(["a", "b", "c"]), tokenizer=Tok())
     attr = np.arange(8, dtype=np.float32).reshape(2, 4)
     spans = [[("x", [1]), ("yz", [2, 3])], [("w", [0, 1])]]
-    table = _token_table(SimpleNamespace(dataset=ds), np.array([1, 2]), spans, attr)  # type: ignore[arg-type]
+    table = token_table(SimpleNamespace(dataset=ds), np.array([1, 2]), spans, attr)  # type: ignore[arg-type]
     assert table.to_dict("list") == {
         "id": ["b", "b", "b", "c", "c"],
         "position": [1, 2, 3, 0, 1],
@@ -431,7 +431,7 @@ def test_token_table_lists_every_attributed_token_in_order() -> None:
         "attribution": [1.0, 2.0, 3.0, 4.0, 5.0],
     }
     assert Tok.calls == 1  # one tokenizer call for the whole table
-    empty = _token_table(SimpleNamespace(dataset=ds), np.array([1]), [[]], attr[:1])  # type: ignore[arg-type]
+    empty = token_table(SimpleNamespace(dataset=ds), np.array([1]), [[]], attr[:1])  # type: ignore[arg-type]
     assert list(empty.columns) == ["id", "position", "token", "word_index", "word", "attribution"]
     assert empty.empty
 
@@ -474,7 +474,7 @@ def test_bad_inputs_are_skipped_with_a_reason(manifest: Path, vocab: Any) -> Non
     empty.dataset = copy.copy(ctx.dataset)
     empty.dataset.present = ctx.dataset.present.copy()
     empty.dataset.present[:, ctx.dataset.modalities.index("text")] = False
-    from mmaudit.checks.attribution import tabular_unavailable, text_unavailable
+    from mmaudit.checks.attribution.scope import tabular_unavailable, text_unavailable
 
     assert text_unavailable(empty) == "every report is empty or missing"
     # a tokenizer that knows no word: every content token is [UNK]
@@ -516,9 +516,9 @@ def test_text_part_notes_its_skip_and_the_rest_runs(manifest: Path, vocab: Any) 
 
 @pytest.fixture(scope="module")
 def sample_run() -> tuple[AuditContext, Any]:
-    from mmaudit.engine.adapter import load_model
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.runtime.max_samples = 160
@@ -671,7 +671,7 @@ def test_hostile_reports_go_through_the_check(tmp_path: Path, vocab: Any) -> Non
 def test_highlight_figure_shows_attribution_toward_the_titled_class(
     portable_run: Any,
 ) -> None:
-    from mmaudit.checks.attribution import _highlight_figure
+    from mmaudit.checks.attribution.text_examples import _highlight_figure
 
     _, out = portable_run
     table = out.tables["text_examples"]
@@ -941,8 +941,8 @@ def build_hf_bert(vocab: int) -> nn.Module:
 def byo_context(manifest: Path, factory: str, layers: dict[str, str] | None = None, **kw: Any):  # type: ignore[no-untyped-def]
     """Report-only data and a factory model, loaded as ``mmaudit run`` loads it: detection
     at load, then on the first batch."""
-    from mmaudit.engine.adapter import load_model
     from mmaudit.engine.config import ModelConfig
+    from mmaudit.engine.loading import load_model
 
     cfg = config_for(manifest, image=None, tabular=None)
     cfg.model = ModelConfig.model_validate(

@@ -19,18 +19,18 @@ import pytest
 from mmaudit.checks.contract import AuditContext
 from mmaudit.checks.findings import judge
 from mmaudit.checks.registry import load_builtin_checks
-from mmaudit.report.writer import json_safe
+from mmaudit.report.document import json_safe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHECKS = sorted(load_builtin_checks())
 
 
 @pytest.fixture(scope="session")
 def sample_context() -> AuditContext:
-    from mmaudit.engine.adapter import load_model
     from mmaudit.engine.cache import InferenceCache
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.runtime.max_samples = 96

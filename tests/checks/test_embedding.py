@@ -16,19 +16,15 @@ import pytest
 import torch
 
 from mmaudit.checks.contract import CheckOutput
-from mmaudit.checks.embedding import (
-    EmbeddingCheck,
-    EmbeddingInputs,
-    _snippet,
-    analyse,
-    inputs_from_context,
-    pool,
-    stratified_subsample,
-)
+from mmaudit.checks.embedding.budget import stratified_subsample
+from mmaudit.checks.embedding.check import EmbeddingCheck, analyse
+from mmaudit.checks.embedding.exemplars import _snippet
+from mmaudit.checks.embedding.inputs import EmbeddingInputs, inputs_from_context
+from mmaudit.checks.embedding.layer import pool
 from mmaudit.checks.findings import judge
 from mmaudit.methods import neighbours as nb
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RULES = EmbeddingCheck.default_thresholds
 
 
@@ -431,10 +427,10 @@ def test_multilabel_targets() -> None:
 @pytest.fixture(scope="session")
 def sample_outputs() -> dict[str, CheckOutput]:
     from mmaudit.checks.contract import AuditContext
-    from mmaudit.engine.adapter import load_model
     from mmaudit.engine.cache import InferenceCache
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
 
     light = params(layers=["image", "embedding"], clustering="none", n_boot=200, n_permutations=200)
     outs = {}
@@ -641,10 +637,10 @@ def builtin_contexts(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str]
     from conftest import tiny_config, write_tiny_dataset
 
     from mmaudit.checks.contract import AuditContext
-    from mmaudit.engine.adapter import load_model
     from mmaudit.engine.cache import InferenceCache
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
     from mmaudit.engine.models import (
         ArchitectureSpec,
         TabularSpec,

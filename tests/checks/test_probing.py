@@ -13,43 +13,38 @@ import pandas as pd
 import pytest
 from conftest import byo_model_config, tiny_config, write_tiny_dataset
 
-from mmaudit.checks import probing
 from mmaudit.checks.contract import AuditContext, build_params
 from mmaudit.checks.findings import judge
-from mmaudit.checks.probing import (
-    Attribute,
-    ErasureRow,
-    ProbingCheck,
-    _erasure_effects,
-    collinear_with_target,
-    excess_significant,
-    prepare_attribute,
-    reinitialise,
-    used_by_head,
-)
-from mmaudit.engine.cache import SweepResult
+from mmaudit.checks.probing import random_weights
+from mmaudit.checks.probing.attributes import collinear_with_target, prepare_attribute
+from mmaudit.checks.probing.check import ProbingCheck
+from mmaudit.checks.probing.effects import erasure_effects
+from mmaudit.checks.probing.random_weights import reinitialise
+from mmaudit.checks.probing.records import Attribute, ErasureRow
+from mmaudit.checks.probing.verdicts import excess_significant, used_by_head
 from mmaudit.engine.config import AttributeConfig
-from mmaudit.methods.probes import (
-    ProbeError,
-    _beyond_target_features,
-    _fold_score,
-    _indicator,
-    _null_scores,
-    _ridge_fold,
-    _ridge_oof,
-    _shuffler,
+from mmaudit.engine.sweep_outputs import SweepResult
+from mmaudit.methods.probe_bootstrap import score_estimate
+from mmaudit.methods.probe_fitting import (
+    fit_logistic,
+    indicator_targets,
+    ridge_fold,
+    ridge_out_of_fold,
+)
+from mmaudit.methods.probe_folds import make_folds
+from mmaudit.methods.probe_nulls import null_scores, shuffler
+from mmaudit.methods.probe_result import ProbeError
+from mmaudit.methods.probe_scores import (
     auroc_columns,
     auroc_columns_within,
-    fit_logistic,
-    make_folds,
+    fold_score,
     r2_columns_within,
-    run_probe,
-    score_estimate,
 )
+from mmaudit.methods.probes import _beyond_target_features, run_probe
 from mmaudit.methods.stats import auroc, bootstrap_ci, paired_bootstrap_diff
 from mmaudit.runner import Overrides, run_audit
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------- probes
@@ -100,16 +95,16 @@ def test_vectorised_null_equals_refitting_each_permutation(kind: str) -> None:
     strata = values if kind == "categorical" else (values > 0).astype(int)
     folds = make_folds(strata, None, 4, seed=0)
     lams = [0.1, 1.0, 0.1, 10.0]
-    maps = [_ridge_fold(x, folds == f, lams[f]) for f in range(4)]
-    perm = _shuffler(values, folds, None, by_patient=False)(np.random.default_rng(0), 3)
-    null = _null_scores(kind, maps, perm, 3 if kind == "categorical" else 0)  # type: ignore[arg-type]
+    maps = [ridge_fold(x, folds == f, lams[f]) for f in range(4)]
+    perm = shuffler(values, folds, None, by_patient=False)(np.random.default_rng(0), 3)
+    null = null_scores(kind, maps, perm, 3 if kind == "categorical" else 0)  # type: ignore[arg-type]
     for b in range(3):
         if kind == "categorical":
             y = (perm[b][:, None] == np.arange(3)).astype(float)
-            expected = np.nanmean(auroc_columns(y, _ridge_oof(x, y, folds, lams)))
+            expected = np.nanmean(auroc_columns(y, ridge_out_of_fold(x, y, folds, lams)))
         else:
             y = perm[b][:, None]
-            pred = _ridge_oof(x, y, folds, lams)
+            pred = ridge_out_of_fold(x, y, folds, lams)
             expected = 1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum()
         assert null[b] == pytest.approx(expected, abs=1e-10)
         for f in range(4):  # labels only move within a fold
@@ -248,14 +243,14 @@ def test_vectorised_null_within_classes_equals_refitting(kind: str) -> None:
         np.allclose(xf[folds != f, :5].T @ np.eye(2)[c[folds != f]], 0) for f, xf in enumerate(xs)
     )  # centred within each class on the training rows
     lams = [0.1, 1.0, 10.0]
-    maps = [_ridge_fold(xs[f], folds == f, lams[f]) for f in range(3)]
+    maps = [ridge_fold(xs[f], folds == f, lams[f]) for f in range(3)]
     blocks = folds * 2 + c
-    perm = _shuffler(values, blocks, None, by_patient=False)(np.random.default_rng(0), 3)
+    perm = shuffler(values, blocks, None, by_patient=False)(np.random.default_rng(0), 3)
     levels = 3 if kind == "categorical" else 0
-    null = _null_scores(kind, maps, perm, levels, c)  # type: ignore[arg-type]
+    null = null_scores(kind, maps, perm, levels, c)  # type: ignore[arg-type]
     for b in range(3):
-        y = _indicator(perm[b], 3) if kind == "categorical" else perm[b][:, None]
-        expected = _fold_score(kind, y, _ridge_oof(xs, y, folds, lams), c)  # type: ignore[arg-type]
+        y = indicator_targets(perm[b], 3) if kind == "categorical" else perm[b][:, None]
+        expected = fold_score(kind, y, ridge_out_of_fold(xs, y, folds, lams), c)  # type: ignore[arg-type]
         assert null[b] == pytest.approx(expected, abs=1e-10)
         for blk in np.unique(blocks):
             assert sorted(perm[b][blocks == blk]) == sorted(values[blocks == blk])
@@ -281,7 +276,9 @@ def test_within_bootstrap_equals_stats(kind: str) -> None:
 
         def stat(lab: np.ndarray, s: np.ndarray, c: np.ndarray) -> float:
             scores = s.reshape(len(lab), -1)
-            return float(np.nanmean(auroc_columns_within(_indicator(lab, n_levels), scores, c)))
+            return float(
+                np.nanmean(auroc_columns_within(indicator_targets(lab, n_levels), scores, c))
+            )
 
     ref = bootstrap_ci(stat, r.labels, r.oof, r.within, groups=patients, n_boot=300, seed=2)
     assert fast.value == pytest.approx(r.score) and fast.value == pytest.approx(ref.value)
@@ -326,7 +323,7 @@ def test_vectorised_erasure_bootstrap_equals_stats() -> None:
     base = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.2, 120), 0, 1)[:, None]
     erased = np.clip(base + rng.normal(0, 0.1, (120, 1)), 0, 1)
     boot = {"groups": patients, "n_boot": 200, "alpha": 0.05, "seed": 3}
-    mine = _erasure_effects(y, base, erased, [base], "binary", **boot)
+    mine = erasure_effects(y, base, erased, [base], "binary", **boot)
     ref = paired_bootstrap_diff(auroc, (y, base[:, 0]), (y, erased[:, 0]), **boot)
     assert mine["dauroc"].value == pytest.approx(ref.value)
     assert mine["dauroc"].ci_low == pytest.approx(ref.ci_low)
@@ -346,8 +343,8 @@ def test_excess_dp_p_is_one_sided() -> None:
     small = np.clip(base + rng.normal(0, 0.01, (200, 1)), 0, 1)
     large = np.clip(base + rng.normal(0, 0.1, (200, 1)), 0, 1)
     boot = {"groups": None, "n_boot": 200, "alpha": 0.05, "seed": 0}
-    less = _erasure_effects(y, base, small, [large], "binary", **boot)["excess"]
-    more = _erasure_effects(y, base, large, [small], "binary", **boot)["excess"]
+    less = erasure_effects(y, base, small, [large], "binary", **boot)["excess"]
+    more = erasure_effects(y, base, large, [small], "binary", **boot)["excess"]
     assert less.value < 0 and less.ci_high < 0 and less.null_p > 0.999
     assert more.value > 0 and more.ci_low > 0 and more.null_p < 1e-6
 
@@ -364,7 +361,7 @@ def _erasure_row(
 ) -> ErasureRow:
     """The check's ErasureRow for one attribute (Holm over one test: p_holm = p)."""
     boot = {"groups": None, "n_boot": 400, "alpha": 0.05, "seed": 0}
-    effects = _erasure_effects(y, base, erased, randoms, "binary", **boot)
+    effects = erasure_effects(y, base, erased, randoms, "binary", **boot)
     draws = np.array([np.abs(r - base).mean() for r in randoms])
     row = ErasureRow(attribute="z", rank=1, residual=np.nan, dp_draws=draws, **effects)
     row.p_holm = row.excess.null_p
@@ -418,7 +415,7 @@ def test_attribute_within_the_random_spread_is_not_used() -> None:
 
 def test_multiclass_erasure_auroc_matches_stats() -> None:
     """Non-binary targets: the per-resample AUROC loop draws the patients of ``stats``."""
-    from mmaudit.checks.probing import _task_auroc
+    from mmaudit.checks.probing.predictions import task_auroc
 
     rng = np.random.default_rng(5)
     y = rng.integers(0, 3, 150)
@@ -427,10 +424,10 @@ def test_multiclass_erasure_auroc_matches_stats() -> None:
     base = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     erased = np.roll(base, 1, axis=0) * 0.3 + base * 0.7
     boot = {"groups": patients, "n_boot": 100, "alpha": 0.05, "seed": 2}
-    mine = _erasure_effects(y, base, erased, [base, erased], "multiclass", **boot)
+    mine = erasure_effects(y, base, erased, [base, erased], "multiclass", **boot)
 
     def task(yy: np.ndarray, pp: np.ndarray) -> float:
-        return _task_auroc(yy, pp, "multiclass")
+        return task_auroc(yy, pp, "multiclass")
 
     ref = paired_bootstrap_diff(task, (y, base), (y, erased), **boot)
     assert mine["dauroc"].value == pytest.approx(ref.value)
@@ -442,7 +439,8 @@ def test_multiclass_erasure_auroc_matches_stats() -> None:
 def test_heatmap_shows_the_tested_score_beside_its_null() -> None:
     """The permutation null belongs to the ridge read-out; the heatmap prints that score next
     to the band (and the reported logistic AUROC above it), and the two agree closely."""
-    from mmaudit.checks.probing import ProbeRow, _heatmap, heatmap_label
+    from mmaudit.checks.probing.figures import heatmap, heatmap_label
+    from mmaudit.checks.probing.records import ProbeRow
     from mmaudit.methods.stats import Estimate
 
     x, z, patients = _planted(0.5, 0, n=600)
@@ -453,7 +451,7 @@ def test_heatmap_shows_the_tested_score_beside_its_null() -> None:
     label = heatmap_label(row, 0.05)
     assert f"AUROC {r.score:.2f}" in label
     assert f"ridge {r.test_score:.2f}* vs null [{lo:.2f}, {hi:.2f}]" in label
-    fig = _heatmap([row], ["embedding"], 0.05)
+    fig = heatmap([row], ["embedding"], 0.05)
     assert [t.get_text() for t in fig.axes[0].texts] == [label]
     import matplotlib.pyplot as plt
 
@@ -626,7 +624,7 @@ def test_random_weights_tell_input_from_training(monkeypatch: pytest.MonkeyPatch
     embedding only through a learnt filter: "training". Both probes of the random network
     have permutation p-values (Holm) and bootstrap CIs."""
     ctx, random = origin_context()
-    monkeypatch.setattr(probing, "randomised_embeddings", lambda ctx, layers: random)
+    monkeypatch.setattr(random_weights, "randomised_embeddings", lambda ctx, layers: random)
     out = _run(ctx, random_baseline=True)
     m = out.metrics
     assert m["probe_origin.site.embedding"] == "input"
@@ -675,10 +673,10 @@ def test_positive_control_failure_is_an_error_finding() -> None:
 @pytest.fixture(scope="module")
 def sample_run() -> tuple[AuditContext, Any, dict[str, Any]]:
     """The shortcut checkpoint on the full test split (293 studies, 260 patients)."""
-    from mmaudit.engine.adapter import load_model
     from mmaudit.engine.cache import InferenceCache
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.runtime.device = "cpu"
@@ -1011,10 +1009,10 @@ def test_an_attribute_left_out_is_a_coverage_note_with_counts(
 ) -> None:
     """One attribute probed, one with a single level: the verdict covers one of two, and a
     coverage note says so with the counts (what every view shows)."""
-    from mmaudit.engine.adapter import load_model
     from mmaudit.engine.cache import InferenceCache
     from mmaudit.engine.config import AuditConfig
     from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
 
     raw = tiny_config(
         scanner_manifest,
@@ -1055,7 +1053,7 @@ def test_a_non_finite_random_model_loses_only_the_random_weights_probe(
             for q in module.parameters():
                 q.fill_(float("nan"))
 
-    monkeypatch.setattr(probing, "reinitialise", nan_weights)
+    monkeypatch.setattr(random_weights, "reinitialise", nan_weights)
     cfg = tiny_config(tiny_manifest, byo_model_config(tiny_weights / "tiny.safetensors"))
     cfg["checks"] = {"probing": {"params": {"n_boot": 50, "random_baseline": True}}}
     out = tmp_path / "report"

@@ -21,8 +21,8 @@ from mmaudit.checks.findings import judge
 from mmaudit.checks.registry import load_builtin_checks
 from mmaudit.methods.stats import Estimate
 
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parent  # the factories below are imported from here
 S = 24  # toy image side
 N = 96
 
@@ -241,10 +241,10 @@ def toy_config(
 
 def toy_context(toy_dir: Path, **options: Any) -> AuditContext:
     """A context on the toy data (``options``: those of ``toy_config``)."""
-    from mmaudit.engine.adapter import load_model
     from mmaudit.engine.cache import InferenceCache
     from mmaudit.engine.config import AuditConfig
     from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
 
     cfg = AuditConfig.model_validate(toy_config(toy_dir, **options))
     ds = build_dataset(cfg)
@@ -401,7 +401,7 @@ def test_blank_maps_are_counted_and_left_out_of_the_hotspot_shares(toy_runs: Any
 
 
 def test_box_share_known_answers() -> None:
-    from mmaudit.checks.saliency import _box_share
+    from mmaudit.checks.saliency.hotspot import box_share
 
     box, size = (2, 12, 4, 14), (64, 64)  # 10x10 px
     uniform = np.ones((1, 32, 32))
@@ -409,12 +409,12 @@ def test_box_share_known_answers() -> None:
     inside[0, 1:6, 2:7] = 1.0  # the box on the 2x-pooled grid
     half = np.zeros((1, 32, 32))
     half[0, 0, 0] = 1.0  # a thumbnail pixel outside the box
-    share, area = _box_share(np.concatenate([uniform, inside, half, 0 * uniform]), box, size)
+    share, area = box_share(np.concatenate([uniform, inside, half, 0 * uniform]), box, size)
     assert area == pytest.approx(100 / 64**2)
     assert share[:3] == pytest.approx([area, 1.0, 0.0])
     assert np.isnan(share[3])  # a blank map has no share
     # a box edge through the middle of a thumbnail pixel counts half of it
-    odd, _ = _box_share(half, (0, 1, 0, 1), size)
+    odd, _ = box_share(half, (0, 1, 0, 1), size)
     assert odd[0] == pytest.approx(0.25)
 
 
@@ -511,16 +511,16 @@ def test_sanity_verdict_comes_only_from_the_fully_randomised_model(
     """When the last stage gives no comparison (e.g. no finite randomised map), an earlier,
     partly randomised stage must not stand in for the verdict: no sanity metric, no trust
     decision, a note instead. The first stage's row stays in the curve."""
-    from mmaudit.checks import saliency
+    from mmaudit.checks.saliency import sanity
 
-    real = saliency._similarities
+    real = sanity._similarities
     calls: list[int] = []
 
     def none_at_last_stage(a: np.ndarray, b: np.ndarray) -> Any:
         calls.append(1)
         return None if len(calls) == 2 else real(a, b)
 
-    monkeypatch.setattr(saliency, "_similarities", none_at_last_stage)
+    monkeypatch.setattr(sanity, "_similarities", none_at_last_stage)
     ctx = toy_context(toy_dir, kwargs={"focus": "corner"})
     out, findings = run_check(ctx, methods=["gradcam"], faithfulness_samples=0)
     assert out.metrics["sanity.stages"] == 2 and len(calls) == 2
@@ -533,17 +533,12 @@ def test_sanity_verdict_comes_only_from_the_fully_randomised_model(
 def test_holm_drops_the_p_values_of_an_untrusted_methods_secondary_peaks() -> None:
     """Secondary hotspot candidates are named ``<method>_2``, ``<method>_3``: they belong to
     ``<method>`` and lose their p-value with it; a trusted method's keep theirs."""
-    from types import SimpleNamespace
-
-    from mmaudit.checks.saliency import _Run
+    from mmaudit.checks.saliency.metrics import holm_adjusted
 
     keys = [f"occlusion.flip_excess.{c}" for c in ("ig", "ig_2", "ig_3", "gradcam", "gradcam_2")]
-    fake = SimpleNamespace(
-        out=SimpleNamespace(metrics={k: Estimate(0.3, n=20, null_p=0.001) for k in keys}),
-        trusted={"ig": False, "gradcam": True},
-    )
-    _Run._holm(fake, keys)  # type: ignore[arg-type]
-    p = {k.rsplit(".", 1)[-1]: fake.out.metrics[k].null_p for k in keys}
+    metrics: dict[str, Any] = {k: Estimate(0.3, n=20, null_p=0.001) for k in keys}
+    metrics.update(holm_adjusted(metrics, keys, {"ig": False, "gradcam": True}))
+    p = {k.rsplit(".", 1)[-1]: metrics[k].null_p for k in keys}
     assert p["ig"] is None and p["ig_2"] is None and p["ig_3"] is None
     assert p["gradcam"] is not None and p["gradcam_2"] is not None
 
@@ -675,15 +670,15 @@ def test_judged_hotspot_box_is_not_chosen_by_noise() -> None:
     """No excess flagged: one control flip more or less (0 vs -1/96) must not pick the box
     the report names; the most enriched box is judged. A flagged box wins over any
     unflagged one, however enriched, and the larger flagged excess wins among flagged."""
-    from types import SimpleNamespace
+    from mmaudit.checks.saliency.check import SaliencyCheck
+    from mmaudit.checks.saliency.hotspot_verdict import judged_box
 
-    from mmaudit.checks.saliency import SaliencyCheck, _Run
+    rule = SaliencyCheck.default_thresholds["hotspot_used"]
 
-    def fake(excess: dict[str, Estimate], enrichment: dict[str, float]) -> Any:
+    def fake(excess: dict[str, Estimate], enrichment: dict[str, float]) -> dict[str, Any]:
         metrics: dict[str, Any] = {f"occlusion.flip_excess.{m}": e for m, e in excess.items()}
         metrics.update({f"hotspot.enrichment.{m}": Estimate(v) for m, v in enrichment.items()})
-        rule = SaliencyCheck.default_thresholds["hotspot_used"]
-        return SimpleNamespace(out=SimpleNamespace(metrics=metrics), hotspot_rule=lambda: rule)
+        return metrics
 
     noise = {
         "ig": Estimate(-1 / 96, -0.03, 0.0, n=96, null_p=1.0),
@@ -692,16 +687,16 @@ def test_judged_hotspot_box_is_not_chosen_by_noise() -> None:
     }
     enriched = {"ig": 5.2, "layercam": 6.1, "ig_2": 1.4}
     names = list(noise)
-    assert _Run._judged_box(fake(noise, enriched), names) == "layercam"
+    assert judged_box(fake(noise, enriched), names, rule) == "layercam"
     used = {
         **noise,
         "ig_2": Estimate(0.12, 0.06, 0.2, n=96, null_p=0.001),
         "ig": Estimate(0.08, 0.03, 0.12, n=96, null_p=0.01),
     }
-    assert _Run._judged_box(fake(used, enriched), names) == "ig_2"
+    assert judged_box(fake(used, enriched), names, rule) == "ig_2"
     # a larger excess that the rule lets pass (p above max_p) is not the worst case
     loud = {**used, "layercam": Estimate(0.3, -0.1, 0.6, n=96, null_p=0.4)}
-    assert _Run._judged_box(fake(loud, enriched), names) == "ig_2"
+    assert judged_box(fake(loud, enriched), names, rule) == "ig_2"
 
 
 def test_level_gap_null_is_calibrated_when_missingness_follows_the_level() -> None:
@@ -710,7 +705,7 @@ def test_level_gap_null_is_calibrated_when_missingness_follows_the_level() -> No
     the finite rows: a null over all known rows has balanced counts, too narrow for the
     observed 56-vs-4 gap, and rejects about half the time. A planted gap is still found,
     and a column with another NaN pattern is tested on its own rows."""
-    from mmaudit.checks.saliency import level_gap_tests
+    from mmaudit.checks.saliency.subgroups import level_gap_tests
 
     n = 120
     codes = np.repeat([0, 1], n // 2)
@@ -737,15 +732,15 @@ def test_level_gap_null_is_calibrated_when_missingness_follows_the_level() -> No
 
 
 def test_spray_eigengap_allows_one_cluster() -> None:
-    from mmaudit.checks.saliency import _spectral
+    from mmaudit.checks.saliency.clusters import spectral
 
     rng = np.random.default_rng(0)
     homogeneous = rng.normal(size=(200, 64))
-    labels, k, _ = _spectral(homogeneous, 8, seed=0)
+    labels, k, _ = spectral(homogeneous, 8, seed=0)
     assert k == 1 and set(labels) == {0}
     centres = rng.normal(size=(3, 64)) * 4
     planted = np.concatenate([c + rng.normal(size=(60, 64)) for c in centres])
-    labels, k, _ = _spectral(planted, 8, seed=0)
+    labels, k, _ = spectral(planted, 8, seed=0)
     assert k == 3
     truth = np.repeat(np.arange(3), 60)
     assert all(len(set(labels[truth == c])) == 1 for c in range(3))
@@ -832,10 +827,10 @@ SAMPLE_FAST = {
 
 
 def sample_context(checkpoint: str) -> AuditContext:
-    from mmaudit.engine.adapter import load_model
     from mmaudit.engine.cache import InferenceCache
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.model.checkpoint = ROOT / "sample_data" / "checkpoints" / checkpoint
@@ -908,22 +903,21 @@ def test_sample_sex_trace_raises_no_saliency_finding(sample_runs: Any) -> None:
 
 
 def test_grouped_bootstrap_matches_the_stats_module() -> None:
-    from mmaudit.checks.saliency import _GroupBootstrap
-    from mmaudit.methods.stats import auroc, bootstrap_ci
+    from mmaudit.methods.stats import CountBootstrap, auroc, bootstrap_ci
 
     rng = np.random.default_rng(0)
     n = 300
     groups = np.repeat(np.arange(150), 2).astype(str)
     v = rng.normal(0.3, 1.0, n) + np.repeat(rng.normal(0, 1, 150), 2)  # patient effect
     rows = np.arange(n)
-    bs = _GroupBootstrap(groups, n, 2000, 0.05, seed=0)
+    bs = CountBootstrap(groups, n, 2000, 0.05, seed=0)
     ours = bs.mean(v, rows)
     ref = bootstrap_ci(np.mean, v, groups=groups, n_boot=2000, seed=0)
     assert ours.value == pytest.approx(ref.value)
     assert ours.ci_low == pytest.approx(ref.ci_low, abs=0.03)
     assert ours.ci_high == pytest.approx(ref.ci_high, abs=0.03)
     # rows resampled alone would give a narrower, wrong interval for clustered data
-    by_row = _GroupBootstrap(None, n, 2000, 0.05, seed=0).mean(v, rows)
+    by_row = CountBootstrap(None, n, 2000, 0.05, seed=0).mean(v, rows)
     assert by_row.ci_high - by_row.ci_low < ours.ci_high - ours.ci_low
     y = (v + rng.normal(0, 1, n) > 0.3).astype(int)
     a, b = rng.normal(size=n), v
@@ -931,10 +925,10 @@ def test_grouped_bootstrap_matches_the_stats_module() -> None:
     assert d.value == pytest.approx(auroc(y, b) - auroc(y, a))
     assert d.ci_low < d.value < d.ci_high and d.null_p is not None and d.null_p < 0.01
     # block-by-block regeneration (large cohorts) gives the very same resamples
-    small = _GroupBootstrap(groups, n, 2000, 0.05, seed=0)
+    small = CountBootstrap(groups, n, 2000, 0.05, seed=0)
     small._kept = None
     small.block = 7
-    kept_blocks = _GroupBootstrap(groups, n, 2000, 0.05, seed=0)
+    kept_blocks = CountBootstrap(groups, n, 2000, 0.05, seed=0)
     kept_blocks.block = 7
     kept_blocks._kept = list(kept_blocks._draw())
     assert small.mean(v, rows) == kept_blocks.mean(v, rows)

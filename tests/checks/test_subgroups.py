@@ -14,18 +14,16 @@ import pytest
 
 from mmaudit.checks.contract import AuditContext, CheckOutput, build_params
 from mmaudit.checks.findings import judge
-from mmaudit.checks.subgroups import (
-    SubgroupsCheck,
-    analyse_groups,
-    assign_groups,
-    equal_prevalence_rows,
-    operating_threshold,
-)
-from mmaudit.engine.cache import SweepResult
+from mmaudit.checks.subgroups.analysis import analyse_groups
+from mmaudit.checks.subgroups.check import SubgroupsCheck
+from mmaudit.checks.subgroups.grouping import assign_groups, equal_prevalence_rows
+from mmaudit.checks.subgroups.operating_point import operating_threshold
+from mmaudit.checks.subgroups.publish import gap_metrics, holm_corrected
 from mmaudit.engine.config import AttributeConfig
+from mmaudit.engine.sweep_outputs import SweepResult
 from mmaudit.methods.stats import Estimate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------- by hand
@@ -188,10 +186,10 @@ def test_sample_shortcut_shows_a_site_gap_in_error_rates() -> None:
     """The shortcut model calls site B positive far more often: at one global threshold the
     false-positive rates of the two sites differ (equalised odds fails), while AUROC within
     each site stays similar."""
-    from mmaudit.engine.adapter import load_model
     from mmaudit.engine.cache import InferenceCache
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
 
     cfg = load_config(ROOT / "configs" / "sample.yaml")
     cfg.runtime.device = "cpu"
@@ -211,7 +209,7 @@ def test_p_beyond_the_permutation_resolution_is_shown_as_a_bound() -> None:
     can reach 0.05); the figure and the notes show it as below 1/(B+1), never its digits."""
     import matplotlib.pyplot as plt
 
-    from mmaudit.checks.subgroups import p_text
+    from mmaudit.checks.subgroups.figures import p_text
 
     assert p_text(8.6e-19, 1000) == "< 0.001" and p_text(0.003, 1000) == "0.003"
     assert p_text(0.0009, 2000) == "0.0009"  # resolvable with 2000 shuffles
@@ -267,7 +265,7 @@ def test_best_minus_worst_gap_is_tested_against_shuffled_groups() -> None:
 
 
 def test_shuffled_codes_keep_patients_whole() -> None:
-    from mmaudit.checks.subgroups import code_shuffler
+    from mmaudit.checks.subgroups.analysis import code_shuffler
 
     codes = np.array([0, 0, 1, 1, 1, 2, 2, 0])
     patients = np.array(["p", "p", "q", "q", "q", "r", "r", "s"])
@@ -283,7 +281,7 @@ def test_shuffled_codes_keep_patients_whole() -> None:
 
 
 def test_vectorised_group_table_equals_the_per_group_metrics() -> None:
-    from mmaudit.checks.subgroups import binary_group_table, task_metrics
+    from mmaudit.checks.subgroups.group_metrics import binary_group_table, task_metrics
 
     rng = np.random.default_rng(3)
     n, g = 400, 5
@@ -311,7 +309,7 @@ def _one_gap(ci_low: float) -> CheckOutput:
     )
     res.gaps = {"auroc": Estimate(0.15, ci_low, 0.31, 12, 0.001)}
     out = CheckOutput()
-    SubgroupsCheck(SubgroupsCheck.Params())._gap_metrics([res], out)
+    out.metrics.update(gap_metrics(holm_corrected([res])))
     return out
 
 

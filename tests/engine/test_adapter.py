@@ -8,74 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TESTS, byo_model_config
+from tiny_models import (
+    build_renamed,
+    build_tiny,
+)
 from torch import nn
 
-from mmaudit.engine.adapter import load_model, resolve_device
+from mmaudit.engine.adapter import resolve_device
 from mmaudit.engine.config import ModelConfig, RuntimeConfig
 from mmaudit.engine.errors import DeviceError, ModelLoadError
-
-
-class TinyFusion(nn.Module):
-    """A user's own image + labs model, defined here and loaded by factory + weights."""
-
-    def __init__(self, width: int = 8, n_tab: int = 2, n_out: int = 1) -> None:
-        super().__init__()
-        self.img = nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(4, 4, 3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        self.tab = nn.Linear(n_tab, 4)
-        self.fuse = nn.Linear(8, width)
-        self.out = nn.Linear(width, n_out)
-
-    def forward(self, image: torch.Tensor, tabular: torch.Tensor) -> torch.Tensor:
-        fused = torch.relu(self.fuse(torch.cat([self.img(image), self.tab(tabular)], dim=1)))
-        return self.out(fused)
-
-
-def build_tiny(width: int = 8, n_tab: int = 2, n_out: int = 1) -> TinyFusion:
-    """The factory a config names as ``test_model:build_tiny``."""
-    torch.manual_seed(0)
-    return TinyFusion(width, n_tab, n_out)
-
-
-class TinyWithPresent(TinyFusion):
-    """TinyFusion that takes a presence mask and zeroes a missing image's features itself."""
-
-    def forward(  # type: ignore[override]
-        self, image: torch.Tensor, tabular: torch.Tensor, present: torch.Tensor
-    ) -> torch.Tensor:
-        return super().forward(image * present[:, :1, None, None].float(), tabular)
-
-
-def build_tiny_present() -> TinyWithPresent:
-    torch.manual_seed(0)
-    return TinyWithPresent()
-
-
-class RenamedFusion(nn.Module):
-    """A model whose forward keywords are not mmaudit's (``pixels``, ``labs``) and whose
-    fused vector is only reachable by a dotted path (``head.1``, inside a Sequential)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.img = nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
-        )
-        self.tab = nn.Linear(2, 4)
-        self.head = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 1))
-
-    def forward(self, pixels: torch.Tensor, labs: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat([self.img(pixels), self.tab(labs)], dim=1))
-
-
-def build_renamed() -> RenamedFusion:
-    torch.manual_seed(0)
-    return RenamedFusion()
+from mmaudit.engine.loading import load_model
 
 
 def _adapter(cfg: dict[str, object]):  # type: ignore[no-untyped-def]
@@ -146,7 +88,7 @@ def test_pickle_needing_code_is_refused(tmp_path: Path) -> None:
     torch.save({"model": build_tiny()}, path)  # pickles a class: needs arbitrary code to load
     with pytest.raises(ModelLoadError, match="refused") as err:
         _adapter(byo_model_config(path))
-    assert "(test_model.TinyFusion)" in str(err.value)  # the global it would have imported
+    assert "(tiny_models.TinyFusion)" in str(err.value)  # the global it would have imported
     assert pickle  # keeps the import meaningful for readers: this is the pickle risk
 
 
@@ -227,9 +169,9 @@ def test_missing_strategy_reaches_only_models_without_present(
 ) -> None:
     manifest = _missing_image_manifest(tiny_manifest, tmp_path)
     root = tiny_manifest.parent
-    zero, rec_zero, b_zero, _ = _logits_with(manifest, root, "test_model:build_tiny")
+    zero, rec_zero, b_zero, _ = _logits_with(manifest, root, "tiny_models:build_tiny")
     mean, rec_mean, b_mean, ds = _logits_with(
-        manifest, root, "test_model:build_tiny", image="mean", tabular="mean"
+        manifest, root, "tiny_models:build_tiny", image="mean", tabular="mean"
     )
     assert rec_zero == {"applied": True, "image": "zero", "text": "empty", "tabular": "zero"}
     assert rec_mean["applied"] and rec_mean["image"] == "mean"
@@ -247,9 +189,9 @@ def test_missing_strategy_reaches_only_models_without_present(
     assert torch.allclose(b_mean.tabular[2], expected.float(), atol=1e-5)
     assert torch.equal(b_zero.tabular[2], torch.zeros(2))
     # a model told what is missing gets the inputs as they are, whatever the strategy
-    with_present, rec, _, _ = _logits_with(manifest, root, "test_model:build_tiny_present")
+    with_present, rec, _, _ = _logits_with(manifest, root, "tiny_models:build_tiny_present")
     again, _, _, _ = _logits_with(
-        manifest, root, "test_model:build_tiny_present", image="mean", tabular="mean"
+        manifest, root, "tiny_models:build_tiny_present", image="mean", tabular="mean"
     )
     assert not rec["applied"] and torch.equal(with_present, again)
 
@@ -289,7 +231,7 @@ def test_factory_import_error_names_module(tiny_weights: Path) -> None:
     cfg["factory"] = "no_such_module_xyz:build"
     with pytest.raises(ModelLoadError, match="cannot import module 'no_such_module_xyz'"):
         _adapter(cfg)
-    cfg["factory"] = "test_model:build_tinyy"
+    cfg["factory"] = "tiny_models:build_tinyy"
     with pytest.raises(ModelLoadError) as err:
         _adapter(cfg)
     assert "did you mean 'build_tiny'" in err.value.one_line()
@@ -318,35 +260,11 @@ def test_cuda_where_there_is_none() -> None:
     assert resolve_device("auto").type == "cpu"
 
 
-class KwargsFusion(TinyFusion):
-    """Takes anything as keywords: no signature check is possible, none is made."""
-
-    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(inputs["image"], inputs["tabular"])
-
-
-class NeedsExtra(TinyFusion):
-    """Requires a keyword that mmaudit never passes."""
-
-    def forward(  # type: ignore[override]
-        self, image: torch.Tensor, tabular: torch.Tensor, scanner: torch.Tensor
-    ) -> torch.Tensor:
-        return super().forward(image, tabular)
-
-
-def build_kwargs() -> KwargsFusion:
-    return KwargsFusion()
-
-
-def build_needs_extra() -> NeedsExtra:
-    return NeedsExtra()
-
-
 def test_forward_keywords_are_checked_at_load(tmp_path: Path) -> None:
     """forward(pixels, labs) without model.inputs fails at load naming its parameters, for a
     factory and for TorchScript; with model.inputs, or a **kwargs forward, it loads."""
     base = {"python_path": byo_model_config(tmp_path)["python_path"]}
-    renamed = {**base, "factory": "test_model:build_renamed"}
+    renamed = {**base, "factory": "tiny_models:build_renamed"}
     with pytest.raises(ModelLoadError, match=r"forward takes \(pixels, labs\); it would be") as e:
         _adapter(renamed)
     assert "called with image, tabular" in str(e.value) and "model.inputs" in e.value.hint
@@ -357,35 +275,12 @@ def test_forward_keywords_are_checked_at_load(tmp_path: Path) -> None:
     mapped = {"image": "pixels", "tabular": "labs"}
     assert _adapter({**renamed, "inputs": mapped}).keywords == mapped
     assert _adapter({"torchscript": str(scripted), "inputs": mapped}).keywords == mapped
-    assert _adapter({**base, "factory": "test_model:build_kwargs"}).keywords == {
+    assert _adapter({**base, "factory": "tiny_models:build_kwargs"}).keywords == {
         "image": "image",
         "tabular": "tabular",
     }
     with pytest.raises(ModelLoadError, match="nothing is passed for scanner"):
-        _adapter({**base, "factory": "test_model:build_needs_extra"})
-
-
-class TextTabFusion(nn.Module):
-    """A user's report + labs model: a text encoder with its own token embedding (not named
-    ``word_embeddings``) beside a second ``nn.Embedding`` outside it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.txt = nn.ModuleDict({"tok": nn.Embedding(50, 4), "proj": nn.Linear(4, 4)})
-        self.visit = nn.Embedding(3, 4)
-        self.tab = nn.Linear(2, 4)
-        self.out = nn.Linear(8, 1)
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tabular: torch.Tensor
-    ) -> torch.Tensor:
-        text = self.txt["proj"](self.txt["tok"](input_ids).mean(1))
-        return self.out(torch.cat([text, self.tab(tabular) + self.visit.weight[0]], dim=1))
-
-
-def build_text_tab() -> TextTabFusion:
-    torch.manual_seed(0)
-    return TextTabFusion()
+        _adapter({**base, "factory": "tiny_models:build_needs_extra"})
 
 
 def test_text_embeddings_detected_and_recorded() -> None:
@@ -394,7 +289,7 @@ def test_text_embeddings_detected_and_recorded() -> None:
     configured one wins; a model audited without reports gets none."""
     from mmaudit.engine.data import Batch
 
-    base = {"factory": "test_model:build_text_tab", "python_path": [str(TESTS)]}
+    base = {"factory": "tiny_models:build_text_tab", "python_path": [str(TESTS)]}
     mods = ("text", "tabular")
     run = RuntimeConfig(device="cpu")
     named = load_model(ModelConfig.model_validate({**base, "layers": {"text": "txt"}}), mods, run)
@@ -430,8 +325,8 @@ def test_missing_layer_notes_say_what_is_skipped_and_what_is_slower(tiny_weights
     against the model's forward calls when this was written)."""
     from conftest import tiny_config
 
-    from mmaudit.engine.adapter import missing_layer_notes
     from mmaudit.engine.config import AuditConfig
+    from mmaudit.engine.layer_notes import missing_layer_notes
     from mmaudit.runner import plan_checks
 
     adapter = _adapter(byo_model_config(tiny_weights / "tiny.pt", layers={}))

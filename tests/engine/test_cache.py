@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import byo_model_config, tiny_config
 
-from mmaudit.engine.cache import InferenceCache, SweepResult
+from mmaudit.engine.cache import InferenceCache
+from mmaudit.engine.sweep_outputs import SweepResult
 
 LAYERS = ("embedding", "image", "tabular")
 
@@ -17,9 +18,9 @@ LAYERS = ("embedding", "image", "tabular")
 @pytest.fixture()
 def make_cache(tiny_manifest: Path, tiny_weights: Path, write_config):  # type: ignore[no-untyped-def]
     """A fresh cache over the tiny dataset (new model, nothing memoised) at a batch size."""
-    from mmaudit.engine.adapter import load_model
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
 
     path = write_config(tiny_config(tiny_manifest, byo_model_config(tiny_weights / "tiny.pt")))
     cfg = load_config(path)

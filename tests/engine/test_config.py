@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mmaudit.engine.config import load_config
+from mmaudit.engine.config_file import load_config
 from mmaudit.engine.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 MINIMAL = """\
 model:

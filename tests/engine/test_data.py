@@ -13,8 +13,9 @@ import torch
 from conftest import byo_model_config, tiny_config
 
 from mmaudit.engine.config import DataConfig, RuntimeConfig
-from mmaudit.engine.data import AuditDataset, load_image_file
+from mmaudit.engine.data import AuditDataset
 from mmaudit.engine.errors import DataError
+from mmaudit.engine.images import load_image_file
 
 
 def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -129,7 +130,7 @@ def test_duplicate_ids_and_non_numeric_lab(tiny_manifest: Path, tmp_path: Path) 
 def test_rgb_resize_and_16bit(tmp_path: Path) -> None:
     from PIL import Image
 
-    from mmaudit.engine.data import image_to_tensor
+    from mmaudit.engine.images import image_to_tensor
 
     rgb = np.zeros((20, 30, 3), np.uint8)
     rgb[..., 0] = 255
@@ -276,7 +277,7 @@ def _png16(path: Path, value: int, sbit: int | None = None) -> Path:
 def test_16bit_png_scale_is_the_bit_depth_not_the_content(tmp_path: Path) -> None:
     from PIL import Image
 
-    from mmaudit.engine.data import png_significant_bits
+    from mmaudit.engine.images import png_significant_bits
 
     # the old rule read 255 as 1.0 (max <= 255: / 255) but 256 as 0.0039
     assert np.allclose(load_image_file(_png16(tmp_path / "a.png", 255)), 255 / 65535)

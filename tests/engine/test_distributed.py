@@ -106,7 +106,7 @@ def test_two_processes_equal_one(config: Path, tmp_path: Path) -> None:
     single = tmp_path / "one"
     run_audit(config, single, Overrides())
     double = tmp_path / "two"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     proc = subprocess.run(
         [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "mmaudit", "run",
          str(config), "-o", str(double), "--no-progress"],
@@ -211,7 +211,7 @@ def test_per_sample_seeds_make_draws_independent_of_the_batch() -> None:
     import torch
 
     from mmaudit.engine.distributed import sample_seeds
-    from mmaudit.methods.saliency_maps import linear_fill
+    from mmaudit.methods.region_fill import linear_fill
 
     assert sample_seeds(0, "x", [3, 7]) == [
         sample_seeds(0, "x", [3])[0],

@@ -17,7 +17,7 @@ import torch
 from test_attribution import Additive, config_for, make_context, write_text_dataset
 from torch import nn
 
-from mmaudit.checks.attribution import Target
+from mmaudit.methods.attribution_target import Target
 from mmaudit.methods.tabular_shap import gradient_shap, permutation_shap
 
 A = [1.0, -0.5]

@@ -20,7 +20,7 @@ from mmaudit.methods.text_attribution import (
     word_spans,
 )
 
-TOKENIZER = Path(__file__).resolve().parents[1] / "sample_data" / "tokenizer"
+TOKENIZER = Path(__file__).resolve().parents[2] / "sample_data" / "tokenizer"
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from mmaudit.checks.contract import Finding
 from mmaudit.report.agreement import cross_check
-from mmaudit.report.render import render_markdown
-from mmaudit.report.writer import CheckReport, Report
+from mmaudit.report.document import CheckReport, Report
+from mmaudit.report.markdown import render_markdown
 
 ATTRS = ["site", "sex", "site_b"]
 

@@ -21,10 +21,10 @@ from mmaudit.report.diff import (
     parse_tolerances,
     tolerance_for,
 )
-from mmaudit.report.writer import CheckReport, load_report
+from mmaudit.report.document import CheckReport, load_report
 from mmaudit.runner import Overrides, run_audit
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _audit(tmp: Path, checkpoint: Path, name: str, checks: list[str]) -> Path:
@@ -400,7 +400,8 @@ def test_refuses_to_overwrite_foreign_folder(audits: dict[str, Path], tmp_path: 
 
 def test_status_ranks_and_finding_downgrades() -> None:
     from mmaudit.checks.contract import Finding
-    from mmaudit.report.diff import DiffResult, _diff_findings
+    from mmaudit.report.diff import DiffResult
+    from mmaudit.report.diff.compare import _diff_findings
 
     def check(status: str, severity: str | None) -> CheckReport:
         findings = (
@@ -421,7 +422,8 @@ def test_pass_to_skipped_loses_coverage_and_is_a_regression() -> None:
     """Skipped means the check tested nothing: a check that passed in the base audit and is
     skipped in the new one leaves what it covered unchecked (a green gate on nothing), as
     warn / fail -> skipped does. skipped -> pass and error -> skipped are not regressions."""
-    from mmaudit.report.diff import DiffResult, _diff_status
+    from mmaudit.report.diff import DiffResult
+    from mmaudit.report.diff.compare import _diff_status
 
     def check(status: str, reason: str | None = None) -> CheckReport:
         return CheckReport(name="probing", status=status, reason=reason)
@@ -569,7 +571,8 @@ def test_paired_bootstrap_resamples_patients(audits: dict[str, Path]) -> None:
     patients are (which is what the audit's own CIs do)."""
     import pandas as pd
 
-    from mmaudit.report.diff import Samples, _paired
+    from mmaudit.report.diff import Samples
+    from mmaudit.report.diff.pairing import paired_move as _paired
 
     rng = np.random.default_rng(0)
     patients = np.repeat([f"p{i}" for i in range(30)], 10)
@@ -616,7 +619,8 @@ def test_paired_bootstrap_resamples_patients(audits: dict[str, Path]) -> None:
 
 
 def test_redacted_reports_explain_why_they_do_not_pair(audits: dict[str, Path]) -> None:
-    from mmaudit.report.diff import Samples, _no_shared_ids_note
+    from mmaudit.report.diff import Samples
+    from mmaudit.report.diff.representation import _no_shared_ids_note
 
     report = load_report(audits["shortcut"])
     salted = report.model_copy(
@@ -631,7 +635,7 @@ def test_redacted_reports_explain_why_they_do_not_pair(audits: dict[str, Path]) 
 def test_worse_move_inside_the_limits_is_not_a_regression() -> None:
     """Two CIs that do not overlap, both well under the warn limit: a retrained model moved,
     it did not regress. Past the limit it did."""
-    from mmaudit.report.diff import _diff_metric
+    from mmaudit.report.diff.compare import _diff_metric
 
     rules = {"r": {"metric": "off_roi_excess.*", "warn_above": 0.05, "fail_above": 0.15}}
 

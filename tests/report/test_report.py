@@ -22,10 +22,11 @@ import pytest
 
 from mmaudit.cli import main
 from mmaudit.engine.errors import ReportError
-from mmaudit.report.writer import Redactor, hash_id, load_report
+from mmaudit.report.document import load_report
+from mmaudit.report.writer import Redactor, hash_id
 from mmaudit.runner import Overrides, run_audit
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAYLOAD = "<script>alert('x')</script>"
 EVIL_ID = f"<img src=x onerror=alert(1)>{PAYLOAD}"
 SITE_COLUMN = f"site{PAYLOAD}"
@@ -186,7 +187,7 @@ def test_redaction_salt_is_random_per_report_unless_shared(monkeypatch) -> None:
 
 def test_redaction_reaches_notes_findings_reasons_and_tracebacks() -> None:
     from mmaudit.checks.contract import Finding
-    from mmaudit.report.writer import CheckReport, Report
+    from mmaudit.report.document import CheckReport, Report
 
     text = "Patchy opacity in the right lower lobe."
     red = Redactor(["s001", "s0010"], [text], patients=["p042"], salt="k")
@@ -217,7 +218,8 @@ def test_redaction_reaches_config_and_params(tmp_path: Path) -> None:
     hashed in config.yaml, report.json's config and the check's params alike."""
     import yaml
 
-    from mmaudit.report.writer import CheckReport, Report, ReportWriter
+    from mmaudit.report.document import CheckReport, Report
+    from mmaudit.report.writer import ReportWriter
 
     ids = ["s0012", "s0877"]
     red = Redactor(ids, [], patients=["p042"], salt="k")
@@ -261,7 +263,7 @@ def test_redaction_keeps_vocabulary_words_and_params() -> None:
     """Single words are vocabulary, not quotes: a word table keeps a 13-letter clinical word
     that every report contains, and check params keep clinical_words; a multi-word piece of
     a report is still blanked and an id param still hashed."""
-    from mmaudit.report.writer import CheckReport, Report
+    from mmaudit.report.document import CheckReport, Report
 
     text = "Dense consolidation in the right lower lobe; cardiomediastinal silhouette normal."
     red = Redactor(["s001"], [text], salt="k")
@@ -338,7 +340,7 @@ def test_private_arrays_are_left_out_under_redact(tmp_path: Path) -> None:
 
 def test_summary_md_and_junit(hostile: dict[str, Path]) -> None:
     from mmaudit.checks.contract import Finding
-    from mmaudit.report.render import render_junit
+    from mmaudit.report.junit import render_junit
 
     folder = hostile["plain"]
     report = load_report(folder)
@@ -398,7 +400,7 @@ def test_show_prints_summary_and_escapes_markup(
 
 
 def test_markdown_cells_keep_data_literal() -> None:
-    from mmaudit.report.render import markdown_cell
+    from mmaudit.report.markdown import markdown_cell
 
     cell = markdown_cell("a|b [x](http://e.test) ![](http://e.test/i.png) <b>\nz")
     assert "](" not in cell.replace("\\](", "") and "<b>" not in cell and "\n" not in cell
@@ -408,7 +410,7 @@ def test_markdown_cells_keep_data_literal() -> None:
 def test_table_preview_tolerates_empty_and_broken_csv(
     hostile: dict[str, Path], tmp_path: Path
 ) -> None:
-    from mmaudit.report.render import _table_preview, render_html
+    from mmaudit.report.html import _table_preview, render_html
 
     folder = tmp_path / "r"
     shutil.copytree(hostile["plain"], folder)
@@ -430,7 +432,7 @@ def test_table_preview_keeps_ids_and_text_as_written(tmp_path: Path) -> None:
     numbers as pandas writes them (p-values as p-values, blanks as a dash)."""
     import pandas as pd
 
-    from mmaudit.report.render import _table_preview
+    from mmaudit.report.html import _table_preview
 
     (tmp_path / "tables").mkdir()
     pd.DataFrame(
@@ -504,7 +506,7 @@ def _gated_report(n_warn: int, fail_on: str = "fail") -> Any:
     """A report with known verdicts: check a warns (``n_warn`` warn findings), b fails (one
     fail finding), c errored, d was skipped, e passed."""
     from mmaudit.checks.contract import Finding
-    from mmaudit.report.writer import CheckReport, Report
+    from mmaudit.report.document import CheckReport, Report
 
     warns = [
         Finding(check="a", rule="r", severity="warn", message=f"w{k}", metric=f"m{k}")
@@ -525,7 +527,7 @@ def _gated_report(n_warn: int, fail_on: str = "fail") -> Any:
 
 
 def test_summary_md_lists_every_finding_or_says_how_many_more() -> None:
-    from mmaudit.report.render import SUMMARY_FINDINGS, render_markdown
+    from mmaudit.report.markdown import SUMMARY_FINDINGS, render_markdown
 
     def findings(md: str) -> list[str]:
         return [ln for ln in md.splitlines() if re.match(r"- (warn|fail|…)", ln)]
@@ -548,7 +550,7 @@ def test_summary_md_lists_every_finding_or_says_how_many_more() -> None:
 def test_junit_failures_follow_the_fail_on_level(
     fail_on: str, failures: list[str], errors: list[str]
 ) -> None:
-    from mmaudit.report.render import render_junit
+    from mmaudit.report.junit import render_junit
 
     suite = ET.fromstring(render_junit(_gated_report(3, fail_on))).find("testsuite")
     assert suite is not None
@@ -582,7 +584,7 @@ def test_narrowed_run_lists_the_checks_not_run_in_every_view(hostile: dict[str, 
     index.html and junit.xml all name the other 4 as not run, and config.yaml reruns the
     same 4."""
     from mmaudit.checks.registry import load_builtin_checks
-    from mmaudit.engine.config import load_config
+    from mmaudit.engine.config_file import load_config
     from mmaudit.runner import plan_checks
 
     folder = hostile["plain"]
@@ -621,14 +623,14 @@ def test_narrowed_run_lists_the_checks_not_run_in_every_view(hostile: dict[str, 
 
 
 def render_markdown_of(report: Any) -> str:
-    from mmaudit.report.render import render_markdown
+    from mmaudit.report.markdown import render_markdown
 
     return render_markdown(report)
 
 
 def test_key_metrics_lead_with_the_metrics_the_findings_judged() -> None:
     from mmaudit.checks.contract import Finding
-    from mmaudit.report.render import key_metrics
+    from mmaudit.report.cells import key_metrics
 
     def est(v: float) -> dict[str, float]:
         return {"value": v, "ci_low": v - 0.1, "ci_high": v + 0.1}
@@ -662,7 +664,7 @@ def test_key_metrics_lead_with_the_metrics_the_findings_judged() -> None:
 def test_html_shows_no_nan_and_p_below_resolution_as_a_bound(
     hostile: dict[str, Path], tmp_path: Path
 ) -> None:
-    from mmaudit.report.render import render_html
+    from mmaudit.report.html import render_html
 
     folder = tmp_path / "r"
     shutil.copytree(hostile["plain"], folder)
@@ -691,7 +693,8 @@ def test_html_shows_no_nan_and_p_below_resolution_as_a_bound(
 
 
 def test_glossary_in_html_and_the_terms_summary_md_uses() -> None:
-    from mmaudit.report.render import GLOSSARY, render_markdown, summary_terms
+    from mmaudit.report.glossary import GLOSSARY
+    from mmaudit.report.markdown import render_markdown, summary_terms
 
     report = _gated_report(1)
     report.checks["a"].metrics = {"emap.gap": {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}}
@@ -875,9 +878,9 @@ def test_output_that_cannot_be_written_is_one_line_at_once(tmp_path: Path, monke
     import os
 
     from mmaudit.engine.errors import MmauditError
+    from mmaudit.report import folder as output_folder
+    from mmaudit.report import writer as report_module
     from mmaudit.report.writer import ReportWriter
-    from mmaudit.report.writer import folder as output_folder
-    from mmaudit.report.writer import writer as report_module
 
     parent = tmp_path / "locked"
     parent.mkdir()
@@ -951,7 +954,7 @@ def test_one_writer_per_output_folder(tmp_path: Path) -> None:
 
 
 def _judged_report(fail_on_skipped: bool) -> Any:
-    from mmaudit.report.writer import CheckReport, Report
+    from mmaudit.report.document import CheckReport, Report
 
     checks = {
         "probing": CheckReport(
@@ -976,7 +979,8 @@ def _judged_report(fail_on_skipped: bool) -> Any:
 def test_views_show_what_was_tested_coverage_and_skip_reasons(tmp_path: Path) -> None:
     """summary.md and index.html show per check what it tested, the coverage notes with
     their counts, and a skipped check's reason (not its metrics)."""
-    from mmaudit.report.render import render_html, render_markdown
+    from mmaudit.report.html import render_html
+    from mmaudit.report.markdown import render_markdown
 
     report = _judged_report(False)
     md = render_markdown(report)
@@ -998,7 +1002,7 @@ def test_views_show_what_was_tested_coverage_and_skip_reasons(tmp_path: Path) ->
 def test_junit_marks_skipped_checks_failures_under_fail_on_skipped() -> None:
     """With fail_on_skipped a skipped (planned) check is a failure naming why; a check not
     run (--checks) stays skipped: it was not planned. Without it both are skipped."""
-    from mmaudit.report.render import render_junit
+    from mmaudit.report.junit import render_junit
 
     for flag, failures, skipped in ((True, "1", "1"), (False, "0", "2")):
         suite = ET.fromstring(render_junit(_judged_report(flag))).find("testsuite")
@@ -1014,7 +1018,7 @@ def test_junit_marks_skipped_checks_failures_under_fail_on_skipped() -> None:
 
 def test_redaction_reaches_coverage_notes() -> None:
     """Coverage notes can name rows; --redact hashes ids in them like in any note."""
-    from mmaudit.report.writer import CheckReport, Report
+    from mmaudit.report.document import CheckReport, Report
 
     red = Redactor(["s0012"], [], salt="k")
     check = CheckReport(name="x", status="pass", coverage=["left out: s0012 (no mask)"])
