@@ -116,6 +116,23 @@ class CheckOutput:
     skip_reason: str | None = None
     coverage: list[str] = field(default_factory=list)
 
+    def extend(self, part: CheckOutput) -> None:
+        """Append what one stage computed: ``part``'s metrics, tables, figures and arrays
+        after the ones here (a name already here keeps its place and takes the new value),
+        its findings, notes and coverage after these, its private names joined, and its
+        per-sample frame, when it has one, in place of this one. A check built of stages
+        assembles its output this way, so the report keeps the order of the stages."""
+        self.metrics.update(part.metrics)
+        self.tables.update(part.tables)
+        self.figures.update(part.figures)
+        self.findings.extend(part.findings)
+        self.notes.extend(part.notes)
+        self.arrays.update(part.arrays)
+        self.private |= part.private
+        self.coverage.extend(part.coverage)
+        if part.per_sample is not None:
+            self.per_sample = part.per_sample
+
 
 @dataclass
 class AuditContext:

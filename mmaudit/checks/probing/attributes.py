@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from mmaudit.checks.probing.records import Attribute, StageOutput
+from mmaudit.checks.contract import CheckOutput
+from mmaudit.checks.probing.records import Attribute
 
 if TYPE_CHECKING:
     from mmaudit.checks.contract import AuditContext
@@ -29,10 +30,10 @@ class AttributeSelection:
 
 def select_attributes(
     ctx: AuditContext, p: ProbingCheck.Params
-) -> tuple[AttributeSelection, StageOutput]:
+) -> tuple[AttributeSelection, CheckOutput]:
     """The attributes to probe, prepared (``prepare_attribute``), each marked whether it can
     be probed beyond the target; the notes say what was left out and why."""
-    found = StageOutput()
+    found = CheckOutput()
     unprobed: dict[str, str] = {}
     frame = ctx.dataset.attributes
     config = ctx.config.data.attributes

@@ -36,7 +36,7 @@ from mmaudit.checks.probing.origin import trace_origins
 from mmaudit.checks.probing.positive_control import positive_control
 from mmaudit.checks.probing.probes import run_probes
 from mmaudit.checks.probing.random_weights import random_baseline
-from mmaudit.checks.probing.records import PROBE_LAYERS, ErasureRow, StageOutput
+from mmaudit.checks.probing.records import PROBE_LAYERS, ErasureRow
 from mmaudit.checks.probing.tables import erasure_table, probe_table
 from mmaudit.checks.probing.verdicts import judge_attributes
 from mmaudit.methods.probes import pool
@@ -224,28 +224,28 @@ class ProbingCheck(Check):
         out = CheckOutput()
         groups = ctx.groups
         layers, found = choose_layers(ctx, p)
-        _append(out, found)
+        out.extend(found)
         embeddings = {name: pool(ctx.cache.embeddings(name)) for name in layers}
         selection, found = select_attributes(ctx, p)
-        _append(out, found)
+        out.extend(found)
         attributes = selection.attributes
         penultimate = "penultimate" if "penultimate" in embeddings else "embedding"
         out.metrics["positive_control.layer"] = penultimate
-        _append(out, positive_control(ctx, p, embeddings[penultimate], penultimate, self.name))
+        out.extend(positive_control(ctx, p, embeddings[penultimate], penultimate, self.name))
 
         rows, found = run_probes(ctx, p, attributes, embeddings)
-        _append(out, found)
+        out.extend(found)
         if rows and p.random_baseline:
             rows, found = random_baseline(ctx, p, attributes, layers, rows)
-            _append(out, found)
+            out.extend(found)
             rows, found = trace_origins(p, rows)
-            _append(out, found)
+            out.extend(found)
         erasures: list[ErasureRow] = []
         if attributes:
             erasures, found = erase_attributes(ctx, p, attributes)
-            _append(out, found)
+            out.extend(found)
         verdicts, found = judge_attributes(p, attributes, rows, erasures)
-        _append(out, found)
+        out.extend(found)
 
         out.judged = count_judged(out.metrics, self.default_thresholds)
         coverage = describe_coverage(
@@ -275,10 +275,3 @@ class ProbingCheck(Check):
             " true labels is reused for every permutation (see mmaudit/probes.py)"
         )
         return out
-
-
-def _append(out: CheckOutput, found: StageOutput) -> None:
-    """Append one stage's metrics, notes and findings to the check's output."""
-    out.metrics.update(found.metrics)
-    out.notes.extend(found.notes)
-    out.findings.extend(found.findings)

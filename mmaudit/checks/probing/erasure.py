@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mmaudit.checks.contract import CheckOutput
 from mmaudit.checks.probing.effects import erasure_effects
 from mmaudit.checks.probing.predictions import head_probabilities, prob_change, probabilities
-from mmaudit.checks.probing.records import Attribute, ErasureRow, StageOutput, null_p_or_nan
+from mmaudit.checks.probing.records import Attribute, ErasureRow, null_p_or_nan
 from mmaudit.methods.erasure import (
     LinearEraser,
     indicator_matrix,
@@ -29,10 +30,10 @@ if TYPE_CHECKING:
 
 def erase_attributes(
     ctx: AuditContext, p: ProbingCheck.Params, attributes: list[Attribute]
-) -> tuple[list[ErasureRow], StageOutput]:
+) -> tuple[list[ErasureRow], CheckOutput]:
     """One ``ErasureRow`` per attribute that could be erased (the excess over random erasure
     Holm-corrected across them); the notes say which could not and why."""
-    found = StageOutput()
+    found = CheckOutput()
     raw = ctx.cache.embeddings("embedding")
     if raw.ndim != 2:
         found.notes.append(

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mmaudit.checks.probing.records import PROBE_LAYERS, StageOutput
+from mmaudit.checks.contract import CheckOutput
+from mmaudit.checks.probing.records import PROBE_LAYERS
 
 if TYPE_CHECKING:
     from mmaudit.checks.contract import AuditContext
     from mmaudit.checks.probing.check import ProbingCheck
 
 
-def choose_layers(ctx: AuditContext, p: ProbingCheck.Params) -> tuple[list[str], StageOutput]:
+def choose_layers(ctx: AuditContext, p: ProbingCheck.Params) -> tuple[list[str], CheckOutput]:
     """The layers to probe, the fused embedding first when it was not asked for; the notes
     name each asked-for layer that is not captured."""
-    found = StageOutput()
+    found = CheckOutput()
     captured = [name for name in PROBE_LAYERS if name in ctx.adapter.layers]
     if p.layers is None:
         chosen = captured

@@ -8,8 +8,9 @@ import math
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from mmaudit.checks.contract import CheckOutput
 from mmaudit.checks.probing.probes import is_encoded, verdict_floor
-from mmaudit.checks.probing.records import ORIGINS, ProbeRow, StageOutput, layer_key
+from mmaudit.checks.probing.records import ORIGINS, ProbeRow, layer_key
 
 if TYPE_CHECKING:
     from mmaudit.checks.probing.check import ProbingCheck
@@ -18,11 +19,11 @@ if TYPE_CHECKING:
 
 def trace_origins(
     p: ProbingCheck.Params, rows: list[ProbeRow]
-) -> tuple[list[ProbeRow], StageOutput]:
+) -> tuple[list[ProbeRow], CheckOutput]:
     """Per attribute x layer with a random-weights probe: did training put the attribute
     there, or does the input carry it (``probe_origin``; ``ProbeRow.origin``); one note
     sentence per attribute encoded in the fused embedding."""
-    found = StageOutput()
+    found = CheckOutput()
     traced: list[ProbeRow] = []
     for row in rows:
         if row.random is None:

@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mmaudit.checks.contract import Finding
+from mmaudit.checks.contract import CheckOutput, Finding
 from mmaudit.checks.probing.predictions import probabilities, task_auroc
-from mmaudit.checks.probing.records import StageOutput
 from mmaudit.methods.probe_bootstrap import score_estimate
 from mmaudit.methods.probe_result import ProbeError
 from mmaudit.methods.probes import run_probe
@@ -23,11 +22,11 @@ if TYPE_CHECKING:
 
 def positive_control(
     ctx: AuditContext, p: ProbingCheck.Params, x: np.ndarray, layer: str, check: str
-) -> StageOutput:
+) -> CheckOutput:
     """Probe the target on ``x`` (the penultimate layer, named ``layer``): its AUROC beside
     the model's own, and an ``error`` finding of ``check`` when even the CI's upper end stays
     below the floor."""
-    found = StageOutput()
+    found = CheckOutput()
     y = ctx.target
     kind = ctx.config.data.target.kind
     columns = [y[:, k] for k in range(y.shape[1])] if y.ndim == 2 else [y]

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mmaudit.checks.probing.records import Attribute, ProbeRow, StageOutput, layer_key
+from mmaudit.checks.contract import CheckOutput
+from mmaudit.checks.probing.records import Attribute, ProbeRow, layer_key
 from mmaudit.methods.probe_bootstrap import score_estimate
 from mmaudit.methods.probe_result import ProbeError, ProbeResult
 from mmaudit.methods.probes import run_probe
@@ -81,10 +82,10 @@ def run_probes(
     p: ProbingCheck.Params,
     attributes: list[Attribute],
     embeddings: dict[str, np.ndarray],
-) -> tuple[list[ProbeRow], StageOutput]:
+) -> tuple[list[ProbeRow], CheckOutput]:
     """Every attribute on every layer (a probe that fails leaves a note), Holm-corrected
     across the family; the metrics give the judged scores first, then the marginal ones."""
-    found = StageOutput()
+    found = CheckOutput()
     # Holm's first step needs p <= alpha / m and a permutation p is at least 1 / (P + 1):
     # with many tests, more permutations (they are cheap) so a real effect can be flagged
     tests = len(attributes) * len(embeddings)
@@ -143,7 +144,7 @@ def _marginal(
     p: ProbingCheck.Params,
     x: np.ndarray,
     attr: Attribute,
-    found: StageOutput,
+    found: CheckOutput,
     layer: str,
 ) -> Estimate | None:
     """The plain (marginal) probe score with its bootstrap CI, reported beside the one

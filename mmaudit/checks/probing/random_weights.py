@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mmaudit.checks.contract import CheckOutput
 from mmaudit.checks.probing.probes import probe_attribute, probe_estimate
-from mmaudit.checks.probing.records import Attribute, ProbeRow, StageOutput, layer_key
+from mmaudit.checks.probing.records import Attribute, ProbeRow, layer_key
 from mmaudit.engine.errors import NonFiniteOutputError
 from mmaudit.methods.probe_result import ProbeError, ProbeResult
 from mmaudit.methods.probes import pool
@@ -28,11 +29,11 @@ def random_baseline(
     attributes: list[Attribute],
     layers: list[str],
     rows: list[ProbeRow],
-) -> tuple[list[ProbeRow], StageOutput]:
+) -> tuple[list[ProbeRow], CheckOutput]:
     """``rows`` with their random-weights probe (``ProbeRow.random``; null_p = its Holm p over
     the random-weights family) where it ran; a randomised model that fails, or a probe that
     fails, costs only the baseline (a note), never the check."""
-    found = StageOutput()
+    found = CheckOutput()
     try:
         random_embeddings = randomised_embeddings(ctx, layers)
     except NonFiniteOutputError as exc:

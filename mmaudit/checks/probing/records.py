@@ -9,13 +9,12 @@ read all); each is filled in by one stage and only read by the later ones.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from mmaudit.checks.contract import Finding, MetricValue
     from mmaudit.methods.probe_result import ProbeResult
     from mmaudit.methods.stats import Estimate
 
@@ -76,17 +75,6 @@ class ErasureRow:
     def dp_random_sd(self) -> float:
         """SD of mean |dp| across the random draws (NaN with one draw)."""
         return float(np.std(self.dp_draws, ddof=1)) if self.dp_draws.size > 1 else math.nan
-
-
-@dataclass
-class StageOutput:
-    """What one stage adds to the check's output, in the order it found it: the check
-    appends these to its ``CheckOutput`` stage by stage, so metrics, notes and findings keep
-    the order of the stages."""
-
-    metrics: dict[str, MetricValue] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
 
 
 def layer_key(layer: str) -> str:

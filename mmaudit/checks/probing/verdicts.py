@@ -5,14 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mmaudit.checks.contract import CheckOutput
 from mmaudit.checks.probing.probes import is_encoded
-from mmaudit.checks.probing.records import (
-    VERDICTS,
-    Attribute,
-    ErasureRow,
-    ProbeRow,
-    StageOutput,
-)
+from mmaudit.checks.probing.records import VERDICTS, Attribute, ErasureRow, ProbeRow
 
 if TYPE_CHECKING:
     from mmaudit.checks.probing.check import ProbingCheck
@@ -23,11 +18,11 @@ def judge_attributes(
     attributes: list[Attribute],
     rows: list[ProbeRow],
     erasures: list[ErasureRow],
-) -> tuple[dict[str, str], StageOutput]:
+) -> tuple[dict[str, str], CheckOutput]:
     """The verdict per attribute whose probe on the fused embedding ran (``VERDICTS``, or
     ``encoded_use_untested`` when its erasure did not run); the notes name the attributes
     without a verdict and those whose erasure lies within the random spread."""
-    found = StageOutput()
+    found = CheckOutput()
     fused = {r.attribute: r for r in rows if r.layer == "embedding"}
     erased = {e.attribute: e for e in erasures}
     verdicts: dict[str, str] = {}

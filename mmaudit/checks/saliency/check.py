@@ -180,33 +180,33 @@ class SaliencyCheck(Check):
         cc = ctx.config.checks.get("saliency")
         rules = merged_thresholds(SaliencyCheck, cc.thresholds if cc else {}, "checks.saliency")
         s, layer_choice = prepare(ctx, p, rows, rules)
-        _merge(out, layer_choice)
+        out.extend(layer_choice)
         if not s.methods:
             out.notes.append("no saliency method could run (see the notes above)")
             out.skip_reason = "no saliency method could run (see the notes)"
             return out
         main = compute_maps(s)
-        _merge(out, dead_maps(s, main))
-        _merge(out, grid_note(s, main))
+        out.extend(dead_maps(s, main))
+        out.extend(grid_note(s, main))
         sanity, part = sanity_check(s, main)
-        _merge(out, part)
+        out.extend(part)
         trusted = sanity.trusted
-        _merge(out, location_metrics(s, main, sanity))
+        out.extend(location_metrics(s, main, sanity))
         hot, part = find_hotspots(s, main, trusted)
-        _merge(out, part)
+        out.extend(part)
         # each method's share in its top hotspot box is a location statistic from here on
         main = with_stats(main, {m: {"hotspot_share": v} for m, v in hot.top_share.items()})
         levels = attribute_levels(s, main)
-        _merge(out, subgroup_metrics(s, main, levels, trusted, hot.box_chance))
+        out.extend(subgroup_metrics(s, main, levels, trusted, hot.box_chance))
         occ, part = occlusion_test(s, main, hot, trusted)
-        _merge(out, part)
+        out.extend(part)
         if occ is not None:
-            _merge(out, offroi_verdict(s, hot, occ, out.metrics, levels, trusted))
+            out.extend(offroi_verdict(s, hot, occ, out.metrics, levels, trusted))
         clusters, part = cluster_maps(s, main, hot.method, levels)
-        _merge(out, part)
-        _merge(out, faithfulness(s, main))
-        _merge(out, per_sample_outputs(s, main, levels, occ, clusters))
-        _merge(out, figures(s, main, hot, sanity, levels, clusters))
+        out.extend(part)
+        out.extend(faithfulness(s, main))
+        out.extend(per_sample_outputs(s, main, levels, occ, clusters))
+        out.extend(figures(s, main, hot, sanity, levels, clusters))
         lead = hot.method or s.methods[0]
         worst = out.metrics.get("offroi_hotspot.method")
         out.metrics = headline_first(out.metrics, lead, worst, s.stat_key)
@@ -214,19 +214,3 @@ class SaliencyCheck(Check):
         out.judged, out.rows_used, out.skip_reason = cov.judged, cov.rows_used, cov.skip_reason
         out.coverage.extend(cov.coverage)
         return out
-
-
-def _merge(out: CheckOutput, part: CheckOutput) -> None:
-    """Append a stage's output ``part`` to ``out``: new metrics, tables, figures and
-    arrays after the existing ones (a key already there keeps its place), findings and
-    notes after the existing ones."""
-    out.metrics.update(part.metrics)
-    out.tables.update(part.tables)
-    out.figures.update(part.figures)
-    out.findings.extend(part.findings)
-    out.notes.extend(part.notes)
-    out.arrays.update(part.arrays)
-    out.private |= part.private
-    out.coverage.extend(part.coverage)
-    if part.per_sample is not None:
-        out.per_sample = part.per_sample
