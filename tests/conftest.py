@@ -139,3 +139,31 @@ def wait_interruptibly(seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Any:
+    """Run a module's tiny models on one intra-op thread: on a busy 2-core machine, 2 OpenMP
+    threads mostly wait for each other (10x slower) and tiny models gain nothing from them.
+    A test module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def sample_model() -> tuple[Any, Any]:
+    """The bundled ``shortcut`` checkpoint and a batch of 32 of the sample's test rows,
+    loaded once for the tests of the image methods (CAMs, IG, the batched image forward)."""
+    from mmaudit.engine.config_file import load_config
+    from mmaudit.engine.data import build_dataset
+    from mmaudit.engine.loading import load_model
+
+    cfg = load_config(TESTS.parent / "configs" / "sample.yaml")
+    cfg.runtime.device = "cpu"
+    cfg.runtime.max_samples = 32
+    ds = build_dataset(cfg)
+    adapter = load_model(cfg.model, ds.modalities, cfg.runtime)
+    batch = ds.collate([ds[i] for i in range(len(ds))])
+    return adapter, batch

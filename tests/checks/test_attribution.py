@@ -42,13 +42,7 @@ POSITIVE = (
 NEGATIVE = ("lungs are clear.", "no acute disease.", "heart size is normal. lungs are clear.")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """This machine is shared; one intra-op thread is far faster for these tiny models."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

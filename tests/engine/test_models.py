@@ -35,14 +35,7 @@ ALL = ["image", "text", "tabular"]
 B, L, IMG, NF, VOCAB = 6, 10, 32, 5, 50
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Run these tiny models on one thread: on a busy 2-core machine, 2 OpenMP threads
-    mostly wait for each other (10x slower) and tiny models gain nothing from them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_spec(

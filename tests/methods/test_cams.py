@@ -4,7 +4,6 @@ loads are shared with the other image-attribution tests, which import them by mo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,7 @@ from mmaudit.methods.map_similarity import spearman_rows
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TinyCNN(nn.Module):
@@ -108,27 +102,6 @@ def test_cams_match_pytorch_grad_cam_on_a_cnn(method: str) -> None:
     ref = _package_raw_cam(model, model.conv2, x, cls.tolist(), method)
     np.testing.assert_allclose(ours[method].numpy(), ref, rtol=1e-4, atol=1e-6)
     assert adapter.hook_count() == 0
-
-
-def load_sample_model() -> tuple[Any, Any]:
-    """The bundled shortcut checkpoint and 16 test rows of the sample."""
-    from mmaudit.engine.config_file import load_config
-    from mmaudit.engine.data import build_dataset
-    from mmaudit.engine.loading import load_model
-
-    cfg = load_config(ROOT / "configs" / "sample.yaml")
-    cfg.runtime.device = "cpu"
-    cfg.runtime.max_samples = 32
-    ds = build_dataset(cfg)
-    adapter = load_model(cfg.model, ds.modalities, cfg.runtime)
-    batch = ds.collate([ds[i] for i in range(len(ds))])
-    return adapter, batch
-
-
-@pytest.fixture(scope="module")
-def sample_model() -> tuple[Any, Any]:
-    """The bundled shortcut checkpoint and 16 test rows of the sample."""
-    return load_sample_model()
 
 
 class _ImageOnly(nn.Module):

@@ -3,31 +3,18 @@ attributions, IG completeness and agreement with captum, occlusion finding its r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
-from test_cams import _Adapter, load_sample_model
+from test_cams import _Adapter
 from torch import nn
 
 from mmaudit.methods.cams import compute_cams
 from mmaudit.methods.image_attribution import gaussian_blur, integrated_gradients, occlusion_map
 from mmaudit.methods.map_statistics import map_statistics
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def sample_model() -> tuple[Any, Any]:
-    """The bundled shortcut checkpoint and 16 test rows of the sample."""
-    return load_sample_model()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class RegionSum(nn.Module):

@@ -3,30 +3,16 @@ IG of one sample are the same alone as in a batch."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
-from test_cams import load_sample_model
 
 from mmaudit.methods.cams import compute_cams, grid_info
 from mmaudit.methods.image_attribution import gaussian_blur, integrated_gradients
 from mmaudit.methods.image_forward import ImageForward
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def sample_model() -> tuple[Any, Any]:
-    """The bundled shortcut checkpoint and 16 test rows of the sample."""
-    return load_sample_model()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_batch_size_invariance_of_cams_and_ig(sample_model: Any) -> None:

@@ -3,21 +3,13 @@ hotspot (its power, and its blocking over samples)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
 
 from mmaudit.methods.map_statistics import border_band, concentration, map_statistics, shifted_null
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_map_statistics_on_hand_made_maps() -> None:

@@ -3,20 +3,12 @@ handles edges; control positions miss the ROI; peak boxes avoid forbidden pixels
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
 from mmaudit.methods.region_fill import free_positions, linear_fill, peak_boxes
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_linear_fill_reproduces_linear_images_and_handles_edges() -> None:
