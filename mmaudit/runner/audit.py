@@ -113,7 +113,7 @@ def run_audit(
             adapter,
             dataset,
             batch_size=cfg.runtime.batch_size,
-            num_workers=cfg.runtime.num_workers,
+            num_workers=0 if cfg.runtime.num_workers == "auto" else cfg.runtime.num_workers,
             seed=cfg.runtime.seed,
             progress=cfg.runtime.progress,
             target_kind=cfg.data.target.kind,
