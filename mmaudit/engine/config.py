@@ -340,7 +340,7 @@ class RuntimeConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # DataLoader workers; auto = the free cores when the model runs on CUDA (decoding then
     # overlaps the model), 0 on CPU, where workers would compete with the model for cores
-    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+    num_workers: int | Literal["auto"] = "auto"
     # the memory one gradient pass (IG, CAMs, occlusion) may take; batch x path points are
     # split into chunks that fit it
     memory_budget_mb: float = Field(default=1024.0, gt=0)
@@ -350,6 +350,13 @@ class RuntimeConfig(Strict):
     progress: bool = True
     # exit 1 when a check is skipped (its requirements unmet), as for a failed gate
     fail_on_skipped: bool = False
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _num_workers(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool) and v < 0:
+            raise ValueError(f"must be >= 0 or auto (got {v})")
+        return v
 
     @field_validator("device")
     @classmethod

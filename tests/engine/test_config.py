@@ -273,12 +273,13 @@ def test_every_numeric_option_has_a_range() -> None:
     import mmaudit.engine.config as config
 
     # free-valued numbers: normalisation means, bins (checked as increasing edges) and
-    # max_value ("auto" or a positive number, checked by its own validator)
+    # max_value and num_workers ("auto" or a number, checked by their own validators)
     free = {
         "ImageConfig.mean",
         "TabularConfig.mean",
         "AttributeConfig.bins",
         "ImageConfig.max_value",
+        "RuntimeConfig.num_workers",
     }
 
     def numeric(annotation: object) -> bool:
