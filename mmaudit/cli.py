@@ -95,6 +95,8 @@ def run(
     distributed.shutdown()
     if not distributed.is_main():
         return
+    from mmaudit.report.terminal import gate_failed, print_summary
+
     print_summary(console, report)
     from rich.markup import escape
 
@@ -118,79 +120,6 @@ def run(
         failed = True
     if failed:
         raise typer.Exit(1)
-
-
-def gate_failed(status: str, fail_on: str) -> bool:
-    """Whether an audit status fails ``--fail-on`` (an errored check fails a 'fail' gate too)."""
-    from mmaudit.report.document import FAILING_STATUSES
-
-    return status in FAILING_STATUSES[fail_on]
-
-
-def summary_title(report) -> str:  # type: ignore[no-untyped-def]
-    """The terminal table's header: the audit status, and the gates the run recorded
-    (``report.fail_on``, ``report.fail_on_skipped``) that it fails, so the header never
-    reads "pass" above an exit code of 1."""
-    title = f"mmaudit: {report.status}"
-    failed = gate_failed(report.status, report.fail_on)
-    if failed and report.fail_on != "fail":  # a failing status under the default gate says so
-        title += f" (fails --fail-on {report.fail_on})"
-    skipped = report.skipped_checks()
-    if report.fail_on_skipped and skipped:
-        joint = "and" if failed else "but"
-        title += f", {joint} {len(skipped)} check(s) skipped (fails --fail-on-skipped)"
-    return title
-
-
-def print_summary(console, report) -> None:  # type: ignore[no-untyped-def]
-    """The report in the terminal: one row per check (status, what it tested, key metrics or
-    the reason it has none), then its coverage notes, findings and cross-check lines."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from mmaudit.report.cells import NO_RESULT, judged_cell, key_metrics
-
-    # every string from the report goes through escape(): a subgroup level such as "[/x]"
-    # in a metric name is data, not rich markup
-    table = Table(title=escape(summary_title(report)))
-    for col in ("check", "status", "tested", "key metrics / reason", "s"):
-        table.add_column(col, overflow="fold")
-    colours = {
-        "pass": "green",
-        "warn": "yellow",
-        "fail": "red",
-        "error": "magenta",
-        "skipped": "dim",
-    }
-    for c in report.checks.values():
-        colour = colours.get(c.status, "white")
-        key = key_metrics(c.metrics, c.findings)
-        table.add_row(
-            escape(c.name),
-            f"[{colour}]{escape(c.status)}[/{colour}]",
-            escape(judged_cell(c)),
-            escape((c.reason or key) if c.status in NO_RESULT else (key or c.reason or "")),
-            f"{c.seconds:.1f}",
-        )
-    for name, why in sorted(report.checks_not_run.items()):
-        table.add_row(escape(name), "[dim]not run[/dim]", "", escape(why), "")
-    console.print(table)
-    for c in report.checks.values():
-        for line in c.coverage:
-            console.print(f"  [yellow]coverage[/yellow] {escape(c.name)}: {escape(line)}")
-    others = sum(len(c.notes) for c in report.checks.values())
-    if others:
-        console.print(f"  [dim]{others} more note(s) in index.html, under each check[/dim]")
-    for c in report.checks.values():
-        for f in c.findings:
-            if f.severity in ("warn", "fail", "error"):
-                colour = colours.get(f.severity, "white")
-                console.print(
-                    f"  [{colour}]{f.severity}[/{colour}] {escape(c.name)}: {escape(f.message)}",
-                    markup=True,
-                )
-    for cc in getattr(report, "cross_checks", []):
-        console.print(f"  [bold]across checks[/bold]: {escape(cc.message)}", markup=True)
 
 
 @app.command()
@@ -257,6 +186,8 @@ def show(report: Path = typer.Argument(..., help="report folder")) -> None:
 
     loaded = load_report(report)
     console = _console()
+    from mmaudit.report.terminal import print_summary
+
     print_summary(console, loaded)
     console.print(
         escape(
@@ -315,73 +246,11 @@ def diff(
     elif as_markdown:
         typer.echo(diff_markdown(result))
     else:
+        from mmaudit.report.terminal import print_diff
+
         print_diff(_console(), result, limit=None if show_all else 10)
     if fail_on_regression and result.regressions:
         raise typer.Exit(1)
-
-
-def print_diff(console, result, limit: int | None = 10) -> None:  # type: ignore[no-untyped-def]
-    """The diff in the terminal: regressions, improvements, then the largest other moves
-    (``limit`` rows of those; None = all); every string from a report escaped."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from mmaudit.report.diff import moved_metrics, representation_lines
-
-    if result.not_comparable_reasons:
-        console.print(
-            f"[yellow]not comparable: {escape('; '.join(result.not_comparable_reasons))}[/yellow]"
-        )
-    moved = moved_metrics(result)
-    key = [m for m in moved if m.regression or m.improvement]
-    other = [m for m in moved if not (m.regression or m.improvement)]
-    shown = key + (other if limit is None else other[:limit])
-    table = Table(title="mmaudit diff: significant metric moves")
-    for col in ("check", "metric", "base", "new", "delta", "test", "verdict"):
-        table.add_column(col, overflow="fold")
-    colours = {"regression": "red", "improved": "green", "worse (within limits)": "yellow"}
-    for m in shown:
-        colour = colours.get(m.verdict, "dim")
-        table.add_row(
-            escape(m.check),
-            escape(m.metric),
-            f"{m.base:.4g}",
-            f"{m.new:.4g}",
-            f"{m.delta:+.4g}",
-            m.method,
-            f"[{colour}]{m.verdict}[/{colour}]",
-        )
-    console.print(table)
-    if len(shown) < len(moved):
-        console.print(f"[dim]{len(moved) - len(shown)} smaller moves not shown (--all)[/dim]")
-    for s in result.status_changes:
-        colour = "red" if s["worse"] else "green" if s.get("better") else "yellow"
-        console.print(
-            f"[{colour}]{escape(s['check'])}: {escape(s['base'])} -> {escape(s['new'])}[/{colour}]"
-        )
-    for name in result.missing_checks:
-        console.print(
-            f"[red]missing {escape(name)}[/red]: in the base report, not in the new one"
-            f" (run it, or pass --ignore-check {escape(name)})"
-        )
-    for f in result.resolved_findings:
-        console.print(f"[green]resolved[/green] {escape(f.check)}: {escape(f.message)}")
-    for f in result.improved_findings:
-        console.print(
-            f"[green]improved {escape(f.was or '')} -> {escape(f.severity)}[/green]"
-            f" {escape(f.check)}: {escape(f.message)}"
-        )
-    for f in result.new_findings:
-        console.print(f"[red]new {escape(f.severity)}[/red] {escape(f.check)}: {escape(f.message)}")
-    for line in representation_lines(result):
-        console.print(escape(line))
-    for n in result.notes:
-        console.print(f"[dim]{escape(n)}[/dim]")
-    console.print(
-        f"[red]{len(result.regressions)} regression(s)[/red]"
-        if result.regressions
-        else "[green]no regressions[/green]"
-    )
 
 
 @app.command("checks")

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from sample_audits import audits  # noqa: F401  (a session fixture: the report tests' audits)
 from torch import nn
 
 TESTS = Path(__file__).parent

@@ -669,8 +669,8 @@ def test_console_summary_shows_what_each_check_tested_and_its_coverage(capsys) -
     skipped check shows its reason even when it has metrics."""
     from rich.console import Console
 
-    from mmaudit.cli import print_summary
     from mmaudit.report.document import CheckReport, Report
+    from mmaudit.report.terminal import print_summary
 
     checks = {
         "probing": CheckReport(
@@ -701,8 +701,8 @@ def test_console_header_reflects_the_gates(capsys) -> None:  # type: ignore[no-u
     exit code of 1. The header now names the gate that fails, and stays plain otherwise."""
     from rich.console import Console
 
-    from mmaudit.cli import print_summary, summary_title
     from mmaudit.report.document import CheckReport, Report
+    from mmaudit.report.terminal import print_summary, summary_title
 
     def report(status: str, **gates) -> Report:  # type: ignore[no-untyped-def]
         checks = {
