@@ -22,9 +22,14 @@ test-browser: install
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 	$(BIN)/python -m pytest tests/report/test_browser.py
 
+# Stage lines and bars (a line per stage in a log), then where the report is and how to run
+# mmaudit yourself: the command lives in .venv, which make does not activate for your shell.
 demo: install
-	$(BIN)/mmaudit run configs/sample.yaml -o report --fail-on never --no-progress
-	@echo "open report/index.html (summary: report/summary.md)"
+	$(BIN)/mmaudit run configs/sample.yaml -o report --fail-on never
+	@echo ""
+	@echo "The report: open report/index.html in a browser (summary: report/summary.md)."
+	@echo "To run mmaudit yourself: source .venv/bin/activate, then mmaudit --help"
+	@echo "(or call it by path: .venv/bin/mmaudit run configs/sample.yaml -o report)."
 
 lint: install
 	$(BIN)/ruff check mmaudit tests benchmarks scripts
