@@ -6,6 +6,7 @@ selenium is absent (`make test-browser` installs the browser and driver)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,20 @@ FLAGS = [
     "--disable-sync",
     "--window-size=1200,900",
 ]
+
+#: under CI=true (.ci/run installs the browser) a missing piece fails instead of skipping
+IN_CI = os.environ.get("CI") == "true"
+MISSING = (
+    "Chromium is not installed (make test-browser)"
+    if CHROMIUM is None
+    else "chromedriver is not installed (Debian package chromium-driver; make test-browser)"
+    if CHROMEDRIVER is None
+    else "selenium is not installed (pip install -e '.[dev]')"
+    if not HAS_SELENIUM
+    else None
+)
+if IN_CI and MISSING is not None:
+    raise RuntimeError(f"CI=true but the browser test cannot run: {MISSING}")
 
 pytestmark = [
     pytest.mark.browser,
