@@ -53,6 +53,13 @@ def test_run_writes_complete_report(byo_config: Path, tmp_path: Path) -> None:
     }
     assert set(data["data"]["tabular_stats"]) == {"lab_a", "lab_b"}
     assert data["environment"]["precision"] == "fp32"
+    # num_workers: auto on the CPU is no workers, and the report says why
+    env = data["environment"]
+    assert (env["num_workers"], env["num_workers_asked"], env["pin_memory"]) == (0, "auto", False)
+    assert "CPU" in env["num_workers_reason"]
+    # where the model-bound time went: waiting for data or in the model
+    assert {"data_wait_s", "model_s", "sweep.data_wait_s", "sweep.model_s"} <= set(data["timings"])
+    assert data["timings"]["sweep.model_s"] > 0
     # one batched sweep: 48 rows at batch 16 is 3 model calls, whatever the checks do
     assert report.timings["model_calls"] == 3
     assert yaml.safe_load((out / "config.yaml").read_text())["data"]["manifest"].endswith(

@@ -13,9 +13,10 @@ with ``NonFiniteOutputError`` naming the ids, on every rank alike.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ import torch
 from mmaudit.engine.adapter import ModelAdapter
 from mmaudit.engine.data import AuditDataset, Batch
 from mmaudit.engine.errors import CheckError, NonFiniteOutputError
+from mmaudit.engine.loader import BatchLoader, resolve_num_workers
 from mmaudit.engine.nonfinite_outputs import failure_args, raise_first_failure, require_finite
 from mmaudit.engine.removal import (
     RemovalHow,
@@ -47,7 +49,7 @@ class InferenceCache:
         dataset: AuditDataset,
         *,
         batch_size: int = 64,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         seed: int = 0,
         progress: bool = False,
         target_kind: str = "binary",
@@ -55,12 +57,22 @@ class InferenceCache:
         self.adapter = adapter
         self.dataset = dataset
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        # "auto" (runtime.num_workers) resolved for this device and data; the report records it
+        self.workers = resolve_num_workers(
+            num_workers, adapter.device, dataset.cfg.image is not None
+        )
+        self.num_workers = self.workers.workers
         self.seed = seed
         self.progress = progress
         self.target_kind = target_kind
         self.model_calls = 0
         self.batches_run = 0
+        # seconds in the model (forward, check work, results back on the CPU), per pass too;
+        # the wait for data is the loader's
+        self.model_s = 0.0
+        self.passes: list[dict[str, Any]] = []
+        self._loader: BatchLoader | None = None
+        self._donor: Batch | None = None  # the donor rows of the batch in hand (see _compute)
         self._sweeps: dict[str, SweepResult] = {}
         self._layers: list[str] = []
         self._input_means: dict[str, torch.Tensor] = {}
@@ -82,18 +94,16 @@ class InferenceCache:
         indices: np.ndarray | None = None,
         batch_size: int | None = None,
         chunks: list[np.ndarray] | None = None,
-    ) -> Iterator[Batch]:
-        """Batches on the device, with a progress bar when enabled."""
+    ) -> Generator[Batch, None, None]:
+        """Batches on the device (from ``loader``), with a progress bar when enabled."""
         bs = batch_size or self.batch_size
-        if chunks is not None:
-            total = len(chunks)
-        else:
-            n = len(self.dataset) if indices is None else len(indices)
-            total = (n + bs - 1) // bs
-        source = self.dataset.batches(bs, self.num_workers, indices, chunks)
+        if chunks is None:
+            rows = np.arange(len(self.dataset)) if indices is None else np.asarray(indices)
+            chunks = [rows[i : i + bs] for i in range(0, len(rows), bs)]
+        total = len(chunks)
+        source = self.loader.batches(chunks)
         if not self.progress:
-            for b in source:
-                yield b.to(self.adapter.device)
+            yield from source
             return
         from rich.progress import (
             BarColumn,
@@ -112,8 +122,50 @@ class InferenceCache:
         ) as bar:
             task = bar.add_task(desc, total=total)
             for b in source:
-                yield b.to(self.adapter.device)
+                yield b
                 bar.advance(task)
+
+    @property
+    def loader(self) -> BatchLoader:
+        """Where batches come from: ``num_workers`` processes decode them, kept across passes."""
+        if self._loader is None or self._loader.workers != self.num_workers:
+            self.close()
+            self._loader = BatchLoader(self.dataset, self.num_workers, self.adapter.device)
+        return self._loader
+
+    def close(self) -> None:
+        """End the loader's worker processes (a later pass starts them again)."""
+        if self._loader is not None:
+            self._loader.close()
+
+    def timings(self) -> dict[str, float]:
+        """Where the model-bound time went, for report.json: ``data_wait_s`` (waiting for
+        batches: decoding not hidden behind the model, collation, host-to-device copies) and
+        ``model_s`` (forwards and checks' per-batch work until the results are on the CPU),
+        over every pass (``passes`` of them) and for the base sweep alone. More waiting than
+        model time means loading is the bottleneck."""
+        out = {
+            "data_wait_s": self._loader.wait_s if self._loader is not None else 0.0,
+            "model_s": self.model_s,
+            "passes": float(len(self.passes)),
+        }
+        for p in self.passes:
+            if p["pass"] == "sweep base":
+                out["sweep.data_wait_s"] = p["data_wait_s"]
+                out["sweep.model_s"] = p["model_s"]
+        return out
+
+    @contextlib.contextmanager
+    def _pass(self, name: str) -> Iterator[dict[str, Any]]:
+        """Record one pass's batches, data wait and model time in ``passes``."""
+        record = {"pass": name, "batches": 0, "data_wait_s": 0.0, "model_s": 0.0}
+        wait, model = self.loader.wait_s, self.model_s
+        try:
+            yield record
+        finally:
+            record["data_wait_s"] = self.loader.wait_s - wait
+            record["model_s"] = self.model_s - model
+            self.passes.append(record)
 
     def _run(
         self,
@@ -123,9 +175,11 @@ class InferenceCache:
         ctx: Any = None,
         persist: bool = False,
         skip_image: bool = False,
+        donors: np.ndarray | None = None,
     ) -> SweepResult:
         """One pass: this rank's shard in batches, results gathered from every rank in dataset
-        order (``skip_image``: no image decoded, see ``_head_batch``). With ``persist`` and a
+        order (``skip_image``: no image decoded, see ``_head_batch``; ``donors``: each batch's
+        donor rows, ``donors[rows]``, are decoded with it, see ``_compute``). With ``persist`` and a
         work folder, each finished batch goes straight into memory-mapped arrays on disk (see
         ``ShardFiles``), which a resumed run reuses; in one process the result *is* those
         read-only memory maps, so RAM never holds the whole sweep. With several processes
@@ -147,7 +201,9 @@ class InferenceCache:
                     self.work_dir, key, layers, mine, len(self.dataset), self.batch_size
                 )
                 todo = files.unfinished()
-                self._compute(key, transform, layers, ctx, chunks, todo, files.write, skip_image)
+                self._compute(
+                    key, transform, layers, ctx, chunks, todo, files.write, skip_image, donors
+                )
                 local = files.read_only()
             else:
                 done: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
@@ -156,7 +212,9 @@ class InferenceCache:
                     done[k] = (out, grabbed)
 
                 everything = list(range(len(chunks)))
-                self._compute(key, transform, layers, ctx, chunks, everything, keep, skip_image)
+                self._compute(
+                    key, transform, layers, ctx, chunks, everything, keep, skip_image, donors
+                )
                 local = (
                     _concat([done[k][0] for k in range(len(chunks))]),
                     {n: _concat([done[k][1][n] for k in range(len(chunks))]) for n in layers},
@@ -193,22 +251,34 @@ class InferenceCache:
         todo: list[int],
         sink: Callable[[int, np.ndarray, dict[str, np.ndarray]], None],
         skip_image: bool = False,
+        donors: np.ndarray | None = None,
     ) -> None:
         """Run the model on the chunks numbered ``todo``; hand each chunk's logits and layer
         outputs (float32, on the CPU) to ``sink(k, logits, layers)`` as soon as it is done.
         With ``skip_image`` the image encoder is substituted: no image is decoded and a
-        placeholder stands in."""
+        placeholder stands in. With ``donors`` the loader decodes each chunk's donor rows
+        ``donors[chunk]`` in the same batch, and they wait in ``self._donor`` for
+        ``remove_inputs``, so that a permuted image is decoded by the workers too."""
         manager = self.adapter.capture(layers) if layers else _null_capture()
-        with torch.inference_mode(), manager as store:
+        with torch.inference_mode(), manager as store, self._pass(f"sweep {key}") as record:
             if ctx is not None:
                 ctx.__enter__()
+            batches: Generator[Batch, None, None]
+            if skip_image:
+                batches = self.loader.timed(self._placeholder_batch(chunks[k]) for k in todo)
+            else:
+                wanted = [
+                    chunks[k] if donors is None else np.concatenate([chunks[k], donors[chunks[k]]])
+                    for k in todo
+                ]
+                batches = self.iter_batches(f"sweep {key}", chunks=wanted)
             try:
-                batches: Iterable[Batch] = (
-                    (self._placeholder_batch(chunks[k]) for k in todo)
-                    if skip_image
-                    else self.iter_batches(f"sweep {key}", chunks=[chunks[k] for k in todo])
-                )
                 for k, batch in zip(todo, batches, strict=True):
+                    start = time.perf_counter()
+                    if donors is not None:
+                        n = len(chunks[k])
+                        self._donor = batch.select(slice(n, None))
+                        batch = batch.select(slice(0, n))
                     self._current = batch
                     if transform is not None:
                         batch = transform(batch)
@@ -224,8 +294,12 @@ class InferenceCache:
                     )
                     out = logits.float().cpu().numpy()
                     grabbed = {n: store[n].float().cpu().numpy() for n in layers}
+                    self.model_s += time.perf_counter() - start
+                    record["batches"] += 1
                     sink(k, out, grabbed)
             finally:
+                batches.close()
+                self._donor = None
                 if ctx is not None:
                     ctx.__exit__(None, None, None)
 
@@ -283,8 +357,15 @@ class InferenceCache:
         todo = {k: r for k, r in zip(keys, removes, strict=True) if r and k not in self._sweeps}
         if level == "input":
             for key, remove in todo.items():
+                if remove.get("image") == "mean":
+                    self.input_mean("image")  # a pass of its own, before this one
+                # a permuted image's donors are decoded by the loader with their batch
+                donors = self.permutation(draw) if remove.get("image") == "permute" else None
                 self._sweeps[key] = self._run(
-                    key, lambda b, remove=remove: self.remove_inputs(b, remove, draw), []
+                    key,
+                    lambda b, remove=remove: self.remove_inputs(b, remove, draw),
+                    [],
+                    donors=donors,
                 )
         elif todo:
             self._sweeps.update(self._run_encoder_coalitions(todo, draw))
@@ -317,8 +398,6 @@ class InferenceCache:
         be removed other than as 'missing': there is no encoder output to replace, and the
         model would silently run on the real input; NonFiniteOutputError when a coalition's
         logits hold a NaN or inf."""
-        import contextlib
-
         from mmaudit.engine import distributed
 
         start = time.perf_counter()
@@ -354,10 +433,21 @@ class InferenceCache:
                     stack.enter_context(
                         self.adapter.substitute(m, lambda m=m: current[m])  # type: ignore[misc]
                     )
-                for lo in range(0, len(mine), self.batch_size):
-                    rows = mine[lo : lo + self.batch_size]
-                    batch = self._head_batch(rows, skip_image)
-                    donor = self._head_batch(perm[rows], True) if moves_inputs else None
+                chunks = [
+                    mine[lo : lo + self.batch_size] for lo in range(0, len(mine), self.batch_size)
+                ]
+                # the image is decoded (by the loader's workers) only when it goes to the model
+                batches = stack.enter_context(
+                    contextlib.closing(
+                        self.loader.timed(self._head_batch(c) for c in chunks)
+                        if skip_image
+                        else self.iter_batches("coalitions", chunks=chunks)
+                    )
+                )
+                record = stack.enter_context(self._pass("coalitions"))
+                for rows, batch in zip(chunks, batches, strict=True):
+                    start = time.perf_counter()
+                    donor = self._head_batch(perm[rows]) if moves_inputs else None
                     pos = 0
                     while pos < len(removals):
                         group = removals[pos : pos + per_forward]
@@ -397,6 +487,8 @@ class InferenceCache:
                         for j, chunk in enumerate(np.split(out, len(group))):
                             parts[pos + j].append(chunk)
                         pos += len(group)
+                    self.model_s += time.perf_counter() - start
+                    record["batches"] += 1
         except NonFiniteOutputError as exc:
             if not distributed.active():
                 raise
@@ -415,18 +507,16 @@ class InferenceCache:
             for j, key in enumerate(todo)
         }
 
-    def _head_batch(self, rows: np.ndarray, skip_image: bool) -> Batch:
-        """The batch of ``rows`` on the device; with ``skip_image`` no image is decoded (the
-        caller puts a placeholder in) and no ROI mask is read: text and labs are indexed
-        from the pre-tensorised arrays."""
+    def _head_batch(self, rows: np.ndarray) -> Batch:
+        """The batch of ``rows`` on the device without an image or ROI mask (nothing is
+        decoded; the caller puts a placeholder in where the model needs one): text and labs
+        are indexed from the pre-tensorised arrays. Images come from ``loader`` alone."""
         ds = self.dataset
-        if ds.cfg.image is not None and not skip_image:
-            return ds.collate([ds[int(i)] for i in rows]).to(self.adapter.device)
         return ds.collate([{"index": int(i)} for i in rows]).to(self.adapter.device)
 
     def _placeholder_batch(self, rows: np.ndarray) -> Batch:
         """``_head_batch`` without decoding, the image a placeholder of the right shape."""
-        batch = self._head_batch(rows, True)
+        batch = self._head_batch(rows)
         if self.dataset.cfg.image is not None:
             batch.image = self._image_placeholder(len(rows))
         return batch
@@ -464,8 +554,6 @@ class InferenceCache:
     ) -> SweepResult:
         """A sweep in which each named layer returns its row of ``outputs`` (N, ...) instead of
         running: the modules before it never run, only what follows it does."""
-        import contextlib
-
         stack = contextlib.ExitStack()
         for layer, full in outputs.items():
 
@@ -515,12 +603,14 @@ class InferenceCache:
             else:
                 total, count = None, 0
                 col = ds.modalities.index("image")
-                for b in ds.batches(self.batch_size, self.num_workers):
-                    keep = b.present[:, col]
-                    s = b.image[keep].sum(0)  # type: ignore[index]
-                    total = s if total is None else total + s
-                    count += int(keep.sum())
-                self._input_means[modality] = (total / max(count, 1))[None]  # type: ignore[operator]
+                with contextlib.closing(self.iter_batches("mean image")) as batches:
+                    for b in batches:
+                        keep = b.present[:, col]
+                        s = b.image[keep].sum(0)  # type: ignore[index]
+                        total = s if total is None else total + s
+                        count += int(keep.sum())
+                mean = (total / max(count, 1)).cpu()  # type: ignore[operator]
+                self._input_means[modality] = mean[None]
         return self._input_means[modality]
 
     def remove_inputs(self, batch: Batch, remove: dict[str, RemovalHow], draw: int = 0) -> Batch:
@@ -536,7 +626,13 @@ class InferenceCache:
         donor: Batch | None = None
         if "permute" in remove.values():
             idx = self.permutation(draw)[batch.index.cpu().numpy()]
-            donor = ds.collate([ds[int(i)] for i in idx]).to(batch.index.device)
+            donor = self._donor
+            if donor is None or not np.array_equal(donor.index.cpu().numpy(), idx):
+                # outside a pass that brought the donors along: decode here (images only
+                # when the image is the one permuted)
+                decode = remove.get("image") == "permute"
+                items = [ds[int(i)] if decode else {"index": int(i)} for i in idx]
+                donor = ds.collate(items).to(batch.index.device)
         for m, how in remove.items():
             col = ds.modalities.index(m)
             if how == "permute":
@@ -594,12 +690,19 @@ class InferenceCache:
         pos = 0
         while pos < len(pending):
             try:
-                for batch in self.iter_batches(desc, pending[pos:], bs):
-                    self._current = batch
-                    with torch.set_grad_enabled(grad), self.adapter.autocast():
-                        results.append(fn(batch))
-                    self.batches_run += 1
-                    pos += len(batch)
+                with (
+                    contextlib.closing(self.iter_batches(desc, pending[pos:], bs)) as batches,
+                    self._pass(desc) as record,
+                ):
+                    for batch in batches:
+                        start = time.perf_counter()
+                        self._current = batch
+                        with torch.set_grad_enabled(grad), self.adapter.autocast():
+                            results.append(fn(batch))
+                        self.model_s += time.perf_counter() - start
+                        record["batches"] += 1
+                        self.batches_run += 1
+                        pos += len(batch)
             except torch.cuda.OutOfMemoryError:
                 if bs == 1:
                     raise

@@ -62,6 +62,16 @@ class Batch:
         }
         return Batch(**moved)
 
+    def pin_memory(self) -> Batch:
+        """A copy with every tensor in pinned (page-locked) host memory, so that ``to(cuda)``
+        copies without blocking; a DataLoader with ``pin_memory=True`` calls this."""
+        pinned = {
+            f.name: (v.pin_memory() if isinstance(v, torch.Tensor) else v)
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
+        return Batch(**pinned)
+
     def select(self, rows: torch.Tensor | slice) -> Batch:
         """The sub-batch at ``rows``."""
         picked = {
@@ -137,6 +147,9 @@ class AuditDataset(torch.utils.data.Dataset):
         self._fill_text: tuple[torch.Tensor, torch.Tensor] | None = None
         self._fill_tabular: torch.Tensor | None = None
         self._tabular_zero_filled: torch.Tensor | None = None  # self.tabular before any fill
+        # counts changes to what items and batches hold (configure_missing), so that a loader
+        # whose worker processes hold an older copy of the dataset knows to restart them
+        self.version = 0
         if cfg.image is not None:
             self._setup_images(df)
         if cfg.text is not None:
@@ -484,6 +497,7 @@ class AuditDataset(torch.utils.data.Dataset):
         means) sees what the model sees; ``tabular_missing`` still marks the filled cells.
         """
         miss = self.cfg.missing
+        self.version += 1
         self.fill_missing = not model_takes_present
         self._fill_image = self._fill_text = self._fill_tabular = None
         if self.fill_missing:

@@ -80,6 +80,7 @@ def run_audit(
             lock.release(keep=not lock.created)
         raise
     work_dir: Path | None = None
+    cache: InferenceCache | None = None
     try:
         torch.manual_seed(cfg.runtime.seed)
         np.random.seed(cfg.runtime.seed)
@@ -113,7 +114,7 @@ def run_audit(
             adapter,
             dataset,
             batch_size=cfg.runtime.batch_size,
-            num_workers=0 if cfg.runtime.num_workers == "auto" else cfg.runtime.num_workers,
+            num_workers=cfg.runtime.num_workers,
             seed=cfg.runtime.seed,
             progress=cfg.runtime.progress,
             target_kind=cfg.data.target.kind,
@@ -186,9 +187,10 @@ def run_audit(
             },
             environment=environment(str(adapter.device))
             | precision
+            | cache.workers.record()
             | {"world_size": distributed.world_size()},
             seed=cfg.runtime.seed,
-            timings=timings | {"model_calls": float(cache.model_calls)},
+            timings=timings | cache.timings() | {"model_calls": float(cache.model_calls)},
             checks=results,
             cross_checks=cross_check(results, list(cfg.data.attributes)),
             status=worst,
@@ -199,6 +201,7 @@ def run_audit(
             checks_requested=[pc.name for pc in planned] if overrides.checks else None,
             checks_not_run=checks_not_run(cfg, planned, overrides.checks),
         )
+        cache.close()
         distributed.barrier()
         header = narrowing_comment(report.checks_requested)
         writer.finish(report, header + config_to_yaml(ran_cfg))
@@ -206,6 +209,8 @@ def run_audit(
             lock.release(keep=False)  # a finished audit leaves no resume state
         return report
     except BaseException as exc:
+        if cache is not None:
+            cache.close()
         writer.abort()
         # finished sweep batches are kept for --resume (meta.json refuses them if the
         # config, checkpoint or manifest changes), and so is the resume state of an earlier

@@ -27,10 +27,13 @@ def make_cache(tiny_manifest: Path, tiny_weights: Path, write_config):  # type: 
     ds = build_dataset(cfg)
 
     def make(
-        batch_size: int = 16, work_dir: Path | None = None, layers: tuple[str, ...] = LAYERS
+        batch_size: int = 16,
+        work_dir: Path | None = None,
+        layers: tuple[str, ...] = LAYERS,
+        num_workers: int = 0,
     ) -> InferenceCache:
         adapter = load_model(cfg.model, ds.modalities, cfg.runtime)
-        c = InferenceCache(adapter, ds, batch_size=batch_size, seed=0)
+        c = InferenceCache(adapter, ds, batch_size=batch_size, seed=0, num_workers=num_workers)
         c.request_layers(list(layers))
         c.work_dir = work_dir
         return c
@@ -370,3 +373,121 @@ def test_a_rank_meeting_nan_joins_the_gather_and_every_rank_stops(
     with pytest.raises(NonFiniteOutputError, match="rank 1's line") as info:
         make_cache().sweep()
     assert info.value.hint == "hint"
+
+
+def _every_pass(cache: InferenceCache) -> dict[str, np.ndarray]:
+    """The outputs of every kind of pass over the data: the sweep and its layers, input-level
+    removals that decode (permuted and mean image), an encoder-level coalition, a pass with
+    the image encoder running but its removal at the encoder level, and map_batches."""
+    import torch
+
+    base = cache.sweep()
+    out = {"logits": base.logits, **{f"layer.{n}": v for n, v in base.embeddings.items()}}
+    for m, how in (("image", "permute"), ("image", "mean"), ("tabular", "permute")):
+        out[f"input.{m}.{how}"] = cache.ablated({m: how}).logits  # type: ignore[dict-item]
+    out["encoder.image.permute"] = cache.ablated({"image": "permute"}, level="encoder").logits
+    cache.adapter.layers.pop("image")  # now the image must be decoded for coalitions
+    out["encoder.tabular.mean"] = cache.ablated({"tabular": "mean"}, level="encoder").logits
+
+    def fn(batch):  # type: ignore[no-untyped-def]
+        image = batch.image.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(cache.adapter.logits(batch.replace(image=image)).sum(), image)
+        return np.concatenate([grad.flatten(1).numpy(), batch.roi_mask.flatten(1).numpy()], 1)
+
+    out["map_batches"] = np.concatenate(cache.map_batches(fn, grad=True, batch_size=10))
+    return out
+
+
+def test_results_are_the_same_with_loader_workers(make_cache) -> None:  # type: ignore[no-untyped-def]
+    """Decoding in worker processes changes where images are read, never what the model gets."""
+    alone, workers = make_cache(), make_cache(num_workers=2)
+    assert workers.num_workers == 2
+    try:
+        expected, got = _every_pass(alone), _every_pass(workers)
+    finally:
+        workers.close()
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert np.array_equal(expected[name], got[name]), name
+
+
+def test_images_are_decoded_in_the_workers_which_persist_across_passes(
+    make_cache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """With workers, no image (not even a permuted image's donor) is decoded by the main
+    process during a pass, and every pass is served by the same two worker processes."""
+    import os
+
+    import mmaudit.engine.data as data
+
+    decoded = tmp_path / "decoded"
+    decoded.mkdir()
+    read = data.load_image_file
+
+    def load_image_file(path: Path, *args: object) -> np.ndarray:
+        (decoded / f"{os.getpid()}-{Path(path).stem}-{os.urandom(4).hex()}").touch()
+        return read(path, *args)
+
+    monkeypatch.setattr(data, "load_image_file", load_image_file)
+    cache = make_cache(num_workers=2)
+    try:
+        _every_pass(cache)
+        assert cache.loader.started == 1
+    finally:
+        cache.close()
+    pids = {int(f.name.split("-")[0]) for f in decoded.iterdir()}
+    assert os.getpid() not in pids
+    assert len(pids) == 2
+    # permuted-image passes decoded each row twice (as itself and as a donor), in the workers
+    assert sum(1 for f in decoded.iterdir() if "-s3-" in f.name) > 4
+
+
+def test_workers_see_the_stand_ins_set_after_they_started(make_cache) -> None:  # type: ignore[no-untyped-def]
+    """Workers hold a copy of the dataset: a later ``configure_missing`` restarts them, or the
+    lab stand-ins (the column mean, written into the dataset) would not reach the batches."""
+    cache = make_cache(num_workers=2)
+    try:
+        cache.map_batches(lambda b: b.tabular.numpy())
+        cache.dataset.configure_missing(model_takes_present=False)
+        labs = np.concatenate(cache.map_batches(lambda b: b.tabular.numpy()))
+        assert cache.loader.started == 2
+    finally:
+        cache.close()
+        cache.dataset.configure_missing(model_takes_present=True)
+    expected = cache.dataset._tabular_column_means.numpy()
+    missing = cache.dataset.tabular_missing.numpy()
+    assert missing[:, 1].any()
+    assert np.allclose(labs[missing], np.broadcast_to(expected, labs.shape)[missing])
+
+
+def test_each_pass_records_its_wait_for_data_and_its_model_time(make_cache) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    cache = make_cache()
+    cache.sweep()
+    cache.map_batches(lambda b: time.sleep(0.05))
+    passes = {p["pass"]: p for p in cache.passes}
+    assert passes["sweep base"]["batches"] == 3 and passes["batches"]["batches"] == 3
+    assert passes["batches"]["model_s"] >= 0.15  # the check's work is the model's side
+    timings = cache.timings()
+    assert timings["model_s"] == pytest.approx(sum(p["model_s"] for p in cache.passes))
+    assert timings["data_wait_s"] == pytest.approx(sum(p["data_wait_s"] for p in cache.passes))
+    assert timings["sweep.data_wait_s"] > 0 and timings["sweep.model_s"] > 0
+
+
+def test_a_pass_started_inside_another_gets_its_own_workers(make_cache) -> None:  # type: ignore[no-untyped-def]
+    """The persistent loader serves one pass at a time: a pass begun while another is being
+    read (here the mean image, asked for inside a check's batch function) must not reset it."""
+    alone, workers = make_cache(), make_cache(num_workers=2)
+
+    def fn(cache: InferenceCache):  # type: ignore[no-untyped-def]
+        return lambda b: (b.index.numpy(), cache.input_mean("image").numpy())
+
+    try:
+        got = workers.map_batches(fn(workers), batch_size=10)
+        assert workers.loader.started == 2
+    finally:
+        workers.close()
+    expected = alone.map_batches(fn(alone), batch_size=10)
+    assert np.concatenate([g[0] for g in got]).tolist() == list(range(48))
+    assert np.array_equal(got[-1][1], expected[-1][1])

@@ -771,3 +771,15 @@ def test_manifest_that_is_not_utf8_names_the_line(tiny_manifest: Path, tmp_path:
     path.write_bytes(("\n".join(text) + "\n").encode("utf-16"))
     with pytest.raises(DataError, match="UTF-16 text, not UTF-8"):
         AuditDataset(cfg)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs a CUDA device")
+def test_batch_pins_every_tensor_for_non_blocking_copies(tiny_manifest: Path) -> None:
+    """A DataLoader with pin_memory=True pins a Batch through its pin_memory(); without it the
+    batch would stay pageable and ``to(cuda, non_blocking=True)`` would block."""
+    ds = AuditDataset(_cfg(tiny_manifest))
+    batch = next(iter(ds.batches(4)))
+    pinned = batch.pin_memory()
+    tensors = [v for v in vars(pinned).values() if isinstance(v, torch.Tensor)]
+    assert len(tensors) >= 6 and all(t.is_pinned() for t in tensors)
+    assert torch.equal(pinned.to("cuda").image.cpu(), batch.image)  # type: ignore[union-attr]
