@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmaudit.methods.image_forward import target_scores
+from mmaudit.methods.memory_budget import MemoryBudget
 
 if TYPE_CHECKING:
     from mmaudit.engine.adapter import ModelAdapter
@@ -128,6 +129,9 @@ def compute_cams(
     layers: dict[str, str],
     info: GridInfo = GridInfo(),
     column: int = 0,
+    *,
+    budget: MemoryBudget | None = None,
+    forward_rows: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """CAM maps for ``images`` at each method's layer resolution, and the logits.
 
@@ -135,7 +139,57 @@ def compute_cams(
     reads. One forward with those layers captured, one ``autograd.grad`` of the summed
     target scores with respect to the captured outputs: every sample's map in the batch
     comes from that single backward (samples do not interact in eval mode).
+
+    With a ``budget`` and ``forward_rows`` (``(images, batch rows) -> logits``: the model on
+    the images of those rows of the batch), the batch is split into sub-batches whose
+    forward + backward fit the budget (measured once per image shape, recorded as
+    ``CAMs``); the maps are the same as from one pass.
     """
+    n = images.shape[0]
+    if budget is None or forward_rows is None:
+        return _cams_once(adapter, forward, images, cls, layers, info, column)
+    names = list(dict.fromkeys(layers.values()))
+
+    def probe(k: int) -> torch.Tensor:
+        rows = torch.zeros(k, dtype=torch.long, device=images.device)
+        x = images[rows].detach().requires_grad_(True)
+        with adapter.capture(names, detach=False):
+            target_scores(forward_rows(x, rows), cls[rows], column).sum()
+        return x
+
+    key = (tuple(images.shape[1:]), tuple(names))
+    step = budget.rows_per_chunk("CAMs", key, probe, adapter.module)
+    if step >= n:
+        return _cams_once(adapter, forward, images, cls, layers, info, column)
+    maps: dict[str, list[torch.Tensor]] = {}
+    logits = []
+    for lo in range(0, n, step):
+        rows = torch.arange(lo, min(n, lo + step), device=images.device)
+        part, lg = _cams_once(
+            adapter,
+            lambda x, r=rows: forward_rows(x, r),
+            images[rows],
+            cls[rows],
+            layers,
+            info,
+            column,
+        )
+        for m, c in part.items():
+            maps.setdefault(m, []).append(c)
+        logits.append(lg)
+    return {m: torch.cat(c) for m, c in maps.items()}, torch.cat(logits)
+
+
+def _cams_once(
+    adapter: ModelAdapter,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    cls: torch.Tensor,
+    layers: dict[str, str],
+    info: GridInfo,
+    column: int,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The CAMs of ``images`` from one forward and one backward."""
     names = list(dict.fromkeys(layers.values()))
     x = images.detach().requires_grad_(True)  # a graph exists even with frozen weights
     with adapter.capture(names, detach=False) as store:

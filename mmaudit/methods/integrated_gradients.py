@@ -12,7 +12,8 @@ How it runs: the named layers are *substituted* (``ModelAdapter.substitute``): t
 modules that would produce them do not run, the interpolated points are fed in
 instead, so only what follows them is computed. Several quadrature points (steps)
 travel in one forward/backward as extra rows of one batch (``steps_per_pass`` of them
-at a time), and the weighted gradient sum is kept in fp32. Gauss-Legendre nodes (the
+at a time, fewer, and the batch split, when a ``MemoryBudget`` says samples x points
+do not fit), and the weighted gradient sum is kept in fp32. Gauss-Legendre nodes (the
 default, as in captum) are far more accurate than a Riemann sum for the same number of
 steps on smooth networks.
 """
@@ -28,6 +29,7 @@ import torch
 
 from mmaudit.engine.adapter import ModelAdapter
 from mmaudit.engine.data import Batch
+from mmaudit.methods.memory_budget import MemoryBudget, split_rows
 
 __all__ = [
     "ScoreFn",
@@ -66,10 +68,6 @@ def expand_batch(batch: Batch, copies: int) -> Batch:
     return batch.select(rows)
 
 
-def _tile(t: torch.Tensor, copies: int) -> torch.Tensor:
-    return t.repeat(copies, *([1] * (t.dim() - 1)))
-
-
 @contextlib.contextmanager
 def substituted(
     adapter: ModelAdapter, supplies: dict[str, Callable[[], torch.Tensor]]
@@ -103,6 +101,8 @@ def layer_integrated_gradients(
     steps_per_pass: int = 16,
     method: Quadrature = "gausslegendre",
     fixed: dict[str, torch.Tensor] | None = None,
+    budget: MemoryBudget | None = None,
+    pass_name: str = "layer IG",
 ) -> dict[str, torch.Tensor]:
     """IG of ``score_fn`` w.r.t. the outputs of every layer in ``layers``, all at once.
 
@@ -113,10 +113,15 @@ def layer_integrated_gradients(
             or broadcastable (1, ...). The path moves every named layer together.
         score_fn: the scalar per row whose attribution is wanted (e.g. a target logit).
         n_steps: quadrature points on the path.
-        steps_per_pass: points evaluated in one forward + backward (B * this rows).
+        steps_per_pass: at most this many points in one forward + backward (B * this rows).
         method: ``gausslegendre`` or ``riemann_trapezoid``.
         fixed: layer name -> (B, ...) outputs held constant (e.g. cached encoder outputs
             of the other modalities, so those encoders never run).
+        budget: when given, the rows (samples x points) of one forward + backward are also
+            capped by what fits it (measured once per ``pass_name`` and input shape); the
+            batch is then split into sub-batches and the points into chunks. The result
+            does not depend on the split (up to float summation order).
+        pass_name: the name the budget records its plan under.
 
     Returns:
         layer name -> (B, ...) fp32 attributions; ``sum`` over all of them per sample is
@@ -124,7 +129,6 @@ def layer_integrated_gradients(
     """
     alphas, weights = quadrature(n_steps, method)
     n = len(batch)
-    device = next(iter(layers.values()))[0].device
     diffs: dict[str, torch.Tensor] = {}
     starts: dict[str, torch.Tensor] = {}
     for name, (x, b) in layers.items():
@@ -132,33 +136,84 @@ def layer_integrated_gradients(
         b32 = b.detach().float().to(x32.device).expand_as(x32)
         diffs[name] = x32 - b32
         starts[name] = b32
+    held = {name: t.detach() for name, t in (fixed or {}).items()}
+    max_rows = n * max(1, int(steps_per_pass))
+    if budget is not None:
+
+        def probe(k: int) -> list[torch.Tensor]:
+            rows = torch.zeros(k, dtype=torch.long, device=batch.index.device)
+            alpha = torch.full((k,), 0.5, device=next(iter(diffs.values())).device)
+            leaves = _points(starts, diffs, rows, alpha)
+            _path_score(adapter, batch.select(rows), leaves, held, rows, score_fn)
+            return list(leaves.values())
+
+        key = (_row_shapes(batch), tuple((k, tuple(d.shape[1:])) for k, d in diffs.items()))
+        max_rows = min(max_rows, budget.rows_per_chunk(pass_name, key, probe, adapter.module))
+    samples, points = split_rows(n, len(alphas), max_rows)
     total = {name: torch.zeros_like(d) for name, d in diffs.items()}
-    chunk = max(1, int(steps_per_pass))
-    for lo in range(0, len(alphas), chunk):
-        a = torch.as_tensor(alphas[lo : lo + chunk], dtype=torch.float32, device=device)
-        w = torch.as_tensor(weights[lo : lo + chunk], dtype=torch.float32, device=device)
-        copies = len(a)
-        big = expand_batch(batch, copies)
-        alpha_rows = a.repeat_interleave(n)
-        leaves: dict[str, torch.Tensor] = {}
-        for name in layers:
-            shape = (-1,) + (1,) * (diffs[name].dim() - 1)
-            point = _tile(starts[name], copies) + alpha_rows.view(shape) * _tile(
-                diffs[name], copies
-            )
-            leaves[name] = point.detach().requires_grad_(True)
-        supplies: dict[str, Callable[[], torch.Tensor]] = {
-            name: (lambda t=leaf: t) for name, leaf in leaves.items()
-        }
-        for name, t in (fixed or {}).items():
-            tiled = _tile(t.detach(), copies)
-            supplies[name] = lambda t=tiled: t
-        with torch.enable_grad(), substituted(adapter, supplies):
-            score = score_fn(adapter.logits(big), big).float().sum()
-            grads = torch.autograd.grad(score, list(leaves.values()), allow_unused=True)
-        for name, g in zip(leaves, grads, strict=True):
-            if g is None:
-                continue
-            g = g.float().view(copies, n, *diffs[name].shape[1:])
-            total[name] += torch.einsum("k,k...->...", w, g)
+    for s0 in range(0, n, samples):
+        sub = torch.arange(s0, min(n, s0 + samples), device=batch.index.device)
+        m = len(sub)
+        for lo in range(0, len(alphas), points):
+            device = next(iter(diffs.values())).device
+            a = torch.as_tensor(alphas[lo : lo + points], dtype=torch.float32, device=device)
+            w = torch.as_tensor(weights[lo : lo + points], dtype=torch.float32, device=device)
+            copies = len(a)
+            rows = sub.repeat(copies)  # chunk-major: row k * m + i is sample sub[i]
+            leaves = _points(starts, diffs, rows, a.repeat_interleave(m))
+            score = _path_score(adapter, batch.select(rows), leaves, held, rows, score_fn)
+            with torch.enable_grad():
+                grads = torch.autograd.grad(score, list(leaves.values()), allow_unused=True)
+            for name, g in zip(leaves, grads, strict=True):
+                if g is None:
+                    continue
+                g = g.float().view(copies, m, *diffs[name].shape[1:])
+                total[name][s0 : s0 + m] += torch.einsum("k,k...->...", w, g)
     return {name: diffs[name] * total[name] for name in layers}
+
+
+def _points(
+    starts: dict[str, torch.Tensor],
+    diffs: dict[str, torch.Tensor],
+    rows: torch.Tensor,
+    alpha: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Leaf tensors of the path points ``start + alpha * diff`` for samples ``rows``."""
+    leaves = {}
+    for name, d in diffs.items():
+        shape = (-1,) + (1,) * (d.dim() - 1)
+        r = rows.to(d.device)
+        point = starts[name][r] + alpha.to(d.device).view(shape) * d[r]
+        leaves[name] = point.detach().requires_grad_(True)
+    return leaves
+
+
+def _path_score(
+    adapter: ModelAdapter,
+    big: Batch,
+    leaves: dict[str, torch.Tensor],
+    fixed: dict[str, torch.Tensor],
+    rows: torch.Tensor,
+    score_fn: ScoreFn,
+) -> torch.Tensor:
+    """The summed score of the rows of ``big`` with the layers fed ``leaves`` (grad on)."""
+    supplies: dict[str, Callable[[], torch.Tensor]] = {
+        name: (lambda t=leaf: t) for name, leaf in leaves.items()
+    }
+    for name, t in fixed.items():
+        picked = t[rows.to(t.device)]
+        supplies[name] = lambda t=picked: t
+    with torch.enable_grad(), substituted(adapter, supplies):
+        return score_fn(adapter.logits(big), big).float().sum()
+
+
+def _row_shapes(batch: Batch) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The per-row shape of every tensor input of ``batch`` (a memory plan's key)."""
+    from dataclasses import fields
+
+    shapes = []
+    for f in fields(batch):
+        v = getattr(batch, f.name)
+        if isinstance(v, torch.Tensor):
+            shapes.append((f.name, tuple(v.shape[1:])))
+    return tuple(shapes)

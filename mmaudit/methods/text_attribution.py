@@ -45,6 +45,7 @@ from mmaudit.methods.integrated_gradients import (
     layer_integrated_gradients,
     substituted,
 )
+from mmaudit.methods.memory_budget import MemoryBudget
 from mmaudit.methods.stats import Estimate, auroc
 
 __all__ = [
@@ -333,6 +334,7 @@ def text_integrated_gradients(
     steps_per_pass: int = 16,
     method: Quadrature = "gausslegendre",
     fixed: dict[str, torch.Tensor] | None = None,
+    budget: MemoryBudget | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token IG for one batch: ``(attributions (B, L), F(x) (B,), F(baseline) (B,))``.
 
@@ -340,7 +342,8 @@ def text_integrated_gradients(
     reference (``baseline_ids``) and give the scores at both ends of the path; the
     quadrature then runs through :func:`layer_integrated_gradients` with the embedding
     layer substituted. ``fixed`` holds other layers (cached encoder outputs) constant.
-    Attributions are summed over the embedding dimension.
+    ``budget`` caps the reports x path points of one forward + backward (the pass is
+    recorded as ``text IG``). Attributions are summed over the embedding dimension.
     """
     assert batch.input_ids is not None
     ref = batch.replace(input_ids=baseline_ids(batch.input_ids, content, token_id))
@@ -365,6 +368,8 @@ def text_integrated_gradients(
             steps_per_pass=steps_per_pass,
             method=method,
             fixed=fixed,
+            budget=budget,
+            pass_name="text IG",
         )[layer]
     per_token = attr.reshape(attr.shape[0], attr.shape[1], -1).sum(-1)
     return per_token * content.to(per_token.dtype), fx, fb

@@ -996,3 +996,105 @@ def test_embedding_bag_over_flat_ids_is_a_noted_skip(manifest: Path, vocab: Any)
     notes = [n for n in out.notes if n.startswith("text: skipped: ")]
     assert notes and "sums tokens before any layer IG can hook" in notes[0]
     assert "word_ranking" not in out.tables and ctx.adapter.hook_count() == 0
+
+
+# --------------------------------------------------------------------------- budget, cap, 0/0
+
+
+class IgnoresText(Additive):
+    """Reads the report and cancels it: ``(image + 1000 t) - 1000 t``. The score moves by
+    float round-off only, so IG's completeness ratio is noise over noise (0/0)."""
+
+    def forward(self, image: torch.Tensor, input_ids: Any = None, attention_mask: Any = None,
+                tabular: Any = None) -> torch.Tensor:  # fmt: skip
+        out = self.img_head(self.img_enc(image))
+        t = 1000.0 * self.text_enc(input_ids, attention_mask)
+        return (out + t) - t + self.tab_head(self.tab_enc(tabular))
+
+
+class CurvedText(Additive):
+    """The report enters as ``3 sin(3 t)``: two path points cannot integrate it."""
+
+    def forward(self, image: torch.Tensor, input_ids: Any = None, attention_mask: Any = None,
+                tabular: Any = None) -> torch.Tensor:  # fmt: skip
+        out = self.img_head(self.img_enc(image))
+        t = self.text_enc(input_ids, attention_mask)
+        return out + 3.0 * torch.sin(3.0 * t) + self.tab_head(self.tab_enc(tabular))
+
+
+def test_ignored_reports_give_a_note_not_a_convergence_warning(manifest: Path, vocab: Any) -> None:
+    model = IgnoresText(
+        len(vocab), {vocab.convert_tokens_to_ids("portable"): 2.0}, [1.0, -0.5], [0.3, 0.0]
+    )
+    ctx = make_context(config_for(manifest), model)
+    out = quick(tabular=False, shares=False).run(ctx)
+    change = out.per_sample["text_score_change"].dropna().to_numpy()
+    assert np.abs(change).max() > 0  # round-off: the ratio used to be noise over noise
+    assert np.isnan(out.metrics["text.completeness_error"])
+    findings = judge("attribution", out.metrics, AttributionCheck.default_thresholds)
+    assert not [f for f in findings if f.rule == "ig_not_converged"]
+    assert any("0/0" in n and "not a convergence problem" in n for n in out.notes)
+
+
+def test_unconverged_text_ig_still_warns(manifest: Path, vocab: Any) -> None:
+    model = CurvedText(
+        len(vocab), {vocab.convert_tokens_to_ids("portable"): 2.0}, [1.0, -0.5], [0.3, 0.0]
+    )
+    ctx = make_context(config_for(manifest), model)
+    out = quick(tabular=False, shares=False, ig_steps=2).run(ctx)
+    assert out.metrics["text.completeness_error"] > 0.05
+    findings = judge("attribution", out.metrics, AttributionCheck.default_thresholds)
+    assert [f.severity for f in findings if f.rule == "ig_not_converged"] == ["warn"]
+    assert not any("0/0" in n for n in out.notes)
+
+
+def test_text_and_share_ig_within_a_tight_memory_budget_equal_one_pass(
+    manifest: Path, vocab: Any, portable_run: Any
+) -> None:
+    _, whole = portable_run
+    cfg = config_for(manifest)
+    cfg.runtime.memory_budget_mb = 0.002  # ~2 KB: a few rows per forward/backward
+    tight = quick().run(make_context(cfg, keyed_model(vocab, "portable")))
+    note = next(n for n in tight.notes if n.startswith("memory:"))
+    assert "memory_budget_mb = 0.002 MB" in note and "text IG" in note
+    assert "modality-share IG" in note
+    rows = int(note.split("text IG: ")[1].split(" rows per")[0].split("-> ")[1])
+    assert rows < 32 * 8  # fewer rows than one batch x the path points per pass
+    for col in ("text_attribution_sum", "share.text", "share.image"):
+        a = whole.per_sample[col].to_numpy(dtype=float)
+        b = tight.per_sample[col].to_numpy(dtype=float)
+        np.testing.assert_allclose(b, a, atol=1e-6, rtol=1e-5)
+    wt = whole.tables["text_token_attributions"]["attribution"].to_numpy()
+    tt = tight.tables["text_token_attributions"]["attribution"].to_numpy()
+    np.testing.assert_allclose(tt, wt, atol=1e-6)
+
+
+def test_stratified_cap_keeps_every_cell_in_proportion() -> None:
+    from mmaudit.checks.attribution.rows import stratified_cap
+
+    rows = np.arange(1000)
+    # cells of 600, 300, 90 and 10 rows
+    strata = np.array(["0|A"] * 600 + ["1|A"] * 300 + ["0|B"] * 90 + ["1|B"] * 10)
+    picked = stratified_cap(rows, 100, strata, np.random.default_rng(0))
+    assert len(picked) == 100 and len(set(picked)) == 100
+    assert np.all(np.diff(picked) > 0)
+    counts = {k: int((strata[picked] == k).sum()) for k in ("0|A", "1|A", "0|B", "1|B")}
+    assert counts == {"0|A": 60, "1|A": 30, "0|B": 9, "1|B": 1}
+    tiny = stratified_cap(rows, 4, strata, np.random.default_rng(0))
+    assert sorted(strata[tiny]) == ["0|A", "0|B", "1|A", "1|B"]  # one per cell
+    assert stratified_cap(rows, None, strata, np.random.default_rng(0)) is rows
+
+
+def test_text_cap_draws_by_label_and_site_and_says_so(manifest: Path, vocab: Any) -> None:
+    ctx = make_context(config_for(manifest), keyed_model(vocab, "portable"))
+    out = quick(tabular=False, shares=False, max_text_samples=20).run(ctx)
+    note = next(n for n in out.notes if n.startswith("text: IG on 20 of"))
+    assert "stratified by label x site" in note and "(4 of 4 cells represented)" in note
+    rows = out.per_sample["text_attribution_sum"].notna().to_numpy()
+    eligible = ctx.dataset.present[:, 1] & (np.array([bool(t) for t in ctx.dataset.texts]))
+    attrs = ctx.dataset.attributes["site"].to_numpy().astype(str)
+    label = np.asarray(ctx.dataset.target).astype(str)
+    cells = np.char.add(label, attrs)
+    for c in np.unique(cells[eligible]):
+        share = (cells[rows] == c).mean()
+        assert share == pytest.approx((cells[eligible] == c).mean(), abs=0.05 + 1 / 20)

@@ -94,3 +94,57 @@ def test_occlusion_map_finds_the_region() -> None:
     x = torch.ones(2, 1, 8, 8)
     occ = occlusion_map(model, x, torch.zeros_like(x), torch.ones(2, dtype=torch.long), 4, 4)
     assert torch.all(occ[:, 0:4, 0:4] == 16.0) and torch.all(occ[:, 4:, :] == 0)
+
+
+def test_maps_within_a_memory_budget_equal_one_pass(sample_model: Any) -> None:
+    """A budget that fits a few images per forward/backward splits the batch (and the IG
+    nodes, and the occlusion windows) and gives the same maps as one pass."""
+    from mmaudit.methods.cams import grid_info
+    from mmaudit.methods.image_forward import ImageForward
+    from mmaudit.methods.memory_budget import MemoryBudget
+
+    adapter, batch = sample_model
+    b = batch.select(slice(0, 12))
+    with torch.no_grad(), adapter.capture(["text", "tabular"]) as store:
+        adapter.logits(batch)
+        fixed = {k: store[k].clone() for k in ("text", "tabular")}
+    runner = ImageForward(adapter, fixed)
+    layers = {"gradcam": adapter.layers["gradcam"], "hirescam": adapter.layers["gradcam"]}
+    cls = torch.tensor([i % 2 for i in range(len(b))])
+    info = grid_info(adapter)
+    base = gaussian_blur(b.image, 4.0)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return runner(b, x)
+
+    def forward_rows(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return runner(b.select(r), x)
+
+    def run(budget: MemoryBudget | None) -> tuple[dict[str, torch.Tensor], ...]:
+        kw: dict[str, Any] = {"budget": budget, "forward_rows": forward_rows}
+        cams, _ = compute_cams(adapter, forward, b.image, cls, layers, info, **kw)
+        ig, delta = integrated_gradients(
+            forward, b.image, base, cls, 8, 4, module=adapter.module, **kw
+        )
+        occ = occlusion_map(forward, b.image, base, cls, 16, 16, module=adapter.module, **kw)
+        return cams, {"ig": ig, "delta": delta, "occlusion": occ}
+
+    with runner.active():
+        whole_cams, whole = run(None)
+        probe = MemoryBudget(10_000.0)
+        run(probe)
+        sizes = {name: plan.footprint for name, plan in probe.plans.items()}
+        assert set(sizes) == {"CAMs", "image IG", "occlusion map"}
+        assert all(fp.bytes_per_row > 0 for fp in sizes.values())
+        # room for 5 rows of the costliest pass: every pass splits the batch of 12
+        worst = max(sizes.values(), key=lambda fp: fp.bytes_per_row)
+        tight = MemoryBudget(1.5 * (worst.fixed_bytes + 5 * worst.bytes_per_row) / 2**20)
+        cams, split = run(tight)
+    assert tight.plans["image IG"].rows_per_chunk < len(b)
+    assert tight.plans["CAMs"].rows_per_chunk < len(b)
+    for m in layers:
+        torch.testing.assert_close(cams[m], whole_cams[m], rtol=1e-5, atol=1e-6)
+    scale = float(whole["ig"].abs().max())
+    torch.testing.assert_close(split["ig"], whole["ig"], rtol=1e-4, atol=1e-5 * scale)
+    torch.testing.assert_close(split["delta"], whole["delta"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(split["occlusion"], whole["occlusion"], rtol=1e-5, atol=1e-5)

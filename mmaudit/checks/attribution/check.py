@@ -31,6 +31,7 @@ from mmaudit.checks.contract import (
 )
 from mmaudit.checks.findings import count_judged
 from mmaudit.methods.attribution_target import Target
+from mmaudit.methods.memory_budget import MemoryBudget
 from mmaudit.methods.text_attribution import DEFAULT_STOPLIST
 
 
@@ -72,9 +73,14 @@ class AttributionCheck(Check):
     examples) show that attribution negated, i.e. of ``-logit(1)``; the ranking's
     ``direction`` and ``logit_attribution`` columns and each example's title name the score
     shown. Every CI resamples patients.
+    Cost bounds: text IG runs on at most ``max_text_samples`` reports (1000), drawn
+    stratified by label and site; every IG pass splits samples x path points into chunks
+    that fit ``runtime.memory_budget_mb`` (a note records the rows chosen per pass).
     Metrics: ``text.n_samples``, ``text.completeness_error`` (sum |IG - (F(x)-F(ref))| /
-    sum |F(x)-F(ref)|), ``text.top_words.<class>``, ``text.stoplist_share`` (share of
-    |attribution| on stop-listed words), ``text.punctuation_share`` (share on punctuation-
+    sum |F(x)-F(ref)| over the reports whose score the words change; NaN, with a note, when
+    the model ignores the words -- 0/0 is not a convergence problem),
+    ``text.top_words.<class>``, ``text.stoplist_share`` (share of |attribution| on
+    stop-listed words), ``text.punctuation_share`` (share on punctuation-
     only tokens, which are not ranked as words), ``text.site_word_share.<word>`` (the word's share
     of |attribution|; ``null_p`` = corrected p-value that it says nothing about the site
     within a label class); ``tabular.n_samples``, ``tabular.importance.<feature>`` (mean |SHAP|),
@@ -121,10 +127,11 @@ class AttributionCheck(Check):
             default="pad", description="token that replaces every word in the IG reference"
         )
         max_text_samples: int | None = Field(
-            default=2000,
+            default=1000,
             ge=1,
-            description="cap on reports attributed, a seeded subset (None: all); keeps large"
-            " audits bounded: text IG costs a backward pass per path step",
+            description="cap on reports attributed (None: all): a seeded draw stratified by"
+            " label and site_attribute, each cell in proportion; text IG costs ig_steps"
+            " forward/backward passes per report (docs/checks/attribution.md: the choice)",
         )
         min_count: int = Field(default=5, ge=1, description="reports a word needs to be ranked")
         top_words: int = Field(default=15, ge=1, description="words per class in the ranking")
@@ -216,6 +223,7 @@ class AttributionCheck(Check):
             out.notes.append(multilabel_note(labels, target, p.target_class))
         out.notes.append(target.sign_note())
         per_sample = pd.DataFrame({"id": ctx.dataset.ids})
+        budget = MemoryBudget(ctx.config.runtime.memory_budget_mb)
         for part, reason in (
             ("text", text_unavailable(ctx, p.text)),
             ("tabular", tabular_unavailable(ctx, p.tabular)),
@@ -224,11 +232,12 @@ class AttributionCheck(Check):
             if reason is not None:
                 out.notes.append(f"{part}: skipped: {reason}")
             elif part == "text":
-                attribute_text(ctx, p, labels).merge_into(out, per_sample)
+                attribute_text(ctx, p, labels, budget).merge_into(out, per_sample)
             elif part == "tabular":
                 attribute_labs(ctx, p, target).merge_into(out, per_sample)
             else:
-                modality_shares(ctx, p, target).merge_into(out, per_sample)
+                modality_shares(ctx, p, target, budget).merge_into(out, per_sample)
+        out.notes.extend(budget.notes())
         out.per_sample = per_sample
         # the summary shows the first metrics with CIs: modality shares, then lab importance
         first = (
@@ -270,7 +279,8 @@ class AttributionCheck(Check):
             eligible = int(ctx.dataset.present[:, col].sum())
             if n_used < eligible:
                 why = (
-                    "empty reports left out, or a seeded sample of max_text_samples"
+                    "empty reports left out, or a draw of max_text_samples stratified by label"
+                    " and site"
                     if part == "text"
                     else "a seeded sample of max_shap_samples"
                 )

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from mmaudit.checks.attribution.records import Fragment, SampleColumn
-from mmaudit.checks.attribution.rows import pooled_ratio, row_groups
+from mmaudit.checks.attribution.rows import completeness_error, row_groups
 from mmaudit.checks.plotting import literal_text, pyplot
 from mmaudit.methods.integrated_gradients import layer_integrated_gradients, scores_with_layers
 from mmaudit.methods.shapley import shapley_values
@@ -31,9 +31,15 @@ if TYPE_CHECKING:
     from mmaudit.engine.data import Batch
     from mmaudit.engine.removal import RemovalHow
     from mmaudit.methods.attribution_target import Target
+    from mmaudit.methods.memory_budget import MemoryBudget
 
 
-def modality_shares(ctx: AuditContext, p: AttributionCheck.Params, target: Target) -> Fragment:
+def modality_shares(
+    ctx: AuditContext,
+    p: AttributionCheck.Params,
+    target: Target,
+    budget: MemoryBudget | None = None,
+) -> Fragment:
     """Per-sample IG shares of every modality with an encoder layer, beside the coalition
     Shapley shares, on the samples that have every one of those modalities."""
     out = Fragment()
@@ -64,6 +70,8 @@ def modality_shares(ctx: AuditContext, p: AttributionCheck.Params, target: Targe
             n_steps=p.ig_steps,
             steps_per_pass=p.ig_steps_per_pass,
             method=p.ig_method,
+            budget=budget,
+            pass_name="modality-share IG",
         )
         contrib = torch.stack([attr[m].reshape(n, -1).sum(1) for m in mods], 1)
         refs = {m: base[m].to(dev).expand(n, *base[m].shape[1:]) for m in mods}
@@ -74,9 +82,12 @@ def modality_shares(ctx: AuditContext, p: AttributionCheck.Params, target: Targe
     contrib = np.concatenate([q[0] for q in parts])
     fb = np.concatenate([q[1] for q in parts])
     fx = target.scores(ctx.cache.sweep().logits)[rows]
-    out.metrics["shares.completeness_error"] = pooled_ratio(
-        np.abs(contrib.sum(1) - (fx - fb)), np.abs(fx - fb)
+    error, note = completeness_error(
+        contrib.sum(1), np.abs(contrib).sum(1), fx, fb, "shares: the modalities"
     )
+    out.metrics["shares.completeness_error"] = error
+    if note is not None:
+        out.notes.append(note)
     absc = np.abs(contrib)
     share = _abs_shares(contrib)
     removal: RemovalHow = p.share_baseline if p.ablation_removal == "auto" else p.ablation_removal

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mmaudit.checks.attribution.records import Fragment, SampleColumn
-from mmaudit.checks.attribution.rows import pooled_ratio, row_groups
+from mmaudit.checks.attribution.rows import completeness_error, row_groups
 from mmaudit.checks.attribution.text_examples import example_reports
 from mmaudit.checks.attribution.text_ig import attribute_reports, token_table
 from mmaudit.checks.attribution.word_ranking import rank_words, ranking_figure
@@ -29,10 +29,14 @@ if TYPE_CHECKING:
     from mmaudit.checks.attribution.check import AttributionCheck
     from mmaudit.checks.contract import AuditContext
     from mmaudit.methods.attribution_target import Target
+    from mmaudit.methods.memory_budget import MemoryBudget
 
 
 def attribute_text(
-    ctx: AuditContext, p: AttributionCheck.Params, targets: list[Target]
+    ctx: AuditContext,
+    p: AttributionCheck.Params,
+    targets: list[Target],
+    budget: MemoryBudget | None = None,
 ) -> Fragment:
     """IG of every target's score over the report tokens (one pass per target: one for
     a binary or multiclass model, one per label column of a multilabel one); the word
@@ -42,16 +46,22 @@ def attribute_text(
     ds = ctx.dataset
     tok = ds.tokenizer
     assert ds.input_ids is not None
-    ig = attribute_reports(ctx, p, targets)
+    ig = attribute_reports(ctx, p, targets, budget)
     rows, attr, fx, fb = ig.rows, ig.attr, ig.fx, ig.fb
     if len(rows) < ig.n_eligible:
         out.notes.append(
-            f"text: IG on {len(rows)} of {ig.n_eligible} reports"
-            f" (max_text_samples={p.max_text_samples})"
+            f"text: IG on {len(rows)} of {ig.n_eligible} reports with words"
+            f" (max_text_samples={p.max_text_samples}), a seeded draw stratified by"
+            f" {ig.strata_by}: each of the {ig.n_cells} cells in proportion to its size"
+            f" ({ig.n_cells_kept} of {ig.n_cells} cells represented)"
         )
-    err = attr.sum(2) - (fx - fb)
     out.metrics["text.n_samples"] = len(rows)
-    out.metrics["text.completeness_error"] = pooled_ratio(np.abs(err), np.abs(fx - fb))
+    error, note = completeness_error(
+        attr.sum(2), np.abs(attr).sum(2), fx, fb, "text: the report words"
+    )
+    out.metrics["text.completeness_error"] = error
+    if note is not None:
+        out.notes.append(note)
     for t, target in enumerate(targets):
         suffix = "" if target.label is None else f".{target.label}"
         out.columns.append(SampleColumn(f"text_attribution_sum{suffix}", rows, attr[t].sum(1)))

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmaudit.checks.attribution.rows import cap_rows
+from mmaudit.checks.attribution.rows import strata_of, stratified_cap
 from mmaudit.methods.text_attribution import (
     baseline_token_id,
     content_mask,
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from mmaudit.checks.contract import AuditContext
     from mmaudit.engine.data import Batch
     from mmaudit.methods.attribution_target import Target
+    from mmaudit.methods.memory_budget import MemoryBudget
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,21 @@ class ReportAttribution:
     attr: np.ndarray
     fx: np.ndarray
     fb: np.ndarray
+    #: what the cap's draw was stratified by (``label`` or ``label x <site attribute>``)
+    strata_by: str = "label"
+    #: (label, site) cells among the eligible reports, and those the draw kept
+    n_cells: int = 0
+    n_cells_kept: int = 0
 
 
 def attribute_reports(
-    ctx: AuditContext, p: AttributionCheck.Params, targets: list[Target]
+    ctx: AuditContext,
+    p: AttributionCheck.Params,
+    targets: list[Target],
+    budget: MemoryBudget | None = None,
 ) -> ReportAttribution:
-    """IG of every target's score over the tokens of the (capped, seeded) reports that
-    have words."""
+    """IG of every target's score over the tokens of the reports that have words; above
+    ``max_text_samples`` of them, a seeded draw stratified by label and site."""
     ds, adapter = ctx.dataset, ctx.adapter
     tok = ds.tokenizer
     assert ds.input_ids is not None and ds.attention_mask is not None
@@ -58,7 +67,8 @@ def attribute_reports(
     content_all = content_mask(ds.input_ids, ds.attention_mask, tok)
     present = ds.present[:, ds.modalities.index("text")]
     eligible = np.flatnonzero(present & content_all.any(1).numpy())
-    rows = cap_rows(eligible, p.max_text_samples, ctx.rng("attribution.text"))
+    strata, strata_by = strata_of(ctx, eligible, p.site_attribute)
+    rows = stratified_cap(eligible, p.max_text_samples, strata, ctx.rng("attribution.text"))
     fixed = {
         m: torch.from_numpy(np.array(ctx.cache.embeddings(m)))  # writable copy of a memmap
         for m in ds.modalities
@@ -84,6 +94,7 @@ def attribute_reports(
                 steps_per_pass=p.ig_steps_per_pass,
                 method=p.ig_method,
                 fixed=held,
+                budget=budget,
             )
             result.append((attr.detach().cpu().numpy(), fx.cpu().numpy(), fb.cpu().numpy()))
         return result
@@ -93,7 +104,10 @@ def attribute_reports(
     attr = np.stack([np.concatenate([q[t][0] for q in parts]) for t in range(len(targets))])
     fx = np.stack([np.concatenate([q[t][1] for q in parts]) for t in range(len(targets))])
     fb = np.stack([np.concatenate([q[t][2] for q in parts]) for t in range(len(targets))])
-    return ReportAttribution(rows, len(eligible), attr, fx, fb)
+    kept = len(np.unique(strata[np.isin(eligible, rows)]))
+    return ReportAttribution(
+        rows, len(eligible), attr, fx, fb, strata_by, len(np.unique(strata)), kept
+    )
 
 
 def token_table(

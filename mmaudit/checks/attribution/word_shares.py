@@ -67,9 +67,9 @@ def punctuation_share(
     punct = occ[~occ["word"].map(is_word)]
     per_doc = punct.groupby("doc")["abs"].sum().reindex(range(len(doc_total)), fill_value=0)
     share = bootstrap_ci(pooled_ratio, per_doc.to_numpy(), doc_total, groups=groups, **boot)
-    if punct.empty:
-        return PunctuationShare(share, None)
     total = float(doc_total.sum())
+    if punct.empty or total <= 0:  # no punctuation, or no attribution at all to share
+        return PunctuationShare(share, None)
     by_token = punct.groupby("word").agg(abs=("abs", "sum"), mean=("attribution", "mean"))
     top = by_token.sort_values("abs", ascending=False).head(3)
     parts = [

@@ -7,6 +7,7 @@ thumbnails of a :class:`Maps` record."""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from mmaudit.methods.cams import compute_cams, upsample
 from mmaudit.methods.image_attribution import gaussian_blur, integrated_gradients, occlusion_map
 from mmaudit.methods.image_forward import ImageForward
 from mmaudit.methods.map_statistics import map_statistics, positive_normalised
+from mmaudit.methods.memory_budget import MemoryBudget
 
 if TYPE_CHECKING:
     from mmaudit.engine.adapter import ModelAdapter
@@ -65,6 +67,7 @@ def map_pass(
     side = s.params.map_size
     cls_all = torch.from_numpy(s.cls_all)
     cam_grid: dict[str, tuple[int, int]] = {}
+    budget = memory_budget(s)
 
     def fn(batch: Batch) -> dict[str, Any]:
         assert batch.image is not None
@@ -76,7 +79,17 @@ def map_pass(
 
         maps: dict[str, torch.Tensor] = {}
         if layers:
-            cams, logits = compute_cams(adapter, forward, images, cls, layers, s.info, s.column)
+            cams, logits = compute_cams(
+                adapter,
+                forward,
+                images,
+                cls,
+                layers,
+                s.info,
+                s.column,
+                budget=budget,
+                forward_rows=lambda x, r: runner(batch.select(r), x),
+            )
             maps.update({m: upsample(c, s.size) for m, c in cams.items()})
             cam_grid.update({m: (c.shape[-2], c.shape[-1]) for m, c in cams.items()})
         else:
@@ -111,6 +124,7 @@ def subset_pass(s: Setting, adapter: ModelAdapter, rows: np.ndarray, into: Maps,
     mean_img = s.ctx.cache.input_mean("image") if p.ig_baseline == "mean" else None
     side = p.map_size
     window = max(1, round(p.occlusion_window * s.size[0]))
+    budget = memory_budget(s)
 
     def fn(batch: Batch) -> dict[str, Any]:
         assert batch.image is not None
@@ -136,6 +150,9 @@ def subset_pass(s: Setting, adapter: ModelAdapter, rows: np.ndarray, into: Maps,
                 p.ig_steps,
                 p.ig_steps_per_pass,
                 s.column,
+                budget=budget,
+                forward_rows=lambda x, r: runner(batch.select(r), x),
+                module=adapter.module,
             )
             maps["ig"] = attr.sum(1)
             res["delta"] = delta.cpu().numpy()
@@ -149,6 +166,9 @@ def subset_pass(s: Setting, adapter: ModelAdapter, rows: np.ndarray, into: Maps,
                 window,
                 window,
                 column=s.column,
+                budget=budget,
+                forward_rows=lambda x, r: runner(batch.select(r), x),
+                module=adapter.module,
             )
         for m, mp in maps.items():
             st = map_statistics(mp.detach(), roi, p.border)
@@ -179,6 +199,25 @@ def subset_pass(s: Setting, adapter: ModelAdapter, rows: np.ndarray, into: Maps,
         ig_gap = np.full(n, np.nan)
         ig_gap[pos] = np.concatenate([q["gap"] for q in parts])
     return dc_replace(into, stats=stats, thumbs=thumbs, ig_delta=ig_delta, ig_gap=ig_gap)
+
+
+_BUDGETS: weakref.WeakKeyDictionary[Any, MemoryBudget] = weakref.WeakKeyDictionary()
+
+
+def memory_budget(s: Setting) -> MemoryBudget:
+    """The audit's memory budget (``runtime.memory_budget_mb``) for this check's passes:
+    one per audit (keyed by its cache), so a pass shape is measured once and every plan
+    is recorded."""
+    budget = _BUDGETS.get(s.ctx.cache)
+    if budget is None:
+        budget = MemoryBudget(s.ctx.config.runtime.memory_budget_mb)
+        _BUDGETS[s.ctx.cache] = budget
+    return budget
+
+
+def memory_notes(s: Setting) -> list[str]:
+    """What the budget chose for each gradient pass of the check (one line), for the report."""
+    return memory_budget(s).notes()
 
 
 def with_stats(maps: Maps, extra: dict[str, dict[str, np.ndarray]]) -> Maps:

@@ -15,7 +15,7 @@ import torch
 
 from mmaudit.checks.contract import CheckOutput
 from mmaudit.checks.saliency.hotspot import Hotspots
-from mmaudit.checks.saliency.maps import Maps
+from mmaudit.checks.saliency.maps import Maps, memory_budget
 from mmaudit.checks.saliency.metrics import holm_adjusted
 from mmaudit.checks.saliency.setting import Setting, signed_score
 from mmaudit.engine.distributed import sample_seeds
@@ -25,6 +25,7 @@ from mmaudit.methods.stats import Estimate
 
 if TYPE_CHECKING:
     from mmaudit.engine.data import Batch
+    from mmaudit.methods.memory_budget import MemoryBudget
 
 #: a hotspot box counts as off-ROI when at most this share of it lies in the image's ROI
 OFF_ROI_MAX_OVERLAP = 0.05
@@ -60,6 +61,7 @@ def occlusion_test(
     u = s.ctx.rng("saliency.control").random((len(s.ds), draws))
     donors = _donors(s, main, hot) if p.infill == "donor" else None
     runner = ImageForward(s.adapter, s.fixed)
+    budget = memory_budget(s)
     seed = int(s.ctx.rng("saliency.infill").integers(2**31))
     ds, size = s.ds, s.size
 
@@ -112,7 +114,8 @@ def occlusion_test(
         ctrl_stack = torch.stack(filled[k:])  # (draws, b, C, H, W)
         cols = torch.arange(b, device=dev)
         controls = [ctrl_stack[match[j].to(dev), cols] for j in range(k)]
-        logits = runner(batch, torch.cat([*filled[:k], *controls])).float().cpu().numpy()
+        stacked = torch.cat([*filled[:k], *controls])  # row j * b + i: sample i
+        logits = _forward_in_chunks(runner, batch, stacked, budget).float().cpu().numpy()
         overlap = np.full((k, b), np.nan)
         if roi is not None:
             for j, (r0, r1, c0, c1) in enumerate(boxes):
@@ -190,6 +193,34 @@ def occlusion_test(
         )
     met.update(holm_adjusted(met, excess_keys, trusted))
     return Occlusion(pd.DataFrame(columns), off_roi), out
+
+
+def _forward_in_chunks(
+    runner: ImageForward, batch: Batch, stacked: torch.Tensor, budget: MemoryBudget
+) -> torch.Tensor:
+    """Logits of ``stacked`` (copies of ``batch``'s images, chunk-major), as many images per
+    forward as fit the memory budget (measured once per image shape, recorded as
+    ``hotspot occlusion``)."""
+    b = len(batch)
+    idx = torch.arange(b, device=stacked.device).repeat(stacked.shape[0] // b)
+
+    def probe(k: int) -> torch.Tensor:
+        rows = torch.zeros(k, dtype=torch.long, device=stacked.device)
+        x = stacked[rows]
+        runner(batch.select(rows), x)
+        return x
+
+    step = budget.rows_per_chunk(
+        "hotspot occlusion", tuple(stacked.shape[1:]), probe, runner.adapter.module, grad=False
+    )
+    if step >= stacked.shape[0]:
+        return runner(batch, stacked)
+    return torch.cat(
+        [
+            runner(batch.select(idx[lo : lo + step]), stacked[lo : lo + step])
+            for lo in range(0, stacked.shape[0], step)
+        ]
+    )
 
 
 def _auroc_diff(

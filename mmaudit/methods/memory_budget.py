@@ -1,0 +1,228 @@
+"""How many rows one forward (and backward) of an attribution pass may hold, from a budget.
+
+Why: a gradient pass keeps every activation autograd saves for its backward until the
+backward runs, so its memory grows with the rows it holds -- samples x path points for
+Integrated Gradients, samples for CAMs, samples x occluded copies for occlusion. Fixed
+"steps per pass" settings give 1,024 rows through six transformer layers at once for text
+IG over a MiniLM encoder (11.7 GB measured); a budget in bytes gives each pass the rows
+that fit, whatever the model and the input size.
+
+How: :func:`measure` runs the pass to be made on 1 and on 2 rows (a probe: the same
+forward, on a repeated first row) and counts
+
+* with gradients: the bytes of the tensors autograd saves for the backward (through
+  ``torch.autograd.graph.saved_tensors_hooks``, each storage counted once, the model's
+  parameters and buffers left out), plus the probe's input rows and their gradients;
+* without gradients: the largest ``inputs + output`` of any leaf module (what must be
+  live at once while it runs).
+
+The difference of the two probes is the cost of one row; the rest (the 1-row total less
+one row) is the fixed cost. :class:`MemoryBudget` turns that into rows per chunk
+(``(budget - fixed) // bytes_per_row``, at least 1; a gradient pass's bytes counted
+``BACKWARD_OVERHEAD`` times for the gradient buffers of the backward), memoised per pass
+and input shape, and keeps what it chose for the report. The count is of tensor bytes, not allocator
+overhead or kernel workspaces, so it is a close lower bound of the pass's peak, not a
+hard ceiling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["ChunkPlan", "Footprint", "MemoryBudget", "measure", "split_rows"]
+
+_MB = 1024 * 1024
+
+#: a gradient pass's peak over the bytes saved for its backward: the backward holds
+#: gradient buffers of its own while it frees saved tensors. Measured on text IG through
+#: MiniLM-L6 (128 tokens, CPU): peak RSS grows 16.1 MB per row against 12.05 MB saved (1.34x)
+BACKWARD_OVERHEAD = 1.5
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Measured bytes of a pass: per row, and fixed (independent of the rows)."""
+
+    bytes_per_row: int
+    fixed_bytes: int
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """What a pass was given: rows per forward/backward and the footprint behind it."""
+
+    pass_name: str
+    rows_per_chunk: int
+    footprint: Footprint
+    grad: bool
+
+    def describe(self) -> str:
+        """One line for the report: the pass, its measured cost and the rows chosen."""
+        what = "saved for the backward" if self.grad else "live at once (no gradient)"
+        size = self.footprint.bytes_per_row
+        amount = f"{size / _MB:.2f} MB" if size >= _MB / 10 else f"{size / 1024:.1f} KB"
+        return (
+            f"{self.pass_name}: {amount} {what} per row"
+            f" -> {self.rows_per_chunk} rows per {'forward/backward' if self.grad else 'forward'}"
+        )
+
+
+def _storage_key(t: torch.Tensor) -> tuple[int, int] | None:
+    try:
+        storage = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # sparse, meta or wrapper tensors
+        return None
+    return (storage.data_ptr(), storage.nbytes())
+
+
+def _owned(module: nn.Module | None) -> set[int]:
+    """Data pointers of the module's parameters and buffers (fixed, not per row)."""
+    if module is None:
+        return set()
+    ptrs = set()
+    for t in [*module.parameters(), *module.buffers()]:
+        key = _storage_key(t)
+        if key is not None:
+            ptrs.add(key[0])
+    return ptrs
+
+
+@contextlib.contextmanager
+def _saved_bytes(module: nn.Module | None) -> Iterator[list[int]]:
+    """Bytes of the distinct storages autograd saves while open (parameters left out)."""
+    owned = _owned(module)
+    seen: dict[int, int] = {}
+    total = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(t)
+        if key is not None and key[0] not in owned and key[0] != 0:
+            seen[key[0]] = max(seen.get(key[0], 0), key[1])
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield total
+    total[0] = sum(seen.values())
+
+
+def _tensor_bytes(value: object) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_tensor_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    return 0
+
+
+@contextlib.contextmanager
+def _live_bytes(module: nn.Module | None) -> Iterator[list[int]]:
+    """The largest ``inputs + output`` bytes of any leaf module run while open."""
+    peak = [0]
+    handles = []
+    if module is not None:
+
+        def hook(_m: nn.Module, args: tuple, out: object) -> None:
+            peak[0] = max(peak[0], _tensor_bytes(args) + _tensor_bytes(out))
+
+        for m in module.modules():
+            if not any(True for _ in m.children()):
+                handles.append(m.register_forward_hook(hook))
+    try:
+        yield peak
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def measure(
+    probe: Callable[[int], torch.Tensor | None],
+    module: nn.Module | None,
+    *,
+    grad: bool = True,
+) -> Footprint:
+    """The footprint of a pass, from ``probe(1)`` and ``probe(2)``.
+
+    ``probe(k)`` runs the pass's forward on ``k`` rows (with autograd on when ``grad``)
+    and returns its input leaf (counted with its gradient), or None. ``module``: the
+    model, whose parameters and buffers are not per-row costs.
+    """
+    totals = []
+    for k in (1, 2):
+        if grad:
+            with torch.enable_grad(), _saved_bytes(module) as saved:
+                leaf = probe(k)
+            totals.append(saved[0] + 2 * _tensor_bytes(leaf))
+        else:
+            with torch.no_grad(), _live_bytes(module) as live:
+                leaf = probe(k)
+            totals.append(live[0] + _tensor_bytes(leaf))
+        del leaf
+    per_row = max(totals[1] - totals[0], 1)
+    return Footprint(bytes_per_row=int(per_row), fixed_bytes=int(max(totals[0] - per_row, 0)))
+
+
+class MemoryBudget:
+    """Rows per chunk for every pass of an audit, within ``budget_mb`` (memoised)."""
+
+    def __init__(self, budget_mb: float) -> None:
+        if budget_mb <= 0:
+            raise ValueError(f"memory budget must be > 0 MB, got {budget_mb}")
+        self.budget_mb = float(budget_mb)
+        self.plans: dict[str, ChunkPlan] = {}
+        self._memo: dict[Hashable, ChunkPlan] = {}
+
+    @property
+    def budget_bytes(self) -> int:
+        return int(self.budget_mb * _MB)
+
+    def rows_for(self, footprint: Footprint, grad: bool = True) -> int:
+        """Rows whose footprint fits the budget (at least 1); a gradient pass's bytes count
+        ``BACKWARD_OVERHEAD`` times (what the backward adds at its peak)."""
+        factor = BACKWARD_OVERHEAD if grad else 1.0
+        room = self.budget_bytes - factor * footprint.fixed_bytes
+        return max(1, int(room // max(factor * footprint.bytes_per_row, 1)))
+
+    def rows_per_chunk(
+        self,
+        pass_name: str,
+        key: Hashable,
+        probe: Callable[[int], torch.Tensor | None],
+        module: nn.Module | None,
+        *,
+        grad: bool = True,
+    ) -> int:
+        """Rows one forward (and backward) of ``pass_name`` may hold; ``key`` names the
+        per-row shape, so a pass is measured once per shape (not once per batch)."""
+        memo_key = (pass_name, key, grad)
+        plan = self._memo.get(memo_key)
+        if plan is None:
+            fp = measure(probe, module, grad=grad)
+            plan = ChunkPlan(pass_name, self.rows_for(fp, grad), fp, grad)
+            self._memo[memo_key] = plan
+        self.plans[pass_name] = plan
+        return plan.rows_per_chunk
+
+    def notes(self, prefix: str = "memory") -> list[str]:
+        """One line per pass planned: the budget, the measured bytes and rows chosen."""
+        if not self.plans:
+            return []
+        parts = "; ".join(p.describe() for p in self.plans.values())
+        return [
+            f"{prefix}: gradient passes split to fit runtime.memory_budget_mb ="
+            f" {self.budget_mb:g} MB: {parts}"
+        ]
+
+
+def split_rows(n_samples: int, n_points: int, max_rows: int) -> tuple[int, int]:
+    """``(samples, points)`` per chunk with ``samples * points <= max_rows`` (at least 1
+    each): all samples and as many points as fit, else fewer samples and one point."""
+    max_rows = max(1, int(max_rows))
+    if n_samples <= max_rows:
+        return n_samples, max(1, min(n_points, max_rows // max(n_samples, 1)))
+    return max_rows, 1
