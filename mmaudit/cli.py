@@ -61,7 +61,9 @@ def run(
         " unmet); default: runtime.fail_on_skipped",
         show_default=False,
     ),
-    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
+    no_progress: bool = typer.Option(
+        False, "--no-progress", help="no stage lines and no progress bars"
+    ),
     redact: bool = typer.Option(
         False, "--redact", help="no report text, thumbnails or raw ids in the report folder"
     ),
@@ -80,7 +82,7 @@ def run(
         device=device,
         batch_size=batch_size,
         max_samples=max_samples,
-        progress=False if no_progress or not sys.stderr.isatty() else None,
+        progress=False if no_progress else None,
         redact=True if redact else None,
     )
     report = run_audit(
@@ -88,6 +90,7 @@ def run(
         out,
         overrides,
         console=_console(stderr=True),
+        stages=console,
         resume=resume,
         fail_on=fail_on.value,
         fail_on_skipped=fail_on_skipped,

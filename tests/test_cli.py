@@ -784,3 +784,22 @@ def test_version_and_env(capsys) -> None:  # type: ignore[no-untyped-def]
     rc, out, _ = run_cli(["env"], capsys)
     assert rc == 0
     assert f"mmaudit {__version__}" in out and "torch 2." in out and "CUDA available:" in out
+
+
+def test_progress_prints_a_line_per_stage(
+    good: dict[str, Any], write_config, tmp_path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """With progress on, a log (no terminal) still shows where the run is: one line per
+    stage on stdout, each check numbered with its status and time; --no-progress is quiet."""
+    good["runtime"]["progress"] = True
+    cfg = write_config(good)
+    argv = ["run", str(cfg), "--checks", "performance,subgroups", "--fail-on", "never"]
+    rc, out, err = run_cli([*argv, "-o", str(tmp_path / "a")], capsys)
+    assert rc == 0, err
+    stages = [line for line in out.splitlines() if re.match(r"\[\s*\d+ s\] ", line)]
+    text = "\n".join(stages)
+    assert "data: 48 rows" in text and "sweep: done" in text
+    assert re.search(r"check 1/2 performance: (pass|warn|fail) in \d+ s", text), text
+    assert re.search(r"check 2/2 subgroups: \w+ in \d+ s", text), text
+    rc, out, _ = run_cli([*argv, "-o", str(tmp_path / "b"), "--no-progress"], capsys)
+    assert rc == 0 and "check 1/2" not in out

@@ -14,6 +14,7 @@ with ``NonFiniteOutputError`` naming the ids, on every rank alike.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterator
@@ -102,7 +103,7 @@ class InferenceCache:
             chunks = [rows[i : i + bs] for i in range(0, len(rows), bs)]
         total = len(chunks)
         source = self.loader.batches(chunks)
-        if not self.progress:
+        if not self.progress or not sys.stdout.isatty():  # a log gets the runner's stage lines
             yield from source
             return
         from rich.progress import (

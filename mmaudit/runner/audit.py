@@ -38,6 +38,7 @@ def run_audit(
     out: str | Path,
     overrides: Overrides | None = None,
     console: Any = None,
+    stages: Any = None,
     resume: bool = False,
     fail_on: str = "fail",
     fail_on_skipped: bool | None = None,
@@ -48,7 +49,8 @@ def run_audit(
     ranks by the cache, and only rank 0 writes the report. With ``resume``, base-sweep
     batches finished by an interrupted run of the same config and checkpoint are reused.
     ``fail_on`` and ``fail_on_skipped`` (None: ``runtime.fail_on_skipped``) are recorded in
-    the report: the gate and junit.xml follow them.
+    the report: the gate and junit.xml follow them. ``stages`` (a console) gets one line per
+    stage while ``runtime.progress`` is on: readable in a log, where bars are not drawn.
     """
     import numpy as np
     import torch
@@ -61,6 +63,12 @@ def run_audit(
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+
+    def say(stage: str) -> None:
+        if stages is not None and cfg.runtime.progress:
+            elapsed = time.perf_counter() - t0
+            stages.print(f"[{elapsed:6.0f} s] {stage}", style="dim", markup=False)
+
     overrides = overrides or Overrides()
     cfg = apply_overrides(load_config(config_path), overrides)
     planned = plan_checks(cfg, overrides.checks, config_path)
@@ -97,6 +105,7 @@ def run_audit(
             patients = None if dataset.patients is None else [str(p) for p in dataset.patients]
             writer.redactor = Redactor([str(i) for i in dataset.ids], dataset.texts, patients)
         timings["load_data"] = time.perf_counter() - t0
+        say(f"data: {len(dataset)} rows, modalities {', '.join(dataset.modalities)}")
         t = time.perf_counter()
         adapter = load_model(cfg.model, dataset.modalities, cfg.runtime)
         timings["load_model"] = time.perf_counter() - t
@@ -131,8 +140,10 @@ def run_audit(
         for pc in planned:
             cache.request_layers([ly for ly in pc.check.layers_wanted if ly in adapter.layers])
         t = time.perf_counter()
+        say(f"model: loaded ({adapter.source}); inference sweep over {len(dataset)} rows")
         cache.sweep()
         timings["sweep"] = time.perf_counter() - t
+        say(f"sweep: done in {timings['sweep']:.0f} s; {len(planned)} check(s) to run")
         ctx = AuditContext(
             config=cfg,
             dataset=dataset,
@@ -142,9 +153,12 @@ def run_audit(
             redact=cfg.report.redact,
         )
         results: dict[str, CheckReport] = {}
-        for pc in planned:
+        for k, pc in enumerate(planned, 1):
+            say(f"check {k}/{len(planned)} {pc.name}: running")
             results[pc.name] = run_one(pc, ctx, writer, console)
             timings[f"check.{pc.name}"] = results[pc.name].seconds
+            say(f"check {k}/{len(planned)} {pc.name}: {results[pc.name].status}"
+                f" in {results[pc.name].seconds:.0f} s")  # fmt: skip
         saved = save_samples(cfg, dataset, cache, writer)
         timings["total"] = time.perf_counter() - t0
         worst = "pass"
