@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from enum import StrEnum
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ app = typer.Typer(
 )
 
 
-class FailOn(StrEnum):
+class FailOn(str, Enum):  # not StrEnum: Python 3.10 has none
     fail = "fail"
     warn = "warn"
     never = "never"
@@ -254,6 +254,21 @@ def diff(
         print_diff(_console(), result, limit=None if show_all else 10)
     if fail_on_regression and result.regressions:
         raise typer.Exit(1)
+
+
+@app.command()
+def sample(
+    folder: Path = typer.Argument(..., help="a new folder to write the sample into"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+) -> None:
+    """Write the bundled synthetic sample (studies, tokenizer, both checkpoints, configs)."""
+    from mmaudit.sample.copy import write_sample
+
+    configs = write_sample(folder)
+    console = _console()
+    console.print(f"sample written to {folder} (synthetic studies with a planted marker)")
+    for config in configs:
+        console.print(f"  mmaudit run {config} -o report", markup=False)
 
 
 @app.command("checks")

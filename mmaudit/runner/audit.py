@@ -4,7 +4,7 @@ with the output folder's lock, the resume state it keeps on failure and one-line
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +168,7 @@ def run_audit(
         ran_cfg = config_as_run(cfg, planned)
         report = Report(
             tool_version=__version__,
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             config=json_safe(ran_cfg.model_dump(mode="json")),
             config_path=str(Path(config_path).resolve()),
             model={
