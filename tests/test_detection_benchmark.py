@@ -253,3 +253,41 @@ def test_variant_the_model_did_not_learn_is_left_out() -> None:
     assert {e["outcome"] for e in score_report(syn, learned)["expectations"]} == {"hit"}
     runs = [{"variant": "synergy", "kind": "planted", "rho": None, "seed": 0, **scored}]
     assert summarise(runs)["tpr"] == []
+
+
+def test_marker_place_variants_plant_every_corner_and_size(tmp_path: Path) -> None:
+    """The ``marker_<corner>`` and ``marker_size<NN>`` variants (issue 20) draw their marker
+    where and as large as they say: the marker box of a marked site-B image is far brighter
+    than the same box on an unmarked one. Data only (no training), so it stays cheap."""
+    import pandas as pd
+    from PIL import Image
+
+    from benchmarks.detection.variants import MARKER_SIZES
+    from mmaudit.sample.generate import MARKER_POSITIONS, marker_box
+
+    corners = [f"marker_{p.replace('-', '_')}" for p in MARKER_POSITIONS]
+    sizes = [f"marker_size{s:02d}" for s in MARKER_SIZES]
+    assert set(corners + sizes) <= set(VARIANTS)
+    seen_pos, seen_size = set(), set()
+    for name in corners + sizes:
+        v = VARIANTS[name]
+        assert v.rho is None  # the rho dose-response curve stays as it was
+        assert all(e.effect == name for e in v.expect) and any(e.primary for e in v.expect)
+        kw = v.generator_kwargs(3)
+        folder = tmp_path / name
+        man = generate_sample(folder, n=24, seed=3, **kw)
+        truth = pd.read_csv(folder / "ground_truth.csv")
+        pos, size = kw.get("marker_pos", "top-left"), kw.get("marker_size", 6)
+        seen_pos.add(pos)
+        seen_size.add(size)
+        r0, r1, c0, c1 = marker_box(pos, size)
+        marked = man.image_path[truth.marker.to_numpy() == 1]
+        plain = man.image_path[truth.marker.to_numpy() == 0]
+        assert len(marked) and len(plain)
+
+        means = [
+            np.mean([np.asarray(Image.open(folder / p))[r0:r1, c0:c1].mean() for p in paths])
+            for paths in (marked, plain)
+        ]
+        assert means[0] > means[1] + 50, name
+    assert seen_pos == set(MARKER_POSITIONS) and seen_size >= {6, *MARKER_SIZES}

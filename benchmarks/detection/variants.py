@@ -20,7 +20,14 @@ from typing import Any, Literal
 
 from mmaudit.sample.generate import MARKER_POSITIONS
 
-__all__ = ["Expectation", "Variant", "VARIANTS", "NEGATIVE_KINDS", "MARKER_RHOS"]
+__all__ = [
+    "Expectation",
+    "Variant",
+    "VARIANTS",
+    "NEGATIVE_KINDS",
+    "MARKER_RHOS",
+    "MARKER_SIZES",
+]
 
 Kind = Literal["planted", "clean", "encoded_only", "control", "seed_pair"]
 Training = Literal["trained", "random_init", "shuffled_labels"]
@@ -78,15 +85,53 @@ class Variant:
         return kw
 
 
-def _marker_expectations(primary_ok: bool) -> tuple[Expectation, ...]:
+def _marker_expectations(primary_ok: bool, effect: str = "marker") -> tuple[Expectation, ...]:
     return (
-        Expectation("marker", "saliency", "hotspot_used", severity="fail", primary=primary_ok),
-        Expectation("marker", "probing", "used", "*site*", severity="fail", primary=primary_ok),
-        Expectation("marker", "embedding", "dataset_identity", "*site*"),
+        Expectation(effect, "saliency", "hotspot_used", severity="fail", primary=primary_ok),
+        Expectation(effect, "probing", "used", "*site*", severity="fail", primary=primary_ok),
+        Expectation(effect, "embedding", "dataset_identity", "*site*"),
         # the marker lifts every site-B score: error rates at the global threshold differ by
         # site (equalised odds) while the AUROC within each site barely moves
-        Expectation("marker", "subgroups", "equalised_odds", "*site*", severity="warn"),
+        Expectation(effect, "subgroups", "equalised_odds", "*site*", severity="warn"),
     )
+
+
+#: marker sides (px on the 64-px film) of the ``marker_size<NN>`` variants; the sample's is 6
+MARKER_SIZES: tuple[int, ...] = (4, 9, 12)
+
+
+def _marker_place_variants() -> list[Variant]:
+    """A used marker (rho 0.9) pinned to each corner (``marker_<corner>``, 6 px), and at
+    other sizes with the corner varying by seed (``marker_size<NN>``).
+
+    Why: a hotspot box that cannot be placed near one corner (the ROI margin and the image
+    edge leave too little room) made saliency blind there (issue 20); pinning the corner
+    shows a per-corner detection rate instead of one pooled over seeds, and the sizes test a
+    marker smaller than the smallest box and one larger than the default box (10 px). Each has its
+    own effect name, so the rates are reported per corner and per size; ``rho`` is left
+    unset so that the dose-response curve (``marker_rho*``) stays comparable."""
+    out = [
+        Variant(
+            f"marker_{pos.replace('-', '_')}",
+            f"site-B marker pinned to the {pos} corner (6 px), marker-label correlation 0.9",
+            "planted",
+            {"rho": 0.9, "marker_prob": (0.0, 1.0), "marker_pos": pos},
+            expect=_marker_expectations(True, f"marker_{pos.replace('-', '_')}"),
+        )
+        for pos in MARKER_POSITIONS
+    ]
+    out += [
+        Variant(
+            f"marker_size{size:02d}",
+            f"site-B corner marker of {size} px, marker-label correlation 0.9; corner by seed",
+            "planted",
+            {"rho": 0.9, "marker_prob": (0.0, 1.0), "marker_size": size},
+            vary_marker_pos=True,
+            expect=_marker_expectations(True, f"marker_size{size:02d}"),
+        )
+        for size in MARKER_SIZES
+    ]
+    return out
 
 
 def _registry() -> dict[str, Variant]:
@@ -116,6 +161,7 @@ def _registry() -> dict[str, Variant]:
                 expect=_marker_expectations(primary_ok=rho >= 0.9),
             )
         )
+    v += _marker_place_variants()
     v += [
         Variant(
             "site_signature",

@@ -1,18 +1,222 @@
 """Covering an image region, for the "used, not only seen" tests of a saliency hotspot.
 
-Where the box goes: ``peak_boxes`` puts disjoint boxes on the highest peaks of a mean map
-away from forbidden pixels; ``free_positions`` lists box corners that miss each image's
-ROI (the control boxes). What fills it: ``linear_fill`` (linear in-painting from the
-box's surroundings, plus noise drawn per image so a fill does not depend on its batch)
-or ``donor_fill`` (the same box of another image). ``box_mask`` is the box as pixels.
+Where the box goes: ``fitted_peak_boxes`` puts disjoint boxes on the highest peaks of a mean
+map away from forbidden pixels, each as large as the free space around its peak allows (sizes
+from ``box_ladder``), and names the peaks no box can hold; ``free_positions`` lists box
+corners that miss each image's ROI (the control boxes). What fills it: ``linear_fill``
+(linear in-painting from the box's surroundings, plus noise drawn per image so a fill does
+not depend on its batch) or ``donor_fill`` (the same box of another image). ``box_mask`` is
+the box as pixels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+def box_ladder(bh: int, bw: int, floor: float = 0.5, min_px: int = 3) -> list[tuple[int, int]]:
+    """Box sizes from ``bh x bw`` down to the floor, largest first: each side shrinks by
+    one pixel per step (by about 10 % on large images, at most eight steps) down to
+    ``floor`` times the default side, but never below ``min_px`` (nor above the default).
+
+    Why a ladder rather than one size: on a small film whose lungs reach close to the edge,
+    the default box plus the ROI margin may have no legal position near a corner, and a
+    marker there would go untested; a smaller box still fits."""
+    lo_h = min(bh, max(min_px, round(bh * floor)))
+    lo_w = min(bw, max(min_px, round(bw * floor)))
+    steps = max(bh - lo_h, bw - lo_w)
+    if steps == 0:
+        return [(bh, bw)]
+    n = min(steps, 8)
+    out: list[tuple[int, int]] = []
+    for i in range(n + 1):
+        size = (round(bh - (bh - lo_h) * i / n), round(bw - (bw - lo_w) * i / n))
+        if size not in out:
+            out.append(size)
+    return out
+
+
+@dataclass(frozen=True)
+class PeakBox:
+    """A box placed on a peak of a mean map: top-left corner, size, the peak it holds
+    (image pixels) and the share of the map's positive mass inside it."""
+
+    r0: int
+    c0: int
+    bh: int
+    bw: int
+    peak: tuple[int, int]
+    mass: float
+
+    @property
+    def area(self) -> int:
+        return self.bh * self.bw
+
+
+@dataclass(frozen=True)
+class UnfitPeak:
+    """A local maximum of the map outside the forbidden pixels that no box of any tried size
+    can hold: where it is, its value against the map's mean pixel, and the free run of
+    pixels through it (``free_rows`` down its column, ``free_cols`` along its row), which
+    is narrower than the smallest box."""
+
+    row: int
+    col: int
+    ratio: float
+    free_rows: int
+    free_cols: int
+
+
+def _reach(blocked: torch.Tensor, bh: int, bw: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Legal top-left corners of ``bh x bw`` boxes that touch no ``blocked`` pixel, and the
+    pixels inside at least one such box."""
+    hit = F.max_pool2d(blocked[None, None].float(), (bh, bw), stride=1)[0, 0] > 0
+    allowed = ~hit
+    # the dilation of the legal corners by the box: max-pool over the padded corner grid
+    grid = F.pad(allowed.float()[None, None], (bw - 1, bw - 1, bh - 1, bh - 1))
+    reach = F.max_pool2d(grid, (bh, bw), stride=1)[0, 0] > 0
+    return allowed, reach
+
+
+def _place(
+    values: torch.Tensor, allowed: torch.Tensor, pr: int, pc: int, bh: int, bw: int
+) -> tuple[int, int]:
+    """The legal ``bh x bw`` box holding pixel ``(pr, pc)`` with the most positive mass of
+    ``values`` (ties: the one whose centre is closest to the pixel), so that a box smaller
+    than the hotspot it sits on covers as much of it as it can."""
+    nr, nc = allowed.shape
+    rr = torch.arange(nr).view(-1, 1).float()
+    cc = torch.arange(nc).view(1, -1).float()
+    contains = (rr <= pr) & (rr + bh > pr) & (cc <= pc) & (cc + bw > pc) & allowed
+    sums = F.avg_pool2d(values.clamp_min(0)[None, None].double(), (bh, bw), stride=1)[0, 0]
+    best = sums.masked_fill(~contains, float("-inf")).max()
+    top = contains & (sums >= best - 1e-9 * abs(float(best)))
+    dist = (rr + bh / 2 - pr - 0.5).abs() + (cc + bw / 2 - pc - 0.5).abs()
+    r0, c0 = divmod(int(dist.masked_fill(~top, float("inf")).argmin()), nc)
+    return r0, c0
+
+
+def largest_fit(
+    forbidden: torch.Tensor | None,
+    sizes: Sequence[tuple[int, int]],
+    size: tuple[int, int],
+    pixel: tuple[int, int],
+) -> tuple[int, int] | None:
+    """The first of ``sizes`` (largest first) with a box position on an image of ``size``
+    that holds ``pixel`` and touches no ``forbidden`` pixel; None if none does. Other boxes
+    are not in the way here: this is the room the image and the ROI leave."""
+    h, w = size
+    forbid = torch.zeros(h, w, dtype=torch.bool) if forbidden is None else forbidden.cpu().bool()
+    for bh, bw in sizes:
+        _, reach = _reach(forbid, min(bh, h), min(bw, w))
+        if reach[pixel]:
+            return bh, bw
+    return None
+
+
+def fitted_peak_boxes(
+    mean_map: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    forbidden: torch.Tensor | None = None,
+    k: int = 1,
+) -> tuple[list[PeakBox], list[UnfitPeak]]:
+    """Up to ``k`` disjoint boxes on the highest peaks of ``mean_map`` (H, W) that touch no
+    ``forbidden`` pixel, each as large as the free space around its peak allows: the first
+    of ``sizes`` (largest first, see :func:`box_ladder`) with a legal position holding the
+    peak. Boxes may touch the image edge; of the legal placements holding the peak (clear of
+    the forbidden pixels and the earlier boxes) each takes the one with the most mass, the
+    one centred closest to the peak among equals.
+
+    A peak is the highest pixel that some box of the smallest size can still hold, so a
+    peak squeezed between the ROI and the image edge gets a smaller box instead of none.
+    Peaks that no box can hold are returned too, as :class:`UnfitPeak`: local maxima
+    (over a window of the smallest box) among the pixels no box can reach, higher than
+    the lowest boxed peak (than the map's mean pixel when no box fits), at most ``k``,
+    each at least a default box away from the others. A local maximum, so that the
+    blur of an attribution on the ROI leaking into a sliver by the edge is not one.
+    """
+    h, w = mean_map.shape
+    forbid = torch.zeros(h, w, dtype=torch.bool) if forbidden is None else forbidden.cpu().bool()
+    blocked = forbid.clone()
+    values = mean_map.float().cpu()
+    total = float(values.clamp_min(0).sum()) or 1.0
+    sizes = [(min(bh, h), min(bw, w)) for bh, bw in sizes]
+    boxes: list[PeakBox] = []
+    for _ in range(k):
+        fits = [(bh, bw, *_reach(blocked, bh, bw)) for bh, bw in sizes]
+        widest = fits[-1][3]
+        if not widest.any():
+            break
+        masked = values.masked_fill(~widest, float("-inf"))
+        pr, pc = divmod(int(masked.argmax()), w)
+        for bh, bw, allowed, reach in fits:
+            if reach[pr, pc]:
+                r0, c0 = _place(values, allowed, pr, pc, bh, bw)
+                mass = float(values[r0 : r0 + bh, c0 : c0 + bw].clamp_min(0).sum()) / total
+                boxes.append(PeakBox(r0, c0, bh, bw, (pr, pc), mass))
+                blocked[r0 : r0 + bh, c0 : c0 + bw] = True
+                break
+    return boxes, _unfit(values, forbid, sizes, boxes, k)
+
+
+def _unfit(
+    values: torch.Tensor,
+    forbid: torch.Tensor,
+    sizes: list[tuple[int, int]],
+    boxes: list[PeakBox],
+    k: int,
+) -> list[UnfitPeak]:
+    """The peaks outside the ROI that no box of the smallest size can hold (see
+    :func:`fitted_peak_boxes`)."""
+    h, w = values.shape
+    fh, fw = sizes[-1]
+    _, reach = _reach(forbid, fh, fw)
+    rad_h, rad_w = max(1, fh // 2), max(1, fw // 2)
+    local = F.max_pool2d(
+        values[None, None], (2 * rad_h + 1, 2 * rad_w + 1), stride=1, padding=(rad_h, rad_w)
+    )[0, 0]
+    region = ~forbid & ~reach & (values >= local)
+    for b in boxes:
+        region[b.r0 : b.r0 + b.bh, b.c0 : b.c0 + b.bw] = False
+    mean = float(values.clamp_min(0).mean()) or 1.0
+    floor_value = min((float(values[b.peak]) for b in boxes), default=mean)
+    dh, dw = sizes[0]
+    out: list[UnfitPeak] = []
+    while len(out) < k and region.any():
+        masked = values.masked_fill(~region, float("-inf"))
+        pr, pc = divmod(int(masked.argmax()), w)
+        v = float(values[pr, pc])
+        if not v > floor_value:
+            break
+        out.append(
+            UnfitPeak(
+                pr,
+                pc,
+                v / mean,
+                _run(~forbid[:, pc], pr),
+                _run(~forbid[pr, :], pc),
+            )
+        )
+        region[max(0, pr - dh) : pr + dh + 1, max(0, pc - dw) : pc + dw + 1] = False
+    return out
+
+
+def _run(free: torch.Tensor, at: int) -> int:
+    """Length of the run of ``True`` in the 1-D ``free`` through index ``at`` (0 if it is
+    ``False`` there)."""
+    if not bool(free[at]):
+        return 0
+    lo = at
+    while lo > 0 and bool(free[lo - 1]):
+        lo -= 1
+    hi = at
+    while hi + 1 < len(free) and bool(free[hi + 1]):
+        hi += 1
+    return hi - lo + 1
 
 
 def peak_boxes(
@@ -24,31 +228,9 @@ def peak_boxes(
 ) -> list[tuple[int, int, float]]:
     """Up to ``k`` disjoint ``bh x bw`` boxes around the highest peaks of ``mean_map``
     (H, W) that touch no ``forbidden`` pixel: top-left corners and the share of the map's
-    mass inside. Each box is centred on its peak as far as the image edge and the forbidden
-    pixels allow; later boxes may not overlap earlier ones (non-maximum suppression)."""
-    h, w = mean_map.shape
-    blocked = torch.zeros(h, w, dtype=torch.bool) if forbidden is None else forbidden.cpu().clone()
-    values = mean_map.float().cpu()
-    total = float(values.clamp_min(0).sum()) or 1.0
-    out: list[tuple[int, int, float]] = []
-    rr = torch.arange(h - bh + 1).view(-1, 1).float()
-    cc = torch.arange(w - bw + 1).view(1, -1).float()
-    for _ in range(k):
-        hit = F.max_pool2d(blocked[None, None].float(), (bh, bw), stride=1)[0, 0] > 0
-        allowed = ~hit
-        if not allowed.any():
-            break
-        # pixels inside at least one allowed box: where a box may still be centred
-        reach = F.conv_transpose2d(allowed[None, None].float(), torch.ones(1, 1, bh, bw))[0, 0] > 0
-        masked = values.masked_fill(~reach, float("-inf"))
-        pr, pc = divmod(int(masked.argmax()), w)
-        contains = (rr <= pr) & (rr + bh > pr) & (cc <= pc) & (cc + bw > pc) & allowed
-        dist = (rr + bh / 2 - pr - 0.5).abs() + (cc + bw / 2 - pc - 0.5).abs()
-        r0, c0 = divmod(int(dist.masked_fill(~contains, float("inf")).argmin()), w - bw + 1)
-        mass = float(values[r0 : r0 + bh, c0 : c0 + bw].clamp_min(0).sum()) / total
-        out.append((r0, c0, mass))
-        blocked[r0 : r0 + bh, c0 : c0 + bw] = True
-    return out
+    mass inside (:func:`fitted_peak_boxes` with one size)."""
+    boxes, _ = fitted_peak_boxes(mean_map, [(bh, bw)], forbidden, k)
+    return [(b.r0, b.c0, b.mass) for b in boxes]
 
 
 # --------------------------------------------------------------------------- fills

@@ -6,6 +6,9 @@ organisation by it), *used* (probing's erasure moves predictions; a report word 
 column that tells it apart drives text / lab attribution), or that *performance differs*
 by it (subgroups); and whether saliency found an image hotspot that changes decisions.
 One sentence per flagged attribute says what the pattern means, and the report keeps it.
+One more line (``kind`` ``modality``) when saliency judged an image that ablation finds
+the model does not use (image share about 0): saliency's verdicts then say nothing about
+image shortcuts, and the reader must be told.
 
 Why: each method sees one kind of shortcut. An invisible site signature (a global change
 of intensity, noise or sharpness) is decoded by probes and erasing it moves predictions,
@@ -48,9 +51,11 @@ _FLAG = ("warn", "fail")
 
 
 class CrossCheck(BaseModel):
-    """What the checks together say about one attribute."""
+    """What the checks together say about one attribute (``kind`` ``attribute``), or about
+    one input modality (``kind`` ``modality``: ``attribute`` names the modality)."""
 
     attribute: str
+    kind: Literal["attribute", "modality"] = "attribute"
     encoded: dict[str, list[str]] = Field(default_factory=dict)  # check -> ["rule: metric"]
     used: dict[str, list[str]] = Field(default_factory=dict)
     differs: dict[str, list[str]] = Field(default_factory=dict)
@@ -119,7 +124,71 @@ def cross_check(checks: dict[str, Any], attributes: list[str]) -> list[CrossChec
         ]
         cc.message = _message(cc)
         out.append(cc)
+    ignored = _saliency_on_an_unused_image(checks)
+    if ignored is not None:
+        out.append(ignored)
     return out
+
+
+#: ablation's image share within this of 0 (with a CI that includes 0) reads as "not used"
+IGNORED_SHARE = 0.02
+
+
+def _estimate(metric: Any) -> tuple[float, float | None, float | None] | None:
+    """(value, ci_low, ci_high) of a report metric: an ``Estimate``, its JSON dict, or a
+    bare number; None when absent or not finite."""
+    if metric is None:
+        return None
+    if isinstance(metric, dict):
+        v, lo, hi = metric.get("value"), metric.get("ci_low"), metric.get("ci_high")
+    elif hasattr(metric, "value"):
+        v, lo, hi = metric.value, getattr(metric, "ci_low", None), getattr(metric, "ci_high", None)
+    else:
+        v, lo, hi = metric, None, None
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    if v != v:  # NaN
+        return None
+    finite = [x if x is None or x == x else None for x in (lo, hi)]
+    return v, finite[0], finite[1]
+
+
+def _saliency_on_an_unused_image(checks: dict[str, Any]) -> CrossCheck | None:
+    """A line when saliency ran on an image that ablation finds the model does not use:
+    ablation's ``share.image`` within :data:`IGNORED_SHARE` of 0, with a CI that includes 0.
+
+    Why: saliency's maps are gradients of an input; when removing that input does not move
+    the predictions, a saliency pass says "the image is not used", not "no image
+    shortcut", and its hotspots describe an input the model ignores. Ablation measures
+    the image's effect (a Shapley share with a patient-bootstrap CI); saliency cannot see
+    it from its maps, so the cross-check layer puts the two side by side."""
+    saliency, ablation = checks.get("saliency"), checks.get("ablation")
+    if saliency is None or ablation is None or not (check_ran(saliency) and check_ran(ablation)):
+        return None
+    est = _estimate(ablation.metrics.get("share.image"))
+    if est is None:
+        return None
+    v, lo, hi = est
+    includes_zero = (lo is None or lo <= 0) and (hi is None or hi >= 0)
+    if not (abs(v) <= IGNORED_SHARE and includes_zero):
+        return None
+    ci = f", CI {lo:+.1%} to {hi:+.1%}" if lo is not None and hi is not None else ""
+    flagged = sorted({f.rule for f in saliency.findings if f.severity in _FLAG})
+    reading = (
+        f"saliency's findings ({', '.join(flagged)}) describe maps of an input that barely"
+        " moves the predictions; weigh them against ablation"
+        if flagged
+        else "saliency's pass means the image is not used, not that it holds no shortcut"
+    )
+    return CrossCheck(
+        attribute="image",
+        kind="modality",
+        image_hotspot=any(r in _IMAGE_HOTSPOT_RULES for r in flagged),
+        message=f"Saliency judged an image the model does not use: ablation's image share is"
+        f" {v:+.1%}{ci} (share.image), so {reading}.",
+    )
 
 
 def _names(by_check: dict[str, list[str]]) -> str:

@@ -72,7 +72,8 @@ GLOSSARY: list[tuple[str, tuple[str, ...], str]] = [
         "off-ROI / hotspot",
         ("roi", "offroi", "hotspot"),
         "attribution outside the region of interest (lung mask) against its area share;"
-        " a hotspot is a box off the ROI whose in-painting is tested for changed decisions.",
+        " a hotspot is a box off the ROI whose in-painting is tested for changed decisions"
+        " (as large as the room around its peak allows, down to half the default side).",
     ),
     (
         "probe",

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmaudit.methods.region_fill import free_positions, linear_fill, peak_boxes
+from mmaudit.methods.region_fill import (
+    box_ladder,
+    fitted_peak_boxes,
+    free_positions,
+    largest_fit,
+    linear_fill,
+    peak_boxes,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -50,3 +57,58 @@ def test_free_positions_and_peak_boxes() -> None:
     assert boxes[0][:2] == (0, 0)  # around (1, 1), clipped at the edge
     assert boxes[1][0] <= 15 < boxes[1][0] + 4 and boxes[1][1] <= 3 < boxes[1][1] + 4
     assert boxes[0][2] == pytest.approx(5.0 / 16.0)
+
+
+def test_box_ladder_shrinks_to_half_the_default_but_not_below_three_px() -> None:
+    assert box_ladder(10, 10) == [(10, 10), (9, 9), (8, 8), (7, 7), (6, 6), (5, 5)]
+    assert box_ladder(4, 4) == [(4, 4), (3, 3)]
+    assert box_ladder(2, 2) == [(2, 2)]  # never larger than the default
+    big = box_ladder(77, 77)
+    assert big[0] == (77, 77) and big[-1] == (38, 38) and len(big) == 9  # at most 8 steps
+
+
+def _tight_corner() -> tuple[torch.Tensor, torch.Tensor]:
+    """A 40-px map whose forbidden block (rows and cols 0-33) leaves 6-px strips along the
+    bottom and right edges; a peak where they meet."""
+    forbidden = torch.zeros(40, 40, dtype=torch.bool)
+    forbidden[:34, :34] = True
+    mean = torch.full((40, 40), 0.01)
+    mean[36:39, 36:39] = 1.0  # a 3x3 marker in the free corner
+    return mean, forbidden
+
+
+def test_a_peak_in_a_tight_corner_gets_the_largest_box_that_fits_there() -> None:
+    mean, forbidden = _tight_corner()
+    # one size only: a default 8-px box has no legal position anywhere
+    assert peak_boxes(mean, 8, 8, forbidden, k=1) == []
+    boxes, unfit = fitted_peak_boxes(mean, box_ladder(8, 8), forbidden, k=1)
+    assert unfit == []
+    (b,) = boxes
+    assert (b.bh, b.bw) == (6, 6) and b.c0 + b.bw == 40  # it touches the image edge
+    assert b.r0 <= 36 and b.r0 + b.bh >= 39 and b.c0 <= 36  # and holds the whole marker
+    assert b.mass == pytest.approx((9.0 + 27 * 0.01) / float(mean.sum()))
+
+
+def test_a_peak_no_box_fits_is_named_with_the_room_there() -> None:
+    mean, forbidden = _tight_corner()
+    forbidden[:, :37] = True  # only 3 columns left free on the right edge
+    mean[10, 38] = 2.0  # a peak in the 3-px strip: the smallest box (4 px) cannot hold it
+    boxes, unfit = fitted_peak_boxes(mean, box_ladder(8, 8), forbidden, k=2)
+    assert boxes == []
+    assert [(u.row, u.col, u.free_rows, u.free_cols) for u in unfit][:1] == [(10, 38, 40, 3)]
+    assert unfit[0].ratio > 10
+    # attribution leaking from the forbidden block into the strip, falling away from it,
+    # has no local maximum there: not a peak
+    leak = torch.zeros(40, 40)
+    leak[:, :37] = 1.0
+    leak[:, 37:] = torch.tensor([0.5, 0.25, 0.125])
+    assert fitted_peak_boxes(leak, box_ladder(8, 8), forbidden, k=2) == ([], [])
+
+
+def test_largest_fit_is_the_room_the_roi_and_the_edge_leave() -> None:
+    _, forbidden = _tight_corner()
+    ladder = box_ladder(8, 8)
+    assert largest_fit(forbidden, ladder, (40, 40), (37, 37)) == (6, 6)
+    assert largest_fit(None, ladder, (40, 40), (37, 37)) == (8, 8)
+    forbidden[:, :37] = True
+    assert largest_fit(forbidden, ladder, (40, 40), (10, 38)) is None  # 3 px: below the floor

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from mmaudit.checks.contract import Finding
+from mmaudit.methods.stats import Estimate
 from mmaudit.report.agreement import cross_check
 from mmaudit.report.document import CheckReport, Report
 from mmaudit.report.markdown import render_markdown
@@ -118,3 +122,85 @@ def test_summary_markdown_lists_cross_checks() -> None:
     assert "**Across checks**" in md and "Saliency finds no image hotspot" in md
     again = Report.model_validate_json(report.model_dump_json())
     assert again.cross_checks == report.cross_checks
+
+
+def _ablation(share: object) -> CheckReport:
+    return CheckReport(name="ablation", status="pass", metrics={"share.image": share})
+
+
+def test_saliency_on_an_image_the_model_ignores_says_so() -> None:
+    """Ablation finds the image's share about 0 (its CI includes 0): saliency's pass means
+    the image is not used, and a line says so; an image that is used gives no line."""
+    ignored = {"value": 0.004, "ci_low": -0.011, "ci_high": 0.018, "n": 100, "null_p": None}
+    checks = _checks(saliency=[], ablation=_ablation(ignored))
+    (line,) = [c for c in cross_check(checks, ATTRS) if c.kind == "modality"]
+    assert line.attribute == "image" and line.image_hotspot is False
+    assert "Saliency judged an image the model does not use" in line.message
+    assert "+0.4%, CI -1.1% to +1.8%" in line.message
+    assert "saliency's pass means the image is not used" in line.message
+    # the per-attribute lines are unchanged by it
+    assert [c.attribute for c in cross_check(checks, ATTRS) if c.kind == "attribute"] == ["site"]
+    # an Estimate (a report built in memory) reads the same as its JSON dict
+    est = Estimate(0.004, ci_low=-0.011, ci_high=0.018, n=100)
+    again = cross_check(_checks(saliency=[], ablation=_ablation(est)), ATTRS)
+    assert [c.message for c in again if c.kind == "modality"] == [line.message]
+    # a flagged saliency finding on that image is put in that light
+    flagged = _checks(
+        saliency=[("hotspot_used", "fail", "offroi_hotspot.flip_excess")],
+        ablation=_ablation(ignored),
+    )
+    (line,) = [c for c in cross_check(flagged, ATTRS) if c.kind == "modality"]
+    assert "findings (hotspot_used) describe maps of an input" in line.message
+
+
+def test_a_used_image_or_no_ablation_gives_no_image_line() -> None:
+    used = {"value": 0.42, "ci_low": 0.31, "ci_high": 0.55}
+    small_but_sure = {"value": 0.015, "ci_low": 0.008, "ci_high": 0.02}  # CI excludes 0
+    for ablation in (_ablation(used), _ablation(small_but_sure), _ablation(None)):
+        ccs = cross_check(_checks(saliency=[], ablation=ablation), ATTRS)
+        assert all(c.kind == "attribute" for c in ccs)
+    assert all(c.kind == "attribute" for c in cross_check(_checks(saliency=[]), ATTRS))
+    # without saliency there is nothing to put in that light
+    zero = _ablation({"value": 0.0, "ci_low": -0.01, "ci_high": 0.01})
+    none = cross_check(_checks(saliency=None, ablation=zero), ATTRS)
+    assert all(c.kind == "attribute" for c in none)
+
+
+def test_an_audit_of_a_model_that_ignores_the_image_says_so(
+    tiny_manifest: Path, tiny_weights: Path, write_config: Any, tmp_path: Path
+) -> None:
+    """End to end: TinyFusion whose image features reach the fusion layer scaled by 1e-4
+    (the maps still have gradients; removing the image moves nothing). Ablation finds the
+    image's share about 0 and the "Across checks" section says that saliency judged an
+    image the model does not use."""
+    import torch
+    from conftest import byo_model_config, tiny_config
+    from safetensors.torch import load_file, save_file
+
+    from mmaudit.runner import Overrides, run_audit
+
+    state = load_file(tiny_weights / "tiny.safetensors")
+    state["fuse.weight"] = state["fuse.weight"].clone()
+    state["fuse.weight"][:, :4] *= 1e-4  # the first four fused features come from the image
+    save_file(state, tmp_path / "blind.safetensors")
+    assert torch.count_nonzero(state["fuse.weight"][:, :4]) > 0
+    cfg = tiny_config(
+        tiny_manifest,
+        byo_model_config(tmp_path / "blind.safetensors"),
+        checks={
+            "saliency": {
+                "params": {"sanity": False, "faithfulness_samples": 0, "n_permutations": 50}
+            }
+        },
+    )
+    report = run_audit(
+        write_config(cfg), tmp_path / "r", Overrides(checks=["ablation", "saliency"])
+    )
+    assert report.checks["ablation"].status != "skipped"
+    share = report.checks["ablation"].metrics["share.image"]
+    assert abs(share["value"]) <= 0.02, share
+    lines = [c for c in report.cross_checks if c.kind == "modality"]
+    assert [c.attribute for c in lines] == ["image"]
+    assert "Saliency judged an image the model does not use" in lines[0].message
+    summary = (tmp_path / "r" / "summary.md").read_text()
+    assert "Saliency judged an image the model does not use" in summary

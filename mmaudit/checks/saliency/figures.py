@@ -16,6 +16,7 @@ from mmaudit.checks.saliency.maps import Maps
 from mmaudit.checks.saliency.sanity import SanityResult
 from mmaudit.checks.saliency.setting import Setting, signed_score
 from mmaudit.checks.saliency.subgroups import Levels
+from mmaudit.methods.region_fill import UnfitPeak
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -73,7 +74,7 @@ def figures(
         )
         out.private.add("overlays_most_off_roi")
     out.figures["mean_maps"] = _mean_maps(
-        hot.mean_maps, main.roi, dict(hot.candidates), s.size, trusted
+        hot.mean_maps, main.roi, dict(hot.candidates), s.size, trusted, hot.unfit
     )
     out.figures["location_histograms"] = _histograms(main, s.stat_key, levels, trusted, shown)
     curve = sanity.curve
@@ -133,8 +134,11 @@ def _mean_maps(
     boxes: dict[str, Box],
     size: tuple[int, int],
     trusted: dict[str, bool],
+    unfit: dict[str, list[UnfitPeak]] | None = None,
 ) -> Figure:
-    """The dataset-mean normalised map per method, mean ROI contour, candidate hotspot box."""
+    """The dataset-mean normalised map per method, mean ROI contour, every hotspot box the
+    occlusion test fills (labelled with its size in image pixels), and a cross on each
+    off-ROI peak that no box fits."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
@@ -143,10 +147,12 @@ def _mean_maps(
         ax.imshow(mean, cmap="magma")
         if roi is not None and np.isfinite(roi).any():
             ax.contour(np.nanmean(roi, axis=0), levels=[0.5], colors="cyan", linewidths=0.8)
-        if m in boxes:
-            s = mean.shape[0]
-            r0, r1, c0, c1 = boxes[m]
-            fy, fx = s / size[0], s / size[1]
+        s = mean.shape[0]
+        fy, fx = s / size[0], s / size[1]
+        sides = []
+        for name, (r0, r1, c0, c1) in boxes.items():
+            if name.split("_")[0] != m:
+                continue
             ax.add_patch(
                 Rectangle(
                     (c0 * fx - 0.5, r0 * fy - 0.5),
@@ -157,10 +163,18 @@ def _mean_maps(
                     linewidth=1.2,
                 )
             )
-        ax.set_title(_label(m, trusted), fontsize=8)
+            sides.append(f"{r1 - r0}x{c1 - c0}")
+        for up in (unfit or {}).get(m, []):
+            ax.plot(up.col * fx - 0.5, up.row * fy - 0.5, "x", color="red", markersize=6)
+        boxed = f"\nbox {', '.join(dict.fromkeys(sides))} px" if sides else ""
+        ax.set_title(_label(m, trusted) + boxed, fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("mean normalised map (cyan: mean ROI, green: hotspot box tested)", fontsize=9)
+    fig.suptitle(
+        "mean normalised map (cyan: mean ROI, green: hotspot boxes tested,"
+        " red x: off-ROI peak no box fits)",
+        fontsize=9,
+    )
     return fig
 
 
