@@ -5,9 +5,10 @@ Peers measured in the same run, on the same rows and device:
 * the plain inference sweep (one forward per sample) -- how many sweeps one attribution
   costs;
 * text IG: captum ``LayerIntegratedGradients`` on the same embedding layer, the same
-  Gauss-Legendre steps and reference, whole model per step (ours substitutes the cached
-  image / lab encoder outputs, so only the text encoder, fusion and head run per step);
-  the largest per-token difference between the two is printed as a correctness check;
+  Gauss-Legendre steps and reference, and the same encoder cache (both substitute the
+  cached image / lab encoder outputs, so only the text encoder, fusion and head run per
+  step); the largest per-token difference between the two is printed as a correctness
+  check;
 * tabular SHAP: ``shap`` PermutationExplainer (the default) against captum GradientShap
   (the alternative); numba's one-off compile of the permutation explainer is timed apart.
 
@@ -88,10 +89,18 @@ def captum_text_ig(ctx, rows: np.ndarray, steps: int, per_pass: int):  # type: i
     model = adapter.module
     layer = model.get_submodule(find_text_embedding_layer(adapter))
 
-    def forward(ids, mask, image, tabular, present):  # type: ignore[no-untyped-def]
-        out = model(
-            image=image, input_ids=ids, attention_mask=mask, tabular=tabular, present=present
-        )
+    fixed = {m: torch.from_numpy(ctx.cache.embeddings(m)) for m in ("image", "tabular")}
+
+    def forward(ids, mask, image, tabular, present, image_out, tabular_out):  # type: ignore[no-untyped-def]
+        # the same encoder cache as ours: captum repeats the cached image / lab encoder
+        # outputs with the other forward arguments, and those encoders never run
+        with (
+            adapter.substitute("image", lambda: image_out),
+            adapter.substitute("tabular", lambda: tabular_out),
+        ):
+            out = model(
+                image=image, input_ids=ids, attention_mask=mask, tabular=tabular, present=present
+            )
         return out[:, 0]
 
     lig = LayerIntegratedGradients(forward, layer)
@@ -102,7 +111,13 @@ def captum_text_ig(ctx, rows: np.ndarray, steps: int, per_pass: int):  # type: i
         attr = lig.attribute(
             b.input_ids,
             baselines=ref,
-            additional_forward_args=(b.attention_mask, b.image, b.tabular, b.present),
+            additional_forward_args=(
+                b.attention_mask,
+                b.image,
+                b.tabular,
+                b.present,
+                *(fixed[m][b.index.cpu()].to(adapter.device) for m in ("image", "tabular")),
+            ),  # fmt: skip
             n_steps=steps,
             method="gausslegendre",
             internal_batch_size=len(b) * per_pass,
