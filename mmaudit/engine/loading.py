@@ -23,7 +23,11 @@ from torch import nn
 from mmaudit.engine.adapter import ModelAdapter, resolve_device
 from mmaudit.engine.config import ModelConfig, RuntimeConfig
 from mmaudit.engine.errors import ModelLoadError
-from mmaudit.engine.layer_detection import detect_gradcam_layer, detect_text_embedding_layer
+from mmaudit.engine.layer_detection import (
+    STATIC_RULE,
+    detect_gradcam_layer,
+    detect_text_embedding_layer,
+)
 
 DEFAULT_KEYWORDS: dict[str, str] = {
     "image": "image",
@@ -207,14 +211,21 @@ def load_model(
     layers = dict(default_layers)
     for k in default_layers:
         detected[k] = default_layers[k]
+    rules = getattr(module, "layer_rules", None)
+    if cfg.checkpoint is not None and callable(rules):
+        detected.update({f"{k}_rule": v for k, v in rules().items() if k in default_layers})
     if "gradcam" not in layers and "image" in modalities and hooks_ok:
+        # no forward can run before the data is read: the saliency check's probe replaces
+        # this guess by the feature map feeding the global pool (detect_cam_target)
         found = detect_gradcam_layer(module, cfg.layers.get("image") or layers.get("image"))
         if found:
             layers["gradcam"] = found
             detected["gradcam"] = found
+            detected["gradcam_rule"] = STATIC_RULE
     for k, v in cfg.layers.items():
         layers[k] = v
         detected.pop(k, None)
+        detected.pop(f"{k}_rule", None)
     if "text_embeddings" not in layers and "text" in modalities and hooks_ok:
         found = detect_text_embedding_layer(module, layers.get("text"))
         if found:

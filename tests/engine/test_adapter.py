@@ -17,6 +17,7 @@ from torch import nn
 from mmaudit.engine.adapter import resolve_device
 from mmaudit.engine.config import ModelConfig, RuntimeConfig
 from mmaudit.engine.errors import DeviceError, ModelLoadError
+from mmaudit.engine.layer_detection import STATIC_RULE
 from mmaudit.engine.loading import load_model
 
 
@@ -33,7 +34,8 @@ def test_factory_with_safetensors_and_pt_give_same_model(tiny_weights: Path) -> 
     t = torch.randn(3, 2)
     assert torch.equal(a.module(x, t), b.module(x, t))
     assert a.layers["embedding"] == "fuse"
-    assert a.detected == {"gradcam": "img.2"}  # last conv under the image encoder
+    # provisional at load (no data yet): the last conv under the image encoder, and the rule
+    assert a.detected == {"gradcam": "img.2", "gradcam_rule": STATIC_RULE}
     assert a.keywords == {"image": "image", "tabular": "tabular"}
 
 
@@ -330,7 +332,7 @@ def test_missing_layer_notes_say_what_is_skipped_and_what_is_slower(tiny_weights
     from mmaudit.runner import plan_checks
 
     adapter = _adapter(byo_model_config(tiny_weights / "tiny.pt", layers={}))
-    assert adapter.detected == {"gradcam": "img.2"}
+    assert adapter.detected == {"gradcam": "img.2", "gradcam_rule": STATIC_RULE}
     cfg = AuditConfig.model_validate(tiny_config(Path("unused.csv"), {"factory": "x:y"}))
     checks = [pc.check for pc in plan_checks(cfg)]
     notes = missing_layer_notes(adapter, checks, 48)

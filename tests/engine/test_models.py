@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mmaudit.engine.errors import ModelLoadError
+from mmaudit.engine.layer_detection import POOL_INPUT_RULE, TOKEN_RULE
 from mmaudit.engine.models import (
     ArchitectureSpec,
     ImageSpec,
@@ -322,8 +323,19 @@ def test_default_layers_resolve(fusion: str) -> None:
     assert set(layers) == {"embedding", "image", "text", "tabular", "gradcam"}
     for path in layers.values():
         model.get_submodule(path)
-    assert isinstance(model.get_submodule(layers["gradcam"]), nn.Conv2d)
-    assert "downsample" not in layers["gradcam"]
+    # the Grad-CAM target is the feature map that feeds the global pool: its output is the
+    # backbone's forward_features output (after the last residual add and ReLU), not a conv's
+    seen = {}
+    handle = model.get_submodule(layers["gradcam"]).register_forward_hook(
+        lambda _m, _i, o: seen.setdefault("out", o)
+    )
+    backbone = model.image_encoder.backbone
+    with torch.no_grad():
+        feats = backbone.forward_features(make_inputs()["image"])
+    handle.remove()
+    assert torch.equal(seen["out"], feats)
+    assert not isinstance(model.get_submodule(layers["gradcam"]), nn.Conv2d)
+    assert model.layer_rules()["gradcam"] == POOL_INPUT_RULE
     assert set(make(small_spec(fusion, ["text"])).default_layers()) == {"embedding", "text"}
     assert MultimodalModel.modality_keywords["present"] == "present"
 
@@ -346,6 +358,7 @@ def test_vit_image_encoder(fusion: str) -> None:
     gradcam = model.default_layers()["gradcam"]
     assert gradcam == "image_encoder.backbone.blocks.1.norm1"
     assert isinstance(model.get_submodule(gradcam), nn.LayerNorm)
+    assert model.layer_rules()["gradcam"] == TOKEN_RULE
 
 
 def test_tiny_sample_model_size_and_speed() -> None:

@@ -96,6 +96,13 @@ class MultimodalModel(nn.Module):
             layers["gradcam"] = f"image_encoder.{self._image_meta[1]}"
         return layers
 
+    def layer_rules(self) -> dict[str, str]:
+        """How each default layer that was found rather than fixed was chosen (the report
+        records it next to the layer): the Grad-CAM target's rule."""
+        if "image" not in self.modalities:
+            return {}
+        return {"gradcam": self.image_encoder.gradcam_rule}
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmaudit.engine.errors import ModelLoadError
+from mmaudit.engine.layer_detection import detect_cam_target
 from mmaudit.engine.models.spec import ImageSpec, TabularSpec, TextSpec
 
 FeatureLayout = Literal["NCHW", "NHWC", "NLC"]
@@ -57,8 +58,9 @@ class ImageEncoder(nn.Module):
         self.num_prefix_tokens = prefix
         self.num_tokens = grid[0] * grid[1] if grid else 0
         self.proj = nn.Linear(channels, dim)
-        #: Dotted path (relative to this module) of the usual Grad-CAM target layer.
-        self.gradcam_layer = _gradcam_layer(self.backbone, layout)
+        #: Dotted path (relative to this module) of the Grad-CAM target layer and the rule
+        #: that chose it (:func:`~mmaudit.engine.layer_detection.detect_cam_target`).
+        self.gradcam_layer, self.gradcam_rule = _gradcam_layer(self.backbone, spec)
 
     def _token_features(self, feats: torch.Tensor) -> torch.Tensor:
         if self.feature_layout == "NCHW":
@@ -146,25 +148,23 @@ def _probe_backbone(
     return "NLC", int(feats.shape[2]), grid_t, prefix
 
 
-def _gradcam_layer(backbone: nn.Module, layout: FeatureLayout) -> str:
-    """Path under the encoder of the usual Grad-CAM layer.
+def _gradcam_layer(backbone: nn.Module, spec: ImageSpec) -> tuple[str, str]:
+    """Path under the encoder of the Grad-CAM target, and the rule that chose it.
 
-    Conv maps: the last ``nn.Conv2d`` outside a residual shortcut (``downsample`` /
-    ``shortcut``). Token models: the last transformer block's ``norm1`` (as the
-    pytorch-grad-cam ViT recipe), else the last block, else the last LayerNorm.
+    One hooked forward of a blank image through ``forward_features`` and the pooling of
+    ``forward_head``: the feature map that feeds the global pool (timm's
+    ``forward_features`` output, final norm / activation included), or for token models
+    the first norm of the last transformer block (see ``detect_cam_target``).
     """
-    if layout == "NCHW":
-        convs = [n for n, m in backbone.named_modules() if isinstance(m, nn.Conv2d)]
-        main = [n for n in convs if "downsample" not in n and "shortcut" not in n]
-        if main or convs:
-            return "backbone." + (main or convs)[-1]
-    blocks = getattr(backbone, "blocks", None)
-    if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks) > 0:
-        last = f"backbone.blocks.{len(blocks) - 1}"
-        return last + ".norm1" if hasattr(blocks[-1], "norm1") else last
-    norms = [n for n, m in backbone.named_modules() if n.endswith("norm1")]
-    norms = norms or [n for n, m in backbone.named_modules() if isinstance(m, nn.LayerNorm)]
-    return "backbone." + norms[-1] if norms else "backbone"
+    image = torch.zeros(1, spec.in_chans, spec.img_size, spec.img_size)
+    target = detect_cam_target(
+        backbone,
+        lambda: backbone.forward_head(backbone.forward_features(image), pre_logits=True),
+        image,
+    )
+    if target.layer is None:
+        return "backbone", f"{target.rule} ({target.reason}; the whole backbone is hooked)"
+    return "backbone" + (f".{target.layer}" if target.layer else ""), target.rule
 
 
 class TextEncoder(nn.Module):
