@@ -25,7 +25,7 @@ from mmaudit.checks.saliency.hotspot import find_hotspots
 from mmaudit.checks.saliency.hotspot_verdict import offroi_verdict
 from mmaudit.checks.saliency.location import location_metrics
 from mmaudit.checks.saliency.map_quality import dead_maps, grid_note
-from mmaudit.checks.saliency.maps import compute_maps, with_stats
+from mmaudit.checks.saliency.maps import compute_maps, memory_notes, with_stats
 from mmaudit.checks.saliency.occlusion import occlusion_test
 from mmaudit.checks.saliency.params import CAMS, SaliencyParams
 from mmaudit.checks.saliency.sanity import sanity_check
@@ -78,8 +78,13 @@ class SaliencyCheck(Check):
     off_roi, pointing, rank_acc, border, hotspot_share (p-values Holm-adjusted per ``<s>``
     over attributes x methods), ``by_attr.<attr>.<level>.hotspot_enrichment.<m>``;
     ``ig.delta_abs``, ``ig.delta_rel``;
+    ``cam_layer``, ``cam_layer_rule`` (the CAM layer and the rule that chose it: the feature
+    map that feeds the global pool, or a token model's last-block norm), ``layercam_layer``;
     ``hotspot.concentration.<m>``, ``hotspot.{row,col,box_mass,in_border,roi_overlap}.<c>``
-    (row, col: box centre as a fraction of the side), ``hotspot.share.<c>`` and
+    (row, col: box centre as a fraction of the side), ``hotspot.{box_rows,box_cols}.<c>``
+    (the box actually tested: smaller than the default where the default does not fit) and
+    ``hotspot.unfit_peaks.<m>`` (off-ROI peaks no box fits; a note says why; table
+    ``hotspot_boxes``), ``hotspot.share.<c>`` and
     ``hotspot.enrichment.<c>`` (share / ``hotspot.box_area``; top boxes and tested
     candidates), ``hotspot.candidates``; ``occlusion.{flip_rate,flip_rate_control,flip_excess,
     delta_logit,delta_logit_excess,delta_auroc,delta_auroc_excess,change_ratio}.<c>``;
@@ -207,6 +212,7 @@ class SaliencyCheck(Check):
         out.extend(faithfulness(s, main))
         out.extend(per_sample_outputs(s, main, levels, occ, clusters))
         out.extend(figures(s, main, hot, sanity, levels, clusters))
+        out.notes.extend(memory_notes(s))
         lead = hot.method or s.methods[0]
         worst = out.metrics.get("offroi_hotspot.method")
         out.metrics = headline_first(out.metrics, lead, worst, s.stat_key)
