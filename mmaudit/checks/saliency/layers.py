@@ -94,6 +94,8 @@ def _redetect(adapter: ModelAdapter, traced: list[Any], image: torch.Tensor) -> 
         raise ValueError(f"{target.reason} (set model.layers.gradcam)")
     adapter.layers["gradcam"] = adapter.detected["gradcam"] = target.layer
     adapter.detected["gradcam_rule"] = target.rule
+    if target.layout == "NHWC":  # channels-last maps (Swin): read as such, not as NCHW
+        adapter.detected["gradcam_layout"] = target.layout
     return target.layer
 
 

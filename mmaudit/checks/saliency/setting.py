@@ -8,6 +8,7 @@ stage takes the setting plus the data earlier stages returned, and nothing else.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import replace as dc_replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -131,6 +132,8 @@ def prepare(
     fixed = fixed_outputs(ctx)
     info = grid_info(ctx.adapter)
     layers, out = choose_cam_layers(ctx, p, rows, info)
+    if ctx.adapter.detected.get("gradcam_layout") == "NHWC":
+        info = dc_replace(info, layout="NHWC")
     methods = [m for m in p.methods if m not in CAMS or m in layers]
     slow = {"ig", "occlusion"} & set(methods)
     setting = Setting(
