@@ -412,10 +412,11 @@ def generate_sample(
     site_coded_lab: str | None = None,
     site_lab_shift: float = 1.5,
     synergy: bool = False,
+    image_size: int = IMAGE_SIZE,
 ) -> pd.DataFrame:
     """Write ``n`` synthetic studies to ``out_dir`` and return the manifest.
 
-    Files: ``images/<id>.png`` and ``masks/<id>.png`` (64x64 8-bit grey),
+    Files: ``images/<id>.png`` and ``masks/<id>.png`` (``image_size`` px square, 8-bit grey),
     ``manifest.csv`` (the returned frame; empty cells for missing report / labs) and
     ``ground_truth.csv`` (per study: marker drawn or not, opacity centre, sigma and
     amplitude, report kind) -- the planted truth, kept out of the manifest so that
@@ -449,6 +450,8 @@ def generate_sample(
         synergy: if True, the label is the XOR of a hidden lab state (a strong ``wbc`` /
             ``crp`` / ``temp`` shift) and the image opacity (also what the report
             describes): neither modality predicts the label alone, both together do.
+        image_size: side of the written images and masks in px (geometry scales with it;
+            the default keeps the bundled sample's 64x64 bytes).
     """
     if n < 10:
         raise ValueError("n must be at least 10")
@@ -549,7 +552,7 @@ def generate_sample(
             lesion_amp_scale=lesion_amp_scale,
             signature=site_signature if site[i] == "B" else 0.0,
         )
-        study = render_study(spec)
+        study = render_study(spec, image_size)
         Image.fromarray(study.image, mode="L").save(
             out_dir / "images" / f"{sid}.png", optimize=True
         )
@@ -560,7 +563,7 @@ def generate_sample(
             str(site[i]),
             study.lesion_row,
             study.lesion_col,
-            IMAGE_SIZE,
+            image_size,
             site_token_in_report,
             p_report_empty,
             p_report_uninformative,

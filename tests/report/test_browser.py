@@ -123,3 +123,66 @@ def test_summary_table_visible_and_no_script_runs(report: Path, driver, tmp_path
     # the visibility check can fail: a hidden table is reported as not displayed
     driver.execute_script("document.getElementById('summary').style.display = 'none'")
     assert not table.is_displayed()
+
+
+@pytest.fixture()
+def logging_driver(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The same headless Chromium, keeping the page's console messages."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM  # type: ignore[assignment]
+    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+def _not_blank(png: Path) -> float:
+    """The grey-level standard deviation of a screenshot (0 for a blank one)."""
+    import numpy as np
+    from PIL import Image
+
+    return float(np.asarray(Image.open(png).convert("L"), dtype=np.float32).std())
+
+
+def test_real_report_renders_every_section_and_figure(
+    audits: dict[str, Path], logging_driver, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A real audit's page (the sample, saliency and performance) in the browser: no console
+    error and no blocked request (a CSP violation is a console error), every check has its
+    section, every figure the report lists is an image that decoded, and the screenshot of
+    the first screen is not blank."""
+    import json
+
+    from selenium.webdriver.common.by import By
+
+    folder = audits["shortcut"]
+    report = json.loads((folder / "report.json").read_text())
+    driver = logging_driver
+    driver.get((folder / "index.html").as_uri())
+    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert errors == [], errors
+    for name, check in report["checks"].items():
+        section = driver.find_element(By.ID, f"check-{name}")
+        assert name in section.text
+        images = section.find_elements(By.CSS_SELECTOR, "figure img")
+        assert len(images) == len(check["figures"]), name
+        for img in images:
+            loaded = driver.execute_script(
+                "return arguments[0].complete && arguments[0].naturalWidth > 0", img
+            )
+            assert loaded, (name, img.get_attribute("alt"))
+    broken = driver.execute_script(
+        "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
+        ".map(i => i.alt)"
+    )
+    assert broken == []
+    shot = tmp_path / "first_screen.png"
+    assert driver.save_screenshot(str(shot))
+    assert _not_blank(shot) > 5.0

@@ -1,0 +1,110 @@
+"""benchmarks/realistic.py: the generator at another image size, the encoder-row counters,
+the growth fit behind the 100k projection, and one smoke run of the whole harness."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench() -> object:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import realistic
+
+        yield realistic
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_generator_writes_images_at_the_asked_size(tmp_path: Path) -> None:
+    from mmaudit.sample.generate import generate_sample
+
+    df = generate_sample(tmp_path / "big", n=10, seed=3, image_size=96)
+    small = generate_sample(tmp_path / "small", n=10, seed=3)
+    image = np.asarray(Image.open(tmp_path / "big" / df["image_path"][0]))
+    mask = np.asarray(Image.open(tmp_path / "big" / df["mask_path"][0])) > 0
+    assert image.shape == mask.shape == (96, 96) and image.dtype == np.uint8
+    assert np.asarray(Image.open(tmp_path / "small" / small["image_path"][0])).shape == (64, 64)
+    # the geometry scales: the lungs cover about the same share of the image at both sizes
+    small_mask = np.asarray(Image.open(tmp_path / "small" / small["mask_path"][0])) > 0
+    assert abs(mask.mean() - small_mask.mean()) < 0.03
+    assert df["label"].tolist() == small["label"].tolist()  # same studies, larger pixels
+
+
+def test_chunked_generation_keeps_ids_unique(bench: object, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(bench, "CHUNK", 12)
+    import pandas as pd
+
+    manifest = bench.make_data(tmp_path, 30, 32)
+    df = pd.read_csv(manifest, keep_default_na=False)
+    assert len(df) == 30 and df["id"].is_unique
+    assert all((tmp_path / p).is_file() for p in df["image_path"])
+    # patients of different chunks never merge
+    assert df.groupby("patient_id")["id"].apply(lambda s: s.str[:3].nunique()).max() == 1
+
+
+def test_counts_rows_and_gradient_rows_per_phase(
+    bench: object, tmp_path: Path, monkeypatch
+) -> None:
+    pytest.importorskip("timm")
+    pytest.importorskip("transformers")
+    import realistic_models as rm
+
+    monkeypatch.setenv("MMAUDIT_BENCH_COUNTS", str(tmp_path / "counts.json"))
+    monkeypatch.setattr(rm, "COUNTS", type(rm.COUNTS)(rm.COUNTS.default_factory))
+    folder = rm.tiny_bert_folder(tmp_path / "bert")
+    model = rm.build(backbone="resnet10t", text_folder=str(folder), fusion="attention", dim=8)
+    ids, mask = torch.ones(3, 5, dtype=torch.long), torch.ones(3, 5, dtype=torch.long)
+    monkeypatch.setattr(rm, "PHASE", "sweep")
+    with torch.no_grad():
+        model(torch.zeros(3, 1, 32, 32), torch.zeros(3, 5), ids, mask)
+    monkeypatch.setattr(rm, "PHASE", "check.saliency")
+    image = torch.zeros(2, 1, 32, 32, requires_grad=True)
+    model(image, torch.zeros(2, 5), ids[:2], mask[:2]).sum().backward()
+    sweep, sal = rm.COUNTS["sweep"], rm.COUNTS["check.saliency"]
+    assert sweep["image"]["rows"] == 3 and sweep["image"]["grad_rows"] == 0
+    assert sweep["text"]["tokens"] == 15
+    assert sal["image"]["rows"] == 2 and sal["image"]["grad_rows"] == 2
+    # parameters need gradients in a freshly built model: the text rows were recorded too
+    assert sal["text"]["grad_rows"] == 2
+
+
+def test_growth_fit_tells_fixed_subsets_from_per_study_costs(bench: object) -> None:
+    assert bench.fit([(256, 512.0), (1024, 2048.0)]) == pytest.approx((0.0, 2.0))
+    assert bench.fit([(256, 300.0), (1024, 300.0)]) == pytest.approx((300.0, 0.0))
+    a, b = bench.fit([(256, 356.0), (1024, 1124.0)])  # 100 fixed + 1 per study
+    assert (a, b) == pytest.approx((100.0, 1.0))
+    assert bench.fit([(256, 256.0)]) == pytest.approx((0.0, 1.0))  # one N: all grows
+
+
+def test_smoke_run_one_sweep_is_one_forward_per_study(tmp_path: Path) -> None:
+    """The whole harness on 32 studies, a small timm model and a tiny BERT, performance only:
+    its sweep must show exactly one image and one text forward per study."""
+    pytest.importorskip("timm")
+    pytest.importorskip("transformers")
+    raw = tmp_path / "raw.json"
+    cmd = [sys.executable, str(BENCH / "realistic.py"), "--quick", "--backbone", "resnet10t"]
+    cmd += ["--image-size", "32", "--text", "tiny", "--fusions", "concat"]
+    cmd += ["--checks", "performance", "--json", str(raw), "--keep", str(tmp_path / "work")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (variant,) = [v for k, v in json.loads(raw.read_text()).items() if "concat" in k]
+    (run,) = variant["runs"]
+    rows = {r["phase"]: r for r in run["rows"]}
+    assert run["n"] == 32 and set(rows) >= {"load", "sweep", "check.performance"}
+    assert rows["sweep"]["image_fe"] == rows["sweep"]["text_fe"] == 32
+    assert rows["check.performance"]["image_fe"] == 0  # it reads the cached sweep
+    assert variant["flops_per_row"]["image"] > 0 and variant["flops_per_row"]["text"] > 0
+    assert "inference sweeps" in proc.stdout and "PASS" in proc.stdout
