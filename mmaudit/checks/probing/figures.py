@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mmaudit.checks.plotting import pyplot
+from mmaudit.checks.plotting import pyplot, text_colour_on
 from mmaudit.checks.probing.records import ErasureRow, ProbeRow
 
 if TYPE_CHECKING:
@@ -45,7 +45,8 @@ def heatmap(rows: list[ProbeRow], layers: list[str], alpha: float) -> Figure:
         score = r.result.score
         # decodability on one scale: 2 AUROC - 1 (0 = chance) or R^2
         grid[i, j] = 2 * score - 1 if r.result.metric == "auroc" else score
-        ax.text(j, i, heatmap_label(r, alpha), ha="center", va="center", fontsize=7)
+        colour = text_colour_on("Oranges", float(np.clip(grid[i, j], 0, 1)))
+        ax.text(j, i, heatmap_label(r, alpha), ha="center", va="center", fontsize=7, color=colour)
     image = ax.imshow(np.clip(grid, 0, 1), cmap="Oranges", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(attrs)), attrs)
     ax.set_yticks(range(len(lays)), lays)
