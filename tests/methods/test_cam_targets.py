@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from test_cams import _package_raw_cam
 from torch import nn
 
 from mmaudit.engine.layer_detection import POOL_INPUT_RULE, TOKEN_RULE, detect_cam_target
@@ -44,26 +45,6 @@ CASES: dict[str, tuple[Callable[[Any], nn.Module], Any, str, str]] = {
 }
 
 
-def _package_gradcam(
-    model: nn.Module, layer: nn.Module, x: torch.Tensor, cls: list[int], reshape: Any
-) -> np.ndarray:
-    """pytorch-grad-cam's un-normalised Grad-CAM (before its min-max scaling and resize)."""
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    cam = GradCAM(model=model, target_layers=[layer], reshape_transform=reshape)
-    try:
-        targets = [ClassifierOutputTarget(c) for c in cls]
-        outputs = cam.activations_and_grads(x)
-        model.zero_grad()
-        sum(t(o) for t, o in zip(targets, outputs, strict=True)).backward()
-        acts = cam.activations_and_grads.activations[0].numpy()
-        grads = cam.activations_and_grads.gradients[0].numpy()
-        return np.maximum(cam.get_cam_image(x, layer, targets, acts, grads, False), 0)
-    finally:
-        cam.activations_and_grads.release()
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_default_gradcam_maps_equal_the_package_at_its_recommended_target(name: str) -> None:
     import timm
@@ -91,7 +72,7 @@ def test_default_gradcam_maps_equal_the_package_at_its_recommended_target(name: 
     with torch.no_grad():
         cls = model(x).argmax(1)  # the predicted class, Grad-CAM's usual target
     ours, _ = compute_cams(adapter, model, x, cls, {"gradcam": "gradcam"}, info)  # type: ignore[arg-type]
-    ref = _package_gradcam(model, recommended(model), x, cls.tolist(), reshape)
+    ref = _package_raw_cam(model, recommended(model), x, cls.tolist(), "gradcam", reshape)
     assert ours["gradcam"].shape == ref.shape
     a, b = ours["gradcam"].numpy().reshape(2, -1), ref.reshape(2, -1)
     live = b.std(1) > 0

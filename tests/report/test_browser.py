@@ -63,8 +63,9 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_hostile(tmp_path_factory.getbasetemp() / "hostile_shared")["plain"]
 
 
-@pytest.fixture()
-def driver(tmp_path: Path):  # type: ignore[no-untyped-def]
+def _chromium(tmp_path: Path, console_log: bool = False):  # type: ignore[no-untyped-def]
+    """Headless Chromium through chromedriver, with a fresh profile (and, when asked, the
+    page's console messages kept for ``get_log("browser")``)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -72,7 +73,14 @@ def driver(tmp_path: Path):  # type: ignore[no-untyped-def]
     options.binary_location = CHROMIUM  # type: ignore[assignment]
     for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
         options.add_argument(flag)
-    browser = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    if console_log:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+
+@pytest.fixture()
+def driver(tmp_path: Path):  # type: ignore[no-untyped-def]
+    browser = _chromium(tmp_path)
     try:
         yield browser
     finally:
@@ -128,15 +136,7 @@ def test_summary_table_visible_and_no_script_runs(report: Path, driver, tmp_path
 @pytest.fixture()
 def logging_driver(tmp_path: Path):  # type: ignore[no-untyped-def]
     """The same headless Chromium, keeping the page's console messages."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM  # type: ignore[assignment]
-    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    browser = _chromium(tmp_path, console_log=True)
     try:
         yield browser
     finally:
