@@ -4,6 +4,7 @@ the randomisation curve, and cluster exemplars."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -54,9 +55,12 @@ def figures(
         else np.arange(len(main.rows))
     )
     conf = positives[np.argsort(-score[positives], kind="stable")][:8]
+    # overlays are private (withheld under --redact), so they may name the study
+    ids = np.asarray(s.ctx.dataset.ids, dtype=object)[np.asarray(main.rows)]
+    marks = OverlayMarks([str(i) for i in ids], dict(hot.candidates), s.size)
     if len(conf):
         out.figures["overlays_confident_positives"] = _overlay_grid(
-            main, shown, conf, "most confident positive predictions", trusted
+            main, shown, conf, "most confident positive predictions", trusted, marks
         )
         out.private.add("overlays_confident_positives")
     else:
@@ -70,7 +74,7 @@ def figures(
     if len(worst):
         word = "off-ROI" if s.has_masks else "border"
         out.figures["overlays_most_off_roi"] = _overlay_grid(
-            main, shown, worst, f"highest {word} share ({lead})", trusted
+            main, shown, worst, f"highest {word} share ({lead})", trusted, marks
         )
         out.private.add("overlays_most_off_roi")
     out.figures["mean_maps"] = _mean_maps(
@@ -87,8 +91,10 @@ def figures(
 
 
 def _overlay(ax: Any, image: np.ndarray, heat: np.ndarray, roi: np.ndarray | None) -> None:
+    """Image, its map scaled to the map's maximum (0..1, the colour bars' scale), ROI."""
+    top = float(np.max(heat)) if heat.size else 0.0
     ax.imshow(image, cmap="gray")
-    ax.imshow(heat, cmap="jet", alpha=0.45)
+    ax.imshow(heat / top if top > 0 else heat, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
     if roi is not None and np.isfinite(roi).all() and roi.max() > 0:
         ax.contour(roi, levels=[0.5], colors="white", linewidths=0.6)
     ax.set_xticks([])
@@ -100,18 +106,37 @@ def _label(method: str, trusted: dict[str, bool]) -> str:
     return method if trusted.get(method, True) else f"{method} (untrusted)"
 
 
+@dataclass(frozen=True)
+class OverlayMarks:
+    """What the overlay grids label: each map row's study id, and the hotspot boxes the
+    occlusion test filled (image pixels, by candidate name) on images of ``size``."""
+
+    ids: list[str]
+    boxes: dict[str, Box]
+    size: tuple[int, int]
+
+
 def _overlay_grid(
-    main: Maps, methods: list[str], picks: np.ndarray, title: str, trusted: dict[str, bool]
+    main: Maps,
+    methods: list[str],
+    picks: np.ndarray,
+    title: str,
+    trusted: dict[str, bool],
+    marks: OverlayMarks,
 ) -> Figure:
-    """Rows: methods (untrusted ones marked); columns: the picked samples; image, map and
-    ROI contour."""
+    """Rows: methods (untrusted ones marked); columns: the picked samples, titled with their
+    study id; image, map, ROI contour and the method's tested hotspot boxes; one colour bar
+    for the maps' shared scale."""
     import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Rectangle
 
     assert main.images is not None
     fig, axes = plt.subplots(
         len(methods),
         len(picks),
-        figsize=(1.4 * len(picks) + 0.6, 1.4 * len(methods) + 0.4),
+        figsize=(1.4 * len(picks) + 1.4, 1.4 * len(methods) + 0.7),
         squeeze=False,
     )
     for r, m in enumerate(methods):
@@ -122,9 +147,31 @@ def _overlay_grid(
                 heat = np.zeros_like(heat)
             roi = main.roi[i] if main.roi is not None else None
             _overlay(ax, main.images[i], heat, roi)
+            fy, fx = heat.shape[0] / marks.size[0], heat.shape[1] / marks.size[1]
+            for name, (r0, r1, c0, c1) in marks.boxes.items():
+                if name.split("_")[0] == m:
+                    ax.add_patch(
+                        Rectangle(
+                            (c0 * fx - 0.5, r0 * fy - 0.5),
+                            (c1 - c0) * fx,
+                            (r1 - r0) * fy,
+                            fill=False,
+                            edgecolor="lime",
+                            linewidth=0.9,
+                        )
+                    )
+            if r == 0:
+                ax.set_title(marks.ids[i][:14], fontsize=7)
             if c == 0:
                 ax.set_ylabel(_label(m, trusted), fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    fig.colorbar(
+        ScalarMappable(Normalize(0, 1), "jet"),
+        ax=axes,
+        fraction=0.025,
+        pad=0.02,
+        label="attribution (each map scaled to its maximum)",
+    )
+    fig.suptitle(title + " (white: ROI; green: hotspot boxes tested)", fontsize=9)
     return fig
 
 
