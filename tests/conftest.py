@@ -12,7 +12,6 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from sample_audits import audits  # noqa: F401  (a session fixture: the report tests' audits)
 from torch import nn
 
 TESTS = Path(__file__).parent
@@ -168,3 +167,13 @@ def sample_model() -> tuple[Any, Any]:
     adapter = load_model(cfg.model, ds.modalities, cfg.runtime)
     batch = ds.collate([ds[i] for i in range(len(ds))])
     return adapter, batch
+
+
+@pytest.fixture(scope="session")
+def audits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real audits of the sample for the report tests (``sample_audits``; imported here, not
+    at the top: model factories in this folder are imported by audits in subprocesses,
+    which do not have tests/report on their path)."""
+    from sample_audits import make_audits
+
+    return make_audits(tmp_path_factory)

@@ -1,5 +1,5 @@
-"""Real audits of the bundled sample for the report tests, made once a session (the
-``audits`` fixture, registered in tests/conftest.py)."""
+"""Real audits of the bundled sample for the report tests, made once a session by the
+``audits`` fixture of tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ def _audit(tmp: Path, checkpoint: Path, name: str, checks: list[str]) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def audits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def make_audits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Audits of the sample's shortcut and clean checkpoints (performance and saliency) and of
+    a random-weights copy (performance): the ``audits`` session fixture."""
     from mmaudit.engine.models import build_model, read_spec, save_checkpoint
 
     tmp = tmp_path_factory.mktemp("audits")
