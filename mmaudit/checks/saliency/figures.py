@@ -101,6 +101,37 @@ def _overlay(ax: Any, image: np.ndarray, heat: np.ndarray, roi: np.ndarray | Non
     ax.set_yticks([])
 
 
+def _draw_boxes(
+    ax: Any,
+    boxes: dict[str, Box],
+    method: str,
+    shape: tuple[int, ...],
+    size: tuple[int, int],
+    linewidth: float,
+) -> list[str]:
+    """Draw ``method``'s hotspot boxes (image pixels of an image of ``size``) in green on an
+    axis showing a map of ``shape``; returns their sides ("10x10") in drawing order."""
+    from matplotlib.patches import Rectangle
+
+    fy, fx = shape[0] / size[0], shape[1] / size[1]
+    sides = []
+    for name, (r0, r1, c0, c1) in boxes.items():
+        if name.split("_")[0] != method:
+            continue
+        ax.add_patch(
+            Rectangle(
+                (c0 * fx - 0.5, r0 * fy - 0.5),
+                (c1 - c0) * fx,
+                (r1 - r0) * fy,
+                fill=False,
+                edgecolor="lime",
+                linewidth=linewidth,
+            )
+        )
+        sides.append(f"{r1 - r0}x{c1 - c0}")
+    return sides
+
+
 def _label(method: str, trusted: dict[str, bool]) -> str:
     """The method's name, marked when it failed the sanity check."""
     return method if trusted.get(method, True) else f"{method} (untrusted)"
@@ -130,7 +161,6 @@ def _overlay_grid(
     import matplotlib.pyplot as plt
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
-    from matplotlib.patches import Rectangle
 
     assert main.images is not None
     fig, axes = plt.subplots(
@@ -147,19 +177,7 @@ def _overlay_grid(
                 heat = np.zeros_like(heat)
             roi = main.roi[i] if main.roi is not None else None
             _overlay(ax, main.images[i], heat, roi)
-            fy, fx = heat.shape[0] / marks.size[0], heat.shape[1] / marks.size[1]
-            for name, (r0, r1, c0, c1) in marks.boxes.items():
-                if name.split("_")[0] == m:
-                    ax.add_patch(
-                        Rectangle(
-                            (c0 * fx - 0.5, r0 * fy - 0.5),
-                            (c1 - c0) * fx,
-                            (r1 - r0) * fy,
-                            fill=False,
-                            edgecolor="lime",
-                            linewidth=0.9,
-                        )
-                    )
+            _draw_boxes(ax, marks.boxes, m, heat.shape, marks.size, linewidth=0.9)
             if r == 0:
                 ax.set_title(marks.ids[i][:14], fontsize=7)
             if c == 0:
@@ -187,30 +205,14 @@ def _mean_maps(
     occlusion test fills (labelled with its size in image pixels), and a cross on each
     off-ROI peak that no box fits."""
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
 
     fig, axes = plt.subplots(1, len(maps), figsize=(2.4 * len(maps), 2.6), squeeze=False)
     for ax, (m, mean) in zip(axes[0], maps.items(), strict=True):
         ax.imshow(mean, cmap="magma")
         if roi is not None and np.isfinite(roi).any():
             ax.contour(np.nanmean(roi, axis=0), levels=[0.5], colors="cyan", linewidths=0.8)
-        s = mean.shape[0]
-        fy, fx = s / size[0], s / size[1]
-        sides = []
-        for name, (r0, r1, c0, c1) in boxes.items():
-            if name.split("_")[0] != m:
-                continue
-            ax.add_patch(
-                Rectangle(
-                    (c0 * fx - 0.5, r0 * fy - 0.5),
-                    (c1 - c0) * fx,
-                    (r1 - r0) * fy,
-                    fill=False,
-                    edgecolor="lime",
-                    linewidth=1.2,
-                )
-            )
-            sides.append(f"{r1 - r0}x{c1 - c0}")
+        fy, fx = mean.shape[0] / size[0], mean.shape[1] / size[1]
+        sides = _draw_boxes(ax, boxes, m, mean.shape, size, linewidth=1.2)
         for up in (unfit or {}).get(m, []):
             ax.plot(up.col * fx - 0.5, up.row * fy - 0.5, "x", color="red", markersize=6)
         boxed = f"\nbox {', '.join(dict.fromkeys(sides))} px" if sides else ""
