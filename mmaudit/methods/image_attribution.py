@@ -86,17 +86,12 @@ def integrated_gradients(
         attr = _ig_sub(forward, images, base, cls, n_steps, points, column)
     else:
         assert forward_rows is not None
-        parts = []
-        for lo in range(0, b, samples):
-            rows = torch.arange(lo, min(b, lo + samples), device=images.device)
-
-            def sub_forward(x: torch.Tensor, r: torch.Tensor = rows) -> torch.Tensor:
-                return forward_rows(x, r.repeat(x.shape[0] // len(r)))
-
-            parts.append(
+        attr = torch.cat(
+            [
                 _ig_sub(sub_forward, images[rows], base[rows], cls[rows], n_steps, points, column)
-            )
-        attr = torch.cat(parts)
+                for rows, sub_forward in _row_chunks(b, samples, images.device, forward_rows)
+            ]
+        )
     with torch.no_grad():
         if samples >= b:
             ends = target_scores(forward(torch.cat([images, base])), cls.repeat(2), column)
@@ -117,6 +112,25 @@ def integrated_gradients(
         ends = ends.float()
     delta = attr.sum(dim=(1, 2, 3)) - (ends[:b] - ends[b:])
     return attr, delta
+
+
+def _row_chunks(
+    b: int,
+    samples: int,
+    device: torch.device,
+    forward_rows: RowsForward,
+) -> list[tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]]:
+    """The batch's rows in chunks of ``samples``, each with a forward over those rows only
+    (``forward_rows`` told which batch rows the stacked copies of the chunk are)."""
+    chunks = []
+    for lo in range(0, b, samples):
+        rows = torch.arange(lo, min(b, lo + samples), device=device)
+
+        def sub_forward(x: torch.Tensor, r: torch.Tensor = rows) -> torch.Tensor:
+            return forward_rows(x, r.repeat(x.shape[0] // len(r)))
+
+        chunks.append((rows, sub_forward))
+    return chunks
 
 
 def _module_of(forward: Callable[..., torch.Tensor]) -> torch.nn.Module | None:
@@ -193,26 +207,15 @@ def occlusion_map(
         )
         samples, chunk = split_rows(b, 10**9, min(max_rows, b * max(1, chunk)))
         if samples < b:
-            parts = []
-            for lo in range(0, b, samples):
-                rows = torch.arange(lo, min(b, lo + samples), device=images.device)
-
-                def sub_forward(x: torch.Tensor, r: torch.Tensor = rows) -> torch.Tensor:
-                    return forward_rows(x, r.repeat(x.shape[0] // len(r)))
-
-                parts.append(
+            fills = fill.expand_as(images)
+            return torch.cat(
+                [
                     occlusion_map(
-                        sub_forward,
-                        images[rows],
-                        fill.expand_as(images)[rows],
-                        cls[rows],
-                        window,
-                        stride,
-                        1,
-                        column,
+                        sub_forward, images[rows], fills[rows], cls[rows], window, stride, 1, column
                     )
-                )
-            return torch.cat(parts)
+                    for rows, sub_forward in _row_chunks(b, samples, images.device, forward_rows)
+                ]
+            )
     fill = fill.expand_as(images)
     rows = list(range(0, max(h - window, 0) + 1, stride))
     cols = list(range(0, max(w - window, 0) + 1, stride))
