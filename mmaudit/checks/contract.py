@@ -56,16 +56,37 @@ class ThresholdRule(BaseModel):
     statistic: Literal["value", "ci_low", "ci_high"] = "value"
     max_p: float | None = None
     ci_low_above: float | None = None
+    # what the rule computes, in the terms of its metric (shown by `mmaudit checks NAME` and
+    # kept in report.json as the finding's ``detail``)
     message: str = ""
+    # plain words for a finding this rule raises: what was found, naming the attribute /
+    # modality / layer; ``{0}``, ``{1}`` ... are the parts of the metric name the ``*`` of
+    # ``metric`` matched, ``{metric}`` the whole name
+    found: str = ""
+    # what to do about it (same placeholders)
+    next_step: str = ""
+    # the name of the check's figure that shows it (same placeholders), when one does
+    figure: str = ""
 
 
 class Finding(BaseModel):
-    """A judged statement about the audited model."""
+    """A judged statement about the audited model, written for the person who acts on it.
+
+    ``message`` says what was found in plain words (the attribute / modality / region /
+    layer by name); ``evidence`` the numbers behind it (the metric with its CI and corrected
+    p, and the limit); ``next_step`` what to do. ``rule`` and ``metric`` stay as the code
+    tag that ties it to report.json and the YAML thresholds; ``detail`` is the rule's own
+    technical definition. ``figure`` names the check's figure that shows it.
+    """
 
     check: str
     rule: str
     severity: Severity
     message: str
+    evidence: str = ""
+    next_step: str = ""
+    detail: str = ""
+    figure: str | None = None
     metric: str | None = None
     value: float | None = None
     threshold: float | None = None
@@ -115,6 +136,10 @@ class CheckOutput:
     rows_used: int | None = None
     skip_reason: str | None = None
     coverage: list[str] = field(default_factory=list)
+    # default rules that cannot apply to this model (rule name -> why, in plain words): the
+    # runner does not judge them and reports the reason as a note, not a warning (EMAP's
+    # "no interaction" on a model whose fusion cannot express one)
+    exempt_rules: dict[str, str] = field(default_factory=dict)
 
     def extend(self, part: CheckOutput) -> None:
         """Append what one stage computed: ``part``'s metrics, tables, figures and arrays
@@ -130,6 +155,7 @@ class CheckOutput:
         self.arrays.update(part.arrays)
         self.private |= part.private
         self.coverage.extend(part.coverage)
+        self.exempt_rules.update(part.exempt_rules)
         if part.per_sample is not None:
             self.per_sample = part.per_sample
 
@@ -173,6 +199,10 @@ class Check:
     default_thresholds: ClassVar[dict[str, ThresholdRule]] = {}
     requires: ClassVar[Requirements] = Requirements()
     layers_wanted: ClassVar[list[str]] = []
+    # the figures that show the check's result at a glance, in the order the report page
+    # leads with them (``fnmatch`` patterns over the check's figure names); the others follow
+    # on demand
+    key_figures: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params
