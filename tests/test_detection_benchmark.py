@@ -15,8 +15,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 
+from benchmarks.detection.family2_data import generate_family2, marker_mask
+from benchmarks.detection.intervention import USED_MIN_FLIP, measure, truth_verdict
 from benchmarks.detection.run import main, score_report, summarise
 from benchmarks.detection.variants import VARIANTS, Expectation, Variant
 from mmaudit.sample.generate import generate_sample
@@ -39,12 +43,14 @@ def test_quick_smoke_writes_tables(quick_run: Path) -> None:
     run = res["runs"][0]
     assert set(run["status"]) == {"performance", "probing"}
     assert run["reasons"] == {}, f"a check did not run: {run['reasons']}"
-    assert set(res["summary"]) == {"tpr", "fpr", "dose_response"}
+    assert {"tpr", "fpr", "dose_response", "truth", "side_by_side"} <= set(res["summary"])
+    assert res["command"].startswith("python -m benchmarks.detection.run --out ")
     fpr = {r["check"]: r for r in res["summary"]["fpr"]}
     assert set(fpr) == {"performance", "probing"} and all(r["n"] == 1 for r in fpr.values())
     md = (quick_run / "results.md").read_text()
-    assert "| check | runs | fail rate | warn-or-fail rate |" in md
-    assert "| effect | check | rule | expected | primary | runs | correct |" in md
+    assert f"Command: `{res['command']}`" in md
+    assert "| family | check | runs | false fails | rate | Wilson 95 % |" in md
+    assert "## Detection per planted effect, both families side by side" in md
     assert (quick_run / "dose_response.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -91,7 +97,7 @@ def _report(findings: list[tuple[str, str, str, str]], checks: list[str]) -> Sim
     for check, rule, metric, sev in findings:
         per[check].append(SimpleNamespace(check=check, rule=rule, metric=metric, severity=sev))
     return SimpleNamespace(
-        checks={c: SimpleNamespace(status="pass", findings=f) for c, f in per.items()}
+        checks={c: SimpleNamespace(status="pass", findings=f, metrics={}) for c, f in per.items()}
     )
 
 
@@ -165,8 +171,10 @@ def test_registry_covers_the_issue_and_fits_the_generator() -> None:
     params = set(inspect.signature(generate_sample).parameters)
     positions = {VARIANTS["marker_rho90"].generator_kwargs(s)["marker_pos"] for s in range(4)}
     assert len(positions) == 4
+    f2_params = set(inspect.signature(generate_family2).parameters)
     for v in VARIANTS.values():
-        assert set(v.generator_kwargs(0)) <= params, v.name
+        assert set(v.generator_kwargs(0)) <= (params if v.family == 1 else f2_params), v.name
+        assert v.cue_off is None or set(v.cue_off) <= (params if v.family == 1 else f2_params)
         if v.kind == "planted" and (v.rho is None or v.rho >= 0.9):  # the 90 % target
             assert any(e.primary for e in v.expect), v.name
 
@@ -198,6 +206,9 @@ def test_generator_benchmark_keywords(tmp_path: Path) -> None:
         (["--seeds", "0"], "--seeds must be between 1"),
         (["--seeds", "two"], "--seeds must be a whole number"),
         (["--checks", "bogus"], "unknown check 'bogus'"),
+        (["--n", "10"], "--n must be at least 60"),
+        (["--steps", "x"], "--steps must be a whole number"),
+        (["--false-alarms", "--variants", "f2_nope"], "unknown variant 'f2_nope'"),
     ],
 )
 def test_refuses_bad_input(
@@ -291,3 +302,258 @@ def test_marker_place_variants_plant_every_corner_and_size(tmp_path: Path) -> No
         ]
         assert means[0] > means[1] + 50, name
     assert seen_pos == set(MARKER_POSITIONS) and seen_size >= {6, *MARKER_SIZES}
+
+
+# --- truth by intervention, family 2, false-alarm tables (issue 18) ----------------------
+
+
+class _MarkerReader(torch.nn.Module):
+    """Analytic model: its logit is the mean brightness of the ring marker's pixels, so
+    removing the marker must flip every marked study."""
+
+    def __init__(self, corner: str) -> None:
+        super().__init__()
+        self.register_buffer("mask", torch.from_numpy(marker_mask("ring", 7, corner)))
+
+    def forward(self, image, text, text_mask, tabular):  # type: ignore[no-untyped-def]
+        return 5.0 * image[:, 0][:, self.mask].mean(dim=1, keepdim=True)
+
+
+class _LabReader(torch.nn.Module):
+    """Analytic model that ignores the image (and so the marker): logit = first lab."""
+
+    def forward(self, image, text, text_mask, tabular):  # type: ignore[no-untyped-def]
+        return tabular[:, :1]
+
+
+def build_marker_reader(corner: str) -> torch.nn.Module:
+    return _MarkerReader(corner)
+
+
+def build_lab_reader() -> torch.nn.Module:
+    return _LabReader()
+
+
+def _f2_config(run: Path, factory: str, kwargs: dict[str, object]) -> Path:
+    import yaml
+
+    from benchmarks.detection.family2_data import family2_data_config
+    from benchmarks.detection.family2_run import generate_without_cue, prepare_family2
+
+    v = VARIANTS["f2_ring"]
+    prep = prepare_family2(v, 0, run / "data", 48)
+    generate_without_cue(v, 0, run / "data_nocue", 48)
+    data = family2_data_config(run / "data", ["test"], prep["stats"], Path(prep["tokenizer"]))
+    cfg = {
+        "model": {
+            "factory": factory,
+            "kwargs": kwargs,
+            "python_path": [str(Path(__file__).parent)],
+            "inputs": {"image": "image", "text": "text", "text_mask": "text_mask"}
+            | {"tabular": "tabular"},
+        },
+        "data": data.model_dump(mode="json"),
+        "runtime": {"device": "cpu", "progress": False},
+    }
+    path = run / f"{factory.partition(':')[2]}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_intervention_measures_use_not_recipe(tmp_path: Path) -> None:
+    """One family-2 marker recipe, two models with known behaviour: the one that reads the
+    marker is measured ``used`` (every marked decision flips), the one that ignores the image
+    ``not used`` (nothing moves), whatever the recipe says."""
+    corner = VARIANTS["f2_ring"].generator_kwargs(0)["marker_corner"]
+    reader = _f2_config(
+        tmp_path, "test_detection_benchmark:build_marker_reader", {"corner": corner}
+    )
+    used = measure(reader, tmp_path / "data", tmp_path / "data_nocue")
+    frame = pd.read_csv(tmp_path / "data" / "manifest.csv")
+    test = frame[frame.split == "test"]
+    assert used.n_test == len(test) and used.n_changed == int((test.site == "south").sum()) > 0
+    assert used.verdict == "used" and used.flip_rate == 1.0 and used.mean_abs_dp > 0.9
+    ignores = _f2_config(tmp_path, "test_detection_benchmark:build_lab_reader", {})
+    quiet = measure(ignores, tmp_path / "data", tmp_path / "data_nocue")
+    assert quiet.n_changed == used.n_changed
+    assert quiet.verdict == "not_used" and quiet.flip_rate == 0.0 and quiet.mean_abs_dp == 0.0
+    assert measure(ignores, tmp_path / "data", None).verdict == "no_cue"
+    assert truth_verdict(USED_MIN_FLIP, 0.1) == "used"
+    assert truth_verdict(0.02, 0.01) == "between" and truth_verdict(0.0, 0.05) == "between"
+
+
+def test_cue_free_render_changes_only_the_cue(tmp_path: Path) -> None:
+    """The counterfactual is the same study without its cue: family 1's marker rows (and only
+    their marker box) change; family 2's south rows change only in the marker's pixels, the
+    phrase and the coded lab."""
+    from PIL import Image
+
+    from benchmarks.detection.intervention import changed_rows
+    from mmaudit.sample.generate import marker_box
+
+    v = VARIANTS["marker_rho90"]
+    kw = v.generator_kwargs(1)
+    a = generate_sample(tmp_path / "a", n=24, seed=1, **kw)
+    generate_sample(tmp_path / "b", n=24, seed=1, **{**kw, **v.cue_off})
+    marked = pd.read_csv(tmp_path / "a" / "ground_truth.csv").marker.to_numpy() == 1
+    ids = a.id.tolist()
+    assert np.array_equal(changed_rows(tmp_path / "a", tmp_path / "b", ids), marked)
+    r0, r1, c0, c1 = marker_box(kw["marker_pos"])
+    for p in a.image_path[marked]:
+        x = np.asarray(Image.open(tmp_path / "a" / p)).astype(int)
+        y = np.asarray(Image.open(tmp_path / "b" / p)).astype(int)
+        x[r0:r1, c0:c1] = y[r0:r1, c0:c1]
+        assert np.array_equal(x, y)
+    kw2 = {"rho": 0.5, "marker": "glyph", "marker_size": 8, "phrase": True, "lab_cue": "albumin"}
+    f = generate_family2(tmp_path / "c", 30, 2, marker_corner="bottom-right", **kw2)
+    g = generate_family2(tmp_path / "d", 30, 2, marker_corner="bottom-right", cue=False, **kw2)
+    south = (f.site == "south").to_numpy()
+    assert np.array_equal(changed_rows(tmp_path / "c", tmp_path / "d", f.id.tolist()), south)
+    assert (f.albumin - g.albumin)[south].gt(0.8).all() and (f.albumin == g.albumin)[~south].all()
+    assert (
+        f.report[south].str.endswith("scanner.").all() and not g.report.str.contains("south").any()
+    )
+    mask = marker_mask("glyph", 8, "bottom-right")
+    for p in f.image_path[south]:
+        x = np.asarray(Image.open(tmp_path / "c" / p)).astype(int)
+        y = np.asarray(Image.open(tmp_path / "d" / p)).astype(int)
+        assert (x[mask] > 200).mean() > 0.9 and np.array_equal(x[~mask], y[~mask])
+
+
+def test_family2_marker_shapes_differ() -> None:
+    shapes = {s: marker_mask(s, 9, "top-left") for s in ("ring", "glyph", "bar")}
+    assert len({m.tobytes() for m in shapes.values()}) == 3
+    assert shapes["bar"][:5, :].any(axis=0).sum() == 18  # twice as wide as tall
+    assert not marker_mask("ring", 7, "top-left")[64 - 9 :, :].any()
+    assert marker_mask("ring", 7, "bottom-right")[64 - 9 :, 64 - 9 :].any()
+    with pytest.raises(ValueError, match="marker shape"):
+        marker_mask("star", 7, "top-left")
+
+
+def test_claims_of_use_scored_against_the_measured_truth() -> None:
+    """A marker recipe whose model is measured not to use the marker: a probing ``used``
+    finding is now wrong; in between, the claim is left out; saliency's scan rule is only
+    scored when the audit reports ``scan.*`` metrics."""
+    marker = VARIANTS["marker_rho90"]
+    flagged = _report([("probing", "used", "encoded_and_used.site", "fail")], ["probing"])
+    not_used = {"verdict": "not_used", "flip_rate": 0.0, "mean_abs_dp": 0.001}
+    by = {
+        (e["check"], e["rule"]): e for e in score_report(marker, flagged, not_used)["expectations"]
+    }
+    assert by[("probing", "used")]["outcome"] == "miss" and not by[("probing", "used")]["present"]
+    quiet = _report([], ["probing"])
+    by = {(e["check"], e["rule"]): e for e in score_report(marker, quiet, not_used)["expectations"]}
+    assert by[("probing", "used")]["outcome"] == "hit"
+    between = {"verdict": "between", "flip_rate": 0.02, "mean_abs_dp": 0.03}
+    by = {
+        (e["check"], e["rule"]): e for e in score_report(marker, flagged, between)["expectations"]
+    }
+    assert by[("probing", "used")]["outcome"] == "excluded"
+    assert by[("probing", "used")]["detected"] is True  # kept for the dose by measured effect
+    # a negative whose cue is measured not used: the probing fail is a false alarm
+    indep = score_report(VARIANTS["marker_indep"], flagged, not_used)
+    assert indep["alarms"]["probing"]["fail"] is True
+    used = {"verdict": "used", "flip_rate": 0.4, "mean_abs_dp": 0.3}
+    assert (
+        score_report(VARIANTS["marker_indep"], flagged, used)["alarms"]["probing"]["fail"] is False
+    )
+    sal = _report([("saliency", "scan_used", "scan.top_left", "warn")], ["saliency"])
+    by = {(e["check"], e["rule"]): e for e in score_report(marker, sal, used)["expectations"]}
+    assert by[("saliency", "scan_used")]["outcome"] == "not_run"  # no scan.* metric: old audit
+    sal.checks["saliency"].metrics = {"scan.n_boxes": 12}
+    by = {(e["check"], e["rule"]): e for e in score_report(marker, sal, used)["expectations"]}
+    assert by[("saliency", "scan_used")]["outcome"] == "hit"
+
+
+def _negative_run(family: int, fail: bool, verdict: str, excess: float) -> dict[str, object]:
+    return {
+        "variant": "clean" if family == 1 else "f2_clean",
+        "family": family,
+        "kind": "clean",
+        "rho": None,
+        "seed": 0,
+        "status": {"probing": "pass"},
+        "truth": {"verdict": verdict, "flip_rate": 0.0, "mean_abs_dp": 0.0},
+        "findings": [
+            {
+                "check": "probing",
+                "rule": "used",
+                "metric": "encoded_and_used.site",
+                "severity": "fail",
+            }
+        ]
+        if fail
+        else [],
+        "expectations": [],
+        "alarms": {"probing": {"fail": fail, "warn": fail}},
+        "erasure": {"erasure.excess_dp.site": excess},
+    }
+
+
+def test_false_alarm_rates_carry_wilson_intervals_and_the_leace_floor() -> None:
+    """0 false fails in 59 runs bounds the rate below 5 % (exact one-sided 95 %); 3 in 20 is
+    15 % with the Wilson interval 5.2-36.0 %; the LEACE table holds the not-used runs only."""
+    runs = [_negative_run(1, False, "not_used", 0.01 * k) for k in range(59)]
+    runs += [_negative_run(2, k < 3, "between" if k == 0 else "not_used", 0.5) for k in range(20)]
+    s = summarise(runs)
+    fpr = {(r["family"], r["check"]): r for r in s["fpr"]}
+    f1, f2 = fpr[(1, "probing")], fpr[(2, "probing")]
+    assert (
+        f1["n"] == 59
+        and f1["fails"] == 0
+        and f1["upper95"] < 0.05 < fpr[(1, "probing")]["wilson_high"]
+    )
+    assert f2["fail_rate"] == pytest.approx(0.15)
+    assert f2["wilson_low"] == pytest.approx(0.0524, abs=1e-3)
+    assert f2["wilson_high"] == pytest.approx(0.3604, abs=1e-3)
+    rules = {(r["family"], r["check"], r["rule"]): r for r in s["fpr_rules"]}
+    assert (rules[(2, "probing", "used")]["n"], rules[(2, "probing", "used")]["k"]) == (20, 3)
+    assert rules[(1, "probing", "used")]["k"] == 0
+    leace = {(r["family"], r["attribute"]): r for r in s["erasure_not_used"]}
+    assert leace[(1, "site")]["n"] == 59 and leace[(1, "site")]["max"] == pytest.approx(0.58)
+    assert leace[(2, "site")]["n"] == 19 and leace[(2, "site")]["probing_used"] == 2
+
+
+def test_minilm_variants_skip_cleanly_when_the_extra_is_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks.detection import family2_models
+
+    monkeypatch.setattr(family2_models, "minilm_available", lambda: False)
+    out = tmp_path / "o"
+    assert main(["--out", str(out), "--variants", "f2_clean_minilm", "--seeds", "1"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["runs"] == [] and "not installed" in res["skipped"]["f2_clean_minilm"]
+    assert "Skipped `f2_clean_minilm`" in (out / "results.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def family2_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from benchmarks.detection.family2_models import minilm_available
+
+    out = tmp_path_factory.mktemp("bench2") / "out"
+    names = "f2_ring,f2_phrase_minilm" if minilm_available() else "f2_ring"
+    args = ["--out", str(out), "--variants", names, "--seeds", "1", "--n", "120"]
+    assert main([*args, "--steps", "25", "--checks", "performance"]) == 0
+    return out
+
+
+def test_family2_tiny_run_through_the_factory_path(family2_run: Path) -> None:
+    """Family 2 end to end at tiny size: its own generator, a model loaded through
+    ``model.factory``, the cue-free twin measured, the tables side by side."""
+    from mmaudit.report.document import load_report
+
+    res = json.loads((family2_run / "results.json").read_text())
+    first = res["runs"][0]
+    assert first["variant"] == "f2_ring" and first["family"] == 2 and first["reasons"] == {}
+    truth = first["truth"]
+    assert truth["verdict"] in ("used", "not_used", "between") and truth["n_changed"] > 0
+    report = load_report(family2_run / "runs" / "f2_ring" / "seed0" / "report")
+    assert "factory:benchmarks.detection.family2_models:build_gated_cnn" in json.dumps(
+        report.model_dump(mode="json")
+    )
+    md = (family2_run / "results.md").read_text()
+    assert "| f2_ring | 1 |" in md and "family 2 (own generator, factory models)" in md
+    for r in res["runs"][1:]:  # the MiniLM model, when the extra is installed
+        assert r["variant"] == "f2_phrase_minilm" and r["reasons"] == {}
+        assert r["truth"]["n_changed"] > 0

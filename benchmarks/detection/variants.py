@@ -48,6 +48,9 @@ class Expectation:
     ``present=False``
     means the finding must NOT appear (e.g. no "no interaction" warning on the synergy
     variant); ``primary`` marks the check meant to find the effect (the ≥ 90 % target).
+    ``use`` marks a claim of use (saliency's hotspot, probing's ``used``, attribution's
+    site word / feature): on a variant with a removable cue its expected presence is the
+    intervention's verdict, not the recipe's.
     """
 
     effect: str
@@ -57,6 +60,12 @@ class Expectation:
     severity: str = "warn"
     present: bool = True
     primary: bool = False
+    # a claim that the model *uses* the planted cue: whether it should be present is taken
+    # from the measured truth (intervention.py) when the variant has a removable cue
+    use: bool = False
+    # score only when the check reports a metric matching this pattern (a newer rule that
+    # older audits lack, e.g. saliency's off-ROI scan); "not_run" otherwise
+    requires: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,24 +85,44 @@ class Variant:
     learned: tuple[tuple[str, str, float], ...] = ()
     vary_marker_pos: bool = False
     expect: tuple[Expectation, ...] = ()
+    # generator keywords that render the same studies without the planted cue (the
+    # intervention); None when the variant plants nothing removable
+    cue_off: dict[str, Any] | None = None
+    family: int = 1  # 1: mmaudit.sample generator + built-in model; 2: family2_*.py
+    model: str = "builtin"  # family 2: a key of family2_models.MODELS
 
     def generator_kwargs(self, seed: int) -> dict[str, Any]:
-        """Keywords for ``generate_sample`` at benchmark seed ``seed`` (marker corner by seed)."""
+        """Keywords for the family's generator at benchmark seed ``seed`` (marker corner by
+        seed when ``vary_marker_pos``)."""
         kw = dict(self.generator)
         if self.vary_marker_pos:
-            kw["marker_pos"] = MARKER_POSITIONS[seed % len(MARKER_POSITIONS)]
+            key = "marker_pos" if self.family == 1 else "marker_corner"
+            kw[key] = MARKER_POSITIONS[seed % len(MARKER_POSITIONS)]
         return kw
+
+
+def use_expectations(effect: str, primary: bool, present: bool = True) -> tuple[Expectation, ...]:
+    """The claims that an image marker is used: saliency's hotspot, probing's ``used`` for
+    site, and (when the audit has it) saliency's off-ROI grid scan. ``present`` is the
+    recipe's guess, replaced by the measured truth when the run has one."""
+    return (
+        Expectation(effect, "saliency", "hotspot_used", "*", "fail", present, primary, True),
+        Expectation(effect, "probing", "used", "*site*", "fail", present, primary, True),
+        Expectation(effect, "saliency", "scan_used", "*", "warn", present, False, True, "scan.*"),
+    )
 
 
 def _marker_expectations(primary_ok: bool, effect: str = "marker") -> tuple[Expectation, ...]:
     return (
-        Expectation(effect, "saliency", "hotspot_used", severity="fail", primary=primary_ok),
-        Expectation(effect, "probing", "used", "*site*", severity="fail", primary=primary_ok),
+        *use_expectations(effect, primary_ok),
         Expectation(effect, "embedding", "dataset_identity", "*site*"),
         # the marker lifts every site-B score: error rates at the global threshold differ by
         # site (equalised odds) while the AUROC within each site barely moves
         Expectation(effect, "subgroups", "equalised_odds", "*site*", severity="warn"),
     )
+
+
+_MARKER_OFF: dict[str, Any] = {"marker_prob": (0.0, 0.0)}
 
 
 #: marker sides (px on the 64-px film) of the ``marker_size<NN>`` variants; the sample's is 6
@@ -117,6 +146,7 @@ def _marker_place_variants() -> list[Variant]:
             "planted",
             {"rho": 0.9, "marker_prob": (0.0, 1.0), "marker_pos": pos},
             expect=_marker_expectations(True, f"marker_{pos.replace('-', '_')}"),
+            cue_off=_MARKER_OFF,
         )
         for pos in MARKER_POSITIONS
     ]
@@ -128,6 +158,7 @@ def _marker_place_variants() -> list[Variant]:
             {"rho": 0.9, "marker_prob": (0.0, 1.0), "marker_size": size},
             vary_marker_pos=True,
             expect=_marker_expectations(True, f"marker_size{size:02d}"),
+            cue_off=_MARKER_OFF,
         )
         for size in MARKER_SIZES
     ]
@@ -145,10 +176,29 @@ def _registry() -> dict[str, Variant]:
                 # true by construction, so not false alarms: the generator always leaves a
                 # sex trace in the image, and the label adds up its modalities' evidence
                 Expectation("sex_trace", "probing", "encoded", "*sex*"),
-                Expectation("additive_label", "ablation", "no_interaction"),
+                # on a concat model the check exempts the rule (additive by construction)
+                # and says so in a note: that note is the right answer too
+                Expectation("additive_label", "ablation", "no_interaction", severity="note"),
             ),
         ),
     ]
+    v.append(
+        Variant(
+            "marker_indep",
+            "site-B corner marker independent of the label (rho 0): a cue the model should ignore",
+            "clean",
+            {"rho": 0.0, "marker_prob": (0.0, 1.0)},
+            vary_marker_pos=True,
+            cue_off=_MARKER_OFF,
+            # site is visible through the marker: encoded, and a warn, by construction
+            expect=(
+                *use_expectations("marker_indep", primary=True, present=False),
+                Expectation("marker_indep", "embedding", "dataset_identity", "*site*"),
+                Expectation("marker_indep", "probing", "encoded", "*site*"),
+                Expectation("sex_trace", "probing", "encoded", "*sex*"),
+            ),
+        )
+    )
     for rho in MARKER_RHOS:
         v.append(
             Variant(
@@ -159,6 +209,7 @@ def _registry() -> dict[str, Variant]:
                 rho=rho,
                 vary_marker_pos=True,
                 expect=_marker_expectations(primary_ok=rho >= 0.9),
+                cue_off=_MARKER_OFF,
             )
         )
     v += _marker_place_variants()
@@ -168,8 +219,11 @@ def _registry() -> dict[str, Variant]:
             "invisible site signature (blur, gain, grain on site B) tied to prevalence (rho 0.9)",
             "planted",
             {"rho": 0.9, **_NO_MARKER, "site_signature": 1.0},
+            cue_off={"site_signature": 0.0},
             expect=(
-                Expectation("site_signature", "probing", "used", "*site*", "fail", primary=True),
+                Expectation(
+                    "site_signature", "probing", "used", "*site*", "fail", primary=True, use=True
+                ),
                 Expectation(
                     "site_signature", "embedding", "dataset_identity", "*site*", primary=True
                 ),
@@ -184,9 +238,10 @@ def _registry() -> dict[str, Variant]:
             "a site phrase ends every report; site tied to prevalence (rho 0.9)",
             "planted",
             {"rho": 0.9, **_NO_MARKER, "site_token_in_report": True},
+            cue_off={"site_token_in_report": False},
             expect=(
-                Expectation("text_site_token", "attribution", "site_word", primary=True),
-                Expectation("text_site_token", "probing", "used", "*site*", "fail"),
+                Expectation("text_site_token", "attribution", "site_word", primary=True, use=True),
+                Expectation("text_site_token", "probing", "used", "*site*", "fail", use=True),
             ),
         ),
         Variant(
@@ -194,11 +249,17 @@ def _registry() -> dict[str, Variant]:
             "lactate shifted 2.5 SD on site B; site tied to prevalence (rho 0.9)",
             "planted",
             {"rho": 0.9, **_NO_MARKER, "site_coded_lab": "lactate", "site_lab_shift": 2.5},
+            cue_off={"site_coded_lab": None},
             expect=(
                 Expectation(
-                    "tabular_site_column", "attribution", "site_feature", "*lactate*", primary=True
+                    "tabular_site_column",
+                    "attribution",
+                    "site_feature",
+                    "*lactate*",
+                    primary=True,
+                    use=True,
                 ),
-                Expectation("tabular_site_column", "probing", "used", "*site*", "fail"),
+                Expectation("tabular_site_column", "probing", "used", "*site*", "fail", use=True),
             ),
         ),
         Variant(
@@ -275,6 +336,9 @@ def _registry() -> dict[str, Variant]:
             {"rho": 0.0, **_NO_MARKER},
         ),
     ]
+    from benchmarks.detection.family2_variants import family2_variants
+
+    v += family2_variants()
     return {x.name: x for x in v}
 
 
