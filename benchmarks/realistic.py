@@ -348,6 +348,22 @@ def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
     return a, b
 
 
+def memory_line(report: dict[str, Any]) -> str:
+    """What the memory budget chose in one audit, from its report.json: the budget, the base
+    sweep's rows per forward, and each check's ``memory:`` note (rows per pass)."""
+    timings = report.get("timings", {})
+    parts = []
+    if "memory_budget_mb" in timings:
+        parts.append(f"runtime.memory_budget_mb = {timings['memory_budget_mb']:g}")
+    if "sweep.rows_per_forward" in timings:
+        parts.append(f"base sweep {timings['sweep.rows_per_forward']:g} rows per forward")
+    for name, check in report.get("checks", {}).items():
+        for note in check.get("notes", []):
+            if note.startswith("memory"):
+                parts.append(f"{name}: {note.split(': ', 1)[-1]}")
+    return "; ".join(parts) or "no memory plan recorded"
+
+
 def fmt(x: float, nd: int = 2) -> str:
     return f"{x:,.{nd}f}"
 
@@ -387,6 +403,8 @@ def analyse(variant: str, runs: list[dict[str, Any]], flops: dict[str, float]) -
         head = ["phase", "status", "wall s", "model calls", "image fe/study", "text fe/study",
                 "peak RSS MiB"]  # fmt: skip
         out.append(table(head, body) + "\n")
+        if run.get("memory"):
+            out.append(f"memory: {run['memory']}\n")
         out.append(
             f"loading: one core decodes {fmt(run['decode_per_s'], 0)} images/s; the sweep"
             f" consumed {fmt(run['sweep_images_per_s'], 1)} images/s ({run['bottleneck']})\n"
@@ -527,6 +545,7 @@ def main() -> None:
                 "decode_per_s": decode,
                 "sweep_images_per_s": sweep_rate,
                 "bottleneck": bottleneck,
+                "memory": memory_line(report),
                 "statuses": {k: v.get("status") for k, v in report.get("checks", {}).items()},
             }
             runs.append(run)

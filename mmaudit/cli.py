@@ -70,6 +70,12 @@ def run(
     resume: bool = typer.Option(
         False, "--resume", help="reuse the finished sweep batches of an interrupted run"
     ),
+    baseline: Path | None = typer.Option(
+        None,
+        "--baseline",
+        help="an earlier report folder: compare with it as `mmaudit diff` does (diff.json,"
+        " diff.md) and show what changed on the page",
+    ),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
 ) -> None:
     """Audit one checkpoint and write a report folder (under torchrun: one report, rank 0)."""
@@ -94,6 +100,7 @@ def run(
         resume=resume,
         fail_on=fail_on.value,
         fail_on_skipped=fail_on_skipped,
+        baseline=baseline,
     )
     distributed.shutdown()
     if not distributed.is_main():
@@ -107,6 +114,14 @@ def run(
         f"report written to [bold]{escape(str(out.resolve()))}[/bold]"
         f" (open {escape(str(out / 'index.html'))})"
     )
+    if report.baseline is not None:
+        b = report.baseline
+        said = (
+            f"not compared: {b.error}"
+            if b.error
+            else f"{len(b.regressions)} regression(s), {b.n_moved} significant move(s) (diff.md)"
+        )
+        console.print(f"since baseline {b.folder}: {said}", markup=False, highlight=False)
     failed = False
     if gate_failed(report.status, fail_on.value):
         console.print(
@@ -334,12 +349,23 @@ def check_description(name: str, cls: Any) -> list[str]:
         lines.append(f"  {key} = {field.default!r}")
         if field.description:
             lines.append(f"      {field.description}")
-    lines += ["", f"thresholds (checks.{name}.thresholds):"]
+    lines += [
+        "",
+        f"thresholds (checks.{name}.thresholds; in a finding's wording {{0}}, {{1}} ... are"
+        " what each * of the metric matched):",
+    ]
     for key, rule in cls.default_thresholds.items():
-        dumped = rule.model_dump(exclude_none=True, exclude={"message"})
+        wording = {"message", "found", "next_step", "figure"}
+        dumped = rule.model_dump(exclude_none=True, exclude=wording)
         lines.append(f"  {key}: " + ", ".join(f"{a}={b}" for a, b in dumped.items()))
         if rule.message:
             lines.append(f"      {rule.message}")
+        # what a finding of this rule says, and the figure that shows it
+        for label, text in (("finding", rule.found), ("next", rule.next_step)):
+            if text:
+                lines.append(f"      {label}: {text}")
+        if rule.figure:
+            lines.append(f"      figure: {rule.figure}")
     lines += ["", f"docs: docs/checks/{name}.md"]
     return lines
 

@@ -104,7 +104,25 @@ def test_smoke_run_one_sweep_is_one_forward_per_study(tmp_path: Path) -> None:
     (run,) = variant["runs"]
     rows = {r["phase"]: r for r in run["rows"]}
     assert run["n"] == 32 and set(rows) >= {"load", "sweep", "check.performance"}
-    assert rows["sweep"]["image_fe"] == rows["sweep"]["text_fe"] == 32
+    # one forward per study, plus the memory budget's two measuring forwards (1 and 2 rows,
+    # a fixed cost whatever N) before the first batch
+    assert rows["sweep"]["image_fe"] == rows["sweep"]["text_fe"] == 32 + 3
     assert rows["check.performance"]["image_fe"] == 0  # it reads the cached sweep
     assert variant["flops_per_row"]["image"] > 0 and variant["flops_per_row"]["text"] > 0
     assert "inference sweeps" in proc.stdout and "PASS" in proc.stdout
+
+
+def test_memory_line_names_the_budget_and_the_rows_chosen(bench: object) -> None:
+    report = {
+        "timings": {"memory_budget_mb": 1024.0, "sweep.rows_per_forward": 64.0},
+        "checks": {
+            "saliency": {"notes": ["memory: gradient passes split ...: CAMs -> 12 rows", "x"]},
+            "probing": {"notes": ["nothing about memory here"]},
+        },
+    }
+    line = bench.memory_line(report)  # type: ignore[attr-defined]
+    assert line == (
+        "runtime.memory_budget_mb = 1024; base sweep 64 rows per forward;"
+        " saliency: gradient passes split ...: CAMs -> 12 rows"
+    )
+    assert bench.memory_line({}) == "no memory plan recorded"  # type: ignore[attr-defined]

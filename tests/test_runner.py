@@ -17,8 +17,10 @@ from mmaudit.checks.contract import (
     Check,
     CheckOutput,
     Requirements,
+    ThresholdRule,
     register,
 )
+from mmaudit.checks.findings import count_judged
 from mmaudit.runner import Overrides, run_audit
 
 
@@ -739,3 +741,49 @@ def test_validate_and_run_refuse_a_model_answering_nan(
         assert "1 problem(s)" in text and "ok:" not in text, text
     else:
         assert not out.exists() and not (tmp_path / ".rep.work").exists()
+
+
+class ExemptsARule(Check):
+    """Two metrics its default rules would warn on; ``exempt`` names a rule this model
+    cannot meet (as ablation's no_interaction on a concat + linear-head model)."""
+
+    name = "exempts_a_rule_test_check"
+    requires: ClassVar[Requirements] = Requirements()
+    default_thresholds: ClassVar[dict[str, ThresholdRule]] = {
+        "low_gap": ThresholdRule(
+            metric="gap", warn_below=0.5, found="No gap", next_step="build one"
+        ),
+        "high_x": ThresholdRule(metric="x", warn_above=0.5, found="X is high"),
+    }
+    exempt: ClassVar[dict[str, str]] = {}
+
+    def run(self, ctx: AuditContext) -> CheckOutput:
+        out = CheckOutput(metrics={"gap": 0.0, "x": 0.1}, exempt_rules=dict(self.exempt))
+        out.judged = count_judged(out.metrics, self.default_thresholds, out.exempt_rules)
+        out.rows_used = 1
+        return out
+
+
+def test_an_exempt_rule_gives_a_note_with_its_reason_not_a_warning(
+    byo_config: Path, tmp_path: Path
+) -> None:
+    """Planted: ``gap`` = 0 crosses low_gap's warn limit. Judged, it warns; exempt, the
+    check passes with a note carrying the plain reason, the value as evidence and the
+    rule's next step, and the exempt rule counts no test (the other rule still does)."""
+    register(ExemptsARule)
+    name = ExemptsARule.name
+    try:
+        judged = run_audit(byo_config, tmp_path / "a", Overrides(checks=[name])).checks[name]
+        assert judged.status == "warn" and judged.judged == 2
+        (warn,) = judged.findings
+        assert (warn.rule, warn.message, warn.next_step) == ("low_gap", "No gap", "build one")
+        ExemptsARule.exempt = {"low_gap": "The model cannot have a gap"}
+        exempt = run_audit(byo_config, tmp_path / "b", Overrides(checks=[name])).checks[name]
+        assert exempt.status == "pass" and exempt.judged == 1
+        (note,) = exempt.findings
+        assert (note.severity, note.rule, note.metric) == ("note", "low_gap", "gap")
+        assert note.message == "The model cannot have a gap"
+        assert note.evidence == "gap = 0; not judged" and note.next_step == "build one"
+    finally:
+        REGISTRY.pop(name, None)
+        ExemptsARule.exempt = {}

@@ -137,14 +137,24 @@ class AttentionCheck(Check):
             statistic="ci_high",
             warn_below=0.5,
             message="a clinical word's attention falls mostly outside the ROI",
+            found="When the model reads the clinical word '{0}', it looks mostly outside the"
+            " region of interest in the image",
+            next_step="see in the word maps where '{0}' looks; if it is a marker or the"
+            " border, crop or in-paint it in the training images, retrain and re-audit",
+            figure="attention_word_maps",
         ),
         "capture_invalid": ThresholdRule(
             metric="attention.row_sum_error",
             warn_above=0.01,
             message="captured attention rows do not sum to one",
+            found="The attention weights mmaudit captured do not sum to one, so the word maps"
+            " may not show the model's attention",
+            next_step="check which module the attention is captured from (it must output the"
+            " softmax weights) and run the audit again",
         ),
     }
     requires: ClassVar[Requirements] = Requirements(all_modalities=["image", "text"], hooks=True)
+    key_figures: ClassVar[tuple[str, ...]] = ("attention_word_maps",)
 
     def missing_requirements(self, ctx: AuditContext) -> str | None:
         reason = super().missing_requirements(ctx)

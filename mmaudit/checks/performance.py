@@ -65,10 +65,23 @@ class PerformanceCheck(Check):
 
     default_thresholds: ClassVar[dict[str, ThresholdRule]] = {
         "auroc_low": ThresholdRule(
-            metric="auroc*", warn_below=0.80, fail_below=0.70, message="discrimination is low"
+            metric="auroc*",
+            warn_below=0.80,
+            fail_below=0.70,
+            message="discrimination is low",
+            found="The model tells positive from negative cases apart poorly",
+            next_step="check that the audit data match what the model was trained for (label"
+            " definition, preprocessing); improve or retrain the model before relying on the"
+            " other checks",
         ),
         "ece_high": ThresholdRule(
-            metric="ece", warn_above=0.10, message="probabilities are poorly calibrated"
+            metric="ece",
+            warn_above=0.10,
+            message="probabilities are poorly calibrated",
+            found="The model's predicted probabilities do not match how often the disease is"
+            " actually present",
+            next_step="recalibrate on held-out data (Platt scaling or isotonic regression) and"
+            " re-audit; until then, read the scores as a ranking, not as probabilities",
         ),
     }
     requires: ClassVar[Requirements] = Requirements()

@@ -6,6 +6,12 @@ encoder output) are memoised by key; ``map_batches`` runs a check's heavy
 per-batch work (attribution) on the device with OOM back-off. Checks never loop
 over the data or call the model themselves.
 
+Every forward of a sweep holds at most what ``memory_budget_mb`` allows: the activation
+memory of one row is measured once per pass and input shape (a forward of one and of two
+rows, every tensor alive at once counted; see ``methods.memory_budget``), and a batch whose
+rows would not fit is run in chunks of rows that do (the outputs are the same; the rows per
+forward chosen are recorded in ``passes`` and ``timings``).
+
 Every output the cache stores (logits and captured layers of every sweep, ablated and
 coalition sweeps included) is checked finite batch by batch: a NaN or inf stops the run
 with ``NonFiniteOutputError`` naming the ids, on every rank alike.
@@ -39,6 +45,7 @@ from mmaudit.engine.removal import (
 )
 from mmaudit.engine.shards import ShardFiles
 from mmaudit.engine.sweep_outputs import LOGITS, SweepResult
+from mmaudit.methods.memory_budget import MemoryBudget
 
 
 class InferenceCache:
@@ -54,6 +61,7 @@ class InferenceCache:
         seed: int = 0,
         progress: bool = False,
         target_kind: str = "binary",
+        memory_budget_mb: float | None = 1024.0,
     ) -> None:
         self.adapter = adapter
         self.dataset = dataset
@@ -66,6 +74,9 @@ class InferenceCache:
         self.seed = seed
         self.progress = progress
         self.target_kind = target_kind
+        # rows per forward of the no-gradient passes (runtime.memory_budget_mb; None: whole
+        # batches, unmeasured)
+        self.memory = MemoryBudget(memory_budget_mb) if memory_budget_mb else None
         self.model_calls = 0
         self.batches_run = 0
         # seconds in the model (forward, check work, results back on the CPU), per pass too;
@@ -154,7 +165,21 @@ class InferenceCache:
             if p["pass"] == "sweep base":
                 out["sweep.data_wait_s"] = p["data_wait_s"]
                 out["sweep.model_s"] = p["model_s"]
+                if "rows_per_forward" in p:
+                    out["sweep.rows_per_forward"] = float(p["rows_per_forward"])
+        if self.memory is not None:
+            out["memory_budget_mb"] = self.memory.budget_mb
         return out
+
+    def memory_notes(self) -> list[str]:
+        """One line: the budget and, per pass without gradients, the measured bytes per row
+        and the rows per forward chosen (empty when nothing was planned)."""
+        if self.memory is None or not self.memory.plans:
+            return []
+        parts = "; ".join(p.describe() for p in self.memory.plans.values())
+        return [
+            f"sweeps split to fit runtime.memory_budget_mb = {self.memory.budget_mb:g} MB: {parts}"
+        ]
 
     @contextlib.contextmanager
     def _pass(self, name: str) -> Iterator[dict[str, Any]]:
@@ -177,11 +202,13 @@ class InferenceCache:
         persist: bool = False,
         skip_image: bool = False,
         donors: np.ndarray | None = None,
+        rows: np.ndarray | None = None,
     ) -> SweepResult:
-        """One pass: this rank's shard in batches, results gathered from every rank in dataset
-        order (``skip_image``: no image decoded, see ``_head_batch``; ``donors``: each batch's
-        donor rows, ``donors[rows]``, are decoded with it, see ``_compute``). With ``persist`` and a
-        work folder, each finished batch goes straight into memory-mapped arrays on disk (see
+        """One pass over ``rows`` of the dataset (default all): this rank's shard in batches,
+        results gathered from every rank in dataset order (``skip_image``: no image decoded,
+        see ``_head_batch``; ``donors``: each batch's donor rows, ``donors[rows]``, are
+        decoded with it, see ``_compute``). With ``persist`` (and all rows) and a work
+        folder, each finished batch goes straight into memory-mapped arrays on disk (see
         ``ShardFiles``), which a resumed run reuses; in one process the result *is* those
         read-only memory maps, so RAM never holds the whole sweep. With several processes
         every rank then holds the gathered arrays in RAM.
@@ -192,12 +219,12 @@ class InferenceCache:
         from mmaudit.engine import distributed
 
         start = time.perf_counter()
-        mine = distributed.shard(np.arange(len(self.dataset)))
+        mine = distributed.shard(np.arange(len(self.dataset)) if rows is None else rows)
         chunks = [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
         failure: NonFiniteOutputError | None = None
         local: tuple[np.ndarray, dict[str, np.ndarray]]
         try:
-            if persist and self.work_dir is not None and len(mine):
+            if persist and rows is None and self.work_dir is not None and len(mine):
                 files = ShardFiles(
                     self.work_dir, key, layers, mine, len(self.dataset), self.batch_size
                 )
@@ -283,18 +310,18 @@ class InferenceCache:
                     self._current = batch
                     if transform is not None:
                         batch = transform(batch)
-                    logits = self.adapter.logits(batch)
-                    self.model_calls += 1
+                    family = "sweep" if ctx is None else f"sweep {key}"
+                    logits, held = self._forward(batch, layers, store, family, record)
                     rows = batch.index.cpu().numpy()
                     require_finite(
-                        {LOGITS: logits, **{n: store[n] for n in layers}},
+                        {LOGITS: logits, **held},
                         rows,
                         key,
                         self.dataset.ids,
                         self.adapter,
                     )
                     out = logits.float().cpu().numpy()
-                    grabbed = {n: store[n].float().cpu().numpy() for n in layers}
+                    grabbed = {n: held[n].float().cpu().numpy() for n in layers}
                     self.model_s += time.perf_counter() - start
                     record["batches"] += 1
                     sink(k, out, grabbed)
@@ -303,6 +330,62 @@ class InferenceCache:
                 self._donor = None
                 if ctx is not None:
                     ctx.__exit__(None, None, None)
+
+    def _forward(
+        self,
+        batch: Batch,
+        layers: list[str],
+        store: dict[str, torch.Tensor],
+        family: str,
+        record: dict[str, Any],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and captured ``layers`` of ``batch``, in forwards of at most the rows that
+        fit the memory budget (:meth:`_rows_per_forward`); ``record`` keeps the smallest."""
+        step = self._rows_per_forward(batch, family)
+        chosen = step if step < len(batch) else self.batch_size  # a last short batch is whole
+        record["rows_per_forward"] = min(chosen, record.get("rows_per_forward", chosen))
+        if step >= len(batch):
+            self._current = batch
+            logits = self.adapter.logits(batch)
+            self.model_calls += 1
+            return logits, {n: store[n] for n in layers}
+        parts: list[torch.Tensor] = []
+        held: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+        for lo in range(0, len(batch), step):
+            sub = batch.select(slice(lo, lo + step))
+            self._current = sub  # what a substituted layer reads its rows from
+            parts.append(self.adapter.logits(sub))
+            self.model_calls += 1
+            for n in layers:
+                held[n].append(store[n])
+        self._current = batch
+        return torch.cat(parts), {n: torch.cat(v) for n, v in held.items()}
+
+    def _rows_per_forward(self, batch: Batch, family: str) -> int:
+        """Rows of ``batch`` one forward may hold within the memory budget, measured once per
+        pass family and per-row input shape by two forwards (one row, then two: the first row
+        repeated) whose live tensors are counted; the whole batch without a budget, or when
+        the model cannot be measured (a TorchScript module the hooks cannot follow)."""
+        if self.memory is None or len(batch) <= 1:
+            return len(batch)
+        shape = tuple(
+            (name, tuple(t.shape[1:]))
+            for name in ("image", "input_ids", "tabular")
+            for t in [getattr(batch, name, None)]
+            if isinstance(t, torch.Tensor)
+        )
+
+        def probe(k: int) -> None:
+            sub = batch.select(torch.zeros(k, dtype=torch.long, device=batch.index.device))
+            self._current = sub
+            self.adapter.logits(sub)
+
+        try:
+            return self.memory.rows_per_chunk(family, shape, probe, self.adapter.module, grad=False)
+        except Exception:  # a model the probe cannot follow: whole batches, as before
+            return len(batch)
+        finally:
+            self._current = batch
 
     # ---------------------------------------------------------------- sweeps
     def sweep(self) -> SweepResult:
@@ -318,6 +401,12 @@ class InferenceCache:
             extra = self._run(f"layer {name}", None, [name])
             base.embeddings[name] = extra.embeddings[name]
         return base.embeddings[name]
+
+    def layers_on_rows(self, layers: list[str], rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Outputs of ``layers`` on ``rows`` of the dataset only (in the order given), one pass,
+        not memoised: for a fixed subset that need not cost a sweep of every study."""
+        result = self._run(f"rows {len(rows)}", None, list(layers), rows=np.asarray(rows))
+        return result.embeddings
 
     def permutation(self, draw: int = 0) -> np.ndarray:
         """The seeded permutation used by 'permute' removal. ``draw`` 0 is the one every

@@ -13,8 +13,11 @@ forward, on a repeated first row) and counts
 * with gradients: the bytes of the tensors autograd saves for the backward (through
   ``torch.autograd.graph.saved_tensors_hooks``, each storage counted once, the model's
   parameters and buffers left out), plus the probe's input rows and their gradients;
-* without gradients: the largest ``inputs + output`` of any leaf module (what must be
-  live at once while it runs).
+* without gradients: the peak of the bytes of all tensors alive at once during the forward
+  (every tensor an operator creates is counted until it is freed, through a
+  ``TorchDispatchMode``, so a residual branch kept beside its block, a hooked layer output
+  or an output stacked by the caller all count), falling back to the largest
+  ``inputs + output`` of any leaf module where the dispatch mode cannot run.
 
 The difference of the two probes is the cost of one row; the rest (the 1-row total less
 one row) is the fixed cost. :class:`MemoryBudget` turns that into rows per chunk
@@ -28,6 +31,7 @@ hard ceiling.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 
@@ -60,15 +64,17 @@ class ChunkPlan:
     rows_per_chunk: int
     footprint: Footprint
     grad: bool
+    held: bool = False  # rows made and held at once (copies of inputs), not a forward
 
     def describe(self) -> str:
         """One line for the report: the pass, its measured cost and the rows chosen."""
         what = "saved for the backward" if self.grad else "live at once (no gradient)"
+        unit = "forward/backward" if self.grad else "forward"
         size = self.footprint.bytes_per_row
         amount = f"{size / _MB:.2f} MB" if size >= _MB / 10 else f"{size / 1024:.1f} KB"
         return (
             f"{self.pass_name}: {amount} {what} per row"
-            f" -> {self.rows_per_chunk} rows per {'forward/backward' if self.grad else 'forward'}"
+            f" -> {self.rows_per_chunk} rows {'at once' if self.held else 'per ' + unit}"
         )
 
 
@@ -140,6 +146,82 @@ def _live_bytes(module: nn.Module | None) -> Iterator[list[int]]:
             h.remove()
 
 
+class _LivePeak:
+    """The peak bytes of tensor storages created while open and still alive (each storage
+    counted once, freed when its last reference goes): what a forward without gradients
+    needs at once beyond what existed before it (weights, inputs made earlier)."""
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        live: dict[int, int] = {}
+        state = {"live": 0, "peak": 0}
+
+        def free(key: int) -> None:
+            state["live"] -= live.pop(key, 0)
+
+        def keys(value: object) -> set[int]:
+            if isinstance(value, torch.Tensor):
+                try:
+                    return {value.untyped_storage()._cdata}
+                except (RuntimeError, NotImplementedError):  # sparse, meta or wrapper tensors
+                    return set()
+            if isinstance(value, (tuple, list)):
+                return set().union(*(keys(v) for v in value)) if value else set()
+            if isinstance(value, dict):
+                return keys(list(value.values()))
+            return set()
+
+        def book(value: object, inputs: set[int]) -> None:
+            if isinstance(value, torch.Tensor):
+                try:
+                    storage = value.untyped_storage()
+                except (RuntimeError, NotImplementedError):  # sparse, meta or wrapper tensors
+                    return
+                key = storage._cdata
+                # a view or an in-place result shares an input's storage: nothing new
+                if key in live or key in inputs:
+                    return
+                live[key] = storage.nbytes()
+                state["live"] += live[key]
+                state["peak"] = max(state["peak"], state["live"])
+                weakref.finalize(storage, free, key)
+            elif isinstance(value, (tuple, list)):
+                for v in value:
+                    book(v, inputs)
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+                kwargs = kwargs or {}
+                out = func(*args, **kwargs)
+                book(out, keys(list(args)) | keys(kwargs))
+                return out
+
+        self.mode = Mode()
+        self.state = state
+
+    @property
+    def peak(self) -> int:
+        return int(self.state["peak"])
+
+
+def _peak_no_grad(
+    probe: Callable[[int], torch.Tensor | None], k: int, module: nn.Module | None
+) -> int:
+    """Bytes a forward of ``probe(k)`` without gradients needs at once: the peak of live
+    tensors (:class:`_LivePeak`), else the largest leaf module's inputs + output."""
+    tracker = _LivePeak()
+    try:
+        with torch.no_grad(), tracker.mode:
+            leaf = probe(k)
+        del leaf
+        return tracker.peak
+    except Exception:  # a model or tensor type the dispatch mode cannot follow
+        with torch.no_grad(), _live_bytes(module) as live:
+            leaf = probe(k)
+        return live[0] + _tensor_bytes(leaf)
+
+
 def measure(
     probe: Callable[[int], torch.Tensor | None],
     module: nn.Module | None,
@@ -158,11 +240,9 @@ def measure(
             with torch.enable_grad(), _saved_bytes(module) as saved:
                 leaf = probe(k)
             totals.append(saved[0] + 2 * _tensor_bytes(leaf))
+            del leaf
         else:
-            with torch.no_grad(), _live_bytes(module) as live:
-                leaf = probe(k)
-            totals.append(live[0] + _tensor_bytes(leaf))
-        del leaf
+            totals.append(_peak_no_grad(probe, k, module))
     per_row = max(totals[1] - totals[0], 1)
     return Footprint(bytes_per_row=int(per_row), fixed_bytes=int(max(totals[0] - per_row, 0)))
 
@@ -181,11 +261,11 @@ class MemoryBudget:
     def budget_bytes(self) -> int:
         return int(self.budget_mb * _MB)
 
-    def rows_for(self, footprint: Footprint, grad: bool = True) -> int:
-        """Rows whose footprint fits the budget (at least 1); a gradient pass's bytes count
-        ``BACKWARD_OVERHEAD`` times (what the backward adds at its peak)."""
+    def rows_for(self, footprint: Footprint, grad: bool = True, share: float = 1.0) -> int:
+        """Rows whose footprint fits ``share`` of the budget (at least 1); a gradient pass's
+        bytes count ``BACKWARD_OVERHEAD`` times (what the backward adds at its peak)."""
         factor = BACKWARD_OVERHEAD if grad else 1.0
-        room = self.budget_bytes - factor * footprint.fixed_bytes
+        room = share * self.budget_bytes - factor * footprint.fixed_bytes
         return max(1, int(room // max(factor * footprint.bytes_per_row, 1)))
 
     def rows_per_chunk(
@@ -196,16 +276,28 @@ class MemoryBudget:
         module: nn.Module | None,
         *,
         grad: bool = True,
+        share: float = 1.0,
     ) -> int:
         """Rows one forward (and backward) of ``pass_name`` may hold; ``key`` names the
-        per-row shape, so a pass is measured once per shape (not once per batch)."""
-        memo_key = (pass_name, key, grad)
+        per-row shape, so a pass is measured once per shape (not once per batch).
+        ``share``: the part of the budget the pass may use (the rest held by its caller)."""
+        memo_key = (pass_name, key, grad, share)
         plan = self._memo.get(memo_key)
         if plan is None:
             fp = measure(probe, module, grad=grad)
-            plan = ChunkPlan(pass_name, self.rows_for(fp, grad), fp, grad)
+            plan = ChunkPlan(pass_name, self.rows_for(fp, grad, share), fp, grad)
             self._memo[memo_key] = plan
         self.plans[pass_name] = plan
+        return plan.rows_per_chunk
+
+    def rows_held(self, what: str, bytes_per_row: int, share: float = 1.0) -> int:
+        """Rows whose ``bytes_per_row`` of inputs made and held at once (known, not measured:
+        e.g. filled copies of an image) fit ``share`` of the budget; recorded as ``what``."""
+        plan = ChunkPlan(
+            what, self.rows_for(Footprint(int(bytes_per_row), 0), False, share),
+            Footprint(int(bytes_per_row), 0), False, held=True,
+        )  # fmt: skip
+        self.plans[what] = plan
         return plan.rows_per_chunk
 
     def notes(self, prefix: str = "memory") -> list[str]:

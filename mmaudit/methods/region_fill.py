@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -402,3 +403,22 @@ def free_positions(
     for r0, r1, c0, c1 in exclude or []:
         ok = ok & ~((rr < r1) & (rr + bh > r0) & (cc < c1) & (cc + bw > c0))
     return ok
+
+
+def pick_free_corners(free: torch.Tensor, u: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Random box corners among the allowed ones: for each draw ``d`` (a column of ``u``,
+    uniforms in [0, 1), one row per image) the ``floor(u * n_free)``-th allowed position of
+    each image's ``free`` map ``(B, H', W')``, as (rows, cols). An image with no allowed
+    position gets corner (0, 0); callers skip it by its ``free.sum() == 0``."""
+    b = free.shape[0]
+    flat = free.reshape(b, -1)
+    n_free = flat.sum(1)
+    counts = torch.cumsum(flat.long(), 1)
+    corners = []
+    for d in range(u.shape[1]):
+        pick = torch.from_numpy(np.floor(u[:, d] * np.maximum(n_free.numpy(), 1))).long()
+        # the pick-th allowed position (0-based) is preceded by exactly the positions whose
+        # running count of allowed ones is at most pick
+        pos = (counts <= pick[:, None]).sum(1).clamp(max=flat.shape[1] - 1)
+        corners.append((pos // free.shape[2], pos % free.shape[2]))
+    return corners

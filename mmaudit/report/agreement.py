@@ -8,7 +8,9 @@ by it (subgroups); and whether saliency found an image hotspot that changes deci
 One sentence per flagged attribute says what the pattern means, and the report keeps it.
 One more line (``kind`` ``modality``) when saliency judged an image that ablation finds
 the model does not use (image share about 0): saliency's verdicts then say nothing about
-image shortcuts, and the reader must be told.
+image shortcuts, and the reader must be told. And one (``kind`` ``modality``, about the
+image) when saliency's off-ROI grid scan finds a region that changes decisions where no
+trusted map's hotspot box points: the maps are blind to a region the model uses.
 
 Why: each method sees one kind of shortcut. An invisible site signature (a global change
 of intensity, noise or sharpness) is decoded by probes and erasing it moves predictions,
@@ -46,7 +48,7 @@ _EVIDENCE: dict[tuple[str, str], Evidence] = {
 _SITE_RULES = {("attribution", "site_word"), ("attribution", "site_feature")}
 _ATTRIBUTE_CHECKS = ("probing", "embedding", "subgroups", "attribution")
 _MODALITY_LAYERS = ("image", "text", "tabular")
-_IMAGE_HOTSPOT_RULES = ("hotspot_used",)
+_IMAGE_HOTSPOT_RULES = ("hotspot_used", "scan_used")
 _FLAG = ("warn", "fail")
 
 
@@ -127,7 +129,42 @@ def cross_check(checks: dict[str, Any], attributes: list[str]) -> list[CrossChec
     ignored = _saliency_on_an_unused_image(checks)
     if ignored is not None:
         out.append(ignored)
+    blind = _scan_where_no_map_points(checks)
+    if blind is not None:
+        out.append(blind)
     return out
+
+
+def _scan_where_no_map_points(checks: dict[str, Any]) -> CrossCheck | None:
+    """A line when saliency's grid scan flags a region (rule ``scan_used``, warn or fail)
+    that no trusted map's hotspot box overlaps (``scan.maps_pointed`` 0).
+
+    Why: the scan fills boxes without asking the maps, so its verdict and the maps can
+    disagree; when they do, the maps (and every map-based verdict: off-ROI share,
+    hotspots, clusters) are blind to a region the model uses, and a reader looking at the
+    overlays would see nothing there."""
+    saliency = checks.get("saliency")
+    if saliency is None or not check_ran(saliency):
+        return None
+    if not any(f.rule == "scan_used" and f.severity in _FLAG for f in saliency.findings):
+        return None
+    pointed = _estimate(saliency.metrics.get("scan.maps_pointed"))
+    if pointed is None or pointed[0] != 0:
+        return None
+    where = ""
+    row = _estimate(saliency.metrics.get("scan.row"))
+    col = _estimate(saliency.metrics.get("scan.col"))
+    if row is not None and col is not None:
+        where = f" (box centred at {row[0]:.0%} down, {col[0]:.0%} across the image)"
+    return CrossCheck(
+        attribute="image",
+        kind="modality",
+        image_hotspot=True,
+        message="Saliency's scan found a region that changes decisions where no trusted map"
+        f" points{where}: the saliency maps are blind to something the model uses there, so"
+        " their pass or their hotspots say nothing about it; read the scan's effect map"
+        " (scan_effect_map) and look at that region on the films.",
+    )
 
 
 #: ablation's image share within this of 0 (with a CI that includes 0) reads as "not used"

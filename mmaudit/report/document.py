@@ -55,6 +55,45 @@ class CheckReport(BaseModel):
     rows_used: int | None = None
     rows_total: int | None = None
     coverage: list[str] = Field(default_factory=list)
+    # the figures that show the result at a glance, in the order the page leads with them
+    # (the check's ``key_figures`` patterns resolved against ``figures``; empty in reports
+    # written before mmaudit recorded them: the page then leads with the first figure)
+    key_figures: list[str] = Field(default_factory=list)
+
+
+def select_key_figures(patterns: tuple[str, ...] | list[str], names: list[str]) -> list[str]:
+    """The figure ``names`` that match the ``fnmatch`` ``patterns``, in pattern order (then
+    in the order the check drew them), each once: a check's key figures as the page leads
+    with them. A figure left out of the report (under --redact) is not in ``names``, so it
+    is never a key figure."""
+    from fnmatch import fnmatchcase
+
+    picked = [n for pattern in patterns for n in names if fnmatchcase(n, pattern)]
+    return list(dict.fromkeys(picked))
+
+
+class BaselineComparison(BaseModel):
+    """What changed since the baseline report given to ``mmaudit run --baseline``: the
+    summary of the comparison ``mmaudit diff BASELINE NEW`` makes (diff.json and diff.md in
+    the report folder hold all of it)."""
+
+    folder: str
+    comparable: bool = True
+    # why the comparison could not be made (not comparable, a file changed): nothing else set
+    error: str | None = None
+    not_comparable_reasons: list[str] = Field(default_factory=list)
+    regressions: list[str] = Field(default_factory=list)
+    # "check: base -> new"
+    status_changes: list[str] = Field(default_factory=list)
+    new_findings: list[str] = Field(default_factory=list)
+    resolved_findings: list[str] = Field(default_factory=list)
+    improved_findings: list[str] = Field(default_factory=list)
+    # the significant metric moves, regressions first ("check.metric: 0.8 -> 0.7 (verdict)")
+    moved: list[str] = Field(default_factory=list)
+    n_moved: int = 0
+    # linear CKA per layer, prediction churn, map rank correlation, as lines
+    representation: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
 
 
 class Report(BaseModel):
@@ -88,6 +127,8 @@ class Report(BaseModel):
     # sha256 of report.json's own content and of every other file the run wrote (see
     # ``seal_payload``); None in reports written before mmaudit recorded them (unverified)
     integrity: dict[str, Any] | None = None
+    # what changed since the report given with ``mmaudit run --baseline`` (None: none given)
+    baseline: BaselineComparison | None = None
 
     def skipped_checks(self) -> list[str]:
         """The planned checks that were skipped (nothing they could test, or a requirement

@@ -19,13 +19,32 @@ GLOSSARY: list[tuple[str, tuple[str, ...], str]] = [
     ),
     (
         "EOD",
-        ("eod",),
+        ("eod", "equalised-odds", "equalised"),
         "equalised-odds difference: the larger of the TPR gap and the FPR gap between the"
         " best and worst group at one global threshold.",
     ),
     (
+        "TPR / FPR",
+        ("tpr", "fpr", "true-positive", "false-positive", "alarms"),
+        "true-positive rate (the share of diseased cases the model calls positive) / false-"
+        "positive rate (the share of healthy cases it calls positive, false alarms).",
+    ),
+    (
+        "decision threshold",
+        ("threshold", "operating"),
+        "the score above which the model's output counts as positive; subgroups uses one"
+        " threshold for everyone (Youden's J on all audited rows by default).",
+    ),
+    (
+        "calibration / recalibration",
+        ("calibrated", "calibration", "recalibrate", "platt", "isotonic"),
+        "a calibrated model's 0.8 means the disease is present in 8 of 10 such cases;"
+        " recalibration (Platt scaling: a logistic fit; isotonic regression: a monotone step"
+        " fit) maps scores to observed rates on held-out data without retraining.",
+    ),
+    (
         "loo / koi",
-        ("loo", "koi"),
+        ("loo", "koi", "leave-one-out", "keep-one-in"),
         "leave-one-out (that modality removed, the others kept) / keep-one-in (that"
         " modality alone, the others removed); removed means shuffled across patients by"
         " default (ablation's removal parameter).",
@@ -44,6 +63,24 @@ GLOSSARY: list[tuple[str, tuple[str, ...], str]] = [
         " 2023): how much each modality moves each prediction, right or wrong.",
     ),
     (
+        "modality / input",
+        ("modality", "modalities", "inputs"),
+        "one kind of input the model reads: the image, the report text or the lab values"
+        " (tabular).",
+    ),
+    (
+        "modality dropout",
+        ("dropout", "dropped"),
+        "training with one input at a time randomly left out, so that the model learns to"
+        " use the others and to cope when one is missing.",
+    ),
+    (
+        "redundant inputs",
+        ("redundant", "redundancy"),
+        "two inputs are redundant when either one alone gives the model what both give"
+        " (removed the model's own missing-input way).",
+    ),
+    (
         "Shapley share",
         ("share", "shares", "shapley"),
         "a modality's Shapley value as a share of the total: averaged over every order of"
@@ -51,7 +88,7 @@ GLOSSARY: list[tuple[str, tuple[str, ...], str]] = [
     ),
     (
         "IG",
-        ("ig",),
+        ("ig", "integrated"),
         "Integrated Gradients: gradients summed along a path from a baseline input to the"
         " real one; attributions add up to the logit change.",
     ),
@@ -63,17 +100,44 @@ GLOSSARY: list[tuple[str, tuple[str, ...], str]] = [
         " gradients per location (LayerCAM, finer maps).",
     ),
     (
+        "saliency map",
+        ("saliency", "maps"),
+        "a heat map over the image of how much each pixel or region drives the prediction"
+        " (Grad-CAM, HiResCAM, LayerCAM, IG).",
+    ),
+    (
+        "randomisation test",
+        ("randomised", "randomisation", "sanity", "spearman", "ssim"),
+        "the sanity test of Adebayo et al. (2018): maps that barely change (Spearman rank"
+        " correlation and SSIM, structural similarity) when the model's weights are"
+        " randomised do not show what the model learned.",
+    ),
+    (
         "SpRAy",
-        ("spray",),
+        ("spray", "cluster", "clusters", "exemplar"),
         "spectral relevance analysis (Lapuschkin et al. 2019): saliency maps clustered to"
         " find groups of cases explained by the same pattern, such as a marker.",
     ),
     (
         "off-ROI / hotspot",
-        ("roi", "offroi", "hotspot"),
-        "attribution outside the region of interest (lung mask) against its area share;"
-        " a hotspot is a box off the ROI whose in-painting is tested for changed decisions"
-        " (as large as the room around its peak allows, down to half the default side).",
+        ("roi", "off-roi", "offroi", "hotspot", "interest", "box", "control"),
+        "attribution outside the region of interest (ROI, the lung mask) against its area"
+        " share; a hotspot is a box off the ROI whose in-painting is tested for changed"
+        " decisions against a same-size control box elsewhere (as large as the room around"
+        " its peak allows, down to half the default side).",
+    ),
+    (
+        "border band",
+        ("border",),
+        "the strip along the image edges where markers, labels and burnt-in text sit; its"
+        " share of the saliency is compared with its area share.",
+    ),
+    (
+        "crop / in-paint",
+        ("crop", "in-paint", "in-painting"),
+        "remedies for a marker in the images: cut the image so the marker is gone (crop),"
+        " or fill the marker's box from the surrounding tissue (in-paint), in the training"
+        " data, then retrain.",
     ),
     (
         "probe",
@@ -84,22 +148,40 @@ GLOSSARY: list[tuple[str, tuple[str, ...], str]] = [
         " explains); probe_auroc_marginal is the plain score.",
     ),
     (
+        "layer / prediction head / fused embedding",
+        ("layer", "head", "fused"),
+        "a layer is a named model output mmaudit reads (model.layers): each encoder's output"
+        " (image, text, tabular) and the fused embedding, the features the prediction head"
+        " (the final classifier) reads.",
+    ),
+    (
+        "encoded / used",
+        ("encoded", "reveals", "used"),
+        "encoded: a probe can read an attribute from a layer; used: removing it changes the"
+        " predictions. Encoded alone is not a shortcut.",
+    ),
+    (
         "LEACE",
-        ("leace", "erasure"),
+        ("leace", "erasure", "erasing"),
         "least-squares concept erasure (Belrose et al. 2023): the smallest linear change"
         " that makes an attribute linearly undecodable; if the predictions then move more"
         " than for a random subspace, the model uses it.",
     ),
     (
+        "projection",
+        ("projection", "pca", "t-sne", "tsne"),
+        "a 2-D picture of a layer's outputs (PCA or t-SNE), coloured by label and attribute.",
+    ),
+    (
         "kNN lift",
-        ("knn",),
+        ("knn", "neighbours"),
         "how often a row's nearest neighbours (other patients) share its label or"
         " attribute, divided by chance agreement (the sum of squared level shares); 1 is"
         " chance.",
     ),
     (
         "identity margin",
-        ("identity",),
+        ("identity", "closer"),
         "chance-corrected neighbour agreement on a nuisance attribute (site) minus that on"
         " the label: above 0, the space is organised by site more than by disease.",
     ),
@@ -111,9 +193,29 @@ GLOSSARY: list[tuple[str, tuple[str, ...], str]] = [
     ),
     (
         "p / CI",
-        (),
-        "p: permutation p-value, corrected for multiple tests (Holm) where a family is"
-        " tested; shown as < 0.001 below that; CI: 95% bootstrap interval, resampled by"
+        ("p", "ci", "p-value", "permutation"),
+        "p: permutation p-value (how often shuffled data give as large an effect),"
+        " corrected for multiple tests where a family is tested; shown as < 0.001 below"
+        " that; CI: 95% bootstrap interval (the check's alpha sets the level), resampled by"
         " patient.",
+    ),
+    (
+        "Holm correction",
+        ("holm", "holm-corrected", "corrected"),
+        "Holm's step-down correction for multiple tests: with many attributes, layers or"
+        " groups tested, each p-value is raised so that the chance of any false alarm stays"
+        " at 5%.",
+    ),
+    (
+        "stop list",
+        ("stop", "stop-list", "stoplist", "boilerplate"),
+        "words with no clinical meaning (the, of, report template words) that should carry"
+        " little of what drives a text-based prediction.",
+    ),
+    (
+        "mmaudit diff",
+        ("diff", "re-audit"),
+        "re-audit: run mmaudit again on the retrained model; `mmaudit diff OLD NEW` then"
+        " shows which findings were resolved and which metrics moved significantly.",
     ),
 ]

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from xml.sax.saxutils import quoteattr
 
+from mmaudit.checks.contract import Finding
+from mmaudit.report.anchors import finding_anchor, page_link
 from mmaudit.report.cells import NO_RESULT, NOT_RUN
 from mmaudit.report.document import FAILING_STATUSES, Report
+from mmaudit.report.finding_text import code_tag
 
 
 def render_junit(report: Report) -> str:
@@ -24,7 +27,7 @@ def render_junit(report: Report) -> str:
     failing = FAILING_STATUSES[report.fail_on]
     counts = {"failure": 0, "error": 0, "skipped": 0}
 
-    def body(status: str, message: str) -> str:
+    def body(status: str, message: str, details: str = "") -> str:
         if status == "skipped" and report.fail_on_skipped:
             counts["failure"] += 1
             text = f"skipped (fails --fail-on-skipped): {message}"
@@ -35,9 +38,12 @@ def render_junit(report: Report) -> str:
         if status in failing:
             tag = "error" if status == "error" else "failure"
             counts[tag] += 1
+            if details:
+                return f"<{tag} message={quoteattr(message)}>{_xml_text(details)}</{tag}>"
             return f"<{tag} message={quoteattr(message)}/>"
         if status in ("warn", "fail", "error"):
-            return f"<system-out>{_xml_text(f'{status}: {message}')}</system-out>"
+            text = f"{status}: {message}" + (f"\n{details}" if details else "")
+            return f"<system-out>{_xml_text(text)}</system-out>"
         return ""
 
     cases = []
@@ -49,7 +55,7 @@ def render_junit(report: Report) -> str:
         )
         for k, f in enumerate(c.findings):
             # a finding is never "skipped": only its check can be
-            fbody = body(f.severity, f.message) if f.severity != "skipped" else ""
+            fbody = body(f.severity, f.message, _details(f)) if f.severity != "skipped" else ""
             name = quoteattr(f"{c.name}.{f.rule}.{f.metric or k}")
             cases.append(f'<testcase classname="mmaudit.{c.name}" name={name}>{fbody}</testcase>')
     for name, why in sorted(report.checks_not_run.items()):
@@ -79,6 +85,15 @@ def render_junit(report: Report) -> str:
         + "".join(cases)
         + "</testsuite></testsuites>\n"
     )
+
+
+def _details(finding: Finding) -> str:
+    """A finding's body under its plain sentence: the evidence, the next step, the code tag
+    (check.rule · metric) and the link to its place in index.html, one per line."""
+    lines = [f"evidence: {finding.evidence}"] if finding.evidence else []
+    lines += [f"next: {finding.next_step}"] if finding.next_step else []
+    lines += [code_tag(finding), f"details: {page_link(finding_anchor(finding))}"]
+    return "\n".join(lines)
 
 
 def _xml_text(text: str) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from mmaudit.checks.contract import Finding
+from mmaudit.report.anchors import finding_anchor, page_link
 from mmaudit.report.cells import (
     NOT_RUN,
     STATUS_ICON,
@@ -16,10 +18,11 @@ from mmaudit.report.cells import (
     summary_cell,
 )
 from mmaudit.report.document import Report
+from mmaudit.report.finding_text import code_tag
 from mmaudit.report.glossary import GLOSSARY
 
 # findings listed in summary.md before "… and K more"
-SUMMARY_FINDINGS = 10
+SUMMARY_FINDINGS = 6
 
 
 def render_markdown(report: Report) -> str:
@@ -43,10 +46,8 @@ def render_markdown(report: Report) -> str:
     worst = [f for f in report.worst_findings(None) if f.severity in ("fail", "warn", "error")]
     if worst:
         lines += ["", "**Findings**", ""]
-        lines += [
-            f"- {f.severity} `{f.check}`: {markdown_cell(f.message)}"
-            for f in worst[:SUMMARY_FINDINGS]
-        ]
+        for f in worst[:SUMMARY_FINDINGS]:
+            lines += finding_lines(f)
         if len(worst) > SUMMARY_FINDINGS:
             lines.append(
                 f"- … and {len(worst) - SUMMARY_FINDINGS} more warn / fail findings"
@@ -75,6 +76,24 @@ def render_markdown(report: Report) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def finding_lines(finding: Finding) -> list[str]:
+    """One finding as a list item: severity, check and the plain sentence linked to its
+    place in index.html, then the evidence, the next step and the code tag (check.rule ·
+    metric, the names in report.json and the YAML thresholds) as one sub-item."""
+    link = page_link(finding_anchor(finding))
+    lines = [
+        f"- **{finding.severity}** `{finding.check}`: {markdown_cell(finding.message)}"
+        f" ([details]({link}))"
+    ]
+    # one sub-item, so a pull-request comment stays short
+    parts = [f"evidence: {markdown_cell(finding.evidence)}"] if finding.evidence else []
+    if finding.next_step:
+        parts.append(f"next: {markdown_cell(finding.next_step)}")
+    parts.append(f"`{code_tag(finding).replace('`', '')}`")
+    lines.append("  - " + " — ".join(parts))
+    return lines
 
 
 def summary_terms(text: str) -> list[tuple[str, str]]:

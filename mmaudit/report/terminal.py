@@ -107,13 +107,39 @@ def print_summary(console: Console, report: Any) -> None:
     for c in report.checks.values():
         for f in c.findings:
             if f.severity in ("warn", "fail", "error"):
-                colour = STATUS_COLOURS.get(f.severity, "white")
-                console.print(
-                    f"  [{colour}]{f.severity}[/{colour}] {escape(c.name)}: {escape(f.message)}",
-                    markup=True,
-                )
+                print_finding(console, f)
     for cc in getattr(report, "cross_checks", []):
         console.print(f"  [bold]across checks[/bold]: {escape(cc.message)}", markup=True)
+
+
+def print_finding(console: Console, finding: Any) -> None:
+    """One finding as the person who acts on it reads it: "FAIL probing  <what was found>",
+    then, indented, the evidence, the next step and the dim code tag (check.rule · metric)
+    that ties it to report.json and the YAML thresholds. Every part wraps between words
+    under its own indent, with no padding at the end of a line (CI logs)."""
+    import textwrap
+
+    from rich.text import Text
+
+    from mmaudit.report.finding_text import code_tag
+
+    def lines(text: str, indent: int) -> list[str]:
+        width = max(20, console.width - indent)
+        wrapped = textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
+        return [" " * indent + line for line in wrapped]
+
+    severity = finding.severity.upper()
+    head = lines(f"{severity} {finding.check}  {finding.message}", 2)
+    for k, line in enumerate(head):
+        text = Text(line)
+        if k == 0:
+            text.stylize(STATUS_COLOURS.get(finding.severity, "white"), 2, 2 + len(severity))
+        console.print(text)
+    for label, part in (("evidence: ", finding.evidence), ("next: ", finding.next_step)):
+        for line in lines(label + part, 6) if part else []:
+            console.print(Text(line))
+    for line in lines(code_tag(finding), 6):
+        console.print(Text(line, style="dim"))
 
 
 def _moves_table(console: Console, shown: list[Any]) -> Table:

@@ -35,7 +35,7 @@ from mmaudit.report.folder import (
     stage_prefix,
 )
 from mmaudit.report.seal import file_sha256, files_under, seal_payload
-from mmaudit.report.views import write_views
+from mmaudit.report.views import write_baseline_diff, write_views
 
 # A secret shared by audits that are meant to be diffed under --redact. Read from the
 # environment, never the config, because the config is copied into the report folder.
@@ -208,13 +208,21 @@ class ReportWriter:
     lives; a new writer removes the unlocked ones, left by runs killed before ``abort``
     could run (SIGKILL, power loss), since they can hold raw patient data.
 
+    With a ``baseline`` (an earlier report folder), ``finish`` also writes diff.json and
+    diff.md and records what changed in report.json (``Report.baseline``).
+
     ``out`` is replaced only when it is an mmaudit report holding nothing else (see
     ``check_output_folder``), and whether it can be is checked here, before any model runs,
     and again just before the swap: mmaudit never deletes a file it did not write.
     """
 
-    def __init__(self, out: Path, redactor: Redactor | None = None) -> None:
+    def __init__(
+        self, out: Path, redactor: Redactor | None = None, baseline: Path | None = None
+    ) -> None:
         self.redactor = redactor
+        # an earlier report folder (``mmaudit run --baseline``): ``finish`` compares the new
+        # report with it as ``mmaudit diff`` does, and the views show what changed
+        self.baseline = baseline
         self.out = resolve_output(out)
         check_output_folder(self.out)
         make_parent(self.out)
@@ -253,7 +261,7 @@ class ReportWriter:
             if key not in withheld:
                 fdir.mkdir(parents=True, exist_ok=True)
                 path = fdir / f"{_slug(key)}.png"
-                fig.savefig(path, dpi=110, bbox_inches="tight")
+                save_figure(fig, path)
                 figures[key] = path.relative_to(self.stage).as_posix()
             plt.close(fig)
         tdir = self.stage / "tables" / name
@@ -329,6 +337,10 @@ class ReportWriter:
                 self.redactor.tree(yaml.safe_load(config_yaml)), sort_keys=False
             )
         (self.stage / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        if self.baseline is not None:
+            seal_folder(self.stage, report)  # diff reads the new report as any report folder
+            scrub = None if self.redactor is None else self._scrub
+            report.baseline = write_baseline_diff(self.baseline, self.stage, self.out, scrub)
         write_views(self.stage, report)
         seal_folder(self.stage, report)
         umask = os.umask(0)
@@ -365,6 +377,10 @@ class ReportWriter:
         self._unlock()  # only now: until the rename a new writer must not sweep the stage
         return self.out
 
+    def _scrub(self, text: str) -> str:
+        assert self.redactor is not None
+        return self.redactor.prose(text) or ""
+
     def abort(self) -> None:
         """Remove the staging folder (the previous report, if any, stays untouched)."""
         shutil.rmtree(self.stage, ignore_errors=True)
@@ -395,6 +411,35 @@ def seal_folder(folder: Path, report: Report) -> None:
         "files": sorted([*written, "report.json"]),
     }
     (folder / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
+
+
+# the widest a figure is drawn on the page (CSS px): a figure is saved no wider, since the
+# page would only scale the extra pixels away
+FIGURE_MAX_PX = 1100
+FIGURE_DPI = 100
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """A matplotlib figure as a compact PNG at the resolution the page shows it.
+
+    Drawn at ``FIGURE_DPI`` (lower for a figure wider than ``FIGURE_MAX_PX`` at that dpi),
+    flattened onto white and reduced to a 256-colour palette (octree, dithered): plots have
+    few colours, so lines and text stay exact, and image overlays keep their look at about a
+    third of the bytes of full-colour PNG."""
+    import io
+
+    from PIL import Image
+
+    dpi = min(FIGURE_DPI, FIGURE_MAX_PX / max(fig.get_figwidth(), 1e-6))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        rgba = image.convert("RGBA")
+    flat = Image.new("RGB", rgba.size, "white")
+    flat.paste(rgba, mask=rgba.getchannel("A"))
+    palette = flat.quantize(256, method=Image.Quantize.FASTOCTREE)
+    palette.save(path, format="PNG", optimize=True)
 
 
 def _slug(text: str) -> str:

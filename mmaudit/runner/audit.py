@@ -16,6 +16,7 @@ from mmaudit.engine.errors import MmauditError, NonFiniteOutputError
 from mmaudit.report.agreement import cross_check
 from mmaudit.report.document import CheckReport, Report, json_safe
 from mmaudit.report.folder import WorkLock
+from mmaudit.report.views import check_baseline
 from mmaudit.report.writer import Redactor, ReportWriter
 from mmaudit.runner.check_run import run_one
 from mmaudit.runner.environment import environment, precision_record
@@ -42,6 +43,7 @@ def run_audit(
     resume: bool = False,
     fail_on: str = "fail",
     fail_on_skipped: bool | None = None,
+    baseline: str | Path | None = None,
 ) -> Report:
     """Run every planned check on the config's model and data; write the report folder.
 
@@ -49,8 +51,11 @@ def run_audit(
     ranks by the cache, and only rank 0 writes the report. With ``resume``, base-sweep
     batches finished by an interrupted run of the same config and checkpoint are reused.
     ``fail_on`` and ``fail_on_skipped`` (None: ``runtime.fail_on_skipped``) are recorded in
-    the report: the gate and junit.xml follow them. ``stages`` (a console) gets one line per
-    stage while ``runtime.progress`` is on: readable in a log, where bars are not drawn.
+    the report: the gate and junit.xml follow them. ``baseline`` (an earlier report folder)
+    is checked before any data is read, and the finished report is compared with it as
+    ``mmaudit diff`` does (diff.json, diff.md, ``Report.baseline``, shown on the page).
+    ``stages`` (a console) gets one line per stage while ``runtime.progress`` is on:
+    readable in a log, where bars are not drawn.
     """
     import numpy as np
     import torch
@@ -72,6 +77,8 @@ def run_audit(
     overrides = overrides or Overrides()
     cfg = apply_overrides(load_config(config_path), overrides)
     planned = plan_checks(cfg, overrides.checks, config_path)
+    if baseline is not None:
+        check_baseline(Path(baseline), Path(out))
     cfg.runtime.device = distributed.init(cfg.runtime.device)
     distributed.agree(config_fingerprint(cfg), "config")
     if not distributed.is_main():
@@ -81,7 +88,9 @@ def run_audit(
     lock = WorkLock(out).acquire() if distributed.is_main() else None
     try:
         writer: ReportWriter | NullWriter = (
-            ReportWriter(Path(out)) if distributed.is_main() else NullWriter()
+            ReportWriter(Path(out), baseline=None if baseline is None else Path(baseline))
+            if distributed.is_main()
+            else NullWriter()
         )
     except BaseException:
         if lock is not None:
@@ -127,6 +136,7 @@ def run_audit(
             seed=cfg.runtime.seed,
             progress=cfg.runtime.progress,
             target_kind=cfg.data.target.kind,
+            memory_budget_mb=cfg.runtime.memory_budget_mb,
         )
         model_sha = sha256_of(checkpoint_files(cfg))
         manifest_sha = sha256_of([dataset.manifest_path])

@@ -8,9 +8,9 @@ import traceback
 from typing import Any
 
 from mmaudit.checks.contract import AuditContext
-from mmaudit.checks.findings import count_judged, judge, status_of
+from mmaudit.checks.findings import count_judged, exemption_notes, judge, status_of
 from mmaudit.engine.errors import NonFiniteOutputError
-from mmaudit.report.document import CheckReport, json_safe
+from mmaudit.report.document import CheckReport, json_safe, select_key_figures
 from mmaudit.report.writer import ReportWriter
 from mmaudit.runner.plan import PlannedCheck
 
@@ -28,7 +28,12 @@ def run_one(
     """
     start = time.perf_counter()
     params = pc.check.params.model_dump(mode="json")
-    thresholds = {k: v.model_dump(exclude_none=True) for k, v in pc.rules.items()}
+    # the limits that judged; the plain wording (found / next_step / figure) is in each
+    # finding, and a reworded rule is no threshold change for `mmaudit diff`
+    thresholds = {
+        k: v.model_dump(exclude_none=True, exclude={"found", "next_step", "figure"})
+        for k, v in pc.rules.items()
+    }
     rows_total = len(ctx.dataset)
     reason = pc.check.missing_requirements(ctx)
     if reason is not None:
@@ -58,7 +63,10 @@ def run_one(
             thresholds=thresholds,
             seconds=time.perf_counter() - start,
         )
-    findings = list(output.findings) + judge(pc.name, output.metrics, pc.rules)
+    # a rule the check exempts for this model is not judged; a note says why instead
+    exempt = output.exempt_rules
+    findings = list(output.findings) + judge(pc.name, output.metrics, pc.rules, exempt)
+    findings += exemption_notes(pc.name, exempt, output.metrics, pc.rules)
     figures, tables = writer.add_check(pc.name, output, ctx.dataset.ids)
     status = status_of(findings)
     if status == "note":
@@ -67,7 +75,7 @@ def run_one(
     if judged is not None:
         defaults = type(pc.check).default_thresholds
         added = {k: r for k, r in pc.rules.items() if k not in defaults}
-        judged += count_judged(output.metrics, added)
+        judged += count_judged(output.metrics, added, exempt)
     skip_reason = None
     if judged == 0 and status == "pass":
         status = "skipped"
@@ -81,6 +89,7 @@ def run_one(
         metrics=json_safe(output.metrics),
         findings=findings,
         figures=figures,
+        key_figures=select_key_figures(type(pc.check).key_figures, list(figures)),
         tables=tables,
         notes=output.notes,
         params=params,

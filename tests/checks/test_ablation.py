@@ -23,7 +23,7 @@ from torch import nn
 from mmaudit.checks.ablation.check import AblationCheck
 from mmaudit.checks.ablation.scoring import METRICS, Scorer, predicted_probs
 from mmaudit.checks.contract import AuditContext
-from mmaudit.checks.findings import judge
+from mmaudit.checks.findings import count_judged, exemption_notes, judge
 from mmaudit.methods.stats import auroc, paired_bootstrap_diff
 from mmaudit.report.document import json_safe
 
@@ -380,9 +380,13 @@ def test_unused_text_gets_nothing_and_the_others_their_analytic_share(
     assert value(m, "emap.auroc") == pytest.approx(value(m, "full.auroc"))
     findings = judge("ablation", m, AblationCheck.default_thresholds)
     assert [f.metric for f in findings if f.rule == "modality_ignored"] == ["drop.loo.text"]
+    # a head that could express an interaction but learned none: judged (warns), with a
+    # note beside it saying the interactions are 0 numerically
+    assert additive_out.exempt_rules == {}
     assert "no_interaction" in {f.rule for f in findings}
     (note,) = [f for f in additive_out.findings if f.rule == "no_interaction"]
-    assert note.severity == "note" and note.message.startswith("numerically additive")
+    assert note.severity == "note" and note.detail.startswith("numerically additive")
+    assert "every per-sample interaction between modalities is 0" in note.message
     assert additive_ctx.adapter.hook_count() == 0
     assert isinstance(additive_ctx.adapter.module.image_enc, ImageMean)  # substitution undone
 
@@ -438,6 +442,10 @@ def test_xor_model_shows_synergy_and_a_large_emap_gap(analytic_data: dict[str, P
     assert m["redundancy.image_x_tabular"].value < 0.2
     rules = {f.rule for f in judge("ablation", m, AblationCheck.default_thresholds)}
     assert "no_interaction" not in rules and "redundant_pair" not in rules
+    # a model with a real interaction is judged by no_interaction (and passes), not exempt
+    assert out.exempt_rules == {}
+    only = {"no_interaction": AblationCheck.default_thresholds["no_interaction"]}
+    assert count_judged(m, only, out.exempt_rules) == 1
 
 
 def test_input_level_gives_the_encoder_level_numbers(
@@ -573,10 +581,11 @@ def test_concat_with_a_linear_head_is_called_additive_by_construction(
 ) -> None:
     """Known answer: a built-in concat fusion feeding one nn.Linear is a sum of one term per
     encoder, so every per-sample logit interaction is float rounding, reported as exactly 0,
-    and a note finding says why beside the no_interaction warning. Projection fusion (the
-    mean of the present modalities) is additive where the same modalities are present, and
-    says so. The counterpart, the same encoders under attention fusion, interacts and gets
-    no such note."""
+    and the no_interaction rule cannot apply: it is exempt (no warning), and the runner's
+    note says why, with the EMAP gap as evidence. Projection fusion (the mean of the present
+    modalities) is additive where the same modalities are present: judged, with a note. The
+    counterpart, the same encoders under attention fusion, interacts: judged, no note, no
+    exemption."""
     cfg = analytic_config(analytic_data["additive"])
     cfg["model"].update(
         factory="test_ablation:build_attention", kwargs={"fusion": fusion}, layers=BUILTIN_LAYERS
@@ -589,22 +598,27 @@ def test_concat_with_a_linear_head_is_called_additive_by_construction(
     if fusion == "concat":
         assert all((e["value"], e["ci_low"], e["ci_high"]) == (0.0, 0.0, 0.0) for e in inter)
         assert m["emap.gap"]["value"] == pytest.approx(0.0, abs=1e-9)
-        (note,) = notes
-        assert note.severity == "note" and note.metric == "emap.gap"
-        assert note.message.startswith(
-            "additive by construction: the fusion cannot express interactions"
-        )
-        assert "concat fusion feeding one linear head" in note.message
-        judged = judge("ablation", out.metrics, AblationCheck.default_thresholds)
-        assert [f.severity for f in judged if f.rule == "no_interaction"] == ["warn"]
+        assert notes == []
+        rules = AblationCheck.default_thresholds
+        reason = out.exempt_rules["no_interaction"]
+        assert "concat fusion feeding one linear head" in reason
+        assert "can only add up its inputs" in reason
+        judged = judge("ablation", out.metrics, rules, out.exempt_rules)
+        assert [f for f in judged if f.rule == "no_interaction"] == []
+        assert count_judged(out.metrics, rules, out.exempt_rules) < count_judged(out.metrics, rules)
+        (note,) = exemption_notes("ablation", out.exempt_rules, out.metrics, rules)
+        assert (note.severity, note.rule, note.metric) == ("note", "no_interaction", "emap.gap")
+        assert note.message == reason and note.evidence.startswith("EMAP gap = 0 (CI 0 to 0)")
+        assert note.evidence.endswith("not judged") and "fusion" in note.next_step
     elif fusion == "projection":
         # every modality present in these data: the mean of the embeddings is additive
         (note,) = notes
-        assert note.message.startswith("additive by construction wherever the same modalities")
-        assert "projection fusion" in note.message
+        assert note.detail.startswith("additive by construction wherever the same modalities")
+        assert "projection fusion" in note.detail and "averages its inputs" in note.message
+        assert out.exempt_rules == {}
     else:
         assert all(e["ci_low"] > 1e-4 for e in inter), inter
-        assert notes == []
+        assert notes == [] and out.exempt_rules == {}
 
 
 def test_keep_one_in_and_leave_one_out_say_how_the_others_were_removed(
@@ -885,9 +899,9 @@ def test_sample_contributions_match_the_planted_structure(sample_outputs: dict[s
             assert m[f"shapley.{mod}"]["ci_low"] > 0, mod  # every modality is used
         assert m["emap.gap"]["value"] == pytest.approx(0.0, abs=1e-6)
         assert m["logit_interaction.image_x_text"]["ci_high"] == 0.0  # not float noise
-    for out in sample_outputs.values():
-        (note,) = [f for f in out.findings if f.rule == "no_interaction"]
-        assert note.message.startswith("additive by construction")
+    for out in sample_outputs.values():  # additive by construction: not judged, a note says why
+        assert "no_interaction" in out.exempt_rules
+        assert not [f for f in out.findings if f.rule == "no_interaction"]
     assert share(short, "text") > share(short, "image") > share(short, "tabular")
     assert share(clean, "text") > share(clean, "image") > share(clean, "tabular")
     assert share(clean, "image") < share(short, "image")  # the marker no longer counts

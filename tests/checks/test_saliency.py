@@ -374,9 +374,12 @@ def test_hotspot_enrichment_sees_the_planted_corner_and_nothing_on_the_clean_mod
         "offroi_hotspot.flip_excess",
         f"hotspot.enrichment.{m['offroi_hotspot.method']}",
     ]
-    note = next(f.message for f in toy_runs["corner"][1] if f.rule == "offroi_hotspot")
+    found = next(f for f in toy_runs["corner"][1] if f.rule == "offroi_hotspot")
+    note = f"{found.message}; {found.evidence}"
     assert "box of 4x4 px at rows 1-4, cols 1-4 of the 24x24 px image" in note, note
+    assert "top-left corner" in found.message
     assert "area share" in note
+    assert found.figure == "overlays_most_off_roi" and "in-paint" in found.next_step
     centre, _ = toy_runs["centre"]
     for method in ("hirescam", "layercam", "ig"):
         assert _value(centre.metrics[f"hotspot.share.{method}"]) == 0.0
@@ -636,7 +639,9 @@ def test_spray_finds_the_site_b_cluster(both_run: Any) -> None:
     site_b = table[table["site_majority"] == "B"]
     assert len(site_b) and site_b["candidate_shortcut"].all()
     assert (site_b["site_purity"] >= 0.9).all()
-    notes = [f.message for f in findings if f.rule == "cluster_candidate"]
+    notes = [f.evidence for f in findings if f.rule == "cluster_candidate"]
+    plain = [f.message for f in findings if f.rule == "cluster_candidate"]
+    assert any("from site B cases" in n for n in plain), plain
     # the base rate is site B's share among the clustered maps (the IG subset), not all rows
     per_sample = out.tables["per_sample"]
     clustered = per_sample[per_sample["cluster"] >= 0]
@@ -662,7 +667,7 @@ def test_hotspot_share_by_site_separates_the_marker_sites(both_run: Any) -> None
         sex = m[f"subgroup_gap.sex.hotspot_share.{method}"]
         assert isinstance(gap, Estimate) and gap.null_p is not None and gap.null_p < 0.05
         assert isinstance(sex, Estimate) and sex.null_p is not None and sex.null_p > 0.05
-    note = next(f.message for f in findings if f.rule == "offroi_hotspot")
+    note = next(f.evidence for f in findings if f.rule == "offroi_hotspot")
     assert "; site B " in note and " / A " in note and "sex" not in note, note
 
 

@@ -31,9 +31,17 @@ def make_cache(tiny_manifest: Path, tiny_weights: Path, write_config):  # type: 
         work_dir: Path | None = None,
         layers: tuple[str, ...] = LAYERS,
         num_workers: int = 0,
+        memory_budget_mb: float | None = 1024.0,
     ) -> InferenceCache:
         adapter = load_model(cfg.model, ds.modalities, cfg.runtime)
-        c = InferenceCache(adapter, ds, batch_size=batch_size, seed=0, num_workers=num_workers)
+        c = InferenceCache(
+            adapter,
+            ds,
+            batch_size=batch_size,
+            seed=0,
+            num_workers=num_workers,
+            memory_budget_mb=memory_budget_mb,
+        )
         c.request_layers(list(layers))
         c.work_dir = work_dir
         return c
@@ -130,10 +138,14 @@ class Interrupted(Exception):
     """Stands in for a crash or Ctrl-C part-way through a sweep."""
 
 
+#: forwards of 1 and 2 rows that measure a sweep's memory per row before its first batch
+PROBE_CALLS = 2
+
+
 def _interrupt_after(cache: InferenceCache, calls: int, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Make the model raise on its call number ``calls + 1``."""
+    """Make the model raise on its batch number ``calls + 1`` (after the probe forwards)."""
     original = cache.adapter.logits
-    seen = [0]
+    seen = [-PROBE_CALLS]
 
     def logits(batch):  # type: ignore[no-untyped-def]
         if seen[0] == calls:
@@ -247,6 +259,69 @@ def test_new_layer_or_damaged_file_means_recompute(make_cache, tmp_path: Path) -
     damaged = make_cache(work_dir=tmp_path)
     _assert_same(damaged.sweep(), result)
     assert damaged.model_calls == 3
+
+
+# ------------------------------------------------------------ the memory budget of a sweep
+
+
+def _assert_close(a: SweepResult, b: SweepResult) -> None:
+    """Equal up to float rounding: BLAS may sum a row's products in another order when the
+    batch it sits in is smaller."""
+    np.testing.assert_allclose(a.logits, b.logits, rtol=1e-5, atol=1e-6)
+    assert a.embeddings.keys() == b.embeddings.keys()
+    for k in a.embeddings:
+        np.testing.assert_allclose(a.embeddings[k], b.embeddings[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_budget_below_the_batch_splits_each_batch_and_changes_no_output(make_cache) -> None:  # type: ignore[no-untyped-def]
+    whole = make_cache(batch_size=16, memory_budget_mb=None)
+    expected = whole.sweep()
+    assert whole.timings()["sweep.rows_per_forward"] == 16 and whole.memory_notes() == []
+    ample = make_cache(batch_size=16)
+    _assert_same(ample.sweep(), expected)
+    plan = ample.memory.plans["sweep"]
+    assert plan.rows_per_chunk >= 16  # 1 GB holds a batch of the tiny model
+    assert ample.model_calls == 3  # 48 rows, 3 batches, no split
+    fp = plan.footprint
+    # a budget that holds the fixed cost and 5.5 rows: 5 rows per forward, 16 = 5 + 5 + 5 + 1
+    tight = make_cache(
+        batch_size=16, memory_budget_mb=(fp.fixed_bytes + 5.5 * fp.bytes_per_row) / 2**20
+    )
+    _assert_close(tight.sweep(), expected)
+    assert tight.memory.plans["sweep"].rows_per_chunk == 5
+    assert tight.model_calls == 3 * 4
+    timings = tight.timings()
+    assert timings["sweep.rows_per_forward"] == 5
+    assert timings["memory_budget_mb"] == tight.memory.budget_mb
+    (note,) = tight.memory_notes()
+    assert "5 rows per forward" in note
+    # passes that substitute the encoders (only fusion and head run) are planned apart
+    emb = tight.embeddings("embedding")
+    np.testing.assert_allclose(
+        tight.logits_with_layer("embedding", emb), expected.logits, rtol=1e-5, atol=1e-6
+    )
+    assert any(name.startswith("sweep layer:") for name in tight.memory.plans)
+
+
+def test_layers_on_rows_are_those_rows_of_the_sweep(make_cache) -> None:  # type: ignore[no-untyped-def]
+    """A pass over a subset (the probing check's random-weights rows) gives the sweep's
+    outputs on those rows, in the order asked, without memoising or persisting anything."""
+    cache = make_cache(batch_size=16)
+    rows = np.array([3, 4, 17, 30, 31, 32, 47])
+    part = cache.layers_on_rows(["embedding", "image"], rows)
+    assert cache.model_calls == 1 and "base" not in cache._sweeps
+    full = cache.sweep()
+    for name in ("embedding", "image"):
+        np.testing.assert_allclose(part[name], full.embeddings[name][rows], rtol=1e-5, atol=1e-6)
+
+
+def test_the_measured_rows_grow_as_the_budget_grows(make_cache) -> None:  # type: ignore[no-untyped-def]
+    small = make_cache(batch_size=16, memory_budget_mb=0.05)
+    small.sweep()
+    fp = small.memory.plans["sweep"].footprint
+    assert fp.bytes_per_row > 0
+    rows = small.memory.plans["sweep"].rows_per_chunk
+    assert rows == max(1, int((0.05 * 2**20 - fp.fixed_bytes) // fp.bytes_per_row))
 
 
 # ------------------------------------------------------------ NaN / inf outputs are refused

@@ -51,17 +51,43 @@ def test_measured_bytes_per_row_match_a_hand_count() -> None:
     assert fp.fixed_bytes < D * 4  # the weights are not counted
 
 
-def test_without_gradients_the_largest_live_step_is_counted() -> None:
-    model = stack()
+class Residual(nn.Module):
+    """``b(relu(a(x))) + x``: at the add, the input, the ReLU output, ``b``'s output and the
+    sum are alive at once (4 D floats per row), twice what any one leaf module holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(D, D), nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        return self.b(h) + x
+
+
+def test_without_gradients_every_tensor_alive_at_once_is_counted() -> None:
+    torch.manual_seed(0)
+    model = Residual()
 
     def probe(k: int) -> torch.Tensor:
-        x = torch.randn(k, 4 * D)[:, :D].contiguous()
+        x = torch.randn(k, D)
         model(x)
         return x
 
     fp = measure(probe, model, grad=False)
-    # one Linear or ReLU holds its input and output (2 D floats) + the probe input
-    assert fp.bytes_per_row == pytest.approx(3 * D * 4, rel=0.02)
+    # x (kept for the residual), relu(a(x)), b(h) and the sum: 4 D floats per row; the
+    # weights (and the transposed views of them a Linear makes) are not counted
+    assert fp.bytes_per_row == 4 * D * 4
+    assert fp.fixed_bytes == 0
+
+
+def test_without_gradients_a_view_or_in_place_result_is_not_new_memory() -> None:
+    def probe(k: int) -> torch.Tensor:
+        x = torch.randn(k, D)  # D floats per row
+        x.relu_()  # in place: the same storage
+        x.view(k, 2, D // 2).transpose(1, 2)  # a view: the same storage
+        return x
+
+    assert measure(probe, None, grad=False).bytes_per_row == D * 4
 
 
 def test_rows_fit_the_budget_and_are_memoised() -> None:
@@ -142,3 +168,29 @@ def test_chunked_ig_equals_one_pass() -> None:
     assert 1 < rows < n  # the budget split the batch as well as the points
     assert torch.allclose(chunked["tabular"], whole["tabular"], atol=1e-6, rtol=1e-5)
     assert ad.hook_count() == 0
+
+
+def test_held_copies_fit_their_share_of_the_budget_and_are_recorded() -> None:
+    budget = MemoryBudget(1.0)  # 1 MiB
+    # 10 KiB per row in half of 1 MiB: 51 rows (51 * 10 = 510 KiB <= 512 KiB < 520 KiB)
+    assert budget.rows_held("in-fills", 10 * 1024, share=0.5) == 51
+    assert budget.rows_held("in-fills", 10 * 1024) == 102
+    assert budget.rows_held("huge", 2 * 2**20) == 1  # never fewer than one row
+    assert (
+        "in-fills: 10.0 KB live at once (no gradient) per row -> 102 rows at once"
+        in budget.notes()[0]
+    )
+
+
+def test_a_share_of_the_budget_halves_the_rows_of_a_pass() -> None:
+    model = Residual()
+
+    def probe(k: int) -> torch.Tensor:
+        x = torch.randn(k, D)
+        model(x)
+        return x
+
+    budget = MemoryBudget(1.0)
+    whole = budget.rows_per_chunk("p", ("D",), probe, model, grad=False)
+    half = budget.rows_per_chunk("p", ("D",), probe, model, grad=False, share=0.5)
+    assert whole == 2**20 // (4 * D * 4) == 256 and half == 128

@@ -3,6 +3,7 @@ handles edges; control positions miss the ROI; peak boxes avoid forbidden pixels
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,3 +113,20 @@ def test_largest_fit_is_the_room_the_roi_and_the_edge_leave() -> None:
     assert largest_fit(None, ladder, (40, 40), (37, 37)) == (8, 8)
     forbidden[:, :37] = True
     assert largest_fit(forbidden, ladder, (40, 40), (10, 38)) is None  # 3 px: below the floor
+
+
+def test_random_corners_land_only_on_allowed_positions_and_reach_all_of_them() -> None:
+    from mmaudit.methods.region_fill import pick_free_corners
+
+    free = torch.zeros(2, 6, 6, dtype=torch.bool)
+    free[0, :, 4] = True  # image 0: only column 4 allowed (6 positions)
+    free[1, 5, :] = True  # image 1: only the last row allowed
+    u = np.linspace(0, 0.999, 600).reshape(1, -1).repeat(2, axis=0)
+    seen: list[set[tuple[int, int]]] = [set(), set()]
+    for rows, cols in pick_free_corners(free, u):
+        for i in range(2):
+            r, c = int(rows[i]), int(cols[i])
+            assert free[i, r, c], (i, r, c)
+            seen[i].add((r, c))
+    assert seen[0] == {(r, 4) for r in range(6)}
+    assert seen[1] == {(5, c) for c in range(6)}

@@ -204,3 +204,33 @@ def test_an_audit_of_a_model_that_ignores_the_image_says_so(
     assert "Saliency judged an image the model does not use" in lines[0].message
     summary = (tmp_path / "r" / "summary.md").read_text()
     assert "Saliency judged an image the model does not use" in summary
+
+
+def _scan_saliency(maps_pointed: int, severity: str = "fail") -> CheckReport:
+    return _check(
+        "saliency",
+        [("scan_used", severity, "scan.max_flip_excess")],
+        metrics={
+            "scan.max_flip_excess": Estimate(0.4, 0.3, 0.5, 64, 1e-6).to_dict(),
+            "scan.maps_pointed": maps_pointed,
+            "scan.row": 0.08,
+            "scan.col": 0.92,
+        },
+    )
+
+
+def test_a_scan_region_no_map_points_at_gets_its_own_line() -> None:
+    ccs = cross_check({**_checks(None), "saliency": _scan_saliency(0)}, ATTRS)
+    blind = [c for c in ccs if c.kind == "modality" and "scan found" in c.message]
+    assert len(blind) == 1 and blind[0].attribute == "image"
+    assert "where no trusted map points" in blind[0].message
+    assert "8% down, 92% across" in blind[0].message
+    # the scan is an image region that changes decisions for the attribute lines too
+    site = next(c for c in ccs if c.attribute == "site")
+    assert site.image_hotspot is True and "Saliency also finds an image region" in site.message
+
+
+def test_no_scan_line_when_a_map_points_there_or_the_scan_passes() -> None:
+    for saliency in (_scan_saliency(1), _scan_saliency(0, severity="pass")):
+        ccs = cross_check({**_checks(None), "saliency": saliency}, ATTRS)
+        assert not any("scan found" in c.message for c in ccs)

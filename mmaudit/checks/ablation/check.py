@@ -25,6 +25,7 @@ from mmaudit.checks.ablation.notes import reading_notes, run_notes
 from mmaudit.checks.ablation.plan import plan_ablation, removal_words
 from mmaudit.checks.ablation.redundancy import neutral_game
 from mmaudit.checks.ablation.robustness import robustness_curves
+from mmaudit.checks.ablation.rules import ABLATION_RULES
 from mmaudit.checks.ablation.scoring import MetricName, Scorer, predicted_probs
 from mmaudit.checks.ablation.summary import summarise
 from mmaudit.checks.contract import (
@@ -89,8 +90,9 @@ class AblationCheck(Check):
     upper bound < 0.005 (no cross-modal interaction used, which a model built to fuse should
     show; a late-fusion model is additive by design, so its gap is reported as
     ``emap.late_fusion_gap`` with a note instead; a concat fusion feeding one linear head is
-    additive by construction too, and a note finding says so beside the warning, as it does
-    when every per-sample logit interaction is 0 numerically).
+    additive by construction too, so the rule is exempt for it and a note says why; a note
+    finding stands beside the warning when every per-sample logit interaction is 0
+    numerically or a projection fusion averages its modalities).
     Reading: ``share.<m>`` is a share of *performance* (the metric across patients, removed
     modalities permuted by default), not the attribution check's ``shares.<m>`` (a share of
     each sample's |logit attribution|); ``koi.*`` keeps one modality with the others
@@ -156,42 +158,9 @@ class AblationCheck(Check):
             default=0.2, gt=0, lt=1, description="drop rate judged by the robustness threshold"
         )
 
-    default_thresholds: ClassVar[dict[str, ThresholdRule]] = {
-        "modality_ignored": ThresholdRule(
-            metric="drop.loo.*",
-            statistic="ci_high",
-            warn_below=0.01,
-            message="removing this modality changes nothing within the CI: the model ignores it"
-            " (or another modality makes it redundant, see redundancy.*)",
-        ),
-        "one_modality_dominates": ThresholdRule(
-            metric="share.*",
-            statistic="ci_low",
-            warn_above=0.8,
-            message="one modality carries nearly all of the model's performance",
-        ),
-        "redundant_pair": ThresholdRule(
-            metric="redundancy.*",
-            warn_above=0.9,
-            message="either modality of this pair alone gives what both give",
-        ),
-        "missing_modality_drop": ThresholdRule(
-            metric="robustness.*.realistic_drop",
-            warn_above=0.05,
-            fail_above=0.10,
-            max_p=0.05,
-            message="performance drops sharply when this modality is missing at a realistic rate",
-        ),
-        "no_interaction": ThresholdRule(
-            metric="emap.gap",
-            statistic="ci_high",
-            warn_below=0.005,
-            message="the model's additive projection (EMAP) does as well as the model: it adds"
-            " up one contribution per modality and uses no cross-modal interaction (a note says"
-            " when the architecture cannot express one)",
-        ),
-    }
+    default_thresholds: ClassVar[dict[str, ThresholdRule]] = ABLATION_RULES
     requires: ClassVar[Requirements] = Requirements(min_modalities=2)
+    key_figures: ClassVar[tuple[str, ...]] = ("contributions", "coalitions")
     layers_wanted: ClassVar[list[str]] = ["image", "text", "tabular"]
 
     def run(self, ctx: AuditContext) -> CheckOutput:
@@ -262,6 +231,7 @@ class AblationCheck(Check):
         verdict = additivity(ctx, summary.metrics, game.inter, emap is not None)
         out.findings.extend(verdict.findings)
         out.notes.extend(verdict.notes)
+        out.exempt_rules.update(verdict.exempt)
         # the Shapley shares first: the report's one-line summary shows the first metrics
         headline = {f"share.{m}": verdict.metrics[f"share.{m}"] for m in players}
         out.metrics = {**headline, **out.metrics, **verdict.metrics}
@@ -282,7 +252,7 @@ class AblationCheck(Check):
         out.notes.extend(
             reading_notes(out.metrics, robustness.curves, players, p, plan.strategy, how)
         )
-        out.judged = count_judged(out.metrics, self.default_thresholds)
+        out.judged = count_judged(out.metrics, self.default_thresholds, out.exempt_rules)
         out.skip_reason = (
             "no contribution could be judged: every drop, share, redundancy and EMAP gap is"
             " undefined on the audited rows (see the notes)"

@@ -12,6 +12,7 @@ from typing import ClassVar, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from mmaudit.checks.attribution.rules import ATTRIBUTION_RULES
 from mmaudit.checks.attribution.scope import (
     multilabel_note,
     shares_unavailable,
@@ -171,35 +172,9 @@ class AttributionCheck(Check):
             " check's default)",
         )
 
-    default_thresholds: ClassVar[dict[str, ThresholdRule]] = {
-        "site_word": ThresholdRule(
-            metric="text.site_word_share.*",
-            warn_above=0.05,
-            fail_above=0.15,
-            max_p=0.05,
-            message="a word that tells the site apart within a label class drives predictions",
-        ),
-        "stoplist_words": ThresholdRule(
-            metric="text.stoplist_share",
-            warn_above=0.10,
-            fail_above=0.25,
-            message="non-clinical (stop-listed) words carry much of the text attribution",
-        ),
-        "site_feature": ThresholdRule(
-            metric="tabular.site_feature_share.*",
-            warn_above=0.25,
-            fail_above=0.50,
-            max_p=0.05,
-            message="a lab feature that tells the site apart within a label class drives"
-            " predictions",
-        ),
-        "ig_not_converged": ThresholdRule(
-            metric="text.completeness_error",
-            warn_above=0.05,
-            message="Integrated Gradients has not converged; raise ig_steps",
-        ),
-    }
+    default_thresholds: ClassVar[dict[str, ThresholdRule]] = ATTRIBUTION_RULES
     requires: ClassVar[Requirements] = Requirements(any_modality=["text", "tabular"])
+    key_figures: ClassVar[tuple[str, ...]] = ("text_word_ranking", "tabular_beeswarm")
 
     def missing_requirements(self, ctx: AuditContext) -> str | None:
         reason = super().missing_requirements(ctx)

@@ -42,6 +42,7 @@ from mmaudit.checks.embedding.layer import LayerResult, prepare_layer
 from mmaudit.checks.embedding.ordinal import ordinal
 from mmaudit.checks.embedding.predictions import predictions
 from mmaudit.checks.embedding.projections import projections
+from mmaudit.checks.embedding.rules import EMBEDDING_RULES
 from mmaudit.checks.embedding.summary import coverage, per_sample_frame
 from mmaudit.methods import neighbours as nb
 
@@ -180,30 +181,9 @@ class EmbeddingCheck(Check):
             description="OpenMP/BLAS threads for scikit-learn work (t-SNE, k-means); None: all",
         )
 
-    default_thresholds: ClassVar[dict[str, ThresholdRule]] = {
-        "dataset_identity": ThresholdRule(
-            metric="identity_margin.*",
-            statistic="ci_low",
-            warn_above=0.0,
-            max_p=0.05,
-            message="neighbours agree on a nuisance attribute more than on the label"
-            " (dataset identity is a stronger axis than disease in this layer)",
-        ),
-        "dataset_identity_head": ThresholdRule(
-            metric="identity_margin.embedding.*",
-            statistic="ci_low",
-            fail_above=0.1,
-            max_p=0.05,
-            message="the vector the head reads is organised by a nuisance attribute more"
-            " than by the label",
-        ),
-        "nuisance_pure_clusters": ThresholdRule(
-            metric="clusters.*.nuisance_pure_label_mixed.*",
-            warn_above=0.1,
-            message="clusters pure in a nuisance attribute but mixed in label",
-        ),
-    }
+    default_thresholds: ClassVar[dict[str, ThresholdRule]] = EMBEDDING_RULES
     requires: ClassVar[Requirements] = Requirements(hooks=True)
+    key_figures: ClassVar[tuple[str, ...]] = ("projection_embedding_pca",)
     layers_wanted: ClassVar[list[str]] = list(LAYERS)
 
     def missing_requirements(self, ctx: AuditContext) -> str | None:

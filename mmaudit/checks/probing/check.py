@@ -37,6 +37,7 @@ from mmaudit.checks.probing.positive_control import positive_control
 from mmaudit.checks.probing.probes import run_probes
 from mmaudit.checks.probing.random_weights import random_baseline
 from mmaudit.checks.probing.records import PROBE_LAYERS, ErasureRow
+from mmaudit.checks.probing.rules import PROBING_RULES
 from mmaudit.checks.probing.tables import erasure_table, probe_table
 from mmaudit.checks.probing.verdicts import judge_attributes
 from mmaudit.methods.probes import pool
@@ -141,6 +142,12 @@ class ProbingCheck(Check):
         random_baseline: bool = Field(
             default=True, description="probe a re-initialised copy of the model too (one pass)"
         )
+        random_max_rows: int | None = Field(
+            default=1000,
+            ge=20,
+            description="rows the random-weights baseline runs on (a seeded draw stratified"
+            " by target and attributes; a fixed cost, not a second sweep; None: every row)",
+        )
         erasure_draws: int = Field(
             default=16,
             ge=1,
@@ -181,31 +188,9 @@ class ProbingCheck(Check):
             default=10, ge=2, description="levels with fewer rows are left out (noted)"
         )
 
-    default_thresholds: ClassVar[dict[str, ThresholdRule]] = {
-        "encoded": ThresholdRule(
-            metric="probe_auroc.*",
-            warn_above=0.55,
-            max_p=0.05,
-            message="attribute decodable well above the permutation null (Holm-corrected),"
-            " within target classes (beyond the target; plain probe: within_target false or"
-            " a multilabel target)",
-        ),
-        "encoded_r2": ThresholdRule(
-            metric="probe_r2.*",
-            warn_above=0.05,
-            max_p=0.05,
-            message="continuous attribute decodable above the permutation null, within"
-            " target classes (beyond the target; plain probe: within_target false or a"
-            " multilabel target)",
-        ),
-        "used": ThresholdRule(
-            metric="encoded_and_used.*",
-            fail_above=0.5,
-            message="attribute encoded in the fused embedding and used by the head: erasing"
-            " it moves predictions more than erasing a random subspace of the same size",
-        ),
-    }
+    default_thresholds: ClassVar[dict[str, ThresholdRule]] = PROBING_RULES
     requires: ClassVar[Requirements] = Requirements(hooks=True, layers=["embedding"])
+    key_figures: ClassVar[tuple[str, ...]] = ("probe_heatmap", "erasure")
     layers_wanted: ClassVar[list[str]] = list(PROBE_LAYERS)
 
     def run(self, ctx: AuditContext) -> CheckOutput:

@@ -71,13 +71,28 @@ def positive_control(
                 rule="positive_control",
                 severity="error",
                 message=(
-                    f"positive control failed: a probe for the target on"
-                    f" '{layer}' reaches AUROC {value:.3f}"
-                    f" (CI upper end {best:.3f}; needs {floor:.3f}; the model itself"
-                    f" reaches {model_auroc:.3f}). The"
-                    " probing pipeline (layer choice, pooling, data) is in doubt, so"
-                    " 'not encoded' results below are not evidence of absence"
+                    "A probe cannot read the diagnosis itself from the layer next to the"
+                    f" output ('{layer}'): the probing pipeline is in doubt, so its 'not"
+                    " encoded' results do not show that anything is absent"
                 ),
+                evidence=(
+                    f"probe AUROC for the target = {value:.2f} (CI upper end {best:.2f});"
+                    f" the model itself reaches {model_auroc:.2f}; needed at least {floor:.2f}"
+                ),
+                next_step=(
+                    "check the layer the probes read (model.layers: it should be the"
+                    " features the prediction head reads), the pooling of its output and"
+                    " the audit data's labels, then run the audit again; until then, read"
+                    " only the probing findings that do flag something"
+                ),
+                detail=(
+                    "positive control failed: a probe for the target on the penultimate"
+                    " layer stays below the floor (min(positive_control_min, model AUROC -"
+                    " positive_control_margin)) even at its CI's upper end; the probing"
+                    " pipeline (layer choice, pooling, data) is in doubt, so 'not encoded'"
+                    " results are not evidence of absence"
+                ),
+                figure="probe_heatmap",
                 metric="positive_control.auroc",
                 value=value,
                 threshold=floor,

@@ -30,12 +30,16 @@ def probe_attribute(
     permutations: int = 0,
     control: bool = True,
     marginal: bool = False,
+    rows: np.ndarray | None = None,
 ) -> ProbeResult:
     """One probe; ``permutations`` 0 skips the null and the control task, ``control``
     False only the control task (the random-weights baseline). Beyond the target (within
-    target classes) when ``target_classes`` gives classes, unless ``marginal``."""
-    groups = ctx.groups[attr.known] if ctx.groups is not None else None
+    target classes) when ``target_classes`` gives classes, unless ``marginal``. ``rows``:
+    the dataset rows ``x`` and ``attr`` stand for (a subset; default every row)."""
+    groups = _rows_of(ctx.groups, rows)
+    groups = groups[attr.known] if groups is not None else None
     classes = None if marginal or not attr.beyond_target else target_classes(ctx, p)
+    classes = _rows_of(classes, rows)
     return run_probe(
         x[attr.known],
         attr.values,
@@ -59,11 +63,24 @@ def target_classes(ctx: AuditContext, p: ProbingCheck.Params) -> np.ndarray | No
 
 
 def probe_estimate(
-    ctx: AuditContext, p: ProbingCheck.Params, result: ProbeResult, attr: Attribute
+    ctx: AuditContext,
+    p: ProbingCheck.Params,
+    result: ProbeResult,
+    attr: Attribute,
+    rows: np.ndarray | None = None,
 ) -> Estimate:
-    """The probe score with its bootstrap CI, patients drawn whole."""
-    groups = ctx.groups[attr.known] if ctx.groups is not None else None
+    """The probe score with its bootstrap CI, patients drawn whole (``rows``: as in
+    :func:`probe_attribute`)."""
+    groups = _rows_of(ctx.groups, rows)
+    groups = groups[attr.known] if groups is not None else None
     return score_estimate(result, groups, p.n_boot, p.alpha, ctx.seed)
+
+
+def _rows_of(values: np.ndarray | None, rows: np.ndarray | None) -> np.ndarray | None:
+    """``values`` (one per dataset row) at ``rows``; all of them when ``rows`` is None."""
+    if values is None or rows is None:
+        return values
+    return np.asarray(values)[rows]
 
 
 def is_encoded(row: ProbeRow, p: ProbingCheck.Params) -> bool:

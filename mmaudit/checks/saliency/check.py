@@ -28,7 +28,9 @@ from mmaudit.checks.saliency.map_quality import dead_maps, grid_note
 from mmaudit.checks.saliency.maps import compute_maps, memory_notes, with_stats
 from mmaudit.checks.saliency.occlusion import occlusion_test
 from mmaudit.checks.saliency.params import CAMS, SaliencyParams
+from mmaudit.checks.saliency.power import hotspot_power
 from mmaudit.checks.saliency.sanity import sanity_check
+from mmaudit.checks.saliency.scan import scan_offroi
 from mmaudit.checks.saliency.setting import image_rows, prepare
 from mmaudit.checks.saliency.subgroups import attribute_levels, subgroup_metrics
 from mmaudit.checks.saliency.summary import coverage, headline_first
@@ -90,12 +92,16 @@ class SaliencyCheck(Check):
     delta_logit,delta_logit_excess,delta_auroc,delta_auroc_excess,change_ratio}.<c>``;
     ``offroi_hotspot.flip_excess`` (the worst off-ROI candidate: at most 5 % of the box in
     the ROI) and ``offroi_hotspot.{method,row,col,roi_overlap}``;
-    ``clusters.{n,eigengap,candidates}``;
+    ``scan.{max_flip_excess,delta_logit_excess,flip_rate,flip_rate_control,row,col,box_rows,
+    box_cols,boxes_tested,boxes_significant,rows,forward_passes,mde_flip,maps_pointed}`` (the
+    off-ROI grid scan: every box filled beside matched random off-ROI boxes, no map needed;
+    table ``scan_grid``; see scan.py); ``clusters.{n,eigengap,candidates}``;
     ``deletion_auc.<m|random>``, ``insertion_auc.<m|random>``,
     ``deletion_gain.<m>``, ``insertion_gain.<m>``; ``sanity.{spearman,ssim,similarity,
     trusted}.<m>``, ``sanity.layers``, ``sanity.stages``.
     Default thresholds: fail when occluding an off-ROI hotspot (the border band without
-    masks) flips over 5 % more decisions than its control (Holm-adjusted p < 0.05); warn
+    masks) flips over 5 % more decisions than its control (Holm-adjusted p < 0.05), or when
+    a box of the grid scan does (Holm over the grid); warn
     when the off-ROI share exceeds chance by over 0.05, or the border share by over 0.10
     (Holm-adjusted p < 0.05); warn when the CI lower bound of a method's similarity to the
     fully randomised model's maps (per map the smaller of Spearman and SSIM) is over 0.5
@@ -120,18 +126,38 @@ class SaliencyCheck(Check):
             message="occluding the off-ROI hotspot flips decisions beyond a same-size control"
             " region: the model uses it (which box: the offroi_hotspot note;"
             " offroi_hotspot.method, .row, .col)",
+            found="Covering the box at {m[offroi_hotspot.where]}, outside the region of"
+            " interest, where the {m[offroi_hotspot.method]} maps concentrate, changes the"
+            " model's decisions more than covering a same-size control box: the model relies"
+            " on what is in that box",
+            next_step="open the overlays (the box is drawn on each film, its control beside it)"
+            " to see what sits there: a corner marker, burnt-in text, a tube; if it is not"
+            " anatomy, crop or in-paint it in the training images, retrain, re-audit and"
+            " compare the two reports with `mmaudit diff`",
+            figure="overlays_most_off_roi",
         ),
         "off_roi_above_chance": ThresholdRule(
             metric="off_roi_excess.*",
             warn_above=0.05,
             max_p=0.05,
             message="saliency lies outside the ROI more than chance",
+            found="The {0} saliency maps put more of the model's attention outside the region"
+            " of interest than chance would",
+            next_step="look at the overlays for what the maps point at outside the region; if"
+            " it is a marker or text, crop or in-paint it in the training images, retrain and"
+            " re-audit",
+            figure="overlays_most_off_roi",
         ),
         "border_above_chance": ThresholdRule(
             metric="border_excess.*",
             warn_above=0.10,
             max_p=0.05,
             message="saliency lies in the image border band more than chance",
+            found="The {0} saliency maps put more of the model's attention on the image border,"
+            " where markers and labels sit, than chance would",
+            next_step="look at the mean maps for which edge or corner; crop the border or"
+            " in-paint what is there in the training images, retrain and re-audit",
+            figure="mean_maps",
         ),
         "sanity_failed": ThresholdRule(
             metric="sanity.similarity.*",
@@ -139,9 +165,36 @@ class SaliencyCheck(Check):
             statistic="ci_low",
             message="maps barely change when the model's weights are randomised: this"
             " method's saliency findings cannot be trusted",
+            found="The {0} saliency maps barely change when the model's weights are"
+            " randomised, so they do not show what the model learned",
+            next_step="do not read the {0} maps or their findings; rely on the methods that"
+            " pass this test",
+            figure="randomisation_curve",
+        ),
+        "scan_used": ThresholdRule(
+            metric="scan.max_flip_excess",
+            fail_above=0.05,
+            max_p=0.05,
+            message="filling the strongest box of the off-ROI grid scan flips decisions"
+            " beyond matched random off-ROI boxes (Holm over the grid): the model uses it,"
+            " whether or not a map points there (scan.row, .col, .box_rows, .box_cols)",
+            found="Covering the box at {m[scan.where]}, outside the region of interest"
+            " (found by scanning a grid of boxes, not by the saliency maps), changes the"
+            " model's decisions more than covering random boxes of the same size there: the"
+            " model relies on what is in it",
+            next_step="open the scan's effect map (the box outlined beside the mean saliency"
+            " map) and look at that place on a few films; if it is not anatomy, crop or"
+            " in-paint it in the training images, retrain, re-audit and compare the two"
+            " reports with `mmaudit diff`",
+            figure="scan_effect_map",
         ),
     }
     requires: ClassVar[Requirements] = Requirements(any_modality=["image"])
+    key_figures: ClassVar[tuple[str, ...]] = (
+        "overlays_most_off_roi",
+        "mean_maps",
+        "scan_effect_map",
+    )
 
     # ------------------------------------------------------------------ requirements
     def missing_requirements(self, ctx: AuditContext) -> str | None:
@@ -207,11 +260,14 @@ class SaliencyCheck(Check):
         out.extend(part)
         if occ is not None:
             out.extend(offroi_verdict(s, hot, occ, out.metrics, levels, trusted))
+            out.extend(hotspot_power(s, out.metrics))
+        scan, part = scan_offroi(s, main, hot, trusted)
+        out.extend(part)
         clusters, part = cluster_maps(s, main, hot.method, levels)
         out.extend(part)
         out.extend(faithfulness(s, main))
         out.extend(per_sample_outputs(s, main, levels, occ, clusters))
-        out.extend(figures(s, main, hot, sanity, levels, clusters))
+        out.extend(figures(s, main, hot, sanity, levels, clusters, scan))
         out.notes.extend(memory_notes(s))
         lead = hot.method or s.methods[0]
         worst = out.metrics.get("offroi_hotspot.method")

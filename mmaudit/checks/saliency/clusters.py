@@ -63,7 +63,7 @@ def cluster_maps(
         vals, counts = np.unique(y[sel], return_counts=True)
         row["label_purity"] = float(counts.max() / counts.sum())
         row["label_majority"] = str(vals[counts.argmax()])
-        flagged = []
+        flagged, plain = [], []
         for attr, lab in levels.labels.items():
             spec = s.ctx.config.data.attributes.get(attr)
             if spec is not None and spec.kind == "continuous":
@@ -82,6 +82,7 @@ def cluster_maps(
                 flagged.append(
                     f"{attr}={top} ({purity:.0%} vs {base_share:.0%} of the clustered maps)"
                 )
+                plain.append(f"{attr} {top}")
         row["candidate_shortcut"] = bool(flagged)
         table.append(row)
         if flagged:
@@ -91,9 +92,19 @@ def cluster_maps(
                     check="saliency",
                     rule="cluster_candidate",
                     severity="note",
-                    message=f"{m} map cluster {c} ({row['share']:.0%} of maps) is nearly"
+                    message=f"A group of {row['share']:.0%} of the {m} saliency maps share one"
+                    f" pattern and come almost only from {' and '.join(plain)} cases: the"
+                    " model may explain those cases by something other than the disease",
+                    evidence=f"{m} map cluster {c}: {', '.join(flagged)}; mean"
+                    f" {s.stat_key.replace('_', '-')} share {row[f'mean_{s.stat_key}']:.2f}",
+                    next_step="look at the cluster's exemplar maps for what they share (a"
+                    " marker, a border, text); if it is not anatomy, crop or in-paint it in"
+                    " the training images, retrain and re-audit",
+                    detail=f"{m} map cluster {c} ({row['share']:.0%} of maps) is nearly"
                     f" pure in {', '.join(flagged)}; its mean {s.stat_key} share is"
-                    f" {row[f'mean_{s.stat_key}']:.2f}: a candidate shortcut strategy",
+                    f" {row[f'mean_{s.stat_key}']:.2f}: a candidate shortcut strategy"
+                    " (SpRAy-style spectral clustering of the maps)",
+                    figure="cluster_exemplars",
                 )
             )
     out.metrics["clusters.candidates"] = candidates

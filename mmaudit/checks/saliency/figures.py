@@ -4,7 +4,7 @@ the randomisation curve, and cluster exemplars."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,9 +12,11 @@ import pandas as pd
 
 from mmaudit.checks.contract import CheckOutput, ThresholdRule
 from mmaudit.checks.saliency.clusters import Clusters
+from mmaudit.checks.saliency.control_boxes import control_boxes
 from mmaudit.checks.saliency.hotspot import Box, Hotspots
 from mmaudit.checks.saliency.maps import Maps
 from mmaudit.checks.saliency.sanity import SanityResult
+from mmaudit.checks.saliency.scan import Scan
 from mmaudit.checks.saliency.setting import Setting, signed_score
 from mmaudit.checks.saliency.subgroups import Levels
 from mmaudit.methods.region_fill import UnfitPeak
@@ -30,8 +32,10 @@ def figures(
     sanity: SanityResult,
     levels: Levels,
     clusters: Clusters,
+    scan: Scan | None = None,
 ) -> CheckOutput:
-    """Overlay grids, mean maps, histograms, randomisation curve, cluster exemplars."""
+    """Overlay grids, mean maps, histograms, randomisation curve, cluster exemplars, and the
+    grid scan's effect map beside the lead method's mean map."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,7 +61,13 @@ def figures(
     conf = positives[np.argsort(-score[positives], kind="stable")][:8]
     # overlays are private (withheld under --redact), so they may name the study
     ids = np.asarray(s.ctx.dataset.ids, dtype=object)[np.asarray(main.rows)]
-    marks = OverlayMarks([str(i) for i in ids], dict(hot.candidates), s.size)
+    stat = main.stats[lead][s.stat_key]
+    finite = np.flatnonzero(np.isfinite(stat))
+    worst = finite[np.argsort(-stat[finite], kind="stable")][:8]
+    shown_rows = np.unique(np.concatenate([conf, worst])).astype(int)
+    found = control_boxes(s, hot, np.asarray(main.rows)[shown_rows])
+    controls = {int(i): found[int(main.rows[i])] for i in shown_rows if int(main.rows[i]) in found}
+    marks = OverlayMarks([str(i) for i in ids], dict(hot.candidates), s.size, controls)
     if len(conf):
         out.figures["overlays_confident_positives"] = _overlay_grid(
             main, shown, conf, "most confident positive predictions", trusted, marks
@@ -68,9 +78,6 @@ def figures(
             "no image row is decided positive: the overlay of the most confident positive"
             " predictions is not drawn"
         )
-    stat = main.stats[lead][s.stat_key]
-    finite = np.flatnonzero(np.isfinite(stat))
-    worst = finite[np.argsort(-stat[finite], kind="stable")][:8]
     if len(worst):
         word = "off-ROI" if s.has_masks else "border"
         out.figures["overlays_most_off_roi"] = _overlay_grid(
@@ -84,6 +91,10 @@ def figures(
     curve = sanity.curve
     if curve is not None and len(curve):
         out.figures["randomisation_curve"] = _randomisation_curve(curve, s.rules["sanity_failed"])
+    if scan is not None:
+        out.figures["scan_effect_map"] = _scan_effect_map(
+            scan, hot.mean_maps.get(lead), lead, main, s.size, trusted
+        )
     if len(clusters.table):
         out.figures["cluster_exemplars"] = _cluster_exemplars(main, clusters, lead)
         out.private.add("cluster_exemplars")
@@ -108,9 +119,12 @@ def _draw_boxes(
     shape: tuple[int, ...],
     size: tuple[int, int],
     linewidth: float,
+    colour: str = "lime",
+    style: str = "-",
 ) -> list[str]:
-    """Draw ``method``'s hotspot boxes (image pixels of an image of ``size``) in green on an
-    axis showing a map of ``shape``; returns their sides ("10x10") in drawing order."""
+    """Draw ``method``'s hotspot boxes (image pixels of an image of ``size``; green, or
+    ``colour`` and ``style`` for their controls) on an axis showing a map of ``shape``;
+    returns their sides ("10x10") in drawing order."""
     from matplotlib.patches import Rectangle
 
     fy, fx = shape[0] / size[0], shape[1] / size[1]
@@ -124,7 +138,8 @@ def _draw_boxes(
                 (c1 - c0) * fx,
                 (r1 - r0) * fy,
                 fill=False,
-                edgecolor="lime",
+                edgecolor=colour,
+                linestyle=style,
                 linewidth=linewidth,
             )
         )
@@ -139,12 +154,15 @@ def _label(method: str, trusted: dict[str, bool]) -> str:
 
 @dataclass(frozen=True)
 class OverlayMarks:
-    """What the overlay grids label: each map row's study id, and the hotspot boxes the
-    occlusion test filled (image pixels, by candidate name) on images of ``size``."""
+    """What the overlay grids label: each map row's study id, the hotspot boxes the
+    occlusion test filled (image pixels, by candidate name) on images of ``size``, and per
+    shown row the control box each candidate was compared with."""
 
     ids: list[str]
     boxes: dict[str, Box]
     size: tuple[int, int]
+    #: map row -> candidate name -> the control box the occlusion test filled for it
+    controls: dict[int, dict[str, Box]] = field(default_factory=dict)
 
 
 def _overlay_grid(
@@ -178,6 +196,16 @@ def _overlay_grid(
             roi = main.roi[i] if main.roi is not None else None
             _overlay(ax, main.images[i], heat, roi)
             _draw_boxes(ax, marks.boxes, m, heat.shape, marks.size, linewidth=0.9)
+            _draw_boxes(
+                ax,
+                marks.controls.get(int(i), {}),
+                m,
+                heat.shape,
+                marks.size,
+                linewidth=0.9,
+                colour="cyan",
+                style="--",
+            )
             if r == 0:
                 ax.set_title(marks.ids[i][:14], fontsize=7)
             if c == 0:
@@ -189,7 +217,10 @@ def _overlay_grid(
         pad=0.02,
         label="attribution (each map scaled to its maximum)",
     )
-    fig.suptitle(title + " (white: ROI; green: hotspot boxes tested)", fontsize=9)
+    fig.suptitle(
+        title + " (white: ROI; green: hotspot boxes tested; dashed cyan: their controls)",
+        fontsize=9,
+    )
     return fig
 
 
@@ -319,4 +350,73 @@ def _cluster_exemplars(main: Maps, clusters: Clusters, method: str) -> Figure:
             if not ax.has_data():
                 ax.set_visible(False)
     fig.suptitle(f"{method} map clusters (SpRAy): mean map and members", fontsize=9)
+    return fig
+
+
+def scan_effect(scan: Scan, size: tuple[int, int]) -> np.ndarray:
+    """Per image pixel, the largest flip excess of the scan boxes covering it (NaN where no
+    box does): where filling the image changes decisions beyond random off-ROI fills."""
+    effect = np.full(size, -np.inf)
+    for (r0, r1, c0, c1), e in zip(scan.boxes, scan.excess, strict=True):
+        if np.isfinite(e):
+            effect[r0:r1, c0:c1] = np.maximum(effect[r0:r1, c0:c1], e)
+    return np.where(np.isfinite(effect), effect, np.nan)
+
+
+def _scan_effect_map(
+    scan: Scan,
+    mean: np.ndarray | None,
+    method: str,
+    main: Maps,
+    size: tuple[int, int],
+    trusted: dict[str, bool],
+) -> Figure:
+    """Left: the scan's effect map (per pixel the largest flip excess of a box covering it,
+    over the mean image), Holm-significant boxes outlined in red, the judged box thicker.
+    Right: the lead method's mean normalised map with the same boxes, so a reader sees
+    whether the maps point at what the scan found."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    effect = scan_effect(scan, size)
+    panels = 2 if mean is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(3.0 * panels + 0.8, 3.1), squeeze=False)
+    ax = axes[0, 0]
+    if main.images is not None and len(main.images):
+        ax.imshow(np.mean(main.images, axis=0), cmap="gray", extent=(0, size[1], size[0], 0))
+    top = max(0.05, float(np.nanmax(np.abs(effect)))) if np.isfinite(effect).any() else 0.05
+    im = ax.imshow(
+        effect, cmap="RdBu_r", vmin=-top, vmax=top, alpha=0.8, extent=(0, size[1], size[0], 0)
+    )
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="flip excess")
+    ax.set_title(
+        f"scan: {len(scan.boxes)} boxes, {int(scan.significant.sum())} significant", fontsize=8
+    )
+    shown = [ax]
+    if mean is not None:
+        ax2 = axes[0, 1]
+        ax2.imshow(mean, cmap="magma", extent=(0, size[1], size[0], 0))
+        ax2.set_title(f"mean map: {_label(method, trusted)}", fontsize=8)
+        shown.append(ax2)
+    for a in shown:
+        for j, (r0, r1, c0, c1) in enumerate(scan.boxes):
+            if not scan.significant[j] and j != scan.winner:
+                continue
+            a.add_patch(
+                Rectangle(
+                    (c0, r0),
+                    c1 - c0,
+                    r1 - r0,
+                    fill=False,
+                    edgecolor="red" if scan.significant[j] else "orange",
+                    linewidth=2.0 if j == scan.winner else 0.8,
+                )
+            )
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.suptitle(
+        "off-ROI grid scan (red: Holm-significant boxes, thick: the judged box;"
+        " orange: the largest effect, not significant)",
+        fontsize=8,
+    )
     return fig

@@ -54,6 +54,8 @@ def offroi_verdict(
     met["offroi_hotspot.col"] = metrics[f"hotspot.col.{worst}"]
     if f"hotspot.roi_overlap.{worst}" in metrics:
         met["offroi_hotspot.roi_overlap"] = metrics[f"hotspot.roi_overlap.{worst}"]
+    # the box in words, for the hotspot_used finding's sentence ({m[offroi_hotspot.where]})
+    met["offroi_hotspot.where"] = box_words(hot.boxes[worst], s.size)
     out.findings.append(_hotspot_note(s, hot, metrics, levels, trusted, worst))
     return out
 
@@ -112,6 +114,7 @@ def _hotspot_note(
         if overlap is not None
         else ("in the border band" if met.get(f"hotspot.in_border.{name}") else "no masks")
     )
+    region = "outside the region of interest" if overlap is not None else "in the border band"
     flips = met[f"occlusion.flip_rate.{name}"]
     ctrl = met[f"occlusion.flip_rate_control.{name}"]
     excess = met[f"occlusion.flip_excess.{name}"]
@@ -128,14 +131,45 @@ def _hotspot_note(
         check="saliency",
         rule="offroi_hotspot",
         severity="note",
-        message=f"off-ROI hotspot judged (hotspot_used): {method}{untrusted}{peak} box of"
+        message=f"The image region tested as a possible shortcut is the box of"
+        f" {r1 - r0}x{c1 - c0} px at rows {r0}-{r1 - 1}, cols {c0}-{c1 - 1} of the {h}x{w}"
+        f" px image ({_corner(r0, r1, c0, c1, h, w)}, {region}), where the"
+        f" {method}{untrusted} maps concentrate{peak}",
+        evidence=f"covering it flips {value(flips):.1%} of decisions vs {value(ctrl):.1%} for a"
+        f" same-size control box (excess {value(excess):+.3f}); {where}{held}",
+        next_step="look at the box in the overlays (a corner marker, burnt-in text, a"
+        " tube?); if it is not anatomy, crop or in-paint it in the training images, retrain,"
+        " re-audit and compare the two reports with `mmaudit diff`",
+        detail=f"off-ROI hotspot judged (hotspot_used): {method}{untrusted}{peak} box of"
         f" {r1 - r0}x{c1 - c0} px at rows {r0}-{r1 - 1}, cols {c0}-{c1 - 1} of the"
-        f" {h}x{w} px image ({where}){held}; occluding it flips {value(flips):.1%} of"
-        f" decisions vs {value(ctrl):.1%} for a same-size control box (excess"
-        f" {value(excess):+.3f})",
+        f" {h}x{w} px image; the hotspot_used rule judges its flip excess",
+        figure="overlays_most_off_roi",
         metric="offroi_hotspot.flip_excess",
         value=value(excess) if np.isfinite(value(excess)) else None,
     )
+
+
+def box_words(box: tuple[int, int, int, int], size: tuple[int, int]) -> str:
+    """A box as a reader finds it on the film: "rows 0-9, cols 0-9 of the 64x64 px image
+    (top-left corner)" (end-inclusive pixel rows and columns)."""
+    r0, r1, c0, c1 = box
+    h, w = size
+    return (
+        f"rows {r0}-{r1 - 1}, cols {c0}-{c1 - 1} of the {h}x{w} px image"
+        f" ({_corner(r0, r1, c0, c1, h, w)})"
+    )
+
+
+def _corner(r0: int, r1: int, c0: int, c1: int, h: int, w: int) -> str:
+    """Where a box lies in the image, as a reader would say it ("top-left corner",
+    "right edge", "centre"), from its centre's third of the height and width."""
+    rows = ("top", "middle", "bottom")[min(2, 3 * (r0 + r1) // (2 * h))]
+    cols = ("left", "middle", "right")[min(2, 3 * (c0 + c1) // (2 * w))]
+    if rows == "middle" and cols == "middle":
+        return "centre"
+    if rows == "middle" or cols == "middle":
+        return f"{cols if rows == 'middle' else rows} edge"
+    return f"{rows}-{cols} corner"
 
 
 def _level_shares(s: Setting, met: Mapping[str, Any], levels: Levels, name: str) -> str:

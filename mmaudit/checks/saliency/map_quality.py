@@ -45,7 +45,13 @@ def dead_maps(s: Setting, main: Maps) -> CheckOutput:
                     check="saliency",
                     rule="dead_maps",
                     severity="warn",
-                    message=f"every {m} map is zero (dead gradients at its layer): its"
+                    message=f"Every {m} saliency map is blank, so {m} cannot say where the"
+                    " model looks",
+                    evidence=f"{dead:.0%} of the {m} maps are zero everywhere",
+                    next_step=f"the layer {m} reads has no gradient (a frozen or"
+                    " non-differentiable part, or a ReLU that cuts every signal); pick another"
+                    " layer for it, or read the other methods",
+                    detail=f"every {m} map is zero (dead gradients at its layer): its"
                     " location statistics cannot be computed",
                     metric=f"dead_maps.{m}",
                     value=dead,

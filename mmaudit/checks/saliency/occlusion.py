@@ -20,7 +20,12 @@ from mmaudit.checks.saliency.metrics import holm_adjusted
 from mmaudit.checks.saliency.setting import Setting, signed_score
 from mmaudit.engine.distributed import sample_seeds
 from mmaudit.methods.image_forward import ImageForward
-from mmaudit.methods.region_fill import donor_fill, free_positions, linear_fill
+from mmaudit.methods.region_fill import (
+    donor_fill,
+    free_positions,
+    linear_fill,
+    pick_free_corners,
+)
 from mmaudit.methods.stats import Estimate
 
 if TYPE_CHECKING:
@@ -66,6 +71,28 @@ def occlusion_test(
     ds, size = s.ds, s.size
 
     def fn(batch: Batch) -> dict[str, np.ndarray]:
+        """``occlude`` on as many rows at once as their filled copies fit half the budget
+        (the forwards of the copies get the other half): the fills are per image, so the
+        result is that of the whole batch at once."""
+        assert batch.image is not None
+        b = len(batch)
+        # per row, alive at once: the image, its k + draws fills, the draws stacked, the k
+        # controls picked from them, the 2k copies stacked for the forward, a donor image
+        copies = 4 * k + 2 * draws + 2
+        step = budget.rows_held(
+            "hotspot in-fills", copies * batch.image[0].numel() * batch.image.element_size(), 0.5
+        )
+        if step >= b:
+            return occlude(batch)
+        parts = [occlude(batch.select(slice(lo, lo + step))) for lo in range(0, b, step)]
+        return {
+            "logits": np.concatenate([q["logits"] for q in parts], axis=1),
+            "ctrl_ok": np.concatenate([q["ctrl_ok"] for q in parts]),
+            "overlap": np.concatenate([q["overlap"] for q in parts], axis=1),
+            "change": np.concatenate([q["change"] for q in parts], axis=2),
+        }
+
+    def occlude(batch: Batch) -> dict[str, np.ndarray]:
         assert batch.image is not None
         images = batch.image
         b = len(batch)
@@ -74,15 +101,9 @@ def occlusion_test(
         roi = batch.roi_mask[:, 0] if batch.roi_mask is not None else None
         free = free_positions(roi.cpu() if roi is not None else None, size, bh, bw, boxes)
         free = free.expand(b, -1, -1) if free.shape[0] == 1 else free
-        flat = free.reshape(b, -1)
-        n_free = flat.sum(1)
-        counts = torch.cumsum(flat.long(), 1)
+        n_free = free.reshape(b, -1).sum(1)
         corners = [(torch.full((b,), r0), torch.full((b,), c0)) for r0, _, c0, _ in boxes]
-        for d in range(draws):
-            pick = torch.from_numpy(np.floor(u[idx, d] * np.maximum(n_free.numpy(), 1)))
-            # the pick-th allowed position: allowed positions counted up to each index
-            pos = ((counts <= pick.long()[:, None]) & flat).sum(1).clamp(max=flat.shape[1] - 1)
-            corners.append((pos // free.shape[2], pos % free.shape[2]))
+        corners += pick_free_corners(free, u[idx, :draws])
         if donors is not None:
             donor_imgs = ds.collate([ds[int(j)] for j in donors[idx]]).image
             assert donor_imgs is not None
@@ -199,7 +220,7 @@ def _forward_in_chunks(
     runner: ImageForward, batch: Batch, stacked: torch.Tensor, budget: MemoryBudget
 ) -> torch.Tensor:
     """Logits of ``stacked`` (copies of ``batch``'s images, chunk-major), as many images per
-    forward as fit the memory budget (measured once per image shape, recorded as
+    forward as fit half the memory budget (measured once per image shape, recorded as
     ``hotspot occlusion``)."""
     b = len(batch)
     idx = torch.arange(b, device=stacked.device).repeat(stacked.shape[0] // b)
@@ -211,7 +232,12 @@ def _forward_in_chunks(
         return x
 
     step = budget.rows_per_chunk(
-        "hotspot occlusion", tuple(stacked.shape[1:]), probe, runner.adapter.module, grad=False
+        "hotspot occlusion",
+        tuple(stacked.shape[1:]),
+        probe,
+        runner.adapter.module,
+        grad=False,
+        share=0.5,  # the other half holds the filled copies (``rows_held``)
     )
     if step >= stacked.shape[0]:
         return runner(batch, stacked)

@@ -106,3 +106,31 @@ class SaliencyParams(BaseModel):
         default=4,
         description="cascade stages, top first (all: one parametrised layer per stage)",
     )
+    scan: bool = Field(
+        default=True,
+        description="grid scan of the off-ROI area (the border band without masks): fill"
+        " every box and compare with matched random off-ROI boxes, maps or no maps",
+    )
+    scan_samples: int = Field(
+        default=200,
+        ge=0,
+        description="image rows the scan fills, a seeded subset stratified by label and site"
+        " (0: all); a fixed cost at any N",
+    )
+    scan_sizes: list[Annotated[float, Field(gt=0, le=4)]] = Field(
+        default=[0.5, 1.0, 1.5],
+        min_length=1,
+        description="scan box sides, multiples of hotspot_size",
+    )
+    scan_stride: float = Field(
+        default=0.5, gt=0, le=1, description="scan grid step, fraction of the box side"
+    )
+    scan_max_boxes: int = Field(
+        default=100,
+        ge=1,
+        description="scan boxes at most (the step of the smallest sizes widens to fit):"
+        " the Holm family, and the cost (forward passes = rows x (boxes + controls))",
+    )
+    scan_control_draws: int = Field(
+        default=4, ge=1, description="random off-ROI control boxes per image and box size"
+    )

@@ -152,13 +152,19 @@ def _trust_verdict(s: Setting, methods: list[str], out: CheckOutput) -> dict[str
                 check="saliency",
                 rule="sanity_untrusted",
                 severity="note",
-                message=f"{m}: maps of the fully randomised model stay similar to the"
-                f" trained model's ({hit.metric}{stat} = {hit.value:.2f}, above the"
-                f" sanity_failed limit {hit.threshold:g}; Spearman"
+                message=f"The {m} saliency maps cannot be trusted: they stay similar when the"
+                " model's weights are randomised, so the {m} location results raise no"
+                " finding and propose no hotspot",
+                evidence=f"{hit.evidence}; Spearman"
                 f" {value(metrics[f'sanity.spearman.{m}']):.2f}, SSIM"
-                f" {value(metrics[f'sanity.ssim.{m}']):.2f}): the {m} saliency findings"
+                f" {value(metrics[f'sanity.ssim.{m}']):.2f}",
+                next_step=f"read the methods that pass this test instead of {m}",
+                detail=f"{m}: maps of the fully randomised model stay similar to the"
+                f" trained model's ({hit.metric}{stat} = {hit.value:.2f}, above the"
+                f" sanity_failed limit {hit.threshold:g}): the {m} saliency findings"
                 " cannot be trusted; their location metrics carry no p-value, raise no"
                 " finding and propose no hotspot",
+                figure="randomisation_curve",
                 metric=hit.metric,
                 value=hit.value,
                 threshold=hit.threshold,

@@ -27,13 +27,14 @@ class Coverage:
 
 def headline_first(metrics: dict[str, Any], lead: str, worst: Any, stat_key: str) -> dict[str, Any]:
     """``metrics`` with the ones a reader needs first in front (report summaries show the
-    first few): the occlusion verdict, then how strongly the maps concentrate on the judged
-    (``worst``) or the ``lead`` method's hotspot box, then the off-ROI / border share against
-    chance. The area-share excess alone misleads: a marker of 1 % of the image cannot move
-    it."""
+    first few): the occlusion verdict, how strongly the maps concentrate on the judged
+    (``worst``) or the ``lead`` method's hotspot box, the grid scan's verdict, then the
+    off-ROI / border share against chance. The area-share excess alone misleads: a marker
+    of 1 % of the image cannot move it."""
     first = [
         "offroi_hotspot.flip_excess",
         f"hotspot.enrichment.{worst or lead}",
+        "scan.max_flip_excess",
         f"{stat_key}_excess.{lead}",
         f"occlusion.delta_auroc_excess.{worst}",
         f"sanity.similarity.{lead}",

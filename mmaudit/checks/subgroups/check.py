@@ -132,6 +132,12 @@ class SubgroupsCheck(Check):
             max_p=0.05,
             ci_low_above=0.0,
             message="AUROC differs between groups (CI above zero, beyond shuffled groups)",
+            found="The model tells positive from negative cases less well for some {0} groups"
+            " than for others",
+            next_step="see which {0} group is worst in the group metrics; look for a shortcut"
+            " tied to {0} (probing, saliency) or too few training cases of that group, fix"
+            " it, retrain and re-audit",
+            figure="group_metrics",
         ),
         "equalised_odds": ThresholdRule(
             metric="eod.*",
@@ -141,6 +147,12 @@ class SubgroupsCheck(Check):
             ci_low_above=0.0,
             message="error rates at the operating threshold differ between groups"
             " (equalised-odds difference)",
+            found="At its decision threshold the model misses disease or raises false alarms"
+            " at different rates in different {0} groups",
+            next_step="compare the true- and false-positive rates per {0} group; remove the"
+            " cause (a shortcut tied to {0}, too few cases of one group) and retrain, or,"
+            " where that is allowed, set a threshold per group; re-audit",
+            figure="roc",
         ),
         "ece_gap": ThresholdRule(
             metric="gap.ece.*",
@@ -148,9 +160,15 @@ class SubgroupsCheck(Check):
             max_p=0.05,
             ci_low_above=0.0,
             message="calibration differs between groups",
+            found="The model's probabilities match the observed rates worse for some {0}"
+            " groups than for others",
+            next_step="recalibrate on held-out data per {0} group (Platt scaling or isotonic"
+            " regression), or remove the cause and retrain; re-audit",
+            figure="group_metrics",
         ),
     }
     requires: ClassVar[Requirements] = Requirements()
+    key_figures: ClassVar[tuple[str, ...]] = ("group_metrics",)
 
     def run(self, ctx: AuditContext) -> CheckOutput:
         p: SubgroupsCheck.Params = self.params  # type: ignore[assignment]

@@ -59,9 +59,20 @@ def publish_groups(
                     rule="small_group",
                     severity="note",
                     message=(
+                        f"The {name} = {res.grouping.labels[g]} group is too small to judge"
+                        " fairly, so it is shown but left out of the group comparisons"
+                    ),
+                    evidence=f"{res.n[g]} rows: {res.reasons[g]}",
+                    next_step=(
+                        f"add audit cases of {name} = {res.grouping.labels[g]}, or lower"
+                        " checks.subgroups.params.min_group_size / min_class_size knowing"
+                        " the comparison gets noisier"
+                    ),
+                    detail=(
                         f"{name} = {res.grouping.labels[g]}: too small to judge"
                         f" ({res.reasons[g]}); shown, left out of the gaps"
                     ),
+                    figure="group_metrics",
                     metric=f"{base}.n",
                     value=float(res.n[g]),
                 )
