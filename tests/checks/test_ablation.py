@@ -291,6 +291,11 @@ def run_check(ctx: AuditContext, **params: Any) -> Any:
     assert check.missing_requirements(ctx) is None
     out = check.run(ctx)
     assert set(out.figures) == {"contributions", "coalitions", "robustness", "sample_shares"}
+    # the coalition cells' numbers read on their colour: white on the darkest red / green
+    # (no modality kept is the worst row), black on the pale middle
+    (ax,) = out.figures["coalitions"].axes
+    colours = {t.get_color() for t in ax.texts}
+    assert colours <= {"black", "white"} and "white" in colours
     for fig in out.figures.values():
         plt.close(fig)
     return out

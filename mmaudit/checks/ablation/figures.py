@@ -11,6 +11,7 @@ import pandas as pd
 
 from mmaudit.checks.ablation.plan import REMOVAL_WORDS
 from mmaudit.checks.ablation.scoring import LOWER_IS_BETTER, METRICS
+from mmaudit.checks.plotting import text_colour_on
 
 if TYPE_CHECKING:
     from mmaudit.checks.ablation.check import AblationCheck
@@ -68,7 +69,8 @@ def ablation_figures(
     scaled[:, [METRICS.index(m) for m in LOWER_IS_BETTER]] *= -1
     scaled[:, [METRICS.index(m) for m in LOWER_IS_BETTER]] += 1
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(coal) + 1.2))
-    ax.imshow(np.nan_to_num(scaled, nan=0.5), cmap="RdYlGn", aspect="auto", vmin=0, vmax=1)
+    shown = np.nan_to_num(scaled, nan=0.5)
+    ax.imshow(shown, cmap="RdYlGn", aspect="auto", vmin=0, vmax=1)
     for (r, c), v in np.ndenumerate(values):
         ax.text(
             c,
@@ -77,6 +79,7 @@ def ablation_figures(
             ha="center",
             va="center",
             fontsize=8,
+            color=text_colour_on("RdYlGn", float(shown[r, c])),
         )
     ax.set_xticks(range(len(METRICS)), METRICS, rotation=30, ha="right")
     ax.set_yticks(range(len(coal)), coal["coalition"])
