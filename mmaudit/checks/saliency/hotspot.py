@@ -92,7 +92,7 @@ def find_hotspots(s: Setting, main: Maps, trusted: dict[str, bool]) -> tuple[Hot
         out.notes.append("no live saliency map: no hotspot and no occlusion test")
         out.metrics["offroi_hotspot.flip_excess"] = Estimate(float("nan"), n=0)
         return Hotspots(box_size=(bh, bw)), out
-    forbidden, pad = _forbidden(s, main)
+    forbidden, pad = forbidden_pixels(s, main)
     band = border_band(s.size, p.border, "cpu").numpy()
     hot_method = _hotspot_method(s, main, mean_maps, trusted, out)
     if p.hotspot_method != "auto" and hot_method == p.hotspot_method:
@@ -184,7 +184,7 @@ def find_hotspots(s: Setting, main: Maps, trusted: dict[str, bool]) -> tuple[Hot
     return hot, out
 
 
-def _forbidden(s: Setting, main: Maps) -> tuple[torch.Tensor | None, int]:
+def forbidden_pixels(s: Setting, main: Maps) -> tuple[torch.Tensor | None, int]:
     """Pixels no hotspot box may touch: those in the ROI of over 10 % of the images, widened
     by ``roi_margin`` (in-painting right at the ROI edge changes the ROI's own outline);
     and the margin in pixels. None without masks."""

@@ -136,7 +136,7 @@ def occlusion_test(
         cols = torch.arange(b, device=dev)
         controls = [ctrl_stack[match[j].to(dev), cols] for j in range(k)]
         stacked = torch.cat([*filled[:k], *controls])  # row j * b + i: sample i
-        logits = _forward_in_chunks(runner, batch, stacked, budget).float().cpu().numpy()
+        logits = forward_in_chunks(runner, batch, stacked, budget).float().cpu().numpy()
         overlap = np.full((k, b), np.nan)
         if roi is not None:
             for j, (r0, r1, c0, c1) in enumerate(boxes):
@@ -216,12 +216,17 @@ def occlusion_test(
     return Occlusion(pd.DataFrame(columns), off_roi), out
 
 
-def _forward_in_chunks(
-    runner: ImageForward, batch: Batch, stacked: torch.Tensor, budget: MemoryBudget
+def forward_in_chunks(
+    runner: ImageForward,
+    batch: Batch,
+    stacked: torch.Tensor,
+    budget: MemoryBudget,
+    label: str = "hotspot occlusion",
 ) -> torch.Tensor:
     """Logits of ``stacked`` (copies of ``batch``'s images, chunk-major), as many images per
     forward as fit half the memory budget (measured once per image shape, recorded as
-    ``hotspot occlusion``)."""
+    ``label``); the other half holds the filled copies. The hotspot test and the grid scan
+    both run their in-filled copies through it."""
     b = len(batch)
     idx = torch.arange(b, device=stacked.device).repeat(stacked.shape[0] // b)
 
@@ -232,7 +237,7 @@ def _forward_in_chunks(
         return x
 
     step = budget.rows_per_chunk(
-        "hotspot occlusion",
+        label,
         tuple(stacked.shape[1:]),
         probe,
         runner.adapter.module,

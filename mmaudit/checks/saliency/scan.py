@@ -31,13 +31,13 @@ import torch
 
 from mmaudit.checks.contract import CheckOutput, Finding
 from mmaudit.checks.findings import judge
-from mmaudit.checks.saliency.hotspot import Hotspots
+from mmaudit.checks.saliency.hotspot import Hotspots, forbidden_pixels
 from mmaudit.checks.saliency.hotspot_verdict import box_words
 from mmaudit.checks.saliency.maps import Maps, memory_budget
+from mmaudit.checks.saliency.occlusion import forward_in_chunks
 from mmaudit.checks.saliency.power import has_site, scan_power_note
 from mmaudit.checks.saliency.setting import Setting, signed_score
 from mmaudit.engine.distributed import sample_seeds
-from mmaudit.methods.cams import upsample
 from mmaudit.methods.image_forward import ImageForward
 from mmaudit.methods.map_statistics import border_band
 from mmaudit.methods.region_fill import linear_fill
@@ -165,23 +165,13 @@ def scan_offroi(
 
 
 def _area(s: Setting, main: Maps) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The pixels no scan box may touch (the ROI of over 10 % of the images, widened by
-    ``roi_margin``; the hotspot boxes' rule) and, without masks, the border band a box
-    centre must lie in."""
-    p = s.params
-    if main.roi is not None and np.isfinite(main.roi).any():
-        pad = max(0, round(p.roi_margin * s.size[0]))
-        freq = torch.from_numpy(np.nanmean(main.roi, axis=0)).float()
-        forbidden = upsample(freq[None], s.size)[0] > 0.1
-        if pad:
-            forbidden = (
-                torch.nn.functional.max_pool2d(
-                    forbidden[None, None].float(), 2 * pad + 1, stride=1, padding=pad
-                )[0, 0]
-                > 0
-            )
+    """The pixels no scan box may touch (the hotspot boxes' rule: the ROI of over 10 % of
+    the images, widened by ``roi_margin``) and, without masks, the border band a box centre
+    must lie in."""
+    forbidden, _ = forbidden_pixels(s, main)
+    if forbidden is not None:
         return forbidden, None
-    return None, border_band(s.size, p.border, "cpu").bool()
+    return None, border_band(s.size, s.params.border, "cpu").bool()
 
 
 def _grid(
@@ -274,7 +264,11 @@ def _fill_and_run(
                 for sz, r, c, tag in jobs[lo : lo + group]
             ]
             change += [(f - images).float().flatten(1).norm(dim=1).cpu() for f in filled]
-            logits.append(_forward(runner, batch, torch.cat(filled), budget).float().cpu())
+            logits.append(
+                forward_in_chunks(runner, batch, torch.cat(filled), budget, "saliency scan")
+                .float()
+                .cpu()
+            )
         z = torch.cat(logits).numpy().reshape(1 + len(jobs), b, -1)
         return {"logits": z, "change": torch.stack(change).numpy(), "ctrl_pos": ctrl_pos}
 
@@ -311,37 +305,6 @@ def _fill_and_run(
         ctrl_flip[j] = np.where(ok, flip[lo + best, cols], np.nan)
         ctrl_delta[j] = np.where(ok, score[lo + best, cols], np.nan)
     return flip[:n_j], score[:n_j], ctrl_flip, ctrl_delta, int(len(z) * n)
-
-
-def _forward(runner: ImageForward, batch: Batch, stacked: torch.Tensor, budget) -> torch.Tensor:
-    """Logits of ``stacked`` (copies of ``batch``'s images, job-major), as many images per
-    forward as half the memory budget allows (measured once per image shape as ``saliency
-    scan``)."""
-    b = len(batch)
-    idx = torch.arange(b, device=stacked.device).repeat(stacked.shape[0] // b)
-
-    def probe(k: int) -> torch.Tensor:
-        sel = torch.zeros(k, dtype=torch.long, device=stacked.device)
-        x = stacked[sel]
-        runner(batch.select(sel), x)
-        return x
-
-    step = budget.rows_per_chunk(
-        "saliency scan",
-        tuple(stacked.shape[1:]),
-        probe,
-        runner.adapter.module,
-        grad=False,
-        share=0.5,  # the other half holds the filled copies
-    )
-    if step >= stacked.shape[0]:
-        return runner(batch, stacked)
-    return torch.cat(
-        [
-            runner(batch.select(idx[lo : lo + step]), stacked[lo : lo + step])
-            for lo in range(0, stacked.shape[0], step)
-        ]
-    )
 
 
 def _table(
