@@ -63,6 +63,10 @@ class ThresholdRule(BaseModel):
     # modality / layer; ``{0}``, ``{1}`` ... are the parts of the metric name the ``*`` of
     # ``metric`` matched, ``{metric}`` the whole name
     found: str = ""
+    # the effect in its own units, appended to the judged number's evidence (same
+    # placeholders; ``{m[KEY]}`` is the check's metric KEY with its CI, ``$0`` in KEY the
+    # first matched part): "erasing site moves predictions by {m[erasure.dp.$0]}"
+    evidence: str = ""
     # what to do about it (same placeholders)
     next_step: str = ""
     # the name of the check's figure that shows it (same placeholders), when one does

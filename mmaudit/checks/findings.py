@@ -115,7 +115,12 @@ class _MetricWords(dict):
         if isinstance(v, str):
             return v
         n = _number(v, "value") if v is not None else None
-        return "(not measured)" if n is None else f"{n:.3g}"
+        if n is None:
+            return "(not measured)"
+        low, high = _number(v, "ci_low"), _number(v, "ci_high")
+        if low is None or high is None:
+            return f"{n:.3g}"
+        return f"{n:.3g} (CI {low:.3g} to {high:.3g})"
 
 
 def fill(
@@ -125,8 +130,12 @@ def fill(
     ``pattern`` matched, ``{metric}`` to ``name`` and ``{m[KEY]}`` to the check's metric
     KEY in words (a box's place, say); the template as written when it asks for a part the
     pattern does not have (a user's YAML rule), rather than no text."""
+    parts = matched_parts(pattern, name)
+    # a metric key may name the parts this finding's metric matched: {m[erasure.dp.$0]}
+    for k, part in enumerate(parts):
+        template = template.replace(f"${k}", part)
     try:
-        return template.format(*matched_parts(pattern, name), metric=name, m=_MetricWords(metrics))
+        return template.format(*parts, metric=name, m=_MetricWords(metrics))
     except (IndexError, KeyError, ValueError, AttributeError):
         return template
 
@@ -260,7 +269,12 @@ def judge(
                     rule=rule_name,
                     severity=severity,  # type: ignore[arg-type]
                     message=_found_text(rule, name, word, severity, metrics),
-                    evidence=evidence,
+                    evidence=evidence
+                    + (
+                        f"; {fill(rule.evidence, rule.metric, name, metrics)}"
+                        if rule.evidence
+                        else ""
+                    ),
                     next_step=fill(rule.next_step, rule.metric, name, metrics),
                     detail=rule.message,
                     figure=fill(rule.figure, rule.metric, name, metrics) or None,

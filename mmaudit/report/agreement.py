@@ -270,7 +270,8 @@ def _message(cc: CrossCheck) -> str:
     elif cc.used and cc.image_hotspot:
         text += (
             " Saliency also finds an image region whose removal changes decisions: its"
-            " hotspot figure shows whether that region is this attribute's marker."
+            " overlays (overlays_most_off_roi, the tested box drawn on each film) show whether"
+            " that region is this attribute's marker."
         )
     if cc.silent:
         text += f" Ran without flagging it: {', '.join(cc.silent)}."

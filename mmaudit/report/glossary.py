@@ -213,6 +213,31 @@ GLOSSARY: list[tuple[str, tuple[str, ...], str]] = [
         " little of what drives a text-based prediction.",
     ),
     (
+        "flip excess",
+        ("flip", "flips", "flipped", "excess"),
+        "the share of decisions that change when a box is covered (in-painted), minus the"
+        " share that change when a control box of the same size, and about the same change"
+        " to the image, is covered instead; 0 means the box matters no more than any other.",
+    ),
+    (
+        "enrichment",
+        ("enrichment",),
+        "a hotspot box's share of a map's positive attribution divided by its share of the"
+        " image's area: 1 is what any box of that size gets by chance.",
+    ),
+    (
+        "|Δp|",
+        ("δp", "|δp|", "dp"),
+        "how far a predicted probability moves, in absolute value, when something is"
+        " removed or erased (0.1 = ten percentage points).",
+    ),
+    (
+        "paired bootstrap",
+        ("paired_bootstrap", "paired", "bootstrap"),
+        "the two reports' metrics are resampled on the same patients together, so the CI"
+        " of their difference reflects only what changed between the models (mmaudit diff).",
+    ),
+    (
         "mmaudit diff",
         ("diff", "re-audit"),
         "re-audit: run mmaudit again on the retrained model; `mmaudit diff OLD NEW` then"

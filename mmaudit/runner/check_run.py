@@ -31,7 +31,7 @@ def run_one(
     # the limits that judged; the plain wording (found / next_step / figure) is in each
     # finding, and a reworded rule is no threshold change for `mmaudit diff`
     thresholds = {
-        k: v.model_dump(exclude_none=True, exclude={"found", "next_step", "figure"})
+        k: v.model_dump(exclude_none=True, exclude={"found", "evidence", "next_step", "figure"})
         for k, v in pc.rules.items()
     }
     rows_total = len(ctx.dataset)

@@ -232,7 +232,7 @@ def test_every_default_rule_has_plain_wording_that_fills_from_its_pattern() -> N
             assert rule.found and rule.next_step, (cls.name, name)
             stars = rule.metric.count("*")
             parts = [f"part{k}" for k in range(stars)]
-            for text in (rule.found, rule.next_step, rule.figure):
+            for text in (rule.found, rule.evidence, rule.next_step, rule.figure):
                 # raises on a missing part; {m[KEY]} names one of the check's metrics
                 filled = text.format(*parts, metric="m", m=defaultdict(str))
                 assert "{" not in filled and "}" not in filled, (cls.name, name, text)

@@ -51,6 +51,9 @@ PROBING_RULES: dict[str, ThresholdRule] = {
         " remove it from the training data (crop or in-paint a marker, normalise the text),"
         " or balance {0} across the labels; retrain, re-audit and compare the two reports"
         " with `mmaudit diff`",
+        evidence="erasing {0} moves predictions by a mean |Δp| of {m[erasure.dp.$0]}, erasing"
+        " random information of the same size by {m[erasure.dp_random.$0]}; share of"
+        " decisions flipped {m[erasure.flip.$0]} against {m[erasure.flip_random.$0]}",
         figure="erasure",
     ),
 }

@@ -134,6 +134,8 @@ class SaliencyCheck(Check):
             " to see what sits there: a corner marker, burnt-in text, a tube; if it is not"
             " anatomy, crop or in-paint it in the training images, retrain, re-audit and"
             " compare the two reports with `mmaudit diff`",
+            evidence="covering the box flips a share {m[offroi_hotspot.flip_rate]} of"
+            " decisions, its control box {m[offroi_hotspot.flip_rate_control]}",
             figure="overlays_most_off_roi",
         ),
         "off_roi_above_chance": ThresholdRule(
@@ -186,6 +188,9 @@ class SaliencyCheck(Check):
             " map) and look at that place on a few films; if it is not anatomy, crop or"
             " in-paint it in the training images, retrain, re-audit and compare the two"
             " reports with `mmaudit diff`",
+            evidence="covering the box flips a share {m[scan.flip_rate]} of decisions, random"
+            " boxes of its size {m[scan.flip_rate_control]}; {m[scan.boxes_tested]} boxes"
+            " tested",
             figure="scan_effect_map",
         ),
     }

@@ -50,6 +50,8 @@ def offroi_verdict(
     worst = judged_box(metrics, judged, s.rules["hotspot_used"])
     met["offroi_hotspot.flip_excess"] = metrics[f"occlusion.flip_excess.{worst}"]
     met["offroi_hotspot.method"] = worst
+    met["offroi_hotspot.flip_rate"] = metrics[f"occlusion.flip_rate.{worst}"]
+    met["offroi_hotspot.flip_rate_control"] = metrics[f"occlusion.flip_rate_control.{worst}"]
     met["offroi_hotspot.row"] = metrics[f"hotspot.row.{worst}"]
     met["offroi_hotspot.col"] = metrics[f"hotspot.col.{worst}"]
     if f"hotspot.roi_overlap.{worst}" in metrics:
