@@ -104,10 +104,10 @@ def print_summary(console: Console, report: Any) -> None:
     others = sum(len(c.notes) for c in report.checks.values())
     if others:
         console.print(f"  [dim]{others} more note(s) in index.html, under each check[/dim]")
-    for c in report.checks.values():
-        for f in c.findings:
-            if f.severity in ("warn", "fail", "error"):
-                print_finding(console, f)
+    # the worst first, as in summary.md
+    for f in report.worst_findings(None):
+        if f.severity in ("warn", "fail", "error"):
+            print_finding(console, f)
     for cc in getattr(report, "cross_checks", []):
         console.print(f"  [bold]across checks[/bold]: {escape(cc.message)}", markup=True)
 

@@ -101,6 +101,15 @@ def test_console_prints_the_sentence_then_indented_evidence_next_step_and_tag() 
     assert all(len(ln) <= 80 for ln in lines)
 
 
+def test_console_lists_fails_before_warns_as_summary_md_does() -> None:
+    warn = FOUND.model_copy(update={"severity": "warn", "rule": "encoded", "message": "W"})
+    console = Console(width=80, force_terminal=False, highlight=False, record=True)
+    with console.capture() as captured:
+        print_summary(console, _report(warn, FOUND))
+    text = captured.get()
+    assert text.index("  FAIL probing") < text.index("  WARN probing  W")
+
+
 def _rule_texts() -> list[str]:
     texts = []
     for cls in load_builtin_checks().values():
