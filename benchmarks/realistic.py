@@ -118,13 +118,18 @@ def text_setup(kind: str, scratch: Path) -> str | None:
     return None
 
 
-def save_weights(kwargs: dict[str, Any], path: Path) -> dict[str, float]:
-    """Save the factory's state_dict; return FLOPs per row of each encoder backbone."""
+def save_weights(kwargs: dict[str, Any], path: Path, keep: bool = False) -> dict[str, float]:
+    """Save the factory's state_dict (``keep``: leave weights already at ``path``, so that
+    reused audits and new ones read one model); return FLOPs per row of each encoder
+    backbone."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     model = realistic_models.build(**{k: v for k, v in kwargs.items() if not k.startswith("_")})
-    torch.save(model.state_dict(), path)
+    if keep and path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        torch.save(model.state_dict(), path)
     flops: dict[str, float] = {}
     size, length = kwargs["_image_size"], kwargs["_max_length"]
     with torch.no_grad():
@@ -187,7 +192,7 @@ def write_config(
             "layers": layers,
         },
         "data": data,
-        "checks": {},
+        "checks": check_overrides(args.set),
         "runtime": {
             "device": args.device,
             "precision": args.precision,
@@ -198,6 +203,47 @@ def write_config(
     path = folder / "audit.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def check_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``checks:`` of the config from ``--set CHECK.PARAM=VALUE`` pairs (YAML values)."""
+    checks: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        check, _, param = key.partition(".")
+        if not (check and param and value):
+            sys.exit(f"--set {pair!r}: expected CHECK.PARAM=VALUE, e.g. saliency.scan_samples=24")
+        checks.setdefault(check, {"params": {}})["params"][param] = yaml.safe_load(value)
+    return checks
+
+
+#: capped stages: the phase (``check.NAME`` or ``check.NAME/stage``) -> the parameter whose
+#: value is the number of rows its fixed part runs on, and that parameter's default. A run
+#: with ``--set`` on one of them projects the fixed part to the default linearly (the capped
+#: cost is rows x a per-row cost).
+CAPS: dict[str, tuple[str, int]] = {
+    "check.attribution": ("attribution.max_text_samples", 1000),
+    "check.probing": ("probing.random_max_rows", 1000),
+    "check.saliency/compute_maps": ("saliency.subset_samples", 48),
+    "check.saliency/sanity_check": ("saliency.sanity_samples", 32),
+    "check.saliency/occlusion_test": ("saliency.hotspot_samples", 1000),
+    "check.saliency/scan_offroi": ("saliency.scan_samples", 200),
+    "check.saliency/faithfulness": ("saliency.faithfulness_samples", 24),
+}
+#: saliency's stages booked as phases of their own (``check.saliency/<stage>``)
+SALIENCY_STAGES = [k.split("/", 1)[1] for k in CAPS if k.startswith("check.saliency/")]
+
+
+def cap_scale(phase: str, overrides: list[str]) -> tuple[float, str]:
+    """(default / run value of ``phase``'s cap, a few words) -- (1, "") when not overridden."""
+    if phase not in CAPS:
+        return 1.0, ""
+    key, default = CAPS[phase]
+    for pair in overrides:
+        k, _, v = pair.partition("=")
+        if k == key and float(v) > 0:
+            return default / float(v), f"{key.split('.', 1)[1]} {v} -> {default}"
+    return 1.0, f"{key.split('.', 1)[1]} {default}"
 
 
 # --- the child: the normal CLI, with phases booked ------------------------------------------
@@ -214,6 +260,7 @@ def child(stats_path: Path, argv: list[str]) -> None:
 
     peaks: dict[str, float] = {}
     calls: dict[str, float] = {}
+    seconds: dict[str, float] = {}  # saliency's stages (the checks' are in report.json)
     stop = threading.Event()
 
     def rss_mib() -> float:
@@ -253,6 +300,22 @@ def child(stats_path: Path, argv: list[str]) -> None:
             calls["sweep"] = float(self.model_calls - before)
             realistic_models.PHASE = "checks"
 
+    import mmaudit.checks.saliency.check as saliency_check
+
+    def stage(name: str, fn: Any) -> Any:
+        def booked(*a: Any, **kw: Any) -> Any:
+            realistic_models.PHASE = f"check.saliency/{name}"
+            start = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                seconds[realistic_models.PHASE] = time.perf_counter() - start
+                realistic_models.PHASE = "check.saliency"
+
+        return booked
+
+    for name in SALIENCY_STAGES:
+        setattr(saliency_check, name, stage(name, getattr(saliency_check, name)))
     audit.run_one = run_one  # type: ignore[assignment]
     InferenceCache.sweep = sweep  # type: ignore[method-assign]
     thread = threading.Thread(target=sample, daemon=True)
@@ -270,6 +333,7 @@ def child(stats_path: Path, argv: list[str]) -> None:
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "phase_peak_rss_mib": peaks,
             "phase_model_calls": calls,
+            "phase_seconds": seconds,
         }
         stats_path.write_text(json.dumps(stats, indent=1))
     sys.exit(code)
@@ -290,7 +354,18 @@ def run_child(
     wall = time.perf_counter() - start
     if proc.returncode not in (0, 1) or not (out / "report.json").is_file():
         sys.exit(f"audit failed ({proc.returncode}): {' '.join(cmd)}; see {work / 'child.log'}")
+    (work / "wall.json").write_text(json.dumps({"wall": wall}))
     return json.loads(stats.read_text()), json.loads(counts.read_text()), wall
+
+
+def reused_run(work: Path) -> tuple[dict[str, Any], dict[str, Any], float] | None:
+    """A finished audit kept in ``work`` by an earlier ``--keep`` run (``--reuse``): its stats,
+    counts and wall seconds; None when any of them is missing."""
+    files = [work / "stats.json", work / "counts.json", work / "wall.json"]
+    if not all(f.is_file() for f in files) or not (work / "report" / "report.json").is_file():
+        return None
+    stats, counts, wall = (json.loads(f.read_text()) for f in files)
+    return stats, counts, float(wall["wall"])
 
 
 # --- analysis ------------------------------------------------------------------------------
@@ -313,20 +388,32 @@ def decode_rate(folder: Path, image_size: int, n: int = 64) -> float:
 def phase_rows(counts: dict[str, Any], report: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per phase: seconds, model calls, encoder forward-equivalents (rows) and RSS."""
     timings = report.get("timings", {})
-    phases = ["load", "sweep", *[k for k in timings if k.startswith("check.")]]
+    phases = ["load", "sweep"]
+    for k in timings:
+        if k.startswith("check."):
+            phases += [k, *sorted(s for s in counts["counts"] if s.startswith(k + "/"))]
     rows = []
     for ph in phases:
         enc = counts["counts"].get(ph, {})
+        stats = counts["stats"]
+        peaks = stats["phase_peak_rss_mib"]
         row = {
             "phase": ph,
             "seconds": timings.get(ph, timings.get("load_model", 0.0) if ph == "load" else 0.0),
-            "model_calls": counts["stats"]["phase_model_calls"].get(ph, 0.0),
-            "peak_rss_mib": counts["stats"]["phase_peak_rss_mib"].get(ph, float("nan")),
+            "model_calls": stats["phase_model_calls"].get(ph, 0.0),
+            # a check's peak includes its stages' (booked as phases of their own)
+            "peak_rss_mib": max(
+                [v for k, v in peaks.items() if k == ph or k.startswith(ph + "/")],
+                default=float("nan"),
+            ),
         }
+        if "/" in ph:
+            row["seconds"] = stats.get("phase_seconds", {}).get(ph, 0.0)
+            row["model_calls"] = float("nan")
         for name in ("image", "text"):
             e = enc.get(name, {"rows": 0.0, "grad_rows": 0.0})
             row[f"{name}_fe"] = e["rows"] + 2.0 * e["grad_rows"]
-        if ph.startswith("check."):
+        if ph.startswith("check.") and "/" not in ph:
             check = report.get("checks", {}).get(ph[6:], {})
             row["status"] = check.get("status", "?")
         rows.append(row)
@@ -373,22 +460,30 @@ def table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join([*lines, *["| " + " | ".join(r) + " |" for r in rows]])
 
 
-def analyse(variant: str, runs: list[dict[str, Any]], flops: dict[str, float]) -> str:
-    """Per-check tables for each N, the growth classes and the 100k projection, as Markdown."""
+def analyse(
+    variant: str, runs: list[dict[str, Any]], flops: dict[str, float], overrides: list[str]
+) -> str:
+    """Per-check tables for each N (a check's row holds its stages' rows too; the stages
+    follow it, indented), the growth classes and the 100k projection at the default caps
+    (``overrides``: the run's ``--set`` pairs), as Markdown."""
     out: list[str] = []
     sweep_flops = flops["image"] + flops.get("text", 0.0)
     for run in runs:
         n, rows = run["n"], run["rows"]
         body = []
         for r in rows:
+            own = [x for x in rows if x["phase"] == r["phase"] or
+                   x["phase"].startswith(r["phase"] + "/")]  # fmt: skip
+            image_fe, text_fe = (sum(x[f"{k}_fe"] for x in own) for k in ("image", "text"))
+            stage = "/" in r["phase"]
             body.append(
                 [
-                    r["phase"],
+                    f"&nbsp;&nbsp;· {r['phase'].split('/', 1)[1]}" if stage else r["phase"],
                     r.get("status", ""),
                     fmt(r["seconds"], 1),
-                    fmt(r["model_calls"], 0),
-                    fmt(r["image_fe"] / n),
-                    fmt(r["text_fe"] / n) if "text" in flops else "-",
+                    "-" if stage else fmt(r["model_calls"], 0),
+                    fmt(image_fe / n),
+                    fmt(text_fe / n) if "text" in flops else "-",
                     fmt(r["peak_rss_mib"], 0),
                 ]
             )
@@ -415,6 +510,7 @@ def analyse(variant: str, runs: list[dict[str, Any]], flops: dict[str, float]) -
     for ph in phases:
         f_ph = 0.0
         kinds = []
+        scale, cap = cap_scale(ph, overrides)
         for name in ("image", "text"):
             if name not in flops:
                 continue
@@ -424,6 +520,7 @@ def analyse(variant: str, runs: list[dict[str, Any]], flops: dict[str, float]) -
                 if any(r["phase"] == ph for r in run["rows"])
             ]
             a, b = (max(pts)[1], 0.0) if ph == "load" else fit(pts)
+            a *= scale
             rows_100k = a + b * PROJECT_N
             f_ph += rows_100k * flops[name]
             nmax, vmax = max(pts)
@@ -433,7 +530,8 @@ def analyse(variant: str, runs: list[dict[str, Any]], flops: dict[str, float]) -
             )
         total_flops += f_ph
         sweeps = f_ph / (PROJECT_N * sweep_flops)
-        proj_rows.append([ph, fmt(sweeps, 3), fmt(f_ph / (UTILISATION * H100_BF16_PEAK), 1),
+        proj_rows.append([ph, cap or "-", fmt(sweeps, 3),
+                          fmt(f_ph / (UTILISATION * H100_BF16_PEAK), 1),
                           "; ".join(kinds)])  # fmt: skip
         grows_note.append((sweeps, ph))
     ratio = total_flops / (PROJECT_N * sweep_flops)
@@ -446,7 +544,15 @@ def analyse(variant: str, runs: list[dict[str, Any]], flops: dict[str, float]) -
         + (f", text {flops['text'] / 1e9:.2f} GFLOP" if "text" in flops else "")
         + f"; at {UTILISATION:.0%} of {H100_BF16_PEAK / 1e12:.0f} TFLOP/s (bf16 dense).\n"
     )
-    out.append(table(["phase", "sweeps (FLOPs)", "H100 s", "growth"], proj_rows) + "\n")
+    out.append(
+        "A phase's own rows (a check's stages are rows of their own). The fixed part of a"
+        " capped phase run with a smaller cap (`--set`) is scaled to the default cap: its"
+        " cost is rows x a per-row cost.\n"
+    )
+    out.append(
+        table(["phase", "cap (run -> default)", "sweeps (FLOPs)", "H100 s", "growth"], proj_rows)
+        + "\n"
+    )
     over = ", ".join(f"{ph} {fmt(s)}" for s, ph in sorted(grows_note, reverse=True) if s > 1.0)
     verdict = "PASS" if ratio <= TARGET_SWEEPS else "MISS"
     out.append(
@@ -483,6 +589,20 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="keep data and reports here")
     parser.add_argument("--out", type=Path, default=None, help="results Markdown file")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --keep: reuse the audits a killed or earlier run finished there (and its"
+        " weights) instead of running them again",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="CHECK.PARAM=VALUE",
+        help="check parameters for the audit (e.g. smaller caps on a slow CPU); a capped"
+        " stage's fixed cost is projected to its default cap",
+    )
     args = parser.parse_args()
     sizes = [32] if args.quick else sorted(args.sizes)
     out_md = args.out or (None if args.quick else HERE / "results" / "realistic.md")
@@ -511,15 +631,20 @@ def main() -> None:
             "_max_length": args.max_length,
         }
         weights = base / f"{fusion}.pt"
-        flops = save_weights(kwargs, weights)
+        flops = save_weights(kwargs, weights, keep=args.reuse)
         runs = []
         for n in sizes:
             work = base / f"{fusion}_{n}"
-            if work.exists():
-                shutil.rmtree(work)
-            work.mkdir()
-            cfg = write_config(work, subset_manifest(manifest, n), weights, kwargs, args)
-            stats, counts, wall = run_child(cfg, work / "report", work, args.checks)
+            kept = reused_run(work) if args.reuse else None
+            if kept is not None:
+                stats, counts, wall = kept
+                print(f"{variant}, N={n}: reused the audit kept in {work}", flush=True)
+            else:
+                if work.exists():
+                    shutil.rmtree(work)
+                work.mkdir()
+                cfg = write_config(work, subset_manifest(manifest, n), weights, kwargs, args)
+                stats, counts, wall = run_child(cfg, work / "report", work, args.checks)
             report = json.loads((work / "report" / "report.json").read_text())
             rows = phase_rows({"counts": counts, "stats": stats}, report)
             timings = report.get("timings", {})
@@ -555,7 +680,7 @@ def main() -> None:
                 rss_note = f" ({'PASS' if ok else 'MISS'} <= {TARGET_RSS_MIB:.0f} MiB)"
             print(f"{variant}, N={n}: {wall:.0f} s, peak RSS {stats['peak_rss_mib']:.0f} MiB"
                   f"{rss_note}", flush=True)  # fmt: skip
-        section = analyse(variant, runs, flops)
+        section = analyse(variant, runs, flops, args.set)
         print(section, flush=True)
         sections.append(section)
         raw[variant] = {"flops_per_row": flops, "runs": runs}

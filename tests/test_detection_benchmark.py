@@ -334,13 +334,47 @@ def build_lab_reader() -> torch.nn.Module:
     return _LabReader()
 
 
-def _f2_config(run: Path, factory: str, kwargs: dict[str, object]) -> Path:
+class _WordReader(torch.nn.Module):
+    """Analytic model that reads one report token: logit +4 when ``token_id`` is among the
+    report's tokens, -4 otherwise (images and labs ignored)."""
+
+    def __init__(self, token_id: int) -> None:
+        super().__init__()
+        self.token_id = token_id
+
+    def forward(self, image, text, text_mask, tabular):  # type: ignore[no-untyped-def]
+        seen = ((text == self.token_id) & text_mask.bool()).any(dim=1, keepdim=True)
+        return 8.0 * seen.float() - 4.0
+
+
+class _ColumnReader(torch.nn.Module):
+    """Analytic model whose logit is 4 x one normalised lab column (``column``'s index)."""
+
+    def __init__(self, column: int) -> None:
+        super().__init__()
+        self.column = column
+
+    def forward(self, image, text, text_mask, tabular):  # type: ignore[no-untyped-def]
+        return 4.0 * tabular[:, self.column : self.column + 1]
+
+
+def build_word_reader(token_id: int) -> torch.nn.Module:
+    return _WordReader(token_id)
+
+
+def build_column_reader(column: int) -> torch.nn.Module:
+    return _ColumnReader(column)
+
+
+def _f2_config(
+    run: Path, factory: str, kwargs: dict[str, object], variant: str = "f2_ring"
+) -> Path:
     import yaml
 
     from benchmarks.detection.family2_data import family2_data_config
     from benchmarks.detection.family2_run import generate_without_cue, prepare_family2
 
-    v = VARIANTS["f2_ring"]
+    v = VARIANTS[variant]
     prep = prepare_family2(v, 0, run / "data", 48)
     generate_without_cue(v, 0, run / "data_nocue", 48)
     data = family2_data_config(run / "data", ["test"], prep["stats"], Path(prep["tokenizer"]))
@@ -418,6 +452,149 @@ def test_cue_free_render_changes_only_the_cue(tmp_path: Path) -> None:
         x = np.asarray(Image.open(tmp_path / "c" / p)).astype(int)
         y = np.asarray(Image.open(tmp_path / "d" / p)).astype(int)
         assert (x[mask] > 200).mean() > 0.9 and np.array_equal(x[~mask], y[~mask])
+
+
+def _vocab_id(tokenizer: Path, word: str) -> int:
+    return (tokenizer / "vocab.txt").read_text().splitlines().index(word)
+
+
+def test_text_and_lab_cues_measured_by_intervention(tmp_path: Path) -> None:
+    """Family 2's report and lab cues, truth by intervention on models with a known answer:
+    a model that reads the site sentence's word 'south' is measured ``used`` on the phrase
+    variant (every south decision flips) and ``not used`` on the lab variant (no report
+    changes); a model that reads albumin the other way round. The variants are the
+    independent ones (rho 0): the truth is what the model does, not what the recipe says."""
+    from benchmarks.detection.family2_data import LAB_COLUMNS
+
+    albumin = {"column": LAB_COLUMNS.index("albumin")}
+    phrase, lab = tmp_path / "phrase", tmp_path / "lab"
+    for run, variant in ((phrase, "f2_phrase_indep"), (lab, "f2_lab_indep")):
+        cfg = _f2_config(run, "test_detection_benchmark:build_column_reader", albumin, variant)
+        # the lab variant's reports have no site sentence: its reader reads 'liver'
+        token = "south" if run == phrase else "liver"
+        word = {"token_id": _vocab_id(run / "data" / "tokenizer", token)}
+        reads_word = _f2_config(run, "test_detection_benchmark:build_word_reader", word, variant)
+        frame = pd.read_csv(run / "data" / "manifest.csv")
+        n_south = int((frame[frame.split == "test"].site == "south").sum())
+        by_lab = measure(cfg, run / "data", run / "data_nocue")
+        by_word = measure(reads_word, run / "data", run / "data_nocue")
+        assert by_lab.n_changed == by_word.n_changed == n_south > 0
+        if run == phrase:
+            assert by_word.verdict == "used" and by_word.flip_rate == 1.0
+            assert by_word.mean_abs_dp > 0.9
+            assert by_lab.verdict == "not_used" and by_lab.mean_abs_dp == 0.0
+        else:
+            assert by_lab.verdict == "used" and by_lab.flip_rate > 0.3
+            assert by_lab.mean_abs_dp > 0.3
+            assert by_word.verdict == "not_used" and by_word.mean_abs_dp == 0.0
+
+
+def test_family2_header_phrase_and_other_lab_column(tmp_path: Path) -> None:
+    """The weaker text and lab variants plant what they say: a different site sentence at the
+    *start* of south reports, INR shifted by 1.5 SD on south; the cue-free twin differs in
+    exactly those south rows and nothing else."""
+    from benchmarks.detection.family2_data import SITE_PHRASES
+    from benchmarks.detection.intervention import changed_rows
+
+    header = SITE_PHRASES["header"][1]
+    kw = VARIANTS["f2_phrase_header_rho60"].generator_kwargs(0)
+    f = generate_family2(tmp_path / "a", 30, 4, **kw)
+    g = generate_family2(tmp_path / "b", 30, 4, **kw, cue=False)
+    south = (f.site == "south").to_numpy()
+    assert f.report[south].str.startswith(header + " ").all()
+    assert not g.report.str.contains("Southgate").any() and f.report[~south].equals(
+        g.report[~south]
+    )
+    assert (f.report[south].str.removeprefix(header + " ") == g.report[south]).all()
+    assert np.array_equal(changed_rows(tmp_path / "a", tmp_path / "b", f.id.tolist()), south)
+    kw = VARIANTS["f2_lab_inr_rho60"].generator_kwargs(0)
+    f = generate_family2(tmp_path / "c", 30, 4, **kw)
+    g = generate_family2(tmp_path / "d", 30, 4, **kw, cue=False)
+    assert np.allclose((f.inr - g.inr)[south], 1.5 * 0.12) and (f.inr == g.inr)[~south].all()
+    assert f.report.equals(g.report) and f.albumin.equals(g.albumin)
+    with pytest.raises(ValueError, match="phrase must be one of"):
+        generate_family2(tmp_path / "e", 10, 4, phrase="banner")
+
+
+def test_family2_text_and_lab_variants_strong_and_independent() -> None:
+    """Each of family 2's report and lab cues has a strong (rho >= 0.9) variant and an
+    independent one (rho 0, a negative); all have a removable cue, and their claims of use
+    (attribution's site rule for that modality, probing's ``used``) follow the truth."""
+    for cue, rule in (("phrase", "site_word"), ("lab", "site_feature")):
+        f2 = [
+            v for n, v in VARIANTS.items() if n.startswith(f"f2_{cue}") and v.model == "gated_cnn"
+        ]
+        assert any(v.kind == "planted" and (v.rho or 0) >= 0.9 for v in f2), cue
+        indep = [v for v in f2 if v.rho == 0.0]
+        assert indep and all(v.kind == "clean" for v in indep), cue
+        for v in f2:
+            assert v.cue_off == {"cue": False}
+            claims = {(e.check, e.rule) for e in v.expect if e.use}
+            assert claims == {("attribution", rule), ("probing", "used")}, v.name
+            assert all(e.present == (v.kind == "planted") for e in v.expect), v.name
+        assert f"{indep[0].name}_minilm" in VARIANTS
+
+
+def test_text_and_lab_claims_scored_against_the_truth_side_by_side() -> None:
+    """A site-word warn on the independent phrase variant is wrong when the phrase is
+    measured not used (a miss, and a negative run's unexplained warn) and right when it is
+    measured used; a site-feature flag on another lab column does not count for albumin;
+    family 1's and family 2's phrase detections land in one row of the side-by-side table."""
+    not_used = {"verdict": "not_used", "flip_rate": 0.0, "mean_abs_dp": 0.004}
+    used = {"verdict": "used", "flip_rate": 0.3, "mean_abs_dp": 0.2}
+    checks = ["attribution", "probing"]
+    word = _report([("attribution", "site_word", "text.site_word_share.south", "warn")], checks)
+    indep = VARIANTS["f2_phrase_indep"]
+    wrong = score_report(indep, word, not_used)
+    by = {(e["check"], e["rule"]): e for e in wrong["expectations"]}
+    assert by[("attribution", "site_word")]["outcome"] == "miss"
+    assert by[("probing", "used")]["outcome"] == "hit"
+    assert wrong["alarms"]["attribution"] == {"fail": False, "warn": True}
+    right = score_report(indep, word, used)
+    by = {(e["check"], e["rule"]): e for e in right["expectations"]}
+    assert by[("attribution", "site_word")]["outcome"] == "hit"
+    assert right["alarms"]["attribution"] == {"fail": False, "warn": False}
+    lab = VARIANTS["f2_lab"]
+    for column, outcome in (("alt", "miss"), ("albumin", "hit")):
+        rep = _report(
+            [("attribution", "site_feature", f"tabular.site_feature_share.{column}", "fail")],
+            checks,
+        )
+        by = {(e["check"], e["rule"]): e for e in score_report(lab, rep, used)["expectations"]}
+        assert by[("attribution", "site_feature")]["outcome"] == outcome, column
+    runs = [
+        {
+            "variant": "text_site_token",
+            "family": 1,
+            "kind": "planted",
+            "rho": 0.9,
+            "seed": 0,
+            **score_report(VARIANTS["text_site_token"], word, used),
+        },
+        {
+            "variant": "f2_phrase",
+            "family": 2,
+            "kind": "planted",
+            "rho": 0.9,
+            "seed": 0,
+            **score_report(VARIANTS["f2_phrase"], _report([], checks), used),
+        },
+        {"variant": "f2_phrase_indep", "family": 2, "kind": "clean", "rho": 0.0, "seed": 0} | wrong,
+    ]
+    summ = summarise(runs)
+    row = next(
+        r
+        for r in summ["side_by_side"]
+        if (r["effect"], r["check"], r["rule"]) == ("text_site_token", "attribution", "site_word")
+    )
+    assert (row["f1_n"], row["f1_rate"], row["f2_n"], row["f2_rate"]) == (1, 1.0, 1, 0.0)
+    assert row["f2_flip"] == 0.3
+    rules = {(r["family"], r["check"], r["rule"]): r for r in summ["fpr_rules"]}
+    assert (
+        rules[(2, "attribution", "site_word")]["n"],
+        rules[(2, "attribution", "site_word")]["k"],
+    ) == (1, 1)
+    assert rules[(2, "attribution", "site_feature")]["k"] == 0
 
 
 def test_family2_marker_shapes_differ() -> None:
@@ -532,7 +709,8 @@ def family2_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from benchmarks.detection.family2_models import minilm_available
 
     out = tmp_path_factory.mktemp("bench2") / "out"
-    names = "f2_ring,f2_phrase_minilm" if minilm_available() else "f2_ring"
+    names = "f2_ring,f2_phrase_indep,f2_lab_indep"
+    names += ",f2_phrase_minilm" if minilm_available() else ""
     args = ["--out", str(out), "--variants", names, "--seeds", "1", "--n", "120"]
     assert main([*args, "--steps", "25", "--checks", "performance"]) == 0
     return out
@@ -554,6 +732,15 @@ def test_family2_tiny_run_through_the_factory_path(family2_run: Path) -> None:
     )
     md = (family2_run / "results.md").read_text()
     assert "| f2_ring | 1 |" in md and "family 2 (own generator, factory models)" in md
-    for r in res["runs"][1:]:  # the MiniLM model, when the extra is installed
-        assert r["variant"] == "f2_phrase_minilm" and r["reasons"] == {}
-        assert r["truth"]["n_changed"] > 0
+    # the report and lab cues (the MiniLM model's too, when the extra is installed): built,
+    # trained, their cue removed and measured, audited through the factory path
+    from benchmarks.detection.family2_models import minilm_available
+
+    text_lab = {"f2_phrase_indep", "f2_lab_indep"} | (
+        {"f2_phrase_minilm"} if minilm_available() else set()
+    )
+    assert {r["variant"] for r in res["runs"][1:]} == text_lab
+    for r in res["runs"][1:]:
+        assert r["reasons"] == {} and r["truth"]["n_changed"] > 0
+        assert r["truth"]["verdict"] in ("used", "not_used", "between")
+        assert f"| {r['variant']} | 1 |" in md

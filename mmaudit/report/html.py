@@ -151,6 +151,18 @@ def _key_figure_names(c: CheckReport) -> list[str]:
     return names or list(c.figures)[:1]
 
 
+def _memory_line(report: Report) -> str:
+    """The no-gradient sweeps' memory plan in one line: the cache's note (report.json's
+    ``environment.memory_plan``) when the budget split a batch, else the budget alone."""
+    plan = report.environment.get("memory_plan")
+    if plan:
+        return str(plan.get("note"))
+    budget = report.timings.get("memory_budget_mb")
+    if budget is None:
+        return "no runtime.memory_budget_mb: whole batches per forward"
+    return f"no sweep split: whole batches fit runtime.memory_budget_mb = {budget:g} MB"
+
+
 def _verdict_line(report: Report) -> str:
     """The overall verdict in words: how many checks end in each status."""
     counts: dict[str, int] = {}
@@ -187,6 +199,7 @@ def render_html(folder: Path, report: Report) -> str:
         ("layers", report.model.get("layers")),
         ("detected", report.model.get("detected")),
         ("timings (s)", {k: round(v, 2) for k, v in report.timings.items()}),
+        ("memory plan", _memory_line(report)),
         ("checks requested (--checks)", report.checks_requested or "all not disabled"),
         ("manifest", report.data.get("manifest")),
         ("data columns", _data_columns(report.config.get("data", {}))),
@@ -198,6 +211,9 @@ def render_html(folder: Path, report: Report) -> str:
             },
         ),
     ]
+    reuse = report.model.get("encoder_reuse_notes")
+    if reuse:  # a named encoder that leaves its backbone running (engine.partial_encoders)
+        provenance.insert(12, ("encoder reuse", "; ".join(reuse)))
     return env.from_string(html_template()).render(
         report=report,
         verdict=_verdict_line(report),

@@ -13,6 +13,7 @@ from mmaudit.checks.contract import AuditContext
 from mmaudit.checks.findings import SEVERITY_ORDER
 from mmaudit.engine.config_file import config_to_yaml, load_config
 from mmaudit.engine.errors import MmauditError, NonFiniteOutputError
+from mmaudit.engine.host_memory import release_freed_memory
 from mmaudit.report.agreement import cross_check
 from mmaudit.report.document import CheckReport, Report, json_safe
 from mmaudit.report.folder import WorkLock
@@ -65,6 +66,7 @@ def run_audit(
     from mmaudit.engine.data import build_dataset
     from mmaudit.engine.layer_notes import missing_layer_notes
     from mmaudit.engine.loading import load_model
+    from mmaudit.engine.partial_encoders import partial_encoder_notes
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -119,9 +121,15 @@ def run_audit(
         adapter = load_model(cfg.model, dataset.modalities, cfg.runtime)
         timings["load_model"] = time.perf_counter() - t
         # the token embeddings that only a forward can find; then what missing layers cost
-        adapter.detect_on_batch(next(iter(dataset.batches(min(4, len(dataset))))))
+        first = next(iter(dataset.batches(min(4, len(dataset)))))
+        adapter.detect_on_batch(first)
+        # and named encoders that leave a backbone running when their cached output is reused
+        reuse_notes = partial_encoder_notes(adapter, first)
         if console is not None:
-            for note in missing_layer_notes(adapter, [pc.check for pc in planned], len(dataset)):
+            for note in [
+                *missing_layer_notes(adapter, [pc.check for pc in planned], len(dataset)),
+                *reuse_notes,
+            ]:
                 console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
         missing = dataset.configure_missing("present" in adapter.keywords)
         probe_model(adapter, dataset, cfg.data.target.kind)
@@ -152,6 +160,7 @@ def run_audit(
         t = time.perf_counter()
         say(f"model: loaded ({adapter.source}); inference sweep over {len(dataset)} rows")
         cache.sweep()
+        release_freed_memory()  # the sweep's batches: nothing of them is used again
         timings["sweep"] = time.perf_counter() - t
         say(f"sweep: done in {timings['sweep']:.0f} s; {len(planned)} check(s) to run")
         ctx = AuditContext(
@@ -166,6 +175,7 @@ def run_audit(
         for k, pc in enumerate(planned, 1):
             say(f"check {k}/{len(planned)} {pc.name}: running")
             results[pc.name] = run_one(pc, ctx, writer, console)
+            release_freed_memory()  # what the check's passes freed leaves the process
             timings[f"check.{pc.name}"] = results[pc.name].seconds
             say(f"check {k}/{len(planned)} {pc.name}: {results[pc.name].status}"
                 f" in {results[pc.name].seconds:.0f} s")  # fmt: skip
@@ -186,6 +196,7 @@ def run_audit(
                 "sha256": model_sha,
                 "layers": adapter.layers,
                 "detected": adapter.detected,
+                "encoder_reuse_notes": reuse_notes,
                 "inputs": adapter.keywords,
                 "parameters": int(sum(p.numel() for p in adapter.module.parameters())),
             },
@@ -212,6 +223,7 @@ def run_audit(
             environment=environment(str(adapter.device))
             | precision
             | cache.workers.record()
+            | cache.memory_record()  # after the checks: every sweep they asked for is planned
             | {"world_size": distributed.world_size()},
             seed=cfg.runtime.seed,
             timings=timings | cache.timings() | {"model_calls": float(cache.model_calls)},

@@ -328,9 +328,12 @@ def test_the_hotspot_test_states_what_a_pass_rules_out() -> None:
         "occlusion.flip_rate_control.ig": Estimate(0.0, n=2 * n),
         "occlusion.flip_rate_control.ig_2": Estimate(0.0, n=2 * n),
     }
-    out = hotspot_power(s, metrics)  # type: ignore[arg-type]
+    out = hotspot_power(s, metrics, s.rows)  # type: ignore[arg-type]
     mde = out.metrics["offroi_hotspot.mde_flip"]
     # 200 patients, alpha 0.05 / 2: six discordant patients all one way are needed
     assert binom.sf(5, n, mde) == pytest.approx(0.8, abs=1e-6)
     assert f"no hotspot flip excess larger than {mde:.2f}" in out.notes[0]
-    assert hotspot_power(s, {"hotspot.candidates": 0}).metrics == {}  # type: ignore[arg-type]
+    assert hotspot_power(s, {"hotspot.candidates": 0}, s.rows).metrics == {}  # type: ignore[arg-type]
+    # the power is that of the rows the test filled: half the patients, a larger effect
+    capped = hotspot_power(s, metrics, s.rows[:n])  # type: ignore[arg-type]
+    assert capped.metrics["offroi_hotspot.mde_flip"] > mde

@@ -324,6 +324,35 @@ def test_the_measured_rows_grow_as_the_budget_grows(make_cache) -> None:  # type
     assert rows == max(1, int((0.05 * 2**20 - fp.fixed_bytes) // fp.bytes_per_row))
 
 
+def test_the_memory_record_names_only_the_passes_the_budget_split(make_cache) -> None:  # type: ignore[no-untyped-def]
+    """report.json's memory plan lists a pass when its batches were split, not every pass
+    measured: an ample budget is measured too, but records nothing."""
+    ample = make_cache(batch_size=16)
+    ample.sweep()
+    assert "sweep" in ample.memory.plans and ample.memory.plans["sweep"].rows_per_chunk >= 16
+    assert ample.memory_notes() == [] and ample.memory_record() == {}
+    fp = ample.memory.plans["sweep"].footprint
+    tight = make_cache(
+        batch_size=16, memory_budget_mb=(fp.fixed_bytes + 5.5 * fp.bytes_per_row) / 2**20
+    )
+    tight.sweep()
+    tight.logits_with_layer("embedding", tight.embeddings("embedding"))  # fusion + head only
+    split = {name for name, p in tight.memory.plans.items() if p.rows_per_chunk < 16}
+    # the sweep is split; the fusion-and-head pass is measured too but fits 16 rows whole
+    assert "sweep" in split and "sweep layer:embedding" in set(tight.memory.plans) - split
+    record = tight.memory_record()["memory_plan"]
+    assert set(record["passes"]) == split
+    assert record["passes"]["sweep"] == {
+        "bytes_per_row": fp.bytes_per_row,
+        "fixed_bytes": fp.fixed_bytes,
+        "rows_per_forward": 5,
+    }
+    assert record["budget_mb"] == tight.memory.budget_mb
+    assert record["note"] == tight.memory_notes()[0]
+    assert all(name in record["note"] for name in split)
+    assert make_cache(batch_size=16, memory_budget_mb=None).memory_record() == {}
+
+
 # ------------------------------------------------------------ NaN / inf outputs are refused
 
 

@@ -365,3 +365,13 @@ def test_a_redacted_run_keeps_the_baselines_ids_out_of_the_comparison(tmp_path: 
     # clean counterpart: without --redact the message is quoted as it was
     same = ReportWriter(tmp_path / "same", baseline=base).finish(_gated(tmp_path, 0), "{}\n")
     assert "study0042" in (same / "diff.md").read_text()
+
+
+def test_provenance_shows_an_encoder_reuse_note_only_when_there_is_one(tmp_path: Path) -> None:
+    plain = render_html(tmp_path, _report(tmp_path))
+    assert "encoder reuse" not in plain
+    report = _report(tmp_path)
+    note = "model.layers.image = image_proj: image_encoder still reads the image"
+    report.model["encoder_reuse_notes"] = [note]
+    provenance = render_html(tmp_path, report).split('id="provenance"', 1)[1]
+    assert "<th>encoder reuse</th>" in provenance and note in provenance

@@ -34,6 +34,7 @@ from mmaudit.checks.probing.figures import erasure_figure, heatmap, null_figure
 from mmaudit.checks.probing.layers import choose_layers
 from mmaudit.checks.probing.origin import trace_origins
 from mmaudit.checks.probing.positive_control import positive_control
+from mmaudit.checks.probing.power import used_power_output
 from mmaudit.checks.probing.probes import run_probes
 from mmaudit.checks.probing.random_weights import random_baseline
 from mmaudit.checks.probing.records import PROBE_LAYERS, ErasureRow
@@ -100,7 +101,9 @@ class ProbingCheck(Check):
     across the draws; min and max in the erasure table), ``erasure.excess_dp`` (null_p
     one-sided, Holm-corrected), ``erasure.flip``, ``erasure.flip_random``,
     ``erasure.dauroc``, ``erasure.dauroc_random``,
-    ``erasure.residual``, ``erasure.rank``; ``verdict.<attr>`` (not_encoded /
+    ``erasure.residual``, ``erasure.rank``, ``erasure.mde_dp`` (the smallest excess |dp|
+    the ``used`` rule detects with power 0.8 at this n; a note per attribute not called
+    used says what its pass rules out); ``verdict.<attr>`` (not_encoded /
     encoded_not_used / encoded_and_used) and ``encoded_and_used.<attr>`` (0/1);
     ``n_permutations``.
     Verdict rules (params): encoded = fused-embedding probe (beyond the target when
@@ -231,6 +234,7 @@ class ProbingCheck(Check):
             out.extend(found)
         verdicts, found = judge_attributes(p, attributes, rows, erasures)
         out.extend(found)
+        out.extend(used_power_output(erasures, groups, p, verdicts))
 
         out.judged = count_judged(out.metrics, self.default_thresholds)
         coverage = describe_coverage(
@@ -243,7 +247,8 @@ class ProbingCheck(Check):
         if rows:  # an empty table is no table
             out.tables["probes"] = probe_table(rows, p.alpha)
         if erasures:
-            out.tables["erasure"] = erasure_table(erasures, verdicts)
+            mde = {e.attribute: out.metrics[f"erasure.mde_dp.{e.attribute}"] for e in erasures}
+            out.tables["erasure"] = erasure_table(erasures, verdicts, mde)
         if rows:
             out.figures["probe_heatmap"] = heatmap(rows, layers, p.alpha)
             out.figures["probe_null"] = null_figure(rows, layers, p.alpha)

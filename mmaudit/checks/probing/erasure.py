@@ -90,12 +90,14 @@ def erase_attributes(
             ]
         randoms = random_probs[eraser.rank]
         effects = erasure_effects(y, base, erased, randoms, kind, **boot)
+        draw_dp = np.stack([prob_change(base, r, kind) for r in randoms])  # (J, n)
         rows.append(
             ErasureRow(
                 attribute=attr.name,
                 rank=eraser.rank,
                 residual=_residual(ctx, p, x, z, strata, attr),
-                dp_draws=np.array([prob_change(base, r, kind).mean() for r in randoms]),
+                dp_draws=draw_dp.mean(axis=1),
+                excess_rows=prob_change(base, erased, kind) - draw_dp.mean(axis=0),
                 **effects,
             )
         )

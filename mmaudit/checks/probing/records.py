@@ -9,7 +9,7 @@ read all); each is filled in by one stage and only read by the later ones.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -65,6 +65,9 @@ class ErasureRow:
     residual: float
     dp_draws: np.ndarray  # mean |dp| of each random draw: the spread the reference comes from
     p_holm: float = math.nan
+    # per study: |dp| of the attribute's erasure minus the mean |dp| of the random draws (the
+    # paired difference the excess averages; its spread sets the power, see ``power``)
+    excess_rows: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def random_upper(self, alpha: float) -> float:
         """The (1 - alpha) quantile of mean |dp| over the random draws: the top of their

@@ -50,9 +50,13 @@ def probe_table(rows: list[ProbeRow], alpha: float) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
-def erasure_table(rows: list[ErasureRow], verdicts: dict[str, str]) -> pd.DataFrame:
+def erasure_table(
+    rows: list[ErasureRow], verdicts: dict[str, str], mde: dict[str, float] | None = None
+) -> pd.DataFrame:
     """One row per erased attribute: each effect with its CI, the random draws' spread, the
-    Holm p of the excess, the residual probe and the verdict."""
+    Holm p of the excess, the smallest excess detectable at this n (``mde_dp``), the
+    residual probe and the verdict."""
+    mde = mde or {}
     records = []
     for r in rows:
         rec: dict[str, Any] = {"attribute": r.attribute, "rank": r.rank}
@@ -66,6 +70,7 @@ def erasure_table(rows: list[ErasureRow], verdicts: dict[str, str]) -> pd.DataFr
         rec["dp_random_max"] = float(r.dp_draws.max())
         rec["random_draws"] = r.dp_draws.size
         rec["excess_p_holm"] = r.p_holm
+        rec["mde_dp"] = mde.get(r.attribute, math.nan)
         rec["residual_probe"] = r.residual
         rec["verdict"] = verdicts.get(r.attribute, "")
         records.append(rec)

@@ -265,14 +265,15 @@ class SaliencyCheck(Check):
         out.extend(part)
         if occ is not None:
             out.extend(offroi_verdict(s, hot, occ, out.metrics, levels, trusted))
-            out.extend(hotspot_power(s, out.metrics))
+            out.extend(hotspot_power(s, out.metrics, occ.rows))
         scan, part = scan_offroi(s, main, hot, trusted)
         out.extend(part)
         clusters, part = cluster_maps(s, main, hot.method, levels)
         out.extend(part)
         out.extend(faithfulness(s, main))
         out.extend(per_sample_outputs(s, main, levels, occ, clusters))
-        out.extend(figures(s, main, hot, sanity, levels, clusters, scan))
+        tested = occ.rows if occ is not None else None
+        out.extend(figures(s, main, hot, sanity, levels, clusters, scan, tested))
         out.notes.extend(memory_notes(s))
         lead = hot.method or s.methods[0]
         worst = out.metrics.get("offroi_hotspot.method")

@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 
 from mmaudit.checks.contract import CheckOutput
-from mmaudit.checks.saliency.maps import Maps
+from mmaudit.checks.saliency.maps import Maps, memory_budget
+from mmaudit.checks.saliency.occlusion import forward_in_chunks
 from mmaudit.checks.saliency.setting import Setting
 from mmaudit.methods.image_attribution import gaussian_blur
 from mmaudit.methods.image_forward import ImageForward
@@ -47,33 +48,50 @@ def faithfulness(s: Setting, main: Maps) -> CheckOutput:
     where = {int(r): i for i, r in enumerate(rows)}
     h, w = s.size
 
+    budget = memory_budget(s)
+    # the variants in score order: the image, its blur, then per order and inner fraction a
+    # deletion (top pixels blurred) and an insertion (only the top pixels kept)
+    jobs = [("image", 0.0, ""), ("blurred", 0.0, "")]
+    jobs += [(k, f, how) for k in names for f in fracs[1:-1] for how in ("deletion", "insertion")]
+
     def fn(batch: Batch) -> np.ndarray:
+        """Scores of every variant of ``batch``: as many variants made at once as fit half the
+        memory budget, their forwards in chunks that fit the other half."""
         assert batch.image is not None
         images = batch.image
         b = len(batch)
         dev = images.device
         blurred = gaussian_blur(images, p.blur_sigma)
         sel = torch.tensor([where[int(i)] for i in batch.index.cpu()])
-        variants = [images, blurred]
+        ranks = {}
         for k in names:
             o = order_t[k][sel]
             rank = torch.empty_like(o)
             rank.scatter_(1, o, torch.arange(side * side).expand(b, -1).contiguous())
-            rank_img = torch.nn.functional.interpolate(
+            ranks[k] = torch.nn.functional.interpolate(
                 rank.view(b, 1, side, side).float(), size=(h, w), mode="nearest"
             ).to(dev)
-            for f in fracs[1:-1]:
-                top = rank_img < round(f * side * side)
-                variants.append(torch.where(top, blurred, images))  # deletion
-                variants.append(torch.where(top, images, blurred))  # insertion
+
+        def variant(k: str, f: float, how: str) -> torch.Tensor:
+            if k in ("image", "blurred"):
+                return images if k == "image" else blurred
+            top = ranks[k] < round(f * side * side)
+            return (
+                torch.where(top, blurred, images)
+                if how == "deletion"
+                else torch.where(top, images, blurred)
+            )
+
         cls = cls_all[batch.index.cpu()].to(dev)
+        per_image = images[0].numel() * images.element_size()
+        # each variant is held twice at once: in the list and in the stacked copy
+        group = max(1, budget.rows_held("deletion / insertion variants", 2 * per_image, 0.5) // b)
         scores = []
-        chunk = 8
         with torch.no_grad():
-            for i in range(0, len(variants), chunk):
-                part = torch.cat(variants[i : i + chunk])
+            for lo in range(0, len(jobs), group):
+                part = torch.cat([variant(*job) for job in jobs[lo : lo + group]])
                 k = part.shape[0] // b
-                z = runner(batch, part).float()
+                z = forward_in_chunks(runner, batch, part, budget, "deletion / insertion").float()
                 scores.append(_prob(z, cls.repeat(k), s.column, s.kind).view(k, b))
         return torch.cat(scores).cpu().numpy()  # (variants, b)
 

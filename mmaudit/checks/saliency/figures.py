@@ -33,9 +33,11 @@ def figures(
     levels: Levels,
     clusters: Clusters,
     scan: Scan | None = None,
+    tested: np.ndarray | None = None,
 ) -> CheckOutput:
     """Overlay grids, mean maps, histograms, randomisation curve, cluster exemplars, and the
-    grid scan's effect map beside the lead method's mean map."""
+    grid scan's effect map beside the lead method's mean map. ``tested``: the rows the
+    hotspot test filled (its control boxes are drawn on those overlays only)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,7 +67,8 @@ def figures(
     finite = np.flatnonzero(np.isfinite(stat))
     worst = finite[np.argsort(-stat[finite], kind="stable")][:8]
     shown_rows = np.unique(np.concatenate([conf, worst])).astype(int)
-    found = control_boxes(s, hot, np.asarray(main.rows)[shown_rows])
+    filled = shown_rows if tested is None else shown_rows[np.isin(main.rows[shown_rows], tested)]
+    found = control_boxes(s, hot, np.asarray(main.rows)[filled])
     controls = {int(i): found[int(main.rows[i])] for i in shown_rows if int(main.rows[i]) in found}
     marks = OverlayMarks([str(i) for i in ids], dict(hot.candidates), s.size, controls)
     if len(conf):

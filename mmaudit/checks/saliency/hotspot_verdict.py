@@ -36,7 +36,7 @@ def offroi_verdict(
     names = [m for m, _ in hot.candidates]
     judged = [m for m in names if occ.off_roi[m]]
     if not judged:
-        met["offroi_hotspot.flip_excess"] = Estimate(float("nan"), n=len(s.rows))
+        met["offroi_hotspot.flip_excess"] = Estimate(float("nan"), n=len(occ.rows))
         where = (
             f"on the ROI (over {OFF_ROI_MAX_OVERLAP:.0%} of the box on average)"
             if s.has_masks

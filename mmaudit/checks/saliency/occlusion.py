@@ -17,7 +17,12 @@ from mmaudit.checks.contract import CheckOutput
 from mmaudit.checks.saliency.hotspot import Hotspots
 from mmaudit.checks.saliency.maps import Maps, memory_budget
 from mmaudit.checks.saliency.metrics import holm_adjusted
-from mmaudit.checks.saliency.setting import Setting, signed_score
+from mmaudit.checks.saliency.setting import (
+    Setting,
+    has_site,
+    signed_score,
+    stratified_positions,
+)
 from mmaudit.engine.distributed import sample_seeds
 from mmaudit.methods.image_forward import ImageForward
 from mmaudit.methods.region_fill import (
@@ -41,10 +46,14 @@ class Occlusion:
     """Per-sample effects of occluding each candidate, and which candidates lie off the ROI."""
 
     #: ``delta.<c>``, ``delta_control.<c>``, ``flip.<c>``, ``flip_control.<c>`` per mapped row
+    #: (NaN for the rows outside the tested subset)
     per_sample: pd.DataFrame
     #: candidate -> off the ROI (at most ``OFF_ROI_MAX_OVERLAP`` of the box in it on average;
     #: in the border band without masks): what the ``hotspot_used`` rule may judge
     off_roi: dict[str, bool]
+    #: the dataset rows filled: ``params.hotspot_samples`` of the mapped rows, stratified by
+    #: label and site (all of them below the cap)
+    rows: np.ndarray
 
 
 def occlusion_test(
@@ -53,7 +62,10 @@ def occlusion_test(
     """Occlude every candidate hotspot box and, as its control, a same-size random box
     outside the ROI and the candidates whose fill changes the image about as much (the
     closest L2 change among ``control_draws`` random boxes); compare decisions, logits
-    and AUROC, paired by sample and resampled by patient. None without candidates."""
+    and AUROC, paired by sample and resampled by patient. The rows filled are at most
+    ``hotspot_samples`` of the mapped rows, stratified by label and site, so that the test
+    costs 2 x candidates forwards on a fixed subset at any N (with a coverage note when
+    capped). None without candidates."""
     p, out = s.params, CheckOutput()
     if not hot.candidates:
         return None, out
@@ -61,7 +73,14 @@ def occlusion_test(
     names = [m for m, _ in hot.candidates]
     k = len(boxes)
     bh, bw = hot.box_size
-    rows = main.rows
+    pos = stratified_positions(s, p.hotspot_samples, "saliency.hotspot.rows")
+    rows = main.rows[pos]
+    if len(rows) < len(main.rows):
+        out.notes.append(
+            f"hotspot test: boxes filled on {len(rows)} of {len(main.rows)} image rows"
+            f" (hotspot_samples={p.hotspot_samples}, a seeded draw stratified by label"
+            f"{' and site' if has_site(s) else ''}; 0 fills every row)"
+        )
     draws = p.control_draws
     u = s.ctx.rng("saliency.control").random((len(s.ds), draws))
     donors = _donors(s, main, hot) if p.infill == "donor" else None
@@ -162,8 +181,8 @@ def occlusion_test(
             f"{int((~ctrl_ok).sum())} images have no room for a control box outside the ROI"
             " and the hotspots; they are left out of the paired comparisons"
         )
-    base = main.logits
-    assert base is not None
+    assert main.logits is not None
+    base = main.logits[pos]
     cls = s.cls_all[rows]
     s0 = signed_score(base, cls, s.column, s.kind)
     dec0 = s.decision(base)
@@ -213,7 +232,15 @@ def occlusion_test(
             }
         )
     met.update(holm_adjusted(met, excess_keys, trusted))
-    return Occlusion(pd.DataFrame(columns), off_roi), out
+    per_sample = pd.DataFrame({c: _spread(v, pos, len(main.rows)) for c, v in columns.items()})
+    return Occlusion(per_sample, off_roi, rows), out
+
+
+def _spread(values: np.ndarray, pos: np.ndarray, n: int) -> np.ndarray:
+    """``values`` of the tested positions ``pos`` in an array over all ``n`` mapped rows."""
+    full = np.full(n, np.nan)
+    full[pos] = values
+    return full
 
 
 def forward_in_chunks(

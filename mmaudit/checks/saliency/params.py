@@ -74,6 +74,12 @@ class SaliencyParams(BaseModel):
     roi_margin: float = Field(
         default=0.05, ge=0, lt=0.5, description="gap kept between hotspot boxes and the ROI"
     )
+    hotspot_samples: int = Field(
+        default=1000,
+        ge=0,
+        description="image rows the hotspot occlusion test fills, a seeded subset stratified"
+        " by label and site (0: all); a fixed cost at any N (2 x candidates forwards a row)",
+    )
     control_draws: int = Field(
         default=8, ge=1, description="random control boxes per image; the closest change wins"
     )

@@ -7,13 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from mmaudit.checks.contract import CheckOutput
-from mmaudit.checks.saliency.setting import Setting
+from mmaudit.checks.saliency.setting import Setting, has_site
 from mmaudit.methods.region_scan import min_detectable_flip
-
-
-def has_site(s: Setting) -> bool:
-    """Whether the audit has a ``site`` attribute (the scan's subset is stratified by it)."""
-    return "site" in getattr(s.ds.attributes, "columns", [])
 
 
 def scan_power_note(
@@ -43,9 +38,9 @@ def scan_power_note(
     )
 
 
-def hotspot_power(s: Setting, metrics: dict) -> CheckOutput:
+def hotspot_power(s: Setting, metrics: dict, rows: np.ndarray) -> CheckOutput:
     """``offroi_hotspot.mde_flip``: the smallest flip excess the hotspot test detects with
-    power 0.8 at its n (patients among the image rows), at Holm's first level over its
+    power 0.8 at its n (patients among the image ``rows`` it filled), at Holm's first level over its
     candidates (alpha / candidates) and its mean control flip rate, with a note that says
     what a pass rules out. Computed for the exact paired sign test (:func:`min_detectable_flip`),
     which the rule's paired bootstrap matches closely at these sizes. Nothing without
@@ -60,7 +55,7 @@ def hotspot_power(s: Setting, metrics: dict) -> CheckOutput:
     if k == 0 or not rates:
         return out
     groups = s.ctx.groups
-    n = len(np.unique(groups[s.rows].astype(str))) if groups is not None else len(s.rows)
+    n = len(np.unique(groups[rows].astype(str))) if groups is not None else len(rows)
     rate = float(np.mean(rates))
     mde = min_detectable_flip(n, rate, s.params.alpha / k)
     out.metrics["offroi_hotspot.mde_flip"] = mde

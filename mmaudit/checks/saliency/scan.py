@@ -35,8 +35,8 @@ from mmaudit.checks.saliency.hotspot import Hotspots, forbidden_pixels
 from mmaudit.checks.saliency.hotspot_verdict import box_words
 from mmaudit.checks.saliency.maps import Maps, memory_budget
 from mmaudit.checks.saliency.occlusion import forward_in_chunks
-from mmaudit.checks.saliency.power import has_site, scan_power_note
-from mmaudit.checks.saliency.setting import Setting, signed_score
+from mmaudit.checks.saliency.power import scan_power_note
+from mmaudit.checks.saliency.setting import Setting, signed_score, stratified_positions
 from mmaudit.engine.distributed import sample_seeds
 from mmaudit.methods.image_forward import ImageForward
 from mmaudit.methods.map_statistics import border_band
@@ -50,7 +50,6 @@ from mmaudit.methods.region_scan import (
     patient_means,
     scan_sizes,
     sign_test_p,
-    stratified_subset,
 )
 from mmaudit.methods.stats import Estimate, adjust_pvalues
 
@@ -99,14 +98,7 @@ def scan_offroi(
     if not boxes:
         out.notes.append("no scan box fits outside the ROI: the grid scan did not run")
         return None, out
-    labels = s.labels(s.rows).astype(str)
-    site = s.ds.attributes["site"].iloc[s.rows].astype(str).to_numpy() if has_site(s) else ""
-    pick = stratified_subset(
-        np.char.add(labels, np.asarray(site, dtype=str)),
-        p.scan_samples,
-        s.ctx.rng("saliency.scan.rows"),
-    )
-    rows = s.rows[pick]
+    rows = s.rows[stratified_positions(s, p.scan_samples, "saliency.scan.rows")]
     corners = [legal_corners(s.size, sz, forbidden, region) for sz in sizes]
     res = _fill_and_run(s, rows, boxes, sizes, corners)
     flips, deltas, ctrl_flip, ctrl_delta, n_pass = res

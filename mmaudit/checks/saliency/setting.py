@@ -18,6 +18,7 @@ from mmaudit.checks.contract import AuditContext, CheckOutput, ThresholdRule
 from mmaudit.checks.saliency.layers import choose_cam_layers
 from mmaudit.checks.saliency.params import CAMS, SaliencyParams
 from mmaudit.methods.cams import grid_info
+from mmaudit.methods.region_scan import stratified_subset
 from mmaudit.methods.stats import CountBootstrap, Estimate
 
 if TYPE_CHECKING:
@@ -93,6 +94,21 @@ class Setting:
     def subset(self, n: int, salt: str, pool: np.ndarray | None = None) -> np.ndarray:
         """A seeded subset of ``n`` image rows (all when ``n`` is 0 or large), sorted."""
         return seeded_subset(self.ctx, self.rows if pool is None else pool, n, salt)
+
+
+def has_site(s: Setting) -> bool:
+    """Whether the audit has a ``site`` attribute (capped subsets are stratified by it)."""
+    return "site" in getattr(s.ds.attributes, "columns", [])
+
+
+def stratified_positions(s: Setting, n: int, salt: str) -> np.ndarray:
+    """Positions in ``s.rows`` of a seeded subset of ``n`` image rows stratified by label
+    and site (all positions when ``n`` is 0 or at least their number): what a capped stage
+    tests, so that its cost is fixed at any N and its rows keep the audit's label and site
+    mix."""
+    labels = s.labels(s.rows).astype(str)
+    site = s.ds.attributes["site"].iloc[s.rows].astype(str).to_numpy() if has_site(s) else ""
+    return stratified_subset(np.char.add(labels, np.asarray(site, dtype=str)), n, s.ctx.rng(salt))
 
 
 def image_rows(ctx: AuditContext) -> np.ndarray:
