@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_saliency_corners import N, PARAMS, context, write_films
+from test_saliency_corners import PARAMS, N, context, write_films
 
 from mmaudit.checks.findings import judge
 from mmaudit.checks.registry import load_builtin_checks
