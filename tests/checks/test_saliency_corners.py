@@ -85,10 +85,16 @@ def build_corner_reader(corner: str = "top_left", mode: str = "used") -> nn.Modu
 def write_films(folder: Path, corner: str) -> Path:
     """64 films: noisy background, lungs whose brightness carries the label, a bright 5x5
     marker in ``corner`` on every site-B film (site B mostly positive)."""
+    return write_marked_films(folder, lung_mask(), marker_mask(corner))
+
+
+def write_marked_films(folder: Path, lungs: np.ndarray, marker: np.ndarray) -> Path:
+    """N films of S px with the ROI ``lungs`` (its brightness carries the label, also its
+    mask) and the pixels ``marker`` burnt bright on every site-B film (site B mostly
+    positive); the manifest."""
     rng = np.random.default_rng(0)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(exist_ok=True)
-    lungs, marker = lung_mask(), marker_mask(corner)
     site = np.array(["A", "B"] * (N // 2))
     label = np.where(site == "B", rng.random(N) < 0.7, rng.random(N) < 0.3).astype(int)
     rows = []

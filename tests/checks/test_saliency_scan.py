@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from scipy.stats import binom
+from test_saliency_corners import write_marked_films
 from torch import nn
 
 from mmaudit.checks.contract import AuditContext, CheckOutput, Finding
@@ -79,33 +79,7 @@ def build_blind_reader(mode: str = "used") -> nn.Module:
 def write_films(folder: Path) -> Path:
     """64 films: noisy background, lungs whose brightness carries the label, a bright 5x5
     marker in the top-left corner of every site-B film (site B mostly positive)."""
-    rng = np.random.default_rng(0)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "masks").mkdir(exist_ok=True)
-    lungs, marker = _box(*LUNG), _box(*MARK)
-    site = np.array(["A", "B"] * (N // 2))
-    label = np.where(site == "B", rng.random(N) < 0.7, rng.random(N) < 0.3).astype(int)
-    rows = []
-    for i in range(N):
-        img = rng.normal(50, 6, (S, S))
-        img[lungs] = rng.normal(100 + 60 * label[i], 8, int(lungs.sum()))
-        if site[i] == "B":
-            img[marker] = 240
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / "images" / f"f{i}.png")
-        Image.fromarray(lungs.astype(np.uint8) * 255).save(folder / "masks" / f"f{i}.png")
-        rows.append(
-            {
-                "id": f"f{i}",
-                "patient": f"p{i}",
-                "image_path": f"images/f{i}.png",
-                "mask_path": f"masks/f{i}.png",
-                "label": int(label[i]),
-                "site": site[i],
-            }
-        )
-    manifest = folder / "manifest.csv"
-    pd.DataFrame(rows).to_csv(manifest, index=False)
-    return manifest
+    return write_marked_films(folder, _box(*LUNG), _box(*MARK))
 
 
 def context(manifest: Path, mode: str, masks: bool = True, budget_mb: float = 1024) -> AuditContext:
