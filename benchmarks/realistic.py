@@ -198,6 +198,7 @@ def write_config(
             "precision": args.precision,
             "batch_size": args.batch_size,
             "progress": False,
+            **check_overrides(args.set, runtime=True),
         },
     }
     path = folder / "audit.yaml"
@@ -205,45 +206,82 @@ def write_config(
     return path
 
 
-def check_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``checks:`` of the config from ``--set CHECK.PARAM=VALUE`` pairs (YAML values)."""
+def check_overrides(pairs: list[str], runtime: bool = False) -> dict[str, Any]:
+    """``checks:`` of the config from ``--set CHECK.PARAM=VALUE`` pairs (YAML values); with
+    ``runtime``, the ``runtime:`` options the ``runtime.KEY=VALUE`` pairs set instead."""
     checks: dict[str, Any] = {}
+    options: dict[str, Any] = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
         check, _, param = key.partition(".")
         if not (check and param and value):
             sys.exit(f"--set {pair!r}: expected CHECK.PARAM=VALUE, e.g. saliency.scan_samples=24")
-        checks.setdefault(check, {"params": {}})["params"][param] = yaml.safe_load(value)
-    return checks
+        if check == "runtime":
+            options[param] = yaml.safe_load(value)
+        else:
+            checks.setdefault(check, {"params": {}})["params"][param] = yaml.safe_load(value)
+    return options if runtime else checks
 
 
 #: capped stages: the phase (``check.NAME`` or ``check.NAME/stage``) -> the parameter whose
-#: value is the number of rows its fixed part runs on, and that parameter's default. A run
-#: with ``--set`` on one of them projects the fixed part to the default linearly (the capped
-#: cost is rows x a per-row cost).
-CAPS: dict[str, tuple[str, int]] = {
-    "check.attribution": ("attribution.max_text_samples", 1000),
-    "check.probing": ("probing.random_max_rows", 1000),
-    "check.saliency/compute_maps": ("saliency.subset_samples", 48),
-    "check.saliency/sanity_check": ("saliency.sanity_samples", 32),
-    "check.saliency/occlusion_test": ("saliency.hotspot_samples", 1000),
-    "check.saliency/scan_offroi": ("saliency.scan_samples", 200),
-    "check.saliency/faithfulness": ("saliency.faithfulness_samples", 24),
+#: value is the number of rows its fixed part runs on, that parameter's default, and whether
+#: the cap bounds all of the phase's rows (else only a part: saliency's map pass caps its IG
+#: subset while its CAMs cover every row). A run with ``--set`` on one of them projects the
+#: fixed part to the default linearly (the capped cost is rows x a per-row cost); a phase
+#: capped whole stops growing at its cap, also where the runs' N were below it.
+CAPS: dict[str, tuple[str, int, bool]] = {
+    "check.attention": ("attention.max_samples", 2000, True),
+    "check.attribution": ("attribution.max_text_samples", 1000, True),
+    "check.probing": ("probing.random_max_rows", 1000, True),
+    "check.saliency/compute_maps": ("saliency.subset_samples", 48, False),
+    "check.saliency/sanity_check": ("saliency.sanity_samples", 32, True),
+    "check.saliency/occlusion_test": ("saliency.hotspot_samples", 1000, True),
+    "check.saliency/scan_offroi": ("saliency.scan_samples", 200, True),
+    "check.saliency/faithfulness": ("saliency.faithfulness_samples", 24, True),
 }
 #: saliency's stages booked as phases of their own (``check.saliency/<stage>``)
 SALIENCY_STAGES = [k.split("/", 1)[1] for k in CAPS if k.startswith("check.saliency/")]
 
 
 def cap_scale(phase: str, overrides: list[str]) -> tuple[float, str]:
-    """(default / run value of ``phase``'s cap, a few words) -- (1, "") when not overridden."""
+    """(default / run value of ``phase``'s cap, a few words) -- (1, "") when not capped, and
+    (1, "... uncapped") when the run set the cap to none."""
     if phase not in CAPS:
         return 1.0, ""
-    key, default = CAPS[phase]
+    key, default, _whole = CAPS[phase]
+    value = run_cap(phase, overrides)
+    name = key.split(".", 1)[1]
+    if value is None:
+        return 1.0, f"{name} none (uncapped)"
+    if value != default:
+        return default / value, f"{name} {value:g} -> {default}"
+    return 1.0, f"{name} {default}"
+
+
+def run_cap(phase: str, overrides: list[str]) -> float | None:
+    """The cap ``phase`` ran with: its ``--set`` value, else the default (None: uncapped, or
+    not a capped phase)."""
+    if phase not in CAPS:
+        return None
+    key, default, _whole = CAPS[phase]
     for pair in overrides:
         k, _, v = pair.partition("=")
-        if k == key and float(v) > 0:
-            return default / float(v), f"{key.split('.', 1)[1]} {v} -> {default}"
-    return 1.0, f"{key.split('.', 1)[1]} {default}"
+        if k == key:
+            value = yaml.safe_load(v)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            return float(value) if ok else None
+    return float(default)
+
+
+def projected_rows(phase: str, a: float, b: float, n: int, overrides: list[str]) -> float:
+    """A phase's rows at ``n`` studies from its fit ``a + b * N``: a phase capped whole stops
+    growing at the cap it ran with, and its rows are scaled to the default cap; the fixed
+    part of a phase capped in part is scaled alone."""
+    scale, _ = cap_scale(phase, overrides)
+    cap = run_cap(phase, overrides)
+    if phase in CAPS and CAPS[phase][2] and cap is not None:
+        return (a + b * min(n, cap)) * scale
+    return a * scale + b * n
 
 
 # --- the child: the normal CLI, with phases booked ------------------------------------------
@@ -397,10 +435,13 @@ def phase_rows(counts: dict[str, Any], report: dict[str, Any]) -> list[dict[str,
         enc = counts["counts"].get(ph, {})
         stats = counts["stats"]
         peaks = stats["phase_peak_rss_mib"]
+        # forwards of the whole model, counted by a hook (gradient passes included); runs
+        # kept from before the hook existed have the cache's no-gradient sweeps only
+        calls = enc.get("model", {}).get("calls")
         row = {
             "phase": ph,
             "seconds": timings.get(ph, timings.get("load_model", 0.0) if ph == "load" else 0.0),
-            "model_calls": stats["phase_model_calls"].get(ph, 0.0),
+            "model_calls": calls if calls is not None else stats["phase_model_calls"].get(ph, 0.0),
             # a check's peak includes its stages' (booked as phases of their own)
             "peak_rss_mib": max(
                 [v for k, v in peaks.items() if k == ph or k.startswith(ph + "/")],
@@ -409,7 +450,7 @@ def phase_rows(counts: dict[str, Any], report: dict[str, Any]) -> list[dict[str,
         }
         if "/" in ph:
             row["seconds"] = stats.get("phase_seconds", {}).get(ph, 0.0)
-            row["model_calls"] = float("nan")
+            row["model_calls"] = calls if calls is not None else float("nan")
         for name in ("image", "text"):
             e = enc.get(name, {"rows": 0.0, "grad_rows": 0.0})
             row[f"{name}_fe"] = e["rows"] + 2.0 * e["grad_rows"]
@@ -475,13 +516,14 @@ def analyse(
             own = [x for x in rows if x["phase"] == r["phase"] or
                    x["phase"].startswith(r["phase"] + "/")]  # fmt: skip
             image_fe, text_fe = (sum(x[f"{k}_fe"] for x in own) for k in ("image", "text"))
+            calls = sum(x["model_calls"] for x in own if x["model_calls"] == x["model_calls"])
             stage = "/" in r["phase"]
             body.append(
                 [
                     f"&nbsp;&nbsp;· {r['phase'].split('/', 1)[1]}" if stage else r["phase"],
                     r.get("status", ""),
                     fmt(r["seconds"], 1),
-                    "-" if stage else fmt(r["model_calls"], 0),
+                    "-" if r["model_calls"] != r["model_calls"] else fmt(calls, 0),
                     fmt(image_fe / n),
                     fmt(text_fe / n) if "text" in flops else "-",
                     fmt(r["peak_rss_mib"], 0),
@@ -490,8 +532,9 @@ def analyse(
         total_fe = sum(r["image_fe"] * flops["image"] + r["text_fe"] * flops.get("text", 0.0)
                        for r in rows)  # fmt: skip
         out.append(f"### {variant}, N = {n}\n")
+        all_calls = sum(r["model_calls"] for r in rows if r["model_calls"] == r["model_calls"])
         out.append(
-            f"wall {fmt(run['wall'], 1)} s, model calls {fmt(run['model_calls'], 0)},"
+            f"wall {fmt(run['wall'], 1)} s, model calls {fmt(all_calls, 0)},"
             f" peak RSS {fmt(run['peak_rss_mib'], 0)} MiB, whole audit ="
             f" {fmt(total_fe / (n * sweep_flops))} inference sweeps (FLOPs)\n"
         )
@@ -520,13 +563,15 @@ def analyse(
                 if any(r["phase"] == ph for r in run["rows"])
             ]
             a, b = (max(pts)[1], 0.0) if ph == "load" else fit(pts)
-            a *= scale
-            rows_100k = a + b * PROJECT_N
+            rows_100k = projected_rows(ph, a, b, PROJECT_N, overrides)
             f_ph += rows_100k * flops[name]
             nmax, vmax = max(pts)
+            grows = b * nmax > 0.5 * vmax
+            capped = ph in CAPS and CAPS[ph][2] and run_cap(ph, overrides) is not None
+            kind = "fixed subset" if not grows else "capped subset" if capped else "grows with N"
             kinds.append(
-                f"{name}: {'grows with N' if b * nmax > 0.5 * vmax else 'fixed subset'}"
-                f" ({fmt(a, 0)} + {fmt(b, 3)}·N rows)"
+                f"{name}: {kind} ({fmt(a * scale, 0)} + {fmt(b, 3)}·N rows"
+                + (f", {fmt(rows_100k, 0)} at the cap)" if grows and capped else ")")
             )
         total_flops += f_ph
         sweeps = f_ph / (PROJECT_N * sweep_flops)
@@ -600,8 +645,9 @@ def main() -> None:
         nargs="+",
         default=[],
         metavar="CHECK.PARAM=VALUE",
-        help="check parameters for the audit (e.g. smaller caps on a slow CPU); a capped"
-        " stage's fixed cost is projected to its default cap",
+        help="check parameters for the audit (e.g. smaller caps on a slow CPU; a capped"
+        " stage's fixed cost is projected to its default cap), or runtime.KEY=VALUE (e.g."
+        " runtime.memory_budget_mb=1024)",
     )
     args = parser.parse_args()
     sizes = [32] if args.quick else sorted(args.sizes)

@@ -49,8 +49,15 @@ def run(
         help="comma-separated checks to run (default: every check not disabled in the config)",
     ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps"),
-    batch_size: int | None = typer.Option(None, "--batch-size", min=1),
-    max_samples: int | None = typer.Option(None, "--max-samples", min=1),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="samples per forward pass (runtime.batch_size)"
+    ),
+    max_samples: int | None = typer.Option(
+        None,
+        "--max-samples",
+        min=1,
+        help="audit a seeded random subset of this many rows (runtime.max_samples)",
+    ),
     fail_on: FailOn = typer.Option(
         FailOn.fail, "--fail-on", help="exit 1 when the audit reaches this status"
     ),
@@ -196,8 +203,9 @@ def validate(
 
 @app.command()
 def show(report: Path = typer.Argument(..., help="report folder")) -> None:
-    """Print a report's summary in the terminal (from report.json alone; a folder whose files
-    no longer match the digests report.json recorded is refused)."""
+    """Print a report's summary in the terminal, from report.json alone.
+
+    A folder whose files no longer match the digests report.json recorded is refused."""
     from rich.markup import escape
 
     from mmaudit.report.document import load_report
@@ -411,8 +419,10 @@ ENV_PACKAGES = (
 
 @app.command()
 def env() -> None:
-    """Versions and devices, for bug reports (versions from the installed metadata: nothing
-    heavy is imported but torch, which the device list needs)."""
+    """Versions and devices, for bug reports.
+
+    Versions come from the installed metadata: nothing heavy is imported but torch, which the
+    device list needs."""
     import platform
     from importlib import metadata
 

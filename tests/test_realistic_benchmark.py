@@ -140,6 +140,12 @@ def test_set_pairs_become_check_params_and_scale_the_capped_costs(bench: object)
     }
     with pytest.raises(SystemExit, match="CHECK.PARAM=VALUE"):
         bench.check_overrides(["scan_samples=24"])  # type: ignore[attr-defined]
+    # runtime.KEY=VALUE pairs set runtime options, not a check called "runtime"
+    with_runtime = [*pairs, "runtime.memory_budget_mb=1024"]
+    assert "runtime" not in bench.check_overrides(with_runtime)  # type: ignore[attr-defined]
+    assert bench.check_overrides(with_runtime, runtime=True) == {  # type: ignore[attr-defined]
+        "memory_budget_mb": 1024
+    }
     # a stage run on 24 rows projects to the default 200: 200 / 24 times its fixed rows
     scale, words = bench.cap_scale("check.saliency/scan_offroi", pairs)  # type: ignore[attr-defined]
     assert scale == pytest.approx(200 / 24) and words == "scan_samples 24 -> 200"
@@ -150,28 +156,73 @@ def test_set_pairs_become_check_params_and_scale_the_capped_costs(bench: object)
     assert bench.cap_scale("sweep", pairs) == (1.0, "")  # type: ignore[attr-defined]
 
 
+def _toy_run(n: int, stage: str, fixed: float, per_study: float) -> dict:
+    """A run of ``n`` studies: a sweep, the saliency check and one of its stages costing
+    ``fixed + per_study * n`` image rows."""
+    rows = [
+        {"phase": "sweep", "image_fe": float(n), "text_fe": 0.0, "seconds": 1.0,
+         "model_calls": 1.0, "peak_rss_mib": 1.0},
+        {"phase": "check.saliency", "image_fe": 0.0, "text_fe": 0.0, "seconds": 1.0,
+         "model_calls": 1.0, "peak_rss_mib": 1.0, "status": "pass"},
+        {"phase": stage, "image_fe": fixed + per_study * n,
+         "text_fe": 0.0, "seconds": 1.0, "model_calls": float("nan"), "peak_rss_mib": 1.0},
+    ]  # fmt: skip
+    return {"n": n, "rows": rows, "wall": 1.0, "model_calls": 1.0, "peak_rss_mib": 1.0,
+            "decode_per_s": 1e9, "sweep_images_per_s": 1.0, "bottleneck": "x"}  # fmt: skip
+
+
 def test_the_projection_scales_only_the_fixed_part_of_a_capped_stage(bench: object) -> None:
-    """A stage with 10 fixed rows per cap row (run cap 24: 240 rows) plus 3 rows per study:
-    at 100k and the default cap 200 it costs 2,000 + 300,000 rows."""
-    flops = {"image": 1.0}
-
-    def run(n: int) -> dict:
-        rows = [
-            {"phase": "sweep", "image_fe": float(n), "text_fe": 0.0, "seconds": 1.0,
-             "model_calls": 1.0, "peak_rss_mib": 1.0},
-            {"phase": "check.saliency", "image_fe": 0.0, "text_fe": 0.0, "seconds": 1.0,
-             "model_calls": 1.0, "peak_rss_mib": 1.0, "status": "pass"},
-            {"phase": "check.saliency/scan_offroi", "image_fe": 240.0 + 3.0 * n,
-             "text_fe": 0.0, "seconds": 1.0, "model_calls": float("nan"), "peak_rss_mib": 1.0},
-        ]  # fmt: skip
-        return {"n": n, "rows": rows, "wall": 1.0, "model_calls": 1.0, "peak_rss_mib": 1.0,
-                "decode_per_s": 1e9, "sweep_images_per_s": 1.0, "bottleneck": "x"}  # fmt: skip
-
-    text = bench.analyse(  # type: ignore[attr-defined]
-        "toy", [run(256), run(1024)], flops, ["saliency.scan_samples=24"]
-    )
-    line = next(x for x in text.splitlines() if x.startswith("| check.saliency/scan_offroi"))
-    assert "scan_samples 24 -> 200" in line
-    assert f"| {(2000 + 3 * 100_000) / 100_000:,.3f} |" in line
+    """The map pass caps its IG subset (run cap 24: 240 rows) while its CAMs cover 3 rows
+    per study: at 100k and the default cap 48 it costs 480 + 300,000 rows."""
+    stage = "check.saliency/compute_maps"
+    runs = [_toy_run(n, stage, 240.0, 3.0) for n in (256, 1024)]
+    text = bench.analyse("toy", runs, {"image": 1.0}, ["saliency.subset_samples=24"])  # type: ignore[attr-defined]
+    line = next(x for x in text.splitlines() if x.startswith(f"| {stage}"))
+    assert "subset_samples 24 -> 48" in line and "grows with N" in line
+    assert f"| {(480 + 3 * 100_000) / 100_000:,.3f} |" in line
     # the check's row in the per-N table holds its stage's rows: (240 + 3 * 256) / 256
     assert f"| check.saliency | pass | 1.0 | 1 | {(240 + 3 * 256) / 256:,.2f} |" in text
+
+
+def test_a_stage_capped_whole_stops_growing_at_its_cap(bench: object) -> None:
+    """The scan's rows grow with N while N is below its cap (run cap 2,000: every row
+    scanned at N = 256 and 1,024); at 100k it scans 2,000 rows, scaled to the default 200."""
+    stage = "check.saliency/scan_offroi"
+    runs = [_toy_run(n, stage, 0.0, 5.0) for n in (256, 1024)]
+    text = bench.analyse("toy", runs, {"image": 1.0}, ["saliency.scan_samples=2000"])  # type: ignore[attr-defined]
+    line = next(x for x in text.splitlines() if x.startswith(f"| {stage}"))
+    assert "capped subset" in line and "scan_samples 2000 -> 200" in line
+    assert f"| {5.0 * 2000 * (200 / 2000) / 100_000:,.3f} |" in line
+    # a cap set to none is uncapped: the stage then grows with N
+    assert bench.run_cap(stage, ["saliency.scan_samples=null"]) is None  # type: ignore[attr-defined]
+    uncapped = bench.analyse("toy", runs, {"image": 1.0}, ["saliency.scan_samples=null"])  # type: ignore[attr-defined]
+    line = next(x for x in uncapped.splitlines() if x.startswith(f"| {stage}"))
+    assert "scan_samples none (uncapped)" in line and "grows with N" in line
+    assert f"| {5.0:,.3f} |" in line
+
+
+def test_smoke_attention_fusion_is_read_by_the_attention_check(tmp_path: Path) -> None:
+    """The attention fusion is text -> image cross-attention (report tokens over the image's
+    regions), and the tiny BERT's tokenizer knows the reports' words: the attention check
+    runs on it (neither skipped nor an error), and its model calls are counted."""
+    pytest.importorskip("timm")
+    pytest.importorskip("transformers")
+    raw = tmp_path / "raw.json"
+    cmd = [sys.executable, str(BENCH / "realistic.py"), "--quick", "--backbone", "resnet10t"]
+    cmd += ["--image-size", "64", "--text", "tiny", "--fusions", "attention"]
+    cmd += ["--checks", "attention", "--json", str(raw), "--keep", str(tmp_path / "work")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (variant,) = [v for k, v in json.loads(raw.read_text()).items() if "attention" in k]
+    (run,) = variant["runs"]
+    assert run["statuses"]["attention"] in ("pass", "warn", "fail"), run["statuses"]
+    rows = {r["phase"]: r for r in run["rows"]}
+    # relevancy: one forward and one backward of the whole model per batch of analysed rows
+    assert rows["check.attention"]["model_calls"] >= 1
+    report = json.loads((tmp_path / "work" / "attention_32" / "report" / "report.json").read_text())
+    check = report["checks"]["attention"]
+    assert any("fusion.attn" in n for n in check["notes"]), check["notes"]
+    # every analysed row (those with an image and a report) went through under autograd once
+    analysed = check["metrics"]["attention.n_samples"]
+    assert 0 < analysed <= 32
+    assert rows["check.attention"]["image_fe"] == 3 * analysed

@@ -184,6 +184,20 @@ class AuditContext:
         """Patient ids for resampling, or None (rows resampled)."""
         return self.dataset.patients
 
+    @property
+    def memory_budget_mb(self) -> float:
+        """``runtime.memory_budget_mb`` in MB: the configured number, or for ``auto`` what the
+        cache resolved for the model's device when the audit began (once: free device
+        memory changes as the audit runs)."""
+        from mmaudit.methods.memory_budget import resolve_budget_mb
+
+        value = self.config.runtime.memory_budget_mb
+        if value == "auto" and self.cache.memory is not None:
+            return self.cache.memory.budget_mb
+        budget = resolve_budget_mb(value, self.adapter.device)
+        assert budget is not None
+        return budget
+
     def rng(self, salt: str) -> np.random.Generator:
         """A generator seeded from the run seed and a per-use salt (stable across runs)."""
         import zlib

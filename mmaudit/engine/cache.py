@@ -45,12 +45,13 @@ from mmaudit.engine.encoder_level import (
     run_substituted,
     tensor_view,
 )
+from mmaudit.engine.host_memory import trim_freed_pages, trims_per_batch
 from mmaudit.engine.input_removal import dataset_input_mean, remove_inputs
 from mmaudit.engine.loader import BatchLoader, resolve_num_workers
 from mmaudit.engine.removal import RemovalHow, ablation_key
 from mmaudit.engine.sweep_outputs import SweepResult
 from mmaudit.engine.sweep_pass import run_pass
-from mmaudit.methods.memory_budget import MemoryBudget
+from mmaudit.methods.memory_budget import MemoryBudget, auto_budget_mb
 
 
 class InferenceCache:
@@ -66,7 +67,7 @@ class InferenceCache:
         seed: int = 0,
         progress: bool = False,
         target_kind: str = "binary",
-        memory_budget_mb: float | None = 1024.0,
+        memory_budget_mb: float | str | None = "auto",
     ) -> None:
         self.adapter = adapter
         self.dataset = dataset
@@ -79,9 +80,14 @@ class InferenceCache:
         self.seed = seed
         self.progress = progress
         self.target_kind = target_kind
-        # rows per forward of the no-gradient passes (runtime.memory_budget_mb; None: whole
-        # batches, unmeasured)
-        self.memory = MemoryBudget(memory_budget_mb) if memory_budget_mb else None
+        # rows per forward of the no-gradient passes (runtime.memory_budget_mb, auto resolved
+        # once for this device and kept for every check; None: whole batches, unmeasured)
+        self.budget_chosen = "runtime.memory_budget_mb"
+        if memory_budget_mb == "auto":
+            budget_mb, self.budget_chosen = auto_budget_mb(adapter.device)
+        else:
+            budget_mb = None if memory_budget_mb is None else float(memory_budget_mb)
+        self.memory = MemoryBudget(budget_mb) if budget_mb else None
         # the pass families whose batches the budget split (see chunked_forward)
         self.split_passes: set[str] = set()
         self.model_calls = 0
@@ -355,6 +361,7 @@ class InferenceCache:
         from mmaudit.engine import distributed
 
         bs = batch_size or self.batch_size
+        trim = trims_per_batch(self.adapter.device)
         results: list[Any] = []
         pending = np.arange(len(self.dataset)) if indices is None else np.asarray(indices)
         pending = distributed.shard(pending)
@@ -374,6 +381,8 @@ class InferenceCache:
                         record["batches"] += 1
                         self.batches_run += 1
                         pos += len(batch)
+                        if trim:
+                            trim_freed_pages()
             except torch.cuda.OutOfMemoryError:
                 if bs == 1:
                     raise

@@ -341,15 +341,24 @@ class RuntimeConfig(Strict):
     # DataLoader workers; auto = the free cores when the model runs on CUDA (decoding then
     # overlaps the model), 0 on CPU, where workers would compete with the model for cores
     num_workers: int | Literal["auto"] = "auto"
-    # the memory one gradient pass (IG, CAMs, occlusion) may take; batch x path points are
-    # split into chunks that fit it
-    memory_budget_mb: float = Field(default=1024.0, gt=0)
+    # the memory one pass over the model (IG, CAMs, occlusion, the sweep) may take; batch x
+    # path points are split into chunks that fit it. auto: 384 MB on CPU, half the free
+    # device memory on CUDA (methods.memory_budget.auto_budget_mb; the report records it)
+    memory_budget_mb: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
     # numpy's legacy seeding and scikit-learn's random_state take 0 .. 2**32 - 1
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     max_samples: int | None = Field(default=None, ge=1)
     progress: bool = True
     # exit 1 when a check is skipped (its requirements unmet), as for a failed gate
     fail_on_skipped: bool = False
+
+    @field_validator("memory_budget_mb", mode="before")
+    @classmethod
+    def _memory_budget(cls, v: Any) -> Any:
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if v != "auto" and not (number and v > 0):
+            raise ValueError(f"must be a number of MB > 0 or auto (got {v!r})")
+        return v
 
     @field_validator("num_workers", mode="before")
     @classmethod

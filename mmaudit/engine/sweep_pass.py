@@ -21,6 +21,7 @@ import torch
 from mmaudit.engine.chunked_forward import forward_in_chunks
 from mmaudit.engine.data import Batch
 from mmaudit.engine.errors import NonFiniteOutputError
+from mmaudit.engine.host_memory import trim_freed_pages, trims_per_batch
 from mmaudit.engine.nonfinite_outputs import failure_args, raise_first_failure, require_finite
 from mmaudit.engine.shards import ShardFiles
 from mmaudit.engine.sweep_outputs import LOGITS, SweepResult
@@ -125,6 +126,7 @@ def compute(
     ``donors[chunk]`` in the same batch, and they wait in ``cache._donor`` for
     ``remove_inputs``, so that a permuted image is decoded by the workers too."""
     manager = cache.adapter.capture(layers) if layers else null_capture()
+    trim = trims_per_batch(cache.adapter.device)
     with torch.inference_mode(), manager as store, cache._pass(f"sweep {key}") as record:
         if ctx is not None:
             ctx.__enter__()
@@ -162,6 +164,8 @@ def compute(
                 cache.model_s += time.perf_counter() - start
                 record["batches"] += 1
                 sink(k, out, grabbed)
+                if trim:
+                    trim_freed_pages()
         finally:
             batches.close()
             cache._donor = None

@@ -38,9 +38,29 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ChunkPlan", "Footprint", "MemoryBudget", "measure", "split_rows"]
+__all__ = [
+    "ChunkPlan",
+    "Footprint",
+    "MemoryBudget",
+    "auto_budget_mb",
+    "measure",
+    "resolve_budget_mb",
+    "split_rows",
+]
 
 _MB = 1024 * 1024
+
+#: ``runtime.memory_budget_mb: auto`` on a CPU (and MPS, whose memory is the host's). The
+#: host's allocator keeps fragments of what a pass frees, so a pass raises the process's RSS
+#: by two to three times the budget: ResNet-50 + MiniLM at 224 px, the whole audit of 1,024
+#: studies peaked at 3.6 GB with 1,024 MB and 3.1 GB with 512 MB (``benchmarks/realistic.py``,
+#: results in ``benchmarks/results/realistic.md``). A CPU's throughput stops growing at a few
+#: rows per pass (3 ResNet-50 images under autograd at 384 MB), so a small budget costs no
+#: speed there.
+CPU_AUTO_BUDGET_MB = 384.0
+#: ``auto`` on CUDA: this share of the device memory free once the model is loaded (a pass
+#: then holds hundreds of rows, as a GPU needs to be busy), at least :data:`CPU_AUTO_BUDGET_MB`
+CUDA_AUTO_SHARE = 0.5
 
 #: a gradient pass's peak over the bytes saved for its backward: the backward holds
 #: gradient buffers of its own while it frees saved tensors. Measured on text IG through
@@ -309,6 +329,31 @@ class MemoryBudget:
             f"{prefix}: gradient passes split to fit runtime.memory_budget_mb ="
             f" {self.budget_mb:g} MB: {parts}"
         ]
+
+
+def auto_budget_mb(device: torch.device | str) -> tuple[float, str]:
+    """The budget ``runtime.memory_budget_mb: auto`` means on ``device``, and why (a few
+    words for the report)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info(device)
+        mb = max(CPU_AUTO_BUDGET_MB, float(int(CUDA_AUTO_SHARE * free / _MB)))
+        return mb, (
+            f"auto: {CUDA_AUTO_SHARE:.0%} of the {free / _MB:,.0f} MB free on {device}"
+            " after loading the model"
+        )
+    return CPU_AUTO_BUDGET_MB, (
+        f"auto: {CPU_AUTO_BUDGET_MB:g} MB on {device.type}, where larger passes run no faster"
+        " and the host keeps fragments of what they free"
+    )
+
+
+def resolve_budget_mb(value: float | str | None, device: torch.device | str) -> float | None:
+    """``runtime.memory_budget_mb`` as a number of MB (``auto`` resolved for ``device``);
+    None stays None (no budget: whole batches)."""
+    if value == "auto":
+        return auto_budget_mb(device)[0]
+    return None if value is None else float(value)
 
 
 def split_rows(n_samples: int, n_points: int, max_rows: int) -> tuple[int, int]:

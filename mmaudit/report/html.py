@@ -153,14 +153,17 @@ def _key_figure_names(c: CheckReport) -> list[str]:
 
 def _memory_line(report: Report) -> str:
     """The no-gradient sweeps' memory plan in one line: the cache's note (report.json's
-    ``environment.memory_plan``) when the budget split a batch, else the budget alone."""
+    ``environment.memory_plan``) when the budget split a batch, else the budget alone; with
+    how ``auto`` chose the budget when it did."""
+    chosen = str(report.environment.get("memory_budget_chosen", ""))
+    why = f" ({chosen})" if chosen.startswith("auto") else ""
     plan = report.environment.get("memory_plan")
     if plan:
-        return str(plan.get("note"))
+        return str(plan.get("note")) + why
     budget = report.timings.get("memory_budget_mb")
     if budget is None:
         return "no runtime.memory_budget_mb: whole batches per forward"
-    return f"no sweep split: whole batches fit runtime.memory_budget_mb = {budget:g} MB"
+    return f"no sweep split: whole batches fit runtime.memory_budget_mb = {budget:g} MB{why}"
 
 
 def _verdict_line(report: Report) -> str:

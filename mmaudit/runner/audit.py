@@ -224,6 +224,7 @@ def run_audit(
             | precision
             | cache.workers.record()
             | cache.memory_record()  # after the checks: every sweep they asked for is planned
+            | {"memory_budget_chosen": cache.budget_chosen}
             | {"world_size": distributed.world_size()},
             seed=cfg.runtime.seed,
             timings=timings | cache.timings() | {"model_calls": float(cache.model_calls)},

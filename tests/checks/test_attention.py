@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -390,3 +391,142 @@ def test_multilabel_relevancy_follows_the_chosen_label(
         f" {target_class}), negated where {name} is predicted negative (logit < 0)"
     ) in out.notes
     assert ctx.adapter.hook_count() == 0
+
+
+class ModalityQuery(nn.Module):
+    """Attention from one learned query over the image's 16 regions (a pooling by
+    attention, as in modality-token fusion): it runs, but not from the report's tokens."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.word = nn.Embedding(vocab, 16)
+        self.query = nn.Parameter(torch.ones(1, 1, 16))
+        self.attn = nn.MultiheadAttention(16, 1, batch_first=True)
+        self.head = nn.Linear(16, 1)
+
+    def forward(
+        self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        b = image.shape[0]
+        regions = F.adaptive_avg_pool2d(image, 4).flatten(1)[..., None].expand(b, 16, 16)
+        out, _ = self.attn(self.query.expand(b, -1, -1), regions, regions)
+        text = (self.word(input_ids) * attention_mask[..., None]).mean(1)
+        return self.head(out[:, 0] + text)
+
+
+def test_attention_not_from_the_report_is_a_skip_with_the_reason(planted: AuditContext) -> None:
+    """A model whose only attention pools the image from a learned query: nothing to map
+    words onto regions, so the check skips and says why (it used to end in an error)."""
+    model = ModalityQuery(len(planted.dataset.tokenizer))
+    ctx = text_image_context(model, planted.config, planted.dataset)
+    check = AttentionCheck(AttentionCheck.Params(n_boot=100, min_count=3))
+    assert check.missing_requirements(ctx) is None  # found by its modules ...
+    out = check.run(ctx)  # ... and ruled out by the first forward
+    assert out.judged == 0 and out.metrics == {}
+    assert out.skip_reason is not None
+    assert out.skip_reason.startswith("no text -> image attention to analyse: attn has 1 queries")
+    assert ctx.adapter.hook_count() == 0
+
+
+def test_max_samples_draws_within_label_and_site_cells(
+    planted: AuditContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mmaudit.checks.attention as attention
+
+    drawn: list[tuple[np.ndarray, np.ndarray]] = []
+    original = attention.stratified_subset
+
+    def spy(strata: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        picked = original(strata, n, rng)
+        drawn.append((np.asarray(strata), picked))
+        return picked
+
+    monkeypatch.setattr(attention, "stratified_subset", spy)
+    cap = 24
+    params = AttentionCheck.Params(n_boot=50, min_count=2, relevancy=False, max_samples=cap)
+    out = AttentionCheck(params).run(planted)
+    ((strata, picked),) = drawn
+    assert len(picked) == cap and out.metrics["attention.n_samples"] == cap
+    # every key is label|site, and each cell keeps its share of the rows (largest remainders)
+    assert all(k.count("|") == 1 for k in strata)
+    keys, counts = np.unique(strata, return_counts=True)
+    got = {k: int(np.sum(strata[picked] == k)) for k in keys}
+    for k, c in zip(keys, counts, strict=True):
+        assert abs(got[k] - cap * c / len(strata)) < 1.0 + 1e-9
+    assert any(f"max_samples = {cap}, drawn within label x site cells" in c for c in out.coverage)
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def _cross_inside_text_ctx(planted: AuditContext, budget_mb: float | str) -> AuditContext:
+    """The BLIP / ALBEF layout (tiny BERT with cross layers over an image encoder's regions)
+    on the planted data, at ``budget_mb``."""
+    import copy
+
+    from test_attention_capture import CrossInsideText
+
+    torch.manual_seed(0)
+    model = CrossInsideText(vocab=len(planted.dataset.tokenizer))
+    cfg = copy.deepcopy(planted.config)
+    cfg.runtime.memory_budget_mb = budget_mb  # type: ignore[assignment]
+    return text_image_context(
+        model, cfg, planted.dataset, layers={"image": "image_encoder", "text": "text_encoder"}
+    )
+
+
+def test_the_relevancy_pass_fits_the_budget_with_the_same_maps(planted: AuditContext) -> None:
+    """A budget of a few rows splits every batch into chunks (the note says how many rows);
+    the word maps and their ROI shares are those of one pass over the whole batch."""
+    params = AttentionCheck.Params(n_boot=100, min_count=3, n_examples=0)
+    whole = AttentionCheck(params).run(_cross_inside_text_ctx(planted, 4096.0))
+    tight_ctx = _cross_inside_text_ctx(planted, 0.05)
+    tight = AttentionCheck(params).run(tight_ctx)
+    (note,) = [n for n in tight.notes if n.startswith("memory:")]
+    rows = int(note.split("-> ")[1].split(" rows")[0])
+    assert "attention relevancy" in note and 1 <= rows < 32
+    assert any("-> " in n and "attention relevancy" in n for n in whole.notes)
+    for key, value in whole.metrics.items():
+        got = tight.metrics[key]
+        if hasattr(value, "value"):
+            assert got.value == pytest.approx(value.value, abs=1e-5), key
+        else:
+            assert got == pytest.approx(value, abs=1e-5), key
+    assert tight_ctx.adapter.hook_count() == 0
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_the_image_encoder_keeps_no_graph_during_relevancy(
+    planted: AuditContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relevancy reads gradients of the attention weights, never of the image encoder, so its
+    parameters take none during the pass (its activations are not kept for a backward) and
+    get their flag back after; the maps are those of a pass that keeps its graph."""
+    import contextlib
+
+    import mmaudit.checks.attention as attention
+
+    params = AttentionCheck.Params(n_boot=100, min_count=3, n_examples=0)
+    ctx = _cross_inside_text_ctx(planted, "auto")
+    encoder = ctx.adapter.module.image_encoder
+    seen: list[bool] = []
+    handle = encoder.register_forward_hook(lambda _m, _i, out: seen.append(out.requires_grad))
+    frozen_run = AttentionCheck(params).run(ctx)
+    handle.remove()
+    assert seen and not any(seen)  # no graph through the image encoder
+    assert all(q.requires_grad for q in encoder.parameters())  # restored
+
+    monkeypatch.setattr(attention, "frozen", lambda *_a: contextlib.nullcontext())
+    seen.clear()
+    handle = encoder.register_forward_hook(lambda _m, _i, out: seen.append(out.requires_grad))
+    kept = AttentionCheck(params).run(_cross_inside_text_ctx(planted, "auto"))
+    handle.remove()
+    for key, value in kept.metrics.items():
+        got = frozen_run.metrics[key]
+        if hasattr(value, "value"):
+            assert got.value == pytest.approx(value.value, abs=1e-5), key
+    import matplotlib.pyplot as plt
+
+    plt.close("all")

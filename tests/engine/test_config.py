@@ -436,3 +436,15 @@ def test_yaml_boolean_where_text_is_wanted_says_to_quote_it(
     assert f"{path}:{line}: data." in str(err)
     assert f"YAML reads {written} as a boolean, not text" in str(err)
     assert err.hint == hint
+
+
+@pytest.mark.parametrize("value", ["lots", 0, -2, True])
+def test_memory_budget_is_a_positive_number_or_auto(value: object) -> None:
+    from pydantic import ValidationError
+
+    from mmaudit.engine.config import RuntimeConfig
+
+    with pytest.raises(ValidationError, match=r"must be a number of MB > 0 or auto \(got "):
+        RuntimeConfig(memory_budget_mb=value)  # type: ignore[arg-type]
+    assert RuntimeConfig().memory_budget_mb == "auto"
+    assert RuntimeConfig(memory_budget_mb=96).memory_budget_mb == 96.0

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_cache import make_cache  # noqa: F401 (a fixture)
 
 from mmaudit.engine import host_memory
 from mmaudit.runner.audit import run_audit
@@ -53,3 +54,27 @@ def test_the_runner_releases_after_the_sweep_and_after_every_check(
     monkeypatch.setattr(audit, "release_freed_memory", lambda: calls.append(1) or True)
     run_audit(byo_config, tmp_path / "r", Overrides(checks=["performance", "embedding"]))
     assert len(calls) == 1 + 2
+
+
+def test_passes_on_a_cpu_trim_after_every_batch(
+    make_cache,  # noqa: F811 (the fixture imported above)
+    monkeypatch,
+) -> None:  # type: ignore[no-untyped-def]
+    """The sweep and every map_batches pass hand the batch's freed pages back before the
+    next batch, on a CPU; on a GPU the host holds a batch's inputs only, so no trim."""
+    import numpy as np
+    import torch
+
+    import mmaudit.engine.cache as cache_module
+    import mmaudit.engine.sweep_pass as sweep_module
+
+    trims: list[str] = []
+    monkeypatch.setattr(cache_module, "trim_freed_pages", lambda: trims.append("map") or True)
+    monkeypatch.setattr(sweep_module, "trim_freed_pages", lambda: trims.append("sweep") or True)
+    cache = make_cache(batch_size=16)
+    cache.sweep()
+    assert trims.count("sweep") == -(-len(cache.dataset) // 16)  # one per batch
+    cache.map_batches(lambda b: len(b), indices=np.arange(40))
+    assert trims.count("map") == 3  # 16 + 16 + 8 rows
+    assert host_memory.trims_per_batch(torch.device("cpu"))
+    assert not host_memory.trims_per_batch(torch.device("cuda", 0))

@@ -1,7 +1,8 @@
 """The no-gradient sweeps' memory plan reaches the report: report.json's
 ``environment.memory_plan`` (budget, the cache's note, per split pass the measured bytes per
 row and the rows per forward) and one line of index.html's provenance, when the budget split
-a batch; nothing in report.json when every batch fit whole."""
+a batch; nothing in report.json when every batch fit whole. ``auto`` (the default) is
+resolved for the device and recorded with why."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY_N, byo_model_config, tiny_config
 
+from mmaudit.methods.memory_budget import CPU_AUTO_BUDGET_MB
 from mmaudit.runner import Overrides, run_audit
 
 BATCH = 16
@@ -22,7 +24,7 @@ TIGHT_MB = 0.05  # ~50 KB: a few rows of the tiny model at 16 x 16 px
 def audit(tiny_manifest: Path, tiny_weights: Path, write_config, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Run the performance check alone at ``budget`` MB; return report.json and index.html."""
 
-    def run(budget: float, name: str) -> tuple[dict, str]:
+    def run(budget: float | str, name: str) -> tuple[dict, str]:
         cfg = tiny_config(
             tiny_manifest,
             byo_model_config(tiny_weights / "tiny.safetensors"),
@@ -71,3 +73,18 @@ def test_a_budget_that_splits_the_sweep_is_recorded_and_shown(audit) -> None:  #
 def _value(metric: object) -> object:
     """A metric's value: a plain number, or the ``value`` of an estimate with its CI."""
     return metric["value"] if isinstance(metric, dict) else metric
+
+
+def test_the_default_budget_is_resolved_for_the_device_and_recorded(audit) -> None:  # type: ignore[no-untyped-def]
+    report, page = audit("auto", "auto")
+    # on this CPU, auto means the CPU default; report.json keeps the number and why
+    assert report["timings"]["memory_budget_mb"] == CPU_AUTO_BUDGET_MB
+    # the config as run keeps auto, so that rerunning it on a GPU resolves it there
+    assert report["config"]["runtime"]["memory_budget_mb"] == "auto"
+    chosen = report["environment"]["memory_budget_chosen"]
+    assert chosen.startswith("auto: 384 MB on cpu")
+    assert html.escape(chosen, quote=False) in page
+    # a budget the config sets is recorded as set there, with no auto reason on the page
+    fixed, fixed_page = audit(1024.0, "fixed")
+    assert fixed["environment"]["memory_budget_chosen"] == "runtime.memory_budget_mb"
+    assert "(auto:" not in fixed_page

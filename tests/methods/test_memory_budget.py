@@ -18,9 +18,12 @@ from mmaudit.engine.data import Batch
 from mmaudit.methods.integrated_gradients import layer_integrated_gradients
 from mmaudit.methods.memory_budget import (
     BACKWARD_OVERHEAD,
+    CPU_AUTO_BUDGET_MB,
     Footprint,
     MemoryBudget,
+    auto_budget_mb,
     measure,
+    resolve_budget_mb,
     split_rows,
 )
 
@@ -194,3 +197,25 @@ def test_a_share_of_the_budget_halves_the_rows_of_a_pass() -> None:
     whole = budget.rows_per_chunk("p", ("D",), probe, model, grad=False)
     half = budget.rows_per_chunk("p", ("D",), probe, model, grad=False, share=0.5)
     assert whole == 2**20 // (4 * D * 4) == 256 and half == 128
+
+
+def test_auto_budget_on_cpu_is_the_cpu_default_and_says_why() -> None:
+    mb, why = auto_budget_mb("cpu")
+    assert mb == CPU_AUTO_BUDGET_MB
+    assert why.startswith("auto: 384 MB on cpu")
+    assert resolve_budget_mb("auto", torch.device("cpu")) == CPU_AUTO_BUDGET_MB
+    # a number stays that number; None (no budget) stays None
+    assert resolve_budget_mb(96, "cpu") == 96.0
+    assert resolve_budget_mb(None, "cpu") is None
+
+
+def test_auto_budget_on_cuda_is_half_the_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    free = 40 * 2**30
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 80 * 2**30))
+    mb, why = auto_budget_mb("cuda:0")
+    assert mb == 20 * 1024
+    assert "50% of the 40,960 MB free on cuda:0" in why
+    # a nearly full device still gets the CPU default, not a budget of a few rows
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**28, 80 * 2**30))
+    assert auto_budget_mb("cuda:0")[0] == CPU_AUTO_BUDGET_MB

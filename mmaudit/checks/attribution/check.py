@@ -198,7 +198,7 @@ class AttributionCheck(Check):
             out.notes.append(multilabel_note(labels, target, p.target_class))
         out.notes.append(target.sign_note())
         per_sample = pd.DataFrame({"id": ctx.dataset.ids})
-        budget = MemoryBudget(ctx.config.runtime.memory_budget_mb)
+        budget = MemoryBudget(ctx.memory_budget_mb)
         for part, reason in (
             ("text", text_unavailable(ctx, p.text)),
             ("tabular", tabular_unavailable(ctx, p.tabular)),

@@ -211,7 +211,7 @@ def randomised_embeddings(
         seed=ctx.seed,
         progress=ctx.cache.progress,
         target_kind=ctx.cache.target_kind,
-        memory_budget_mb=ctx.config.runtime.memory_budget_mb,
+        memory_budget_mb=ctx.memory_budget_mb,
     )
     try:
         if rows is None:

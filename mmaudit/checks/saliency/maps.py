@@ -210,7 +210,7 @@ def memory_budget(s: Setting) -> MemoryBudget:
     is recorded."""
     budget = _BUDGETS.get(s.ctx.cache)
     if budget is None:
-        budget = MemoryBudget(s.ctx.config.runtime.memory_budget_mb)
+        budget = MemoryBudget(s.ctx.memory_budget_mb)
         _BUDGETS[s.ctx.cache] = budget
     return budget
 
