@@ -62,6 +62,29 @@ def test_permutation_shap_is_exact_for_an_additive_model(ctx: Any) -> None:
     assert ctx.adapter.hook_count() == 0
 
 
+def test_permutation_shap_model_calls_fit_the_budget(ctx: Any, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A budget of a few rows' cached encoder outputs splits each of the explainer's calls
+    (20 F + 1 evaluations x 20 background rows = 100 rows) into chunks of those rows; the
+    values are those of whole calls."""
+    from mmaudit.methods.memory_budget import MemoryBudget
+
+    rows, tab = np.arange(4), ctx.dataset.tabular.numpy()
+    bg = tab[20:40]
+    fixed = {m: ctx.cache.embeddings(m) for m in ("image", "text")}
+    per_row = sum(v[0].nbytes for v in fixed.values()) + 4 * bg.shape[1]
+    budget = MemoryBudget(7.5 * per_row / 2**20)  # 7 rows of copies at once
+    seen: list[int] = []
+    logits = ctx.adapter.logits
+    monkeypatch.setattr(ctx.adapter, "logits", lambda b: seen.append(len(b)) or logits(b))
+    score = Target.of(ctx).score_fn()
+    split = permutation_shap(ctx.cache, rows, bg, score, fixed=fixed, seed=3, budget=budget)
+    assert seen and max(seen) == 7
+    assert budget.plans["SHAP evaluations"].rows_per_chunk == 7
+    whole = permutation_shap(ctx.cache, rows, bg, score, fixed=fixed, seed=3)
+    assert np.allclose(split.values, whole.values, atol=1e-6)
+    assert np.allclose(split.base, whole.base, atol=1e-6)
+
+
 def test_gradient_shap_is_unbiased_and_deterministic(ctx: Any) -> None:
     rows = np.arange(16)
     tab = ctx.dataset.tabular.numpy()

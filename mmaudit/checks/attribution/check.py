@@ -209,7 +209,7 @@ class AttributionCheck(Check):
             elif part == "text":
                 attribute_text(ctx, p, labels, budget).merge_into(out, per_sample)
             elif part == "tabular":
-                attribute_labs(ctx, p, target).merge_into(out, per_sample)
+                attribute_labs(ctx, p, target, budget).merge_into(out, per_sample)
             else:
                 modality_shares(ctx, p, target, budget).merge_into(out, per_sample)
         out.notes.extend(budget.notes())

@@ -28,11 +28,18 @@ if TYPE_CHECKING:
     from mmaudit.checks.attribution.check import AttributionCheck
     from mmaudit.checks.contract import AuditContext
     from mmaudit.methods.attribution_target import Target
+    from mmaudit.methods.memory_budget import MemoryBudget
 
 
-def attribute_labs(ctx: AuditContext, p: AttributionCheck.Params, target: Target) -> Fragment:
+def attribute_labs(
+    ctx: AuditContext,
+    p: AttributionCheck.Params,
+    target: Target,
+    budget: MemoryBudget | None = None,
+) -> Fragment:
     """SHAP values of the labs toward ``target``'s score, their importance, site test,
-    subgroup breakdown and plots."""
+    subgroup breakdown and plots; the permutation explainer's model calls hold at most what
+    ``budget`` allows."""
     out = Fragment()
     from mmaudit.methods.tabular_shap import gradient_shap, permutation_shap
 
@@ -76,6 +83,7 @@ def attribute_labs(ctx: AuditContext, p: AttributionCheck.Params, target: Target
             fixed=fixed,
             max_evals=p.shap_max_evals,
             seed=ctx.seed,
+            budget=budget,
         )
     else:
         res = gradient_shap(
