@@ -222,7 +222,10 @@ def test_smoke_attention_fusion_is_read_by_the_attention_check(tmp_path: Path) -
     report = json.loads((tmp_path / "work" / "attention_32" / "report" / "report.json").read_text())
     check = report["checks"]["attention"]
     assert any("fusion.attn" in n for n in check["notes"]), check["notes"]
-    # every analysed row (those with an image and a report) went through under autograd once
+    # every analysed row (those with an image and a report) went through once, and the budget's
+    # probe 1 + 2 more: the text encoder under autograd (relevancy runs through its
+    # self-attention), the frozen image encoder without (no row of it counts 3)
     analysed = check["metrics"]["attention.n_samples"]
     assert 0 < analysed <= 32
-    assert rows["check.attention"]["image_fe"] == 3 * analysed
+    assert rows["check.attention"]["image_fe"] == analysed + 3
+    assert rows["check.attention"]["text_fe"] == 3 * (analysed + 3)
