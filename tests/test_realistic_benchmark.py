@@ -89,18 +89,28 @@ def test_growth_fit_tells_fixed_subsets_from_per_study_costs(bench: object) -> N
     assert bench.fit([(256, 256.0)]) == pytest.approx((0.0, 1.0))  # one N: all grows
 
 
-def test_smoke_run_one_sweep_is_one_forward_per_study(tmp_path: Path) -> None:
-    """The whole harness on 32 studies, a small timm model and a tiny BERT, performance only:
-    its sweep must show exactly one image and one text forward per study."""
+def _quick_run(
+    tmp_path: Path, fusion: str, checks: str, image_size: int
+) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """The harness's smoke mode (32 studies, timm resnet10t, a tiny BERT) with one fusion and
+    the given checks, audits kept under ``tmp_path / "work"``: the process and the variant's
+    raw numbers."""
     pytest.importorskip("timm")
     pytest.importorskip("transformers")
     raw = tmp_path / "raw.json"
     cmd = [sys.executable, str(BENCH / "realistic.py"), "--quick", "--backbone", "resnet10t"]
-    cmd += ["--image-size", "32", "--text", "tiny", "--fusions", "concat"]
-    cmd += ["--checks", "performance", "--json", str(raw), "--keep", str(tmp_path / "work")]
+    cmd += ["--image-size", str(image_size), "--text", "tiny", "--fusions", fusion]
+    cmd += ["--checks", checks, "--json", str(raw), "--keep", str(tmp_path / "work")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    (variant,) = [v for k, v in json.loads(raw.read_text()).items() if "concat" in k]
+    (variant,) = [v for k, v in json.loads(raw.read_text()).items() if fusion in k]
+    return proc, variant
+
+
+def test_smoke_run_one_sweep_is_one_forward_per_study(tmp_path: Path) -> None:
+    """The whole harness on 32 studies, a small timm model and a tiny BERT, performance only:
+    its sweep must show exactly one image and one text forward per study."""
+    proc, variant = _quick_run(tmp_path, "concat", "performance", image_size=32)
     (run,) = variant["runs"]
     rows = {r["phase"]: r for r in run["rows"]}
     assert run["n"] == 32 and set(rows) >= {"load", "sweep", "check.performance"}
@@ -205,15 +215,7 @@ def test_smoke_attention_fusion_is_read_by_the_attention_check(tmp_path: Path) -
     """The attention fusion is text -> image cross-attention (report tokens over the image's
     regions), and the tiny BERT's tokenizer knows the reports' words: the attention check
     runs on it (neither skipped nor an error), and its model calls are counted."""
-    pytest.importorskip("timm")
-    pytest.importorskip("transformers")
-    raw = tmp_path / "raw.json"
-    cmd = [sys.executable, str(BENCH / "realistic.py"), "--quick", "--backbone", "resnet10t"]
-    cmd += ["--image-size", "64", "--text", "tiny", "--fusions", "attention"]
-    cmd += ["--checks", "attention", "--json", str(raw), "--keep", str(tmp_path / "work")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    (variant,) = [v for k, v in json.loads(raw.read_text()).items() if "attention" in k]
+    _, variant = _quick_run(tmp_path, "attention", "attention", image_size=64)
     (run,) = variant["runs"]
     assert run["statuses"]["attention"] in ("pass", "warn", "fail"), run["statuses"]
     rows = {r["phase"]: r for r in run["rows"]}
