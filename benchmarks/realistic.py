@@ -10,7 +10,9 @@ Each (fusion, N) runs ``mmaudit run`` (every check, defaults) in a fresh child p
 wraps the normal CLI entry point to book what happens to the running phase (the sweep, each
 check): model calls, rows through each encoder backbone (forward hooks of the factory
 module; a row under autograd counts three forward-equivalents, its backward costing about
-two), and RSS sampled every 50 ms. FLOPs per row come from ``torch.utils.flop_counter`` on
+two), and RSS sampled every 50 ms (with glibc's heap at each phase's peak -- in use,
+free but kept, mmapped -- in the child's ``stats.json``, to tell live tensors from
+fragments). FLOPs per row come from ``torch.utils.flop_counter`` on
 one row. Printed per check: wall, model calls, image and text forward-equivalents per study,
 peak RSS; then images decoded per second (one core, mmaudit's decoder) against images the
 model consumes per second in the sweep; then, from the two largest N (a + b*N per phase:
@@ -29,6 +31,8 @@ unless ``--out`` is given).
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import platform
@@ -287,6 +291,34 @@ def projected_rows(phase: str, a: float, b: float, n: int, overrides: list[str])
 # --- the child: the normal CLI, with phases booked ------------------------------------------
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+            "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def malloc_breakdown_mib() -> dict[str, float]:
+    """glibc's heap now (``mallinfo2``), in MiB: ``in_use`` (allocated from the arenas),
+    ``free_in_arenas`` (freed but kept: resident unless trimmed), ``mmapped`` (large blocks,
+    returned on free); empty where the C library has no ``mallinfo2``."""
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    fn.restype = _MallInfo2
+    m = fn()
+    mib = 1024.0 * 1024.0
+    return {
+        "in_use": m.uordblks / mib,
+        "free_in_arenas": m.fordblks / mib,
+        "mmapped": m.hblkhd / mib,
+    }
+
+
 def child(stats_path: Path, argv: list[str]) -> None:
     """Run ``mmaudit`` in this process with the running phase booked: model calls and peak
     RSS per phase (a 50 ms /proc sampler), encoder rows via the factory's hooks."""
@@ -308,10 +340,14 @@ def child(stats_path: Path, argv: list[str]) -> None:
                     return int(line.split()[1]) / 1024.0
         return 0.0
 
+    at_peak: dict[str, dict[str, float]] = {}  # phase -> glibc's heap at its RSS peak
+
     def sample() -> None:
         while not stop.is_set():
-            phase = realistic_models.PHASE
-            peaks[phase] = max(peaks.get(phase, 0.0), rss_mib())
+            phase, now = realistic_models.PHASE, rss_mib()
+            if now > peaks.get(phase, 0.0):
+                peaks[phase] = now
+                at_peak[phase] = {"rss": now, **malloc_breakdown_mib()}
             stop.wait(0.05)
 
     original_run_one, original_sweep = audit.run_one, InferenceCache.sweep
@@ -324,7 +360,7 @@ def child(stats_path: Path, argv: list[str]) -> None:
         finally:
             calls[realistic_models.PHASE] = float(ctx.cache.model_calls - before)
             print(f"[bench] {realistic_models.PHASE} done: {dict(realistic_models.COUNTS)}",
-                  f"peak {peaks}", file=sys.stderr, flush=True)  # fmt: skip
+                  f"peak {peaks} heap at peak {at_peak}", file=sys.stderr, flush=True)  # fmt: skip
             realistic_models.PHASE = "after"
 
     def sweep(self: Any) -> Any:
@@ -370,6 +406,7 @@ def child(stats_path: Path, argv: list[str]) -> None:
             "rc": code if isinstance(code, int) else 1,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "phase_peak_rss_mib": peaks,
+            "phase_peak_heap_mib": at_peak,
             "phase_model_calls": calls,
             "phase_seconds": seconds,
         }
