@@ -597,6 +597,35 @@ def test_text_and_lab_claims_scored_against_the_truth_side_by_side() -> None:
     assert rules[(2, "attribution", "site_feature")]["k"] == 0
 
 
+def test_use_the_check_could_not_test_is_its_own_outcome() -> None:
+    """Probing's ``encoded_use_untested`` on site (erasure skipped: site collinear with the
+    label) is neither a miss of a used cue nor a correct silence: it is scored ``untested``,
+    kept out of the rate and counted apart in the table; a real verdict is still scored."""
+    used = {"verdict": "used", "flip_rate": 0.36, "mean_abs_dp": 0.39}
+    checks = ["attribution", "probing"]
+    untested = _report([], checks)
+    untested.checks["probing"].metrics = {"verdict.site": "encoded_use_untested"}
+    lab = VARIANTS["f2_lab"]
+    by = {(e["check"], e["rule"]): e for e in score_report(lab, untested, used)["expectations"]}
+    assert by[("probing", "used")]["outcome"] == "untested"
+    assert by[("attribution", "site_feature")]["outcome"] == "miss"
+    tested = _report([], checks)
+    tested.checks["probing"].metrics = {"verdict.site": "encoded_not_used"}
+    by = {(e["check"], e["rule"]): e for e in score_report(lab, tested, used)["expectations"]}
+    assert by[("probing", "used")]["outcome"] == "miss"
+    runs = [
+        {"variant": "f2_lab", "family": 2, "kind": "planted", "rho": 0.9, "seed": seed}
+        | score_report(lab, rep, used)
+        for seed, rep in enumerate((untested, tested))
+    ]
+    row = next(
+        r
+        for r in summarise(runs)["side_by_side"]
+        if (r["check"], r["rule"]) == ("probing", "used")
+    )
+    assert (row["f2_n"], row["f2_untested"], row["f2_rate"]) == (1, 1, 0.0)
+
+
 def test_family2_marker_shapes_differ() -> None:
     shapes = {s: marker_mask(s, 9, "top-left") for s in ("ring", "glyph", "bar")}
     assert len({m.tobytes() for m in shapes.values()}) == 3

@@ -79,7 +79,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         "## Detection per planted effect, both families side by side",
         "",
         "Rate of correct verdicts (runs); the expected verdict of a claim of use is the"
-        " measured one. Median measured flip rate of the runs in brackets.",
+        " measured one. Median measured flip rate of the runs in brackets. \"untested\":"
+        " runs where the check said it could not test use (probing's `encoded_use_untested`,"
+        " e.g. site collinear with the label), counted apart, neither hit nor miss.",
         "",
         f"| effect | check | rule | expected | {_FAMILY[1]} | {_FAMILY[2]} |",
         "|---|---|---|---|---|---|",
@@ -88,6 +90,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         cells = []
         for f in (1, 2):
             c = _cell(r.get(f"f{f}_rate"), r.get(f"f{f}_n"))
+            if r.get(f"f{f}_untested"):
+                c = ("" if c == "–" else c + ", ") + f"{r[f'f{f}_untested']} untested"
             if r.get(f"f{f}_flip") is not None:
                 c += f" [flips {_fmt(r[f'f{f}_flip'])}]"
             cells.append(c)

@@ -178,7 +178,9 @@ def score_report(
     use is then expected present when the cue is measured ``used``, absent when ``not_used``,
     and left out (``excluded``) in between. Returns the findings (check, rule, metric,
     severity), one outcome per expectation (``hit`` / ``miss`` / ``not_run`` when the check
-    did not run or lacks the rule's metrics / ``excluded`` / ``invalid``), and the per-check
+    did not run or lacks the rule's metrics / ``excluded`` / ``invalid`` / ``untested``: a
+    claim of use the check said it could not test, probing's ``encoded_use_untested``), and
+    the per-check
     ``fail`` / ``warn`` false alarms: findings that no expectation expected present explains.
     """
     findings = [
@@ -212,6 +214,12 @@ def score_report(
         expected = _expected(e, truth)
         if expected is None:  # detected is kept for the dose-response by measured effect
             outcomes.append({**asdict(e), "detected": detected, "outcome": "excluded"})
+            continue
+        if not detected and _use_untested(e, report):
+            # the check said it could not test use (e.g. site collinear with the label):
+            # neither a miss nor a correct silence, its own outcome
+            e = replace(e, present=expected)
+            outcomes.append({**asdict(e), "detected": None, "outcome": "untested"})
             continue
         e = replace(e, present=expected)
         outcomes.append(
@@ -257,6 +265,21 @@ def score_report(
         "status": statuses,
         "reasons": reasons,
     }
+
+
+def _use_untested(e: Any, report: Any) -> bool:
+    """Probing's ``used`` claim on an attribute matching ``e.metric`` whose verdict is
+    ``encoded_use_untested``: encoded, and its erasure could not run."""
+    if (e.check, e.rule) != ("probing", "used"):
+        return False
+    metrics = getattr(report.checks.get("probing"), "metrics", None) or {}
+    return any(
+        k.startswith("verdict.")
+        and fnmatch.fnmatch(k, e.metric)
+        and (v.get("value") if isinstance(v, dict) else getattr(v, "value", v))
+        == "encoded_use_untested"
+        for k, v in metrics.items()
+    )
 
 
 def _erasure_sizes(report: Any) -> dict[str, float]:

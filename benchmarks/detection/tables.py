@@ -79,12 +79,17 @@ def _median(xs: list[float]) -> float | None:
 
 def _tpr(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     tpr: dict[tuple[Any, ...], list[tuple[int, float | None]]] = {}
+    untested: dict[tuple[Any, ...], int] = {}
     for r in runs:
         flip = _truth(r).get("flip_rate")
         for e in r["expectations"]:
             if e["outcome"] in _SKIP:
                 continue
             key = (_family(r), e["effect"], e["check"], e["rule"], e["present"], e["primary"])
+            if e["outcome"] == "untested":  # counted apart, not in the rate
+                untested[key] = untested.get(key, 0) + 1
+                tpr.setdefault(key, [])
+                continue
             tpr.setdefault(key, []).append((int(e["outcome"] == "hit"), flip))
     return [
         {
@@ -95,6 +100,7 @@ def _tpr(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "expected": "flag" if k[4] else "no flag",
             "primary": k[5],
             "n": len(v),
+            "untested": untested.get(k, 0),
             "rate": _rate(sum(x[0] for x in v), len(v)),
             "flip_median": _median([x[1] for x in v if x[1] is not None]),
         }
@@ -113,7 +119,9 @@ def _side_by_side(tpr: list[dict[str, Any]]) -> list[dict[str, Any]]:
         n0 = cell.get(f"f{f}_n", 0)
         k0 = (cell.get(f"f{f}_rate") or 0.0) * n0
         cell[f"f{f}_n"] = n0 + row["n"]
-        cell[f"f{f}_rate"] = (k0 + (row["rate"] or 0.0) * row["n"]) / (n0 + row["n"])
+        cell[f"f{f}_untested"] = cell.get(f"f{f}_untested", 0) + row.get("untested", 0)
+        both = n0 + row["n"]
+        cell[f"f{f}_rate"] = (k0 + (row["rate"] or 0.0) * row["n"]) / both if both else None
         cell[f"f{f}_flip"] = row["flip_median"]
     return [merged[k] for k in sorted(merged)]
 
