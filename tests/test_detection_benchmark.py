@@ -619,9 +619,7 @@ def test_use_the_check_could_not_test_is_its_own_outcome() -> None:
         for seed, rep in enumerate((untested, tested))
     ]
     row = next(
-        r
-        for r in summarise(runs)["side_by_side"]
-        if (r["check"], r["rule"]) == ("probing", "used")
+        r for r in summarise(runs)["side_by_side"] if (r["check"], r["rule"]) == ("probing", "used")
     )
     assert (row["f2_n"], row["f2_untested"], row["f2_rate"]) == (1, 1, 0.0)
 

@@ -79,7 +79,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         "## Detection per planted effect, both families side by side",
         "",
         "Rate of correct verdicts (runs); the expected verdict of a claim of use is the"
-        " measured one. Median measured flip rate of the runs in brackets. \"untested\":"
+        ' measured one. Median measured flip rate of the runs in brackets. "untested":'
         " runs where the check said it could not test use (probing's `encoded_use_untested`,"
         " e.g. site collinear with the label), counted apart, neither hit nor miss.",
         "",

@@ -59,9 +59,7 @@ def test_measured_bytes_per_row_match_a_hand_count() -> None:
 def _graph_tensors() -> int:
     """Tensors alive that belong to an autograd graph (have a ``grad_fn``)."""
     gc.collect()
-    return sum(
-        1 for o in gc.get_objects() if type(o) is torch.Tensor and o.grad_fn is not None
-    )
+    return sum(1 for o in gc.get_objects() if type(o) is torch.Tensor and o.grad_fn is not None)
 
 
 def test_measuring_a_gradient_pass_leaves_none_of_its_graph_alive() -> None:
