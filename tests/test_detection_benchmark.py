@@ -54,6 +54,46 @@ def test_quick_smoke_writes_tables(quick_run: Path) -> None:
     assert (quick_run / "dose_response.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_resume_keeps_finished_runs_and_refuses_other_settings(
+    quick_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--resume`` with the same settings runs nothing already finished (the stored record
+    is kept as it was, the command is appended); other settings are refused in one line."""
+    copy = tmp_path / "copy"
+    shutil.copytree(quick_run, copy)
+    before = json.loads((copy / "results.json").read_text())
+    args = ["--out", str(copy), "--quick", "--variants", "clean", "--seeds", "1"]
+    assert main([*args, "--resume"]) == 0
+    after = json.loads((copy / "results.json").read_text())
+    assert after["runs"] == before["runs"]
+    assert after["commands"] == [
+        before["command"],
+        "python -m benchmarks.detection.run " + " ".join([*args, "--resume"]),
+    ]
+    assert main([*args, "--resume", "--n", "240"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "n = 200" in err and "240" in err and len(err.splitlines()) == 1
+    assert main([*args, "--resume", "--force"]) == 2
+    assert main(["--out", str(tmp_path / "none"), "--quick", "--resume"]) == 2
+
+
+def test_identical_runs_count_once_in_the_false_alarm_tally() -> None:
+    """``clean`` and ``sex_encoded`` of family 1 share data and training: at one seed they
+    are the same model, so a false alarm on it counts once, in one run."""
+    checks = ["probing"]
+    alarm = _report([("probing", "used", "encoded_and_used.sex", "fail")], checks)
+    runs = [
+        {"variant": v, "family": 1, "kind": VARIANTS[v].kind, "rho": 0.0, "seed": 7}
+        | score_report(VARIANTS[v], alarm)
+        for v in ("clean", "sex_encoded")
+    ] + [
+        {"variant": "clean", "family": 1, "kind": "clean", "rho": 0.0, "seed": 8}
+        | score_report(VARIANTS["clean"], _report([], checks))
+    ]
+    fpr = {r["check"]: r for r in summarise(runs)["fpr"]}
+    assert (fpr["probing"]["n"], fpr["probing"]["fails"]) == (2, 1)
+
+
 def test_rescore_rejudges_stored_metrics(
     quick_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -126,12 +126,36 @@ def _side_by_side(tpr: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [merged[k] for k in sorted(merged)]
 
 
+def run_identity(r: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes a run's data and checkpoint: two variants with the same generator
+    keywords, training and model at one seed (``clean`` and ``sex_encoded`` of family 1)
+    train the very same model and are one observation, not two."""
+    v = VARIANTS.get(r["variant"])
+    if v is None:
+        return (r["variant"], r["seed"])
+    kw = sorted((k, repr(x)) for k, x in v.generator_kwargs(int(r["seed"])).items())
+    return (v.family, v.model, v.training, v.train_rows, tuple(kw), r["seed"])
+
+
+def _distinct(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``runs`` with the later duplicates of an identical run (:func:`run_identity`) left
+    out: the false-alarm tallies count each trained model once."""
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for r in runs:
+        key = run_identity(r)
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
 def _false_alarms(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Per (family, check): false fails with Wilson intervals; per (family, check, use rule):
     how often the rule fired on a negative run it was not expected on."""
     per_check: dict[tuple[int, str], list[tuple[bool, bool]]] = {}
     per_rule: dict[tuple[int, str, str], list[int]] = {}
-    for r in runs:
+    for r in _distinct(runs):
         if r["kind"] not in NEGATIVE_KINDS:
             continue
         for check, a in r["alarms"].items():
