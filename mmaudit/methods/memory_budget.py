@@ -53,9 +53,9 @@ _MB = 1024 * 1024
 #: ``runtime.memory_budget_mb: auto`` on a CPU (and MPS, whose memory is the host's). A CPU
 #: gains nothing from passes of many rows (its cores are busy at a few ResNet-50 images), so
 #: the budget is small. Measured on ResNet-50 + MiniLM at 224 px, the whole audit of 1,024
-#: studies (``benchmarks/results/realistic.md``) peaked at 3.6 GB with 1,024 MB, 3.1 GB with
-#: 512 MB and 3.1 GB with 384 MB: below 512 MB the peak no longer follows the budget (what
-#: is left is in saliency, outside its budgeted passes).
+#: studies (``benchmarks/results/realistic.md``) peaks at 2.2 GB with 384 MB. (Before the
+#: measuring probes' graphs were freed, see ``_saved_bytes``, it peaked at 3.6 GB with
+#: 1,024 MB and 3.1 GB with 512 or 384 MB.)
 CPU_AUTO_BUDGET_MB = 384.0
 #: ``auto`` on CUDA: this share of the device memory free once the model is loaded (a pass
 #: then holds hundreds of rows, as a GPU needs to be busy), at least :data:`CPU_AUTO_BUDGET_MB`
