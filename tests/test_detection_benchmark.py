@@ -70,6 +70,22 @@ def test_resume_keeps_finished_runs_and_refuses_other_settings(
         before["command"],
         "python -m benchmarks.detection.run " + " ".join([*args, "--resume"]),
     ]
+    # fewer seeds or other variants than the earlier runs: those runs stay in the tables
+    fewer = ["--out", str(copy), "--quick", "--variants", "clean", "--seeds", "1", "--resume"]
+    (copy / "runs" / "clean" / "seed0").rename(copy / "runs" / "clean" / "seed5")
+    kept = json.loads((copy / "results.json").read_text())
+    kept["runs"][0]["seed"] = 5
+    (copy / "results.json").write_text(json.dumps(kept))
+    shutil.copytree(copy / "runs" / "clean" / "seed5", copy / "runs" / "clean" / "seed0")
+    record = {**kept["runs"][0], "seed": 0}
+    kept["runs"].insert(0, record)
+    (copy / "results.json").write_text(json.dumps(kept))
+    assert main(fewer) == 0
+    seeds = [r["seed"] for r in json.loads((copy / "results.json").read_text())["runs"]]
+    assert seeds == [0, 5]
+    # the same checks in another order are the same settings
+    again = [*args, "--resume", "--checks", "probing,performance"]
+    assert main(again) == 0
     assert main([*args, "--resume", "--n", "240"]) == 2
     err = capsys.readouterr().err.strip()
     assert "n = 200" in err and "240" in err and len(err.splitlines()) == 1

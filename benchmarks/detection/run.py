@@ -634,9 +634,12 @@ def run_benchmark(out: Path, variants: list[str], s: Settings, command: str = ""
             if name in skipped:
                 continue
             run_dir = out / "runs" / name / f"seed{seed}"
-            kept = finished.get((name, seed))
-            if kept is not None and (run_dir / "report" / "report.json").is_file():
+            kept = finished.pop((name, seed), None)
+            if kept is not None and all(
+                (folder / "report.json").is_file() for folder, _ in _audits(VARIANTS[name], run_dir)
+            ):
                 runs.append(kept)  # --resume: made earlier with the same settings
+                result["kept"] = result.get("kept", 0) + 1
                 continue
             print(f"[detection] {name} seed {seed} ...", file=sys.stderr, flush=True)
             try:
@@ -652,7 +655,11 @@ def run_benchmark(out: Path, variants: list[str], s: Settings, command: str = ""
             elapsed = earlier_seconds + time.perf_counter() - t0
             result.update(seconds=elapsed, runs=runs, summary=summarise(runs))
             _write_results(out, result)  # after every run, so an interruption keeps them
+    # --resume with fewer seeds or other variants: the earlier runs stay in the tables
+    runs.extend(finished.values())
+    result["kept"] = result.get("kept", 0) + len(finished)
     result["seconds"] = earlier_seconds + time.perf_counter() - t0
+    result["summary"] = summarise(runs)
     _write_results(out, result)
     return result
 
@@ -776,7 +783,10 @@ def _check_resumable(out: Path, s: Settings) -> None:
         raise BadInput(f"--resume: {path} is missing; start a new benchmark without --resume")
     before = json.loads(path.read_text()).get("settings") or {}
     for key in ("n", "steps", "checks", "batch_size"):
-        if before.get(key) != getattr(s, key):
+        was, now = before.get(key), getattr(s, key)
+        if key == "checks" and was is not None and now is not None:
+            was, now = sorted(was), sorted(now)
+        if was != now:
             raise BadInput(
                 f"--resume: {out}'s runs were made with {key} = {before.get(key)!r}, this"
                 f" command asks for {getattr(s, key)!r}; use the same settings or a new --out"
@@ -801,9 +811,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if out.exists() and not s.resume:
         shutil.rmtree(out)
+    started = time.perf_counter()
     command = "python -m benchmarks.detection.run " + " ".join(argv)
     result = run_benchmark(out, names, s, command)
-    print(f"[detection] {len(result['runs'])} runs in {result['seconds']:.0f} s -> {out}")
+    kept = result.pop("kept", 0)
+    ran = len(result["runs"]) - kept
+    print(
+        f"[detection] {ran} runs in {time.perf_counter() - started:.0f} s"
+        + (f", {kept} kept from earlier" if kept else "")
+        + f" -> {out}"
+    )
     return 0
 
 
