@@ -725,13 +725,15 @@ def test_claims_of_use_scored_against_the_measured_truth() -> None:
     assert by[("saliency", "scan_used")]["outcome"] == "hit"
 
 
-def _negative_run(family: int, fail: bool, verdict: str, excess: float) -> dict[str, object]:
+def _negative_run(
+    family: int, fail: bool, verdict: str, excess: float, seed: int = 0
+) -> dict[str, object]:
     return {
         "variant": "clean" if family == 1 else "f2_clean",
         "family": family,
         "kind": "clean",
         "rho": None,
-        "seed": 0,
+        "seed": seed,
         "status": {"probing": "pass"},
         "truth": {"verdict": verdict, "flip_rate": 0.0, "mean_abs_dp": 0.0},
         "findings": [
@@ -753,8 +755,10 @@ def _negative_run(family: int, fail: bool, verdict: str, excess: float) -> dict[
 def test_false_alarm_rates_carry_wilson_intervals_and_the_leace_floor() -> None:
     """0 false fails in 59 runs bounds the rate below 5 % (exact one-sided 95 %); 3 in 20 is
     15 % with the Wilson interval 5.2-36.0 %; the LEACE table holds the not-used runs only."""
-    runs = [_negative_run(1, False, "not_used", 0.01 * k) for k in range(59)]
-    runs += [_negative_run(2, k < 3, "between" if k == 0 else "not_used", 0.5) for k in range(20)]
+    runs = [_negative_run(1, False, "not_used", 0.01 * k, seed=k) for k in range(59)]
+    runs += [
+        _negative_run(2, k < 3, "between" if k == 0 else "not_used", 0.5, seed=k) for k in range(20)
+    ]
     s = summarise(runs)
     fpr = {(r["family"], r["check"]): r for r in s["fpr"]}
     f1, f2 = fpr[(1, "probing")], fpr[(2, "probing")]
