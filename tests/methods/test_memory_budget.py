@@ -10,6 +10,7 @@ must give the same Integrated Gradients as one pass over everything.
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -40,15 +41,20 @@ def stack() -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
-def test_measured_bytes_per_row_match_a_hand_count() -> None:
-    model = stack()
+def stack_probe(model: nn.Module) -> Callable[[int], torch.Tensor]:
+    """``measure``'s probe for ``model``: a forward of ``k`` random rows under autograd."""
 
     def probe(k: int) -> torch.Tensor:
         x = torch.randn(k, D, requires_grad=True)
         model(x).sum()
         return x
 
-    fp = measure(probe, model)
+    return probe
+
+
+def test_measured_bytes_per_row_match_a_hand_count() -> None:
+    model = stack()
+    fp = measure(stack_probe(model), model)
     # saved: the leaf x (= Linear 1's input), each ReLU's output (= the next Linear's
     # input, one storage), so LAYERS + 1 vectors of D floats; plus x and its gradient
     by_hand = (LAYERS + 1) * D * 4 + 2 * D * 4
@@ -69,13 +75,7 @@ def test_measuring_a_gradient_pass_leaves_none_of_its_graph_alive() -> None:
     the audit."""
     model = stack()
     before = _graph_tensors()
-
-    def probe(k: int) -> torch.Tensor:
-        x = torch.randn(k, D, requires_grad=True)
-        model(x).sum()
-        return x
-
-    fp = measure(probe, model)
+    fp = measure(stack_probe(model), model)
     assert fp.bytes_per_row > 0
     assert _graph_tensors() == before
 
