@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import functools
 import json
 import os
 import platform
@@ -301,15 +302,24 @@ class _MallInfo2(ctypes.Structure):
     ]  # fmt: skip
 
 
+@functools.cache
+def _mallinfo2() -> Any:
+    """glibc's ``mallinfo2``, or None (looked up once: ``find_library`` runs ``ldconfig``)."""
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    return fn
+
+
 def malloc_breakdown_mib() -> dict[str, float]:
     """glibc's heap now (``mallinfo2``), in MiB: ``in_use`` (allocated from the arenas),
     ``free_in_arenas`` (freed but kept: resident unless trimmed), ``mmapped`` (large blocks,
     returned on free); empty where the C library has no ``mallinfo2``."""
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
-    except (OSError, AttributeError):
+    fn = _mallinfo2()
+    if fn is None:
         return {}
-    fn.restype = _MallInfo2
     m = fn()
     mib = 1024.0 * 1024.0
     return {

@@ -271,6 +271,11 @@ def score_report(
     }
 
 
+def _metric_value(v: Any) -> Any:
+    """A stored metric's value: the ``value`` of an estimate (dict or object), else itself."""
+    return v.get("value") if isinstance(v, dict) else getattr(v, "value", v)
+
+
 def _use_untested(e: Any, report: Any) -> bool:
     """Probing's ``used`` claim on an attribute matching ``e.metric`` whose verdict is
     ``encoded_use_untested``: encoded, and its erasure could not run."""
@@ -280,8 +285,7 @@ def _use_untested(e: Any, report: Any) -> bool:
     return any(
         k.startswith("verdict.")
         and fnmatch.fnmatch(k, e.metric)
-        and (v.get("value") if isinstance(v, dict) else getattr(v, "value", v))
-        == "encoded_use_untested"
+        and _metric_value(v) == "encoded_use_untested"
         for k, v in metrics.items()
     )
 
@@ -292,7 +296,7 @@ def _erasure_sizes(report: Any) -> dict[str, float]:
     out: dict[str, float] = {}
     for k, v in (getattr(cr, "metrics", None) or {}).items():
         if k.startswith(("erasure.excess_dp.", "erasure.flip.")):
-            value = v.get("value") if isinstance(v, dict) else getattr(v, "value", v)
+            value = _metric_value(v)
             if isinstance(value, (int, float)):
                 out[k] = float(value)
     return out
@@ -619,7 +623,7 @@ def run_benchmark(out: Path, variants: list[str], s: Settings, command: str = ""
         },
     }
     finished: dict[tuple[str, int], dict[str, Any]] = {}
-    earlier_seconds = 0.0
+    earlier_seconds, n_kept = 0.0, 0
     if s.resume:
         earlier = json.loads((out / "results.json").read_text())
         finished = {(r["variant"], r["seed"]): r for r in earlier.get("runs", [])}
@@ -639,7 +643,7 @@ def run_benchmark(out: Path, variants: list[str], s: Settings, command: str = ""
                 (folder / "report.json").is_file() for folder, _ in _audits(VARIANTS[name], run_dir)
             ):
                 runs.append(kept)  # --resume: made earlier with the same settings
-                result["kept"] = result.get("kept", 0) + 1
+                n_kept += 1
                 continue
             print(f"[detection] {name} seed {seed} ...", file=sys.stderr, flush=True)
             try:
@@ -657,7 +661,7 @@ def run_benchmark(out: Path, variants: list[str], s: Settings, command: str = ""
             _write_results(out, result)  # after every run, so an interruption keeps them
     # --resume with fewer seeds or other variants: the earlier runs stay in the tables
     runs.extend(finished.values())
-    result["kept"] = result.get("kept", 0) + len(finished)
+    result["kept"] = n_kept + len(finished)  # runs made by an earlier command
     result["seconds"] = earlier_seconds + time.perf_counter() - t0
     result["summary"] = summarise(runs)
     _write_results(out, result)
@@ -814,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     command = "python -m benchmarks.detection.run " + " ".join(argv)
     result = run_benchmark(out, names, s, command)
-    kept = result.pop("kept", 0)
+    kept = result["kept"]
     ran = len(result["runs"]) - kept
     print(
         f"[detection] {ran} runs in {time.perf_counter() - started:.0f} s"
