@@ -93,6 +93,18 @@ class AttributionCheck(Check):
     carries over 5 % of all text attribution, fail over 15 %; the same for a lab feature
     at 25 % / 50 %; warn when stop-listed words carry over 10 % of the text attribution,
     fail over 25 %; warn when IG's completeness error exceeds 5 % (raise ``ig_steps``).
+    Untested, not passed: the site test sees a site only through the studies off their
+    label class's usual site (positives of the low-prevalence site ...). When the tested
+    rows hold fewer than ``min_site_test_rows`` (10) of them, summed over the label
+    classes, a word / lab the test does not flag keeps its share but loses its p-value
+    (the rule cannot judge it), a coverage line gives the studies per (label, site) cell
+    and what to do, and when no candidate is left to judge the rule (``site_word`` /
+    ``site_feature``) is exempted: the report shows a "not judged" note in place of a
+    pass. A candidate flagged anyway is judged as ever (``site_power``). Why 10: with 5
+    per class of a binary label a 1.5-SD site shift in a lab reaches the Holm level of
+    the strongest of ten tests (p < 0.005) about 3 times in 4, a 1-SD one half the time;
+    with 2 per class (site tied to the label at rho 0.9 in 95 studies) about 1 time in 4
+    and 1 in 20.
     """
 
     name = "attribution"
@@ -138,6 +150,13 @@ class AttributionCheck(Check):
         top_words: int = Field(default=15, ge=1, description="words per class in the ranking")
         report_words: int = Field(
             default=10, ge=1, description="words (most |attribution|) that get the site test"
+        )
+        min_site_test_rows: int = Field(
+            default=10,
+            ge=1,
+            description="studies off their label class's main site (summed over classes)"
+            " the site-within-label test needs to clear a word or lab; below it, one it"
+            " does not flag is reported untested (rule exempt, a note), not passed",
         )
         stoplist: list[str] = Field(
             default=list(DEFAULT_STOPLIST),
@@ -234,13 +253,15 @@ class AttributionCheck(Check):
     def _judged(self, ctx: AuditContext, out: CheckOutput) -> None:
         """What the verdict rests on: ``judged`` counts the site-word, stop-list and
         site-feature tests the rules can judge (modality shares are descriptive; the IG
-        convergence rule checks the method), ``rows_used`` the rows attributed, and the
-        skip reason quotes why each judged part did not run."""
+        convergence rule checks the method; an exempted rule judges nothing),
+        ``rows_used`` the rows attributed, and the skip reason quotes why each judged part
+        did not run or was not judged."""
         rules = {k: r for k, r in self.default_thresholds.items() if k != "ig_not_converged"}
-        out.judged = count_judged(out.metrics, rules)
+        out.judged = count_judged(out.metrics, rules, out.exempt_rules)
         used = [out.metrics.get(f"{part}.n_samples") for part in ("text", "tabular")]
         out.rows_used = max((int(u) for u in used if isinstance(u, int)), default=0)
         why = [n for n in out.notes if ": skipped: " in n or "site test not run" in n]
+        why += [f"{rule}: {reason}" for rule, reason in out.exempt_rules.items()]
         out.skip_reason = (
             "no site-word, stop-list or site-feature test could run"
             + (f" ({'; '.join(why)})" if why else "")

@@ -31,7 +31,8 @@ class SampleColumn:
 @dataclass
 class Fragment:
     """The metrics, tables, figures, notes, private names and per-sample columns one stage
-    adds to the check's output, each in the order the stage adds them."""
+    adds to the check's output, each in the order the stage adds them; its coverage lines
+    and the rules it exempts (``CheckOutput.coverage``, ``CheckOutput.exempt_rules``)."""
 
     metrics: dict[str, MetricValue] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
@@ -39,6 +40,8 @@ class Fragment:
     notes: list[str] = field(default_factory=list)
     private: set[str] = field(default_factory=set)
     columns: list[SampleColumn] = field(default_factory=list)
+    coverage: list[str] = field(default_factory=list)
+    exempt_rules: dict[str, str] = field(default_factory=dict)
 
     def merge_into(self, out: CheckOutput, per_sample: pd.DataFrame) -> None:
         """Append this fragment to ``out`` and fill its columns of ``per_sample``."""
@@ -47,6 +50,8 @@ class Fragment:
         out.figures.update(self.figures)
         out.notes.extend(self.notes)
         out.private |= self.private
+        out.coverage.extend(self.coverage)
+        out.exempt_rules.update(self.exempt_rules)
         for column in self.columns:
             per_sample.loc[column.rows, column.name] = column.values
 

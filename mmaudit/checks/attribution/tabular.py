@@ -3,8 +3,9 @@ values, on a capped sample.
 
 Mean |SHAP| per feature with CIs by patient, the additivity error of the values, the
 same site-within-label test as the report words (per feature: its value and its
-missingness), importance per subgroup of every configured attribute, and the plots
-(beeswarm, dependence, subgroups; ``tabular_figures``).
+missingness; on too few rows off each label class's main site a lab it does not flag is
+reported untested, ``site_power``), importance per subgroup of every configured
+attribute, and the plots (beeswarm, dependence, subgroups; ``tabular_figures``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ import pandas as pd
 
 from mmaudit.checks.attribution.records import Fragment, SampleColumn, unique_key
 from mmaudit.checks.attribution.rows import cap_rows, pooled_ratio, row_groups, site_values
+from mmaudit.checks.attribution.site_power import (
+    SiteCells,
+    configured_rule,
+    untested_site_claims,
+)
 from mmaudit.checks.attribution.tabular_figures import (
     beeswarm_figure,
     dependence_figure,
@@ -147,12 +153,26 @@ def attribute_labs(
         )
     raw_p = [r["p"] if r["p"] is not None else np.nan for r in rows_table]
     adj = adjust_pvalues(raw_p, p.multiplicity) if raw_p else np.array([])
+    site_shares: dict[str, Estimate] = {}
     for k, r in enumerate(rows_table):
         sh: Estimate = r.pop("share")
         r["share"], r["p_adjusted"] = sh.value, None if np.isnan(adj[k]) else float(adj[k])
-        out.metrics[f"tabular.site_feature_share.{r['key']}"] = Estimate(
+        site_shares[f"tabular.site_feature_share.{r['key']}"] = Estimate(
             sh.value, sh.ci_low, sh.ci_high, len(rows), r["p_adjusted"]
         )
+    if site is not None and tester is not None:
+        # too few rows off each label class's main site: a lab not cleared is untested
+        claims = untested_site_claims(
+            "site_feature",
+            configured_rule(ctx, "site_feature"),
+            site_shares,
+            SiteCells.of(site[rows][ok], label[ok]),
+            p.min_site_test_rows,
+        )
+        site_shares = claims.metrics
+        out.coverage.extend(claims.coverage)
+        out.exempt_rules.update(claims.exempt)
+    out.metrics.update(site_shares)
     importance = pd.DataFrame(rows_table).sort_values("mean_abs_shap", ascending=False)
     importance.insert(0, "rank", np.arange(1, len(importance) + 1))
     out.tables["tabular_importance"] = importance.drop(columns=["key"])

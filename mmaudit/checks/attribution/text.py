@@ -116,6 +116,8 @@ def attribute_text(
     site = site_word_test(ctx, p, rows, words, doc_total.to_numpy(), groups, stop, boot)
     out.notes.extend(site.notes)
     out.metrics.update(site.metrics)
+    out.coverage.extend(site.coverage)
+    out.exempt_rules.update(site.exempt_rules)
     out.tables["word_site_test"] = site.table
     examples = example_reports(ctx, p, targets, rows, spans, attr, fx)
     if examples is not None:

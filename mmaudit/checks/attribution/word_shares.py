@@ -4,7 +4,9 @@ words that carry most of it, each tested for telling the site apart within a lab
 Shares pool every target: per (report, word) the sum of its |attribution| toward each
 target. The site test shuffles the site within label classes (``SiteGivenLabel``) and is
 corrected across words (``multiplicity``); a word that merely encodes the site is what
-the ``site_word`` rule judges, weighted by how much of the attribution it carries.
+the ``site_word`` rule judges, weighted by how much of the attribution it carries. On
+too few rows off each label class's main site the test clears no word: those not found
+are reported untested, not passed (``site_power``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ import pandas as pd
 
 from mmaudit.checks.attribution.records import unique_key
 from mmaudit.checks.attribution.rows import pooled_ratio, site_values
+from mmaudit.checks.attribution.site_power import (
+    SiteCells,
+    configured_rule,
+    untested_site_claims,
+)
 from mmaudit.methods.stats import Estimate, adjust_pvalues, bootstrap_ci
 from mmaudit.methods.text_attribution import SiteGivenLabel, association, is_word, metric_key
 
@@ -94,11 +101,15 @@ def punctuation_share(
 @dataclass
 class SiteWordTest:
     """The ``word_site_test`` table, the metrics ``text.site_word_share.<word>`` (share
-    of |attribution| with the corrected p-value) and the note when the test cannot run."""
+    of |attribution| with the corrected p-value), the note when the test cannot run, and
+    the coverage line and ``site_word`` exemption when it ran on too few rows to clear a
+    word (``site_power``)."""
 
     table: pd.DataFrame
     metrics: dict[str, Estimate] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    coverage: list[str] = field(default_factory=list)
+    exempt_rules: dict[str, str] = field(default_factory=dict)
 
 
 def site_word_test(
@@ -112,7 +123,9 @@ def site_word_test(
     boot: dict[str, Any],
 ) -> SiteWordTest:
     """The words carrying most |attribution| (``report_words`` of those in at least
-    ``min_count`` reports), each with its share and the site-within-label test."""
+    ``min_count`` reports), each with its share and the site-within-label test; a word
+    the test had too few rows to clear (``min_site_test_rows``) is reported untested,
+    its metric without a p-value (``site_power``)."""
     metrics: dict[str, Estimate] = {}
     notes: list[str] = []
     n_docs = len(rows)
@@ -176,4 +189,19 @@ def site_word_test(
                 "stoplisted": word in stop,
             }
         )
-    return SiteWordTest(pd.DataFrame(table), metrics, notes)
+    result = SiteWordTest(pd.DataFrame(table), metrics, notes)
+    if site is not None and tester is not None:
+        # too few rows off each label class's main site: a word not cleared is untested
+        claims = untested_site_claims(
+            "site_word",
+            configured_rule(ctx, "site_word"),
+            metrics,
+            SiteCells.of(site[rows][ok], label[ok]),
+            p.min_site_test_rows,
+        )
+        result.metrics, result.coverage, result.exempt_rules = (
+            claims.metrics,
+            claims.coverage,
+            claims.exempt,
+        )
+    return result

@@ -95,13 +95,22 @@ class SaliencyCheck(Check):
     ``scan.{max_flip_excess,delta_logit_excess,flip_rate,flip_rate_control,row,col,box_rows,
     box_cols,boxes_tested,boxes_significant,rows,forward_passes,mde_flip,maps_pointed}`` (the
     off-ROI grid scan: every box filled beside matched random off-ROI boxes, no map needed;
-    table ``scan_grid``; see scan.py); ``clusters.{n,eigengap,candidates}``;
+    table ``scan_grid``; see scan.py); ``<u>.{content_associated,content_assoc_with,
+    content_assoc_effect,content_assoc_p,content_assoc_tests,content_assoc_words}`` for
+    ``<u>`` in offroi_hotspot, scan (the content gate on a flagged box: its pixel mean and
+    std per study against the label and every attribute, Kruskal-Wallis with a level-vs-rest
+    AUROC or Spearman's rho, Holm over every test of the flagged boxes; see content.py);
+    ``clusters.{n,eigengap,candidates}``;
     ``deletion_auc.<m|random>``, ``insertion_auc.<m|random>``,
     ``deletion_gain.<m>``, ``insertion_gain.<m>``; ``sanity.{spearman,ssim,similarity,
     trusted}.<m>``, ``sanity.layers``, ``sanity.stages``.
     Default thresholds: fail when occluding an off-ROI hotspot (the border band without
     masks) flips over 5 % more decisions than its control (Holm-adjusted p < 0.05), or when
-    a box of the grid scan does (Holm over the grid); warn
+    a box of the grid scan does (Holm over the grid), and the box's content differs by the
+    label or an audited attribute (content gate, params ``content_max_p`` 0.05 Holm,
+    ``content_min_auroc_gap`` 0.1 = AUROC outside 0.4-0.6, ``content_min_rho`` 0.1); a
+    flagged box whose content does not differ (anatomy that looks alike in every study) is
+    not judged, and a note says the model relies on it; warn
     when the off-ROI share exceeds chance by over 0.05, or the border share by over 0.10
     (Holm-adjusted p < 0.05); warn when the CI lower bound of a method's similarity to the
     fully randomised model's maps (per map the smaller of Spearman and SSIM) is over 0.5
@@ -125,7 +134,9 @@ class SaliencyCheck(Check):
             max_p=0.05,
             message="occluding the off-ROI hotspot flips decisions beyond a same-size control"
             " region: the model uses it (which box: the offroi_hotspot note;"
-            " offroi_hotspot.method, .row, .col)",
+            " offroi_hotspot.method, .row, .col); judged only when the box's content differs"
+            " by label or an attribute (params.content_gate; offroi_hotspot.content_*),"
+            " else a note",
             found="Covering the box at {m[offroi_hotspot.where]}, outside the region of"
             " interest, where the {m[offroi_hotspot.method]} maps concentrate, changes the"
             " model's decisions more than covering a same-size control box: the model relies"
@@ -135,7 +146,8 @@ class SaliencyCheck(Check):
             " anatomy, crop or in-paint it in the training images, retrain, re-audit and"
             " compare the two reports with `mmaudit diff`",
             evidence="covering the box flips a share {m[offroi_hotspot.flip_rate]} of"
-            " decisions, its control box {m[offroi_hotspot.flip_rate_control]}",
+            " decisions, its control box {m[offroi_hotspot.flip_rate_control]}; the box's"
+            " content {m[offroi_hotspot.content_assoc_words]}",
             figure="overlays_most_off_roi",
         ),
         "off_roi_above_chance": ThresholdRule(
@@ -179,7 +191,9 @@ class SaliencyCheck(Check):
             max_p=0.05,
             message="filling the strongest box of the off-ROI grid scan flips decisions"
             " beyond matched random off-ROI boxes (Holm over the grid): the model uses it,"
-            " whether or not a map points there (scan.row, .col, .box_rows, .box_cols)",
+            " whether or not a map points there (scan.row, .col, .box_rows, .box_cols);"
+            " judged only when the box's content differs by label or an attribute"
+            " (params.content_gate; scan.content_*), else a note",
             found="Covering the box at {m[scan.where]}, outside the region of interest"
             " (found by scanning a grid of boxes, not by the saliency maps), changes the"
             " model's decisions more than covering random boxes of the same size there: the"
@@ -190,7 +204,7 @@ class SaliencyCheck(Check):
             " reports with `mmaudit diff`",
             evidence="covering the box flips a share {m[scan.flip_rate]} of decisions, random"
             " boxes of its size {m[scan.flip_rate_control]}; {m[scan.boxes_tested]} boxes"
-            " tested",
+            " tested; the box's content {m[scan.content_assoc_words]}",
             figure="scan_effect_map",
         ),
     }

@@ -1,6 +1,7 @@
-"""Which occluded hotspot the ``hotspot_used`` rule judges (``offroi_hotspot.*``), and the
-note that says where that box is, how much of the attribution it holds and how often
-occluding it flips a decision."""
+"""Which occluded hotspot the ``hotspot_used`` rule judges (``offroi_hotspot.*``), the
+content gate on it (content.py: a flagged box whose content does not differ by label or any
+attribute is reported in a note, not failed), and the note that says where that box is, how
+much of the attribution it holds and how often occluding it flips a decision."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ import numpy as np
 
 from mmaudit.checks.contract import CheckOutput, Finding, ThresholdRule
 from mmaudit.checks.findings import judge
+from mmaudit.checks.saliency.content import (
+    Association,
+    association_metrics,
+    box_associations,
+    not_a_shortcut,
+)
 from mmaudit.checks.saliency.hotspot import Hotspots
 from mmaudit.checks.saliency.metrics import slug, value
 from mmaudit.checks.saliency.occlusion import OFF_ROI_MAX_OVERLAP, Occlusion
@@ -30,6 +37,9 @@ def offroi_verdict(
     """``offroi_hotspot.flip_excess`` (and ``.method``, ``.row``, ``.col``,
     ``.roi_overlap``) from the off-ROI candidate :func:`judged_box` picks, with the
     ``offroi_hotspot`` note; a NaN excess and a note when every candidate lies on the ROI.
+    When the rule flags candidates, their content is tested against the label and the
+    attributes (``params.content_gate``; ``offroi_hotspot.content_*``): a judged box whose
+    content is not associated exempts the rule, and the runner's note says why.
     ``metrics``: everything measured so far (the occlusion effects included)."""
     out = CheckOutput()
     met = out.metrics
@@ -47,7 +57,13 @@ def offroi_verdict(
             " not judged as a shortcut"
         )
         return out
-    worst = judged_box(metrics, judged, s.rules["hotspot_used"])
+    rule = s.rules["hotspot_used"]
+    flagged = flagged_boxes(metrics, judged, rule)
+    content: dict[str, Association] = {}
+    if s.params.content_gate and flagged:
+        found = box_associations(s, [hot.boxes[m] for m in flagged])
+        content = dict(zip(flagged, found, strict=True))
+    worst = judged_box(metrics, judged, rule, {m: a.associated for m, a in content.items()})
     met["offroi_hotspot.flip_excess"] = metrics[f"occlusion.flip_excess.{worst}"]
     met["offroi_hotspot.method"] = worst
     met["offroi_hotspot.flip_rate"] = metrics[f"occlusion.flip_rate.{worst}"]
@@ -58,21 +74,47 @@ def offroi_verdict(
         met["offroi_hotspot.roi_overlap"] = metrics[f"hotspot.roi_overlap.{worst}"]
     # the box in words, for the hotspot_used finding's sentence ({m[offroi_hotspot.where]})
     met["offroi_hotspot.where"] = box_words(hot.boxes[worst], s.size)
+    if worst in content:
+        met.update(association_metrics("offroi_hotspot", content[worst]))
+        if content[worst].associated is False:
+            # the model relies on the box, but nothing in it differs by label or attribute:
+            # the rule's premise (a shortcut) is not met, so it is not judged (a note says so)
+            how = f"the {worst.split('_')[0]} maps point there"
+            out.exempt_rules["hotspot_used"] = not_a_shortcut(
+                met["offroi_hotspot.where"], how, content[worst]
+            )
+    elif flagged:
+        met["offroi_hotspot.content_assoc_words"] = "was not tested (params.content_gate: false)"
     out.findings.append(_hotspot_note(s, hot, metrics, levels, trusted, worst))
     return out
 
 
-def judged_box(metrics: Mapping[str, Any], names: list[str], rule: ThresholdRule) -> str:
+def flagged_boxes(metrics: Mapping[str, Any], names: list[str], rule: ThresholdRule) -> list[str]:
+    """The candidates whose flip excess ``rule`` (``hotspot_used``) flags on its own."""
+    excess = {m: metrics[f"occlusion.flip_excess.{m}"] for m in names}
+    as_judged = {"hotspot_used": rule.model_copy(update={"metric": "*"})}
+    hit = {f.metric for f in judge("saliency", excess, as_judged)}
+    return [m for m in names if m in hit]
+
+
+def judged_box(
+    metrics: Mapping[str, Any],
+    names: list[str],
+    rule: ThresholdRule,
+    associated: Mapping[str, bool | None] | None = None,
+) -> str:
     """The off-ROI candidate the ``hotspot_used`` rule judges (``offroi_hotspot.*``).
 
-    Boxes whose flip excess the effective rule flags come first, the most severe and then
-    the largest judged statistic of them, so the verdict is the worst over the Holm
-    family. When the rule flags none, their excesses differ by noise alone (on a few
-    hundred rows, one control flip more or less), and picking the largest would let that
-    noise choose the box the report names: the verdict is a pass whichever is judged, so
-    the box judged is the one the maps concentrate on most (largest enrichment, its share
-    of the attribution over its area share), ties in proposal order (each method's top
-    peak first, finest trusted method first)."""
+    Boxes whose flip excess the effective rule flags come first: among them, those whose
+    content differs by label or attribute, or could not be tested (``associated``: box ->
+    True / None; a box missing from it counts as None), before those whose content does not
+    (False); then the most severe and the largest judged statistic, so the verdict is the
+    worst over the Holm family. When the rule flags none, their excesses differ by noise
+    alone (on a few hundred rows, one control flip more or less), and picking the largest
+    would let that noise choose the box the report names: the verdict is a pass whichever
+    is judged, so the box judged is the one the maps concentrate on most (largest
+    enrichment, its share of the attribution over its area share), ties in proposal order
+    (each method's top peak first, finest trusted method first)."""
     excess = {m: metrics[f"occlusion.flip_excess.{m}"] for m in names}
     as_judged = {"hotspot_used": rule.model_copy(update={"metric": "*"})}
     flagged = {f.metric: f for f in judge("saliency", excess, as_judged)}
@@ -81,10 +123,12 @@ def judged_box(metrics: Mapping[str, Any], names: list[str], rule: ThresholdRule
     def enrichment(m: str) -> float:
         return value(metrics.get(f"hotspot.enrichment.{m}"))
 
+    shortcut = associated or {}
     if flagged:
         return max(
             (m for m in names if m in flagged),
             key=lambda m: (
+                shortcut.get(m) is not False,
                 severity.get(flagged[m].severity, 0),
                 value(flagged[m].value),
                 enrichment(m),

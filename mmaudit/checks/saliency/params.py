@@ -140,3 +140,30 @@ class SaliencyParams(BaseModel):
     scan_control_draws: int = Field(
         default=4, ge=1, description="random off-ROI control boxes per image and box size"
     )
+    content_gate: bool = Field(
+        default=True,
+        description="a use rule (hotspot_used, scan_used) fails only when the flagged box's"
+        " content (pixel mean / std per study) differs by label or an audited attribute;"
+        " otherwise a note says the model relies on it (likely anatomy). false: fail on any"
+        " use",
+    )
+    content_max_p: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="content gate: Holm p (over every test of the flagged boxes) at most this",
+    )
+    content_min_auroc_gap: float = Field(
+        default=0.1,
+        ge=0,
+        le=0.5,
+        description="content gate: effect floor for a label / categorical attribute,"
+        " |AUROC - 0.5| of a level against the rest at least this",
+    )
+    content_min_rho: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="content gate: effect floor for a continuous attribute, |Spearman rho|"
+        " at least this",
+    )

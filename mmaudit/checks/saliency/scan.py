@@ -18,7 +18,11 @@ off-ROI in-painting in general".
 
 Why at all: maps can be blind to a patch the model reads (a thresholded path has no
 gradient), and the hotspot test only fills the boxes the maps propose. Forward passes only:
-``rows x (1 + boxes + sizes x scan_control_draws)``, reported as ``scan.forward_passes``."""
+``rows x (1 + boxes + sizes x scan_control_draws)``, reported as ``scan.forward_passes``.
+
+A flagged box is a shortcut only when its content differs by the label or an attribute
+(content.py): the spine of an abdominal slice flips more decisions than any random box
+when filled, but looks the same in every study; such a box gets a note, not a fail."""
 
 from __future__ import annotations
 
@@ -29,8 +33,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmaudit.checks.contract import CheckOutput, Finding
+from mmaudit.checks.contract import CheckOutput, Finding, ThresholdRule
 from mmaudit.checks.findings import judge
+from mmaudit.checks.saliency.content import (
+    Association,
+    association_metrics,
+    box_associations,
+    not_a_shortcut,
+)
 from mmaudit.checks.saliency.hotspot import Hotspots, forbidden_pixels
 from mmaudit.checks.saliency.hotspot_verdict import box_words
 from mmaudit.checks.saliency.maps import Maps, memory_budget
@@ -66,11 +76,15 @@ class Scan:
     excess: np.ndarray
     p_holm: np.ndarray
     significant: np.ndarray
-    #: index of the judged box (largest excess among the significant ones, else overall)
+    #: index of the judged box (largest excess among the significant ones, else overall;
+    #: with the content gate, among the flagged boxes whose content differs first)
     winner: int | None
     #: trusted maps' hotspot boxes that overlap the judged box (empty: no map points there)
     pointed_by: list[str]
     table: pd.DataFrame
+    #: the content gate on the judged box (None: not tested -- the rule flags no box, or
+    #: ``params.content_gate`` is off)
+    content: Association | None = None
 
 
 def scan_offroi(
@@ -78,7 +92,14 @@ def scan_offroi(
 ) -> tuple[Scan | None, CheckOutput]:
     """Run the grid scan (see the module docstring): ``scan.*`` metrics, the ``scan_grid``
     table, and a ``scan_unmapped`` finding when the ``scan_used`` rule flags a box that no
-    trusted map's hotspot box overlaps. None when the scan is off or no box fits."""
+    trusted map's hotspot box overlaps. None when the scan is off or no box fits.
+
+    The content gate (content.py, ``params.content_gate``): the significant boxes the rule
+    flags on their own are tested for content that differs by label or attribute (one Holm
+    family); the judged box is the flagged one with the largest excess among those whose
+    content does (or could not be tested), else among all flagged ones. When its content
+    does not differ, ``scan_used`` is exempted (the runner's note says the model relies on
+    the box, likely anatomy) and ``scan_unmapped`` is a note, not a warning."""
     p, out = s.params, CheckOutput()
     met = out.metrics
     met["scan.max_flip_excess"] = Estimate(float("nan"), n=0)
@@ -115,14 +136,28 @@ def scan_offroi(
     sig = (p_holm <= p.alpha) & (exc > 0)
     order = np.where(np.isfinite(exc), exc, -np.inf)
     winner = int(np.argmax(np.where(sig, order, -np.inf))) if sig.any() else int(np.argmax(order))
+    rule = s.rules.get("scan_used")
+
+    def estimate(j: int) -> Estimate:
+        est = s.paired(ctrl_flip[j], flips[j], rows)
+        return Estimate(est.value, est.ci_low, est.ci_high, est.n, float(p_holm[j]))
+
+    # the content gate (content.py): the boxes the rule flags on their own, and whether what
+    # is in them differs by label or attribute; a box that does is judged first
+    content: dict[int, Association] = {}
+    if p.content_gate and rule is not None:
+        pool = sorted({int(j) for j in np.flatnonzero(sig)} | {winner})
+        flagged_j = [j for j in pool if _flags(rule, estimate(j))]
+        if flagged_j:
+            found = box_associations(s, [boxes[j] for j in flagged_j])
+            content = dict(zip(flagged_j, found, strict=True))
+            shortcut = [j for j, a in content.items() if a.associated is not False]
+            winner = max(shortcut or list(content), key=lambda j: order[j])
     # the boxes the trusted maps propose: the hotspot candidates (above their area share)
     maps_boxes = {n: b for n, b in hot.candidates if trusted.get(n.split("_")[0], False)}
     pointed = [n for n, b in maps_boxes.items() if boxes_overlap(b, boxes[winner])]
     r0, r1, c0, c1 = boxes[winner]
-    est = s.paired(ctrl_flip[winner], flips[winner], rows)
-    met["scan.max_flip_excess"] = Estimate(
-        est.value, est.ci_low, est.ci_high, est.n, float(p_holm[winner])
-    )
+    met["scan.max_flip_excess"] = estimate(winner)
     lg = s.paired(-ctrl_delta[winner], -deltas[winner], rows)
     met["scan.delta_logit_excess"] = Estimate(lg.value, lg.ci_low, lg.ci_high, lg.n)
     met["scan.flip_rate"] = s.boot(flips[winner], rows)
@@ -141,19 +176,51 @@ def scan_offroi(
     mde = min_detectable_flip(n_pat, rate, p.alpha / len(boxes))
     met["scan.mde_flip"] = mde
     table = _table(s, boxes, size_of, flips, ctrl_flip, exc, dlog, pvals, p_holm, maps_boxes)
+    _content_columns(table, content)
     out.tables["scan_grid"] = table
     out.notes.append(scan_power_note(s, len(rows), n_pat, len(boxes), rate, mde, steps, sizes))
-    scan = Scan(boxes, exc, p_holm, sig, winner, pointed, table)
-    rule = s.rules.get("scan_used")
-    flagged = rule is not None and any(
-        f.severity in ("warn", "fail")
-        for f in judge(
-            "saliency", {"scan.max_flip_excess": met["scan.max_flip_excess"]}, {"scan_used": rule}
+    assoc = content.get(winner)
+    scan = Scan(boxes, exc, p_holm, sig, winner, pointed, table, assoc)
+    flagged = rule is not None and _flags(rule, met["scan.max_flip_excess"])
+    if assoc is not None:
+        met.update(association_metrics("scan", assoc))
+    elif flagged:
+        met["scan.content_assoc_words"] = "was not tested (params.content_gate: false)"
+    anatomy = assoc is not None and assoc.associated is False
+    if flagged and anatomy:
+        # the model relies on the box, but nothing in it differs by label or attribute: the
+        # rule's premise (a shortcut) is not met, so it is not judged (a note says so)
+        how = (
+            f"found by the grid scan; the {', '.join(pointed)} hotspot box points there"
+            if pointed
+            else "found by the grid scan; no trusted saliency map points there"
         )
-    )
+        out.exempt_rules["scan_used"] = not_a_shortcut(met["scan.where"], how, assoc)
     if flagged and not pointed:
-        out.findings.append(_unmapped(s, scan, met, maps_boxes))
+        out.findings.append(_unmapped(s, scan, met, maps_boxes, anatomy))
     return scan, out
+
+
+def _flags(rule: ThresholdRule, est: Estimate) -> bool:
+    """Whether ``rule`` (``scan_used``) warns or fails on a box's flip excess ``est``."""
+    return any(
+        f.severity in ("warn", "fail")
+        for f in judge("saliency", {"scan.max_flip_excess": est}, {"scan_used": rule})
+    )
+
+
+def _content_columns(table: pd.DataFrame, content: dict[int, Association]) -> None:
+    """The content gate's verdict per box of the ``scan_grid`` table (empty for the boxes
+    it did not test: those the rule does not flag)."""
+    table["content_associated"] = pd.array([pd.NA] * len(table), dtype="boolean")
+    table["content_assoc_with"] = ""
+    table["content_assoc_p"] = np.nan
+    for j, a in content.items():
+        if a.associated is None or a.lead is None:
+            continue
+        table.loc[j, "content_associated"] = a.associated
+        table.loc[j, "content_assoc_with"] = a.lead.target
+        table.loc[j, "content_assoc_p"] = a.lead.p_holm
 
 
 def _area(s: Setting, main: Maps) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -342,8 +409,12 @@ def _table(
     return pd.DataFrame(rows)
 
 
-def _unmapped(s: Setting, scan: Scan, met: dict, maps_boxes: dict[str, Box]) -> Finding:
-    """The finding for a used region no trusted map proposes."""
+def _unmapped(
+    s: Setting, scan: Scan, met: dict, maps_boxes: dict[str, Box], anatomy: bool = False
+) -> Finding:
+    """The finding for a used region no trusted map proposes: a warning, or a note when
+    the region's content does not differ by label or attribute (``anatomy``: no shortcut
+    hides there, the maps only miss something the model reads)."""
     assert scan.winner is not None
     r0, r1, c0, c1 = scan.boxes[scan.winner]
     h, w = s.size
@@ -352,11 +423,16 @@ def _unmapped(s: Setting, scan: Scan, met: dict, maps_boxes: dict[str, Box]) -> 
     return Finding(
         check="saliency",
         rule="scan_unmapped",
-        severity="warn",
+        severity="note" if anatomy else "warn",
         message=(
             f"filling the image region at rows {r0}-{r1 - 1}, cols {c0}-{c1 - 1} of the"
             f" {h}x{w} px input changes decisions, and no trusted saliency map points there:"
             " the maps are blind to something the model uses"
+            + (
+                " (its content does not differ by label or any attribute: likely anatomy)"
+                if anatomy
+                else ""
+            )
         ),
         evidence=(
             f"scan.max_flip_excess = {est.value:.2f} (95% CI {est.ci_low:.2f} to"
