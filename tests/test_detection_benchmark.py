@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -655,7 +656,8 @@ def test_text_and_lab_claims_scored_against_the_truth_side_by_side() -> None:
 
 def test_use_the_check_could_not_test_is_its_own_outcome() -> None:
     """Probing's ``encoded_use_untested`` on site (erasure skipped: site collinear with the
-    label) is neither a miss of a used cue nor a correct silence: it is scored ``untested``,
+    label), like attribution's site rule left unjudged for want of off-diagonal studies, is
+    neither a miss of a used cue nor a correct silence: it is scored ``untested``,
     kept out of the rate and counted apart in the table; a real verdict is still scored."""
     used = {"verdict": "used", "flip_rate": 0.36, "mean_abs_dp": 0.39}
     checks = ["attribution", "probing"]
@@ -678,6 +680,19 @@ def test_use_the_check_could_not_test_is_its_own_outcome() -> None:
         r for r in summarise(runs)["side_by_side"] if (r["check"], r["rule"]) == ("probing", "used")
     )
     assert (row["f2_n"], row["f2_untested"], row["f2_rate"]) == (1, 1, 0.0)
+    # attribution's site rule left unjudged (its exemption note): untested, not a miss
+    unjudged = _report([], checks)
+    unjudged.checks["attribution"].findings = [
+        SimpleNamespace(
+            check="attribution",
+            rule="site_feature",
+            metric=None,
+            severity="note",
+            evidence="tabular.site_feature_share.albumin = 0.46; not judged",
+        )
+    ]
+    by = {(e["check"], e["rule"]): e for e in score_report(lab, unjudged, used)["expectations"]}
+    assert by[("attribution", "site_feature")]["outcome"] == "untested"
 
 
 def test_family2_marker_shapes_differ() -> None:
@@ -796,7 +811,7 @@ def family2_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from benchmarks.detection.family2_models import minilm_available
 
     out = tmp_path_factory.mktemp("bench2") / "out"
-    names = "f2_ring,f2_phrase_indep,f2_lab_indep"
+    names = "f2_ring,f2_phrase_indep,f2_lab_indep,f2_synergy"
     names += ",f2_phrase_minilm" if minilm_available() else ""
     args = ["--out", str(out), "--variants", names, "--seeds", "1", "--n", "120"]
     assert main([*args, "--steps", "25", "--checks", "performance"]) == 0
@@ -826,8 +841,168 @@ def test_family2_tiny_run_through_the_factory_path(family2_run: Path) -> None:
     text_lab = {"f2_phrase_indep", "f2_lab_indep"} | (
         {"f2_phrase_minilm"} if minilm_available() else set()
     )
-    assert {r["variant"] for r in res["runs"][1:]} == text_lab
+    assert {r["variant"] for r in res["runs"][1:]} == text_lab | {"f2_synergy"}
+    # the interaction recipe: its six renders measured, the truth beside the audit's metrics
+    synergy = next(r for r in res["runs"] if r["variant"] == "f2_synergy")
+    assert synergy["truth"] is None and synergy["reasons"] == {}
+    inter = synergy["interaction"]
+    assert set(inter["auroc"]) == {"full", "no_a", "no_b", "no_ab"}
+    assert inter["redundant"] in ("present", "absent", "between")
+    assert inter["additive"] in ("present", "absent", "between")
+    stored = family2_run / "runs" / "f2_synergy" / "seed0" / "interaction.json"
+    assert json.loads(stored.read_text())["n_test"] == inter["n_test"] > 0
     for r in res["runs"][1:]:
+        if r["variant"] == "f2_synergy":
+            continue
         assert r["reasons"] == {} and r["truth"]["n_changed"] > 0
         assert r["truth"]["verdict"] in ("used", "not_used", "between")
         assert f"| {r['variant']} | 1 |" in md
+
+
+# --- interactions validated by intervention (issue 18) ------------------------------------
+
+
+class _StateReader(torch.nn.Module):
+    """Analytic model of the interaction recipes' two states: ``a`` = +1 when the report
+    holds the word ``token_id`` ('dilated'), -1 when it holds the other state's sentence
+    ('normal'), 0 when neither; ``b`` = normalised bilirubin (about +/-0.8 for the two
+    states, 0 when removed). ``how``: ``xor`` (logit -4 a b: a pure interaction),
+    ``sum`` (4 (a + b): additive, and either state alone decides), ``text`` (4 a)."""
+
+    def __init__(self, token_id: int, other_id: int, column: int, how: str) -> None:
+        super().__init__()
+        self.ids, self.column, self.how = (token_id, other_id), column, how
+
+    def forward(self, image, text, text_mask, tabular):  # type: ignore[no-untyped-def]
+        has = [((text == t) & text_mask.bool()).any(dim=1).float() for t in self.ids]
+        a = (has[0] - has[1]).unsqueeze(1)
+        b = tabular[:, self.column : self.column + 1]
+        if self.how == "xor":
+            return -4.0 * a * b  # the label is A XOR B: positive when the states differ
+        return 4.0 * (a + b) if self.how == "sum" else 4.0 * a
+
+
+def build_state_reader(token_id: int, other_id: int, column: int, how: str) -> torch.nn.Module:
+    return _StateReader(token_id, other_id, column, how)
+
+
+def _interaction_run(run: Path, variant: str) -> tuple[dict[str, Path], Path, dict[str, Any]]:
+    """Generate an interaction recipe's studies and renders; the data section's YAML
+    (without a model) for the readers."""
+    from benchmarks.detection.family2_data import family2_data_config
+    from benchmarks.detection.family2_run import generate_interaction_renders, prepare_family2
+
+    v = VARIANTS[variant]
+    prep = prepare_family2(v, 0, run / "data", 80)
+    renders = generate_interaction_renders(v, 0, run, 80)
+    data = family2_data_config(run / "data", ["test"], prep["stats"], Path(prep["tokenizer"]))
+    return renders, run / "data" / "tokenizer", data.model_dump(mode="json")
+
+
+def _reader_config(run: Path, data: dict[str, Any], tokenizer: Path, how: str) -> Path:
+    import yaml
+
+    from benchmarks.detection.family2_data import LAB_COLUMNS, STATE_LAB
+
+    kwargs = {
+        "token_id": _vocab_id(tokenizer, "dilated"),
+        "other_id": _vocab_id(tokenizer, "normal"),
+        "column": LAB_COLUMNS.index(STATE_LAB),
+        "how": how,
+    }
+    cfg = {
+        "model": {
+            "factory": "test_detection_benchmark:build_state_reader",
+            "kwargs": kwargs,
+            "python_path": [str(Path(__file__).parent)],
+            "inputs": {"image": "image", "text": "text", "text_mask": "text_mask"}
+            | {"tabular": "tabular"},
+        },
+        "data": data,
+        "runtime": {"device": "cpu", "progress": False},
+    }
+    path = run / f"reader_{how}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_interaction_truth_on_models_with_known_answers(tmp_path: Path) -> None:
+    """The interaction truth measured on analytic readers of the two states: XOR is a pure
+    interaction (index about 1, ``no_interaction`` must stay quiet); a sum learns nothing of
+    an XOR (both claims left out), and on the redundant recipe it is additive (index 0, the
+    rule must flag) and redundant (either state alone keeps the AUROC); a reader of the
+    report alone is not redundant (removing the report costs everything)."""
+    from benchmarks.detection.interaction import measure_interaction
+
+    renders, tok, data = _interaction_run(tmp_path / "syn", "f2_synergy")
+    xor = measure_interaction(_reader_config(tmp_path / "syn", data, tok, "xor"), renders)
+    # about 1 (exactly 1 were the flipped bilirubin exactly the mirror of the drawn one)
+    assert xor.interaction_index is not None and xor.interaction_index > 0.8
+    assert xor.additive == "absent"
+    assert xor.auroc["full"] > 0.9
+    # a sum of the states cannot rank an XOR: nothing learned, both claims left out
+    added = measure_interaction(_reader_config(tmp_path / "syn", data, tok, "sum"), renders)
+    assert added.auroc["full"] < 0.7 and added.redundant == added.additive == "between"
+
+    renders, tok, data = _interaction_run(tmp_path / "red", "f2_redundant")
+    both = measure_interaction(_reader_config(tmp_path / "red", data, tok, "sum"), renders)
+    assert both.auroc["no_ab"] == pytest.approx(0.5, abs=0.15)  # bilirubin noise only
+    assert both.redundancy_ratio is not None and both.redundancy_ratio >= 0.9
+    assert both.redundant == "present"
+    assert both.interaction_index == pytest.approx(0.0, abs=1e-3)  # float32 logits
+    assert both.additive_gap == pytest.approx(0.0, abs=1e-3) and both.additive == "present"
+    text = measure_interaction(_reader_config(tmp_path / "red", data, tok, "text"), renders)
+    assert text.auroc["no_a"] == pytest.approx(0.5) and text.redundant == "absent"
+    assert text.redundancy_ratio == pytest.approx(0.0)
+
+
+def test_interaction_verdict_bounds() -> None:
+    """The verdict bands of the two interaction truths, on hand-made numbers."""
+    from benchmarks.detection.interaction import additivity_truth, redundancy_truth
+
+    assert redundancy_truth({"full": 0.95, "no_a": 0.94, "no_b": 0.93, "no_ab": 0.5}) == (
+        pytest.approx(1 - 0.02 / 0.45),
+        "present",
+    )
+    assert redundancy_truth({"full": 0.95, "no_a": 0.9, "no_b": 0.93, "no_ab": 0.5})[1] == (
+        "between"
+    )
+    assert redundancy_truth({"full": 0.95, "no_a": 0.5, "no_b": 0.95, "no_ab": 0.5})[1] == (
+        "absent"
+    )
+    assert redundancy_truth({"full": 0.55, "no_a": 0.5, "no_b": 0.5, "no_ab": 0.5}) == (
+        None,
+        "absent",
+    )
+    y = np.array([1, 0, 1, 0])
+    f = np.array([2.0, -2.0, 1.0, -1.0])
+    # a pure XOR: index 1, and its EMAP on the state grid is flat (AUROC 0.5)
+    index, gap, verdict = additivity_truth(y, f, -f, -f, f)
+    assert (index, gap, verdict) == (pytest.approx(1.0), pytest.approx(0.5), "absent")
+    index, gap, verdict = additivity_truth(y, f, f - 1, f - 2, f - 3)
+    assert (index, gap, verdict) == (pytest.approx(0.0), pytest.approx(0.0), "present")
+    # a contrast too small to change any ranking: additive in the currency of decisions
+    assert additivity_truth(y, f, f - 1, f - 1, f - 1.6)[1:] == (pytest.approx(0.0), "present")
+    assert additivity_truth(y, f, f, f, f)[0] is None
+
+
+def test_interaction_claims_scored_against_the_measured_truth() -> None:
+    """``redundant_pair`` and ``no_interaction`` on an interaction recipe follow the
+    checkpoint's measured verdicts, not the recipe: the same findings are hits or misses
+    depending on what the model does."""
+    v = VARIANTS["f2_redundant"]
+    report = _report(
+        [("ablation", "redundant_pair", "redundancy.text_x_tabular", "warn")], ["ablation"]
+    )
+    redundant = {"redundant": "present", "additive": "absent"}
+    scored = score_report(v, report, None, redundant)
+    outcome = {e["rule"]: e["outcome"] for e in scored["expectations"]}
+    assert outcome == {"redundant_pair": "hit", "no_interaction": "hit"}
+    assert scored["interaction"]["audit_redundancy"] is None  # no metric in the fake report
+    not_redundant = {"redundant": "absent", "additive": "present"}
+    scored = score_report(v, report, None, not_redundant)
+    outcome = {e["rule"]: e["outcome"] for e in scored["expectations"]}
+    assert outcome == {"redundant_pair": "miss", "no_interaction": "miss"}
+    between = {"redundant": "between", "additive": "between"}
+    outcome = {e["outcome"] for e in score_report(v, report, None, between)["expectations"]}
+    assert outcome == {"excluded"}

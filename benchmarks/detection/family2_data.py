@@ -13,6 +13,16 @@ Every random draw of a study comes from its own generator seeded by (seed, index
 and the cue (marker, phrase, lab shift) is applied last, so :func:`generate_family2` with
 ``cue=False`` renders the very same studies without their cue: the counterfactual that
 ``intervention.measure`` needs.
+
+The interaction recipes (``interaction=``: :data:`INTERACTIONS`) take the label away from the
+image and the ordinary report and labs, and write two hidden binary states instead: state A
+as a sentence of the report (:data:`STATE_SENTENCES`), state B as bilirubin shifted by
+:data:`STATE_SHIFT` SD. ``redundant``: both states restate the label (either one alone
+predicts it); ``synergy``: the label is A XOR B (neither alone says anything); ``additive``:
+the label's log-odds are a sum of one term per state. ``report_state`` / ``lab_state``
+render the same studies with a state ``flipped`` or ``removed`` (sentence left out,
+bilirubin set to the midpoint of the two states' means, for every study): the
+counterfactuals ``interaction.measure_interaction`` needs.
 """
 
 from __future__ import annotations
@@ -24,6 +34,10 @@ import numpy as np
 
 __all__ = [
     "LAB_COLUMNS",
+    "INTERACTIONS",
+    "STATE_LAB",
+    "STATE_SENTENCES",
+    "STATE_SHIFT",
     "SITE_PHRASES",
     "SHAPES",
     "CORNERS",
@@ -73,6 +87,19 @@ SITE_PHRASES: dict[str, tuple[str, str]] = {
     "footer": ("end", "Acquired on the south campus scanner."),
     "header": ("start", "Southgate imaging annex, protocol B."),
 }
+
+#: the interaction recipes: how the label follows the two hidden states
+INTERACTIONS = ("redundant", "synergy", "additive")
+#: state A, written in the report: its sentence when A is 1 and when A is 0
+STATE_SENTENCES = {1: "Intrahepatic bile ducts are dilated.", 0: "Bile ducts of normal calibre."}
+#: state B, written in the labs: this column shifted by STATE_SHIFT SD when B is 1
+STATE_LAB = "bilirubin"
+STATE_SHIFT = 3.0
+#: redundant: the share of reports whose state A contradicts the label
+_REDUNDANT_DISCORDANT = 0.02
+#: additive: log-odds of a positive label = this x ((2A - 1) + (2B - 1))
+_ADDITIVE_WEIGHT = 2.2
+_STATE_RENDERS = ("drawn", "flipped", "removed")
 
 
 def marker_mask(shape: str, size: int, corner: str, image_size: int = IMAGE_SIZE) -> np.ndarray:
@@ -146,6 +173,30 @@ def _report(rng: np.random.Generator, positive: bool) -> str:
     return " ".join(p for p in parts if p)
 
 
+def _states(
+    rng: np.random.Generator, label: np.ndarray, interaction: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(label, state A, state B) of an interaction recipe; ``redundant`` keeps the site's
+    label and restates it in both states, the others draw the states and set the label."""
+    n = len(label)
+    coin_a, coin_b, u = rng.integers(0, 2, n), rng.integers(0, 2, n), rng.random(n)
+    if interaction == "redundant":
+        return label, np.where(u < _REDUNDANT_DISCORDANT, 1 - label, label), label.copy()
+    if interaction == "synergy":
+        return coin_a ^ coin_b, coin_a, coin_b
+    logit = _ADDITIVE_WEIGHT * ((2 * coin_a - 1) + (2 * coin_b - 1))
+    return (u < 1.0 / (1.0 + np.exp(-logit))).astype(int), coin_a, coin_b
+
+
+def _state_report(seed: int, i: int, state_a: int, how: str) -> str:
+    """An interaction recipe's report: an opener and state A's sentence (none when
+    ``removed``; the other sentence when ``flipped``)."""
+    opener = str(np.random.default_rng([seed, i, 12]).choice(_OPENERS))
+    if how == "removed":
+        return opener
+    return f"{opener} {STATE_SENTENCES[1 - state_a if how == 'flipped' else state_a]}"
+
+
 def generate_family2(
     out_dir: Path,
     n: int,
@@ -159,6 +210,9 @@ def generate_family2(
     lab_cue: str | None = None,
     lab_shift: float = 2.0,
     cue: bool = True,
+    interaction: str | None = None,
+    report_state: str = "drawn",
+    lab_state: str = "drawn",
 ) -> Any:
     """Write ``n`` studies (images, liver masks, ``manifest.csv``) into ``out_dir``.
 
@@ -167,7 +221,10 @@ def generate_family2(
     ``marker_corner``), ``phrase`` (a site sentence of :data:`SITE_PHRASES`: ``"footer"`` or
     True ends the report with it, ``"header"`` opens the report with another), ``lab_cue``
     (that lab column shifted by ``lab_shift`` SD). ``cue=False`` renders the same studies
-    without any of them. Returns the manifest as a DataFrame.
+    without any of them. ``interaction`` (one of :data:`INTERACTIONS`): the label follows two
+    hidden states, A in the report and B in the labs, and no lesion is drawn;
+    ``report_state`` / ``lab_state`` (``drawn``, ``flipped``, ``removed``) render the same
+    studies with that state inverted or left out. Returns the manifest as a DataFrame.
     """
     import pandas as pd
     from PIL import Image
@@ -181,6 +238,11 @@ def generate_family2(
         raise ValueError(f"lab_cue must be one of {LAB_COLUMNS}, got {lab_cue!r}")
     if not 0.0 <= rho < 1.0:
         raise ValueError(f"rho must be in [0, 1), got {rho}")
+    if interaction is not None and interaction not in INTERACTIONS:
+        raise ValueError(f"interaction must be one of {INTERACTIONS}, got {interaction!r}")
+    for name, how in (("report_state", report_state), ("lab_state", lab_state)):
+        if how not in _STATE_RENDERS:
+            raise ValueError(f"{name} must be one of {_STATE_RENDERS}, got {how!r}")
     mark = marker_mask(marker, marker_size, marker_corner) if marker else None
     out_dir = Path(out_dir)
     for sub in ("images", "masks"):
@@ -192,14 +254,27 @@ def generate_family2(
     prevalence = np.where(site == "south", 0.5 + rho / 2, 0.5 - rho / 2)
     label = (rng.random(n) < prevalence).astype(int)
     split = np.where(rng.random(n) < 0.6, "train", "test")
-    labs = {c: np.round(rng.normal(m + k * sd * label, sd), 3) for c, (m, sd, k) in _LABS.items()}
+    # the interaction recipes' labs carry only state B (drawn from the same stream)
+    tied = 0 if interaction else 1
+    labs = {
+        c: np.round(rng.normal(m + tied * k * sd * label, sd), 3) for c, (m, sd, k) in _LABS.items()
+    }
+    state_a = state_b = None
+    if interaction:
+        label, state_a, state_b = _states(np.random.default_rng([seed, 1]), label, interaction)
+        mean, sd, _ = _LABS[STATE_LAB]
+        if lab_state == "removed":  # mean imputation: the midpoint of the two states
+            labs[STATE_LAB] = np.full(n, round(mean + 0.5 * STATE_SHIFT * sd, 3))
+        else:
+            b = state_b if lab_state == "drawn" else 1 - state_b
+            labs[STATE_LAB] = np.round(labs[STATE_LAB] + STATE_SHIFT * sd * b, 3)
     if cue and lab_cue is not None:
         labs[lab_cue] = labs[lab_cue] + lab_shift * _LABS[lab_cue][1] * (site == "south")
     width = max(4, len(str(n)))
     ids = [f"f{i + 1:0{width}d}" for i in range(n)]
     reports = []
     for i, sid in enumerate(ids):
-        img, liver = _render(seed, i, str(sex[i]), bool(label[i]))
+        img, liver = _render(seed, i, str(sex[i]), bool(label[i]) and not interaction)
         if cue and mark is not None and site[i] == "south":
             img[mark] = 240.0 + np.random.default_rng([seed, i, 13]).normal(0, 3, mark.sum())
         Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), mode="L").save(
@@ -208,7 +283,10 @@ def generate_family2(
         Image.fromarray((liver * 255).astype(np.uint8), mode="L").save(
             out_dir / "masks" / f"{sid}.png"
         )
-        text = _report(np.random.default_rng([seed, i, 12]), bool(label[i]))
+        if state_a is None:
+            text = _report(np.random.default_rng([seed, i, 12]), bool(label[i]))
+        else:
+            text = _state_report(seed, i, int(state_a[i]), report_state)
         if cue and where and site[i] == "south":
             text = f"{text} {words}" if where == "end" else f"{words} {text}"
         reports.append(text)

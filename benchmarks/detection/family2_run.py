@@ -12,7 +12,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["prepare_family2", "generate_without_cue", "train_and_configure"]
+__all__ = [
+    "prepare_family2",
+    "generate_interaction_renders",
+    "generate_without_cue",
+    "train_and_configure",
+]
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -45,6 +50,20 @@ def generate_without_cue(variant: Any, seed: int, folder: Path, n: int) -> None:
     from benchmarks.detection.family2_data import generate_family2
 
     generate_family2(folder, n, seed, **{**variant.generator_kwargs(seed), **variant.cue_off})
+
+
+def generate_interaction_renders(variant: Any, seed: int, run_dir: Path, n: int) -> dict[str, Path]:
+    """The same studies with state A and / or B removed or flipped
+    (``interaction.RENDERS``); returns render name -> folder."""
+    from benchmarks.detection.family2_data import generate_family2
+    from benchmarks.detection.interaction import RENDERS
+
+    folders = {}
+    for name, (report_state, lab_state) in RENDERS.items():
+        folders[name] = run_dir / f"data_{name}"
+        kw = {**variant.generator_kwargs(seed), "report_state": report_state}
+        generate_family2(folders[name], n, seed, **kw, lab_state=lab_state)
+    return folders
 
 
 def train_and_configure(

@@ -8,8 +8,13 @@ shapes (ring, glyph, bar) at several sizes, the corner varying by seed; a site s
 report (closing it, or another opening it) and a site-coded lab column (albumin, INR) are the
 text and tabular cues, each strong (rho 0.9), weaker (rho 0.6, other words / column) and
 independent of the label (rho 0: a visible cue the model has no reason to use, a negative).
-Every variant but the clean one has a removable cue (``cue_off``: the generator's
+Every cue variant but the clean one has a removable cue (``cue_off``: the generator's
 ``cue=False``), so what counts as "used" is measured, not assumed.
+
+The interaction recipes (:data:`F2_INTERACTIONS`) put the label in a report state and a lab
+state instead: redundant (each restates it), synergistic (their XOR) and additive. The ablation
+check's ``redundant_pair`` and ``no_interaction`` claims are scored against what the
+checkpoint measurably does with the two states (``interaction.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 
 from benchmarks.detection.variants import Expectation, Variant, use_expectations
 
-__all__ = ["family2_variants", "F2_RECIPES"]
+__all__ = ["family2_variants", "F2_INTERACTIONS", "F2_RECIPES"]
 
 _OFF: dict[str, Any] = {"cue": False}
 #: generator keywords that plant a removable cue
@@ -149,6 +154,57 @@ F2_RECIPES: dict[str, tuple[str, str, dict[str, Any], tuple[Expectation, ...], b
 }
 
 
+def _interaction_claims(
+    effect: str, redundant: bool, additive: bool, primary: str
+) -> tuple[Expectation, ...]:
+    """The ablation check's claims about the report x labs pair: ``redundant_pair`` on that
+    pair and ``no_interaction``, each expected as the checkpoint measures (``redundant``,
+    ``additive``: the recipe's guess); ``primary`` names the claim the recipe is built for."""
+    return (
+        Expectation(
+            effect,
+            "ablation",
+            "redundant_pair",
+            "*text_x_tabular*",
+            "warn",
+            redundant,
+            primary == "redundant",
+            truth_of="redundant",
+        ),
+        Expectation(
+            effect,
+            "ablation",
+            "no_interaction",
+            "*",
+            "warn",
+            additive,
+            primary == "additive",
+            truth_of="additive",
+        ),
+    )
+
+
+#: the interaction recipes: report state A and lab state B carry the label; name ->
+#: (description, generator keywords, expectations)
+F2_INTERACTIONS: dict[str, tuple[str, dict[str, Any], tuple[Expectation, ...]]] = {
+    "redundant": (
+        "family 2, report and labs each restate the label (no lesion)",
+        {"rho": 0.0, "interaction": "redundant"},
+        _interaction_claims("redundant_pair", True, False, "redundant"),
+    ),
+    "synergy": (
+        "family 2, label = report state XOR lab state (no lesion): neither alone predicts it",
+        {"rho": 0.0, "interaction": "synergy"},
+        _interaction_claims("synergy", False, False, "additive"),
+    ),
+    "additive": (
+        "family 2, label log-odds = report term + lab term (no lesion): nothing to combine",
+        {"rho": 0.0, "interaction": "additive"},
+        _interaction_claims("additive", False, True, "additive"),
+    ),
+}
+
+
 def family2_variants() -> list[Variant]:
     """Every family-2 recipe with each model class (``f2_<recipe>[_minilm]``)."""
     out = []
@@ -164,6 +220,18 @@ def family2_variants() -> list[Variant]:
                     vary_marker_pos=vary,
                     expect=expect,
                     cue_off=_OFF if any(gen.get(k) for k in _CUES) else None,
+                    family=2,
+                    model=model,
+                )
+            )
+        for name, (desc, gen, expect) in F2_INTERACTIONS.items():
+            out.append(
+                Variant(
+                    f"f2_{name}{suffix}",
+                    f"{desc} ({model})",
+                    "planted",
+                    gen,
+                    expect=expect,
                     family=2,
                     model=model,
                 )

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.detection.interaction import (
+    ADDITIVE_MAX_GAP,
+    INTERACTS_MIN_GAP,
+    MIN_AUROC,
+    NOT_REDUNDANT_MAX_RATIO,
+    REDUNDANT_MIN_RATIO,
+)
 from benchmarks.detection.intervention import NOT_USED_MAX_DP, NOT_USED_MAX_FLIP, USED_MIN_FLIP
 from benchmarks.detection.tables import EFFECT_BINS
 
@@ -33,6 +40,61 @@ def _num(x: float | None) -> str:
 
 def _cell(rate: float | None, n: int | None) -> str:
     return "–" if not n else f"{_fmt(rate)} ({n})"
+
+
+def _estimate(e: dict[str, Any] | None) -> str:
+    if not e or e.get("value") is None:
+        return "n/a"
+    return f"{_num(e['value'])} [{_num(e.get('ci_low'))}, {_num(e.get('ci_high'))}]"
+
+
+def _interaction_lines(sm: dict[str, Any]) -> list[str]:
+    """The interaction recipes: truth by intervention beside the ablation check's claims."""
+    runs = sm.get("interaction_runs") or []
+    if not runs:
+        return []
+    lines = [
+        "",
+        "## Interactions, truth by intervention",
+        "",
+        "The report state A and the lab state B are removed (sentence left out, bilirubin set"
+        " to the midpoint) and flipped in re-renders of the same test studies. Redundancy"
+        " ratio = 1 - max(AUROC drop without A, without B) / drop without both: **redundant**"
+        f" at >= {REDUNDANT_MIN_RATIO}, not below {NOT_REDUNDANT_MAX_RATIO}. Interaction:"
+        " the logit contrast C of the four flips (0 when the model adds one term per state);"
+        " its index = mean |C| / (mean |effect of A| + mean |effect of B|), and its gap ="
+        " AUROC of the model - AUROC of its EMAP over the two states (f - C / 4 on the 2 x 2"
+        " grid of renders): **additive** at a"
+        f" gap <= {ADDITIVE_MAX_GAP} (`no_interaction` must flag), **interacts** at >="
+        f" {INTERACTS_MIN_GAP} (it must not, and the EMAP gap's CI should lie above 0). In"
+        f" between, or when the model's AUROC is below {MIN_AUROC}, the claim is left out.",
+        "",
+        "| claim | model | measured truth | runs | raised | Wilson 95 % |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sm.get("interaction_rates") or []:
+        lo, hi = r["wilson"]
+        lines.append(
+            f"| {r['claim']} | {r['model']} | {r['truth']} | {r['runs']} | {r['raised']} |"
+            f" {_fmt(lo)}-{_fmt(hi)} |"
+        )
+    lines += [
+        "",
+        "| variant | seed | AUROC (no A / no B / neither) | ratio → truth | audit ratio |"
+        " redundant_pair | index, gap → truth | EMAP gap | no_interaction |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        a = r["auroc"]
+        lines.append(
+            f"| {r['variant']} | {r['seed']} | {_num(a['full'])} ({_num(a['no_a'])} /"
+            f" {_num(a['no_b'])} / {_num(a['no_ab'])}) | {_num(r['ratio'])} → {r['redundant']} |"
+            f" {_estimate(r['audit_ratio'])} | {'raised' if r['redundant_pair'] else '–'} |"
+            f" {_num(r['index'])}, {_num(r['truth_gap'])} → {r['additive']} |"
+            f" {_estimate(r['gap'])} |"
+            f" {'raised' if r['no_interaction'] else '–'} |"
+        )
+    return lines
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -177,6 +239,7 @@ def to_markdown(result: dict[str, Any]) -> str:
                 + " | ".join(_cell(per[b[0]]["rate"], per[b[0]]["n"]) for b in EFFECT_BINS)
                 + " |"
             )
+    lines += _interaction_lines(sm)
     lines += [
         "",
         "## Runs",

@@ -155,9 +155,15 @@ def _audit(config: Path, out: Path, checks: list[str] | None) -> Any:
 # --- scoring ---------------------------------------------------------------------------
 
 
-def _expected(e: Any, truth: dict[str, Any] | None) -> bool | None:
+def _expected(
+    e: Any, truth: dict[str, Any] | None, interaction: dict[str, Any] | None = None
+) -> bool | None:
     """Whether expectation ``e`` should be present: a claim of use follows the measured
-    truth (None: the run is left out, the effect lies between the two bounds)."""
+    truth, a claim about interactions the measured interaction verdict it names (None: the
+    run is left out, the effect lies between the two bounds)."""
+    if getattr(e, "truth_of", None) and interaction is not None:
+        verdict = interaction.get(e.truth_of)
+        return None if verdict == "between" else verdict == "present"
     if not e.use or truth is None or truth.get("verdict") is None:
         return e.present
     verdict = truth["verdict"]
@@ -174,13 +180,18 @@ def _requirement_met(e: Any, report: Any) -> bool:
 
 
 def score_report(
-    variant: Variant, report: Any, truth: dict[str, Any] | None = None
+    variant: Variant,
+    report: Any,
+    truth: dict[str, Any] | None = None,
+    interaction: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compare one audit report with the variant's expectations.
 
     ``truth``: the intervention's measurement (``intervention.Truth.as_dict()``); a claim of
     use is then expected present when the cue is measured ``used``, absent when ``not_used``,
-    and left out (``excluded``) in between. Returns the findings (check, rule, metric,
+    and left out (``excluded``) in between; ``interaction`` (``interaction.InteractionTruth
+    .as_dict()``) does the same for the ablation claims that name one of its verdicts.
+    Returns the findings (check, rule, metric,
     severity), one outcome per expectation (``hit`` / ``miss`` / ``not_run`` when the check
     did not run or lacks the rule's metrics / ``excluded`` / ``invalid`` / ``untested``: a
     claim of use the check said it could not test, probing's ``encoded_use_untested``), and
@@ -215,7 +226,7 @@ def score_report(
             and _SEVERITY.get(f["severity"], 0) >= _SEVERITY[e.severity]
             for f in findings
         )
-        expected = _expected(e, truth)
+        expected = _expected(e, truth, interaction)
         if expected is None:  # detected is kept for the dose-response by measured effect
             outcomes.append({**asdict(e), "detected": detected, "outcome": "excluded"})
             continue
@@ -233,7 +244,7 @@ def score_report(
                 "outcome": "hit" if detected == e.present else "miss",
             }
         )
-    explained = [e for e in variant.expect if _expected(e, truth) is not False]
+    explained = [e for e in variant.expect if _expected(e, truth, interaction) is not False]
     alarms: dict[str, dict[str, bool]] = {}
     for name in ran:
         own = [
@@ -256,6 +267,7 @@ def score_report(
     reasons = {n: cr.reason for n, cr in report.checks.items() if n not in ran}
     return {
         "truth": truth,
+        "interaction": _interaction_record(interaction, report),
         "erasure": _erasure_sizes(report),
         # saliency's off-ROI scan (rule scan_used) is in this audit: its metrics are there
         "scan_ran": any(
@@ -271,6 +283,27 @@ def score_report(
     }
 
 
+def _interaction_record(interaction: dict[str, Any] | None, report: Any) -> dict[str, Any] | None:
+    """The measured interaction truth beside what the audit's ablation check reported for
+    it: the report x labs redundancy ratio and the EMAP gap (value and CI)."""
+    if interaction is None:
+        return None
+    metrics = getattr(report.checks.get("ablation"), "metrics", None) or {}
+
+    def estimate(key: str) -> dict[str, Any] | None:
+        v = metrics.get(key)
+        if v is None:
+            return None
+        get = v.get if isinstance(v, dict) else lambda k: getattr(v, k, None)
+        return {"value": get("value"), "ci_low": get("ci_low"), "ci_high": get("ci_high")}
+
+    return {
+        **interaction,
+        "audit_redundancy": estimate("redundancy.text_x_tabular"),
+        "audit_emap_gap": estimate("emap.gap"),
+    }
+
+
 def _metric_value(v: Any) -> Any:
     """A stored metric's value: the ``value`` of an estimate (dict or object), else itself."""
     return v.get("value") if isinstance(v, dict) else getattr(v, "value", v)
@@ -278,7 +311,17 @@ def _metric_value(v: Any) -> Any:
 
 def _use_untested(e: Any, report: Any) -> bool:
     """Probing's ``used`` claim on an attribute matching ``e.metric`` whose verdict is
-    ``encoded_use_untested``: encoded, and its erasure could not run."""
+    ``encoded_use_untested`` (encoded, and its erasure could not run), or attribution's
+    site rule that the check left unjudged (an exemption note: too few studies off each
+    label class's main site for the site-within-label test)."""
+    if e.check == "attribution" and e.rule in ("site_word", "site_feature"):
+        findings = getattr(report.checks.get("attribution"), "findings", None) or []
+        return any(
+            f.rule == e.rule
+            and f.severity == "note"
+            and str(getattr(f, "evidence", "")).endswith("not judged")
+            for f in findings
+        )
     if (e.check, e.rule) != ("probing", "used"):
         return False
     metrics = getattr(report.checks.get("probing"), "metrics", None) or {}
@@ -383,6 +426,8 @@ def _build(variant: Variant, seed: int, s: Settings, run_dir: Path) -> Path:
         prep = family2_run.prepare_family2(variant, seed, folder, s.n)
         if variant.cue_off is not None:
             family2_run.generate_without_cue(variant, seed, run_dir / "data_nocue", s.n)
+        if variant.generator.get("interaction"):
+            family2_run.generate_interaction_renders(variant, seed, run_dir, s.n)
         cfg, _ = family2_run.train_and_configure(
             variant, folder, prep, ckpt, seed, s.steps, s.batch_size
         )
@@ -407,6 +452,16 @@ def measure_truth(variant: Variant, run_dir: Path) -> dict[str, Any] | None:
     return truth.as_dict()
 
 
+def measure_interaction_truth(variant: Variant, run_dir: Path) -> dict[str, Any] | None:
+    """The interaction truth of a built interaction run (None for the other variants)."""
+    from benchmarks.detection.interaction import RENDERS, measure_interaction
+
+    if not variant.generator.get("interaction"):
+        return None
+    renders = {name: run_dir / f"data_{name}" for name in RENDERS}
+    return measure_interaction(run_dir / "audit_ckpt.yaml", renders).as_dict()
+
+
 def run_one(variant: Variant, seed: int, s: Settings, run_dir: Path) -> dict[str, Any]:
     """Generate, train, measure the cue's effect, audit and score one (variant, seed)."""
     t0 = time.perf_counter()
@@ -419,8 +474,10 @@ def run_one(variant: Variant, seed: int, s: Settings, run_dir: Path) -> dict[str
         cfg = _build(variant, seed, s, run_dir)
         truth = measure_truth(variant, run_dir)
         (run_dir / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
+        interaction = measure_interaction_truth(variant, run_dir)
+        (run_dir / "interaction.json").write_text(json.dumps(interaction, indent=2) + "\n")
         report = _audit(cfg, run_dir / "report", s.checks)
-        scored = score_report(variant, report, truth)
+        scored = score_report(variant, report, truth, interaction)
     return {
         "variant": variant.name,
         "family": variant.family,
@@ -566,7 +623,9 @@ def rescore(out: Path, recheck_checks: list[str] | None = None) -> dict[str, Any
                 recheck(folder, config, recheck_checks)
         truth_file = run_dir / "truth.json"
         truth = json.loads(truth_file.read_text()) if truth_file.is_file() else None
-        scored = score_report(variant, rejudge(load_report(folders[0])), truth)
+        inter_file = run_dir / "interaction.json"
+        inter = json.loads(inter_file.read_text()) if inter_file.is_file() else None
+        scored = score_report(variant, rejudge(load_report(folders[0])), truth, inter)
         if variant.kind == "seed_pair":
             scored.update(_seed_pair_verdict(folders[0], folders[1], seed))
         old = before.get((variant.name, seed), {})

@@ -1,7 +1,8 @@
 """The benchmark's tables: detection per effect (both families side by side), false alarms
 with Wilson 95 % intervals, the measured truth beside each verdict, LEACE erasure effect
-sizes of the runs whose cue is measured not used, and the dose-response (by rho and by the
-measured effect).
+sizes of the runs whose cue is measured not used, the dose-response (by rho and by the
+measured effect), and the ablation check's interaction claims beside the measured
+interaction truth.
 
 Why a module of its own: ``run.py`` builds and scores runs; this one only reads the scored
 run dicts (``run_one``'s output), so the false-alarm mode and ``--rescore`` share it.
@@ -333,6 +334,87 @@ def _dose_by_effect(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
+def _flagged(r: dict[str, Any], rule: str, metric: str = "*") -> bool:
+    return any(
+        f["check"] == "ablation"
+        and f["rule"] == rule
+        and fnmatch.fnmatch(f["metric"] or "", metric)
+        and _SEVERITY.get(f["severity"], 0) >= 1
+        for f in r.get("findings", [])
+    )
+
+
+def _gap_above_zero(r: dict[str, Any]) -> bool | None:
+    gap = (r.get("interaction") or {}).get("audit_emap_gap") or {}
+    return None if gap.get("ci_low") is None else gap["ci_low"] > 0
+
+
+def _interaction_rates(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per claim of the ablation check about the report x labs pair, how often it is raised
+    on the runs whose measured truth says it should be (``present``) and should not be:
+    ``redundant_pair``, ``no_interaction``, and an EMAP gap whose CI lies above 0 (the model
+    does better than its additive projection: it interacts, the truth ``additive`` absent)."""
+    claims = (
+        ("redundant_pair", "redundant", lambda r: _flagged(r, "redundant_pair", "*text_x_tab*")),
+        ("no_interaction", "additive", lambda r: _flagged(r, "no_interaction")),
+        ("emap.gap CI above 0", "interacts", _gap_above_zero),
+    )
+    rows = []
+    runs = [r for r in runs if r.get("interaction")]
+    for claim, truth_key, raised in claims:
+        for family_model in sorted({(_family(r), str(r.get("model"))) for r in runs}):
+            for expected in ("present", "absent"):
+                hits = []
+                for r in runs:
+                    inter = r["interaction"]
+                    if (_family(r), str(r.get("model"))) != family_model:
+                        continue
+                    verdict = inter["additive"] if truth_key == "interacts" else inter[truth_key]
+                    if truth_key == "interacts":  # an interacting model is "not additive"
+                        verdict = {"absent": "present", "present": "absent"}.get(verdict)
+                    flag = raised(r)
+                    if verdict == expected and flag is not None:
+                        hits.append(bool(flag))
+                if hits:
+                    rows.append(
+                        {
+                            "claim": claim,
+                            "model": family_model[1],
+                            "truth": expected,
+                            "runs": len(hits),
+                            "raised": sum(hits),
+                            "wilson": wilson(sum(hits), len(hits)),
+                        }
+                    )
+    return rows
+
+
+def _interaction_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each interaction run's measured truth beside the audit's numbers and findings."""
+    out = []
+    for r in runs:
+        inter = r.get("interaction")
+        if not inter:
+            continue
+        out.append(
+            {
+                "variant": r["variant"],
+                "seed": r["seed"],
+                "auroc": inter["auroc"],
+                "ratio": inter["redundancy_ratio"],
+                "redundant": inter["redundant"],
+                "audit_ratio": inter.get("audit_redundancy"),
+                "redundant_pair": _flagged(r, "redundant_pair", "*text_x_tab*"),
+                "index": inter["interaction_index"],
+                "truth_gap": inter.get("additive_gap"),
+                "additive": inter["additive"],
+                "gap": inter.get("audit_emap_gap"),
+                "no_interaction": _flagged(r, "no_interaction"),
+            }
+        )
+    return out
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Every table of the benchmark from the scored runs."""
     tpr = _tpr(runs)
@@ -347,4 +429,6 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "erasure_not_used": _erasure_not_used(runs),
         "dose_response": _dose_by_rho(runs),
         "dose_effect": _dose_by_effect(runs),
+        "interaction_runs": _interaction_runs(runs),
+        "interaction_rates": _interaction_rates(runs),
     }

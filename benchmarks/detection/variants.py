@@ -66,6 +66,9 @@ class Expectation:
     # score only when the check reports a metric matching this pattern (a newer rule that
     # older audits lack, e.g. saliency's off-ROI scan); "not_run" otherwise
     requires: str | None = None
+    # a claim about the model's interactions (interaction.py): its expected presence is the
+    # measured ``redundant`` or ``additive`` verdict of the checkpoint, not the recipe's guess
+    truth_of: str | None = None
 
 
 @dataclass(frozen=True)
