@@ -144,6 +144,9 @@ class CheckOutput:
     # runner does not judge them and reports the reason as a note, not a warning (EMAP's
     # "no interaction" on a model whose fusion cannot express one)
     exempt_rules: dict[str, str] = field(default_factory=dict)
+    # what to do about an exempted rule, when the rule's own next step (advice for a raised
+    # finding, e.g. "find where 'portable' comes from") would read wrong on a "not judged" note
+    exempt_next_steps: dict[str, str] = field(default_factory=dict)
 
     def extend(self, part: CheckOutput) -> None:
         """Append what one stage computed: ``part``'s metrics, tables, figures and arrays
@@ -160,6 +163,7 @@ class CheckOutput:
         self.private |= part.private
         self.coverage.extend(part.coverage)
         self.exempt_rules.update(part.exempt_rules)
+        self.exempt_next_steps.update(part.exempt_next_steps)
         if part.per_sample is not None:
             self.per_sample = part.per_sample
 

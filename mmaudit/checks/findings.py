@@ -291,10 +291,12 @@ def exemption_notes(
     exempt: Mapping[str, str],
     metrics: dict[str, MetricValue],
     rules: dict[str, ThresholdRule],
+    next_steps: Mapping[str, str] | None = None,
 ) -> list[Finding]:
     """One ``note`` per exempted rule: the check's plain reason as the message, the values
-    the rule would have judged as evidence, the rule's next step, its name kept, so a
-    reader sees why no verdict was given rather than no trace of the rule."""
+    the rule would have judged as evidence, the check's next step for it (``next_steps``)
+    or else the rule's, its name kept, so a reader sees why no verdict was given rather
+    than no trace of the rule."""
     notes = []
     for rule_name, reason in exempt.items():
         rule = rules.get(rule_name)
@@ -308,9 +310,8 @@ def exemption_notes(
                 severity="note",
                 message=reason,
                 evidence=f"{evidence}; not judged" if evidence else "not judged",
-                next_step=(
-                    fill(rule.next_step, rule.metric, names[0], metrics) if rule and names else ""
-                ),
+                next_step=(next_steps or {}).get(rule_name)
+                or (fill(rule.next_step, rule.metric, names[0], metrics) if rule and names else ""),
                 detail=rule.message if rule else "",
                 figure=(fill(rule.figure, rule.metric, names[0], metrics) or None)
                 if rule and names

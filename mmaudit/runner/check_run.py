@@ -66,7 +66,7 @@ def run_one(
     # a rule the check exempts for this model is not judged; a note says why instead
     exempt = output.exempt_rules
     findings = list(output.findings) + judge(pc.name, output.metrics, pc.rules, exempt)
-    findings += exemption_notes(pc.name, exempt, output.metrics, pc.rules)
+    findings += exemption_notes(pc.name, exempt, output.metrics, pc.rules, output.exempt_next_steps)
     figures, tables = writer.add_check(pc.name, output, ctx.dataset.ids)
     status = status_of(findings)
     if status == "note":

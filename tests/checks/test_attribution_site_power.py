@@ -136,9 +136,14 @@ def test_site_tied_to_label_reports_site_claims_untested(tied_run: Any) -> None:
         assert "4 studies off their label class's main site" in reason
         assert "min_site_test_rows=10" in reason and "a split where site and label" in reason
     assert not [f for f in judge("attribution", out.metrics, rules) if f.rule in SITE_RULES]
-    notes = exemption_notes("attribution", out.exempt_rules, out.metrics, rules)
+    notes = exemption_notes(
+        "attribution", out.exempt_rules, out.metrics, rules, out.exempt_next_steps
+    )
     assert {n.rule: n.severity for n in notes} == {"site_word": "note", "site_feature": "note"}
     assert all(n.evidence.endswith("not judged") for n in notes)
+    # the next step says how to test the claim, not how to remove a cue that was never found
+    assert all(n.next_step.startswith("To test it, audit more studies") for n in notes)
+    assert not any("comes from" in n.next_step or "harmonise" in n.next_step for n in notes)
     only_site = {k: r for k, r in rules.items() if k in SITE_RULES}
     assert count_judged(out.metrics, only_site, out.exempt_rules) == 0
     lines = [c for c in out.coverage if c.startswith(SITE_RULES)]

@@ -42,6 +42,7 @@ class Fragment:
     columns: list[SampleColumn] = field(default_factory=list)
     coverage: list[str] = field(default_factory=list)
     exempt_rules: dict[str, str] = field(default_factory=dict)
+    exempt_next_steps: dict[str, str] = field(default_factory=dict)
 
     def merge_into(self, out: CheckOutput, per_sample: pd.DataFrame) -> None:
         """Append this fragment to ``out`` and fill its columns of ``per_sample``."""
@@ -52,6 +53,7 @@ class Fragment:
         out.private |= self.private
         out.coverage.extend(self.coverage)
         out.exempt_rules.update(self.exempt_rules)
+        out.exempt_next_steps.update(self.exempt_next_steps)
         for column in self.columns:
             per_sample.loc[column.rows, column.name] = column.values
 

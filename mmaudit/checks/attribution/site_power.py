@@ -46,6 +46,11 @@ _WHAT_TO_DO = (
     "audit more studies from the small (label, site) cells, or a split where site and label"
     " are less tied"
 )
+#: the "not judged" note's next step (the rule's own is advice for a cue that was found)
+SITE_TEST_NEXT_STEP = (
+    f"To test it, {_WHAT_TO_DO}; until then, read the largest shares in the word ranking /"
+    " lab importance as unexplained, not as cleared"
+)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import pandas as pd
 from mmaudit.checks.attribution.records import Fragment, SampleColumn, unique_key
 from mmaudit.checks.attribution.rows import cap_rows, pooled_ratio, row_groups, site_values
 from mmaudit.checks.attribution.site_power import (
+    SITE_TEST_NEXT_STEP,
     SiteCells,
     configured_rule,
     untested_site_claims,
@@ -172,6 +173,7 @@ def attribute_labs(
         site_shares = claims.metrics
         out.coverage.extend(claims.coverage)
         out.exempt_rules.update(claims.exempt)
+        out.exempt_next_steps.update(dict.fromkeys(claims.exempt, SITE_TEST_NEXT_STEP))
     out.metrics.update(site_shares)
     importance = pd.DataFrame(rows_table).sort_values("mean_abs_shap", ascending=False)
     importance.insert(0, "rank", np.arange(1, len(importance) + 1))

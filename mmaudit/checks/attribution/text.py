@@ -15,6 +15,7 @@ import pandas as pd
 
 from mmaudit.checks.attribution.records import Fragment, SampleColumn
 from mmaudit.checks.attribution.rows import completeness_error, row_groups
+from mmaudit.checks.attribution.site_power import SITE_TEST_NEXT_STEP
 from mmaudit.checks.attribution.text_examples import example_reports
 from mmaudit.checks.attribution.text_ig import attribute_reports, token_table
 from mmaudit.checks.attribution.word_ranking import rank_words, ranking_figure
@@ -118,6 +119,7 @@ def attribute_text(
     out.metrics.update(site.metrics)
     out.coverage.extend(site.coverage)
     out.exempt_rules.update(site.exempt_rules)
+    out.exempt_next_steps.update(dict.fromkeys(site.exempt_rules, SITE_TEST_NEXT_STEP))
     out.tables["word_site_test"] = site.table
     examples = example_reports(ctx, p, targets, rows, spans, attr, fx)
     if examples is not None:
