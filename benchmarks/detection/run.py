@@ -850,9 +850,12 @@ def _check_resumable(out: Path, s: Settings) -> None:
         if key == "checks" and was is not None and now is not None:
             was, now = sorted(was), sorted(now)
         if was != now:
+            asked = getattr(s, key)
             raise BadInput(
-                f"--resume: {out}'s runs were made with {key} = {before.get(key)!r}, this"
-                f" command asks for {getattr(s, key)!r}; use the same settings or a new --out"
+                f"--resume: {out}'s runs were made with {key} ="
+                f" {'all checks' if was is None else before.get(key)!r}, this command asks"
+                f" for {'all checks' if asked is None else asked!r}; use the same settings"
+                " or a new --out"
             )
 
 

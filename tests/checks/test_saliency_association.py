@@ -166,7 +166,9 @@ def run(manifest: Path, mode: str, **params: Any) -> tuple[CheckOutput, list[Fin
         plt.close(fig)
     rules = cls.default_thresholds
     findings = list(out.findings) + judge("saliency", out.metrics, rules, out.exempt_rules)
-    findings += exemption_notes("saliency", out.exempt_rules, out.metrics, rules)
+    findings += exemption_notes(
+        "saliency", out.exempt_rules, out.metrics, rules, out.exempt_next_steps
+    )
     return out, findings
 
 
@@ -208,6 +210,8 @@ def test_a_used_structure_alike_in_every_film_is_a_note_not_a_fail(every: Path) 
     assert "relies on the box at rows" in note.message
     assert "does not differ by label, site or age" in note.message
     assert "Holm p" in note.message and ("AUROC" in note.message or "rho" in note.message)
+    # what to do is look, not in-paint and retrain (the rule's advice for a shortcut)
+    assert note.next_step.startswith("Look at the box") and "retrain" not in note.next_step
     assert "not judged" in note.evidence and "scan max flip excess" in note.evidence
     assert not any(f.severity in ("warn", "fail") for f in findings if "used" in f.rule)
     for prefix in ("scan", "offroi_hotspot"):

@@ -247,6 +247,16 @@ def association_metrics(prefix: str, a: Association) -> dict[str, Any]:
     return met
 
 
+#: the next step of the note that replaces a use rule's verdict (the rule's own tells you to
+#: in-paint and retrain, which is wrong for anatomy)
+NOT_A_SHORTCUT_NEXT_STEP = (
+    "Look at the box on a few films (the scan's effect map and the overlays show where): if"
+    " it is anatomy, nothing needs doing; if it is a marker, device or text that the audited"
+    " attributes do not record (a scanner or ward the manifest has no column for), add that"
+    " column under data.attributes and audit again, so the content gate can test it"
+)
+
+
 def not_a_shortcut(where: str, how: str, a: Association) -> str:
     """The one line that replaces a use rule's verdict when the box's content is not
     associated: the model relies on the box, its content does not differ."""

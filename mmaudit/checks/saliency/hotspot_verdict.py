@@ -13,6 +13,7 @@ import numpy as np
 from mmaudit.checks.contract import CheckOutput, Finding, ThresholdRule
 from mmaudit.checks.findings import judge
 from mmaudit.checks.saliency.content import (
+    NOT_A_SHORTCUT_NEXT_STEP,
     Association,
     association_metrics,
     box_associations,
@@ -80,6 +81,7 @@ def offroi_verdict(
             # the model relies on the box, but nothing in it differs by label or attribute:
             # the rule's premise (a shortcut) is not met, so it is not judged (a note says so)
             how = f"the {worst.split('_')[0]} maps point there"
+            out.exempt_next_steps["hotspot_used"] = NOT_A_SHORTCUT_NEXT_STEP
             out.exempt_rules["hotspot_used"] = not_a_shortcut(
                 met["offroi_hotspot.where"], how, content[worst]
             )

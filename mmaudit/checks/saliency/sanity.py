@@ -153,7 +153,7 @@ def _trust_verdict(s: Setting, methods: list[str], out: CheckOutput) -> dict[str
                 rule="sanity_untrusted",
                 severity="note",
                 message=f"The {m} saliency maps cannot be trusted: they stay similar when the"
-                " model's weights are randomised, so the {m} location results raise no"
+                f" model's weights are randomised, so the {m} location results raise no"
                 " finding and propose no hotspot",
                 evidence=f"{hit.evidence}; Spearman"
                 f" {value(metrics[f'sanity.spearman.{m}']):.2f}, SSIM"

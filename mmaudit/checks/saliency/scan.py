@@ -36,6 +36,7 @@ import torch
 from mmaudit.checks.contract import CheckOutput, Finding, ThresholdRule
 from mmaudit.checks.findings import judge
 from mmaudit.checks.saliency.content import (
+    NOT_A_SHORTCUT_NEXT_STEP,
     Association,
     association_metrics,
     box_associations,
@@ -196,6 +197,7 @@ def scan_offroi(
             else "found by the grid scan; no trusted saliency map points there"
         )
         out.exempt_rules["scan_used"] = not_a_shortcut(met["scan.where"], how, assoc)
+        out.exempt_next_steps["scan_used"] = NOT_A_SHORTCUT_NEXT_STEP
     if flagged and not pointed:
         out.findings.append(_unmapped(s, scan, met, maps_boxes, anatomy))
     return scan, out
