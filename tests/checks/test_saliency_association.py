@@ -212,6 +212,8 @@ def test_a_used_structure_alike_in_every_film_is_a_note_not_a_fail(every: Path) 
     assert "Holm p" in note.message and ("AUROC" in note.message or "rho" in note.message)
     # what to do is look, not in-paint and retrain (the rule's advice for a shortcut)
     assert note.next_step.startswith("Look at the box") and "retrain" not in note.next_step
+    # and the coverage (terminal, summary.md) says it was not judged, where notes are counted
+    assert any(c.startswith("scan_used: the model relies on") for c in out.coverage)
     assert "not judged" in note.evidence and "scan max flip excess" in note.evidence
     assert not any(f.severity in ("warn", "fail") for f in findings if "used" in f.rule)
     for prefix in ("scan", "offroi_hotspot"):

@@ -257,6 +257,15 @@ NOT_A_SHORTCUT_NEXT_STEP = (
 )
 
 
+def gated_coverage(rule: str, where: str) -> str:
+    """The coverage line of a use rule the gate left unjudged: shown in the terminal and in
+    summary.md, where the note itself is only counted."""
+    return (
+        f"{rule}: the model relies on the off-ROI box at {where}, but its content does not"
+        " differ by label or any audited attribute: not judged as a shortcut (see the note)"
+    )
+
+
 def not_a_shortcut(where: str, how: str, a: Association) -> str:
     """The one line that replaces a use rule's verdict when the box's content is not
     associated: the model relies on the box, its content does not differ."""

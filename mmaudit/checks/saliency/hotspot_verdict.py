@@ -17,6 +17,7 @@ from mmaudit.checks.saliency.content import (
     Association,
     association_metrics,
     box_associations,
+    gated_coverage,
     not_a_shortcut,
 )
 from mmaudit.checks.saliency.hotspot import Hotspots
@@ -85,6 +86,7 @@ def offroi_verdict(
             out.exempt_rules["hotspot_used"] = not_a_shortcut(
                 met["offroi_hotspot.where"], how, content[worst]
             )
+            out.coverage.append(gated_coverage("hotspot_used", met["offroi_hotspot.where"]))
     elif flagged:
         met["offroi_hotspot.content_assoc_words"] = "was not tested (params.content_gate: false)"
     out.findings.append(_hotspot_note(s, hot, metrics, levels, trusted, worst))

@@ -40,6 +40,7 @@ from mmaudit.checks.saliency.content import (
     Association,
     association_metrics,
     box_associations,
+    gated_coverage,
     not_a_shortcut,
 )
 from mmaudit.checks.saliency.hotspot import Hotspots, forbidden_pixels
@@ -198,6 +199,7 @@ def scan_offroi(
         )
         out.exempt_rules["scan_used"] = not_a_shortcut(met["scan.where"], how, assoc)
         out.exempt_next_steps["scan_used"] = NOT_A_SHORTCUT_NEXT_STEP
+        out.coverage.append(gated_coverage("scan_used", met["scan.where"]))
     if flagged and not pointed:
         out.findings.append(_unmapped(s, scan, met, maps_boxes, anatomy))
     return scan, out
