@@ -133,17 +133,12 @@ def measure_interaction(audit_config: Path, renders: dict[str, Path]) -> Interac
     :data:`RENDERS` (``renders``: name -> generated folder) and judge the pair."""
     from sklearn.metrics import roc_auc_score
 
-    from benchmarks.detection.intervention import _probabilities
+    from benchmarks.detection.intervention import checkpoint_probabilities
     from mmaudit.engine.config_file import load_config
 
     cfg = load_config(audit_config)
-    ids, p = _probabilities(cfg)
-    y = _labels(cfg, ids)
-    probs = {"full": p}
-    for name in RENDERS:
-        ids_r, probs[name] = _probabilities(cfg, renders[name] / "manifest.csv")
-        if ids_r != ids:
-            raise RuntimeError(f"{renders[name]}: the render has other test studies")
+    manifests = {"full": None} | {name: renders[name] / "manifest.csv" for name in RENDERS}
+    ids, y, probs = checkpoint_probabilities(cfg, manifests)
     auroc = {k: float(roc_auc_score(y, probs[k])) for k in ("full", "no_a", "no_b", "no_ab")}
     ratio, redundant = redundancy_truth(auroc)
     f = {k: _logits(v) for k, v in probs.items()}
@@ -151,10 +146,3 @@ def measure_interaction(audit_config: Path, renders: dict[str, Path]) -> Interac
     if auroc["full"] < MIN_AUROC:  # nothing learned: neither claim can be scored
         redundant = additive = "between"
     return InteractionTruth(len(ids), auroc, ratio, index, gap, redundant, additive)
-
-
-def _labels(cfg: Any, ids: list[str]) -> np.ndarray:
-    import pandas as pd
-
-    frame = pd.read_csv(cfg.data.manifest, dtype={cfg.data.id: str}).set_index(cfg.data.id)
-    return frame.loc[ids, cfg.data.target.column].to_numpy().astype(int)

@@ -31,6 +31,7 @@ __all__ = [
     "truth_verdict",
     "changed_rows",
     "measure",
+    "checkpoint_probabilities",
 ]
 
 #: a cue is "used" when removing it flips at least this share of the carriers' decisions
@@ -88,30 +89,46 @@ def changed_rows(with_cue: Path, without_cue: Path, ids: list[str]) -> np.ndarra
     return differs
 
 
-def _probabilities(config: Any, manifest: Path | None = None) -> tuple[list[str], np.ndarray]:
-    """Test-split probabilities of the audited model (config: the audit's ``AuditConfig``),
-    on the manifest ``manifest`` instead of the config's when given."""
+def checkpoint_probabilities(
+    config: Any, manifests: dict[str, Path | None]
+) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """Test-split probabilities of the audited model (config: the audit's ``AuditConfig``)
+    on each manifest of ``manifests`` (name -> manifest, None: the config's own), the model
+    loaded once. Returns the test ids, their labels (the config's manifest) and name ->
+    probabilities; every manifest must hold the same test studies in the same order."""
     import torch
 
     from mmaudit.engine.data import AuditDataset
     from mmaudit.engine.loading import load_model
 
-    data = (
-        config.data if manifest is None else config.data.model_copy(update={"manifest": manifest})
-    )
-    ds = AuditDataset(data, config.runtime)
-    adapter = load_model(config.model, tuple(data.modalities), config.runtime)
-    probs = []
-    with torch.no_grad():
-        for k in range(0, len(ds), 64):
-            batch = ds.collate([ds[i] for i in range(k, min(len(ds), k + 64))])
-            logits = adapter.logits(batch)
-            if logits.shape[1] == 1:
-                probs.append(torch.sigmoid(logits[:, 0]))
-            else:  # two logits for a binary target: the positive class's softmax share
-                probs.append(torch.softmax(logits, dim=1)[:, 1])
-    ids = [str(x) for x in ds.frame[data.id].tolist()]
-    return ids, torch.cat(probs).numpy().astype(np.float64)
+    adapter = load_model(config.model, tuple(config.data.modalities), config.runtime)
+    ids: list[str] | None = None
+    labels = np.empty(0, dtype=int)
+    out: dict[str, np.ndarray] = {}
+    for name, manifest in manifests.items():
+        data = (
+            config.data
+            if manifest is None
+            else config.data.model_copy(update={"manifest": manifest})
+        )
+        ds = AuditDataset(data, config.runtime)
+        probs = []
+        with torch.no_grad():
+            for k in range(0, len(ds), 64):
+                batch = ds.collate([ds[i] for i in range(k, min(len(ds), k + 64))])
+                logits = adapter.logits(batch)
+                if logits.shape[1] == 1:
+                    probs.append(torch.sigmoid(logits[:, 0]))
+                else:  # two logits for a binary target: the positive class's softmax share
+                    probs.append(torch.softmax(logits, dim=1)[:, 1])
+        these = [str(x) for x in ds.frame[data.id].tolist()]
+        if ids is None:
+            ids = these
+            labels = ds.frame[data.target.column].to_numpy().astype(int)
+        elif these != ids:
+            raise RuntimeError(f"{manifest}: the render has other test studies")
+        out[name] = torch.cat(probs).numpy().astype(np.float64)
+    return ids or [], labels, out
 
 
 def measure(audit_config: Path, with_cue: Path, without_cue: Path | None) -> Truth:
@@ -124,12 +141,13 @@ def measure(audit_config: Path, with_cue: Path, without_cue: Path | None) -> Tru
     from mmaudit.engine.config_file import load_config
 
     cfg = load_config(audit_config)
-    ids, p = _probabilities(cfg)
+    manifests = {"with": None} | (
+        {} if without_cue is None else {"without": without_cue / "manifest.csv"}
+    )
+    ids, _, probs = checkpoint_probabilities(cfg, manifests)
     if without_cue is None:
         return Truth(len(ids), 0, None, None, "no_cue")
-    ids_b, q = _probabilities(cfg, without_cue / "manifest.csv")
-    if ids_b != ids:
-        raise RuntimeError(f"{without_cue}: the cue-free render has other test studies")
+    p, q = probs["with"], probs["without"]
     changed = changed_rows(with_cue, without_cue, ids)
     if not changed.any():
         return Truth(len(ids), 0, None, None, "no_cue")
